@@ -1,0 +1,1 @@
+"""Real-hardware drivers (installed as ``scanctl.drivers``); they depend only on scanctl's interfaces."""

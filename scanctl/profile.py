@@ -1,0 +1,158 @@
+"""System profiles: a scanner's limits, in one TOML file (documented in docs/system-profile.md).
+
+Limits live here, never in code. Unknown keys, wrong types and out-of-range values are a
+:class:`~scanctl.errors.ConfigError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from scanctl.errors import ConfigError
+
+AXES = ("x", "y", "z")
+
+
+@dataclass(frozen=True)
+class GradientLimits:
+    """Per-axis limits in SI units (T/m and T/m/s)."""
+
+    max_amplitude_t_per_m: tuple[float, float, float]
+    max_slew_t_per_m_per_s: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class TimingLimits:
+    """Hardware rasters and dead times, seconds."""
+
+    gradient_raster_s: float
+    rf_raster_s: float
+    adc_raster_s: float
+    block_duration_raster_s: float
+    rf_dead_time_s: float
+    rf_ringdown_time_s: float
+    adc_dead_time_s: float
+
+
+@dataclass(frozen=True)
+class SystemProfile:
+    """One scanner's limits."""
+
+    name: str
+    b0_t: float
+    gamma_hz_per_t: float
+    gradient: GradientLimits
+    timing: TimingLimits
+    source: str
+
+    def max_gradient_hz_per_m(self) -> tuple[float, float, float]:
+        g = self.gamma_hz_per_t
+        a = self.gradient.max_amplitude_t_per_m
+        return (a[0] * g, a[1] * g, a[2] * g)
+
+    def max_slew_hz_per_m_per_s(self) -> tuple[float, float, float]:
+        g = self.gamma_hz_per_t
+        s = self.gradient.max_slew_t_per_m_per_s
+        return (s[0] * g, s[1] * g, s[2] * g)
+
+
+def load(name_or_path: str | Path | None = None) -> SystemProfile:
+    """Load a profile: ``None`` for the default, a shipped profile's name, or a path to a TOML file.
+
+    Raises :class:`ConfigError`.
+    """
+    if name_or_path is None:
+        name_or_path = "default"
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read system profile: {exc.strerror or exc}") from exc
+        source = str(path)
+    else:
+        shipped = resources.files("scanctl.profiles") / f"{name_or_path}.toml"
+        if not shipped.is_file():
+            known = sorted(p.name[:-5] for p in resources.files("scanctl.profiles").iterdir()
+                           if p.name.endswith(".toml"))
+            raise ConfigError(f"no system profile named {str(name_or_path)!r} (shipped: {', '.join(known)})")
+        text = shipped.read_text(encoding="utf-8")
+        source = f"<shipped:{name_or_path}>"
+    return parse(text, source)
+
+
+def parse(text: str, source: str = "<profile>") -> SystemProfile:
+    """Parse profile TOML text. Raises :class:`ConfigError`."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    r = _Reader(data, source)
+    scanner = r.table("scanner", {"name", "b0_t", "gamma_hz_per_t"})
+    grad = r.table("gradient", {"max_amplitude_mt_per_m", "max_slew_t_per_m_per_s"})
+    timing_keys = {f.name for f in TimingLimits.__dataclass_fields__.values()}  # type: ignore[attr-defined]
+    timing = r.table("timing", timing_keys)
+    r.no_other_tables({"scanner", "gradient", "timing"})
+    amp = r.axes(grad, "gradient.max_amplitude_mt_per_m", 0.1, 1000.0)
+    slew = r.axes(grad, "gradient.max_slew_t_per_m_per_s", 1.0, 10000.0)
+    return SystemProfile(
+        name=r.string(scanner, "scanner.name"),
+        b0_t=r.number(scanner, "scanner.b0_t", 0.001, 20.0),
+        gamma_hz_per_t=r.number(scanner, "scanner.gamma_hz_per_t", 1e6, 1e8),
+        gradient=GradientLimits(
+            max_amplitude_t_per_m=tuple(a * 1e-3 for a in amp),  # type: ignore[arg-type]
+            max_slew_t_per_m_per_s=slew,
+        ),
+        timing=TimingLimits(**{k: r.number(timing, f"timing.{k}", 0.0, 1.0) for k in sorted(timing_keys)}),
+        source=source,
+    )
+
+
+class _Reader:
+    def __init__(self, data: dict[str, Any], source: str) -> None:
+        self.data = data
+        self.source = source
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key}: {message}")
+
+    def table(self, name: str, keys: set[str]) -> dict[str, Any]:
+        value = self.data.get(name)
+        if not isinstance(value, dict):
+            raise self.fail(name, "missing table" if value is None else "must be a table")
+        extra = sorted(set(value) - keys)
+        if extra:
+            raise self.fail(f"{name}.{extra[0]}", f"unknown key (known: {', '.join(sorted(keys))})")
+        missing = sorted(keys - set(value))
+        if missing:
+            raise self.fail(f"{name}.{missing[0]}", "missing key")
+        return value
+
+    def no_other_tables(self, known: set[str]) -> None:
+        extra = sorted(set(self.data) - known)
+        if extra:
+            raise self.fail(extra[0], f"unknown table (known: {', '.join(sorted(known))})")
+
+    def number(self, table: dict[str, Any], key: str, low: float, high: float) -> float:
+        value = table[key.rsplit(".", 1)[1]]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(key, f"must be a number, got {value!r}")
+        if not low <= value <= high:
+            raise self.fail(key, f"{value} is outside {low:g} to {high:g}")
+        return float(value)
+
+    def string(self, table: dict[str, Any], key: str) -> str:
+        value = table[key.rsplit(".", 1)[1]]
+        if not isinstance(value, str):
+            raise self.fail(key, f"must be a string, got {value!r}")
+        return value
+
+    def axes(self, table: dict[str, Any], key: str, low: float, high: float) -> tuple[float, float, float]:
+        value = table[key.rsplit(".", 1)[1]]
+        if not isinstance(value, dict) or set(value) != set(AXES):
+            raise self.fail(key, "must be a table with exactly x, y and z")
+        return tuple(self.number(value, f"{key}.{a}", low, high) for a in AXES)  # type: ignore[return-value]

@@ -1,0 +1,1 @@
+"""System profiles shipped with scanctl (``--system NAME`` finds ``NAME.toml`` here)."""

@@ -1,0 +1,271 @@
+"""Vectorised reading of line-based text tables (the Pulseq file's sections).
+
+The whole file is held as one ``bytes`` object. Sections are located with one regular-expression
+scan; each table section is tokenised with numpy over its bytes and converted with one
+``numpy.fromstring`` call, so a 256,000-line section costs a handful of array passes, not 256,000
+Python iterations. Only when the fast path finds something wrong does a slow, line-by-line pass
+run, to name the offending line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from scanctl.errors import SequenceFormatError
+
+_HEADER = re.compile(rb"\n[ \t]*(?=\[|extension[ \t])")
+_WS = np.zeros(256, dtype=bool)
+_WS[[9, 10, 11, 12, 13, 32]] = True
+_HASH = ord("#")
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of a text file: its header text, the header's line and the body's byte range."""
+
+    header: str
+    line: int  # 1-based line of the header
+    start: int  # byte offset of the body (just after the header line)
+    end: int  # byte offset one past the body
+
+
+@dataclass(frozen=True)
+class Table:
+    """The rows of one table section.
+
+    ``values`` is ``(rows, numeric_columns)``; ``words`` holds, per word column, one ``str`` per row;
+    ``lines`` the 1-based file line of each row.
+    """
+
+    values: npt.NDArray[np.float64] | npt.NDArray[np.int64]
+    words: list[list[str]]
+    lines: npt.NDArray[np.int64]
+
+
+class TextFile:
+    """A text file held in memory, with line numbers for error messages."""
+
+    def __init__(self, data: bytes, path: str | Path | None) -> None:
+        self.data = data
+        self.path = path
+
+    def error(self, offset_or_line: int | None, message: str, *, is_line: bool = False) -> SequenceFormatError:
+        """Build the error for ``message`` at a byte offset (or a 1-based line with ``is_line``)."""
+        if offset_or_line is None:
+            return SequenceFormatError(self.path, None, message)
+        line = offset_or_line if is_line else self.line_of(offset_or_line)
+        return SequenceFormatError(self.path, line, message)
+
+    def line_of(self, offset: int) -> int:
+        """1-based line number of a byte offset."""
+        return self.data.count(b"\n", 0, offset) + 1
+
+    def sections(self) -> list[Section]:
+        """Split the file at ``[NAME]`` and ``extension NAME ID`` header lines.
+
+        Text before the first header must be comments or blank.
+        """
+        data = self.data
+        starts = [m.end() for m in _HEADER.finditer(data)]
+        if data.lstrip(b" \t").startswith((b"[", b"extension ")):
+            starts.insert(0, len(data) - len(data.lstrip(b" \t")))
+        else:
+            pre_end = starts[0] if starts else len(data)
+            self._require_blank(0, pre_end, "text before the first section")
+        sections: list[Section] = []
+        line = self.line_of(starts[0]) if starts else 1
+        for i, head_start in enumerate(starts):
+            eol = data.find(b"\n", head_start)
+            head_end = len(data) if eol < 0 else eol
+            body_start = head_end if eol < 0 else eol + 1
+            body_end = starts[i + 1] if i + 1 < len(starts) else len(data)
+            raw = data[head_start:head_end]
+            if len(raw) > 200:
+                raise self.error(line, f"section header line is {len(raw)} bytes long", is_line=True)
+            header = raw.decode("ascii", errors="replace").strip()
+            sections.append(Section(header, line, body_start, body_end))
+            line += data.count(b"\n", head_start, body_end)
+        return sections
+
+    def _require_blank(self, start: int, end: int, what: str) -> None:
+        for offset, raw in _lines(self.data, start, end):
+            text = raw.strip()
+            if text and not text.startswith(b"#"):
+                raise self.error(offset, f"{what}: unexpected {_show(text)}")
+
+    def table(
+        self,
+        section: Section,
+        columns: int | tuple[int, ...],
+        *,
+        word_columns: tuple[int, ...] = (),
+        integer: bool = False,
+    ) -> Table:
+        """Parse a table section: every non-comment, non-blank line is one row.
+
+        ``columns`` is the number of fields per row (or the allowed numbers: all rows must then have the
+        same one); ``word_columns`` are fields kept as text. ``integer`` parses the numbers as int64.
+        Raises :class:`SequenceFormatError` naming the line for a wrong field count, a non-numeric or
+        non-finite value.
+        """
+        allowed = (columns,) if isinstance(columns, int) else columns
+        raw = np.frombuffer(self.data, dtype=np.uint8, count=section.end - section.start, offset=section.start)
+        ws = _WS[raw]
+        tok_start_mask = ~ws
+        tok_start_mask[1:] &= ws[:-1]
+        tok_starts = np.flatnonzero(tok_start_mask)
+        newlines = np.flatnonzero(raw == 10)
+        line_starts = np.concatenate(([0], newlines + 1))
+        if line_starts[-1] == raw.size:
+            line_starts = line_starts[:-1]
+        n_lines = line_starts.size
+        if n_lines == 0:
+            return Table(np.zeros((0, allowed[0] - len(word_columns))), [[] for _ in word_columns], np.zeros(0, np.int64))
+        line_of_tok = np.searchsorted(line_starts, tok_starts, side="right") - 1
+        counts = np.bincount(line_of_tok, minlength=n_lines)
+        first_tok = np.cumsum(counts) - counts
+        has_tok = counts > 0
+        comment = np.zeros(n_lines, dtype=bool)
+        comment[has_tok] = raw[tok_starts[first_tok[has_tok]]] == _HASH
+        data_lines = np.flatnonzero(has_tok & ~comment)
+        line_numbers = section.line + 1 + data_lines
+        rows = data_lines.size
+        ncols = allowed[0]
+        if rows:
+            row_counts = counts[data_lines]
+            ncols = int(row_counts[0])
+            bad = np.flatnonzero(row_counts != ncols) if ncols in allowed else np.array([0])
+            if bad.size:
+                i = int(bad[0])
+                expected = " or ".join(str(c) for c in allowed)
+                raise self.error(
+                    int(line_numbers[i]),
+                    f"[{_section_name(section)}] row has {int(row_counts[i])} fields, expected {expected}",
+                    is_line=True,
+                )
+        # Blank out comment lines and word columns, then convert every number in one call.
+        clean = raw.copy()
+        blank_starts: list[npt.NDArray[np.int64]] = []
+        blank_ends: list[npt.NDArray[np.int64]] = []
+        comment_lines = np.flatnonzero(comment)
+        if comment_lines.size:
+            line_ends = np.concatenate((line_starts[1:], [raw.size]))
+            blank_starts.append(line_starts[comment_lines])
+            blank_ends.append(line_ends[comment_lines])
+        words: list[list[str]] = []
+        if word_columns and rows:
+            tok_ends = _token_ends(ws)
+            for col in word_columns:
+                idx = first_tok[data_lines] + col
+                s, e = tok_starts[idx], tok_ends[idx]
+                words.append([self.data[section.start + a : section.start + b].decode("ascii", "replace")
+                              for a, b in zip(s.tolist(), e.tolist(), strict=True)])
+                blank_starts.append(s)
+                blank_ends.append(e)
+        elif word_columns:
+            words = [[] for _ in word_columns]
+        if blank_starts:
+            _blank(clean, np.concatenate(blank_starts), np.concatenate(blank_ends))
+        n_numeric = ncols - len(word_columns)
+        dtype = np.int64 if integer else np.float64
+        try:
+            values = np.fromstring(clean.tobytes(), dtype=dtype, sep=" ")  # type: ignore[call-overload]
+        except ValueError:
+            values = np.zeros(0, dtype=dtype)
+        if values.size != rows * n_numeric:
+            self._raise_first_bad_number(section, line_numbers, word_columns, integer)
+        values = values.reshape(rows, n_numeric)
+        if not integer and not np.isfinite(values).all():
+            r = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
+            raise self.error(
+                int(line_numbers[r]), f"[{_section_name(section)}] value is not finite", is_line=True
+            )
+        return Table(values, words, line_numbers.astype(np.int64))
+
+    def _raise_first_bad_number(
+        self, section: Section, line_numbers: npt.NDArray[np.int64], word_columns: tuple[int, ...], integer: bool
+    ) -> None:
+        """Slow path: find the first field that is not a number and name it."""
+        all_lines = self.data[section.start : section.end].split(b"\n")
+        for line_no in line_numbers.tolist():
+            fields = all_lines[line_no - section.line - 1].split()
+            for i, field in enumerate(fields):
+                if i in word_columns:
+                    continue
+                try:
+                    int(field) if integer else float(field)
+                except ValueError:
+                    kind = "an integer" if integer else "a number"
+                    raise self.error(
+                        line_no,
+                        f"[{_section_name(section)}] field {i + 1} is not {kind}: {_show(field)}",
+                        is_line=True,
+                    ) from None
+        raise self.error(section.line, f"[{_section_name(section)}] cannot be parsed", is_line=True)
+
+    def body_lines_raw(self, section: Section) -> list[tuple[int, bytes]]:
+        """The non-blank, non-comment lines of a section as ``(line number, stripped bytes)``."""
+        out: list[tuple[int, bytes]] = []
+        line_no = section.line
+        for raw in self.data[section.start : section.end].split(b"\n"):
+            line_no += 1
+            text = raw.strip()
+            if text and not text.startswith(b"#"):
+                out.append((line_no, text))
+        return out
+
+    def body_lines(self, section: Section) -> list[tuple[int, str]]:
+        """The non-blank, non-comment lines of a short section as ``(line number, stripped text)``."""
+        out: list[tuple[int, str]] = []
+        line_no = section.line
+        for raw in self.data[section.start : section.end].split(b"\n"):
+            line_no += 1
+            text = raw.strip()
+            if not text or text.startswith(b"#"):
+                continue
+            if len(text) > 100_000:
+                raise self.error(line_no, f"line is {len(text)} bytes long", is_line=True)
+            try:
+                out.append((line_no, text.decode("ascii")))
+            except UnicodeDecodeError:
+                raise self.error(line_no, f"line is not ASCII text: {_show(text)}", is_line=True) from None
+        return out
+
+
+def _token_ends(ws: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+    end_mask = ~ws
+    end_mask[:-1] &= ws[1:]
+    return np.flatnonzero(end_mask) + 1
+
+
+def _blank(buf: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64]) -> None:
+    """Overwrite ``buf[starts[i]:ends[i]]`` with spaces, for all i at once."""
+    delta = np.zeros(buf.size + 1, dtype=np.int32)
+    np.add.at(delta, starts, 1)
+    np.add.at(delta, ends, -1)
+    buf[np.cumsum(delta[:-1]) > 0] = 32
+
+
+def _lines(data: bytes, start: int, end: int) -> list[tuple[int, bytes]]:
+    out = []
+    offset = start
+    for raw in data[start:end].split(b"\n"):
+        out.append((offset, raw))
+        offset += len(raw) + 1
+    return out
+
+
+def _section_name(section: Section) -> str:
+    return section.header.strip("[]")
+
+
+def _show(text: bytes, limit: int = 40) -> str:
+    """A short, printable rendering of file content for an error message."""
+    shown = text[:limit].decode("ascii", errors="replace")
+    shown = "".join(c if c.isprintable() else "?" for c in shown)
+    return repr(shown + ("…" if len(text) > limit else ""))

@@ -1,0 +1,1 @@
+"""Software hardware (installed as ``scanctl.simulators``); never imports ``scanctl.drivers``."""
