@@ -28,7 +28,7 @@ BLOCKS_PER_TR = 4
 
 
 def split_trs(n_tr: int) -> tuple[int, int]:
-    """Split ``n_tr`` into ``(n_pe1, n_pe2)`` with ``n_pe1 * n_pe2 == n_tr`` and ``n_pe1 >= n_pe2`` as square as
+    """Split ``n_tr`` into ``(n_pe1, n_pe2)``, ``n_pe1 * n_pe2 == n_tr``, ``n_pe1 >= n_pe2``, as square as
     possible (64,000 -> 256 x 250)."""
     for n_pe2 in range(math.isqrt(n_tr), 0, -1):
         if n_tr % n_pe2 == 0:

@@ -7,8 +7,9 @@ Every builder returns a fully built :class:`pypulseq.Sequence` that
 * carries the usual ``[DEFINITIONS]`` (``Name``, ``FOV``, ...).
 
 They are modelled on the example scripts shipped with pypulseq (``write_gre.py``, ``write_tse.py``,
-``write_epi_label.py``, ``write_radial_gre.py``, ``write_ute.py``, ``write_gre_label_softdelay.py``) but kept
-small so that the interoperability tests, which compare scanctl's own Pulseq reader against pypulseq, stay fast.
+``write_epi_label.py``, ``write_radial_gre.py``, ``write_ute.py``, ``write_gre_label_softdelay.py``) but
+kept small so that the interoperability tests, which compare scanctl's own Pulseq reader against pypulseq,
+stay fast.
 
 ``gre3d`` is the exception: it is meant for benchmarks and scales to hundreds of thousands of blocks (see
 ``benchmarks/make_gre3d.py``).
@@ -22,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from copy import copy
+from types import SimpleNamespace
 
 import numpy as np
 import pypulseq as pp
@@ -80,8 +82,8 @@ def _round_raster(t: float, raster: float) -> float:
 def _rf_spoil_phases(n: int) -> np.ndarray:
     """Quadratic RF-spoiling phases in radians for ``n`` excitations.
 
-    The phases are accumulated in integer degrees so that they repeat exactly, which keeps the RF and ADC event
-    libraries small (at most 360 distinct phases).
+    The phases are accumulated in integer degrees so that they repeat exactly, which keeps the RF and ADC
+    event libraries small (at most 360 distinct phases).
     """
     phases = np.empty(n)
     rf_phase = 0.0
@@ -91,11 +93,6 @@ def _rf_spoil_phases(n: int) -> np.ndarray:
         rf_inc = (rf_inc + RF_SPOILING_INC) % 360.0
         rf_phase = (rf_phase + rf_inc) % 360.0
     return np.deg2rad(phases)
-
-
-def _delay(t: float, system: pp.Opts) -> object:
-    """A pure delay rounded to the block-duration raster."""
-    return pp.make_delay(_round_raster(t, system.block_duration_raster))
 
 
 def _check_positive(name: str, value: float) -> None:
@@ -120,9 +117,9 @@ def _finish(seq: pp.Sequence, name: str, fov: tuple[float, float, float], **extr
 def gre(n: int = 16, system: pp.Opts | None = None) -> pp.Sequence:
     """2D RF-spoiled gradient echo (FLASH), like pypulseq's ``write_gre_label.py``.
 
-    Sinc slice-selective excitation, slice rephaser, read prephaser, phase encoding (``n`` lines), read-out with
-    ADC, spoilers with phase-encode rewinder, 117 degree RF spoiling, and ``LIN``/``SLC`` labels (``SET`` in the
-    first TR, ``INC`` afterwards). Five blocks per TR.
+    Sinc slice-selective excitation, slice rephaser, read prephaser, phase encoding (``n`` lines), read-out
+    with ADC, spoilers with phase-encode rewinder, 117 degree RF spoiling, and ``LIN``/``SLC`` labels (``SET``
+    in the first TR, ``INC`` afterwards). Five blocks per TR.
     """
     system = _system(system)
     seq = pp.Sequence(system)
@@ -275,8 +272,10 @@ def spin_echo(n: int = 16, system: pp.Opts | None = None) -> pp.Sequence:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _etrap(channel: str, times: list[float], amps: list[float], system: pp.Opts) -> object:
-    return pp.make_extended_trapezoid(channel=channel, times=np.array(times), amplitudes=np.array(amps), system=system)
+def _etrap(channel: str, times: list[float], amps: list[float], system: pp.Opts) -> SimpleNamespace:
+    return pp.make_extended_trapezoid(
+        channel=channel, times=np.array(times), amplitudes=np.array(amps), system=system
+    )
 
 
 def tse(n: int = 16, etl: int = 4, system: pp.Opts | None = None) -> pp.Sequence:
@@ -284,8 +283,8 @@ def tse(n: int = 16, etl: int = 4, system: pp.Opts | None = None) -> pp.Sequence
 
     The slice-select, spoiler and read-out gradients are cut at the block boundaries into extended trapezoids
     (``make_extended_trapezoid``) whose ``first``/``last`` amplitudes are non-zero, so consecutive blocks must
-    join seamlessly. One dummy echo train without ADC precedes the ``n // etl`` imaging shots. ``LIN`` is set for
-    every echo.
+    join seamlessly. One dummy echo train without ADC precedes the ``n // etl`` imaging shots. ``LIN`` is set
+    for every echo.
     """
     system = _system(system)
     if n % etl:
@@ -322,7 +321,9 @@ def tse(n: int = 16, etl: int = 4, system: pp.Opts | None = None) -> pp.Sequence
         return_gz=True,
         use="excitation",
     )
-    gs_ex = pp.make_trapezoid(channel="z", amplitude=gz.amplitude, flat_time=t_exwd, rise_time=d_g, system=system)
+    gs_ex = pp.make_trapezoid(
+        channel="z", amplitude=gz.amplitude, flat_time=t_exwd, rise_time=d_g, system=system
+    )
     rf_ref, _, _ = pp.make_sinc_pulse(
         flip_angle=np.pi,
         duration=t_ref,
@@ -342,14 +343,18 @@ def tse(n: int = 16, etl: int = 4, system: pp.Opts | None = None) -> pp.Sequence
     gs_spr = pp.make_trapezoid(
         channel="z", area=ags_ex * (1 + fsp_s), duration=t_sp, rise_time=d_g, system=system
     )
-    gs_spex = pp.make_trapezoid(channel="z", area=ags_ex * fsp_s, duration=t_spex, rise_time=d_g, system=system)
+    gs_spex = pp.make_trapezoid(
+        channel="z", area=ags_ex * fsp_s, duration=t_spex, rise_time=d_g, system=system
+    )
 
     delta_k = 1 / fov
     gr_acq = pp.make_trapezoid(
         channel="x", flat_area=n * delta_k, flat_time=readout_time, rise_time=d_g, system=system
     )
     adc = pp.make_adc(num_samples=n, duration=sampling_time, delay=system.adc_dead_time, system=system)
-    gr_spr = pp.make_trapezoid(channel="x", area=gr_acq.area * fsp_r, duration=t_sp, rise_time=d_g, system=system)
+    gr_spr = pp.make_trapezoid(
+        channel="x", area=gr_acq.area * fsp_r, duration=t_sp, rise_time=d_g, system=system
+    )
     gr_preph = pp.make_trapezoid(
         channel="x", area=gr_acq.area / 2 + gr_spr.area, duration=t_spex, rise_time=d_g, system=system
     )
@@ -362,7 +367,7 @@ def tse(n: int = 16, etl: int = 4, system: pp.Opts | None = None) -> pp.Sequence
     pe_order = pe_steps.reshape((n_ex, etl), order="F").T
     phase_areas = pe_order * delta_k
 
-    def spoiler_times(g: object) -> list[float]:
+    def spoiler_times(g: SimpleNamespace) -> list[float]:
         return [0.0, g.rise_time, g.rise_time + g.flat_time, g.rise_time + g.flat_time + g.fall_time]
 
     # Split gradients: 1 ramp-up, 2 excitation plateau, 3 spoiler ex->ref, 4 refocusing plateau,
@@ -370,15 +375,26 @@ def tse(n: int = 16, etl: int = 4, system: pp.Opts | None = None) -> pp.Sequence
     gs1 = _etrap("z", [0, gs_ex.rise_time], [0, gs_ex.amplitude], system)
     gs2 = _etrap("z", [0, gs_ex.flat_time], [gs_ex.amplitude, gs_ex.amplitude], system)
     gs3 = _etrap(
-        "z", spoiler_times(gs_spex), [gs_ex.amplitude, gs_spex.amplitude, gs_spex.amplitude, gs_ref.amplitude], system
+        "z",
+        spoiler_times(gs_spex),
+        [gs_ex.amplitude, gs_spex.amplitude, gs_spex.amplitude, gs_ref.amplitude],
+        system,
     )
     gs4 = _etrap("z", [0, gs_ref.flat_time], [gs_ref.amplitude, gs_ref.amplitude], system)
-    gs5 = _etrap("z", spoiler_times(gs_spr), [gs_ref.amplitude, gs_spr.amplitude, gs_spr.amplitude, 0], system)
-    gs7 = _etrap("z", spoiler_times(gs_spr), [0, gs_spr.amplitude, gs_spr.amplitude, gs_ref.amplitude], system)
+    gs5 = _etrap(
+        "z", spoiler_times(gs_spr), [gs_ref.amplitude, gs_spr.amplitude, gs_spr.amplitude, 0], system
+    )
+    gs7 = _etrap(
+        "z", spoiler_times(gs_spr), [0, gs_spr.amplitude, gs_spr.amplitude, gs_ref.amplitude], system
+    )
     gr3 = gr_preph
-    gr5 = _etrap("x", spoiler_times(gr_spr), [0, gr_spr.amplitude, gr_spr.amplitude, gr_acq.amplitude], system)
+    gr5 = _etrap(
+        "x", spoiler_times(gr_spr), [0, gr_spr.amplitude, gr_spr.amplitude, gr_acq.amplitude], system
+    )
     gr6 = _etrap("x", [0, readout_time], [gr_acq.amplitude, gr_acq.amplitude], system)
-    gr7 = _etrap("x", spoiler_times(gr_spr), [gr_acq.amplitude, gr_spr.amplitude, gr_spr.amplitude, 0], system)
+    gr7 = _etrap(
+        "x", spoiler_times(gr_spr), [gr_acq.amplitude, gr_spr.amplitude, gr_spr.amplitude, 0], system
+    )
 
     t_train = (
         pp.calc_duration(gs1)
@@ -426,8 +442,8 @@ def tse(n: int = 16, etl: int = 4, system: pp.Opts | None = None) -> pp.Sequence
 def epi(n: int = 16, system: pp.Opts | None = None) -> pp.Sequence:
     """Single-shot blipped EPI without ramp sampling, with labels, like pypulseq's ``write_epi_label.py``.
 
-    Three navigator echoes (``NAV`` flag, ``REV``/``SEG`` for the reversed lines, ``AVG`` marks the third one),
-    then ``n`` imaging lines with ``LIN`` incremented by the blips, ``SLC`` and ``REP`` counters.
+    Three navigator echoes (``NAV`` flag, ``REV``/``SEG`` for the reversed lines, ``AVG`` marks the third
+    one), then ``n`` imaging lines with ``LIN`` incremented by the blips, ``SLC`` and ``REP`` counters.
     """
     system = _system(system)
     seq = pp.Sequence(system)
@@ -451,14 +467,22 @@ def epi(n: int = 16, system: pp.Opts | None = None) -> pp.Sequence:
     delta_k = 1 / fov
     readout_time = n * dwell
     flat_time = _ceil_raster(readout_time, system.grad_raster_time)
-    gx = pp.make_trapezoid(channel="x", amplitude=n * delta_k / readout_time, flat_time=flat_time, system=system)
+    gx = pp.make_trapezoid(
+        channel="x", amplitude=n * delta_k / readout_time, flat_time=flat_time, system=system
+    )
     adc = pp.make_adc(
         num_samples=n,
         duration=readout_time,
         delay=gx.rise_time + flat_time / 2 - (readout_time - dwell) / 2,
         system=system,
     )
-    pre_time = 8e-4
+    pre_time = max(
+        8e-4,
+        *(
+            pp.calc_duration(pp.make_trapezoid(channel="z", area=area, system=system))
+            for area in (gx.area / 2, gz.area / 2, n / 2 * delta_k)
+        ),
+    )
     gx_pre = pp.make_trapezoid(channel="x", area=-gx.area / 2, duration=pre_time, system=system)
     gz_reph = pp.make_trapezoid(channel="z", area=-gz.area / 2, duration=pre_time, system=system)
     gy_pre = pp.make_trapezoid(channel="y", area=n / 2 * delta_k, duration=pre_time, system=system)
@@ -467,7 +491,7 @@ def epi(n: int = 16, system: pp.Opts | None = None) -> pp.Sequence:
     gz_spoil = pp.make_trapezoid(channel="z", area=4 * n * delta_k, system=system)
     gx_neg = pp.scale_grad(gx, -1)
 
-    def readout(k: int) -> object:
+    def readout(k: int) -> SimpleNamespace:
         return gx if k % 2 == 0 else gx_neg
 
     seq.add_block(rf, gz, pp.make_label("SLC", "SET", 0), pp.make_label("REP", "SET", 0))
@@ -516,9 +540,9 @@ def epi(n: int = 16, system: pp.Opts | None = None) -> pp.Sequence:
 def radial(n_spokes: int = 16, system: pp.Opts | None = None) -> pp.Sequence:
     """2D radial RF-spoiled GRE, like pypulseq's ``write_radial_gre.py``.
 
-    The read prephaser, read-out and read spoiler are rotated about ``z`` with :func:`pypulseq.rotate`, so the
-    spokes are built from trapezoids on x and y with per-spoke amplitudes. Two dummy TRs without ADC precede the
-    ``n_spokes`` spokes covering 180 degrees.
+    The read prephaser, read-out and read spoiler are rotated about ``z`` with :func:`pypulseq.rotate`, so
+    the spokes are built from trapezoids on x and y with per-spoke amplitudes. Two dummy TRs without ADC
+    precede the ``n_spokes`` spokes covering 180 degrees.
     """
     system = _system(system)
     seq = pp.Sequence(system)
@@ -567,7 +591,9 @@ def radial(n_spokes: int = 16, system: pp.Opts | None = None) -> pp.Sequence:
         seq.add_block(*pp.rotate(gx_pre, gz_reph, angle=phi, axis="z", system=system))
         seq.add_block(pp.make_delay(te_delay))
         if i >= 0:
-            seq.add_block(*pp.rotate(gx, adc, angle=phi, axis="z", system=system), pp.make_label("LIN", "SET", i))
+            seq.add_block(
+                *pp.rotate(gx, adc, angle=phi, axis="z", system=system), pp.make_label("LIN", "SET", i)
+            )
         else:
             seq.add_block(*pp.rotate(gx, angle=phi, axis="z", system=system))
         seq.add_block(
@@ -580,10 +606,10 @@ def radial(n_spokes: int = 16, system: pp.Opts | None = None) -> pp.Sequence:
 def ute(n_spokes: int = 8, system: pp.Opts | None = None) -> pp.Sequence:
     """2D UTE: half-sinc excitation pairs and centre-out, ramp-sampled radial read-outs.
 
-    Each spoke is acquired twice, with the slice-select gradient (and its rephaser) negated the second time, as
-    half-pulse UTE requires. The read-out is an arbitrary gradient (trapezoid sampled on the gradient raster)
-    that starts with the ADC, so the ramp is sampled; it is scaled onto x and y for each of the ``n_spokes``
-    angles covering 360 degrees.
+    Each spoke is acquired twice, with the slice-select gradient (and its rephaser) negated the second time,
+    as half-pulse UTE requires. The read-out is an arbitrary gradient (trapezoid sampled on the gradient
+    raster) that starts with the ADC, so the ramp is sampled; it is scaled onto x and y for each of the
+    ``n_spokes`` angles covering 360 degrees.
     """
     system = _system(system)
     seq = pp.Sequence(system)
@@ -631,7 +657,7 @@ def ute(n_spokes: int = 8, system: pp.Opts | None = None) -> pp.Sequence:
     g_spoil = pp.make_trapezoid(channel="x", area=0.5 * k_max, system=system)
     gz_spoil = pp.make_trapezoid(channel="z", area=4 / slice_thickness, system=system)
 
-    def on_axes(g: object, phi: float) -> list[object]:
+    def on_axes(g: SimpleNamespace, phi: float) -> list[SimpleNamespace]:
         """Project a gradient on x onto x and y for the spoke angle ``phi`` (skipping zero components)."""
         out = []
         for channel, scale in (("x", np.cos(phi)), ("y", np.sin(phi))):
@@ -654,7 +680,9 @@ def ute(n_spokes: int = 8, system: pp.Opts | None = None) -> pp.Sequence:
             rf.phase_offset = adc.phase_offset = phases[2 * i + half]
             seq.add_block(rf, gz if half == 0 else gz_neg)
             seq.add_block(gz_reph if half == 0 else gz_reph_neg)
-            seq.add_block(*on_axes(gro, phi), adc, pp.make_label("LIN", "SET", i), pp.make_label("SET", "SET", half))
+            seq.add_block(
+                *on_axes(gro, phi), adc, pp.make_label("LIN", "SET", i), pp.make_label("SET", "SET", half)
+            )
             seq.add_block(*on_axes(g_spoil, phi), gz_spoil, pp.make_delay(tr_delay))
 
     te = gz.fall_time + pp.calc_duration(gz_reph) + adc_delay
@@ -714,7 +742,7 @@ def labels_and_triggers(system: pp.Opts | None = None) -> pp.Sequence:
     ext_out = pp.make_digital_output_pulse(channel="ext1", delay=200e-6, duration=500e-6, system=system)
     adc_noise = pp.make_adc(num_samples=n_x, duration=n_x * 20e-6, delay=system.adc_dead_time, system=system)
 
-    def label(name: str, value: int, kind: str = "SET") -> object:
+    def label(name: str, value: int, kind: str = "SET") -> SimpleNamespace:
         return pp.make_label(label=name, type=kind, value=value)
 
     # Noise pre-scan: executed only on the first repetition of the whole sequence.
@@ -751,8 +779,8 @@ def soft_delays(system: pp.Opts | None = None) -> pp.Sequence:
 
     Per TR there are three soft-delay blocks: ``TE`` (factor 1) before the read-out, ``TE`` again (factor -1)
     after it so that changing TE keeps TR constant, and ``TR`` at the end. The default durations give
-    ``TE`` = the ``TE`` definition and ``TR`` = the ``TR`` definition; ``seq.apply_soft_delay(TE=..., TR=...)``
-    changes them.
+    ``TE`` = the ``TE`` definition and ``TR`` = the ``TR`` definition;
+    ``seq.apply_soft_delay(TE=..., TR=...)`` changes them.
     """
     system = _system(system)
     seq = pp.Sequence(system)
@@ -781,7 +809,8 @@ def soft_delays(system: pp.Opts | None = None) -> pp.Sequence:
     gx_pre = pp.make_trapezoid(channel="x", area=-gx.area / 2, duration=1e-3, system=system)
     gz_reph = pp.make_trapezoid(channel="z", area=-gz.area / 2, duration=1e-3, system=system)
     gy_pre = [
-        pp.make_trapezoid(channel="y", area=-(k - n / 2) * delta_k, duration=1e-3, system=system) for k in range(n)
+        pp.make_trapezoid(channel="y", area=-(k - n / 2) * delta_k, duration=1e-3, system=system)
+        for k in range(n)
     ]
     gy_rew = [pp.scale_grad(g, -1) for g in gy_pre]
     gx_spoil = pp.make_trapezoid(channel="x", area=2 * n * delta_k, system=system)
@@ -834,22 +863,22 @@ def arbitrary_gradient_oversampled(system: pp.Opts | None = None, oversampled: b
     """2D GRE made of arbitrary gradients and extended trapezoids stored with explicit time shapes.
 
     * slice select: extended trapezoid with unequal ramps (irregular corner times -> ``time_shape_id`` > 0),
-    * slice rephaser: triangular extended trapezoid (own time shape),
+    * slice rephaser: extended trapezoid with unequal ramps (another time shape),
     * read prephaser (sine lobe) and phase encoding (Hann lobe, one shape, several amplitudes): regularly
       sampled arbitrary gradients (``time_shape_id`` 0, explicit ``first``/``last``),
     * read-out: extended trapezoid with unequal ramps and the ADC on its plateau,
     * z spoiler split across two blocks: ramp-up ending at a non-zero ``last`` on the block boundary, then a
       block starting from that amplitude (``first`` != 0).
 
-    With ``oversampled=True`` an x spoiler sampled on the half raster (``make_arbitrary_grad(oversampling=True)``,
-    written with ``time_shape_id`` -1) is added to the last block of every TR. pypulseq 1.5.0.post1 only handles
-    this partially, which is why it is off by default:
+    With ``oversampled=True`` an x spoiler sampled on the half raster
+    (``make_arbitrary_grad(oversampling=True)``, written with ``time_shape_id`` -1) is added to the last block
+    of every TR. pypulseq 1.5.0.post1 only handles this partially, which is why it is off by default:
 
     * ``seq.write(path)`` and ``Sequence().read(path)`` raise ``KeyError: -1`` in ``remove_duplicates``; use
       ``seq.write(path, remove_duplicates=False)`` and ``Sequence().read(path, remove_duplicates=False)``.
     * ``seq.get_block()`` reports ``shape_dur`` = ``(N + 1) * grad_raster_time`` for an N-sample oversampled
-      waveform (twice the real ``(N + 1) / 2 * grad_raster_time``), so the block is padded with a delay at least
-      that long to keep ``check_timing()`` clean.
+      waveform (twice the real ``(N + 1) / 2 * grad_raster_time``), so the block is padded with a delay at
+      least that long to keep ``check_timing()`` clean.
     """
     system = _system(system)
     seq = pp.Sequence(system)
@@ -914,7 +943,9 @@ def arbitrary_gradient_oversampled(system: pp.Opts | None = None, oversampled: b
     hann = np.sin(np.pi * centres) ** 2
     pre_area = -(ro_amp * (ro_rise / 2 + ro_flat / 2))
     gx_pre = pp.make_arbitrary_grad("x", _lobe(sine, pre_area, raster), first=0, last=0, system=system)
-    gy_unit = pp.make_arbitrary_grad("y", _lobe(hann, n_lines / 2 * delta_k, raster), first=0, last=0, system=system)
+    gy_unit = pp.make_arbitrary_grad(
+        "y", _lobe(hann, n_lines / 2 * delta_k, raster), first=0, last=0, system=system
+    )
     gy_pre = [pp.scale_grad(gy_unit, (k - n_lines / 2) / (n_lines / 2)) for k in range(n_lines)]
     gy_rew = [pp.scale_grad(g, -1) for g in gy_pre]
 
@@ -968,13 +999,13 @@ def gre3d(
     """3D RF-spoiled GRE with exactly ``4 * n_pe1 * n_pe2`` blocks (benchmark sequence).
 
     Blocks per TR: non-selective block pulse; read prephaser + both phase encodes; read-out with ADC; read
-    spoiler + phase-encode rewinders. Minimum TR, no dummy scans. With ``labels`` the prephaser block sets ``LIN``
-    in every TR and ``PAR`` in the first TR of each partition (inner loop: ``n_pe1`` lines, outer loop: ``n_pe2``
-    partitions).
+    spoiler + phase-encode rewinders. Minimum TR, no dummy scans. With ``labels`` the prephaser block sets
+    ``LIN`` in every TR and ``PAR`` in the first TR of each partition (inner loop: ``n_pe1`` lines, outer
+    loop: ``n_pe2`` partitions).
 
     Built for speed: every event is created once outside the loops and registered with the sequence up front
-    (``seq.register_*_event`` -> ``event.id``), so ``add_block`` only looks the IDs up. RF spoiling uses integer
-    degree phases, hence at most 360 distinct RF/ADC events.
+    (``seq.register_*_event`` -> ``event.id``), so ``add_block`` only looks the IDs up. RF spoiling uses
+    integer degree phases, hence at most 360 distinct RF/ADC events.
     """
     system = _system(system)
     seq = pp.Sequence(system)
@@ -1004,8 +1035,8 @@ def gre3d(
     for g in [gx, gx_pre, gx_spoil, *gy_pre, *gz_pre, *gy_rew, *gz_rew]:
         g.id = seq.register_grad_event(g)
     phases = _rf_spoil_phases(n_pe1 * n_pe2)
-    rf_by_phase: dict[float, object] = {}
-    adc_by_phase: dict[float, object] = {}
+    rf_by_phase: dict[float, SimpleNamespace] = {}
+    adc_by_phase: dict[float, SimpleNamespace] = {}
     for phase in np.unique(phases):
         rf_p, adc_p = copy(rf), copy(adc)
         rf_p.phase_offset = adc_p.phase_offset = float(phase)
@@ -1014,7 +1045,8 @@ def gre3d(
         rf_by_phase[phase], adc_by_phase[phase] = rf_p, adc_p
     rf_seq = [rf_by_phase[p] for p in phases]
     adc_seq = [adc_by_phase[p] for p in phases]
-    lin = par = []
+    lin: list[SimpleNamespace] = []
+    par: list[SimpleNamespace] = []
     if labels:
         lin = [pp.make_label("LIN", "SET", i) for i in range(n_pe1)]
         par = [pp.make_label("PAR", "SET", j) for j in range(n_pe2)]
