@@ -9,9 +9,12 @@ run, to name the offending line.
 
 from __future__ import annotations
 
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +25,8 @@ _HEADER = re.compile(rb"\n[ \t]*(?=\[|extension[ \t])")
 _WS = np.zeros(256, dtype=bool)
 _WS[[9, 10, 11, 12, 13, 32]] = True
 _HASH = ord("#")
+_CHUNK_BYTES = 1 << 18
+_PARALLEL_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class TextFile:
         Text before the first header must be comments or blank.
         """
         data = self.data
-        starts = [m.end() for m in _HEADER.finditer(data)]
+        starts = _header_starts(data)
         if data.lstrip(b" \t").startswith((b"[", b"extension ")):
             starts.insert(0, len(data) - len(data.lstrip(b" \t")))
         else:
@@ -115,23 +120,12 @@ class TextFile:
         """
         allowed = (columns,) if isinstance(columns, int) else columns
         raw = np.frombuffer(self.data, dtype=np.uint8, count=section.end - section.start, offset=section.start)
-        ws = _WS[raw]
-        tok_start_mask = ~ws
-        tok_start_mask[1:] &= ws[:-1]
-        tok_starts = np.flatnonzero(tok_start_mask)
-        newlines = np.flatnonzero(raw == 10)
-        line_starts = np.concatenate(([0], newlines + 1))
-        if line_starts[-1] == raw.size:
-            line_starts = line_starts[:-1]
+        line_starts, counts, first_tok_at = self._line_tokens(section, raw)
         n_lines = line_starts.size
         if n_lines == 0:
             return Table(np.zeros((0, allowed[0] - len(word_columns))), [[] for _ in word_columns], np.zeros(0, np.int64))
-        line_of_tok = np.searchsorted(line_starts, tok_starts, side="right") - 1
-        counts = np.bincount(line_of_tok, minlength=n_lines)
-        first_tok = np.cumsum(counts) - counts
         has_tok = counts > 0
-        comment = np.zeros(n_lines, dtype=bool)
-        comment[has_tok] = raw[tok_starts[first_tok[has_tok]]] == _HASH
+        comment = has_tok & (raw[first_tok_at] == _HASH)
         data_lines = np.flatnonzero(has_tok & ~comment)
         line_numbers = section.line + 1 + data_lines
         rows = data_lines.size
@@ -149,7 +143,6 @@ class TextFile:
                     is_line=True,
                 )
         # Blank out comment lines and word columns, then convert every number in one call.
-        clean = raw.copy()
         blank_starts: list[npt.NDArray[np.int64]] = []
         blank_ends: list[npt.NDArray[np.int64]] = []
         comment_lines = np.flatnonzero(comment)
@@ -159,7 +152,12 @@ class TextFile:
             blank_ends.append(line_ends[comment_lines])
         words: list[list[str]] = []
         if word_columns and rows:
+            ws = raw <= 32
+            tok_start_mask = ~ws
+            tok_start_mask[1:] &= ws[:-1]
+            tok_starts = np.flatnonzero(tok_start_mask)
             tok_ends = _token_ends(ws)
+            first_tok = np.searchsorted(tok_starts, line_starts)
             for col in word_columns:
                 idx = first_tok[data_lines] + col
                 s, e = tok_starts[idx], tok_ends[idx]
@@ -170,11 +168,15 @@ class TextFile:
         elif word_columns:
             words = [[] for _ in word_columns]
         if blank_starts:
+            clean = raw.copy()
             _blank(clean, np.concatenate(blank_starts), np.concatenate(blank_ends))
+            text = clean.tobytes()
+        else:
+            text = self.data[section.start : section.end]
         n_numeric = ncols - len(word_columns)
         dtype = np.int64 if integer else np.float64
         try:
-            values = np.fromstring(clean.tobytes(), dtype=dtype, sep=" ")  # type: ignore[call-overload]
+            values = _parse_numbers(text, dtype)
         except ValueError:
             values = np.zeros(0, dtype=dtype)
         if values.size != rows * n_numeric:
@@ -208,6 +210,49 @@ class TextFile:
                     ) from None
         raise self.error(section.line, f"[{_section_name(section)}] cannot be parsed", is_line=True)
 
+    def _line_tokens(
+        self, section: Section, raw: npt.NDArray[np.uint8]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Per line of ``raw``: its start offset, its number of whitespace-separated tokens and the offset
+        of its first token (the line start when it has none).
+
+        Works through the bytes in cache-sized chunks cut at line ends, so the temporary masks stay small.
+        """
+        starts: list[npt.NDArray[np.int64]] = []
+        counts: list[npt.NDArray[np.int64]] = []
+        firsts: list[npt.NDArray[np.int64]] = []
+        a = 0
+        while a < raw.size:
+            b = min(a + _CHUNK_BYTES, raw.size)
+            if b < raw.size:
+                nl = self.data.rfind(b"\n", section.start + a, section.start + b)
+                b = raw.size if nl < 0 else nl - section.start + 1
+            sub = raw[a:b]
+            ws = sub <= 32  # space and every control byte; only the whitespace ones may occur
+            if np.count_nonzero(sub < 32) != np.count_nonzero((sub - np.uint8(9)) < 5):  # \t \n \v \f \r
+                self._raise_control_byte(section)
+            tok = ~ws
+            tok[1:] &= ws[:-1]
+            tok_starts = np.flatnonzero(tok)
+            line_starts = np.flatnonzero(sub == 10) + 1
+            line_starts = np.concatenate(([0], line_starts[line_starts < sub.size]))
+            first = np.searchsorted(tok_starts, line_starts)
+            n_tok = np.diff(first, append=tok_starts.size)
+            first_at = np.where(n_tok > 0, tok_starts[np.minimum(first, tok_starts.size - 1)], line_starts)
+            starts.append(line_starts + a)
+            counts.append(n_tok)
+            firsts.append(first_at + a)
+            a = b
+        if not starts:
+            empty = np.zeros(0, np.int64)
+            return empty, empty, empty
+        return np.concatenate(starts), np.concatenate(counts), np.concatenate(firsts)
+
+    def _raise_control_byte(self, section: Section) -> None:
+        body = np.frombuffer(self.data, dtype=np.uint8, count=section.end - section.start, offset=section.start)
+        offset = section.start + int(np.flatnonzero((body < 32) & ~_WS[body])[0])
+        raise self.error(offset, f"[{_section_name(section)}] control character {self.data[offset]:#04x} in the text")
+
     def body_lines_raw(self, section: Section) -> list[tuple[int, bytes]]:
         """The non-blank, non-comment lines of a section as ``(line number, stripped bytes)``."""
         out: list[tuple[int, bytes]] = []
@@ -237,6 +282,48 @@ class TextFile:
         return out
 
 
+def _header_starts(data: bytes) -> list[int]:
+    """Offsets of the ``[`` or ``extension`` that opens each header line after the first line."""
+    if data.count(b"[") + data.count(b"extension") > 10_000:  # not a normal file: let the regex engine scan
+        return [m.end() for m in _HEADER.finditer(data)]
+    starts = []
+    for word in (b"[", b"extension"):
+        i = data.find(word)
+        while i >= 0:
+            line_start = data.rfind(b"\n", 0, i) + 1
+            if line_start > 0 and not data[line_start:i].strip(b" \t"):
+                if word == b"[" or data[i + 9 : i + 10] in (b" ", b"\t"):
+                    starts.append(i)
+            i = data.find(word, i + 1)
+    return sorted(starts)
+
+
+def _parse_numbers(text: bytes, dtype: type[np.int64] | type[np.float64]) -> npt.NDArray[Any]:
+    """All whitespace-separated numbers in ``text``; big texts are cut at line ends and converted on
+    several threads (numpy's conversion releases the GIL). Raises ValueError on a non-number."""
+    parts = _cpu_count() if len(text) >= _PARALLEL_BYTES else 1
+    cuts = [0]
+    for k in range(1, parts):
+        nl = text.find(b"\n", max(len(text) * k // parts, cuts[-1]))
+        if nl < 0:
+            break
+        cuts.append(nl + 1)
+    cuts.append(len(text))
+    pieces = [text[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    if len(pieces) == 1:
+        return np.fromstring(text, dtype=dtype, sep=" ")  # type: ignore[call-overload,no-any-return]
+    with ThreadPoolExecutor(len(pieces)) as pool:
+        arrays = list(pool.map(lambda piece: np.fromstring(piece, dtype=dtype, sep=" "), pieces))
+    return np.concatenate(arrays)
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, min(len(os.sched_getaffinity(0)), 8))
+    except AttributeError:  # not on Linux
+        return max(1, min(os.cpu_count() or 1, 8))
+
+
 def _token_ends(ws: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
     end_mask = ~ws
     end_mask[:-1] &= ws[1:]
@@ -244,11 +331,16 @@ def _token_ends(ws: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
 
 
 def _blank(buf: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64]) -> None:
-    """Overwrite ``buf[starts[i]:ends[i]]`` with spaces, for all i at once."""
-    delta = np.zeros(buf.size + 1, dtype=np.int32)
-    np.add.at(delta, starts, 1)
-    np.add.at(delta, ends, -1)
-    buf[np.cumsum(delta[:-1]) > 0] = 32
+    """Overwrite ``buf[starts[i]:ends[i]]`` with spaces (the ranges do not overlap)."""
+    if starts.size < 4096:  # a few comment lines: slice assignment beats a pass over the buffer
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+            buf[a:b] = 32
+        return
+    lengths = ends - starts
+    keep = lengths > 0
+    starts, lengths = starts[keep], lengths[keep]
+    first = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+    buf[first + np.arange(first.size)] = 32
 
 
 def _lines(data: bytes, start: int, end: int) -> list[tuple[int, bytes]]:

@@ -17,7 +17,7 @@ import numpy as np
 from scanctl.profile import AXES, SystemProfile
 from scanctl.sequence.model import FloatArray, IntArray, Sequence
 from scanctl.sequence.timing import block_event_ends
-from scanctl.sequence.waveforms import AxisWaveform, axis_extremes, axis_waveform, event_breakpoints
+from scanctl.sequence.waveforms import event_breakpoints, event_extremes
 
 #: At most this many violations of one kind are listed; ``violation_counts`` has the totals.
 MAX_LISTED_PER_KIND = 100
@@ -97,11 +97,8 @@ def check(seq: Sequence, profile: SystemProfile) -> CheckReport:
     _check_event_rasters(c)
     _check_dead_times_and_block_ends(c, profile)
     _check_soft_delays(c)
-    waves = [axis_waveform(seq, a) for a in range(3)]
-    _check_gradients(c, waves, profile)
+    peak_g, peak_s = _check_gradients(c, profile)
     _check_continuity(c)
-
-    extremes = [axis_extremes(w) for w in waves]
     v = seq.version
     return CheckReport(
         format_version=f"{v[0]}.{v[1]}.{v[2]}",
@@ -110,8 +107,8 @@ def check(seq: Sequence, profile: SystemProfile) -> CheckReport:
         rf_events=int((seq.blocks.rf >= 0).sum()),
         adc_events=int((seq.blocks.adc >= 0).sum()),
         adc_samples=int(seq.adc.num_samples[seq.blocks.adc[seq.blocks.adc >= 0]].sum()),
-        max_gradient_hz_per_m={a: e.max_gradient for a, e in zip(AXES, extremes, strict=True)},
-        max_slew_hz_per_m_per_s={a: e.max_slew for a, e in zip(AXES, extremes, strict=True)},
+        max_gradient_hz_per_m=peak_g,
+        max_slew_hz_per_m_per_s=peak_s,
         violations=c.violations,
         violation_counts=c.counts,
         rasters_s={
@@ -129,13 +126,15 @@ def _misaligned(values: FloatArray, raster: float) -> np.ndarray:
     return np.abs(q - np.round(q)) >= _RASTER_TOL
 
 
-def _first_use(seq: Sequence, column: IntArray, n_events: int) -> IntArray:
-    """Index of the first block that plays each event row (-1 if none)."""
-    first = np.full(n_events, -1, dtype=np.int64)
-    blocks = np.flatnonzero(column >= 0)
-    rows, idx = np.unique(column[blocks], return_index=True)
-    first[rows] = blocks[idx]
-    return first
+def _first_blocks(column: IntArray, bad_rows: IntArray) -> IntArray:
+    """For each event row in ``bad_rows``, the first block index whose ``column`` refers to it (-1 if none)."""
+    out = np.full(bad_rows.size, -1, dtype=np.int64)
+    if bad_rows.size == 0:
+        return out
+    blocks = np.flatnonzero(np.isin(column, bad_rows))
+    rows, first = np.unique(column[blocks], return_index=True)
+    out[np.searchsorted(bad_rows, rows)] = blocks[first]
+    return out
 
 
 def _check_rasters_against_profile(c: _Collector, profile: SystemProfile) -> None:
@@ -153,30 +152,32 @@ def _check_rasters_against_profile(c: _Collector, profile: SystemProfile) -> Non
 
 
 def _check_event_rasters(c: _Collector) -> None:
+    """Event delays, dwell times and trapezoid times on the file's rasters; each misaligned event is
+    reported once, at the first block that plays it."""
     seq = c.seq
-    r = seq.rasters
-    rf_first = _first_use(seq, seq.blocks.rf, seq.rf.id.size)
-    adc_first = _first_use(seq, seq.blocks.adc, seq.adc.id.size)
-    grad_first = np.full(seq.grad.id.size, -1, dtype=np.int64)
-    for axis in range(3):
-        f = _first_use(seq, seq.blocks.grad[:, axis], seq.grad.id.size)
-        grad_first = np.where((grad_first < 0) | ((f >= 0) & (f < grad_first)), f, grad_first)
-    g = seq.grad
+    r, g, b = seq.rasters, seq.grad, seq.blocks
     items = (
-        ("RF delay", seq.rf.delay_s, r.rf_s, "RF raster", rf_first, None),
-        ("ADC delay", seq.adc.delay_s, r.rf_s, "RF raster", adc_first, None),
-        ("ADC dwell", seq.adc.dwell_s, r.adc_s, "ADC raster", adc_first, None),
-        ("gradient delay", g.delay_s, r.gradient_s, "gradient raster", grad_first, None),
-        ("trapezoid rise time", g.rise_s, r.gradient_s, "gradient raster", grad_first, g.is_trap),
-        ("trapezoid flat time", g.flat_s, r.gradient_s, "gradient raster", grad_first, g.is_trap),
-        ("trapezoid fall time", g.fall_s, r.gradient_s, "gradient raster", grad_first, g.is_trap),
+        ("RF delay", seq.rf.delay_s, r.rf_s, "RF raster", (b.rf,), None),
+        ("ADC delay", seq.adc.delay_s, r.rf_s, "RF raster", (b.adc,), None),
+        ("ADC dwell", seq.adc.dwell_s, r.adc_s, "ADC raster", (b.adc,), None),
+        ("gradient delay", g.delay_s, r.gradient_s, "gradient raster", tuple(b.grad.T), None),
+        ("trapezoid rise time", g.rise_s, r.gradient_s, "gradient raster", tuple(b.grad.T), g.is_trap),
+        ("trapezoid flat time", g.flat_s, r.gradient_s, "gradient raster", tuple(b.grad.T), g.is_trap),
+        ("trapezoid fall time", g.fall_s, r.gradient_s, "gradient raster", tuple(b.grad.T), g.is_trap),
     )
-    for what, values, raster, raster_name, first, only in items:
-        bad = _misaligned(values, raster) & (first >= 0)
+    for what, values, raster, raster_name, columns, only in items:
+        bad = _misaligned(values, raster)
         if only is not None:
             bad &= only
         rows = np.flatnonzero(bad)
-        blocks = first[rows]
+        if rows.size == 0:
+            continue
+        firsts = np.stack([_first_blocks(col, rows) for col in columns])
+        first = np.where(firsts >= 0, firsts, np.iinfo(np.int64).max).min(axis=0)
+        played = first < np.iinfo(np.int64).max
+        rows, blocks = rows[played], first[played]
+        order = np.argsort(blocks, kind="stable")
+        rows, blocks = rows[order], blocks[order]
         c.add("raster", blocks, seq.block_start_s[blocks], values[rows], raster,
               f"block {{block}}: {what} {{value:.9g}} s does not align to the {raster_name} {{limit:.9g}} s")
 
@@ -236,29 +237,34 @@ def _check_soft_delays(c: _Collector) -> None:
               f"for delay number {n}")
 
 
-def _check_gradients(c: _Collector, waves: list[AxisWaveform], profile: SystemProfile) -> None:
+def _check_gradients(c: _Collector, profile: SystemProfile) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-axis amplitude and slew against the profile; returns the per-axis peaks."""
+    seq = c.seq
+    ex = event_extremes(seq)
     max_g = profile.max_gradient_hz_per_m()
     max_s = profile.max_slew_hz_per_m_per_s()
-    for axis, w in enumerate(waves):
-        name = AXES[axis]
-        ag = np.abs(w.g_hz_per_m)
-        over = np.flatnonzero(ag > max_g[axis] * (1 + 1e-9))
-        blocks, first = np.unique(w.block[over], return_index=True)
-        pts = over[first]
-        c.add("gradient_amplitude", blocks, w.t_s[pts], ag[pts], max_g[axis],
-              f"block {{block}}: {name} gradient {{value:.6g}} Hz/m exceeds the limit {{limit:.6g}} Hz/m")
-        if w.t_s.size < 2:
-            continue
-        dt = np.diff(w.t_s)
-        dg = np.diff(w.g_hz_per_m)
-        seg = dt > 1e-12
-        slew = np.zeros(dt.size)
-        slew[seg] = np.abs(dg[seg]) / dt[seg]
-        over = np.flatnonzero(slew > max_s[axis] * (1 + 1e-6))
-        blocks, first = np.unique(w.block[over + 1], return_index=True)
-        pts = over[first]
-        c.add("slew_rate", blocks, w.t_s[pts], slew[pts], max_s[axis],
-              f"block {{block}}: {name} slew rate {{value:.6g}} Hz/m/s exceeds the limit {{limit:.6g}} Hz/m/s")
+    start = seq.block_start_s[:-1]
+    peak_g: dict[str, float] = {}
+    peak_s: dict[str, float] = {}
+    for axis, name in enumerate(AXES):
+        rows = seq.blocks.grad[:, axis]
+        has = rows >= 0
+        safe = np.where(has, rows, 0)
+        used = np.bincount(rows[has], minlength=ex.max_gradient.size) > 0
+        peak_g[name] = float(ex.max_gradient[used].max(initial=0.0))
+        peak_s[name] = float(ex.max_slew[used].max(initial=0.0))
+        for kind, peaks, times, limit, tol, message in (
+            ("gradient_amplitude", ex.max_gradient, ex.max_gradient_t_s, max_g[axis], 1e-9,
+             f"block {{block}}: {name} gradient {{value:.6g}} Hz/m exceeds the limit {{limit:.6g}} Hz/m"),
+            ("slew_rate", ex.max_slew, ex.max_slew_t_s, max_s[axis], 1e-6,
+             f"block {{block}}: {name} slew rate {{value:.6g}} Hz/m/s exceeds the limit {{limit:.6g}} Hz/m/s"),
+        ):
+            bad_row = used & (peaks > limit * (1 + tol))
+            if not bad_row.any():
+                continue
+            blocks = np.flatnonzero(has & bad_row[safe])
+            c.add(kind, blocks, start[blocks] + times[rows[blocks]], peaks[rows[blocks]], limit, message)
+    return peak_g, peak_s
 
 
 def _check_continuity(c: _Collector) -> None:
@@ -273,10 +279,16 @@ def _check_continuity(c: _Collector) -> None:
     steps = np.flatnonzero((np.diff(t_rel) <= 1e-12) & (np.abs(np.diff(g_rel)) > tol))
     same_event = np.searchsorted(offsets, steps, side="right") == np.searchsorted(offsets, steps + 1, side="right")
     step_rows = np.unique(np.searchsorted(offsets, steps[same_event], side="right") - 1)
-    first_val = np.where(offsets[1:] > offsets[:-1], g_rel[np.minimum(offsets[:-1], g_rel.size - 1)], 0.0)
-    last_val = np.where(offsets[1:] > offsets[:-1], g_rel[np.maximum(offsets[1:] - 1, 0)], 0.0)
-    first_t = np.where(offsets[1:] > offsets[:-1], t_rel[np.minimum(offsets[:-1], t_rel.size - 1)], 0.0)
-    last_t = np.where(offsets[1:] > offsets[:-1], t_rel[np.maximum(offsets[1:] - 1, 0)], 0.0)
+    nonempty = offsets[1:] > offsets[:-1]
+    first_i = np.minimum(offsets[:-1], g_rel.size - 1)
+    last_i = np.maximum(offsets[1:] - 1, 0)
+    # Per event row, padded with one "no event" row at index -1 (what a block without an event refers to).
+    first_val = np.append(np.where(nonempty, g_rel[first_i], 0.0), 0.0)
+    last_val = np.append(np.where(nonempty, g_rel[last_i], 0.0), 0.0)
+    first_t = np.append(np.where(nonempty, t_rel[first_i], 0.0), 0.0)
+    last_t = np.append(np.where(nonempty, t_rel[last_i], np.inf), np.inf)
+    begin_val = np.where(first_t <= 1e-12, first_val, 0.0)
+    late_row = (first_t > 1e-12) & (np.abs(first_val) > tol)
     dur = seq.block_duration_s
     start = seq.block_start_s[:-1]
     # Only blocks that take time or play a gradient take part in boundaries (label-only blocks do not).
@@ -288,19 +300,19 @@ def _check_continuity(c: _Collector) -> None:
             blocks = np.flatnonzero(rows == r)
             c.add("gradient_continuity", blocks, start[blocks], np.full(blocks.size, np.nan), 0.0,
                   f"block {{block}}: {name} gradient steps within its event (infinite slew)")
-        has = rows >= 0
-        safe = np.where(has, rows, 0)
-        begin_val = np.where(has & (first_t[safe] <= 1e-12), first_val[safe], 0.0)
-        end_val = np.where(has & (last_t[safe] >= dur - 1e-12), last_val[safe], 0.0)
+        ends_at = last_t[rows]  # inf where the block has no event on this axis
+        reaches_end = ends_at >= dur - 1e-12
+        end_val = np.where(reaches_end, last_val[rows], 0.0)
         # An event that starts late or ends early must do so at zero.
-        late = np.flatnonzero(has & (first_t[safe] > 1e-12) & (np.abs(first_val[safe]) > tol))
-        c.add("gradient_continuity", late, start[late] + first_t[safe[late]], first_val[safe[late]], 0.0,
+        late = np.flatnonzero(late_row[rows])
+        c.add("gradient_continuity", late, start[late] + first_t[rows[late]], first_val[rows[late]], 0.0,
               f"block {{block}}: {name} gradient starts at {{value:.6g}} Hz/m after a delay (must start at 0)")
-        early = np.flatnonzero(has & (last_t[safe] < dur - 1e-12) & (np.abs(last_val[safe]) > tol))
-        c.add("gradient_continuity", early, start[early] + last_t[safe[early]], last_val[safe[early]], 0.0,
+        early = np.flatnonzero(~reaches_end & (np.abs(last_val[rows]) > tol))
+        c.add("gradient_continuity", early, start[early] + last_t[rows[early]], last_val[rows[early]], 0.0,
               f"block {{block}}: {name} gradient ends at {{value:.6g}} Hz/m before the block ends (must end at 0)")
+        begin = begin_val[rows]
         left = np.concatenate(([0.0], end_val[active]))
-        right = np.concatenate((begin_val[active], [0.0]))
+        right = np.concatenate((begin[active], [0.0]))
         jump = np.flatnonzero(np.abs(right - left) > tol)
         blocks = np.where(jump < active.size, active[np.minimum(jump, active.size - 1)], active[-1])
         times = np.where(jump < active.size, start[blocks], seq.duration_s)

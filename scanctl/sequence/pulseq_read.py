@@ -648,9 +648,17 @@ class _IdIndex:
     def __init__(self, ids: IntArray) -> None:
         self.order = np.argsort(ids, kind="stable")
         self.sorted = ids[self.order]
+        # Ids are usually dense (1..n): then a lookup table answers with one gather.
+        self.lut: IntArray | None = None
+        if self.sorted.size and 0 <= self.sorted[0] and self.sorted[-1] <= max(16 * self.sorted.size, 1 << 16):
+            self.lut = np.full(int(self.sorted[-1]) + 2, -1, dtype=np.int64)
+            self.lut[self.sorted] = self.order
 
     def rows(self, refs: np.ndarray) -> IntArray:
-        refs = np.asarray(refs).astype(np.int64)
+        refs = np.asarray(refs).astype(np.int64, copy=False)
+        if self.lut is not None:
+            last = self.lut.size - 1  # always -1
+            return self.lut[np.where((refs >= 0) & (refs < last), refs, last)]
         if self.sorted.size == 0:
             return np.full(refs.shape, -1, np.int64)
         pos = np.clip(np.searchsorted(self.sorted, refs), 0, self.sorted.size - 1)

@@ -72,8 +72,6 @@ def block_event_ends(seq: Sequence) -> dict[str, FloatArray]:
 
 
 def _gather(values: FloatArray, rows: np.ndarray) -> FloatArray:
-    out = np.zeros(rows.size)
-    has = rows >= 0
-    out[has] = values[rows[has]]
-    return out
+    """``values[rows]``, with 0 where ``rows`` is -1 (no event): one gather from a zero-padded copy."""
+    return np.append(values, 0.0)[rows]
 

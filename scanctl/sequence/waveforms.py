@@ -187,30 +187,41 @@ def kspace_adc(seq: Sequence) -> FloatArray:
 
 
 @dataclass(frozen=True)
-class AxisExtremes:
-    """Per-axis peak gradient (Hz/m) and slew (Hz/m/s), with where they occur."""
+class EventExtremes:
+    """Per gradient event row: peak |g| (Hz/m) and peak |dg/dt| (Hz/m/s), with their times from the
+    block start. An event's waveform is the same in every block that plays it, so limits are checked
+    once per event, not once per block; steps (zero-length segments) are not slew."""
 
-    max_gradient: float
-    max_gradient_time_s: float
-    max_gradient_block: int
-    max_slew: float
-    max_slew_time_s: float
-    max_slew_block: int
+    max_gradient: FloatArray
+    max_gradient_t_s: FloatArray
+    max_slew: FloatArray
+    max_slew_t_s: FloatArray
 
 
-def axis_extremes(wave: AxisWaveform, min_dt_s: float = 1e-12) -> AxisExtremes:
-    """Peak |g| and peak |dg/dt| over segments longer than ``min_dt_s`` (steps are not slew)."""
-    if wave.t_s.size == 0:
-        return AxisExtremes(0.0, 0.0, -1, 0.0, 0.0, -1)
-    ag = np.abs(wave.g_hz_per_m)
-    ig = int(np.argmax(ag))
-    dt = np.diff(wave.t_s)
-    dg = np.diff(wave.g_hz_per_m)
-    slew = np.divide(np.abs(dg), dt, out=np.zeros_like(dt), where=dt > min_dt_s)
-    if slew.size == 0:
-        return AxisExtremes(float(ag[ig]), float(wave.t_s[ig]), int(wave.block[ig]), 0.0, 0.0, -1)
-    js = int(np.argmax(slew))
-    return AxisExtremes(
-        float(ag[ig]), float(wave.t_s[ig]), int(wave.block[ig]),
-        float(slew[js]), float(wave.t_s[js]), int(wave.block[js]),
+def event_extremes(seq: Sequence, min_dt_s: float = 1e-12) -> EventExtremes:
+    offsets, t_rel, g_rel = event_breakpoints(seq)
+    n = offsets.size - 1
+    lengths = np.diff(offsets)
+    owner = np.repeat(np.arange(n), lengths)
+    ag = np.abs(g_rel)
+    max_g = np.zeros(n)
+    np.maximum.at(max_g, owner, ag)
+    # Slew on the segments inside each event (segment k joins breakpoints k and k+1 of one event).
+    dt = np.diff(t_rel)
+    inside = owner[1:] == owner[:-1] if owner.size else np.zeros(0, dtype=bool)
+    slew = np.divide(np.abs(np.diff(g_rel)), dt, out=np.zeros_like(dt), where=inside & (dt > min_dt_s))
+    max_s = np.zeros(n)
+    np.maximum.at(max_s, owner[:-1], slew)
+    return EventExtremes(
+        max_g, _time_of_first(owner, t_rel, ag, max_g, n),
+        max_s, _time_of_first(owner[:-1], t_rel[:-1], slew, max_s, n),
     )
+
+
+def _time_of_first(owner: IntArray, t: FloatArray, values: FloatArray, peak: FloatArray, n: int) -> FloatArray:
+    """For each event, the time of its first point whose value equals the event's peak."""
+    out = np.zeros(n)
+    hit = np.flatnonzero(values == peak[owner])
+    rows, first = np.unique(owner[hit], return_index=True)
+    out[rows] = t[hit[first]]
+    return out
