@@ -11,7 +11,6 @@ import json
 import logging
 import sys
 from collections.abc import Sequence as Argv
-from pathlib import Path
 
 import numpy as np
 

@@ -6,6 +6,7 @@ Limits live here, never in code. Unknown keys, wrong types and out-of-range valu
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -94,7 +95,7 @@ def parse(text: str, source: str = "<profile>") -> SystemProfile:
     r = _Reader(data, source)
     scanner = r.table("scanner", {"name", "b0_t", "gamma_hz_per_t"})
     grad = r.table("gradient", {"max_amplitude_mt_per_m", "max_slew_t_per_m_per_s"})
-    timing_keys = {f.name for f in TimingLimits.__dataclass_fields__.values()}  # type: ignore[attr-defined]
+    timing_keys = {f.name for f in dataclasses.fields(TimingLimits)}
     timing = r.table("timing", timing_keys)
     r.no_other_tables({"scanner", "gradient", "timing"})
     amp = r.axes(grad, "gradient.max_amplitude_mt_per_m", 0.1, 1000.0)

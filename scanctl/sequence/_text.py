@@ -47,7 +47,7 @@ class Table:
     ``lines`` the 1-based file line of each row.
     """
 
-    values: npt.NDArray[np.float64] | npt.NDArray[np.int64]
+    values: npt.NDArray[Any]  # float64, or int64 for integer tables
     words: list[list[str]]
     lines: npt.NDArray[np.int64]
 
@@ -123,7 +123,8 @@ class TextFile:
         line_starts, counts, first_tok_at = self._line_tokens(section, raw)
         n_lines = line_starts.size
         if n_lines == 0:
-            return Table(np.zeros((0, allowed[0] - len(word_columns))), [[] for _ in word_columns], np.zeros(0, np.int64))
+            empty = np.zeros((0, allowed[0] - len(word_columns)))
+            return Table(empty, [[] for _ in word_columns], np.zeros(0, np.int64))
         has_tok = counts > 0
         comment = has_tok & (raw[first_tok_at] == _HASH)
         data_lines = np.flatnonzero(has_tok & ~comment)
@@ -291,9 +292,9 @@ def _header_starts(data: bytes) -> list[int]:
         i = data.find(word)
         while i >= 0:
             line_start = data.rfind(b"\n", 0, i) + 1
-            if line_start > 0 and not data[line_start:i].strip(b" \t"):
-                if word == b"[" or data[i + 9 : i + 10] in (b" ", b"\t"):
-                    starts.append(i)
+            at_line_start = line_start > 0 and not data[line_start:i].strip(b" \t")
+            if at_line_start and (word == b"[" or data[i + 9 : i + 10] in (b" ", b"\t")):
+                starts.append(i)
             i = data.find(word, i + 1)
     return sorted(starts)
 
@@ -311,7 +312,7 @@ def _parse_numbers(text: bytes, dtype: type[np.int64] | type[np.float64]) -> npt
     cuts.append(len(text))
     pieces = [text[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
     if len(pieces) == 1:
-        return np.fromstring(text, dtype=dtype, sep=" ")  # type: ignore[call-overload,no-any-return]
+        return np.fromstring(text, dtype=dtype, sep=" ")
     with ThreadPoolExecutor(len(pieces)) as pool:
         arrays = list(pool.map(lambda piece: np.fromstring(piece, dtype=dtype, sep=" "), pieces))
     return np.concatenate(arrays)

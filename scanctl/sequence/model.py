@@ -208,7 +208,7 @@ class Sequence:
     # -- block timing -------------------------------------------------------------------------------
     @cached_property
     def block_duration_s(self) -> FloatArray:
-        return self.blocks.duration_ticks * self.rasters.block_duration_s
+        return self.blocks.duration_ticks * np.float64(self.rasters.block_duration_s)
 
     @cached_property
     def block_start_s(self) -> FloatArray:

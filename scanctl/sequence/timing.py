@@ -25,7 +25,7 @@ def rf_shape_duration_s(seq: Sequence) -> FloatArray:
     """Duration of each RF event's shape (without its delay), seconds."""
     rf, shapes, raster = seq.rf, seq.shapes, seq.rasters.rf_s
     n = shapes.length(rf.mag_shape)
-    dur = n * raster
+    dur: FloatArray = n * np.float64(raster)
     timed = np.flatnonzero(rf.time_shape >= 0)
     for row in timed.tolist():
         last = shapes.get(int(rf.time_shape[row]))[-1] * raster

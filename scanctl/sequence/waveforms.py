@@ -7,8 +7,8 @@ per-block Python loop runs here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import weakref
+from dataclasses import dataclass
 
 import numpy as np
 
