@@ -39,3 +39,31 @@ class SignatureError(SequenceFormatError):
 
 class SafetyLimitError(ScanctlError):
     """A sequence or command would break a scanner or patient limit."""
+
+
+class DriverError(ScanctlError):
+    """A subsystem failed or refused a command; the message names the subsystem and its state."""
+
+
+class SubsystemFault(DriverError):
+    """A subsystem reported a fault (amplifier trip, over-temperature, ...) while running."""
+
+
+class DriverTimeoutError(DriverError):
+    """A subsystem did not answer or finish within the time allowed."""
+
+
+class BufferFullError(DriverError):
+    """A program was loaded further ahead of the playhead than the subsystem's buffer holds."""
+
+
+class InvalidTransitionError(ScanctlError):
+    """A command is not allowed in the scanner's current state (the message names the state)."""
+
+
+class InterlockError(ScanctlError):
+    """An interlock (emergency stop, door, ...) forbids the command."""
+
+
+class WireProtocolError(ScanctlError):
+    """A message or frame on a wire (ZeroMQ, serial) is malformed or of an unsupported version."""

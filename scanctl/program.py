@@ -1,0 +1,245 @@
+"""Compiled programs: what the executor streams to the subsystems, one segment at a time.
+
+A real spectrometer has finite buffers, so a sequence is never handed over whole: the executor cuts it
+into **segments** of whole blocks (a bounded duration and number of blocks each) and compiles each into
+one program per subsystem, on the scan's single timebase (seconds from the start of the sequence):
+
+- :class:`GradientProgram`: per axis, the piecewise-linear waveform's breakpoints (Hz/m);
+- :class:`RFProgram`: every RF pulse's complex samples (Hz), their times and frequency offsets;
+- :class:`ADCProgram`: every receive window (start, samples, dwell, frequency/phase, labels).
+
+Everything is vectorised over the blocks of a segment; nothing here is per block in Python.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from scanctl.sequence.labels import label_values
+from scanctl.sequence.model import TIME_DEFAULT, FloatArray, IntArray, Sequence
+from scanctl.sequence.waveforms import axis_waveform
+
+ComplexArray = npt.NDArray[np.complex128]
+
+
+@dataclass(frozen=True)
+class GradientProgram:
+    """Gradient waveforms of one segment: for each axis x, y, z, breakpoints ``t_s`` (absolute, s)
+    and values ``g_hz_per_m``, linear in between and 0 where an axis has no breakpoints."""
+
+    t0_s: float
+    t1_s: float
+    t_s: tuple[FloatArray, FloatArray, FloatArray]
+    g_hz_per_m: tuple[FloatArray, FloatArray, FloatArray]
+
+    def sample(self, t_s: FloatArray) -> FloatArray:
+        """The gradient at ``t_s`` on all three axes, shape ``(3, len(t_s))``, Hz/m."""
+        out = np.zeros((3, np.size(t_s)))
+        for axis in range(3):
+            if self.t_s[axis].size:
+                out[axis] = np.interp(t_s, self.t_s[axis], self.g_hz_per_m[axis], left=0.0, right=0.0)
+        return out
+
+
+@dataclass(frozen=True)
+class RFProgram:
+    """RF pulses of one segment. Pulse ``p`` has samples ``offsets[p]:offsets[p+1]`` of ``t_s``
+    (absolute sample times, s) and ``b1_hz`` (complex B1 in Hz, phase included; the carrier offset
+    ``freq_hz[p]`` is given separately and is *not* applied to ``b1_hz``). ``raster_s`` is the RF raster
+    each sample lasts (for hard-pulse integration); ``use`` the Pulseq use initial (ASCII)."""
+
+    t0_s: float
+    t1_s: float
+    raster_s: float
+    start_s: FloatArray
+    offsets: IntArray
+    t_s: FloatArray
+    b1_hz: ComplexArray
+    freq_hz: FloatArray
+    use: npt.NDArray[np.uint8]
+    block: IntArray
+
+    @property
+    def n_pulses(self) -> int:
+        return int(self.start_s.size)
+
+
+@dataclass(frozen=True)
+class ADCProgram:
+    """Receive windows of one segment. Sample ``i`` of window ``w`` is at
+    ``start_s[w] + (i + 0.5) * dwell_s[w]``. ``index`` numbers the windows over the whole scan;
+    ``labels`` holds each window's Pulseq label values (name -> per-window array)."""
+
+    t0_s: float
+    t1_s: float
+    start_s: FloatArray
+    num_samples: IntArray
+    dwell_s: FloatArray
+    freq_hz: FloatArray
+    phase_rad: FloatArray
+    block: IntArray
+    index: IntArray
+    labels: dict[str, IntArray]
+
+    @property
+    def n_windows(self) -> int:
+        return int(self.start_s.size)
+
+    @property
+    def total_samples(self) -> int:
+        return int(self.num_samples.sum())
+
+    def sample_times(self) -> FloatArray:
+        """Every sample's time, window after window (s)."""
+        n = self.num_samples
+        first = np.cumsum(n) - n
+        i = np.arange(int(n.sum())) - np.repeat(first, n)
+        return np.repeat(self.start_s, n) + (i + 0.5) * np.repeat(self.dwell_s, n)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Blocks ``block_start:block_stop`` compiled for every subsystem, from ``t0_s`` to ``t1_s``."""
+
+    number: int
+    block_start: int
+    block_stop: int
+    t0_s: float
+    t1_s: float
+    gradient: GradientProgram
+    rf: RFProgram
+    adc: ADCProgram
+
+    @property
+    def duration_s(self) -> float:
+        return self.t1_s - self.t0_s
+
+
+def segment_bounds(seq: Sequence, max_duration_s: float = 1.0, max_blocks: int = 4096) -> IntArray:
+    """Block indices where segments start (and the end): each segment spans at most ``max_blocks``
+    blocks and at most ``max_duration_s`` seconds (at least one block, however long it is)."""
+    n = len(seq.blocks)
+    starts = [0]
+    bstart = seq.block_start_s
+    while starts[-1] < n:
+        a = starts[-1]
+        limit = min(a + max_blocks, n)
+        by_time = int(np.searchsorted(bstart[a + 1 : limit + 1], bstart[a] + max_duration_s, side="right"))
+        starts.append(a + max(1, by_time))
+    return np.array(starts, dtype=np.int64)
+
+
+def compile_segments(
+    seq: Sequence, *, larmor_hz: float, max_duration_s: float = 1.0, max_blocks: int = 4096
+) -> Iterator[Segment]:
+    """Compile ``seq`` into consecutive segments (lazily: one segment is built when asked for).
+
+    ``larmor_hz`` converts the ppm frequency and phase offsets of Pulseq 1.5 into Hz and radians.
+    """
+    bounds = segment_bounds(seq, max_duration_s, max_blocks)
+    adc_blocks = np.flatnonzero(seq.blocks.adc >= 0)
+    labels = label_values(seq)
+    for number, (a, b) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)):
+        t0, t1 = float(seq.block_start_s[a]), float(seq.block_start_s[b])
+        blocks = np.arange(a, b)
+        yield Segment(
+            number=number,
+            block_start=a,
+            block_stop=b,
+            t0_s=t0,
+            t1_s=t1,
+            gradient=_gradient(seq, blocks, t0, t1),
+            rf=_rf(seq, blocks, t0, t1, larmor_hz),
+            adc=_adc(seq, blocks, t0, t1, larmor_hz, adc_blocks, labels),
+        )
+
+
+def _gradient(seq: Sequence, blocks: IntArray, t0: float, t1: float) -> GradientProgram:
+    waves = [axis_waveform(seq, axis, blocks) for axis in range(3)]
+    return GradientProgram(
+        t0, t1, (waves[0].t_s, waves[1].t_s, waves[2].t_s),
+        (waves[0].g_hz_per_m, waves[1].g_hz_per_m, waves[2].g_hz_per_m),
+    )
+
+
+_RF_SAMPLES: weakref.WeakKeyDictionary[Sequence, tuple[IntArray, FloatArray, ComplexArray]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def rf_event_samples(seq: Sequence) -> tuple[IntArray, FloatArray, ComplexArray]:
+    """Every RF event's samples, once per event row, as CSR ``(offsets, t_rel_s, shape)``: time from the
+    pulse's start (its delay excluded) and the unit-amplitude complex shape ``mag * exp(2πi phase)``."""
+    cached = _RF_SAMPLES.get(seq)
+    if cached is None:
+        rf, shapes, raster = seq.rf, seq.shapes, seq.rasters.rf_s
+        times: list[FloatArray] = []
+        values: list[ComplexArray] = []
+        for row in range(rf.id.size):
+            mag = shapes.get(int(rf.mag_shape[row]))
+            phase = shapes.get(int(rf.phase_shape[row])) if rf.phase_shape[row] >= 0 else np.zeros(mag.size)
+            if rf.time_shape[row] == TIME_DEFAULT or rf.time_shape[row] < 0:
+                t = (np.arange(mag.size) + 0.5) * raster
+            else:
+                t = shapes.get(int(rf.time_shape[row])) * raster
+            times.append(t)
+            values.append(mag * np.exp(2j * np.pi * phase))
+        lengths = np.array([t.size for t in times], dtype=np.int64)
+        offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+        cached = (
+            offsets,
+            np.concatenate(times) if times else np.zeros(0),
+            np.concatenate(values) if values else np.zeros(0, np.complex128),
+        )
+        _RF_SAMPLES[seq] = cached
+    return cached
+
+
+def _rf(seq: Sequence, blocks: IntArray, t0: float, t1: float, larmor_hz: float) -> RFProgram:
+    rf = seq.rf
+    pulse_blocks = blocks[seq.blocks.rf[blocks] >= 0]
+    rows = seq.blocks.rf[pulse_blocks]
+    offsets, t_rel, shape = rf_event_samples(seq)
+    lengths = offsets[rows + 1] - offsets[rows]
+    total = int(lengths.sum())
+    starts = np.repeat(offsets[rows] - (np.cumsum(lengths) - lengths), lengths)
+    idx = starts + np.arange(total)
+    start = seq.block_start_s[pulse_blocks] + rf.delay_s[rows]
+    phase = rf.phase_rad[rows] + rf.phase_ppm[rows] * 1e-6 * larmor_hz
+    b1 = np.repeat(rf.amplitude_hz[rows] * np.exp(1j * phase), lengths) * shape[idx]
+    return RFProgram(
+        t0_s=t0,
+        t1_s=t1,
+        raster_s=seq.rasters.rf_s,
+        start_s=start,
+        offsets=np.concatenate(([0], np.cumsum(lengths))).astype(np.int64),
+        t_s=np.repeat(start, lengths) + t_rel[idx],
+        b1_hz=b1,
+        freq_hz=rf.freq_hz[rows] + rf.freq_ppm[rows] * 1e-6 * larmor_hz,
+        use=rf.use[rows],
+        block=pulse_blocks,
+    )
+
+
+def _adc(seq: Sequence, blocks: IntArray, t0: float, t1: float, larmor_hz: float, adc_blocks: IntArray,
+         labels: dict[str, IntArray]) -> ADCProgram:
+    adc = seq.adc
+    win_blocks = blocks[seq.blocks.adc[blocks] >= 0]
+    rows = seq.blocks.adc[win_blocks]
+    return ADCProgram(
+        t0_s=t0,
+        t1_s=t1,
+        start_s=seq.block_start_s[win_blocks] + adc.delay_s[rows],
+        num_samples=adc.num_samples[rows],
+        dwell_s=adc.dwell_s[rows],
+        freq_hz=adc.freq_hz[rows] + adc.freq_ppm[rows] * 1e-6 * larmor_hz,
+        phase_rad=adc.phase_rad[rows] + adc.phase_ppm[rows] * 1e-6 * larmor_hz,
+        block=win_blocks,
+        index=np.searchsorted(adc_blocks, win_blocks).astype(np.int64),
+        labels={name: values[win_blocks] for name, values in labels.items()},
+    )
