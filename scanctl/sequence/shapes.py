@@ -23,36 +23,46 @@ def decompress(packed: npt.NDArray[np.float64], num_samples: int) -> npt.NDArray
         return packed.astype(np.float64, copy=True)
     if packed.size > num_samples:
         raise ShapeError(f"{packed.size} stored values for {num_samples} samples")
+    if packed.size == 0:
+        raise ShapeError("no stored values")
     # Run markers: positions i where packed[i] == packed[i+1] start a (value, value, count) triple.
     # A triple consumes three stored values, so markers inside a consumed triple are skipped.
-    values: list[npt.NDArray[np.float64]] = []
-    repeats: list[npt.NDArray[np.int64]] = []
-    equal_next = np.flatnonzero(packed[:-1] == packed[1:])
-    pos = 0
-    for marker in equal_next.tolist():
-        if marker < pos:
-            continue
-        if marker + 2 >= packed.size:
-            raise ShapeError(f"run at stored value {marker + 1} has no repeat count")
-        count = packed[marker + 2]
-        if count < 0 or count != np.floor(count) or count > num_samples:
-            raise ShapeError(f"invalid repeat count {count:g} at stored value {marker + 3}")
-        if marker > pos:
-            values.append(packed[pos:marker])
-            repeats.append(np.ones(marker - pos, dtype=np.int64))
-        values.append(packed[marker : marker + 1])
-        repeats.append(np.array([int(count) + 2], dtype=np.int64))
-        pos = marker + 3
-    if pos < packed.size:
-        values.append(packed[pos:])
-        repeats.append(np.ones(packed.size - pos, dtype=np.int64))
-    if not values:
-        raise ShapeError("no stored values")
-    rep = np.concatenate(repeats)
+    starts = _run_starts(np.flatnonzero(packed[:-1] == packed[1:]))
+    complete = starts[starts + 2 < packed.size]
+    counts = packed[complete + 2]
+    bad = np.flatnonzero(~((counts >= 0) & (counts == np.floor(counts)) & (counts <= num_samples)))
+    if bad.size:
+        k = int(bad[0])
+        raise ShapeError(f"invalid repeat count {counts[k]:g} at stored value {int(complete[k]) + 3}")
+    if complete.size < starts.size:
+        raise ShapeError(f"run at stored value {int(starts[-1]) + 1} has no repeat count")
+    # The expansion is at least the sum of the counts; keep the int64 sum below from overflowing.
+    if float(counts.sum()) > 2.0**62:
+        raise ShapeError(f"compressed data expands to more than {num_samples} samples")
+    rep = np.ones(packed.size, dtype=np.int64)
+    rep[starts] = counts.astype(np.int64) + 2
+    rep[starts + 1] = 0
+    rep[starts + 2] = 0
     total = int(rep.sum())
     if total != num_samples:
         raise ShapeError(f"compressed data expands to {total} samples, num_samples says {num_samples}")
-    return np.cumsum(np.repeat(np.concatenate(values), rep))
+    return np.cumsum(np.repeat(packed.astype(np.float64, copy=False), rep))
+
+
+def _run_starts(markers: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The markers that start a triple: the first one, then the first at or after each start + 3.
+
+    The chain is followed by pointer doubling (O(n log n), vectorised) rather than one marker at a time.
+    """
+    n = markers.size
+    if n == 0:
+        return markers
+    jump = np.append(np.searchsorted(markers, markers + 3), n)  # n: past the end, maps to itself
+    path = np.zeros(1, dtype=np.int64)
+    while path[-1] != n:
+        path = np.concatenate((path, jump[path]))
+        jump = jump[jump]
+    return markers[path[path < n]]
 
 
 def compress(waveform: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
