@@ -16,6 +16,7 @@ from typing import Any
 from scanctl.errors import ConfigError
 
 AXES = ("x", "y", "z")
+DEFAULT_SUBSYSTEMS = {"gradient": "sim://", "rf": "sim://", "table": "sim://"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class SystemProfile:
     gradient: GradientLimits
     timing: TimingLimits
     source: str
+    #: URL of each subsystem (see scanctl/registry.py); the default is all simulators.
+    subsystems: dict[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_SUBSYSTEMS))
 
     def max_gradient_hz_per_m(self) -> tuple[float, float, float]:
         g = self.gamma_hz_per_t
@@ -97,7 +100,11 @@ def parse(text: str, source: str = "<profile>") -> SystemProfile:
     grad = r.table("gradient", {"max_amplitude_mt_per_m", "max_slew_t_per_m_per_s"})
     timing_keys = {f.name for f in dataclasses.fields(TimingLimits)}
     timing = r.table("timing", timing_keys)
-    r.no_other_tables({"scanner", "gradient", "timing"})
+    r.no_other_tables({"scanner", "gradient", "timing", "subsystems"})
+    subsystems = dict(DEFAULT_SUBSYSTEMS)
+    if "subsystems" in data:
+        given = r.table("subsystems", set(DEFAULT_SUBSYSTEMS), required=False)
+        subsystems.update({k: r.string(given, f"subsystems.{k}") for k in given})
     amp = r.axes(grad, "gradient.max_amplitude_mt_per_m", 0.1, 1000.0)
     slew = r.axes(grad, "gradient.max_slew_t_per_m_per_s", 1.0, 10000.0)
     return SystemProfile(
@@ -110,6 +117,7 @@ def parse(text: str, source: str = "<profile>") -> SystemProfile:
         ),
         timing=TimingLimits(**{k: r.number(timing, f"timing.{k}", 0.0, 1.0) for k in sorted(timing_keys)}),
         source=source,
+        subsystems=subsystems,
     )
 
 
@@ -121,7 +129,7 @@ class _Reader:
     def fail(self, key: str, message: str) -> ConfigError:
         return ConfigError(f"{self.source}: {key}: {message}")
 
-    def table(self, name: str, keys: set[str]) -> dict[str, Any]:
+    def table(self, name: str, keys: set[str], *, required: bool = True) -> dict[str, Any]:
         value = self.data.get(name)
         if not isinstance(value, dict):
             raise self.fail(name, "missing table" if value is None else "must be a table")
@@ -129,7 +137,7 @@ class _Reader:
         if extra:
             raise self.fail(f"{name}.{extra[0]}", f"unknown key (known: {', '.join(sorted(keys))})")
         missing = sorted(keys - set(value))
-        if missing:
+        if missing and required:
             raise self.fail(f"{name}.{missing[0]}", "missing key")
         return value
 

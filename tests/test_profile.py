@@ -26,7 +26,7 @@ def test_default_profile_values_and_units():
 def test_every_shipped_key_is_documented():
     doc = (Path(__file__).parents[1] / "docs" / "system-profile.md").read_text()
     keys = re.findall(r"^([a-z_0-9]+)\s*=", SHIPPED.read_text(), flags=re.M)
-    assert len(keys) == 12
+    assert len(keys) == 15
     for key in keys:
         assert f"`{key}`" in doc, key
 

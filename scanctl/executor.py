@@ -1,0 +1,345 @@
+"""The executor: prepares a sequence, positions the table, and plays the sequence across the
+subsystems in buffered segments on one timebase, driven by the scanner state machine.
+
+Nothing moves or transmits before :meth:`Scanner.prepare` has checked the sequence against the
+system profile. Every fault path makes every subsystem safe (``abort()``), records why in the journal
+and keeps the acquisitions received so far (they went to ``on_acquisition`` as they arrived).
+
+Threading: one thread (the caller of :meth:`Scanner.run`) owns the state machine and the subsystems'
+programs. Other threads (a console, the ZeroMQ server, a signal handler) ask for pause, resume, stop
+and abort through thread-safe requests that the run loop honours at the next segment boundary (a safe
+point); :meth:`Scanner.emergency_stop` also makes every subsystem safe at once from the calling thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from scanctl.errors import DriverError, InterlockError, InvalidTransitionError, SafetyLimitError, ScanctlError
+from scanctl.interfaces import Acquisition, GradientSystem, RFSystem, Status, SubsystemState, TableSystem
+from scanctl.machine import JournalEntry, ScannerMachine, ScannerState
+from scanctl.profile import SystemProfile
+from scanctl.program import compile_segments
+from scanctl.registry import open_subsystem
+from scanctl.sequence.checks import CheckReport, check
+from scanctl.sequence.model import Sequence
+
+log = logging.getLogger(__name__)
+
+S = ScannerState
+
+
+@dataclass
+class RunResult:
+    """How a run ended. ``outcome``: completed, stopped, aborted, fault or emergency_stop."""
+
+    outcome: str
+    acquisitions: int
+    scan_time_s: float
+    duration_s: float
+    wall_time_s: float
+    message: str = ""
+    segments: int = 0
+    telemetry: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+class Scanner:
+    """The scanner: subsystems, state machine, checks and the run loop."""
+
+    def __init__(self, profile: SystemProfile, gradient: GradientSystem, rf: RFSystem, table: TableSystem, *,
+                 segment_s: float = 0.5) -> None:
+        self.profile = profile
+        self.gradient = gradient
+        self.rf = rf
+        self.table = table
+        self.segment_s = segment_s
+        self.interlocks: dict[str, bool] = {"emergency_stop_button": False}
+        self.machine = ScannerMachine(guard=self._guard)
+        self._sequence: Sequence | None = None
+        self._report: CheckReport | None = None
+        self._requests: list[str] = []
+        self._request_lock = threading.Lock()
+        self._resume = threading.Condition(self._request_lock)
+        self._machine_lock = threading.RLock()
+
+    @classmethod
+    def from_profile(cls, profile: SystemProfile, overrides: dict[str, str] | None = None,
+                     **kwargs: Any) -> Scanner:
+        """Build the subsystems the profile names (``overrides`` replaces URLs per kind)."""
+        urls = {**profile.subsystems, **(overrides or {})}
+        return cls(profile, open_subsystem("gradient", urls["gradient"], profile),
+                   open_subsystem("rf", urls["rf"], profile), open_subsystem("table", urls["table"], profile),
+                   **kwargs)
+
+    @property
+    def state(self) -> ScannerState:
+        return self.machine.state
+
+    @property
+    def journal(self) -> list[JournalEntry]:
+        return self.machine.journal
+
+    def _fire(self, trigger: str, reason: str = "") -> None:
+        with self._machine_lock:
+            self.machine.fire(trigger, reason)
+
+    def _guard(self, trigger: str, source: ScannerState, dest: ScannerState) -> str | None:
+        if trigger == "reset":
+            tripped = [name for name, on in self.interlocks.items() if on]
+            if tripped:
+                return f"interlocks not clear: {', '.join(tripped)}"
+            faulted = [s.kind for s in self._subsystems() if s.status().state is SubsystemState.FAULT]
+            if faulted:
+                return f"subsystems still in FAULT: {', '.join(faulted)}"
+        if trigger in ("start", "move_table", "prepare") and any(self.interlocks.values()):
+            return "an interlock is active"
+        if trigger == "start" and self._report is None:
+            return "the sequence has not passed its checks"
+        return None
+
+    def _subsystems(self) -> list[Any]:
+        return [self.gradient, self.rf, self.table]
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def connect(self, timeout_s: float = 10.0) -> None:
+        """Connect every subsystem and home the table: DISCONNECTED -> IDLE."""
+        self._fire("connect")
+        try:
+            for sub in self._subsystems():
+                sub.connect(timeout_s)
+            self.table.home()
+        except ScanctlError as exc:
+            self._make_safe()
+            self._fire("fault", f"connect failed: {exc}")
+            raise
+        self._fire("connected")
+
+    def close(self) -> None:
+        """Make everything safe and disconnect (safe to call twice, from any resting state)."""
+        self._make_safe()
+        for sub in self._subsystems():
+            sub.close()
+        if self.state in (S.IDLE, S.READY, S.FAULT, S.EMERGENCY_STOP):
+            self._fire("disconnect")
+
+    def status(self) -> dict[str, Status]:
+        return {sub.kind: sub.status() for sub in self._subsystems()}
+
+    # -- preparation ---------------------------------------------------------------------------------------
+    def prepare(self, seq: Sequence) -> CheckReport:
+        """Check ``seq`` against the profile: READY if it passes; otherwise back to IDLE and
+        SafetyLimitError with the first violations (nothing has moved)."""
+        self._fire("prepare")
+        report = check(seq, self.profile)
+        if not report.ok:
+            self._report = None
+            first = "; ".join(v.message for v in report.violations[:3])
+            counts = ", ".join(f"{k}: {n}" for k, n in report.violation_counts.items())
+            self._fire("rejected", f"checks failed ({counts})")
+            raise SafetyLimitError(f"sequence refused before anything moved ({counts}): {first}")
+        self._sequence, self._report = seq, report
+        self._fire("prepared", f"{report.blocks} blocks, {report.duration_s:.3f} s")
+        return report
+
+    # -- table outside a scan ------------------------------------------------------------------------------
+    def move_table(self, position_mm: float, speed_mm_s: float | None = None) -> float:
+        """Move the table while nothing plays (IDLE or READY only)."""
+        self._fire("move_table", f"to {position_mm} mm")
+        try:
+            self.table.move_to(position_mm, speed_mm_s)
+            self.table.wait_idle()
+        except ScanctlError as exc:
+            self._on_failure(exc)
+            raise
+        self._fire("table_stopped")
+        return self.table.position_mm()
+
+    # -- requests from other threads ---------------------------------------------------------------------
+    def request(self, what: str) -> None:
+        """Ask the run loop to ``pause``, ``resume``, ``stop`` or ``abort`` at the next safe point."""
+        if what not in ("pause", "resume", "stop", "abort"):
+            raise InvalidTransitionError(f"unknown request {what!r}")
+        with self._request_lock:
+            self._requests.append(what)
+            self._resume.notify_all()
+
+    def emergency_stop(self, reason: str = "emergency stop") -> None:
+        """Make every subsystem safe now, from any thread; the scanner latches EMERGENCY_STOP."""
+        self.interlocks["emergency_stop_button"] = True
+        self._make_safe()
+        with self._request_lock:
+            self._requests.append("emergency_stop")
+            self._resume.notify_all()
+        with self._machine_lock:
+            if self.state in (S.IDLE, S.READY, S.FAULT, S.CONNECTING, S.PAUSED):
+                self.machine.fire("emergency_stop", reason)
+
+    def release_emergency_stop(self) -> None:
+        self.interlocks["emergency_stop_button"] = False
+
+    def reset(self) -> None:
+        """Leave FAULT or EMERGENCY_STOP (interlocks clear, subsystem faults cleared) -> IDLE."""
+        for sub in self._subsystems():
+            sub.reset()
+        self._fire("reset")
+        self._report = None
+        if self.table.status().telemetry.get("homed", 1.0) == 0.0:
+            self.table.home()
+
+    # -- the run ---------------------------------------------------------------------------------------------
+    def run(self, *, table_position_mm: float = 0.0,
+            on_acquisition: Callable[[Acquisition], None] | None = None,
+            on_progress: Callable[[float, float], None] | None = None) -> RunResult:
+        """Play the prepared sequence. Returns how it ended; raises only for commands refused up front."""
+        seq = self._sequence
+        if seq is None or self._report is None:
+            raise InvalidTransitionError(f"cannot start while {self.state.name}: no sequence prepared")
+        sink = on_acquisition or (lambda acq: None)
+        t_wall = time.perf_counter()
+        counter = {"acquisitions": 0, "segments": 0}
+        self._fire("start", f"table to {table_position_mm} mm")
+        with self._request_lock:
+            self._requests.clear()
+        try:
+            self.table.move_to(table_position_mm)
+            self.table.wait_idle()
+            for sub in (self.gradient, self.rf):
+                sub.arm()
+            self._fire("positioned")
+            for sub in (self.gradient, self.rf):
+                sub.start()
+            outcome = self._play(seq, sink, counter, on_progress)
+        except ScanctlError as exc:
+            self._on_failure(exc)
+            self._collect(sink, counter)
+            return self._result("fault" if self.state is S.FAULT else "emergency_stop", seq, counter, t_wall,
+                                str(exc))
+        return self._result(outcome, seq, counter, t_wall, "")
+
+    def _play(self, seq: Sequence, sink: Callable[[Acquisition], None], counter: dict[str, int],
+              on_progress: Callable[[float, float], None] | None) -> str:
+        buffer_s = min(self.gradient.buffer_s, self.rf.buffer_s)
+        playhead = 0.0
+        duration = seq.duration_s
+        larmor = self.profile.gamma_hz_per_t * self.profile.b0_t
+        for segment in compile_segments(seq, larmor_hz=larmor, max_duration_s=min(self.segment_s, buffer_s)):
+            outcome = self._safe_point(sink, counter, playhead)
+            if outcome is not None:
+                return outcome
+            target = segment.t1_s - buffer_s
+            if target > playhead:
+                playhead = self._sync(target)
+                self._collect(sink, counter)
+            self.gradient.load(segment.gradient)
+            self.rf.load(segment.rf, segment.adc)
+            counter["segments"] += 1
+            self.machine.scan_time_s = playhead
+            if on_progress is not None:
+                on_progress(playhead, duration)
+        self._sync(duration)
+        self._collect(sink, counter)
+        for sub in (self.gradient, self.rf):
+            sub.finish()
+        self.machine.scan_time_s = duration
+        if on_progress is not None:
+            on_progress(duration, duration)
+        stopping = self.state is S.STOPPING
+        self._fire("finished", "stopped" if stopping else "sequence complete")
+        return "stopped" if stopping else "completed"
+
+    def _sync(self, t_s: float) -> float:
+        for sub in (self.gradient, self.rf):
+            sub.sync(t_s)
+        return t_s
+
+    def _collect(self, sink: Callable[[Acquisition], None], counter: dict[str, int]) -> None:
+        for acq in self.rf.acquisitions():
+            sink(acq)
+            counter["acquisitions"] += 1
+
+    def _safe_point(self, sink: Callable[[Acquisition], None], counter: dict[str, int],
+                    playhead: float) -> str | None:
+        """Honour requests between segments. Returns an outcome when the run must end here."""
+        while True:
+            with self._request_lock:
+                requests, self._requests = self._requests, []
+            if not requests:
+                return None if self.state is not S.PAUSED else self._wait_while_paused()
+            for what in requests:
+                if what == "emergency_stop":
+                    raise InterlockError("emergency stop")
+                if what == "abort":
+                    self._fire("abort", "abort requested")
+                    self._make_safe()
+                    self._collect(sink, counter)
+                    self._fire("safe", "every subsystem safe")
+                    return "aborted"
+                if what == "stop" and self.state in (S.RUNNING, S.PAUSED):
+                    # Finish cleanly: nothing more is loaded; what is loaded plays out.
+                    self._fire("stop", "stop requested")
+                    self._drain(sink, counter)
+                    for sub in (self.gradient, self.rf):
+                        sub.finish()
+                    self._fire("finished", "stopped")
+                    return "stopped"
+                if what == "pause" and self.state is S.RUNNING:
+                    self._fire("pause", "pause requested")
+                    self._drain(sink, counter)
+                    self._fire("paused", f"at {self.machine.scan_time_s or 0.0:.3f} s")
+                if what == "resume" and self.state is S.PAUSED:
+                    self._fire("resume")
+            if self.state is not S.PAUSED:
+                return None
+
+    def _wait_while_paused(self) -> str | None:
+        with self._request_lock:
+            while not self._requests:
+                self._resume.wait()
+        return None
+
+    def _drain(self, sink: Callable[[Acquisition], None], counter: dict[str, int]) -> None:
+        """Play out everything loaded (the buffer) and collect its data."""
+        loaded = max(sub.status().time_s + sub.status().telemetry.get("buffered_s", 0.0)
+                     for sub in (self.gradient, self.rf))
+        self._sync(loaded)
+        self.machine.scan_time_s = loaded
+        self._collect(sink, counter)
+
+    def _on_failure(self, exc: ScanctlError) -> None:
+        """Every fault path: make safe, then latch FAULT (or EMERGENCY_STOP)."""
+        self._make_safe()
+        with self._machine_lock:
+            if self.state in (S.FAULT, S.EMERGENCY_STOP, S.DISCONNECTED):
+                return
+            if isinstance(exc, InterlockError) or self.interlocks.get("emergency_stop_button"):
+                self.machine.fire("emergency_stop", str(exc))
+            else:
+                self.machine.fire("fault", f"{type(exc).__name__}: {exc}")
+
+    def _make_safe(self) -> None:
+        for sub in self._subsystems():
+            try:
+                sub.abort()
+            except ScanctlError as exc:  # abort must reach every subsystem even if one complains
+                log.error("%s abort failed: %s", getattr(sub, "kind", sub), exc)
+
+    def _result(self, outcome: str, seq: Sequence, counter: dict[str, int], t_wall: float, message: str) -> RunResult:
+        status = self.status()
+        return RunResult(
+            outcome=outcome,
+            acquisitions=counter["acquisitions"],
+            scan_time_s=max(status["gradient"].time_s, status["rf"].time_s),
+            duration_s=seq.duration_s,
+            wall_time_s=time.perf_counter() - t_wall,
+            message=message,
+            segments=counter["segments"],
+            telemetry={k: dict(v.telemetry) for k, v in status.items()},
+        )
+
+
+__all__ = ["DriverError", "RunResult", "Scanner"]

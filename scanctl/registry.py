@@ -1,0 +1,112 @@
+"""Choose a subsystem implementation by URL, in the manner of ``serial.serial_for_url``.
+
+``open_subsystem("gradient", "sim://?fault=trip@3.5s", context)`` looks up the entry point
+``gradient.sim`` in the group ``scanctl.subsystems`` (declared in pyproject.toml) and builds it with
+:meth:`from_url`. Construction does no I/O; call ``connect()``. The core never imports a concrete
+driver or simulator: new ones register an entry point.
+
+URL options are ``?key=value&key=value``; each implementation declares the options it accepts
+(``OPTIONS``: name -> converter) and anything else is a :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Protocol, cast
+from urllib.parse import parse_qsl, urlsplit
+
+from scanctl.errors import ConfigError
+from scanctl.profile import SystemProfile
+
+KINDS = ("gradient", "rf", "table")
+GROUP = "scanctl.subsystems"
+
+
+@dataclass(frozen=True)
+class SubsystemURL:
+    """A parsed subsystem URL: ``scheme://location?options``."""
+
+    url: str
+    scheme: str
+    location: str  # host[:port] and/or path, as the scheme defines
+    options: dict[str, str]
+
+
+class Factory(Protocol):
+    OPTIONS: Mapping[str, Callable[[str], Any]]
+
+    @classmethod
+    def from_url(cls, url: SubsystemURL, options: dict[str, Any], profile: SystemProfile) -> Any: ...
+
+
+def parse_url(url: str) -> SubsystemURL:
+    """Split a subsystem URL. Raises ConfigError for a malformed one."""
+    parts = urlsplit(url)
+    if not parts.scheme or "://" not in url:
+        raise ConfigError(f"subsystem URL {url!r} has no scheme (expected e.g. 'sim://')")
+    try:
+        options = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError as exc:
+        raise ConfigError(f"subsystem URL {url!r}: malformed options: {exc}") from exc
+    seen: dict[str, str] = {}
+    for key, value in options:
+        if key in seen:
+            raise ConfigError(f"subsystem URL {url!r}: option {key!r} given twice")
+        seen[key] = value
+    return SubsystemURL(url, parts.scheme, parts.netloc + parts.path, seen)
+
+
+def available(kind: str) -> list[str]:
+    """The URL schemes registered for a subsystem kind."""
+    return sorted(ep.name.split(".", 1)[1] for ep in entry_points(group=GROUP) if ep.name.startswith(f"{kind}."))
+
+
+def open_subsystem(kind: str, url: str, profile: SystemProfile) -> Any:
+    """Build (without connecting) the ``kind`` subsystem that ``url`` names. Raises ConfigError."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown subsystem kind {kind!r} (known: {', '.join(KINDS)})")
+    parsed = parse_url(url)
+    matches = [ep for ep in entry_points(group=GROUP) if ep.name == f"{kind}.{parsed.scheme}"]
+    if not matches:
+        known = ", ".join(f"{s}://" for s in available(kind)) or "none"
+        raise ConfigError(f"{kind} URL {url!r}: unknown scheme {parsed.scheme!r} (registered: {known})")
+    factory = cast(Factory, matches[0].load())
+    options: dict[str, Any] = {}
+    for key, raw in parsed.options.items():
+        convert = factory.OPTIONS.get(key)
+        if convert is None:
+            accepted = ", ".join(sorted(factory.OPTIONS)) or "none"
+            raise ConfigError(f"{kind} URL {url!r}: unknown option {key!r} (accepted: {accepted})")
+        try:
+            options[key] = convert(raw)
+        except (ValueError, ConfigError) as exc:
+            raise ConfigError(f"{kind} URL {url!r}: option {key}={raw!r}: {exc}") from exc
+    return factory.from_url(parsed, options, profile)
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError("must be a positive number")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number >= 0")
+    return value
+
+
+def fault_spec(kinds: tuple[str, ...]) -> Callable[[str], tuple[str, float]]:
+    """A converter for ``fault=KIND@TIMEs`` (e.g. ``trip@3.5s``): returns ``(kind, time_s)``."""
+
+    def convert(text: str) -> tuple[str, float]:
+        kind, sep, when = text.partition("@")
+        if not sep or kind not in kinds:
+            raise ValueError(f"expected KIND@TIME with KIND one of {', '.join(kinds)}, e.g. {kinds[0]}@2.5s")
+        return kind, nonnegative_float(when.removesuffix("s"))
+
+    return convert

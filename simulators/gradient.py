@@ -1,0 +1,125 @@
+"""Simulated gradient system: three amplifiers and coils on a virtual clock.
+
+It refuses programs beyond the profile's amplitude and slew limits, models coil heating with a
+first-order thermal RC model driven by the dissipated power (proportional to the sum of the squared
+gradients), reports it as telemetry and trips on over-temperature; ``fault=trip@T`` or
+``fault=overtemp@T`` injects an amplifier trip or an over-temperature at scan time ``T``.
+
+URL: ``sim://?buffer_s=2&tau_s=60&heating_k_per_w=...`` — see ``OPTIONS``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from scanctl.errors import SafetyLimitError
+from scanctl.profile import SystemProfile
+from scanctl.program import GradientProgram
+from scanctl.registry import SubsystemURL, fault_spec, positive_float
+from scanctl.simulators.base import SimulatedSequencer
+from scanctl.simulators.world import World
+
+log = logging.getLogger(__name__)
+
+_THERMAL_STEP_S = 0.01
+
+
+class SimulatedGradient(SimulatedSequencer):
+    """Gradient simulator. Temperatures in °C, powers in W (of the coil model, not a real coil)."""
+
+    kind = "gradient"
+    OPTIONS = {
+        "buffer_s": positive_float,
+        "fault": fault_spec(("trip", "overtemp")),
+        "tau_s": positive_float,  # thermal time constant of the coil
+        "watts_at_max": positive_float,  # dissipation with all three axes at full amplitude
+        "kelvin_per_watt": positive_float,  # steady-state temperature rise per watt
+        "max_temp_c": positive_float,
+        "world": str,
+    }
+
+    def __init__(self, url: str, profile: SystemProfile, *, buffer_s: float = 2.0,
+                 fault: tuple[str, float] | None = None, tau_s: float = 60.0, watts_at_max: float = 20_000.0,
+                 kelvin_per_watt: float = 0.004, max_temp_c: float = 70.0, ambient_c: float = 20.0,
+                 world: str = "default") -> None:
+        super().__init__(url, buffer_s=buffer_s, fault=fault)
+        self.max_gradient_hz_per_m = np.array(profile.max_gradient_hz_per_m())
+        self.max_slew_hz_per_m_per_s = np.array(profile.max_slew_hz_per_m_per_s())
+        self.tau_s = tau_s
+        self.watts_at_max = watts_at_max
+        self.kelvin_per_watt = kelvin_per_watt
+        self.max_temp_c = max_temp_c
+        self.ambient_c = ambient_c
+        self.temperature_c = ambient_c
+        self.power_w = 0.0
+        self._queue: deque[GradientProgram] = deque()
+        self._world = World.named(world)
+
+    @classmethod
+    def from_url(cls, url: SubsystemURL, options: dict[str, Any], profile: SystemProfile) -> SimulatedGradient:
+        return cls(url.url, profile, **options)
+
+    def load(self, program: GradientProgram) -> None:
+        with self._lock:
+            self._accept_program(program.t0_s, program.t1_s)
+            self._check_limits(program)
+            self._queue.append(program)
+            self._loaded_until_s = program.t1_s
+            self._world.post_gradient(program)
+
+    def _check_limits(self, program: GradientProgram) -> None:
+        for axis, name in enumerate("xyz"):
+            t, g = program.t_s[axis], program.g_hz_per_m[axis]
+            if g.size == 0:
+                continue
+            peak = float(np.abs(g).max())
+            if peak > self.max_gradient_hz_per_m[axis] * (1 + 1e-9):
+                at = float(t[int(np.argmax(np.abs(g)))])
+                raise SafetyLimitError(f"gradient: {name} amplitude {peak:.6g} Hz/m at {at:.6f} s exceeds the "
+                                       f"amplifier limit {self.max_gradient_hz_per_m[axis]:.6g} Hz/m")
+            dt = np.diff(t)
+            slew = np.divide(np.abs(np.diff(g)), dt, out=np.zeros_like(dt), where=dt > 1e-12)
+            if slew.size and slew.max() > self.max_slew_hz_per_m_per_s[axis] * (1 + 1e-6):
+                at = float(t[int(np.argmax(slew))])
+                raise SafetyLimitError(f"gradient: {name} slew {slew.max():.6g} Hz/m/s at {at:.6f} s exceeds the "
+                                       f"amplifier limit {self.max_slew_hz_per_m_per_s[axis]:.6g} Hz/m/s")
+
+    def _play_until(self, t_s: float) -> None:
+        """Advance the thermal model over ``[playhead, t_s)`` on a 10 ms grid."""
+        t0 = self._playhead_s
+        while self._queue and self._queue[0].t1_s <= t0 + 1e-12:
+            self._queue.popleft()
+        n = max(1, int(np.ceil((t_s - t0) / _THERMAL_STEP_S)))
+        edges = np.linspace(t0, t_s, n + 1)
+        # Mean squared gradient (normalised to the limit) per step, summed over axes, from samples.
+        fine = np.linspace(t0, t_s, 8 * n + 1)
+        g2 = np.zeros(fine.size)
+        for program in self._queue:
+            inside = (fine >= program.t0_s) & (fine <= program.t1_s)
+            if inside.any():
+                g = program.sample(fine[inside]) / self.max_gradient_hz_per_m[:, None]
+                g2[inside] += (g * g).sum(axis=0) / 3.0
+        power = self.watts_at_max * 0.5 * (g2[:-1] + g2[1:]).reshape(n, 8).mean(axis=1)
+        decay = np.exp(-np.diff(edges) / self.tau_s)
+        temp = self.temperature_c
+        for p, d in zip(power.tolist(), decay.tolist(), strict=True):
+            steady = self.ambient_c + p * self.kelvin_per_watt
+            temp = steady + (temp - steady) * d
+            if temp > self.max_temp_c:
+                self.temperature_c, self.power_w = temp, p
+                self._trip(f"coil over-temperature {temp:.1f} °C > {self.max_temp_c:.1f} °C")
+        self.temperature_c, self.power_w = temp, float(power[-1])
+
+    def _make_safe(self) -> None:
+        self._queue.clear()
+        self._world.clear()
+        self.power_w = 0.0
+        self._loaded_until_s = self._playhead_s
+
+    def _telemetry(self) -> dict[str, float]:
+        return {"coil_temperature_c": self.temperature_c, "power_w": self.power_w,
+                "buffered_s": max(0.0, self._loaded_until_s - self._playhead_s)}

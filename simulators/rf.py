@@ -1,0 +1,177 @@
+"""Simulated RF system: transmitter with power telemetry, receiver producing the MR signal.
+
+Transmit: forward power from the B1 waveform (``watts_per_ut2`` W per µT² of B1, a coil calibration)
+and reflected power (``reflection``, the fraction of power reflected); ``fault=reflected@T`` injects a
+reflected-power interlock and ``fault=trip@T`` an amplifier trip at scan time ``T``.
+
+Receive: with ``physics=1`` (the default) every ADC window is computed by Bloch simulation of a
+numerical phantom (``scanctl.simulators.physics``) under the gradients the gradient simulator of the
+same world played and this system's RF; ``noise`` adds complex Gaussian noise of that standard
+deviation; ``b0`` adds a global off-resonance (Hz). With ``physics=0`` the receiver returns noise only
+(timing and streaming tests, benchmarks of the control path).
+
+URL: ``sim://?noise=0.01&b0=0&phantom=shepp_logan&matrix=128&physics=1`` — see ``OPTIONS``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from scanctl.interfaces import Acquisition
+from scanctl.profile import SystemProfile
+from scanctl.program import ADCProgram, GradientProgram, RFProgram
+from scanctl.registry import SubsystemURL, fault_spec, nonnegative_float, positive_float
+from scanctl.simulators.base import SimulatedSequencer
+from scanctl.simulators.world import World
+
+log = logging.getLogger(__name__)
+
+
+def _flag(text: str) -> bool:
+    if text not in ("0", "1", "true", "false"):
+        raise ValueError("must be 0 or 1")
+    return text in ("1", "true")
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+class SimulatedRF(SimulatedSequencer):
+    """RF transmit/receive simulator."""
+
+    kind = "rf"
+    OPTIONS = {
+        "buffer_s": positive_float,
+        "fault": fault_spec(("reflected", "trip")),
+        "noise": nonnegative_float,
+        "b0": float,
+        "physics": _flag,
+        "phantom": str,
+        "matrix": _count,
+        "isochromats": _count,
+        "seed": int,
+        "watts_per_ut2": positive_float,
+        "reflection": nonnegative_float,
+        "world": str,
+    }
+
+    def __init__(self, url: str, profile: SystemProfile, *, buffer_s: float = 2.0,
+                 fault: tuple[str, float] | None = None, noise: float = 0.0, b0: float = 0.0, physics: bool = True,
+                 phantom: str = "shepp_logan", matrix: int = 128, isochromats: int | None = None, seed: int = 0,
+                 watts_per_ut2: float = 40.0, reflection: float = 0.01, world: str = "default") -> None:
+        super().__init__(url, buffer_s=buffer_s, fault=fault)
+        self.channels = 1
+        self.gamma_hz_per_t = profile.gamma_hz_per_t
+        self.noise_std = noise
+        self.b0_offset_hz = b0
+        self.physics = physics
+        self.phantom_name = phantom
+        self.matrix = matrix
+        self.isochromats = isochromats
+        self.watts_per_ut2 = watts_per_ut2
+        self.reflection = reflection
+        self._rng = np.random.default_rng(seed)
+        self._seed = seed
+        self._queue: deque[tuple[RFProgram, ADCProgram]] = deque()
+        self._done: list[Acquisition] = []
+        self._world = World.named(world)
+        self._spins: Any = None
+        self._warned_no_gradient = False
+        self.forward_power_w = 0.0
+        self.peak_power_w = 0.0
+
+    @classmethod
+    def from_url(cls, url: SubsystemURL, options: dict[str, Any], profile: SystemProfile) -> SimulatedRF:
+        return cls(url.url, profile, **options)
+
+    def connect(self, timeout_s: float = 5.0) -> None:
+        super().connect(timeout_s)
+        if self.physics and self._spins is None:
+            self._spins = self._make_spins()
+
+    def _make_spins(self) -> Any:
+        from scanctl.simulators.physics import SpinSystem, load_phantom, shepp_logan
+
+        if self.phantom_name == "shepp_logan":
+            phantom = shepp_logan(self.matrix)
+        else:
+            phantom = load_phantom(self.phantom_name)
+        kwargs: dict[str, Any] = {"noise_std": 0.0, "b0_offset_hz": self.b0_offset_hz, "seed": self._seed}
+        if self.isochromats is not None:
+            kwargs["isochromats"] = self.isochromats
+        return SpinSystem(phantom, **kwargs)
+
+    def arm(self) -> None:
+        super().arm()
+        self._done.clear()
+        if self._spins is not None:
+            self._spins.reset()
+
+    def load(self, rf: RFProgram, adc: ADCProgram) -> None:
+        with self._lock:
+            self._accept_program(rf.t0_s, rf.t1_s)
+            self._queue.append((rf, adc))
+            self._loaded_until_s = rf.t1_s
+
+    def acquisitions(self) -> list[Acquisition]:
+        with self._lock:
+            out, self._done = self._done, []
+            return out
+
+    def _play_until(self, t_s: float) -> None:
+        while self._queue and self._queue[0][0].t1_s <= t_s + 1e-12:
+            rf, adc = self._queue.popleft()
+            self._transmit(rf)
+            self._receive(rf, adc)
+
+    def _transmit(self, rf: RFProgram) -> None:
+        if rf.b1_hz.size == 0:
+            self.forward_power_w = 0.0
+            return
+        b1_ut2 = (np.abs(rf.b1_hz) / self.gamma_hz_per_t * 1e6) ** 2
+        energy_j = float(b1_ut2.sum()) * rf.raster_s * self.watts_per_ut2
+        self.forward_power_w = energy_j / max(rf.t1_s - rf.t0_s, 1e-12)
+        self.peak_power_w = max(self.peak_power_w, float(b1_ut2.max()) * self.watts_per_ut2)
+
+    def _receive(self, rf: RFProgram, adc: ADCProgram) -> None:
+        if adc.n_windows == 0 and not self.physics:
+            return
+        if self._spins is not None:
+            gradient = self._world.take_gradient(rf.t0_s)
+            if gradient is None:
+                if not self._warned_no_gradient:
+                    log.warning("rf: no simulated gradients in world %r: receiving without spatial encoding",
+                                self._world.name)
+                    self._warned_no_gradient = True
+                empty = np.zeros(0)
+                gradient = GradientProgram(rf.t0_s, rf.t1_s, (empty, empty, empty), (empty, empty, empty))
+            signals = self._spins.play(gradient, rf, adc)
+        else:
+            signals = [np.zeros((1, int(n)), np.complex64) for n in adc.num_samples.tolist()]
+        for w, signal in enumerate(signals):
+            data = np.asarray(signal, dtype=np.complex64).reshape(self.channels, -1)
+            if self.noise_std > 0:
+                noise = self._rng.standard_normal((2, *data.shape)) * (self.noise_std / np.sqrt(2))
+                data = data + (noise[0] + 1j * noise[1]).astype(np.complex64)
+            self._done.append(Acquisition(
+                index=int(adc.index[w]), block=int(adc.block[w]), start_s=float(adc.start_s[w]),
+                dwell_s=float(adc.dwell_s[w]), data=data,
+                labels={name: int(values[w]) for name, values in adc.labels.items()},
+            ))
+
+    def _make_safe(self) -> None:
+        self._queue.clear()
+        self.forward_power_w = 0.0
+        self._loaded_until_s = self._playhead_s
+
+    def _telemetry(self) -> dict[str, float]:
+        return {"forward_power_w": self.forward_power_w, "reflected_power_w": self.forward_power_w * self.reflection,
+                "peak_forward_power_w": self.peak_power_w, "buffered_s": max(0.0, self._loaded_until_s - self._playhead_s)}

@@ -1,0 +1,193 @@
+"""Simulated patient table: one axis with homing, trapezoidal moves under acceleration and speed
+limits, travel limits and position telemetry.
+
+Time is virtual: a move's duration is computed from its motion profile and the table's clock jumps
+to the move's end when the caller waits (so tests and simulations do not sleep). ``fault=stall@T``
+makes the motor stall ``T`` seconds into the next move.
+
+URL: ``sim://?min_mm=-1000&max_mm=1000&speed_mm_s=100&accel_mm_s2=200`` — see ``OPTIONS``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+from scanctl.errors import ConfigError, DriverError, DriverTimeoutError, SafetyLimitError, SubsystemFault
+from scanctl.interfaces import Status, SubsystemState
+from scanctl.profile import SystemProfile
+from scanctl.registry import SubsystemURL, fault_spec, positive_float
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+class SimulatedTable:
+    """Table simulator; positions in mm from home, speeds in mm/s."""
+
+    kind = "table"
+    OPTIONS = {
+        "min_mm": _float,
+        "max_mm": _float,
+        "speed_mm_s": positive_float,
+        "accel_mm_s2": positive_float,
+        "fault": fault_spec(("stall",)),
+    }
+
+    def __init__(self, url: str, *, min_mm: float = -1000.0, max_mm: float = 1000.0, speed_mm_s: float = 100.0,
+                 accel_mm_s2: float = 200.0, fault: tuple[str, float] | None = None) -> None:
+        if not min_mm < max_mm:
+            raise ValueError(f"table travel limits min_mm={min_mm} must be below max_mm={max_mm}")
+        self.url = url
+        self.min_position_mm = min_mm
+        self.max_position_mm = max_mm
+        self.max_speed_mm_s = speed_mm_s
+        self.accel_mm_s2 = accel_mm_s2
+        self._fault_plan = fault
+        self._state = SubsystemState.OFF
+        self._message = ""
+        self._homed = False
+        self._position = 0.0
+        self._clock_s = 0.0  # virtual time spent moving
+        self._move: tuple[float, float, float, float] | None = None  # start_mm, target_mm, speed, start_clock
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_url(cls, url: SubsystemURL, options: dict[str, Any], profile: SystemProfile) -> SimulatedTable:
+        try:
+            return cls(url.url, **options)
+        except ValueError as exc:
+            raise ConfigError(f"table URL {url.url!r}: {exc}") from exc
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def connect(self, timeout_s: float = 5.0) -> None:
+        with self._lock:
+            if self._state is SubsystemState.OFF:
+                self._state, self._message = SubsystemState.STANDBY, "connected (not homed)"
+
+    def close(self) -> None:
+        with self._lock:
+            self._halt()
+            self._state = SubsystemState.OFF
+
+    def status(self) -> Status:
+        with self._lock:
+            self._settle()
+            return Status(self._state, self._clock_s, self._message,
+                          {"position_mm": self._position, "homed": float(self._homed)})
+
+    def abort(self) -> None:
+        with self._lock:
+            self._halt()
+            if self._state is SubsystemState.MOVING:
+                self._state, self._message = SubsystemState.STANDBY, "aborted: stopped"
+
+    def reset(self) -> None:
+        with self._lock:
+            if self._state is SubsystemState.FAULT:
+                self._state, self._message, self._fault_plan = SubsystemState.STANDBY, "fault cleared", None
+                self._homed = False  # a stalled axis has lost its position
+
+    # -- motion -----------------------------------------------------------------------------------------
+    def home(self, timeout_s: float = 60.0) -> None:
+        with self._lock:
+            self._require_idle("home")
+            self._start_move(0.0, self.max_speed_mm_s)
+            self._homed = True  # the home switch defines 0 mm
+        self.wait_idle(timeout_s)
+        with self._lock:
+            self._message = "homed"
+
+    def move_to(self, position_mm: float, speed_mm_s: float | None = None) -> None:
+        with self._lock:
+            self._require_idle("move")
+            if not self._homed:
+                raise DriverError("table: not homed; home() first")
+            speed = self.max_speed_mm_s if speed_mm_s is None else speed_mm_s
+            if not (math.isfinite(position_mm) and self.min_position_mm <= position_mm <= self.max_position_mm):
+                raise SafetyLimitError(f"table: target {position_mm} mm is outside the travel limits "
+                                       f"{self.min_position_mm:g} to {self.max_position_mm:g} mm")
+            if not (math.isfinite(speed) and 0 < speed <= self.max_speed_mm_s):
+                raise SafetyLimitError(f"table: speed {speed} mm/s is outside 0 to {self.max_speed_mm_s:g} mm/s")
+            self._start_move(position_mm, speed)
+
+    def wait_idle(self, timeout_s: float = 60.0) -> Status:
+        with self._lock:
+            if self._move is not None:
+                remaining = self._move_duration(*self._move[:3]) - (self._clock_s - self._move[3])
+                if remaining > timeout_s:
+                    raise DriverTimeoutError(f"table: move needs {remaining:.1f} s more, longer than {timeout_s} s")
+                self._clock_s += max(remaining, 0.0)
+                self._settle()
+            if self._state is SubsystemState.FAULT:
+                raise SubsystemFault(f"table: {self._message}")
+            return self.status()
+
+    def position_mm(self) -> float:
+        with self._lock:
+            self._settle()
+            return self._position
+
+    def stop(self) -> None:
+        with self._lock:
+            self._halt()
+            if self._state is SubsystemState.MOVING:
+                self._state, self._message = SubsystemState.STANDBY, "stopped"
+
+    # -- internals ----------------------------------------------------------------------------------------
+    def _require_idle(self, action: str) -> None:
+        self._settle()
+        if self._state is not SubsystemState.STANDBY:
+            raise DriverError(f"table: cannot {action} in state {self._state.name} ({self._message})")
+
+    def _start_move(self, target: float, speed: float) -> None:
+        self._move = (self._position, target, speed, self._clock_s)
+        self._state, self._message = SubsystemState.MOVING, f"moving to {target:g} mm"
+
+    def _move_duration(self, start: float, target: float, speed: float) -> float:
+        d = abs(target - start)
+        a = self.accel_mm_s2
+        if d <= speed * speed / a:  # triangular profile: never reaches full speed
+            return 2.0 * math.sqrt(d / a)
+        return d / speed + speed / a
+
+    def _position_at(self, start: float, target: float, speed: float, elapsed: float) -> float:
+        d, a = abs(target - start), self.accel_mm_s2
+        total = self._move_duration(start, target, speed)
+        if elapsed >= total:
+            return target
+        v = min(speed, math.sqrt(d * a))
+        t_acc = v / a
+        if elapsed < t_acc:
+            s = 0.5 * a * elapsed**2
+        elif elapsed < total - t_acc:
+            s = 0.5 * a * t_acc**2 + v * (elapsed - t_acc)
+        else:
+            s = d - 0.5 * a * (total - elapsed) ** 2
+        return start + math.copysign(s, target - start)
+
+    def _settle(self) -> None:
+        """Bring the position up to the virtual clock; finish or stall the current move."""
+        if self._move is None:
+            return
+        start, target, speed, t0 = self._move
+        elapsed = self._clock_s - t0
+        if self._fault_plan is not None and elapsed >= self._fault_plan[1]:
+            self._position = self._position_at(start, target, speed, self._fault_plan[1])
+            self._move = None
+            self._state = SubsystemState.FAULT
+            self._message = f"motor stall at {self._position:.1f} mm (injected)"
+            return
+        self._position = self._position_at(start, target, speed, elapsed)
+        if elapsed >= self._move_duration(start, target, speed):
+            self._move = None
+            self._state, self._message = SubsystemState.STANDBY, f"at {self._position:g} mm"
+
+    def _halt(self) -> None:
+        self._settle()
+        self._move = None
