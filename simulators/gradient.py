@@ -15,13 +15,13 @@ from collections import deque
 from typing import Any
 
 import numpy as np
+from scanctl.simulators.base import SimulatedSequencer
+from scanctl.simulators.world import World
 
 from scanctl.errors import SafetyLimitError
 from scanctl.profile import SystemProfile
 from scanctl.program import GradientProgram
 from scanctl.registry import SubsystemURL, fault_spec, positive_float
-from scanctl.simulators.base import SimulatedSequencer
-from scanctl.simulators.world import World
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,12 @@ class SimulatedGradient(SimulatedSequencer):
         power = self.watts_at_max * 0.5 * (g2[:-1] + g2[1:]).reshape(n, 8).mean(axis=1)
         decay = np.exp(-np.diff(edges) / self.tau_s)
         temp = self.temperature_c
-        for p, d in zip(power.tolist(), decay.tolist(), strict=True):
+        for step, (p, d) in enumerate(zip(power.tolist(), decay.tolist(), strict=True)):
             steady = self.ambient_c + p * self.kelvin_per_watt
             temp = steady + (temp - steady) * d
             if temp > self.max_temp_c:
                 self.temperature_c, self.power_w = temp, p
+                self._playhead_s = float(edges[step + 1])  # the fault happens within this step
                 self._trip(f"coil over-temperature {temp:.1f} °C > {self.max_temp_c:.1f} °C")
         self.temperature_c, self.power_w = temp, float(power[-1])
 

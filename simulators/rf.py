@@ -20,13 +20,13 @@ from collections import deque
 from typing import Any
 
 import numpy as np
+from scanctl.simulators.base import SimulatedSequencer
+from scanctl.simulators.world import World
 
 from scanctl.interfaces import Acquisition
 from scanctl.profile import SystemProfile
 from scanctl.program import ADCProgram, GradientProgram, RFProgram
 from scanctl.registry import SubsystemURL, fault_spec, nonnegative_float, positive_float
-from scanctl.simulators.base import SimulatedSequencer
-from scanctl.simulators.world import World
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,8 @@ class SimulatedRF(SimulatedSequencer):
     def _make_spins(self) -> Any:
         from scanctl.simulators.physics import SpinSystem, load_phantom, shepp_logan
 
-        if self.phantom_name == "shepp_logan":
-            phantom = shepp_logan(self.matrix)
-        else:
-            phantom = load_phantom(self.phantom_name)
+        named = self.phantom_name == "shepp_logan"
+        phantom = shepp_logan(self.matrix) if named else load_phantom(self.phantom_name)
         kwargs: dict[str, Any] = {"noise_std": 0.0, "b0_offset_hz": self.b0_offset_hz, "seed": self._seed}
         if self.isochromats is not None:
             kwargs["isochromats"] = self.isochromats
@@ -173,5 +171,7 @@ class SimulatedRF(SimulatedSequencer):
         self._loaded_until_s = self._playhead_s
 
     def _telemetry(self) -> dict[str, float]:
-        return {"forward_power_w": self.forward_power_w, "reflected_power_w": self.forward_power_w * self.reflection,
-                "peak_forward_power_w": self.peak_power_w, "buffered_s": max(0.0, self._loaded_until_s - self._playhead_s)}
+        return {"forward_power_w": self.forward_power_w,
+                "reflected_power_w": self.forward_power_w * self.reflection,
+                "peak_forward_power_w": self.peak_power_w,
+                "buffered_s": max(0.0, self._loaded_until_s - self._playhead_s)}

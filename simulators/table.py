@@ -119,10 +119,11 @@ class SimulatedTable:
     def wait_idle(self, timeout_s: float = 60.0) -> Status:
         with self._lock:
             if self._move is not None:
-                remaining = self._move_duration(*self._move[:3]) - (self._clock_s - self._move[3])
+                end = self._move[3] + self._move_duration(*self._move[:3])
+                remaining = end - self._clock_s
                 if remaining > timeout_s:
                     raise DriverTimeoutError(f"table: move needs {remaining:.1f} s more, longer than {timeout_s} s")
-                self._clock_s += max(remaining, 0.0)
+                self._clock_s = max(self._clock_s, end)
                 self._settle()
             if self._state is SubsystemState.FAULT:
                 raise SubsystemFault(f"table: {self._message}")
@@ -184,7 +185,7 @@ class SimulatedTable:
             self._message = f"motor stall at {self._position:.1f} mm (injected)"
             return
         self._position = self._position_at(start, target, speed, elapsed)
-        if elapsed >= self._move_duration(start, target, speed):
+        if self._clock_s >= t0 + self._move_duration(start, target, speed):  # the same sum as wait_idle's end
             self._move = None
             self._state, self._message = SubsystemState.STANDBY, f"at {self._position:g} mm"
 

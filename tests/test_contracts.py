@@ -1,0 +1,239 @@
+"""Contract suites: written once per interface, run against every implementation of it.
+
+Each implementation is named by its URL (the registry builds it), so a real driver, a driver over its
+wire simulator or a ZeroMQ proxy joins a suite by adding its URL to the lists below.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scanctl import profile as profiles
+from scanctl.errors import BufferFullError, DriverError, SafetyLimitError, SubsystemFault
+from scanctl.interfaces import GradientSystem, RFSystem, SubsystemState, TableSystem
+from scanctl.program import GradientProgram, compile_segments
+from scanctl.registry import open_subsystem
+from scanctl.sequence import pulseq_read
+from tests.test_cli import GRE
+
+PROFILE = profiles.load()
+GRADIENT_URLS = ["sim://"]
+RF_URLS = ["sim://?physics=0"]
+TABLE_URLS = ["sim://"]
+
+
+@pytest.fixture(scope="module")
+def segments():
+    seq = pulseq_read.read(GRE)
+    return list(compile_segments(seq, larmor_hz=PROFILE.gamma_hz_per_t * PROFILE.b0_t, max_duration_s=0.5))
+
+
+def _open(kind, url, **extra):
+    sep = "&" if "?" in url else "?"
+    options = "&".join(f"{k}={v}" for k, v in extra.items())
+    sub = open_subsystem(kind, url + (sep + options if options else ""), PROFILE)
+    return sub
+
+
+# -- every subsystem ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("kind", "url"), [("gradient", u) for u in GRADIENT_URLS] + [("rf", u) for u in RF_URLS]
+                         + [("table", u) for u in TABLE_URLS])
+def test_lifecycle(kind, url):
+    sub = _open(kind, url)
+    assert isinstance(sub, {"gradient": GradientSystem, "rf": RFSystem, "table": TableSystem}[kind])
+    assert sub.status().state is SubsystemState.OFF
+    sub.connect(timeout_s=1.0)
+    assert sub.status().state is SubsystemState.STANDBY
+    sub.abort()  # abort when idle is harmless
+    assert sub.status().state is SubsystemState.STANDBY
+    sub.close()
+    sub.close()  # safe twice
+    assert sub.status().state is SubsystemState.OFF
+
+
+# -- sequencers (gradient, RF) ------------------------------------------------------------------------------
+def _load(sub, segment):
+    if sub.kind == "gradient":
+        sub.load(segment.gradient)
+    else:
+        sub.load(segment.rf, segment.adc)
+
+
+SEQUENCERS = [("gradient", u) for u in GRADIENT_URLS] + [("rf", u) for u in RF_URLS]
+
+
+@pytest.mark.parametrize(("kind", "url"), SEQUENCERS)
+def test_sequencer_plays_in_order_within_its_buffer(kind, url, segments):
+    sub = _open(kind, url, buffer_s=1.0)
+    sub.connect()
+    with pytest.raises(DriverError, match="cannot load in state STANDBY"):
+        _load(sub, segments[0])
+    sub.arm()
+    assert sub.status().state is SubsystemState.ON
+    _load(sub, segments[0])
+    _load(sub, segments[1])
+    with pytest.raises(BufferFullError, match="buffer"):
+        _load(sub, segments[2])  # would end 1.5 s ahead of a playhead at 0
+    with pytest.raises(DriverError, match="before the end of the last one"):
+        _load(sub, segments[0])
+    sub.start()
+    status = sub.sync(segments[0].t1_s)
+    assert status.state is SubsystemState.RUNNING and status.time_s == pytest.approx(segments[0].t1_s)
+    _load(sub, segments[2])
+    assert sub.sync(100.0).time_s == pytest.approx(segments[2].t1_s)  # never beyond what was loaded
+    sub.finish()
+    assert sub.status().state is SubsystemState.STANDBY
+
+
+@pytest.mark.parametrize(("kind", "url"), SEQUENCERS)
+def test_sequencer_abort_drops_the_program(kind, url, segments):
+    sub = _open(kind, url)
+    sub.connect()
+    sub.arm()
+    _load(sub, segments[0])
+    sub.start()
+    sub.abort()
+    status = sub.status()
+    assert status.state is SubsystemState.STANDBY and status.telemetry["buffered_s"] == 0.0
+    with pytest.raises(DriverError, match="cannot sync in state STANDBY"):
+        sub.sync(segments[0].t1_s)
+
+
+@pytest.mark.parametrize(("kind", "url"), SEQUENCERS)
+def test_injected_fault_latches_until_reset(kind, url, segments):
+    fault = "trip@0.3s"
+    sub = _open(kind, url, fault=fault)
+    sub.connect()
+    sub.arm()
+    _load(sub, segments[0])
+    sub.start()
+    with pytest.raises(SubsystemFault, match=r"trip at 0\.300000 s"):
+        sub.sync(segments[0].t1_s)
+    status = sub.status()
+    assert status.state is SubsystemState.FAULT and status.time_s == pytest.approx(0.3)
+    with pytest.raises(SubsystemFault):
+        sub.sync(segments[0].t1_s)
+    with pytest.raises(DriverError, match="cannot arm in state FAULT"):
+        sub.arm()
+    sub.abort()
+    assert sub.status().state is SubsystemState.FAULT  # abort does not clear a fault
+    sub.reset()
+    assert sub.status().state is SubsystemState.STANDBY
+    sub.arm()
+
+
+# -- gradient ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("url", GRADIENT_URLS)
+def test_gradient_refuses_programs_beyond_its_limits(url):
+    sub = _open("gradient", url)
+    sub.connect()
+    sub.arm()
+    limit = PROFILE.max_gradient_hz_per_m()[1]
+    t = np.array([0.0, 1e-3, 2e-3, 3e-3])
+    too_high = GradientProgram(0.0, 3e-3, (np.zeros(0), t, np.zeros(0)),
+                               (np.zeros(0), np.array([0, 1.1, 1.1, 0]) * limit, np.zeros(0)))
+    with pytest.raises(SafetyLimitError, match=r"y amplitude .* exceeds the amplifier limit"):
+        sub.load(too_high)
+    t = np.array([0.0, 1e-6, 2e-6])
+    too_fast = GradientProgram(0.0, 3e-3, (t, np.zeros(0), np.zeros(0)),
+                               (np.array([0.0, 0.5, 0.0]) * limit, np.zeros(0), np.zeros(0)))
+    with pytest.raises(SafetyLimitError, match=r"x slew .* exceeds"):
+        sub.load(too_fast)
+    assert sub.status().telemetry["buffered_s"] == 0.0  # nothing refused was queued
+
+
+@pytest.mark.parametrize("url", GRADIENT_URLS)
+def test_gradient_heats_up_and_trips_on_over_temperature(url):
+    sub = _open("gradient", url, tau_s=1, kelvin_per_watt=0.01, max_temp_c=100, buffer_s=10)
+    sub.connect()
+    sub.arm()
+    limit = np.array(PROFILE.max_gradient_hz_per_m())
+    t = np.array([0.0, 1e-3, 4.999, 5.0])
+    shape = np.array([0.0, 0.9, 0.9, 0.0])
+    program = GradientProgram(0.0, 5.0, (t, t, t), tuple(shape * limit[a] for a in range(3)))
+    sub.load(program)
+    sub.start()
+    status = sub.sync(0.5)
+    # 0.81 of full power (20 kW) * 0.01 K/W = 162 K steady rise; after 0.5 s with tau 1 s: 162 (1 - e^-0.5)
+    assert status.telemetry["coil_temperature_c"] == pytest.approx(20 + 162 * (1 - np.exp(-0.5)), rel=0.02)
+    with pytest.raises(SubsystemFault, match="over-temperature"):
+        sub.sync(5.0)
+    status = sub.status()
+    assert status.state is SubsystemState.FAULT
+    assert status.time_s == pytest.approx(-np.log(1 - 80 / 162), abs=0.02)  # when 100 °C is crossed
+
+
+# -- RF --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("url", RF_URLS)
+def test_rf_delivers_each_acquisition_once_in_order(url, segments):
+    sub = _open("rf", url, buffer_s=10, noise=0.5, seed=3)
+    sub.connect()
+    sub.arm()
+    for seg in segments:
+        sub.load(seg.rf, seg.adc)
+    sub.start()
+    sub.sync(segments[3].t1_s)
+    first = sub.acquisitions()
+    assert [a.index for a in first] == list(range(len(first))) and first
+    assert sub.acquisitions() == []
+    sub.sync(segments[-1].t1_s)
+    rest = sub.acquisitions()
+    everything = first + rest
+    assert [a.index for a in everything] == list(range(64))
+    assert all(a.data.shape == (1, 64) and a.data.dtype == np.complex64 for a in everything)
+    noise = np.concatenate([a.data.ravel() for a in everything])
+    assert np.std(noise) == pytest.approx(0.5, rel=0.05)  # physics off: noise only, at the asked level
+    assert sub.status().telemetry["peak_forward_power_w"] > 0
+
+
+@pytest.mark.parametrize("url", RF_URLS)
+def test_rf_abort_keeps_completed_acquisitions(url, segments):
+    sub = _open("rf", url, buffer_s=10)
+    sub.connect()
+    sub.arm()
+    for seg in segments:
+        sub.load(seg.rf, seg.adc)
+    sub.start()
+    sub.sync(segments[2].t1_s)
+    sub.abort()
+    kept = sub.acquisitions()
+    assert len(kept) == sum(s.adc.n_windows for s in segments[:3]) and kept
+
+
+# -- table ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("url", TABLE_URLS)
+def test_table_homes_moves_and_respects_limits(url):
+    table = _open("table", url, min_mm=-100, max_mm=800, speed_mm_s=50, accel_mm_s2=100)
+    table.connect()
+    with pytest.raises(DriverError, match="not homed"):
+        table.move_to(10.0)
+    table.home()
+    assert table.position_mm() == 0.0
+    table.move_to(500.0)
+    assert table.status().state is SubsystemState.MOVING
+    with pytest.raises(DriverError, match="cannot move in state MOVING"):
+        table.move_to(10.0)
+    status = table.wait_idle()
+    assert status.state is SubsystemState.STANDBY and table.position_mm() == 500.0
+    assert status.time_s == pytest.approx(500 / 50 + 50 / 100)  # trapezoidal profile
+    with pytest.raises(SafetyLimitError, match="outside the travel limits"):
+        table.move_to(900.0)
+    with pytest.raises(SafetyLimitError, match="speed 80 mm/s"):
+        table.move_to(100.0, speed_mm_s=80)
+    assert table.position_mm() == 500.0
+
+
+@pytest.mark.parametrize("url", TABLE_URLS)
+def test_table_stall_latches_fault(url):
+    table = _open("table", url, fault="stall@1s", speed_mm_s=100, accel_mm_s2=1000)
+    table.connect()
+    table.home()
+    table.move_to(300.0)
+    with pytest.raises(SubsystemFault, match="motor stall"):
+        table.wait_idle()
+    assert table.status().state is SubsystemState.FAULT
+    assert 0 < table.position_mm() < 300
+    table.reset()
+    with pytest.raises(DriverError, match="not homed"):
+        table.move_to(0.0)

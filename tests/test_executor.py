@@ -1,0 +1,153 @@
+"""scanctl.executor: running a sequence on the simulators, and every way a run can end."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from scanctl import profile as profiles
+from scanctl.errors import InvalidTransitionError, SafetyLimitError
+from scanctl.executor import Scanner
+from scanctl.interfaces import SubsystemState
+from scanctl.machine import ScannerState as S
+from scanctl.sequence import pulseq_read
+from tests.test_cli import GRE, SEQ1
+
+PROFILE = profiles.load()
+GRE_SEQ = pulseq_read.read(GRE)  # 6.4 s, 64 ADC windows
+N_ADC = 64
+
+
+def make_scanner(**urls: str) -> Scanner:
+    overrides = {"rf": "sim://?physics=0", **urls}
+    scanner = Scanner.from_profile(PROFILE, overrides, segment_s=0.25)
+    scanner.connect()
+    return scanner
+
+
+def all_safe(scanner: Scanner) -> bool:
+    states = {k: s.state for k, s in scanner.status().items()}
+    return states["gradient"] not in (SubsystemState.RUNNING, SubsystemState.ON) and \
+        states["rf"] not in (SubsystemState.RUNNING, SubsystemState.ON) and states["table"] is not SubsystemState.MOVING
+
+
+def test_complete_run_collects_every_acquisition_in_order():
+    scanner = make_scanner()
+    scanner.prepare(GRE_SEQ)
+    acqs, progress = [], []
+    result = scanner.run(table_position_mm=250, on_acquisition=acqs.append,
+                         on_progress=lambda t, total: progress.append((t, scanner.status())))
+    assert result.outcome == "completed" and result.acquisitions == N_ADC
+    assert [a.index for a in acqs] == list(range(N_ADC))
+    assert result.scan_time_s == pytest.approx(GRE_SEQ.duration_s)
+    assert scanner.table.position_mm() == 250
+    assert scanner.state is S.IDLE and all_safe(scanner)
+    # Streaming: the subsystems never hold more than their buffer, and the program is cut in segments.
+    assert result.segments >= GRE_SEQ.duration_s / 0.25
+    assert max(s["rf"].telemetry["buffered_s"] for _, s in progress) <= scanner.rf.buffer_s + 1e-9
+    assert [e.dest for e in scanner.journal] == ["CONNECTING", "IDLE", "PREPARING", "READY", "POSITIONING",
+                                                 "RUNNING", "IDLE"]
+
+
+def test_sequence_breaking_limits_is_refused_before_anything_moves():
+    scanner = make_scanner()
+    position = scanner.table.position_mm()
+    with pytest.raises(SafetyLimitError, match="refused before anything moved .*rf_dead_time"):
+        scanner.prepare(pulseq_read.read(SEQ1))
+    assert scanner.state is S.IDLE
+    with pytest.raises(InvalidTransitionError, match="cannot start while IDLE"):
+        scanner.run()
+    assert scanner.table.position_mm() == position and all_safe(scanner)
+    assert scanner.journal[-1].trigger == "rejected"
+
+
+def test_abort_mid_run_keeps_the_data_so_far():
+    scanner = make_scanner()
+    scanner.prepare(GRE_SEQ)
+    acqs = []
+
+    def progress(t, total):
+        if t > 2.0:
+            scanner.request("abort")
+
+    result = scanner.run(on_acquisition=acqs.append, on_progress=progress)
+    assert result.outcome == "aborted" and scanner.state is S.IDLE and all_safe(scanner)
+    assert 0 < len(acqs) < N_ADC and [a.index for a in acqs] == list(range(len(acqs)))
+    assert 2.0 <= result.scan_time_s < GRE_SEQ.duration_s
+
+
+def test_subsystem_fault_latches_fault_keeps_data_and_makes_everything_safe():
+    scanner = make_scanner(gradient="sim://?fault=trip@3s")
+    scanner.prepare(GRE_SEQ)
+    acqs = []
+    result = scanner.run(on_acquisition=acqs.append)
+    assert result.outcome == "fault" and "trip at 3.000000 s" in result.message
+    assert scanner.state is S.FAULT and all_safe(scanner)
+    assert 0 < len(acqs) < N_ADC and max(a.start_s for a in acqs) < 3.0
+    with pytest.raises(InvalidTransitionError, match="cannot prepare while FAULT"):
+        scanner.prepare(GRE_SEQ)
+    scanner.reset()  # clears the simulator's fault, then the scanner's
+    assert scanner.state is S.IDLE
+    scanner.prepare(GRE_SEQ)
+    assert scanner.run().outcome == "completed"
+
+
+def test_pause_and_resume_from_another_thread_gets_all_data():
+    scanner = make_scanner()
+    scanner.prepare(GRE_SEQ)
+    acqs = []
+    paused = threading.Event()
+
+    def progress(t, total):
+        if t > 1.0 and not paused.is_set():
+            paused.set()
+            scanner.request("pause")
+            threading.Timer(0.05, scanner.request, args=("resume",)).start()
+
+    result = scanner.run(on_acquisition=acqs.append, on_progress=progress)
+    assert result.outcome == "completed" and len(acqs) == N_ADC
+    dests = [e.dest for e in scanner.journal]
+    assert dests[-4:] == ["PAUSING", "PAUSED", "RUNNING", "IDLE"]
+
+
+def test_stop_finishes_what_is_loaded():
+    scanner = make_scanner()
+    scanner.prepare(GRE_SEQ)
+    acqs = []
+    result = scanner.run(on_acquisition=acqs.append,
+                         on_progress=lambda t, total: t > 1.0 and scanner.request("stop"))
+    assert result.outcome == "stopped" and scanner.state is S.IDLE and all_safe(scanner)
+    assert 0 < len(acqs) < N_ADC
+    assert result.scan_time_s > 1.0
+
+
+def test_emergency_stop_is_latched_until_released():
+    scanner = make_scanner()
+    scanner.prepare(GRE_SEQ)
+    acqs = []
+    result = scanner.run(on_acquisition=acqs.append,
+                         on_progress=lambda t, total: t > 1.0 and scanner.emergency_stop("button pressed"))
+    assert result.outcome == "emergency_stop" and scanner.state is S.EMERGENCY_STOP and all_safe(scanner)
+    assert acqs
+    with pytest.raises(InvalidTransitionError, match="interlocks not clear: emergency_stop_button"):
+        scanner.reset()
+    scanner.release_emergency_stop()
+    scanner.reset()
+    assert scanner.state is S.IDLE
+
+
+def test_table_cannot_move_while_scanning():
+    scanner = make_scanner()
+    scanner.prepare(GRE_SEQ)
+    refused = []
+
+    def progress(t, total):
+        if t > 0.5 and not refused:
+            with pytest.raises(InvalidTransitionError, match="cannot move table while RUNNING") as info:
+                scanner.move_table(10.0)
+            refused.append(str(info.value))
+
+    assert scanner.run(table_position_mm=50, on_progress=progress).outcome == "completed"
+    assert refused and scanner.table.position_mm() == 50
+    assert scanner.move_table(120.0) == 120.0  # idle again: allowed

@@ -1,0 +1,48 @@
+"""scanctl.registry: subsystems chosen by URL, with clear errors for anything unknown."""
+
+from __future__ import annotations
+
+import pytest
+
+from scanctl import profile as profiles
+from scanctl.errors import ConfigError
+from scanctl.registry import available, open_subsystem, parse_url
+from scanctl.simulators.gradient import SimulatedGradient
+from scanctl.simulators.table import SimulatedTable
+
+PROFILE = profiles.load()
+
+
+def test_sim_urls_build_the_simulators_without_io():
+    grad = open_subsystem("gradient", "sim://?buffer_s=1.5&fault=trip@2.5s", PROFILE)
+    assert isinstance(grad, SimulatedGradient)
+    assert grad.buffer_s == 1.5 and grad._fault_plan == ("trip", 2.5)
+    assert grad.status().state.name == "OFF"  # construction does no I/O
+    table = open_subsystem("table", "sim://?min_mm=-10&max_mm=500", PROFILE)
+    assert isinstance(table, SimulatedTable) and table.max_position_mm == 500
+    assert available("rf") == ["sim"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "url", "message"),
+    [
+        ("gradient", "serial:///dev/ttyUSB0", r"unknown scheme 'serial' \(registered: sim://\)"),
+        ("gradient", "sim://?noise=1", r"unknown option 'noise' \(accepted: buffer_s, fault,"),
+        ("gradient", "sim://?fault=boom@1s", r"option fault='boom@1s': expected KIND@TIME"),
+        ("gradient", "sim://?buffer_s=-1", r"buffer_s='-1': must be a positive number"),
+        ("rf", "sim://?physics=maybe", r"physics='maybe': must be 0 or 1"),
+        ("rf", "sim://?noise=1&noise=2", r"option 'noise' given twice"),
+        ("table", "sim://?min_mm=5&max_mm=1", r"min_mm=5.0 must be below max_mm=1.0"),
+        ("table", "sim://?min_mm=nan", r"min_mm='nan': must be a finite number"),
+        ("coil", "sim://", r"unknown subsystem kind 'coil'"),
+        ("rf", "localhost:5601", r"has no scheme"),
+    ],
+)
+def test_bad_urls_are_config_errors(kind, url, message):
+    with pytest.raises(ConfigError, match=message):
+        open_subsystem(kind, url, PROFILE)
+
+
+def test_parse_url_keeps_location_and_options():
+    parsed = parse_url("tcp://10.0.0.5:5601/gradient?timeout_s=2")
+    assert (parsed.scheme, parsed.location, parsed.options) == ("tcp", "10.0.0.5:5601/gradient", {"timeout_s": "2"})
