@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from scanctl.simulators.gradient import SimulatedGradient
+from scanctl.simulators.table import SimulatedTable
 
 from scanctl import profile as profiles
 from scanctl.errors import ConfigError
 from scanctl.registry import available, open_subsystem, parse_url
-from scanctl.simulators.gradient import SimulatedGradient
-from scanctl.simulators.table import SimulatedTable
 
 PROFILE = profiles.load()
 

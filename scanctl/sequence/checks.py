@@ -17,7 +17,7 @@ import numpy as np
 from scanctl.profile import AXES, SystemProfile
 from scanctl.sequence.model import FloatArray, IntArray, Sequence
 from scanctl.sequence.timing import block_event_ends
-from scanctl.sequence.waveforms import event_breakpoints, event_extremes
+from scanctl.sequence.waveforms import event_extremes, physical_gradients
 
 #: At most this many violations of one kind are listed; ``violation_counts`` has the totals.
 MAX_LISTED_PER_KIND = 100
@@ -244,10 +244,11 @@ def _check_gradients(c: _Collector, profile: SystemProfile) -> tuple[dict[str, f
     max_g = profile.max_gradient_hz_per_m()
     max_s = profile.max_slew_hz_per_m_per_s()
     start = seq.block_start_s[:-1]
+    grad_rows = physical_gradients(seq).rows
     peak_g: dict[str, float] = {}
     peak_s: dict[str, float] = {}
     for axis, name in enumerate(AXES):
-        rows = seq.blocks.grad[:, axis]
+        rows = grad_rows[:, axis]
         has = rows >= 0
         safe = np.where(has, rows, 0)
         used = np.bincount(rows[has], minlength=ex.max_gradient.size) > 0
@@ -270,7 +271,8 @@ def _check_gradients(c: _Collector, profile: SystemProfile) -> tuple[dict[str, f
 def _check_continuity(c: _Collector) -> None:
     """Gradients must be continuous: across block boundaries, at event edges and within events."""
     seq = c.seq
-    offsets, t_rel, g_rel = event_breakpoints(seq)
+    phys = physical_gradients(seq)
+    offsets, t_rel, g_rel = phys.offsets, phys.t_s, phys.g_hz_per_m
     if t_rel.size == 0:
         return
     tol = 1e-5 * max(float(np.abs(g_rel).max()), 1.0) if g_rel.size else 1.0
@@ -292,10 +294,10 @@ def _check_continuity(c: _Collector) -> None:
     dur = seq.block_duration_s
     start = seq.block_start_s[:-1]
     # Only blocks that take time or play a gradient take part in boundaries (label-only blocks do not).
-    active = np.flatnonzero((dur > 0) | (seq.blocks.grad >= 0).any(axis=1))
+    active = np.flatnonzero((dur > 0) | (phys.rows >= 0).any(axis=1))
     for axis in range(3):
         name = AXES[axis]
-        rows = seq.blocks.grad[:, axis]
+        rows = phys.rows[:, axis]
         for r in step_rows.tolist():
             blocks = np.flatnonzero(rows == r)
             c.add("gradient_continuity", blocks, start[blocks], np.full(blocks.size, np.nan), 0.0,

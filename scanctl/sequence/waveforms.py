@@ -52,20 +52,61 @@ class AxisWaveform:
         return np.where(tq < t[0], 0.0, m)
 
 
-_BREAKPOINTS: weakref.WeakKeyDictionary[Sequence, tuple[IntArray, FloatArray, FloatArray]] = (
-    weakref.WeakKeyDictionary()
-)
+@dataclass(frozen=True)
+class PhysicalGradients:
+    """The gradients as the coils play them: for each block and physical axis, ``rows[block, axis]``
+    is a row of the CSR breakpoint table (``offsets``, ``t_s`` from the block start, ``g_hz_per_m``), or
+    -1. Rows ``0 .. n_events-1`` are the file's gradient events; a block with a ``ROTATIONS`` extension
+    plays rotated combinations of its events, added once per distinct (events, rotation) as further
+    rows, so every consumer (waveforms, checks, executor) sees the physical axes."""
+
+    rows: IntArray
+    offsets: IntArray
+    t_s: FloatArray
+    g_hz_per_m: FloatArray
 
 
-def event_breakpoints(seq: Sequence) -> tuple[IntArray, FloatArray, FloatArray]:
-    """Breakpoints of every gradient event relative to its block start: CSR ``(offsets, t_s, g)``.
+_PHYSICAL: weakref.WeakKeyDictionary[Sequence, PhysicalGradients] = weakref.WeakKeyDictionary()
 
-    Computed once per sequence (events are few; blocks are many).
-    """
-    cached = _BREAKPOINTS.get(seq)
+
+def physical_gradients(seq: Sequence) -> PhysicalGradients:
+    """The physical gradient table of ``seq``, computed once per sequence (events are few)."""
+    cached = _PHYSICAL.get(seq)
     if cached is None:
-        cached = _BREAKPOINTS[seq] = _event_breakpoints(seq)
+        offsets, t_rel, g_rel = _event_breakpoints(seq)
+        cached = _PHYSICAL[seq] = _apply_rotations(seq, offsets, t_rel, g_rel)
     return cached
+
+
+def _apply_rotations(seq: Sequence, offsets: IntArray, t_rel: FloatArray, g_rel: FloatArray) -> PhysicalGradients:
+    rows = seq.blocks.grad
+    spec = seq.extensions.specs.get("ROTATIONS")
+    which, spec_rows = seq.extensions.entries(seq.blocks.ext, "ROTATIONS") if spec else (np.zeros(0, int),) * 2
+    if spec is None or which.size == 0:
+        return PhysicalGradients(rows, offsets, t_rel, g_rel)
+    matrices = np.asarray(spec.columns["matrix"], dtype=np.float64)
+    combos, inverse = np.unique(np.column_stack([rows[which], spec_rows]), axis=0, return_inverse=True)
+    times: list[FloatArray] = [t_rel]
+    values: list[FloatArray] = [g_rel]
+    lengths: list[int] = []
+    for rx, ry, rz, rot in combos.tolist():  # distinct rotated combinations: few
+        parts = [(t_rel[offsets[r]:offsets[r + 1]], g_rel[offsets[r]:offsets[r + 1]]) for r in (rx, ry, rz) if r >= 0]
+        t = np.unique(np.concatenate([p[0] for p in parts])) if parts else np.zeros(0)
+        logical = np.zeros((3, t.size))
+        for axis, r in enumerate((rx, ry, rz)):
+            if r >= 0:
+                logical[axis] = np.interp(t, t_rel[offsets[r]:offsets[r + 1]], g_rel[offsets[r]:offsets[r + 1]],
+                                          left=0.0, right=0.0)
+        physical = matrices[rot] @ logical
+        for axis in range(3):
+            times.append(t)
+            values.append(physical[axis])
+            lengths.append(t.size)
+    n_events = offsets.size - 1
+    physical_rows = rows.copy()
+    physical_rows[which] = n_events + 3 * inverse.reshape(-1, 1) + np.arange(3)
+    new_offsets = np.concatenate((offsets, offsets[-1] + np.cumsum(lengths))).astype(np.int64)
+    return PhysicalGradients(physical_rows, new_offsets, np.concatenate(times), np.concatenate(values))
 
 
 def _event_breakpoints(seq: Sequence) -> tuple[IntArray, FloatArray, FloatArray]:
@@ -113,8 +154,9 @@ def _gather_csr(offsets: IntArray, rows: IntArray) -> tuple[IntArray, IntArray]:
 
 def axis_waveform(seq: Sequence, axis: int, blocks: IntArray | None = None) -> AxisWaveform:
     """The gradient on ``axis`` (0, 1, 2) over the whole sequence, or over the given block indices."""
-    offsets, t_rel, values = event_breakpoints(seq)
-    rows_all = seq.blocks.grad[:, axis]
+    phys = physical_gradients(seq)
+    offsets, t_rel, values = phys.offsets, phys.t_s, phys.g_hz_per_m
+    rows_all = phys.rows[:, axis]
     block_idx = np.flatnonzero(rows_all >= 0) if blocks is None else blocks[rows_all[blocks] >= 0]
     rows = rows_all[block_idx]
     idx, lengths = _gather_csr(offsets, rows)
@@ -199,7 +241,9 @@ class EventExtremes:
 
 
 def event_extremes(seq: Sequence, min_dt_s: float = 1e-12) -> EventExtremes:
-    offsets, t_rel, g_rel = event_breakpoints(seq)
+    """Per row of :func:`physical_gradients`."""
+    phys = physical_gradients(seq)
+    offsets, t_rel, g_rel = phys.offsets, phys.t_s, phys.g_hz_per_m
     n = offsets.size - 1
     lengths = np.diff(offsets)
     owner = np.repeat(np.arange(n), lengths)
