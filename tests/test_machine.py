@@ -147,3 +147,11 @@ class ScannerModel(RuleBasedStateMachine):
 TestScanner = ScannerModel.TestCase
 TestScanner.settings = settings(max_examples=40, stateful_step_count=12, deadline=None,
                                 suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_documented_transition_table_matches_the_code():
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "scanner.md").read_text()
+    for trigger, _, dest in TRANSITIONS:
+        assert f"| `{trigger}` |" in doc and f"| {dest.name} |" in doc, trigger
