@@ -6,7 +6,7 @@ Every error the project raises derives from :class:`ScanctlError`. Errors raised
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 
 class ScanctlError(Exception):
@@ -23,8 +23,8 @@ class SequenceFormatError(ScanctlError):
     ``line`` is 1-based; ``None`` when the problem concerns the whole file.
     """
 
-    def __init__(self, path: str | Path | None, line: int | None, message: str) -> None:
-        self.path = None if path is None else str(path)
+    def __init__(self, path: str | os.PathLike[str] | None, line: int | None, message: str) -> None:
+        self.path = None if path is None else os.fspath(path)
         self.line = line
         self.message = message
         where = self.path or "<sequence>"

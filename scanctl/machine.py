@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from transitions import EventData, Machine, MachineError
 
@@ -119,7 +119,7 @@ class ScannerMachine:
             model_attribute="state",
         )
         for trigger, sources, dest in TRANSITIONS:
-            self._machine.add_transition(trigger, sources, dest, conditions=self._allowed)
+            self._machine.add_transition(trigger, cast(Any, sources), dest, conditions=self._allowed)
         self._pending_refusal: str | None = None
 
     @property
@@ -153,11 +153,14 @@ class ScannerMachine:
     def _allowed(self, event: EventData) -> bool:
         if self._guard is None:
             return True
-        refusal = self._guard(event.event.name, S[event.transition.source], S[event.transition.dest])
+        assert event.transition is not None
+        refusal = self._guard(event.event.name, ScannerState[str(event.transition.source)],
+                              ScannerState[str(event.transition.dest)])
         self._pending_refusal = refusal
         return refusal is None
 
     def _record(self, event: EventData) -> None:
+        assert event.transition is not None
         entry = JournalEntry(time.time(), self.scan_time_s, event.event.name, _name(event.transition.source),
                              _name(event.transition.dest), self._reason)
         self.journal.append(entry)

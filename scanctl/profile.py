@@ -7,13 +7,13 @@ Limits live here, never in code. Unknown keys, wrong types and out-of-range valu
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from scanctl.errors import ConfigError
+from scanctl.tomlcheck import Reader
+from scanctl.tomlcheck import parse as parse_toml
 
 AXES = ("x", "y", "z")
 DEFAULT_SUBSYSTEMS = {"gradient": "sim://", "rf": "sim://", "table": "sim://"}
@@ -91,11 +91,8 @@ def load(name_or_path: str | Path | None = None) -> SystemProfile:
 
 def parse(text: str, source: str = "<profile>") -> SystemProfile:
     """Parse profile TOML text. Raises :class:`ConfigError`."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
-    r = _Reader(data, source)
+    data = parse_toml(text, source)
+    r = Reader(data, source)
     scanner = r.table("scanner", {"name", "b0_t", "gamma_hz_per_t"})
     grad = r.table("gradient", {"max_amplitude_mt_per_m", "max_slew_t_per_m_per_s"})
     timing_keys = {f.name for f in dataclasses.fields(TimingLimits)}
@@ -119,49 +116,3 @@ def parse(text: str, source: str = "<profile>") -> SystemProfile:
         source=source,
         subsystems=subsystems,
     )
-
-
-class _Reader:
-    def __init__(self, data: dict[str, Any], source: str) -> None:
-        self.data = data
-        self.source = source
-
-    def fail(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {key}: {message}")
-
-    def table(self, name: str, keys: set[str], *, required: bool = True) -> dict[str, Any]:
-        value = self.data.get(name)
-        if not isinstance(value, dict):
-            raise self.fail(name, "missing table" if value is None else "must be a table")
-        extra = sorted(set(value) - keys)
-        if extra:
-            raise self.fail(f"{name}.{extra[0]}", f"unknown key (known: {', '.join(sorted(keys))})")
-        missing = sorted(keys - set(value))
-        if missing and required:
-            raise self.fail(f"{name}.{missing[0]}", "missing key")
-        return value
-
-    def no_other_tables(self, known: set[str]) -> None:
-        extra = sorted(set(self.data) - known)
-        if extra:
-            raise self.fail(extra[0], f"unknown table (known: {', '.join(sorted(known))})")
-
-    def number(self, table: dict[str, Any], key: str, low: float, high: float) -> float:
-        value = table[key.rsplit(".", 1)[1]]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(key, f"must be a number, got {value!r}")
-        if not low <= value <= high:
-            raise self.fail(key, f"{value} is outside {low:g} to {high:g}")
-        return float(value)
-
-    def string(self, table: dict[str, Any], key: str) -> str:
-        value = table[key.rsplit(".", 1)[1]]
-        if not isinstance(value, str):
-            raise self.fail(key, f"must be a string, got {value!r}")
-        return value
-
-    def axes(self, table: dict[str, Any], key: str, low: float, high: float) -> tuple[float, float, float]:
-        value = table[key.rsplit(".", 1)[1]]
-        if not isinstance(value, dict) or set(value) != set(AXES):
-            raise self.fail(key, "must be a table with exactly x, y and z")
-        return tuple(self.number(value, f"{key}.{a}", low, high) for a in AXES)  # type: ignore[return-value]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -178,7 +179,7 @@ def rf_event_samples(seq: Sequence) -> tuple[IntArray, FloatArray, ComplexArray]
     cached = _RF_SAMPLES.get(seq)
     if cached is None:
         rf, shapes, raster = seq.rf, seq.shapes, seq.rasters.rf_s
-        times: list[FloatArray] = []
+        times: list[npt.NDArray[Any]] = []
         values: list[ComplexArray] = []
         for row in range(rf.id.size):
             mag = shapes.get(int(rf.mag_shape[row]))
@@ -186,7 +187,7 @@ def rf_event_samples(seq: Sequence) -> tuple[IntArray, FloatArray, ComplexArray]
             if rf.time_shape[row] == TIME_DEFAULT or rf.time_shape[row] < 0:
                 t = (np.arange(mag.size) + 0.5) * raster
             else:
-                t = shapes.get(int(rf.time_shape[row])) * raster
+                t = shapes.get(int(rf.time_shape[row])) * np.float64(raster)
             times.append(t)
             values.append(mag * np.exp(2j * np.pi * phase))
         lengths = np.array([t.size for t in times], dtype=np.int64)

@@ -13,7 +13,6 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,7 +54,7 @@ class Table:
 class TextFile:
     """A text file held in memory, with line numbers for error messages."""
 
-    def __init__(self, data: bytes, path: str | Path | None) -> None:
+    def __init__(self, data: bytes, path: str | os.PathLike[str] | None) -> None:
         self.data = data
         self.path = path
 
@@ -122,8 +121,9 @@ class TextFile:
         raw = np.frombuffer(self.data, dtype=np.uint8, count=section.end - section.start, offset=section.start)
         line_starts, counts, first_tok_at = self._line_tokens(section, raw)
         n_lines = line_starts.size
-        if n_lines == 0:
-            empty = np.zeros((0, allowed[0] - len(word_columns)))
+        if n_lines == 0 or not (counts > 0).any() or not (raw[first_tok_at[counts > 0]] != _HASH).any():
+            # no rows, only blank or comment lines (numpy reads whitespace alone as [-1.])
+            empty = np.zeros((0, allowed[0] - len(word_columns)), dtype=np.int64 if integer else np.float64)
             return Table(empty, [[] for _ in word_columns], np.zeros(0, np.int64))
         has_tok = counts > 0
         comment = has_tok & (raw[first_tok_at] == _HASH)
@@ -239,7 +239,8 @@ class TextFile:
             line_starts = np.concatenate(([0], line_starts[line_starts < sub.size]))
             first = np.searchsorted(tok_starts, line_starts)
             n_tok = np.diff(first, append=tok_starts.size)
-            first_at = np.where(n_tok > 0, tok_starts[np.minimum(first, tok_starts.size - 1)], line_starts)
+            first_at = (np.where(n_tok > 0, tok_starts[np.minimum(first, tok_starts.size - 1)], line_starts)
+                        if tok_starts.size else line_starts)  # a chunk of blank lines has no token
             starts.append(line_starts + a)
             counts.append(n_tok)
             firsts.append(first_at + a)

@@ -24,6 +24,14 @@ _GAMMA_HZ_PER_T = 42.576e6
 _B0_T = 1.5
 
 
+class DurationRangeError(ValueError):
+    """A format 1.3 block would last longer than the model can hold (``block``: its row)."""
+
+    def __init__(self, block: int, message: str) -> None:
+        super().__init__(message)
+        self.block = block
+
+
 def upgrade(seq: Sequence, *, delays: FloatArray) -> Sequence:
     """Return ``seq`` with the 1.5 fields filled in (``delays``: per-block 1.3 delays, or empty)."""
     seq = dataclasses.replace(seq, rf=_rf_center_and_use(seq))
@@ -31,7 +39,13 @@ def upgrade(seq: Sequence, *, delays: FloatArray) -> Sequence:
         ends = block_event_ends(seq)
         content = np.maximum.reduce([delays, *ends.values()])
         raster = seq.rasters.block_duration_s
-        ticks = np.ceil(content / raster - 1e-6).astype(np.int64)
+        ticks_f = np.ceil(content / raster - 1e-6)
+        bad = np.flatnonzero(~(np.isfinite(ticks_f) & (ticks_f <= 2.0**53)))
+        if bad.size:  # keep the int64 cast (and the sums of durations) exact
+            k = int(bad[0])
+            raise DurationRangeError(k, f"block {int(seq.blocks.id[k])} would last {content[k]:g} s, more than "
+                                        f"2**53 block-duration rasters")
+        ticks = ticks_f.astype(np.int64)
         seq = dataclasses.replace(seq, blocks=dataclasses.replace(seq.blocks, duration_ticks=ticks))
     return dataclasses.replace(seq, grad=_grad_first_last(seq))
 
@@ -64,7 +78,7 @@ def _rf_center_and_use(seq: Sequence) -> RFEvents:
 
 
 def _grad_first_last(seq: Sequence) -> GradEvents:
-    g, shapes, raster = seq.grad, seq.shapes, seq.rasters.gradient_s
+    g, shapes = seq.grad, seq.shapes
     first, last = g.first_hz_per_m.copy(), g.last_hz_per_m.copy()
     pending = np.flatnonzero(np.isnan(first))
     if pending.size == 0:
