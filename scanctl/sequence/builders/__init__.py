@@ -1,0 +1,52 @@
+"""Built-in sequence builders, by protocol type name (see docs/protocol.md).
+
+Each builder takes a :class:`~scanctl.profile.SystemProfile` and its parameters and returns a
+:class:`~scanctl.sequence.model.Sequence` that passes :func:`scanctl.sequence.checks.check` against
+that profile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from scanctl.profile import SystemProfile
+from scanctl.sequence.builders.common import ParameterError, Params
+from scanctl.sequence.builders.epi_2d import EpiParams, epi_2d
+from scanctl.sequence.builders.gre_2d import GreParams, gre_2d
+from scanctl.sequence.builders.se_2d import SeParams, se_2d
+from scanctl.sequence.builders.tse_2d import TseParams, tse_2d
+from scanctl.sequence.model import Sequence
+
+__all__ = ["BUILDERS", "Builder", "ParameterError", "Params", "build"]
+
+
+@dataclass(frozen=True)
+class Builder:
+    """A sequence type: its parameter class and the function that builds it."""
+
+    name: str
+    params: type[Params]
+    build: Callable[..., Sequence]
+    summary: str
+
+
+BUILDERS: dict[str, Builder] = {
+    b.name: b
+    for b in (
+        Builder("gre_2d", GreParams, gre_2d, "2D RF-spoiled gradient echo"),
+        Builder("se_2d", SeParams, se_2d, "2D spin echo"),
+        Builder("tse_2d", TseParams, tse_2d, "2D turbo spin echo"),
+        Builder("epi_2d", EpiParams, epi_2d, "2D single-shot blipped gradient-echo EPI"),
+    )
+}
+
+
+def build(type_name: str, profile: SystemProfile, **params: Any) -> Sequence:
+    """Build the sequence ``type_name`` with ``params``. Raises :class:`ParameterError`
+    (a :class:`~scanctl.errors.ConfigError`)."""
+    builder = BUILDERS.get(type_name)
+    if builder is None:
+        raise ParameterError("type", f"unknown sequence type {type_name!r} (known: {', '.join(BUILDERS)})")
+    return builder.build(profile, builder.params.from_mapping(params))
