@@ -3,7 +3,7 @@ subsystems in buffered segments on one timebase, driven by the scanner state mac
 
 Nothing moves or transmits before :meth:`Scanner.prepare` has checked the sequence against the
 system profile. Every fault path makes every subsystem safe (``abort()``), records why in the journal
-and keeps the acquisitions received so far (they went to ``on_acquisition`` as they arrived).
+and keeps the acquisitions received so far (they went to ``on_acquisitions`` as they arrived).
 
 Threading: one thread (the caller of :meth:`Scanner.run`) owns the state machine and the subsystems'
 programs. Other threads (a console, the ZeroMQ server, a signal handler) ask for pause, resume, stop
@@ -193,13 +193,16 @@ class Scanner:
 
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self, *, table_position_mm: float = 0.0,
-            on_acquisition: Callable[[Acquisition], None] | None = None,
+            on_acquisitions: Callable[[list[Acquisition]], None] | None = None,
             on_progress: Callable[[float, float], None] | None = None) -> RunResult:
-        """Play the prepared sequence. Returns how it ended; raises only for commands refused up front."""
+        """Play the prepared sequence. Returns how it ended; raises only for commands refused up front.
+
+        ``on_acquisitions`` gets every batch of completed acquisitions (in index order) as it arrives.
+        """
         seq = self._sequence
         if seq is None or self._report is None:
             raise InvalidTransitionError(f"cannot start while {self.state.name}: no sequence prepared")
-        sink = on_acquisition or (lambda acq: None)
+        sink = on_acquisitions or (lambda batch: None)
         t_wall = time.perf_counter()
         counter = {"acquisitions": 0, "segments": 0}
         self._fire("start", f"table to {table_position_mm} mm")
@@ -221,7 +224,7 @@ class Scanner:
                                 str(exc))
         return self._result(outcome, seq, counter, t_wall, "")
 
-    def _play(self, seq: Sequence, sink: Callable[[Acquisition], None], counter: dict[str, int],
+    def _play(self, seq: Sequence, sink: Callable[[list[Acquisition]], None], counter: dict[str, int],
               on_progress: Callable[[float, float], None] | None) -> str:
         buffer_s = min(self.gradient.buffer_s, self.rf.buffer_s)
         playhead = 0.0
@@ -257,12 +260,13 @@ class Scanner:
             sub.sync(t_s)
         return t_s
 
-    def _collect(self, sink: Callable[[Acquisition], None], counter: dict[str, int]) -> None:
-        for acq in self.rf.acquisitions():
-            sink(acq)
-            counter["acquisitions"] += 1
+    def _collect(self, sink: Callable[[list[Acquisition]], None], counter: dict[str, int]) -> None:
+        batch = self.rf.acquisitions()
+        if batch:
+            sink(batch)
+            counter["acquisitions"] += len(batch)
 
-    def _safe_point(self, sink: Callable[[Acquisition], None], counter: dict[str, int],
+    def _safe_point(self, sink: Callable[[list[Acquisition]], None], counter: dict[str, int],
                     playhead: float) -> str | None:
         """Honour requests between segments. Returns an outcome when the run must end here."""
         while True:
@@ -302,7 +306,7 @@ class Scanner:
                 self._resume.wait()
         return None
 
-    def _drain(self, sink: Callable[[Acquisition], None], counter: dict[str, int]) -> None:
+    def _drain(self, sink: Callable[[list[Acquisition]], None], counter: dict[str, int]) -> None:
         """Play out everything loaded (the buffer) and collect its data."""
         loaded = max(sub.status().time_s + sub.status().telemetry.get("buffered_s", 0.0)
                      for sub in (self.gradient, self.rf))

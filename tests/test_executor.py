@@ -36,7 +36,7 @@ def test_complete_run_collects_every_acquisition_in_order():
     scanner = make_scanner()
     scanner.prepare(GRE_SEQ)
     acqs, progress = [], []
-    result = scanner.run(table_position_mm=250, on_acquisition=acqs.append,
+    result = scanner.run(table_position_mm=250, on_acquisitions=acqs.extend,
                          on_progress=lambda t, total: progress.append((t, scanner.status())))
     assert result.outcome == "completed" and result.acquisitions == N_ADC
     assert [a.index for a in acqs] == list(range(N_ADC))
@@ -71,7 +71,7 @@ def test_abort_mid_run_keeps_the_data_so_far():
         if t > 2.0:
             scanner.request("abort")
 
-    result = scanner.run(on_acquisition=acqs.append, on_progress=progress)
+    result = scanner.run(on_acquisitions=acqs.extend, on_progress=progress)
     assert result.outcome == "aborted" and scanner.state is S.IDLE and all_safe(scanner)
     assert 0 < len(acqs) < N_ADC and [a.index for a in acqs] == list(range(len(acqs)))
     assert 2.0 <= result.scan_time_s < GRE_SEQ.duration_s
@@ -81,7 +81,7 @@ def test_subsystem_fault_latches_fault_keeps_data_and_makes_everything_safe():
     scanner = make_scanner(gradient="sim://?fault=trip@3s")
     scanner.prepare(GRE_SEQ)
     acqs = []
-    result = scanner.run(on_acquisition=acqs.append)
+    result = scanner.run(on_acquisitions=acqs.extend)
     assert result.outcome == "fault" and "trip at 3.000000 s" in result.message
     assert scanner.state is S.FAULT and all_safe(scanner)
     assert 0 < len(acqs) < N_ADC and max(a.start_s for a in acqs) < 3.0
@@ -105,7 +105,7 @@ def test_pause_and_resume_from_another_thread_gets_all_data():
             scanner.request("pause")
             threading.Timer(0.05, scanner.request, args=("resume",)).start()
 
-    result = scanner.run(on_acquisition=acqs.append, on_progress=progress)
+    result = scanner.run(on_acquisitions=acqs.extend, on_progress=progress)
     assert result.outcome == "completed" and len(acqs) == N_ADC
     dests = [e.dest for e in scanner.journal]
     assert dests[-4:] == ["PAUSING", "PAUSED", "RUNNING", "IDLE"]
@@ -115,7 +115,7 @@ def test_stop_finishes_what_is_loaded():
     scanner = make_scanner()
     scanner.prepare(GRE_SEQ)
     acqs = []
-    result = scanner.run(on_acquisition=acqs.append,
+    result = scanner.run(on_acquisitions=acqs.extend,
                          on_progress=lambda t, total: t > 1.0 and scanner.request("stop"))
     assert result.outcome == "stopped" and scanner.state is S.IDLE and all_safe(scanner)
     assert 0 < len(acqs) < N_ADC
@@ -126,7 +126,7 @@ def test_emergency_stop_is_latched_until_released():
     scanner = make_scanner()
     scanner.prepare(GRE_SEQ)
     acqs = []
-    result = scanner.run(on_acquisition=acqs.append,
+    result = scanner.run(on_acquisitions=acqs.extend,
                          on_progress=lambda t, total: t > 1.0 and scanner.emergency_stop("button pressed"))
     assert result.outcome == "emergency_stop" and scanner.state is S.EMERGENCY_STOP and all_safe(scanner)
     assert acqs

@@ -95,7 +95,7 @@ class ScannerModel(RuleBasedStateMachine):
                 else:
                     self.scanner.request(how)
 
-        result = self.attempt(self.scanner.run, table_position_mm=position, on_acquisition=received.append,
+        result = self.attempt(self.scanner.run, table_position_mm=position, on_acquisitions=received.extend,
                               on_progress=progress)
         if result is not None:
             assert result.acquisitions == len(received)
