@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence as Argv
+from pathlib import Path
 
 import numpy as np
 
@@ -23,9 +24,14 @@ log = logging.getLogger("scanctl")
 EXIT_OK, EXIT_LIMITS, EXIT_UNREADABLE = 0, 1, 2
 
 
-def _load_sequence(args: argparse.Namespace) -> Sequence:
+def _load_sequence(args: argparse.Namespace, profile: profiles.SystemProfile | None = None) -> Sequence:
+    """The Pulseq file ``args.file``, or the sequence of a protocol file (``.toml``) built for ``profile``."""
     from scanctl.sequence.pulseq_read import read
 
+    if Path(args.file).suffix.lower() == ".toml":
+        from scanctl.protocol import load_protocol
+
+        return load_protocol(args.file).build_sequence(profile or profiles.load())
     try:
         return read(args.file, verify_signature=not args.ignore_signature)
     except ScanctlError:
@@ -39,12 +45,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     from scanctl.sequence.checks import check
 
     prof = profiles.load(args.system)
-    seq = _load_sequence(args)
+    seq = _load_sequence(args, prof)
     report = check(seq, prof)
     if args.json:
         print(json.dumps(report.to_json(), indent=2, default=_json_default))
     else:
-        print(f"{args.file}: Pulseq {report.format_version}, {report.blocks} blocks, {report.duration_s:.6f} s, "
+        kind = "protocol" if Path(args.file).suffix.lower() == ".toml" else f"Pulseq {report.format_version}"
+        print(f"{args.file}: {kind}, {report.blocks} blocks, {report.duration_s:.6f} s, "
               f"{report.rf_events} RF, {report.adc_events} ADC ({report.adc_samples} samples)")
         for axis in "xyz":
             print(f"  {axis}: max gradient {report.max_gradient_hz_per_m[axis]:.6g} Hz/m, "
@@ -113,6 +120,27 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from scanctl.run import ProgressBar, run_scan
+
+    prof = profiles.load(args.system)
+    overrides = {kind: url for kind in ("gradient", "rf", "table") if (url := getattr(args, kind)) is not None}
+    out = Path(args.out) if args.out else Path("out") / Path(args.file).stem
+    report = run_scan(args.file, prof, out, overrides=overrides, progress=ProgressBar(),
+                      reconstruct=not args.no_recon)
+    t = report.timings
+    if report.outcome == "refused":
+        print(f"{args.file}: refused before anything moved: {report.message}", file=sys.stderr)
+    else:
+        rate = f", {t['real_time_factor']:.2f}x real time" if "real_time_factor" in t else ""
+        print(f"{args.file}: {report.outcome}: {report.acquisitions} acquisitions, "
+              f"{report.sequence['duration_s']:.3f} s of sequence in {t.get('scan_wall_s', 0.0):.3f} s{rate}")
+        if report.message:
+            print(f"  {report.message}")
+    print(f"wrote {', '.join(str(out / name) for name in report.outputs.values())}")
+    return EXIT_OK if report.ok else EXIT_LIMITS
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scanctl", description="MR scanner control plane")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -125,7 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="read the file even if its MD5 signature does not match")
         return p
 
-    p = seq_command("check", "check a sequence's timing and a scanner's limits")
+    p = sub.add_parser("run", help="run a protocol (or a Pulseq file) on the scanner's subsystems",
+                       description="Run a protocol (.toml) or a Pulseq file (.seq): raw data (ISMRMRD), image, "
+                                   "report. Exit 0: completed; 1: refused or ended early; 2: bad input.")
+    p.add_argument("file", help="protocol .toml or Pulseq .seq file")
+    p.add_argument("--system", help="system profile: a shipped name (e.g. 'default') or a TOML path")
+    p.add_argument("--out", help="output directory (default: out/<name>)")
+    for kind in ("gradient", "rf", "table"):
+        p.add_argument(f"--{kind}", metavar="URL", help=f"{kind} subsystem URL (default: the profile's)")
+    p.add_argument("--no-recon", action="store_true", help="skip the image reconstruction")
+    p.set_defaults(func=cmd_run)
+
+    p = seq_command("check", "check a sequence's (or a protocol's) timing and a scanner's limits")
     p.add_argument("--system", help="system profile: a shipped name (e.g. 'default') or a TOML path")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_check)

@@ -256,8 +256,20 @@ class Scanner:
         return "stopped" if stopping else "completed"
 
     def _sync(self, t_s: float) -> float:
-        for sub in (self.gradient, self.rf):
-            sub.sync(t_s)
+        sequencers = (self.gradient, self.rf)
+        for sub in sequencers:
+            try:
+                sub.sync(t_s)
+            except ScanctlError:
+                # The others played on until the fault: take what they completed before it.
+                t_fault = sub.status().time_s
+                for other in sequencers:
+                    if other is not sub:
+                        try:
+                            other.sync(t_fault)
+                        except ScanctlError as exc:
+                            log.error("%s: cannot play up to the fault: %s", other.kind, exc)
+                raise
         return t_s
 
     def _collect(self, sink: Callable[[list[Acquisition]], None], counter: dict[str, int]) -> None:

@@ -64,6 +64,7 @@ class Acquisition:
 class Subsystem(Protocol):
     """What every subsystem offers."""
 
+    kind: str  # "gradient", "rf" or "table"
     url: str
 
     def connect(self, timeout_s: float = 5.0) -> None:

@@ -10,7 +10,8 @@ same world played and this system's RF; ``noise`` adds complex Gaussian noise of
 deviation; ``b0`` adds a global off-resonance (Hz). With ``physics=0`` the receiver returns noise only
 (timing and streaming tests, benchmarks of the control path).
 
-URL: ``sim://?noise=0.01&b0=0&phantom=shepp_logan&matrix=128&physics=1`` — see ``OPTIONS``.
+URL: ``sim://?noise=0.01&b0=0&phantom=shepp_logan&matrix=128&fov=0.256&physics=1`` — see ``OPTIONS``
+(``fov``: the phantom's field of view in m; ``scanctl run`` sets it to the sequence's).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class SimulatedRF(SimulatedSequencer):
         "physics": _flag,
         "phantom": str,
         "matrix": _count,
+        "fov": positive_float,
         "isochromats": _count,
         "seed": int,
         "watts_per_ut2": positive_float,
@@ -65,7 +67,8 @@ class SimulatedRF(SimulatedSequencer):
 
     def __init__(self, url: str, profile: SystemProfile, *, buffer_s: float = 2.0,
                  fault: tuple[str, float] | None = None, noise: float = 0.0, b0: float = 0.0, physics: bool = True,
-                 phantom: str = "shepp_logan", matrix: int = 128, isochromats: int | None = None, seed: int = 0,
+                 phantom: str = "shepp_logan", matrix: int = 128, fov: float = 0.256, isochromats: int | None = None,
+                 seed: int = 0,
                  watts_per_ut2: float = 40.0, reflection: float = 0.01, world: str = "default") -> None:
         super().__init__(url, buffer_s=buffer_s, fault=fault)
         self.channels = 1
@@ -75,6 +78,8 @@ class SimulatedRF(SimulatedSequencer):
         self.physics = physics
         self.phantom_name = phantom
         self.matrix = matrix
+        self.fov_m = fov
+        self.b0_t = profile.b0_t
         self.isochromats = isochromats
         self.watts_per_ut2 = watts_per_ut2
         self.reflection = reflection
@@ -100,8 +105,10 @@ class SimulatedRF(SimulatedSequencer):
     def _make_spins(self) -> Any:
         from scanctl.simulators.physics import SpinSystem, load_phantom, shepp_logan
 
-        named = self.phantom_name == "shepp_logan"
-        phantom = shepp_logan(self.matrix) if named else load_phantom(self.phantom_name)
+        if self.phantom_name == "shepp_logan":
+            phantom = shepp_logan(self.matrix, fov_m=self.fov_m, b0_t=self.b0_t)
+        else:
+            phantom = load_phantom(self.phantom_name)
         kwargs: dict[str, Any] = {"noise_std": 0.0, "b0_offset_hz": self.b0_offset_hz, "seed": self._seed}
         if self.isochromats is not None:
             kwargs["isochromats"] = self.isochromats

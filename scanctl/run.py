@@ -1,0 +1,234 @@
+"""``scanctl run``: a protocol (or a Pulseq file) through the scanner, to raw data, image and report.
+
+The steps, each in its own module: load the protocol and build its sequence (:mod:`scanctl.protocol`),
+open the subsystems the system profile names (:mod:`scanctl.registry`), check and prepare
+(:mod:`scanctl.executor`), play while streaming every acquisition into the ISMRMRD file
+(:mod:`scanctl.rawdata`), reconstruct (:mod:`scanctl.recon`) and write the report. An aborted or
+faulted run still leaves a valid raw data file with everything acquired, and its report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from scanctl.errors import SafetyLimitError
+from scanctl.executor import RunResult, Scanner
+from scanctl.interfaces import Acquisition
+from scanctl.profile import SystemProfile
+from scanctl.protocol import Protocol, load_protocol
+from scanctl.registry import parse_url
+from scanctl.sequence import pulseq_write
+from scanctl.sequence.model import Sequence
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunReport:
+    """What ``report.json`` holds (see docs/run.md)."""
+
+    outcome: str  # completed, stopped, aborted, fault, emergency_stop, refused
+    message: str
+    protocol: dict[str, Any]
+    sequence: dict[str, Any]
+    profile: str
+    subsystems: dict[str, str]
+    acquisitions: int
+    timings: dict[str, float]
+    journal: list[dict[str, Any]]
+    telemetry: dict[str, dict[str, float]]
+    outputs: dict[str, str]
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "completed"
+
+
+def load_source(path: str | os.PathLike[str], profile: SystemProfile) -> tuple[Sequence, Protocol | None]:
+    """The sequence to run: a protocol's (built or read) or a Pulseq file's, with the protocol if any."""
+    path = Path(path)
+    if path.suffix.lower() == ".seq":
+        from scanctl.sequence.pulseq_read import read
+
+        return read(path), None
+    protocol = load_protocol(path)
+    return protocol.build_sequence(profile), protocol
+
+
+def simulator_options(seq: Sequence, protocol: Protocol | None) -> dict[str, str]:
+    """Options for a simulated RF system that follow the scan: the phantom fills the sequence's field of
+    view, at the protocol's phantom and noise settings."""
+    options: dict[str, str] = {}
+    fov = seq.definition_floats("FOV")
+    if fov:
+        options["fov"] = f"{max(fov[:2]):.9g}"
+    if protocol is not None:
+        if protocol.phantom is not None:
+            if protocol.phantom.file is not None:
+                options["phantom"] = str(protocol.phantom.file)
+            elif protocol.phantom.name is not None:
+                options["phantom"] = protocol.phantom.name
+            if protocol.phantom.matrix is not None:
+                options["matrix"] = str(protocol.phantom.matrix)
+        if protocol.noise_std is not None:
+            options["noise"] = f"{protocol.noise_std:.9g}"
+    return options
+
+
+def _with_options(url: str, extra: dict[str, str]) -> str:
+    """``url`` with ``extra`` options added where the URL does not set them already."""
+    parsed = parse_url(url)
+    if parsed.scheme != "sim":
+        return url
+    add = {k: v for k, v in extra.items() if k not in parsed.options}
+    if not add:
+        return url
+    sep = "&" if "?" in url else "?"
+    return url + sep + "&".join(f"{k}={v}" for k, v in add.items())
+
+
+def run_scan(
+    source: str | os.PathLike[str],
+    profile: SystemProfile,
+    out_dir: str | os.PathLike[str],
+    *,
+    overrides: dict[str, str] | None = None,
+    progress: Callable[[float, float, int], None] | None = None,
+    reconstruct: bool = True,
+) -> RunReport:
+    """Run ``source`` (a protocol TOML or a Pulseq file) and write the outputs into ``out_dir``:
+    ``raw.h5`` (ISMRMRD), ``image.npy`` and ``image.png`` (when reconstructed), ``sequence.seq``,
+    ``report.json``. Raises ConfigError / SequenceFormatError for bad input (nothing has moved)."""
+    from scanctl.rawdata import RawDataWriter, header_for
+    from scanctl.recon import reconstruct as recon
+    from scanctl.recon import save_png
+
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seq, protocol = load_source(source, profile)
+    urls = {**profile.subsystems, **(overrides or {})}
+    urls["rf"] = _with_options(urls["rf"], simulator_options(seq, protocol))
+    scanner = Scanner.from_profile(profile, urls)
+    seq_path = out / "sequence.seq"
+    md5 = pulseq_write.write(seq, seq_path)
+    outputs = {"sequence": seq_path.name}
+    acquisitions: list[Acquisition] = []
+    timings: dict[str, float] = {}
+    result: RunResult | None = None
+    outcome, message = "refused", ""
+    scanner.connect()
+    try:
+        t0 = time.perf_counter()
+        try:
+            scanner.prepare(seq)
+        except SafetyLimitError as exc:
+            message = str(exc)
+        timings["prepare_s"] = time.perf_counter() - t0
+        if not message:
+            raw_path = out / "raw.h5"
+            writer = RawDataWriter.open(raw_path, header_for(seq, profile, protocol, channels=scanner.rf.channels),
+                                        seq=seq)
+            outputs["raw"] = raw_path.name
+
+            def keep(batch: list[Acquisition]) -> None:
+                writer.extend(batch)
+                acquisitions.extend(batch)
+
+            def on_progress(t_s: float, total_s: float) -> None:
+                if progress is not None:
+                    progress(t_s, total_s, len(acquisitions))
+
+            t0 = time.perf_counter()
+            try:
+                position = protocol.table_position_mm if protocol is not None else 0.0
+                result = scanner.run(table_position_mm=position, on_acquisitions=keep, on_progress=on_progress)
+            finally:
+                writer.close()
+            timings["scan_wall_s"] = time.perf_counter() - t0
+            outcome, message = result.outcome, result.message
+            if reconstruct and acquisitions:
+                t0 = time.perf_counter()
+                image = recon(acquisitions, seq)
+                np.save(out / "image.npy", image)
+                save_png(image, out / "image.png")
+                outputs.update(image_npy="image.npy", image_png="image.png")
+                timings["recon_s"] = time.perf_counter() - t0
+    finally:
+        scanner.close()
+    timings["total_wall_s"] = time.perf_counter() - t_start
+    if result is not None and timings.get("scan_wall_s"):
+        timings["real_time_factor"] = seq.duration_s / timings["scan_wall_s"]
+    report = RunReport(
+        outcome=outcome,
+        message=message,
+        protocol=protocol.as_dict() if protocol is not None else {"source": str(source)},
+        sequence={"md5": md5, "blocks": len(seq.blocks), "duration_s": seq.duration_s,
+                  "name": seq.definitions.get("Name", ""), "file": seq_path.name},
+        profile=profile.name,
+        subsystems=urls,
+        acquisitions=len(acquisitions),
+        timings=timings,
+        journal=[asdict(e) for e in scanner.journal],
+        telemetry=result.telemetry if result is not None else {},
+        outputs=outputs,
+        versions=_versions(),
+    )
+    (out / "report.json").write_text(json.dumps(asdict(report), indent=2, default=_plain) + "\n")
+    outputs["report"] = "report.json"
+    return report
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in ("scanctl", "numpy", "transitions", "ismrmrd"):
+        try:
+            out[package] = version(package)
+        except Exception:  # noqa: BLE001 - a missing distribution is reported, not fatal
+            out[package] = "unknown"
+    return out
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal (nothing when the stream is not a terminal)."""
+
+    def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
+        self.stream = stream
+        self.width = width
+        self.enabled = stream.isatty()
+        self._last = 0.0
+
+    def __call__(self, t_s: float, total_s: float, acquisitions: int) -> None:
+        now = time.monotonic()
+        done = total_s <= 0 or t_s >= total_s
+        if not self.enabled or (now - self._last < 0.1 and not done):
+            return
+        self._last = now
+        frac = 1.0 if total_s <= 0 else min(t_s / total_s, 1.0)
+        filled = int(frac * self.width)
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(f"\r  [{bar}] {frac:6.1%}  {t_s:8.2f}/{total_s:.2f} s  {acquisitions} acquisitions")
+        if done:
+            self.stream.write("\n")
+        self.stream.flush()
