@@ -1,0 +1,210 @@
+"""The wire format of every ZeroMQ message scanctl sends (documented in docs/wire-protocol.md).
+
+A message is a ZeroMQ multipart message: frame 0 is the **envelope**, a UTF-8 JSON object; frames
+1..n are **binary payloads** (numpy arrays, sent zero-copy, never pickled) that the envelope's body refers
+to as ``{"__nd__": i, "dtype": "<f8", "shape": [...]}`` (``i`` counts from 0 over the binary frames).
+
+Envelope keys: ``v`` (protocol version ``"MAJOR.MINOR"``; a different major is refused), ``type``
+(message type), ``id`` (request id, for requests), ``re`` (the request id a reply answers), ``src``
+(sender id), ``ts`` (sender's Unix time, s), ``stream``/``seq`` (event stream name and its sequence
+number), ``run`` (run id), ``body`` (an object). Everything that is not valid is a
+:class:`WireProtocolError` saying what is wrong; decoding never executes anything from the message.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+import numpy as np
+
+from scanctl.errors import WireProtocolError
+
+VERSION = (1, 0)
+VERSION_TEXT = f"{VERSION[0]}.{VERSION[1]}"
+MAX_ENVELOPE_BYTES = 1 << 20
+MAX_FRAMES = 64
+MAX_PAYLOAD_BYTES = 1 << 30
+_DTYPE_KINDS = "biufc"  # bool, integers, floats, complex: no objects, strings or records on the wire
+_ENVELOPE_KEYS = {"v", "type", "id", "re", "src", "ts", "stream", "seq", "run", "body"}
+
+
+@dataclass
+class Message:
+    """One decoded message; ``body`` holds numpy arrays where the sender put them."""
+
+    type: str
+    body: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+    re: str | None = None
+    src: str | None = None
+    ts: float = 0.0
+    stream: str | None = None
+    seq: int | None = None
+    run: str | None = None
+    v: str = VERSION_TEXT
+
+
+def encode(msg: Message) -> list[bytes | memoryview]:
+    """The frames of ``msg``: the JSON envelope, then one frame per array in the body (zero-copy views)."""
+    frames: list[bytes | memoryview] = []
+    body = _pack(msg.body, frames)
+    envelope = {"v": msg.v, "type": msg.type, "ts": msg.ts or time.time(), "body": body}
+    for key in ("id", "re", "src", "stream", "seq", "run"):
+        value = getattr(msg, key)
+        if value is not None:
+            envelope[key] = value
+    head = json.dumps(envelope, separators=(",", ":"), allow_nan=False).encode()
+    return [head, *frames]
+
+
+def decode(frames: Sequence[bytes | memoryview | Any]) -> Message:
+    """Decode frames (``bytes`` or pyzmq ``Frame``s). Raises WireProtocolError naming what is wrong."""
+    if not frames:
+        raise WireProtocolError("empty message")
+    if len(frames) > MAX_FRAMES + 1:
+        raise WireProtocolError(f"{len(frames)} frames, more than the {MAX_FRAMES + 1} allowed")
+    raw = [_buffer(f) for f in frames]
+    if len(raw[0]) > MAX_ENVELOPE_BYTES:
+        raise WireProtocolError(f"envelope is {len(raw[0])} bytes, more than the {MAX_ENVELOPE_BYTES} allowed")
+    try:
+        envelope = json.loads(bytes(raw[0]).decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WireProtocolError(f"envelope is not UTF-8 JSON: {exc}") from None
+    if not isinstance(envelope, dict):
+        raise WireProtocolError("envelope is not a JSON object")
+    unknown = set(envelope) - _ENVELOPE_KEYS
+    if unknown:
+        raise WireProtocolError(f"envelope has unknown keys: {', '.join(sorted(unknown))}")
+    v = envelope.get("v")
+    if not isinstance(v, str) or not _version_ok(v):
+        raise WireProtocolError(f"unsupported protocol version {v!r} (this side speaks {VERSION_TEXT})")
+    kind = envelope.get("type")
+    if not isinstance(kind, str) or not kind or len(kind) > 64:
+        raise WireProtocolError("envelope 'type' must be a non-empty string")
+    body = envelope.get("body", {})
+    if not isinstance(body, dict):
+        raise WireProtocolError("envelope 'body' must be an object")
+    msg = Message(type=kind, v=v, body=_unpack(body, raw[1:], set()))
+    for key, types in (("id", str), ("re", str), ("src", str), ("stream", str), ("run", str), ("seq", int),
+                       ("ts", (int, float))):
+        if key in envelope:
+            value = envelope[key]
+            if not isinstance(value, types) or isinstance(value, bool):
+                raise WireProtocolError(f"envelope {key!r} has the wrong type ({type(value).__name__})")
+            setattr(msg, key, float(value) if key == "ts" else value)
+    return msg
+
+
+def reply_to(request: Message, type: str = "reply", body: dict[str, Any] | None = None,
+             src: str | None = None) -> Message:
+    """A reply that answers ``request`` (``re`` = its id)."""
+    return Message(type=type, body=body or {}, re=request.id, src=src)
+
+
+def error_reply(request_id: str | None, code: str, message: str, src: str | None = None) -> Message:
+    """The error every malformed or refused request gets: ``{"code", "message"}``."""
+    return Message(type="error", body={"code": code, "message": message}, re=request_id, src=src)
+
+
+# -- structured values --------------------------------------------------------------------------------------
+def to_plain(value: Any) -> Any:
+    """Dataclasses (recursively) to dicts and enums to their values, keeping numpy arrays as they are."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _pack(value: Any, frames: list[bytes | memoryview]) -> Any:
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in _DTYPE_KINDS:
+            raise WireProtocolError(f"cannot send arrays of dtype {value.dtype}")
+        array = value if value.flags.c_contiguous else value.copy(order="C")
+        frames.append(array.reshape(-1).view(np.uint8).data if array.size else b"")
+        return {"__nd__": len(frames) - 1, "dtype": array.dtype.str, "shape": list(array.shape)}
+    if isinstance(value, dict):
+        if "__nd__" in value:
+            raise WireProtocolError("'__nd__' is reserved")
+        return {str(k): _pack(v, frames) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_pack(v, frames) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"__float__": repr(value)}
+    if isinstance(value, np.generic):
+        return _pack(value.item(), frames)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise WireProtocolError(f"cannot send a {type(value).__name__}")
+
+
+def _unpack(value: Any, frames: list[memoryview], used: set[int], depth: int = 0) -> Any:
+    if depth > 32:
+        raise WireProtocolError("body nested more than 32 levels deep")
+    if isinstance(value, dict):
+        if "__nd__" in value:
+            return _array(value, frames, used)
+        if "__float__" in value:
+            text = value["__float__"]
+            if text not in ("nan", "inf", "-inf"):
+                raise WireProtocolError(f"bad special float {text!r}")
+            return float(text)
+        return {k: _unpack(v, frames, used, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unpack(v, frames, used, depth + 1) for v in value]
+    return value
+
+
+def _array(ref: dict[str, Any], frames: list[memoryview], used: set[int]) -> np.ndarray:
+    index, dtype_text, shape = ref.get("__nd__"), ref.get("dtype"), ref.get("shape")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(frames) or index in used:
+        raise WireProtocolError(f"array refers to binary frame {index!r}, which is missing or already used")
+    used.add(index)
+    try:
+        dtype = np.dtype(dtype_text) if isinstance(dtype_text, str) and len(dtype_text) <= 8 else None
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind not in _DTYPE_KINDS:
+        raise WireProtocolError(f"array dtype {dtype_text!r} is not a numeric dtype")
+    if not isinstance(shape, list) or len(shape) > 8 or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise WireProtocolError(f"array shape {shape!r} is not a list of sizes")
+    count = math.prod(shape)
+    frame = frames[index]
+    if count * dtype.itemsize != len(frame):
+        raise WireProtocolError(f"array of shape {shape} and dtype {dtype.str} needs {count * dtype.itemsize} bytes, "
+                                f"frame {index} has {len(frame)}")
+    return np.frombuffer(frame, dtype=dtype, count=count).reshape(shape)
+
+
+def _buffer(frame: Any) -> memoryview:
+    if isinstance(frame, (bytes, bytearray)):
+        return memoryview(frame)
+    if isinstance(frame, memoryview):
+        return frame.cast("B") if frame.format != "B" else frame
+    buffer = getattr(frame, "buffer", None)  # a pyzmq Frame received with copy=False
+    if buffer is not None:
+        return memoryview(buffer)
+    raise WireProtocolError(f"frame of type {type(frame).__name__} is not bytes")
+
+
+def _version_ok(text: str) -> bool:
+    major, sep, minor = text.partition(".")
+    return bool(sep) and major.isdigit() and minor.isdigit() and int(major) == VERSION[0]
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")

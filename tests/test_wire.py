@@ -1,0 +1,128 @@
+"""scanctl.wire: envelopes and binary frames round-trip, and every malformed message is refused cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis.extra import numpy as hnp
+
+from scanctl.errors import WireProtocolError
+from scanctl.interfaces import Status, SubsystemState
+from scanctl.program import GradientProgram
+from scanctl.wire import Message, decode, encode, error_reply, reply_to, to_plain
+
+arrays = hnp.arrays(
+    dtype=st.sampled_from([np.float64, np.float32, np.int64, np.int16, np.uint8, np.complex64, np.bool_]),
+    shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5),
+)
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**53, 2**53), st.text(max_size=20),
+                    st.floats(allow_nan=False))
+bodies = st.recursive(st.one_of(scalars, arrays),
+                      lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                              st.dictionaries(st.text(max_size=8).filter(lambda k: k != "__nd__"),
+                                                              inner, max_size=4)),
+                      max_leaves=12)
+
+
+def same(a, b) -> bool:
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, list) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.dictionaries(st.text(max_size=8).filter(lambda k: k != "__nd__"), bodies, max_size=5),
+       seq=st.integers(0, 2**40))
+def test_round_trip(body, seq):
+    msg = Message(type="event", body=body, src="scanner", stream="state", seq=seq, run="r1")
+    back = decode([bytes(f) for f in encode(msg)])
+    assert (back.type, back.src, back.stream, back.seq, back.run) == ("event", "scanner", "state", seq, "r1")
+    assert same(body, back.body)
+
+
+def test_arrays_travel_as_binary_frames_not_json():
+    data = np.arange(1000, dtype=np.complex64)
+    frames = encode(Message(type="data", body={"samples": data, "index": 3}))
+    assert len(frames) == 2 and len(frames[1]) == data.nbytes
+    assert b"__nd__" in bytes(frames[0]) and len(frames[0]) < 200
+    back = decode(frames)
+    assert back.body["samples"].dtype == np.complex64 and np.array_equal(back.body["samples"], data)
+
+
+def test_dataclasses_and_special_floats():
+    axes = (np.zeros(2), np.ones(3), np.zeros(0))
+    program = GradientProgram(0.0, 1.0, axes, axes)
+    status = Status(SubsystemState.RUNNING, 1.5, "ok", {"coil_temperature_c": float("nan")})
+    back = decode(encode(Message(type="x", body={"program": to_plain(program), "status": to_plain(status),
+                                                 "inf": float("-inf")})))
+    assert back.body["status"]["state"] == "running"
+    assert np.isnan(back.body["status"]["telemetry"]["coil_temperature_c"])
+    assert np.array_equal(back.body["program"]["t_s"][1], np.ones(3)) and back.body["inf"] == float("-inf")
+
+
+def test_replies_answer_their_request():
+    request = Message(type="command", id="abc-1", body={"command": "status"})
+    assert reply_to(request).re == "abc-1"
+    err = decode(encode(error_reply("abc-1", "malformed", "no command")))
+    assert (err.type, err.re, err.body) == ("error", "abc-1", {"code": "malformed", "message": "no command"})
+
+
+def envelope(**fields) -> bytes:
+    return json.dumps({"v": "1.0", "type": "command", **fields}).encode()
+
+
+@pytest.mark.parametrize(
+    ("frames", "message"),
+    [
+        ([], "empty message"),
+        ([b"\xff\xfe"], "not UTF-8 JSON"),
+        ([b"[1, 2]"], "not a JSON object"),
+        ([b'{"v": "1.0", "type": "x", "body": NaN}'], "not UTF-8 JSON"),
+        ([envelope(v="2.0")], r"unsupported protocol version '2.0' \(this side speaks 1.0\)"),
+        ([envelope(v=1)], "unsupported protocol version 1"),
+        ([envelope(type="")], "'type' must be a non-empty string"),
+        ([envelope(body=[])], "'body' must be an object"),
+        ([envelope(extra=1)], "unknown keys: extra"),
+        ([envelope(seq="7")], "'seq' has the wrong type"),
+        ([envelope(body={"a": {"__nd__": 0, "dtype": "<f8", "shape": [2]}})], "binary frame 0, which is missing"),
+        ([envelope(body={"a": {"__nd__": 0, "dtype": "<f8", "shape": [3]}}), b"x" * 16],
+         "needs 24 bytes, frame 0 has 16"),
+        ([envelope(body={"a": {"__nd__": 0, "dtype": "|O", "shape": [1]}}), b"x" * 8], "not a numeric dtype"),
+        ([envelope(body={"a": {"__nd__": 0, "dtype": "<U4", "shape": [1]}}), b"x" * 16], "not a numeric dtype"),
+        ([envelope(body={"a": {"__nd__": 0, "dtype": "<f8", "shape": [-1]}}), b""], "not a list of sizes"),
+        ([envelope(body={"a": {"__nd__": 0, "dtype": "<f8", "shape": [1]},
+                         "b": {"__nd__": 0, "dtype": "<f8", "shape": [1]}}), b"x" * 8], "already used"),
+        ([envelope(body={"a": {"__float__": "__import__('os')"}})], "bad special float"),
+        ([envelope()] + [b""] * 70, "frames, more than"),
+        ([b" " * (2 << 20)], "envelope is 2097152 bytes"),
+    ],
+)
+def test_malformed_messages_are_refused_with_a_reason(frames, message):
+    with pytest.raises(WireProtocolError, match=message):
+        decode(frames)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=200), min_size=0, max_size=4))
+def test_random_frames_never_raise_anything_else(frames):
+    with contextlib.suppress(WireProtocolError):
+        decode(frames)
+
+
+def test_deep_nesting_is_refused():
+    body: dict = {}
+    inner = body
+    for _ in range(40):
+        inner["a"] = {}
+        inner = inner["a"]
+    with pytest.raises(WireProtocolError, match="nested more than 32"):
+        decode([json.dumps({"v": "1.0", "type": "x", "body": body}).encode()])
