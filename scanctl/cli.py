@@ -141,6 +141,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_LIMITS
 
 
+def cmd_driver_serve(args: argparse.Namespace) -> int:
+    import signal
+
+    from scanctl.registry import open_subsystem
+    from scanctl.service import DriverService
+
+    prof = profiles.load(args.system)
+    subsystem = open_subsystem(args.kind, args.url, prof)
+    service = DriverService(args.kind, subsystem, args.bind)
+    signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    print(f"serving {args.kind} ({args.url}) on {service.endpoint}", flush=True)
+    try:
+        service.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        subsystem.close()
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scanctl", description="MR scanner control plane")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -163,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{kind}", metavar="URL", help=f"{kind} subsystem URL (default: the profile's)")
     p.add_argument("--no-recon", action="store_true", help="skip the image reconstruction")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("driver", help="driver services", description="Run a subsystem driver as a ZeroMQ service")
+    driver = p.add_subparsers(dest="driver_command", required=True)
+    p = driver.add_parser("serve", help="serve one subsystem (simulated or real) on a ZeroMQ endpoint")
+    p.add_argument("kind", choices=("gradient", "rf", "table"))
+    p.add_argument("--url", default="sim://", help="the subsystem to serve (default: its simulator, sim://)")
+    p.add_argument("--bind", default="tcp://127.0.0.1:*", help="endpoint (default: a free loopback port)")
+    p.add_argument("--system", help="system profile the subsystem is built for")
+    p.set_defaults(func=cmd_driver_serve)
 
     p = seq_command("check", "check a sequence's (or a protocol's) timing and a scanner's limits")
     p.add_argument("--system", help="system profile: a shipped name (e.g. 'default') or a TOML path")

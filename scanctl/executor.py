@@ -183,9 +183,15 @@ class Scanner:
         self.interlocks["emergency_stop_button"] = False
 
     def reset(self) -> None:
-        """Leave FAULT or EMERGENCY_STOP (interlocks clear, subsystem faults cleared) -> IDLE."""
+        """Leave FAULT or EMERGENCY_STOP (interlocks clear, subsystem faults cleared) -> IDLE.
+
+        A subsystem that was lost (OFF or UNKNOWN, e.g. its driver process restarted) is connected again.
+        """
         for sub in self._subsystems():
-            sub.reset()
+            if sub.status().state in (SubsystemState.OFF, SubsystemState.UNKNOWN):
+                sub.connect()
+            else:
+                sub.reset()
         self._fire("reset")
         self._report = None
         if self.table.status().telemetry.get("homed", 1.0) == 0.0:

@@ -1,10 +1,13 @@
 """Contract suites: written once per interface, run against every implementation of it.
 
-Each implementation is named by its URL (the registry builds it), so a real driver, a driver over its
-wire simulator or a ZeroMQ proxy joins a suite by adding its URL to the lists below.
+``IMPLEMENTATIONS`` names how a subsystem is reached: ``sim`` is the simulator in-process, ``zmq`` the
+same simulator behind a driver service, reached through the proxy driver over a real TCP socket. A real
+driver (or a driver over its wire simulator) joins by adding a factory to ``_open``.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
@@ -15,12 +18,20 @@ from scanctl.interfaces import GradientSystem, RFSystem, SubsystemState, TableSy
 from scanctl.program import GradientProgram, compile_segments
 from scanctl.registry import open_subsystem
 from scanctl.sequence import pulseq_read
+from scanctl.service import DriverService
 from tests.test_cli import GRE
 
 PROFILE = profiles.load()
-GRADIENT_URLS = ["sim://"]
-RF_URLS = ["sim://?physics=0"]
-TABLE_URLS = ["sim://"]
+IMPLEMENTATIONS = ["sim", "zmq"]
+SIM_URLS = {"gradient": "sim://", "rf": "sim://?physics=0", "table": "sim://"}
+_services: list[DriverService] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_services():
+    yield
+    while _services:
+        _services.pop().stop()
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +40,20 @@ def segments():
     return list(compile_segments(seq, larmor_hz=PROFILE.gamma_hz_per_t * PROFILE.b0_t, max_duration_s=0.5))
 
 
-def _open(kind, url, **extra):
-    sep = "&" if "?" in url else "?"
+def _open(kind, impl, **extra):
+    url = SIM_URLS[kind]
     options = "&".join(f"{k}={v}" for k, v in extra.items())
-    sub = open_subsystem(kind, url + (sep + options if options else ""), PROFILE)
-    return sub
+    local = open_subsystem(kind, url + ("&" if "?" in url else "?") + options if options else url, PROFILE)
+    if impl == "sim":
+        return local
+    service = DriverService(kind, local, "tcp://127.0.0.1:*")
+    threading.Thread(target=service.serve_forever, daemon=True).start()
+    _services.append(service)
+    return open_subsystem(kind, service.endpoint, PROFILE)
 
 
 # -- every subsystem ------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("kind", "url"), [("gradient", u) for u in GRADIENT_URLS] + [("rf", u) for u in RF_URLS]
-                         + [("table", u) for u in TABLE_URLS])
+@pytest.mark.parametrize(("kind", "url"), [(k, i) for k in ("gradient", "rf", "table") for i in IMPLEMENTATIONS])
 def test_lifecycle(kind, url):
     sub = _open(kind, url)
     assert isinstance(sub, {"gradient": GradientSystem, "rf": RFSystem, "table": TableSystem}[kind])
@@ -60,7 +75,7 @@ def _load(sub, segment):
         sub.load(segment.rf, segment.adc)
 
 
-SEQUENCERS = [("gradient", u) for u in GRADIENT_URLS] + [("rf", u) for u in RF_URLS]
+SEQUENCERS = [(k, i) for k in ("gradient", "rf") for i in IMPLEMENTATIONS]
 
 
 @pytest.mark.parametrize(("kind", "url"), SEQUENCERS)
@@ -124,7 +139,7 @@ def test_injected_fault_latches_until_reset(kind, url, segments):
 
 
 # -- gradient ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("url", GRADIENT_URLS)
+@pytest.mark.parametrize("url", IMPLEMENTATIONS)
 def test_gradient_refuses_programs_beyond_its_limits(url):
     sub = _open("gradient", url)
     sub.connect()
@@ -143,7 +158,7 @@ def test_gradient_refuses_programs_beyond_its_limits(url):
     assert sub.status().telemetry["buffered_s"] == 0.0  # nothing refused was queued
 
 
-@pytest.mark.parametrize("url", GRADIENT_URLS)
+@pytest.mark.parametrize("url", IMPLEMENTATIONS)
 def test_gradient_heats_up_and_trips_on_over_temperature(url):
     sub = _open("gradient", url, tau_s=1, kelvin_per_watt=0.01, max_temp_c=100, buffer_s=10)
     sub.connect()
@@ -165,7 +180,7 @@ def test_gradient_heats_up_and_trips_on_over_temperature(url):
 
 
 # -- RF --------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("url", RF_URLS)
+@pytest.mark.parametrize("url", IMPLEMENTATIONS)
 def test_rf_delivers_each_acquisition_once_in_order(url, segments):
     sub = _open("rf", url, buffer_s=10, noise=0.5, seed=3)
     sub.connect()
@@ -187,7 +202,7 @@ def test_rf_delivers_each_acquisition_once_in_order(url, segments):
     assert sub.status().telemetry["peak_forward_power_w"] > 0
 
 
-@pytest.mark.parametrize("url", RF_URLS)
+@pytest.mark.parametrize("url", IMPLEMENTATIONS)
 def test_rf_abort_keeps_completed_acquisitions(url, segments):
     sub = _open("rf", url, buffer_s=10)
     sub.connect()
@@ -202,7 +217,7 @@ def test_rf_abort_keeps_completed_acquisitions(url, segments):
 
 
 # -- table ------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("url", TABLE_URLS)
+@pytest.mark.parametrize("url", IMPLEMENTATIONS)
 def test_table_homes_moves_and_respects_limits(url):
     table = _open("table", url, min_mm=-100, max_mm=800, speed_mm_s=50, accel_mm_s2=100)
     table.connect()
@@ -224,7 +239,7 @@ def test_table_homes_moves_and_respects_limits(url):
     assert table.position_mm() == 500.0
 
 
-@pytest.mark.parametrize("url", TABLE_URLS)
+@pytest.mark.parametrize("url", IMPLEMENTATIONS)
 def test_table_stall_latches_fault(url):
     table = _open("table", url, fault="stall@1s", speed_mm_s=100, accel_mm_s2=1000)
     table.connect()

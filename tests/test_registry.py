@@ -20,13 +20,13 @@ def test_sim_urls_build_the_simulators_without_io():
     assert grad.status().state.name == "OFF"  # construction does no I/O
     table = open_subsystem("table", "sim://?min_mm=-10&max_mm=500", PROFILE)
     assert isinstance(table, SimulatedTable) and table.max_position_mm == 500
-    assert available("rf") == ["sim"]
+    assert available("rf") == ["ipc", "sim", "tcp"]
 
 
 @pytest.mark.parametrize(
     ("kind", "url", "message"),
     [
-        ("gradient", "serial:///dev/ttyUSB0", r"unknown scheme 'serial' \(registered: sim://\)"),
+        ("gradient", "serial:///dev/ttyUSB0", r"unknown scheme 'serial' \(registered: ipc://, sim://, tcp://\)"),
         ("gradient", "sim://?noise=1", r"unknown option 'noise' \(accepted: buffer_s, fault,"),
         ("gradient", "sim://?fault=boom@1s", r"option fault='boom@1s': expected KIND@TIME"),
         ("gradient", "sim://?buffer_s=-1", r"buffer_s='-1': must be a positive number"),

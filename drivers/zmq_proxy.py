@@ -1,0 +1,191 @@
+"""Proxy drivers: a subsystem served by ``scanctl driver serve`` in another process (or host) made to
+look local. Chosen by a ``tcp://HOST:PORT`` (or ``ipc://PATH``) URL in the system profile.
+
+Every method is one request on a DEALER socket. While waiting for a reply the proxy sends heartbeats
+every ``liveness_s / 4``; a driver that answers nothing for ``liveness_s`` seconds (default 1) is
+declared silent: the call raises :class:`DriverTimeoutError` and ``status()`` says UNKNOWN until it
+answers again. Errors raised by the remote driver are raised here with their own class.
+
+URL options: ``liveness_s`` (s), ``call_timeout_s`` (the longest any one call may take, s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from scanctl.errors import DriverTimeoutError, ScanctlError, WireProtocolError
+from scanctl.interfaces import Acquisition, Status, SubsystemState
+from scanctl.profile import SystemProfile
+from scanctl.program import ADCProgram, GradientProgram, RFProgram
+from scanctl.registry import SubsystemURL, positive_float
+from scanctl.service import ATTRIBUTES, error_class, from_wire, to_wire
+from scanctl.wire import Message, decode, encode
+
+
+class RemoteDriver:
+    """The client side of one driver service."""
+
+    kind = "subsystem"
+    OPTIONS = {"liveness_s": positive_float, "call_timeout_s": positive_float}
+
+    def __init__(self, url: str, endpoint: str, *, liveness_s: float = 1.0, call_timeout_s: float = 120.0) -> None:
+        self.url = url
+        self.endpoint = endpoint
+        self.liveness_s = liveness_s
+        self.call_timeout_s = call_timeout_s
+        self._socket: zmq.Socket[Any] | None = None
+        self._ids = itertools.count(1)
+        self._lock = threading.RLock()
+        self._last_heard = 0.0
+        self._silent = False
+
+    @classmethod
+    def from_url(cls, url: SubsystemURL, options: dict[str, Any], profile: SystemProfile) -> RemoteDriver:
+        endpoint = url.url.split("?", 1)[0]
+        return cls(url.url, endpoint, **options)
+
+    # -- transport ------------------------------------------------------------------------------------------
+    def _open(self) -> zmq.Socket[Any]:
+        if self._socket is None:
+            socket = zmq.Context.instance().socket(zmq.DEALER)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.connect(self.endpoint)
+            self._socket = socket
+        return self._socket
+
+    def call(self, method: str, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> Any:
+        """Call ``method`` on the remote subsystem and return its result (or raise its error)."""
+        with self._lock:
+            socket = self._open()
+            request_id = f"{self.kind}-{next(self._ids)}"
+            body = {"method": method, "args": to_wire(list(args)), "kwargs": to_wire(kwargs)}
+            socket.send_multipart(encode(Message(type="call", id=request_id, body=body)), copy=False)
+            deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.call_timeout_s)
+            heard = time.monotonic()
+            beat = self.liveness_s / 4
+            while True:
+                now = time.monotonic()
+                if now - heard > self.liveness_s:
+                    self._silent = True
+                    raise DriverTimeoutError(f"{self.kind} driver at {self.endpoint} silent for "
+                                             f"{now - heard:.2f} s during {method}")
+                if now > deadline:
+                    if self._silent:
+                        raise DriverTimeoutError(f"{self.kind} driver at {self.endpoint} is still silent")
+                    raise DriverTimeoutError(f"{self.kind} driver at {self.endpoint}: {method} took longer "
+                                             f"than {self.call_timeout_s:g} s")
+                if not socket.poll(int(beat * 1000)):
+                    socket.send_multipart(encode(Message(type="heartbeat", id=f"hb-{next(self._ids)}")))
+                    continue
+                reply = self._receive(socket)
+                heard = self._last_heard = time.monotonic()
+                self._silent = False
+                if reply is None or reply.re != request_id:
+                    continue  # a heartbeat, or a late reply to an abandoned request
+                if reply.type == "error":
+                    cls = error_class(str(reply.body.get("error", "ScanctlError")))
+                    if reply.body.get("code") == "malformed":
+                        cls = WireProtocolError
+                    raise cls(str(reply.body.get("message", "remote error")))
+                return from_wire(reply.body.get("result"))
+
+    @staticmethod
+    def _receive(socket: zmq.Socket[Any]) -> Message | None:
+        frames = socket.recv_multipart(copy=False)
+        try:
+            return decode(frames)
+        except WireProtocolError:
+            return None
+
+    # -- the common interface ----------------------------------------------------------------------------
+    def connect(self, timeout_s: float = 5.0) -> None:
+        self.call("connect", timeout_s, timeout_s=timeout_s + self.liveness_s)
+        for name, value in self.call("attributes", timeout_s=timeout_s).items():
+            if name in ATTRIBUTES[self.kind]:
+                setattr(self, name, value)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._socket is not None:
+                with contextlib.suppress(ScanctlError):  # closing must not fail on a dead driver
+                    self.call("close", timeout_s=self.liveness_s)
+                self._socket.close()
+                self._socket = None
+
+    def status(self) -> Status:
+        try:
+            # A driver already known silent gets a short probe: status() must stay quick.
+            timeout = self.liveness_s / 4 if self._silent else self.liveness_s
+            return self.call("status", timeout_s=timeout)  # type: ignore[no-any-return]
+        except DriverTimeoutError as exc:
+            return Status(SubsystemState.UNKNOWN, 0.0, str(exc))
+
+    def abort(self) -> None:
+        if self._silent:  # a silent driver cannot be reached: say so at once, do not wait again
+            raise DriverTimeoutError(f"{self.kind} driver at {self.endpoint} is silent: cannot abort")
+        self.call("abort")
+
+    def reset(self) -> None:
+        self.call("reset")
+
+
+class _RemoteSequencer(RemoteDriver):
+    buffer_s = 1.0
+
+    def arm(self) -> None:
+        self.call("arm")
+
+    def start(self) -> None:
+        self.call("start")
+
+    def sync(self, t_s: float, timeout_s: float = 10.0) -> Status:
+        return self.call("sync", t_s, timeout_s)  # type: ignore[no-any-return]
+
+    def finish(self) -> None:
+        self.call("finish")
+
+
+class ProxyGradient(_RemoteSequencer):
+    kind = "gradient"
+
+    def load(self, program: GradientProgram) -> None:
+        self.call("load", program)
+
+
+class ProxyRF(_RemoteSequencer):
+    kind = "rf"
+    channels = 1
+
+    def load(self, rf: RFProgram, adc: ADCProgram) -> None:
+        self.call("load", rf, adc)
+
+    def acquisitions(self) -> list[Acquisition]:
+        return self.call("acquisitions")  # type: ignore[no-any-return]
+
+
+class ProxyTable(RemoteDriver):
+    kind = "table"
+    min_position_mm = 0.0
+    max_position_mm = 0.0
+    max_speed_mm_s = 0.0
+
+    def home(self, timeout_s: float = 60.0) -> None:
+        self.call("home", timeout_s)
+
+    def move_to(self, position_mm: float, speed_mm_s: float | None = None) -> None:
+        self.call("move_to", position_mm, speed_mm_s)
+
+    def wait_idle(self, timeout_s: float = 60.0) -> Status:
+        return self.call("wait_idle", timeout_s, timeout_s=timeout_s + self.liveness_s)  # type: ignore[no-any-return]
+
+    def position_mm(self) -> float:
+        return float(self.call("position_mm"))
+
+    def stop(self) -> None:
+        self.call("stop")

@@ -1,0 +1,221 @@
+"""Driver services: any subsystem (simulated or real) behind a ZeroMQ ROUTER socket.
+
+``scanctl driver serve KIND --url URL --bind ENDPOINT`` runs one. Requests (``docs/wire-protocol.md``):
+
+- ``call`` ``{"method": NAME, "args": [...], "kwargs": {...}}`` -> ``reply`` ``{"result": ...}`` or
+  ``error`` ``{"code": "driver", "error": CLASS, "message": ...}``; only the methods of the
+  subsystem's interface can be called (``METHODS``), one at a time, in order, on a worker thread;
+- ``heartbeat`` -> ``heartbeat``, answered at once even while a call runs, so a client can tell a
+  busy driver from a dead one;
+- anything malformed -> ``error`` ``{"code": "malformed", ...}``; the service never stops for it.
+
+Programs, statuses and acquisitions travel as ``{"__type__": NAME, ...fields}`` with their arrays as
+binary frames (:func:`to_wire` / :func:`from_wire`).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import fields, is_dataclass
+from typing import Any
+
+import zmq
+
+from scanctl import errors
+from scanctl.errors import ScanctlError, WireProtocolError
+from scanctl.interfaces import Acquisition, Status, SubsystemState
+from scanctl.program import ADCProgram, GradientProgram, RFProgram
+from scanctl.wire import Message, decode, encode, error_reply
+
+log = logging.getLogger(__name__)
+
+_COMMON = ("connect", "close", "status", "abort", "reset")
+_SEQUENCER = (*_COMMON, "arm", "start", "sync", "finish", "load")
+METHODS: dict[str, tuple[str, ...]] = {
+    "gradient": _SEQUENCER,
+    "rf": (*_SEQUENCER, "acquisitions"),
+    "table": (*_COMMON, "home", "move_to", "wait_idle", "position_mm", "stop"),
+}
+#: Attributes a proxy reads once when it connects.
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "gradient": ("buffer_s",),
+    "rf": ("buffer_s", "channels"),
+    "table": ("min_position_mm", "max_position_mm", "max_speed_mm_s"),
+}
+
+_TYPES: dict[str, Any] = {
+    "GradientProgram": lambda d: GradientProgram(d["t0_s"], d["t1_s"], tuple(d["t_s"]), tuple(d["g_hz_per_m"])),
+    "RFProgram": lambda d: RFProgram(**d),
+    "ADCProgram": lambda d: ADCProgram(**d),
+    "Status": lambda d: Status(SubsystemState(d["state"]), d["time_s"], d["message"], d["telemetry"]),
+    "Acquisition": lambda d: Acquisition(**d),
+}
+
+
+def to_wire(value: Any) -> Any:
+    """Known dataclasses to tagged dicts (arrays kept for binary frames), recursively."""
+    if is_dataclass(value) and not isinstance(value, type):
+        name = type(value).__name__
+        if name not in _TYPES:
+            raise WireProtocolError(f"cannot send a {name}")
+        out = {"__type__": name}
+        out.update({f.name: to_wire(getattr(value, f.name)) for f in fields(value)})
+        return out
+    if isinstance(value, SubsystemState):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [to_wire(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_wire(v) for k, v in value.items()}
+    return value
+
+
+def from_wire(value: Any) -> Any:
+    """The inverse of :func:`to_wire`. Raises WireProtocolError for an unknown or malformed type."""
+    if isinstance(value, dict):
+        inner = {k: from_wire(v) for k, v in value.items() if k != "__type__"}
+        if "__type__" not in value:
+            return inner
+        make = _TYPES.get(value["__type__"]) if isinstance(value["__type__"], str) else None
+        if make is None:
+            raise WireProtocolError(f"unknown type {value['__type__']!r}")
+        try:
+            return make(inner)
+        except (TypeError, KeyError, ValueError) as exc:
+            raise WireProtocolError(f"malformed {value['__type__']}: {exc}") from None
+    if isinstance(value, list):
+        return [from_wire(v) for v in value]
+    return value
+
+
+def error_class(name: str) -> type[ScanctlError]:
+    """The scanctl error class a remote error names (ScanctlError for anything unknown)."""
+    cls = getattr(errors, name, None)
+    return cls if isinstance(cls, type) and issubclass(cls, ScanctlError) else ScanctlError
+
+
+class DriverService:
+    """Serve ``subsystem`` (of ``kind``) on ``endpoint`` until :meth:`stop`."""
+
+    def __init__(self, kind: str, subsystem: Any, endpoint: str, *, name: str | None = None,
+                 context: zmq.Context[Any] | None = None) -> None:
+        if kind not in METHODS:
+            raise errors.ConfigError(f"unknown subsystem kind {kind!r}")
+        self.kind = kind
+        self.subsystem = subsystem
+        self.name = name or f"{kind}-driver"
+        self._context = context or zmq.Context.instance()
+        self._socket = self._context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, 1 << 30)
+        self._socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.endpoint = self._bind(endpoint)
+        self._wake_addr = f"inproc://service-wake-{id(self)}"
+        self._wake = self._context.socket(zmq.PAIR)
+        self._wake.bind(self._wake_addr)
+        self._calls: queue.Queue[tuple[list[bytes], Message] | None] = queue.Queue()
+        self._replies: queue.Queue[tuple[list[bytes], Message]] = queue.Queue()
+        self._stopping = threading.Event()
+        self._worker = threading.Thread(target=self._work, name=f"{self.name}-worker", daemon=True)
+
+    def _bind(self, endpoint: str) -> str:
+        try:
+            if endpoint.endswith(":0") or endpoint.endswith(":*"):
+                port = self._socket.bind_to_random_port(endpoint.rsplit(":", 1)[0])
+                return f"{endpoint.rsplit(':', 1)[0]}:{port}"
+            self._socket.bind(endpoint)
+            return endpoint
+        except zmq.ZMQError as exc:
+            raise errors.ConfigError(f"cannot bind {endpoint}: {exc}") from exc
+
+    def serve_forever(self) -> None:
+        """Answer requests until :meth:`stop` (from another thread or a signal handler)."""
+        self._worker.start()
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        poller.register(self._wake, zmq.POLLIN)
+        log.info("%s serving on %s", self.name, self.endpoint)
+        try:
+            while not self._stopping.is_set():
+                ready = dict(poller.poll(100))
+                if self._wake in ready:
+                    self._wake.recv()
+                    self._send_replies()
+                if self._socket in ready:
+                    self._handle(self._socket.recv_multipart(copy=False))
+                self._send_replies()
+        finally:
+            self._calls.put(None)
+            self._worker.join(timeout=5)
+            self._socket.close()
+            self._wake.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _handle(self, frames: list[Any]) -> None:
+        if len(frames) < 2:
+            return  # not from a DEALER/REQ peer: nothing to answer
+        identity = [bytes(frames[0].buffer)]
+        payload = frames[1:]
+        if payload and len(payload[0]) == 0:  # a REQ peer's empty delimiter
+            identity.append(b"")
+            payload = payload[1:]
+        try:
+            msg = decode(payload)
+        except WireProtocolError as exc:
+            self._send(identity, error_reply(None, "malformed", str(exc), src=self.name))
+            return
+        if msg.type == "heartbeat":
+            self._send(identity, Message(type="heartbeat", re=msg.id, src=self.name))
+        elif msg.type == "call":
+            self._calls.put((identity, msg))
+        else:
+            self._send(identity, error_reply(msg.id, "malformed", f"unknown message type {msg.type!r}", src=self.name))
+
+    def _work(self) -> None:
+        wake = self._context.socket(zmq.PAIR)
+        wake.connect(self._wake_addr)
+        try:
+            while True:
+                item = self._calls.get()
+                if item is None:
+                    return
+                identity, msg = item
+                self._replies.put((identity, self._call(msg)))
+                wake.send(b"")
+        finally:
+            wake.close()
+
+    def _call(self, msg: Message) -> Message:
+        method = msg.body.get("method")
+        args, kwargs = msg.body.get("args", []), msg.body.get("kwargs", {})
+        if method == "attributes":
+            values = {a: getattr(self.subsystem, a) for a in ATTRIBUTES[self.kind]}
+            return Message(type="reply", re=msg.id, src=self.name, body={"result": values})
+        if method not in METHODS[self.kind] or not isinstance(args, list) or not isinstance(kwargs, dict):
+            return error_reply(msg.id, "malformed", f"no method {method!r} on a {self.kind} driver", src=self.name)
+        try:
+            result = getattr(self.subsystem, method)(*from_wire(args), **from_wire(kwargs))
+            return Message(type="reply", re=msg.id, src=self.name, body={"result": to_wire(result)})
+        except ScanctlError as exc:
+            return Message(type="error", re=msg.id, src=self.name,
+                           body={"code": "driver", "error": type(exc).__name__, "message": str(exc)})
+        except (WireProtocolError, TypeError, ValueError) as exc:
+            return error_reply(msg.id, "malformed", f"{method}: {exc}", src=self.name)
+
+    def _send_replies(self) -> None:
+        while True:
+            try:
+                identity, reply = self._replies.get_nowait()
+            except queue.Empty:
+                return
+            self._send(identity, reply)
+
+    def _send(self, identity: list[bytes], msg: Message) -> None:
+        try:
+            self._socket.send_multipart([*identity, *encode(msg)], copy=False)
+        except (zmq.ZMQError, WireProtocolError) as exc:
+            log.warning("%s: reply not sent: %s", self.name, exc)

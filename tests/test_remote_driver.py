@@ -1,0 +1,86 @@
+"""Drivers in their own processes over ZeroMQ: a driver killed mid-scan is detected within the liveness
+bound, the scanner ends in FAULT with the data so far in a valid raw file, and after restarting the
+driver and a reset the next scan succeeds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from scanctl import profile as profiles
+from scanctl.executor import Scanner
+from scanctl.machine import ScannerState
+from scanctl.rawdata import RawDataWriter, header_for, read_acquisitions
+from scanctl.sequence import pulseq_read
+from tests.test_cli import GRE
+
+PROFILE = profiles.load()
+LIVENESS_S = 0.5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_driver(kind: str, port: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "scanctl", "driver", "serve", kind,
+                             "--bind", f"tcp://127.0.0.1:{port}"], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline() if proc.stdout else ""
+    assert f"127.0.0.1:{port}" in line, line
+    return proc
+
+
+@pytest.fixture
+def gradient_driver():
+    port = free_port()
+    procs = [start_driver("gradient", port)]
+    yield port, procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=10)
+
+
+def test_killed_driver_faults_the_scan_within_the_liveness_bound(tmp_path, gradient_driver):
+    port, procs = gradient_driver
+    url = f"tcp://127.0.0.1:{port}?liveness_s={LIVENESS_S}"
+    scanner = Scanner.from_profile(PROFILE, {"gradient": url, "rf": "sim://?physics=0"}, segment_s=0.25)
+    scanner.connect()
+    seq = pulseq_read.read(GRE)
+    scanner.prepare(seq)
+    killed_at: list[float] = []
+
+    def progress(t_s: float, total_s: float) -> None:
+        if t_s > 2.0 and not killed_at:
+            os.kill(procs[0].pid, signal.SIGKILL)
+            killed_at.append(time.time())
+
+    raw_path = tmp_path / "raw.h5"
+    with RawDataWriter.open(raw_path, header_for(seq, PROFILE), seq=seq) as writer:
+        result = scanner.run(on_acquisitions=writer.extend, on_progress=progress)
+    assert killed_at
+    assert result.outcome == "fault" and scanner.state is ScannerState.FAULT
+    faulted_at = scanner.journal[-1].wall_time_s
+    assert faulted_at - killed_at[0] < LIVENESS_S + 0.35  # the bound, plus one heartbeat interval of slack
+    assert "gradient driver" in result.message and "silent" in result.message
+    assert scanner.journal[-1].dest == "FAULT" and "gradient driver" in scanner.journal[-1].reason
+    raw = read_acquisitions(raw_path)
+    assert len(raw.acquisitions) == result.acquisitions > 0
+    assert [a.index for a in raw.acquisitions] == list(range(result.acquisitions))
+
+    # Restart the driver on the same endpoint; a reset reconnects it and the next scan succeeds.
+    procs.append(start_driver("gradient", port))
+    scanner.reset()
+    assert scanner.state is ScannerState.IDLE
+    scanner.prepare(seq)
+    again = scanner.run()
+    assert again.outcome == "completed" and again.acquisitions == 64
+    scanner.close()
