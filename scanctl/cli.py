@@ -22,6 +22,8 @@ from scanctl.sequence.model import Sequence
 log = logging.getLogger("scanctl")
 
 EXIT_OK, EXIT_LIMITS, EXIT_UNREADABLE = 0, 1, 2
+# The control server's default endpoints (scanctl.server has the same; not imported here to keep startup light).
+DEFAULT_CONTROL, DEFAULT_EVENTS, DEFAULT_DATA = "tcp://127.0.0.1:5555", "tcp://127.0.0.1:5556", "tcp://127.0.0.1:5557"
 
 
 def _load_sequence(args: argparse.Namespace, profile: profiles.SystemProfile | None = None) -> Sequence:
@@ -123,11 +125,20 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from scanctl.run import ProgressBar, run_scan
 
-    prof = profiles.load(args.system)
-    overrides = {kind: url for kind in ("gradient", "rf", "table") if (url := getattr(args, kind)) is not None}
     out = Path(args.out) if args.out else Path("out") / Path(args.file).stem
-    report = run_scan(args.file, prof, out, overrides=overrides, progress=ProgressBar(),
-                      reconstruct=not args.no_recon)
+    if args.connect:
+        from scanctl.client import Client, run_remote
+
+        if args.system or any(getattr(args, kind) for kind in ("gradient", "rf", "table")):
+            raise ScanctlError("--system and subsystem URLs belong to the server (scanctl serve) with --connect")
+        with Client(args.connect) as client:
+            report = run_remote(client, args.file, out, upload=args.upload, progress=ProgressBar(),
+                                reconstruct=not args.no_recon, force=args.force)
+    else:
+        prof = profiles.load(args.system)
+        overrides = {kind: url for kind in ("gradient", "rf", "table") if (url := getattr(args, kind)) is not None}
+        report = run_scan(args.file, prof, out, overrides=overrides, progress=ProgressBar(),
+                          reconstruct=not args.no_recon)
     t = report.timings
     if report.outcome == "refused":
         print(f"{args.file}: refused before anything moved: {report.message}", file=sys.stderr)
@@ -161,6 +172,125 @@ def cmd_driver_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+
+    from scanctl.server import ControlServer
+
+    prof = profiles.load(args.system)
+    overrides = {kind: url for kind in ("gradient", "rf", "table") if (url := getattr(args, kind)) is not None}
+    data = None if args.data == "events" else args.data
+    server = ControlServer(prof, args.bind, args.events, data, overrides, insecure=args.insecure)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    e = server.endpoints
+    print(f"scanner {prof.name!r}: commands on {e['control']}, events on {e['events']}, data on {e['data']}",
+          flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.stop()
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from scanctl.client import Client
+
+    with Client(args.connect, timeout_s=args.timeout, retries=0) as client:
+        snap = client.status()
+    if args.json:
+        print(json.dumps(snap, indent=2, default=_json_default))
+        return EXIT_OK
+    print(f"{snap['server']} ({args.connect}): {snap['state']}" + (f", run {snap['run']}" if snap["run"] else ""))
+    print(f"  control: {snap['controller'] or 'nobody'}" + (f"; busy: {snap['busy']}" if snap["busy"] else ""))
+    prog = snap["progress"]
+    if prog:
+        print(f"  progress: {prog['t_s']:.3f}/{prog['total_s']:.3f} s, {prog['acquisitions']} acquisitions")
+    for kind, sub in snap["subsystems"].items():
+        print(f"  {kind}: {sub['state']}" + (f" ({sub['message']})" if sub["message"] else ""))
+    tripped = [name for name, on in snap["interlocks"].items() if on]
+    if tripped:
+        print(f"  interlocks active: {', '.join(tripped)}")
+    if snap["loaded"]:
+        print(f"  loaded: {snap['loaded']['source']}")
+    if snap["last_report"]:
+        r = snap["last_report"]
+        print(f"  last run {r['run']}: {r['outcome']}, {r['acquisitions']} acquisitions"
+              + (f": {r['message']}" if r["message"] else ""))
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from scanctl.client import Client
+
+    with Client(args.connect) as client:
+        snap = client.status()
+        print(f"# {snap['server']}: {snap['state']}" + (f", run {snap['run']}" if snap["run"] else ""), flush=True)
+        seen = 0
+        with client.subscribe(data=args.data) as sub:
+            reported = 0
+            while args.count is None or seen < args.count:
+                msg = sub.recv(args.timeout)
+                if msg is None:
+                    break
+                if msg.stream in ("sync", "data_sync"):
+                    continue
+                seen += 1
+                for gap in sub.gaps[reported:]:
+                    print(f"scanctl: gap on {gap.stream}: expected seq {gap.expected}, got {gap.got}", file=sys.stderr)
+                reported = len(sub.gaps)
+                print(_event_line(msg, args.json), flush=True)
+    return EXIT_OK
+
+
+def _event_line(msg: object, as_json: bool) -> str:
+    from dataclasses import asdict
+
+    from scanctl.wire import Message
+
+    assert isinstance(msg, Message)
+    if as_json:
+        plain = asdict(msg)
+        if msg.type == "data":  # arrays are binary frames on the wire: list their shapes here
+            plain["body"] = {"acquisitions": [{k: (list(v.shape) if isinstance(v, np.ndarray) else v)
+                                              for k, v in a.items()} for a in msg.body.get("acquisitions", [])],
+                             **{k: v for k, v in msg.body.items() if k != "acquisitions"}}
+        return json.dumps(plain, default=_json_default)
+    b = msg.body
+    if msg.stream == "state":
+        text = f"{b['source']} -> {b['dest']} ({b['trigger']})" + (f": {b['reason']}" if b.get("reason") else "")
+    elif msg.stream == "progress":
+        text = f"{b['t_s']:.3f}/{b['total_s']:.3f} s, {b['acquisitions']} acquisitions"
+    elif msg.stream == "telemetry":
+        text = ", ".join(f"{k}: {v['state']}" for k, v in b["subsystems"].items())
+    elif msg.stream == "run":
+        text = f"{b['event']}" + (f": {b['outcome']}, {b['acquisitions']} acquisitions" if b["event"] == "end" else "")
+    elif msg.stream == "data":
+        text = "end of data" if b.get("end") else f"{len(b.get('acquisitions', []))} acquisitions"
+    else:
+        text = json.dumps(b, default=_json_default)
+    return f"{msg.ts:.3f} {msg.stream}#{msg.seq} {msg.run or '-'} {text}"
+
+
+def cmd_command(args: argparse.Namespace) -> int:
+    """One command verb (abort, pause, …): take control, send it, give control back."""
+    from scanctl.client import Client, CommandError
+
+    name = args.command.replace("-", "_")
+    with Client(args.connect) as client:
+        try:
+            client.take_control(force=args.force)
+            try:
+                body = client.move_table(args.position_mm, args.speed) if name == "move_table" else client.command(name)
+            finally:
+                client.release_control()
+        except CommandError as exc:
+            print(f"scanctl: {args.command} refused: {exc}", file=sys.stderr)
+            return EXIT_LIMITS
+    extra = f" at {body['position_mm']:.1f} mm" if "position_mm" in body else ""
+    print(f"{args.command}: {body['status']}{extra}" + (f" (state {body['state']})" if "state" in body else ""))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scanctl", description="MR scanner control plane")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -182,7 +312,59 @@ def build_parser() -> argparse.ArgumentParser:
     for kind in ("gradient", "rf", "table"):
         p.add_argument(f"--{kind}", metavar="URL", help=f"{kind} subsystem URL (default: the profile's)")
     p.add_argument("--no-recon", action="store_true", help="skip the image reconstruction")
+    p.add_argument("--connect", metavar="ENDPOINT", help="run on a control server (scanctl serve) instead of in "
+                                                         "this process; outputs are written here")
+    p.add_argument("--upload", action="store_true", help="with --connect: send the file's content, not its path")
+    p.add_argument("--force", action="store_true", help="with --connect: take control from another client")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("serve", help="serve the scanner on ZeroMQ (the control server)",
+                       description="Serve the scanner: commands (ROUTER), events and ADC data (PUB); see "
+                                   "docs/server.md. Loopback only unless --insecure.")
+    p.add_argument("--system", help="system profile: a shipped name (e.g. 'default') or a TOML path")
+    p.add_argument("--bind", default=DEFAULT_CONTROL, help=f"command endpoint (default {DEFAULT_CONTROL})")
+    p.add_argument("--events", default=DEFAULT_EVENTS, help=f"event endpoint (default {DEFAULT_EVENTS})")
+    p.add_argument("--data", default=DEFAULT_DATA,
+                   help=f"ADC data endpoint, or 'events' to publish data on the event socket (default {DEFAULT_DATA})")
+    for kind in ("gradient", "rf", "table"):
+        p.add_argument(f"--{kind}", metavar="URL", help=f"{kind} subsystem URL (default: the profile's)")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without authentication")
+    p.set_defaults(func=cmd_serve)
+
+    def connect_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--connect", default=DEFAULT_CONTROL, metavar="ENDPOINT",
+                       help=f"the control server's command endpoint (default {DEFAULT_CONTROL})")
+
+    p = sub.add_parser("status", help="the control server's state", description="Print the server's snapshot")
+    connect_arg(p)
+    p.add_argument("--json", action="store_true", help="print the snapshot as one JSON object")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer (default 2)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("watch", help="print the control server's live events",
+                       description="Print every event (state, progress, telemetry, safety, run, control) as it "
+                                   "comes; gaps in sequence numbers go to stderr.")
+    connect_arg(p)
+    p.add_argument("--data", action="store_true", help="also the ADC data messages (summarised)")
+    p.add_argument("--json", action="store_true", help="one JSON object per event")
+    p.add_argument("--count", type=int, help="stop after this many events")
+    p.add_argument("--timeout", type=float, help="stop after this many seconds without an event")
+    p.set_defaults(func=cmd_watch)
+
+    for verb, text in (("abort", "abort the scan (make safe, keep the data so far)"),
+                       ("pause", "pause the scan at the next safe point"), ("resume", "resume a paused scan"),
+                       ("stop", "stop the scan cleanly"), ("reset", "leave FAULT or EMERGENCY_STOP"),
+                       ("emergency-stop", "make every subsystem safe at once (latched)"),
+                       ("release-emergency-stop", "release the emergency stop interlock (then reset)"),
+                       ("move-table", "move the table (IDLE or READY only)")):
+        p = sub.add_parser(verb, help=text, description=f"{text[0].upper()}{text[1:]}: takes control, sends "
+                                                          f"the command and gives control back.")
+        connect_arg(p)
+        p.add_argument("--force", action="store_true", help="take control from the client holding it")
+        if verb == "move-table":
+            p.add_argument("position_mm", type=float, help="target position, mm from home")
+            p.add_argument("--speed", type=float, help="mm/s (default: the table's maximum)")
+        p.set_defaults(func=cmd_command)
 
     p = sub.add_parser("driver", help="driver services", description="Run a subsystem driver as a ZeroMQ service")
     driver = p.add_subparsers(dest="driver_command", required=True)

@@ -113,15 +113,12 @@ def run_scan(
     ``raw.h5`` (ISMRMRD), ``image.npy`` and ``image.png`` (when reconstructed), ``sequence.seq``,
     ``report.json``. Raises ConfigError / SequenceFormatError for bad input (nothing has moved)."""
     from scanctl.rawdata import RawDataWriter, header_for
-    from scanctl.recon import reconstruct as recon
-    from scanctl.recon import save_png
 
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seq, protocol = load_source(source, profile)
-    urls = {**profile.subsystems, **(overrides or {})}
-    urls["rf"] = _with_options(urls["rf"], simulator_options(seq, protocol))
+    urls = subsystem_urls(profile, overrides, seq, protocol)
     scanner = Scanner.from_profile(profile, urls)
     seq_path = out / "sequence.seq"
     md5 = pulseq_write.write(seq, seq_path)
@@ -161,12 +158,7 @@ def run_scan(
             timings["scan_wall_s"] = time.perf_counter() - t0
             outcome, message = result.outcome, result.message
             if reconstruct and acquisitions:
-                t0 = time.perf_counter()
-                image = recon(acquisitions, seq)
-                np.save(out / "image.npy", image)
-                save_png(image, out / "image.png")
-                outputs.update(image_npy="image.npy", image_png="image.png")
-                timings["recon_s"] = time.perf_counter() - t0
+                outputs.update(write_image(out, acquisitions, seq, timings))
     finally:
         scanner.close()
     timings["total_wall_s"] = time.perf_counter() - t_start
@@ -175,9 +167,8 @@ def run_scan(
     report = RunReport(
         outcome=outcome,
         message=message,
-        protocol=protocol.as_dict() if protocol is not None else {"source": str(source)},
-        sequence={"md5": md5, "blocks": len(seq.blocks), "duration_s": seq.duration_s,
-                  "name": seq.definitions.get("Name", ""), "file": seq_path.name},
+        protocol=protocol_info(source, protocol),
+        sequence=sequence_info(seq, md5, seq_path.name),
         profile=profile.name,
         subsystems=urls,
         acquisitions=len(acquisitions),
@@ -185,14 +176,54 @@ def run_scan(
         journal=[asdict(e) for e in scanner.journal],
         telemetry=result.telemetry if result is not None else {},
         outputs=outputs,
-        versions=_versions(),
+        versions=versions(),
     )
-    (out / "report.json").write_text(json.dumps(asdict(report), indent=2, default=_plain) + "\n")
-    outputs["report"] = "report.json"
+    write_report(out, report)
     return report
 
 
-def _versions() -> dict[str, str]:
+def subsystem_urls(profile: SystemProfile, overrides: dict[str, str] | None, seq: Sequence,
+                   protocol: Protocol | None) -> dict[str, str]:
+    """The URL of each subsystem for a scan of ``seq``: the profile's, replaced by ``overrides``, with a
+    simulated RF system following the scan (:func:`simulator_options`)."""
+    urls = {**profile.subsystems, **(overrides or {})}
+    urls["rf"] = _with_options(urls["rf"], simulator_options(seq, protocol))
+    return urls
+
+
+def protocol_info(source: str | os.PathLike[str], protocol: Protocol | None) -> dict[str, Any]:
+    """The report's ``protocol`` entry."""
+    return protocol.as_dict() if protocol is not None else {"source": str(source)}
+
+
+def sequence_info(seq: Sequence, md5: str, file: str) -> dict[str, Any]:
+    """The report's ``sequence`` entry: ``md5`` of the written Pulseq file named ``file``."""
+    return {"md5": md5, "blocks": len(seq.blocks), "duration_s": seq.duration_s,
+            "name": seq.definitions.get("Name", ""), "file": file}
+
+
+def write_image(out: Path, acquisitions: list[Acquisition], seq: Sequence, timings: dict[str, float]) -> dict[str, str]:
+    """Reconstruct ``acquisitions`` and write ``image.npy`` and ``image.png`` into ``out``; adds
+    ``recon_s`` to ``timings`` and returns the report's output entries."""
+    from scanctl.recon import reconstruct as recon
+    from scanctl.recon import save_png
+
+    t0 = time.perf_counter()
+    image = recon(acquisitions, seq)
+    np.save(out / "image.npy", image)
+    save_png(image, out / "image.png")
+    timings["recon_s"] = time.perf_counter() - t0
+    return {"image_npy": "image.npy", "image_png": "image.png"}
+
+
+def write_report(out: Path, report: RunReport) -> None:
+    """Write ``report.json`` into ``out`` (and list it in ``report.outputs``)."""
+    (out / "report.json").write_text(json.dumps(asdict(report), indent=2, default=_plain) + "\n")
+    report.outputs["report"] = "report.json"
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, the platform and the packages a run depends on (for the report)."""
     out = {"python": platform.python_version(), "platform": platform.platform()}
     for package in ("scanctl", "numpy", "transitions", "ismrmrd"):
         try:

@@ -1,0 +1,422 @@
+"""The Python client of the control server (:mod:`scanctl.server`; protocol in docs/server.md).
+
+:class:`Client` sends commands on a DEALER socket: each has a request id, a timeout and retries (a retry
+reuses the id, so the server never runs a command twice). :class:`Subscription` receives events and
+ADC data and notices gaps in the per-stream sequence numbers. :func:`run_remote` is ``scanctl run
+--connect``: it writes the raw data file, image and report locally exactly as an in-process run does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import zmq
+
+from scanctl.errors import ScanctlError, WireProtocolError
+from scanctl.interfaces import Acquisition
+from scanctl.wire import Message, decode, encode
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+#: Commands that take long on the server (their default timeout, s).
+#: Streams the server publishes a ``sync`` token on (events socket, data socket).
+SYNC_STREAMS = ("sync", "data_sync")
+SLOW_COMMANDS = {"load": 120.0, "reset": 60.0, "move_table": 300.0}
+
+
+class CommandError(ScanctlError):
+    """The server refused or failed a command. ``code``: ``rejected`` (not in this state),
+    ``not_controller``, ``unknown_command``, ``bad_argument``, ``malformed``, ``failed`` or ``internal``;
+    ``body`` is the whole error body (``state``, ``controller`` where they apply)."""
+
+    def __init__(self, code: str, message: str, body: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.code = code
+        self.body = body
+
+    @property
+    def state(self) -> str | None:
+        value = self.body.get("state")
+        return value if isinstance(value, str) else None
+
+
+class ServerTimeoutError(ScanctlError, TimeoutError):
+    """The server did not answer within the timeout, retries included."""
+
+
+class Client:
+    """Commands to the control server at ``endpoint``.
+
+    ``timeout_s`` is how long one attempt waits for its reply; ``retries`` how many times it is sent
+    again (same request id) before :class:`ServerTimeoutError`. Not thread-safe: one client per thread.
+    """
+
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, name: str | None = None, timeout_s: float = 2.0,
+                 retries: int = 2, context: zmq.Context[Any] | None = None) -> None:
+        self.endpoint = endpoint
+        self.name = name or f"client-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self._context = context or zmq.Context.instance()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(endpoint)
+        self._ids = itertools.count(1)
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def command(self, name: str, args: dict[str, Any] | None = None, *,
+                timeout_s: float | None = None) -> dict[str, Any]:
+        """Send command ``name`` with the arguments ``args`` and return the reply body (``status`` is ``accepted`` or
+        ``done``). Raises CommandError (refused or failed) or ServerTimeoutError."""
+        request_id = f"{self.name}-{next(self._ids)}"
+        frames = encode(Message(type="command", id=request_id, src=self.name, body={"command": name, **(args or {})}))
+        wait_s = timeout_s if timeout_s is not None else SLOW_COMMANDS.get(name, self.timeout_s)
+        for _attempt in range(self.retries + 1):
+            self._socket.send_multipart(frames, copy=False)
+            deadline = time.monotonic() + wait_s
+            while (left := deadline - time.monotonic()) > 0:
+                if not self._socket.poll(int(left * 1000) + 1):
+                    break
+                try:
+                    reply = decode(self._socket.recv_multipart(copy=False))
+                except WireProtocolError as exc:
+                    log.warning("%s: malformed reply ignored: %s", self.name, exc)
+                    continue
+                if reply.re != request_id:
+                    continue  # the late answer to an earlier attempt or request
+                if reply.type == "error":
+                    code = str(reply.body.get("code", "error"))
+                    raise CommandError(code, str(reply.body.get("message", "")), reply.body)
+                return reply.body
+        raise ServerTimeoutError(f"no answer from {self.endpoint} to {name} within {wait_s:g} s "
+                                 f"({self.retries + 1} attempts)")
+
+    # -- one method per command ----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """The server's snapshot: state, controller, run, progress, subsystems, last report, endpoints."""
+        snapshot: dict[str, Any] = self.command("status")["snapshot"]
+        return snapshot
+
+    def take_control(self, force: bool = False) -> dict[str, Any]:
+        return self.command("take_control", {"force": force})
+
+    def release_control(self) -> dict[str, Any]:
+        return self.command("release_control")
+
+    def load(self, path: str | os.PathLike[str] | None = None, *, text: str | None = None,
+             format: str | None = None, name: str | None = None) -> dict[str, Any]:
+        """Load and check a protocol or Pulseq file: ``path`` on the server, or its ``text`` (``format``
+        ``"toml"`` or ``"seq"``). The reply holds the check report, the sequence and the raw header."""
+        if path is not None:
+            return self.command("load", {"path": os.fspath(path)})
+        return self.command("load", {"text": text, "format": format, "name": name})
+
+    def start(self) -> dict[str, Any]:
+        return self.command("start")
+
+    def pause(self) -> dict[str, Any]:
+        return self.command("pause")
+
+    def resume(self) -> dict[str, Any]:
+        return self.command("resume")
+
+    def stop(self) -> dict[str, Any]:
+        return self.command("stop")
+
+    def abort(self) -> dict[str, Any]:
+        return self.command("abort")
+
+    def emergency_stop(self, reason: str | None = None) -> dict[str, Any]:
+        return self.command("emergency_stop", {"reason": reason} if reason else None)
+
+    def release_emergency_stop(self) -> dict[str, Any]:
+        return self.command("release_emergency_stop")
+
+    def reset(self) -> dict[str, Any]:
+        return self.command("reset")
+
+    def move_table(self, position_mm: float, speed_mm_s: float | None = None) -> dict[str, Any]:
+        return self.command("move_table", {"position_mm": position_mm, "speed_mm_s": speed_mm_s})
+
+    def subscribe(self, *, data: bool = False, events: bool = True, timeout_s: float = 5.0) -> Subscription:
+        """A subscription to this server's events (and ADC data), ready: every message published after
+        this returns is received (see :meth:`Subscription.sync`)."""
+        endpoints = self.status()["endpoints"]
+        wanted = []
+        if events:
+            wanted.append(public_endpoint(endpoints["events"], self.endpoint))
+        if data and endpoints["data"] != endpoints["events"]:
+            wanted.append(public_endpoint(endpoints["data"], self.endpoint))
+        elif data and not events:
+            wanted.append(public_endpoint(endpoints["events"], self.endpoint))
+        sub = Subscription(wanted, context=self._context)
+        try:
+            sub.sync(self, timeout_s=timeout_s, sockets=len(wanted))
+        except BaseException:
+            sub.close()
+            raise
+        return sub
+
+
+def public_endpoint(endpoint: str, control: str) -> str:
+    """``endpoint`` as the server reported it, reachable from here: a wildcard host (``0.0.0.0``, ``*``)
+    becomes the host of the control endpoint the client connected to."""
+    if not endpoint.startswith("tcp://"):
+        return endpoint
+    host, _, port = endpoint[len("tcp://"):].rpartition(":")
+    if host in ("*", "0.0.0.0", "[::]", "::"):
+        host = urlsplit(control).hostname or "127.0.0.1"
+    return f"tcp://{host}:{port}"
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Messages lost on ``stream`` of ``src``: ``expected`` was due, ``got`` came."""
+
+    src: str
+    stream: str
+    expected: int
+    got: int
+
+
+class Subscription:
+    """SUB sockets on the server's event (and data) endpoints; every message's ``seq`` is checked per
+    ``(src, stream)`` and each gap recorded in :attr:`gaps` (and logged)."""
+
+    def __init__(self, endpoints: list[str], *, prefixes: tuple[bytes, ...] = (b"",),
+                 context: zmq.Context[Any] | None = None) -> None:
+        context = context or zmq.Context.instance()
+        self.gaps: list[Gap] = []
+        self._last: dict[tuple[str, str], int] = {}
+        self._sockets: list[zmq.Socket[Any]] = []
+        self._poller = zmq.Poller()
+        for endpoint in endpoints:
+            socket = context.socket(zmq.SUB)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.RCVHWM, 0)  # a subscriber never drops on its side: losses show as gaps
+            for prefix in prefixes:
+                socket.setsockopt(zmq.SUBSCRIBE, prefix)
+            socket.connect(endpoint)
+            self._sockets.append(socket)
+            self._poller.register(socket, zmq.POLLIN)
+        self._ready: list[Message] = []
+
+    def close(self) -> None:
+        for socket in self._sockets:
+            socket.close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def recv(self, timeout_s: float | None = None) -> Message | None:
+        """The next message (None after ``timeout_s``; ``None`` timeout waits for ever). Malformed
+        messages are logged and skipped."""
+        if self._ready:
+            return self._ready.pop(0)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = dict(self._poller.poll(None if left is None else int(left * 1000)))
+            for socket in self._sockets:
+                if socket in ready:
+                    try:
+                        msg = decode(socket.recv_multipart(copy=False))
+                    except WireProtocolError as exc:
+                        log.warning("malformed event skipped: %s", exc)
+                        continue
+                    self._check(msg)
+                    self._ready.append(msg)
+            if self._ready:
+                return self._ready.pop(0)
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def __iter__(self) -> Iterator[Message]:
+        while True:
+            msg = self.recv()
+            if msg is not None:
+                yield msg
+
+    def _check(self, msg: Message) -> None:
+        if msg.stream is None or msg.seq is None:
+            return
+        key = (msg.src or "", msg.stream)
+        last = self._last.get(key)
+        if last is not None and msg.seq != last + 1:
+            gap = Gap(key[0], key[1], last + 1, msg.seq)
+            self.gaps.append(gap)
+            log.warning("gap on %s/%s: expected seq %d, got %d", gap.src, gap.stream, gap.expected, gap.got)
+        self._last[key] = msg.seq
+
+    def sync(self, client: Client, *, timeout_s: float = 5.0, sockets: int | None = None) -> None:
+        """Wait until the subscription is in place on every socket (ZeroMQ's slow joiner): ask the server
+        to publish a token until it arrives ``sockets`` times. Raises ServerTimeoutError."""
+        want = len(self._sockets) if sockets is None else sockets
+        deadline = time.monotonic() + timeout_s
+        token = uuid.uuid4().hex
+        seen = 0
+        kept: list[Message] = []
+        while time.monotonic() < deadline:
+            client.command("sync", {"token": token})
+            until = time.monotonic() + 0.05
+            while (left := until - time.monotonic()) > 0:
+                msg = self.recv(left)
+                if msg is None:
+                    break
+                if msg.stream in SYNC_STREAMS and msg.body.get("token") == token:
+                    seen += 1
+                    if seen >= want:
+                        self._ready = kept + self._ready
+                        return
+                elif msg.stream not in SYNC_STREAMS:
+                    kept.append(msg)
+            token = uuid.uuid4().hex  # a fresh token: count only one round's arrivals
+            seen = 0
+        raise ServerTimeoutError(f"subscription not in place within {timeout_s:g} s")
+
+
+def acquisitions_of(msg: Message) -> list[Acquisition]:
+    """The acquisitions a ``data`` message carries (their arrays view the received frames)."""
+    out = []
+    for item in msg.body.get("acquisitions", []):
+        out.append(Acquisition(index=int(item["index"]), block=int(item["block"]), start_s=float(item["start_s"]),
+                               dwell_s=float(item["dwell_s"]), data=np.asarray(item["data"]),
+                               labels={str(k): int(v) for k, v in item.get("labels", {}).items()}))
+    return out
+
+
+def header_from_plain(plain: dict[str, Any]) -> Any:
+    """The RawHeader a ``load`` reply's ``header`` describes (its fields as JSON; floats are exact, where
+    the XML header's unit conversions are not)."""
+    from scanctl.rawdata import EncodingLimit, RawHeader
+
+    values = dict(plain)
+    for key in ("fov_m", "encoded_matrix", "recon_matrix", "tr_s", "te_s", "flip_angle_deg"):
+        if isinstance(values.get(key), list):
+            values[key] = tuple(values[key])
+    values["limits"] = {k: EncodingLimit(**v) for k, v in values.get("limits", {}).items()}
+    try:
+        return RawHeader(**values)
+    except TypeError as exc:
+        raise WireProtocolError(f"malformed raw data header: {exc}") from None
+
+
+def run_remote(client: Client, source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
+               upload: bool = False, progress: Callable[[float, float, int], None] | None = None,
+               reconstruct: bool = True, force: bool = False, run_timeout_s: float = 3600.0) -> Any:
+    """Run ``source`` on the server and write ``sequence.seq``, ``raw.h5``, the image and
+    ``report.json`` into ``out_dir`` as :func:`scanctl.run.run_scan` does in-process. Takes control (and
+    releases it). ``upload`` sends the file's content instead of its path. Returns the RunReport.
+    Raises CommandError (e.g. another client has control), ServerTimeoutError."""
+    from scanctl.rawdata import RawDataWriter
+    from scanctl.run import RunReport, versions, write_image, write_report
+    from scanctl.sequence.pulseq_read import parse
+
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    source = Path(source)
+    client.take_control(force=force)
+    try:
+        sub = client.subscribe(data=True)
+        try:
+            t0 = time.perf_counter()
+            try:
+                if upload:
+                    fmt = "seq" if source.suffix.lower() == ".seq" else "toml"
+                    loaded = client.load(text=source.read_text(encoding="utf-8"), format=fmt, name=source.name)
+                else:
+                    loaded = client.load(source.resolve())
+            except CommandError as exc:
+                if exc.code != "rejected" or "refused before anything moved" not in str(exc):
+                    raise
+                report = RunReport(outcome="refused", message=str(exc), protocol={"source": str(source)},
+                                   sequence={}, profile="", subsystems={}, acquisitions=0,
+                                   timings={"total_wall_s": time.perf_counter() - t_start}, journal=[],
+                                   telemetry={}, outputs={}, versions=versions())
+                write_report(out, report)
+                return report
+            timings = {"prepare_s": time.perf_counter() - t0}
+            seq_path = out / "sequence.seq"
+            seq_path.write_text(loaded["sequence_text"], encoding="utf-8")
+            seq = parse(seq_path.read_bytes(), path=seq_path)
+            outputs = {"sequence": seq_path.name, "raw": "raw.h5"}
+            acquisitions: list[Acquisition] = []
+            writer = RawDataWriter.open(out / "raw.h5", header_from_plain(loaded["header"]), seq=seq)
+            try:
+                run_id = client.start()["run"]
+                end = _receive_run(sub, run_id, writer, acquisitions, progress, run_timeout_s)
+            finally:
+                writer.close()
+            if sub.gaps:
+                log.error("events or data lost in transit: %s", sub.gaps)
+        finally:
+            sub.close()
+    finally:
+        try:
+            client.release_control()
+        except CommandError as exc:  # another client took control over meanwhile
+            log.warning("release_control: %s", exc)
+    timings.update(end["timings"])
+    if reconstruct and acquisitions:
+        outputs.update(write_image(out, acquisitions, seq, timings))
+    timings["total_wall_s"] = time.perf_counter() - t_start
+    message = end["message"]
+    if len(acquisitions) != end["acquisitions"]:
+        message = (f"{message}; " if message else "") + (f"received {len(acquisitions)} of the "
+                                                         f"{end['acquisitions']} acquisitions the server sent")
+    report = RunReport(outcome=end["outcome"], message=message, protocol=loaded["protocol"],
+                       sequence=loaded["sequence"], profile=loaded["profile"], subsystems=loaded["subsystems"],
+                       acquisitions=len(acquisitions), timings=timings, journal=end["journal"],
+                       telemetry=end["telemetry"], outputs=outputs, versions=versions())
+    write_report(out, report)
+    return report
+
+
+def _receive_run(sub: Subscription, run_id: str, writer: Any, acquisitions: list[Acquisition],
+                 progress: Callable[[float, float, int], None] | None, timeout_s: float) -> dict[str, Any]:
+    """Take the run's data into ``writer`` until both the run's end event and the end of its data
+    stream have arrived. Returns the end event's body."""
+    end: dict[str, Any] | None = None
+    data_done = False
+    deadline = time.monotonic() + timeout_s
+    while end is None or not data_done:
+        msg = sub.recv(max(0.0, deadline - time.monotonic()))
+        if msg is None:
+            raise ServerTimeoutError(f"run {run_id} did not end within {timeout_s:g} s")
+        if msg.run != run_id:
+            continue
+        if msg.type == "data":
+            if msg.body.get("end"):
+                data_done = True
+            else:
+                batch = acquisitions_of(msg)
+                writer.extend(batch)
+                acquisitions.extend(batch)
+        elif msg.stream == "progress" and progress is not None:
+            progress(float(msg.body["t_s"]), float(msg.body["total_s"]), len(acquisitions))
+        elif msg.stream == "run" and msg.body.get("event") == "end":
+            end = msg.body
+    return end

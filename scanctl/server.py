@@ -1,0 +1,652 @@
+"""The control server: the scanner as a ZeroMQ service (``scanctl serve``; protocol in docs/server.md).
+
+Sockets:
+
+- **command** (ROUTER, default ``tcp://127.0.0.1:5555``): requests of type ``command`` with body
+  ``{"command": NAME, ...}``. Replies are ``reply`` ``{"status": "accepted" | "done", ...}`` or ``error``
+  ``{"code", "message", ...}``. A retry with the same request id from the same client gets the same reply
+  without the command running twice.
+- **events** (PUB, default ``tcp://127.0.0.1:5556``): ``event`` messages on the streams ``state``,
+  ``progress``, ``telemetry``, ``safety``, ``run``, ``control`` and ``sync``, each stamped with ``src``,
+  ``run`` and a per-stream ``seq``.
+- **data** (PUB; the events socket unless another endpoint is given): ``data`` messages, stream
+  ``data``, the ADC samples as binary frames straight from numpy.
+
+Threads: the loop thread owns the sockets' receiving side and answers commands; one worker thread owns
+the scanner's state machine (connect, load/prepare, run, reset, table moves) as the executor requires.
+Pause, resume, stop and abort reach the run loop through :meth:`Scanner.request` (thread-safe);
+emergency stop through :meth:`Scanner.emergency_stop`. Publishing happens on whichever thread has
+something to say, serialised by one lock (a ZeroMQ socket may move between threads behind a lock).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import zmq
+
+from scanctl.errors import ConfigError, InvalidTransitionError, SafetyLimitError, ScanctlError, WireProtocolError
+from scanctl.executor import RunResult, Scanner
+from scanctl.interfaces import Acquisition
+from scanctl.machine import JournalEntry, ScannerState
+from scanctl.profile import SystemProfile
+from scanctl.protocol import Protocol
+from scanctl.run import load_source, protocol_info, sequence_info, subsystem_urls
+from scanctl.sequence.model import Sequence
+from scanctl.wire import VERSION_TEXT, Message, decode, encode, error_reply, to_plain
+
+log = logging.getLogger(__name__)
+
+S = ScannerState
+DEFAULT_CONTROL = "tcp://127.0.0.1:5555"
+DEFAULT_EVENTS = "tcp://127.0.0.1:5556"
+DEFAULT_DATA = "tcp://127.0.0.1:5557"
+#: Largest command message accepted (bytes); a bigger one makes ZeroMQ drop the connection.
+MAX_COMMAND_BYTES = 64 << 20
+#: Acquisitions per data message (each is one binary frame; the wire allows 64 frames).
+ACQUISITIONS_PER_MESSAGE = 64
+REPLY_CACHE = 64  # replies remembered per client, for retries
+
+#: Commands anyone may send; every other command needs control.
+OPEN_COMMANDS = frozenset({"status", "take_control", "sync"})
+RUN_REQUESTS = ("pause", "resume", "stop", "abort")
+#: Commands that run on the worker thread (they drive the state machine); the reply follows when done.
+WORKER_COMMANDS = frozenset({"load", "reset", "move_table"})
+COMMANDS = frozenset({*OPEN_COMMANDS, "release_control", "load", "start", *RUN_REQUESTS, "emergency_stop",
+                      "release_emergency_stop", "reset", "move_table"})
+_RUN_STATES = frozenset({S.POSITIONING, S.RUNNING, S.PAUSING, S.PAUSED, S.STOPPING, S.ABORTING})
+
+
+class Rejected(ScanctlError):
+    """A command the server will not carry out; ``code`` goes into the error reply."""
+
+    def __init__(self, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.extra = extra
+
+
+@dataclass
+class _Loaded:
+    seq: Sequence
+    protocol: Protocol | None
+    source: str
+    info: dict[str, Any]
+
+
+def bind_socket(socket: zmq.Socket[Any], endpoint: str) -> str:
+    """Bind ``socket``; an endpoint ending in ``:0`` or ``:*`` takes a free port. Returns the endpoint bound.
+    Raises ConfigError."""
+    try:
+        if endpoint.endswith(":0") or endpoint.endswith(":*"):
+            base = endpoint.rsplit(":", 1)[0]
+            return f"{base}:{socket.bind_to_random_port(base)}"
+        socket.bind(endpoint)
+        return endpoint
+    except zmq.ZMQError as exc:
+        raise ConfigError(f"cannot bind {endpoint}: {exc}") from exc
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True for ``inproc://``, ``ipc://`` and TCP endpoints on a loopback address."""
+    if not endpoint.startswith("tcp://"):
+        return True
+    host = urlsplit(endpoint).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+class ControlServer:
+    """The scanner ``profile`` describes, served on ``control_endpoint`` (commands) and
+    ``events_endpoint`` (events; also ADC data unless ``data_endpoint`` is given).
+
+    ``overrides`` replaces subsystem URLs per kind. Endpoints ending in ``:0`` take a free port (see
+    :attr:`endpoints`). A TCP endpoint that is not on loopback is refused with ConfigError unless
+    ``insecure`` (this server has no CURVE authentication). Construction binds the sockets;
+    :meth:`serve_forever` connects the scanner and serves until :meth:`stop`.
+    """
+
+    def __init__(self, profile: SystemProfile, control_endpoint: str = DEFAULT_CONTROL,
+                 events_endpoint: str = DEFAULT_EVENTS, data_endpoint: str | None = None,
+                 overrides: dict[str, str] | None = None, *, name: str = "scanctl-server", segment_s: float = 0.5,
+                 telemetry_period_s: float = 1.0, insecure: bool = False,
+                 context: zmq.Context[Any] | None = None) -> None:
+        for endpoint in (control_endpoint, events_endpoint, data_endpoint):
+            if endpoint is not None and not is_loopback(endpoint) and not insecure:
+                raise ConfigError(f"{endpoint} is not a loopback address: refusing to serve the scanner on a "
+                                  f"network without authentication (pass insecure=True / --insecure to do it anyway)")
+        self.profile = profile
+        self.overrides = dict(overrides or {})
+        self.name = name
+        self.segment_s = segment_s
+        self.telemetry_period_s = telemetry_period_s
+        self._context = context or zmq.Context.instance()
+        self._commands = self._socket(zmq.ROUTER)
+        self._commands.setsockopt(zmq.MAXMSGSIZE, MAX_COMMAND_BYTES)
+        self._events = self._socket(zmq.PUB)
+        self._events.setsockopt(zmq.SNDHWM, 100_000)
+        self._data = self._events
+        try:
+            control = bind_socket(self._commands, control_endpoint)
+            events = bind_socket(self._events, events_endpoint)
+            data = events
+            if data_endpoint is not None:
+                self._data = self._socket(zmq.PUB)
+                self._data.setsockopt(zmq.SNDHWM, 1_000_000)
+                data = bind_socket(self._data, data_endpoint)
+        except ConfigError:
+            self._close_sockets()
+            raise
+        self.endpoints = {"control": control, "events": events, "data": data}
+        self._wake_addr = f"inproc://server-wake-{uuid.uuid4().hex}"
+        self._wake = self._socket(zmq.PAIR)
+        self._wake.bind(self._wake_addr)
+        self._pub_lock = threading.Lock()
+        self._seq: dict[str, int] = {}
+        self._stopping = threading.Event()
+        self._jobs: queue.Queue[tuple[str, list[bytes], str, Message] | None] = queue.Queue()
+        self._replies: queue.Queue[tuple[list[bytes], str, Message, str]] = queue.Queue()
+        self._cache: dict[str, OrderedDict[str, Message]] = {}
+        self._pending: set[tuple[str, str]] = set()
+        self._busy: str | None = None  # the worker command queued or running (set and cleared on the loop thread)
+        self._controller: str | None = None
+        self._controller_since = 0.0
+        self._deferred: list[str] = []  # run requests that arrived before the run loop began
+        self._state_lock = threading.Lock()  # guards the snapshot below (worker writes, loop reads)
+        self._run_id = ""
+        self._progress: dict[str, float] = {}
+        self._subsystems: dict[str, Any] = {}
+        self._last_report: dict[str, Any] | None = None
+        self._loaded: _Loaded | None = None
+        self._urls: dict[str, str] = {}
+        self._last_telemetry = 0.0
+        self._journal_start = 0
+        self.scanner = self._make_scanner({**profile.subsystems, **self.overrides})
+        self._worker = threading.Thread(target=self._work, name=f"{name}-worker", daemon=True)
+
+    def _socket(self, kind: int) -> zmq.Socket[Any]:
+        socket = self._context.socket(kind)
+        socket.setsockopt(zmq.LINGER, 0)
+        return socket
+
+    def _close_sockets(self) -> None:
+        for socket in {self._commands, self._events, self._data}:
+            socket.close()
+
+    def _make_scanner(self, urls: dict[str, str]) -> Scanner:
+        scanner = Scanner.from_profile(self.profile, urls, segment_s=self.segment_s)
+        scanner.machine.listeners.append(self._on_journal)
+        self._urls = dict(urls)
+        return scanner
+
+    # -- serving -------------------------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        """Connect the scanner and answer commands until :meth:`stop` (from another thread or a signal)."""
+        self._worker.start()
+        self._jobs.put(("connect", [], "", Message(type="command", body={"command": "connect"})))
+        poller = zmq.Poller()
+        poller.register(self._commands, zmq.POLLIN)
+        poller.register(self._wake, zmq.POLLIN)
+        log.info("%s: commands on %s, events on %s, data on %s", self.name, self.endpoints["control"],
+                 self.endpoints["events"], self.endpoints["data"])
+        try:
+            while not self._stopping.is_set():
+                ready = dict(poller.poll(100))
+                if self._wake in ready:
+                    while self._wake.poll(0):
+                        self._wake.recv()
+                if self._commands in ready:
+                    for _ in range(100):  # answer what is queued, but look at worker replies between bursts
+                        try:
+                            frames = self._commands.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._handle(frames)
+                self._send_replies()
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        """Ask :meth:`serve_forever` to return (a running scan is aborted, the scanner made safe)."""
+        self._stopping.set()
+
+    def _shutdown(self) -> None:
+        if self.scanner.state in _RUN_STATES:
+            self.scanner.request("abort")
+        self._jobs.put(None)
+        self._worker.join(timeout=30)
+        try:
+            self.scanner.close()
+        except ScanctlError as exc:
+            log.error("%s: closing the scanner: %s", self.name, exc)
+        self._close_sockets()
+        self._wake.close()
+
+    # -- commands (loop thread) ------------------------------------------------------------------------------
+    def _handle(self, frames: list[Any]) -> None:
+        if len(frames) < 2:
+            return  # not from a DEALER/REQ peer: nothing can be answered
+        identity = [bytes(frames[0].buffer)]
+        payload = frames[1:]
+        if payload and len(payload[0]) == 0:  # a REQ peer's empty delimiter
+            identity.append(b"")
+            payload = payload[1:]
+        try:
+            msg = decode(payload)
+        except WireProtocolError as exc:
+            self._send(identity, error_reply(None, "malformed", str(exc), src=self.name))
+            return
+        client = msg.src or identity[0].hex()
+        if msg.type != "command":
+            self._send(identity, error_reply(msg.id, "malformed", f"unknown message type {msg.type!r} (expected "
+                                                                  f"'command')", src=self.name))
+            return
+        if msg.id is not None:
+            cache = self._cache.get(client)
+            cached = cache.get(msg.id) if cache is not None else None
+            if cached is not None:
+                self._send(identity, cached)
+                return
+            if (client, msg.id) in self._pending:
+                return  # a retry of a command still running: its reply follows
+        try:
+            reply = self._command(client, identity, msg)
+        except Rejected as exc:
+            reply = self._error(msg, exc.code, str(exc), **exc.extra)
+        except InvalidTransitionError as exc:
+            reply = self._error(msg, "rejected", str(exc), state=self.scanner.state.name)
+        except ScanctlError as exc:
+            reply = self._error(msg, "failed", f"{type(exc).__name__}: {exc}", state=self.scanner.state.name)
+        except Exception as exc:  # noqa: BLE001 - a server bug answers this client and keeps serving the others
+            log.exception("%s: command %r failed", self.name, msg.body.get("command"))
+            reply = self._error(msg, "internal", f"{type(exc).__name__}: {exc}")
+        if reply is not None:
+            self._remember(client, msg.id, reply)
+            self._send(identity, reply)
+
+    def _command(self, client: str, identity: list[bytes], msg: Message) -> Message | None:
+        name = msg.body.get("command")
+        if not isinstance(name, str) or name not in COMMANDS:
+            known = ", ".join(sorted(COMMANDS))
+            raise Rejected("unknown_command", f"unknown command {name!r} (commands: {known})")
+        if name not in OPEN_COMMANDS and self._controller != client:
+            holder = f"{self._controller!r} has control" if self._controller else "nobody has control"
+            raise Rejected("not_controller", f"{name} refused: {holder}; send take_control first",
+                           controller=self._controller)
+        if name in WORKER_COMMANDS or name == "start":
+            if self._busy is not None:
+                raise Rejected("rejected", f"cannot {name.replace('_', ' ')}: {self._busy} in progress "
+                                           f"(state {self.scanner.state.name})", state=self.scanner.state.name)
+            if name == "start":
+                return self._start(msg)
+            self._check_args(name, msg.body)
+            self._busy = name
+            if msg.id is not None:
+                self._pending.add((client, msg.id))
+            self._jobs.put((name, identity, client, msg))
+            return None
+        handler: Callable[[str, Message], dict[str, Any]] = getattr(self, f"_cmd_{name}", self._run_request)
+        body = handler(client, msg)
+        return self._reply(msg, body.pop("status", "done"), **body)
+
+    @staticmethod
+    def _check_args(name: str, body: dict[str, Any]) -> None:
+        if name == "load":
+            path, text = body.get("path"), body.get("text")
+            if (path is None) == (text is None) or not isinstance(path or text, str):
+                raise Rejected("bad_argument", "load needs 'path' (a file on the server) or 'text' (its content)")
+            if text is not None and body.get("format") not in ("toml", "seq"):
+                raise Rejected("bad_argument", "load with 'text' needs 'format': 'toml' or 'seq'")
+        if name == "move_table":
+            position, speed = body.get("position_mm"), body.get("speed_mm_s")
+            if not _number(position) or not (speed is None or _number(speed)):
+                raise Rejected("bad_argument", "move_table needs a number 'position_mm' (and optional 'speed_mm_s')")
+
+    def _cmd_status(self, client: str, msg: Message) -> dict[str, Any]:
+        return {"snapshot": self.snapshot()}
+
+    def _cmd_sync(self, client: str, msg: Message) -> dict[str, Any]:
+        token = msg.body.get("token")
+        if not isinstance(token, str):
+            raise Rejected("bad_argument", "sync needs a string 'token'")
+        self.publish("sync", {"token": token})
+        if self._data is not self._events:
+            self.publish("data_sync", {"token": token}, data=True)
+        return {}
+
+    def _cmd_take_control(self, client: str, msg: Message) -> dict[str, Any]:
+        if self._controller not in (None, client):
+            if msg.body.get("force") is not True:
+                since = time.strftime("%H:%M:%S", time.localtime(self._controller_since))
+                raise Rejected("not_controller", f"{self._controller!r} has control (since {since}); "
+                                                 f"take_control with force to take it over",
+                               controller=self._controller)
+            log.warning("%s: %s takes control over from %s", self.name, client, self._controller)
+        if self._controller != client:
+            previous, self._controller, self._controller_since = self._controller, client, time.time()
+            self.publish("control", {"controller": client, "previous": previous})
+        return {"controller": client}
+
+    def _cmd_release_control(self, client: str, msg: Message) -> dict[str, Any]:
+        self._controller = None
+        self.publish("control", {"controller": None, "previous": client})
+        return {"controller": None}
+
+    def _start(self, msg: Message) -> Message:
+        state = self.scanner.state
+        if state is not S.READY or self._loaded is None:
+            raise Rejected("rejected", f"cannot start while {state.name}" + (": load a protocol first"
+                                                                              if state is S.IDLE else ""),
+                           state=state.name)
+        run_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        with self._state_lock:
+            self._run_id = run_id
+            self._progress = {"t_s": 0.0, "total_s": self._loaded.seq.duration_s, "acquisitions": 0}
+        self._busy = "start"
+        with self._state_lock:
+            self._deferred.clear()
+        self._jobs.put(("start", [], "", msg))
+        return self._reply(msg, "accepted", run=run_id)
+
+    def _run_request(self, client: str, msg: Message) -> dict[str, Any]:
+        """pause, resume, stop, abort: honoured by the run loop at its next safe point."""
+        what = str(msg.body["command"])
+        with self._state_lock:  # atomic with the worker handing deferred requests over (_on_journal)
+            state = self.scanner.state
+            if self._busy == "start" and state in (S.READY, S.POSITIONING):
+                self._deferred.append(what)  # the run loop has not begun: hand it over when it does
+                return {"status": "accepted", "state": state.name}
+            if state not in _RUN_STATES or what not in self.scanner.machine.allowed():
+                allowed = ", ".join(self.scanner.machine.allowed())
+                why = "no scan is running" if state not in _RUN_STATES else f"allowed: {allowed}"
+                raise Rejected("rejected", f"cannot {what} while {state.name} ({why})", state=state.name)
+            self.scanner.request(what)
+        return {"status": "accepted", "state": state.name}
+
+    def _cmd_emergency_stop(self, client: str, msg: Message) -> dict[str, Any]:
+        reason = msg.body.get("reason")
+        # The state change to EMERGENCY_STOP publishes the safety event (_on_journal).
+        self.scanner.emergency_stop(reason if isinstance(reason, str) else f"emergency stop by {client}")
+        return {"state": self.scanner.state.name}
+
+    def _cmd_release_emergency_stop(self, client: str, msg: Message) -> dict[str, Any]:
+        self.scanner.release_emergency_stop()
+        self.publish("safety", {"kind": "emergency_stop_released", "message": f"released by {client}",
+                                "interlocks": dict(self.scanner.interlocks)})
+        return {"state": self.scanner.state.name}
+
+    # -- replies ---------------------------------------------------------------------------------------------
+    def _reply(self, request: Message, status: str, **body: Any) -> Message:
+        return Message(type="reply", re=request.id, src=self.name,
+                       body={"command": request.body.get("command"), "status": status, **to_plain(body)})
+
+    def _error(self, request: Message, code: str, message: str, **extra: Any) -> Message:
+        reply = error_reply(request.id, code, message, src=self.name)
+        reply.body.update({"command": request.body.get("command"), **to_plain(extra)})
+        return reply
+
+    def _remember(self, client: str, request_id: str | None, reply: Message) -> None:
+        if request_id is None:
+            return
+        cache = self._cache.setdefault(client, OrderedDict())
+        cache[request_id] = reply
+        while len(cache) > REPLY_CACHE:
+            cache.popitem(last=False)
+        if len(self._cache) > 1024:  # forget the clients not heard from longest
+            self._cache.pop(next(iter(self._cache)))
+
+    def _send_replies(self) -> None:
+        while True:
+            try:
+                identity, client, reply, job = self._replies.get_nowait()
+            except queue.Empty:
+                return
+            if self._busy == job:
+                self._busy = None
+            if not identity:
+                continue  # a job of the server's own (connect, the run behind an accepted start)
+            if reply.re is not None:
+                self._pending.discard((client, reply.re))
+                self._remember(client, reply.re, reply)
+            self._send(identity, reply)
+
+    def _send(self, identity: list[bytes], msg: Message) -> None:
+        try:
+            self._commands.send_multipart([*identity, *encode(msg)], copy=False)
+        except (zmq.ZMQError, WireProtocolError) as exc:
+            log.warning("%s: reply not sent: %s", self.name, exc)
+
+    # -- events (any thread) ---------------------------------------------------------------------------------
+    def publish(self, stream: str, body: dict[str, Any], *, data: bool = False) -> None:
+        """Publish ``body`` on ``stream`` (the data socket if ``data``) with the next sequence number."""
+        socket = self._data if data else self._events
+        kind = "data" if stream == "data" else "event"
+        with self._pub_lock:
+            seq = self._seq.get(stream, 0) + 1
+            frames = encode(Message(type=kind, body=body, src=self.name, stream=stream, seq=seq, run=self._run_id))
+            try:
+                socket.send_multipart(frames, copy=False)
+            except zmq.ZMQError as exc:
+                log.warning("%s: %s event not published: %s", self.name, stream, exc)
+                return
+            self._seq[stream] = seq
+
+    def _on_journal(self, entry: JournalEntry) -> None:
+        body = asdict(entry)
+        body["state"] = entry.dest
+        self.publish("state", body)
+        if entry.dest in ("FAULT", "EMERGENCY_STOP"):
+            self.publish("safety", {"kind": entry.dest.lower(), "message": entry.reason, "trigger": entry.trigger})
+        if entry.trigger == "positioned":
+            with self._state_lock:
+                # The run loop has begun and cleared its queue: now it takes the requests that came early.
+                for what in self._deferred:
+                    self.scanner.request(what)
+                self._deferred.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The current state for a late joiner (the ``status`` reply)."""
+        with self._state_lock:
+            loaded = None if self._loaded is None else {"source": self._loaded.source, **self._loaded.info}
+            snapshot = {
+                "server": self.name,
+                "version": VERSION_TEXT,
+                "state": self.scanner.state.name,
+                "allowed": self.scanner.machine.allowed(),
+                "controller": self._controller,
+                "busy": self._busy,
+                "run": self._run_id,
+                "progress": dict(self._progress),
+                "subsystems": dict(self._subsystems),
+                "urls": dict(self._urls),
+                "interlocks": dict(self.scanner.interlocks),
+                "loaded": loaded,
+                "last_report": self._last_report,
+                "endpoints": dict(self.endpoints),
+            }
+        with self._pub_lock:
+            snapshot["seq"] = dict(self._seq)
+        return snapshot
+
+    # -- the worker thread (owns the state machine) ----------------------------------------------------------
+    def _work(self) -> None:
+        wake = self._context.socket(zmq.PAIR)
+        wake.setsockopt(zmq.LINGER, 0)
+        wake.connect(self._wake_addr)
+        try:
+            while True:
+                try:
+                    item = self._jobs.get(timeout=self.telemetry_period_s)
+                except queue.Empty:
+                    self._telemetry(force=True)
+                    continue
+                if item is None:
+                    return
+                name, identity, client, msg = item
+                try:
+                    reply = self._job(name, msg)
+                except Exception as exc:  # noqa: BLE001 - the worker must survive a bug to keep the scanner safe
+                    log.exception("%s: %s failed", self.name, name)
+                    reply = self._error(msg, "internal", f"{type(exc).__name__}: {exc}")
+                self._telemetry(force=True)
+                self._replies.put((identity, client, reply, name))
+                wake.send(b"")
+        finally:
+            wake.close()
+
+    def _job(self, name: str, msg: Message) -> Message:
+        try:
+            if name == "connect":
+                self.scanner.connect()
+                return self._reply(msg, "done", state=self.scanner.state.name)
+            if name == "load":
+                return self._load(msg)
+            if name == "start":
+                return self._run(msg)
+            if name == "reset":
+                self.scanner.reset()
+                return self._reply(msg, "done", state=self.scanner.state.name)
+            if name == "move_table":
+                speed = msg.body.get("speed_mm_s")
+                position = self.scanner.move_table(float(msg.body["position_mm"]),
+                                                   None if speed is None else float(speed))
+                return self._reply(msg, "done", position_mm=position, state=self.scanner.state.name)
+        except (InvalidTransitionError, SafetyLimitError) as exc:
+            return self._error(msg, "rejected", str(exc), state=self.scanner.state.name)
+        except ScanctlError as exc:
+            return self._error(msg, "failed", f"{type(exc).__name__}: {exc}", state=self.scanner.state.name)
+        raise AssertionError(f"no job {name!r}")
+
+    def _load(self, msg: Message) -> Message:
+        state = self.scanner.state
+        if state not in (S.IDLE, S.READY):
+            raise InvalidTransitionError(f"cannot load while {state.name} "
+                                         f"(allowed: {', '.join(self.scanner.machine.allowed())})")
+        with tempfile.TemporaryDirectory(prefix="scanctl-load-") as tmp:
+            if "text" in msg.body and msg.body["text"] is not None:
+                source_name = str(msg.body.get("name") or f"upload.{msg.body['format']}")
+                source = Path(tmp) / f"{Path(source_name).stem}.{msg.body['format']}"
+                source.write_text(str(msg.body["text"]), encoding="utf-8")
+            else:
+                source = Path(str(msg.body["path"]))
+                source_name = str(source)
+            seq, protocol = load_source(source, self.profile)
+            urls = subsystem_urls(self.profile, self.overrides, seq, protocol)
+            if urls != self._urls:
+                # A simulated RF system follows the scan (phantom, field of view): rebuild it for this one.
+                self.scanner.close()
+                self.scanner = self._make_scanner(urls)
+                self.scanner.connect()
+            journal_start = len(self.scanner.journal)
+            try:
+                report = self.scanner.prepare(seq)
+            except SafetyLimitError as exc:
+                with self._state_lock:
+                    self._loaded = None
+                self.publish("safety", {"kind": "refused", "message": str(exc)})
+                return self._error(msg, "rejected", str(exc), state=self.scanner.state.name)
+            from scanctl.rawdata import header_for
+            from scanctl.sequence import pulseq_write
+
+            seq_path = Path(tmp) / "sequence.seq"
+            md5 = pulseq_write.write(seq, seq_path)
+            seq_text = seq_path.read_text(encoding="utf-8")
+        header = header_for(seq, self.profile, protocol, channels=self.scanner.rf.channels)
+        info = {"protocol": protocol_info(source_name, protocol),
+                "sequence": sequence_info(seq, md5, "sequence.seq"),
+                "table_position_mm": protocol.table_position_mm if protocol is not None else 0.0}
+        with self._state_lock:
+            self._loaded = _Loaded(seq, protocol, source_name, info)
+            self._journal_start = journal_start
+        return self._reply(msg, "done", state=self.scanner.state.name, check=report.to_json(),
+                           sequence_text=seq_text, header_xml=header.to_xml(), header=header, profile=self.profile.name,
+                           subsystems=dict(self._urls), **info)
+
+    def _run(self, msg: Message) -> Message:
+        loaded = self._loaded
+        assert loaded is not None
+        run_id = self._run_id
+        counter = {"acquisitions": 0}
+        t0 = time.perf_counter()
+        self.publish("run", {"event": "start", "run": run_id, "sequence": loaded.info["sequence"],
+                             "protocol": loaded.info["protocol"]})
+
+        def on_acquisitions(batch: list[Acquisition]) -> None:
+            for i in range(0, len(batch), ACQUISITIONS_PER_MESSAGE):
+                chunk = batch[i:i + ACQUISITIONS_PER_MESSAGE]
+                self.publish("data", {"acquisitions": [
+                    {"index": a.index, "block": a.block, "start_s": a.start_s, "dwell_s": a.dwell_s,
+                     "labels": a.labels, "data": a.data} for a in chunk]}, data=True)
+            counter["acquisitions"] += len(batch)
+
+        def on_progress(t_s: float, total_s: float) -> None:
+            with self._state_lock:
+                self._progress = {"t_s": t_s, "total_s": total_s, "acquisitions": counter["acquisitions"]}
+            self.publish("progress", {"t_s": t_s, "total_s": total_s, "acquisitions": counter["acquisitions"]})
+            self._telemetry()
+
+        result: RunResult | None = None
+        try:
+            result = self.scanner.run(table_position_mm=float(loaded.info["table_position_mm"]),
+                                      on_acquisitions=on_acquisitions, on_progress=on_progress)
+        finally:
+            with self._state_lock:
+                self._deferred.clear()
+            # Tell data subscribers the stream of this run is complete (data and events travel apart).
+            self.publish("data", {"end": True, "acquisitions": counter["acquisitions"]}, data=True)
+        scan_wall_s = time.perf_counter() - t0
+        report = {
+            "run": run_id, "outcome": result.outcome, "message": result.message,
+            "acquisitions": counter["acquisitions"], "scan_time_s": result.scan_time_s,
+            "duration_s": result.duration_s, "segments": result.segments,
+            "timings": {"scan_wall_s": scan_wall_s, "real_time_factor": result.duration_s / scan_wall_s
+                        if scan_wall_s > 0 else 0.0},
+            "telemetry": result.telemetry, "profile": self.profile.name, "subsystems": dict(self._urls),
+            "journal": [asdict(e) for e in self.scanner.journal[self._journal_start:]],
+            "sequence": loaded.info["sequence"], "protocol": loaded.info["protocol"],
+        }
+        with self._state_lock:
+            self._last_report = report
+            self._loaded = None  # the next start needs a new load (the executor needs a new prepare)
+        self.publish("run", {"event": "end", **report})
+        return self._reply(msg, "done", **report)
+
+    def _telemetry(self, force: bool = False) -> None:
+        """Refresh the subsystems' statuses (for ``status``) and publish them, at most every 0.1 s in a run."""
+        now = time.monotonic()
+        if not force and now - self._last_telemetry < 0.1:
+            return
+        self._last_telemetry = now
+        statuses: dict[str, Any] = {}
+        for kind, sub in (("gradient", self.scanner.gradient), ("rf", self.scanner.rf), ("table", self.scanner.table)):
+            try:
+                statuses[kind] = to_plain(sub.status())
+            except ScanctlError as exc:
+                statuses[kind] = {"state": "unknown", "time_s": 0.0, "message": str(exc), "telemetry": {}}
+        with self._state_lock:
+            self._subsystems = statuses
+        self.publish("telemetry", {"subsystems": statuses})
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def serve(profile: SystemProfile, control: str = DEFAULT_CONTROL, events: str = DEFAULT_EVENTS,
+          data: str | None = DEFAULT_DATA, overrides: dict[str, str] | None = None, *,
+          insecure: bool = False) -> ControlServer:
+    """A server bound and ready for :meth:`ControlServer.serve_forever` (the ``scanctl serve`` path)."""
+    return ControlServer(profile, control, events, data, overrides, insecure=insecure)
+
+
+__all__ = ["ControlServer", "Rejected", "bind_socket", "is_loopback", "serve"]

@@ -1,0 +1,421 @@
+"""Bloch simulation of a phantom under the gradient, RF and ADC programs a scan plays.
+
+Method, and why:
+
+* **Dephasing is a phase graph** (``graph.py``; PDG, Endres et al. MRM 2024 / EPG, Weigel JMRI 2015):
+  gradients move states in moment space exactly, whatever the moments, so spoiler gradients and RF
+  spoiling come out right with no aliasing of dephased magnetization -- which isochromats cannot
+  promise for long-T2 tissue (CSF's 2 s T2 keeps hundreds of TRs of echo pathways alive: with tens of
+  isochromats per voxel they fold back and ghost).
+* **Voxels of one tissue share amplitudes.** A voxel's magnetization is the class amplitudes times
+  ``exp(2πi k·r)``: voxels differ only in where they are, which enters when a sample is computed, as
+  the Fourier transform of the class's proton-density map at the state's moment. Work per event grows
+  with tissue classes x isochromats x states, not with voxels. Voxels are band-limited (sinc-shaped, as
+  MRzero recommends): a state contributes only while its moment is within ``±1/(2 voxel)``.
+* **Slice profiles are resolved** by isochromats through the slab of a 2D phantom (along z). RF is a hard
+  pulse per RF raster sample (B1 with its carrier offset, precession in the slice gradient and the class
+  off-resonance during the sample), composed per isochromat and class (``pulse.py``, cached and
+  phase-normalised so RF spoiling does not recompose). The gradient moment and off-resonance before and
+  after the pulse centre are factored out of the rotation and played as free evolution instead, so
+  what is left varies smoothly along z and the states carry all fast phase; relaxation is applied up
+  to the centre, then from it (second order in the pulse length).
+* **Free precession and relaxation are exact** between events: piecewise-linear gradients integrate in
+  closed form (``moments.py``), ``exp(-t/T2)``, ``exp(-t/T1)``, class off-resonance as a phase, and
+  the off-resonance of each voxel relative to its class through the states' dephasing times.
+
+Limits: RF pulses select along z only (gradients on x/y during a pulse act as free precession split
+at the pulse centre); off-resonance inside a class is left out of the RF rotation; with off-resonance
+varying inside a class, samples use a Taylor series in time (error < 1e-7).
+
+Conventions (Pulseq's): ``Mxy`` turns as ``exp(+2πi f t)`` for frequency offset ``f``, so a B0 offset
+``Δf`` shows as ``+Δf`` in the FID and a Cartesian k-space is ``s(k) = Σ ρ exp(+2πi k·r)``: reconstruct
+with a *forward* FFT (docs/phantom.md). A sample at ``t`` of a window with ``phase_rad`` φ and
+``freq_hz`` f is multiplied by ``exp(-i (φ + 2π f (t - start)))``. Units: a voxel of proton density 1,
+fully transverse and in phase through its slab, contributes 1 to a sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from scanctl.errors import ConfigError
+from scanctl.program import ADCProgram, GradientProgram, RFProgram
+
+from .graph import PhaseGraph
+from .moments import Moments
+from .phantom import Phantom
+from .pulse import PulseCache, Rotation
+
+log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
+ComplexArray = npt.NDArray[np.complex128]
+
+#: Isochromats through the slab of a 2D phantom (slice-profile resolution: 0.31 mm over 10 mm).
+DEFAULT_ISOCHROMATS_2D = 32
+#: Taylor series in time for off-resonance inside a class: largest argument per chunk, error bound.
+_TAYLOR_MAX_ARG = 1.0
+_TAYLOR_TOL = 1e-7
+#: A state counts as inside a voxel's band while |moment| * voxel size <= 0.5 (+ rounding slack).
+_BAND = 0.5 + 1e-9
+
+
+@dataclass
+class Stats:
+    """Work done since the last :meth:`SpinSystem.reset` (for benchmarks)."""
+
+    rf_pulses: int = 0
+    rf_samples: int = 0
+    adc_samples: int = 0
+    windows: int = 0
+    max_states: int = 0
+
+
+def _taylor_terms(rho: float) -> int:
+    """Smallest ``L`` with ``rho**L / L! * exp(rho) <= _TAYLOR_TOL`` (the series' remainder bound)."""
+    if rho <= 0:
+        return 1
+    term, n = math.exp(rho), 0
+    while term > _TAYLOR_TOL:
+        n += 1
+        term *= rho / n
+    return n
+
+
+class SpinSystem:
+    """A phantom's magnetization, played through segment after segment of a scan.
+
+    ``isochromats``: samples through the slab of a 2D phantom at which RF rotations are evaluated
+    (default 32; a 3D phantom is resolved in z by its voxels and takes only 1); ``noise_std``: standard
+    deviation of the complex Gaussian noise added to every sample (real and imaginary parts each
+    ``noise_std / sqrt(2)``), seeded by ``seed``; ``b0_offset_hz``: an off-resonance added to the
+    phantom's map everywhere; ``tolerance``: phase-graph states weaker than this are dropped.
+    Raises :class:`ConfigError` for invalid options.
+
+    :meth:`play` must get the segments in time order; magnetization persists between calls until
+    :meth:`reset` (which also restarts the noise generator).
+    """
+
+    def __init__(self, phantom: Phantom, *, isochromats: int | None = None, noise_std: float = 0.0,
+                 b0_offset_hz: float = 0.0, seed: int = 0, tolerance: float = 1e-6) -> None:
+        if isochromats is None:
+            isochromats = DEFAULT_ISOCHROMATS_2D if phantom.ndim == 2 else 1
+        if int(isochromats) != isochromats or isochromats < 1:
+            raise ConfigError(f"isochromats must be a positive integer, got {isochromats!r}")
+        if phantom.ndim == 3 and isochromats != 1:
+            raise ConfigError("isochromats: a 3D phantom is resolved in z by its voxels; use 1")
+        if not (math.isfinite(noise_std) and noise_std >= 0):
+            raise ConfigError(f"noise_std must be >= 0, got {noise_std!r}")
+        if not math.isfinite(b0_offset_hz):
+            raise ConfigError(f"b0_offset_hz must be finite, got {b0_offset_hz!r}")
+        if not 0 < tolerance < 1:
+            raise ConfigError(f"tolerance must be in (0, 1), got {tolerance!r}")
+        self.phantom = phantom
+        self.isochromats = int(isochromats)
+        self.noise_std = float(noise_std)
+        self.b0_offset_hz = float(b0_offset_hz)
+        self.seed = seed
+        self._setup_classes(phantom)
+        self._cache = PulseCache()
+        self._phasors: dict[tuple[int, bytes], ComplexArray] = {}
+        self._graph = PhaseGraph(self.n_classes, self.isochromats, tolerance=tolerance,
+                                 track_time=self._dfr_max > 0)
+        self.stats = Stats()
+        self.reset()
+
+    def _setup_classes(self, phantom: Phantom) -> None:
+        """Tissue classes: voxels with equal T1 and T2 (and, in 3D, the same plane)."""
+        nz, ny, nx = phantom.shape3d
+        dx, dy, dz = phantom.voxel_size_m
+        xs, ys, zs = phantom.axis_positions_m()
+        pd = phantom.pd.reshape(nz, ny, nx)
+        active = np.flatnonzero(pd.reshape(-1) > 0)
+        iz, iy, ix = np.unravel_index(active, (nz, ny, nx))
+        t1 = phantom.t1_s.reshape(-1)[active]
+        t2 = phantom.t2_s.reshape(-1)[active]
+        table = np.column_stack((t1, t2, iz if phantom.ndim == 3 else np.zeros_like(iz)))
+        _, first, label = np.unique(np.round(table, 12), axis=0, return_index=True, return_inverse=True)
+        label = label.reshape(-1)
+        n = first.size
+        df = phantom.b0_offset_hz.reshape(-1)[active] + self.b0_offset_hz
+        counts = np.bincount(label, minlength=n)
+        df_class = np.bincount(label, weights=df, minlength=n) / np.maximum(counts, 1)
+        self.n_classes = n
+        self.n_voxels = int(active.size)
+        self._r1 = 1.0 / t1[first] if n else np.zeros(0)
+        self._r2 = 1.0 / t2[first] if n else np.zeros(0)
+        self._df = df_class
+        self._z_class = zs[iz[first]] if n else np.zeros(0)
+        # Proton density and off-resonance (relative to the class) of each class on the in-plane grid.
+        self._pd_map = np.zeros((n, ny, nx))
+        self._pd_map[label, iy, ix] = pd.reshape(-1)[active]
+        self._pd_map_c = self._pd_map.astype(np.complex128)  # complex once: products below stay BLAS
+        dfr = df - df_class[label]
+        self._dfr_map = np.zeros((n, ny, nx))
+        self._dfr_map[label, iy, ix] = dfr
+        self._dfr_max = float(np.abs(dfr).max()) if dfr.size and np.ptp(df) > 0 else 0.0
+        self._x, self._y = xs, ys
+        self._voxel = (dx, dy, dz)
+        # Isochromats: evenly through the slab (2D; midpoint rule) or the plane centre (3D).
+        s = self.isochromats
+        self._iso_z = ((np.arange(s) + 0.5) / s - 0.5) * dz if phantom.ndim == 2 else np.zeros(1)
+        self._iso_step = dz / s
+        if n > 200:
+            log.info("phantom has %d tissue classes: the simulation slows down in proportion", n)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Public API
+    # ------------------------------------------------------------------------------------------------------
+
+    @property
+    def n_spins(self) -> int:
+        """Equivalent isochromats: voxels with proton density x isochromats per voxel."""
+        return self.n_voxels * self.isochromats
+
+    @property
+    def n_states(self) -> int:
+        """Phase-graph states now held (transverse + longitudinal)."""
+        return self._graph.n_states
+
+    def reset(self) -> None:
+        """Back to equilibrium (``Mz`` = 1 everywhere) before the next scan; restarts the noise."""
+        self._graph.reset()
+        self._t: float | None = None  # time the states refer to
+        self._m_pending = np.zeros(3)  # gradient moment from _t to the end of the last segment
+        self._m_base = np.zeros(3)
+        self._rng = np.random.default_rng(self.seed)
+        self.stats = Stats()
+
+    def play(self, gradient: GradientProgram, rf: RFProgram, adc: ADCProgram) -> list[npt.NDArray[np.complex64]]:
+        """Play one segment; return each ADC window's samples, complex64 ``(1, num_samples)``, in order."""
+        t0 = float(gradient.t0_s)
+        if self._t is None:
+            self._t = t0
+        mom = Moments(gradient)
+        # The moment from the states' time to any t of this segment is _m_base + mom(t).
+        self._m_base = self._m_pending - mom(t0)
+
+        pulses = [iv for iv in (self._pulse_intervals(rf, p) for p in range(rf.n_pulses)) if iv is not None]
+        pulses.sort(key=lambda iv: iv[3])
+        centres = np.array([iv[3] for iv in pulses])
+        counts = adc.num_samples.astype(np.int64).tolist()
+        times = [adc.start_s[w] + (np.arange(n) + 0.5) * adc.dwell_s[w] for w, n in enumerate(counts)]
+        out = [np.zeros(n, np.complex128) for n in counts]
+        # Samples before pulse p's centre (and after the previous one's) are taken before it plays.
+        todo: list[list[tuple[int, slice]]] = [[] for _ in range(len(pulses) + 1)]
+        for w, t in enumerate(times):
+            cuts = np.searchsorted(t, centres, side="left")
+            bounds = np.concatenate(([0], cuts, [t.size]))
+            for p in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
+                todo[p].append((w, slice(int(bounds[p]), int(bounds[p + 1]))))
+        for p in range(len(pulses) + 1):
+            for w, sel in todo[p]:
+                out[w][sel] = self._acquire(times[w][sel], mom)
+            if p < len(pulses):
+                self._pulse(pulses[p], mom)
+        self._m_pending = self._m_base + mom(float(gradient.t1_s))
+        self._m_base = np.zeros(3)
+
+        result = []
+        for w, samples in enumerate(out):
+            demod = np.exp(-1j * (adc.phase_rad[w] + 2.0 * np.pi * adc.freq_hz[w] * (times[w] - adc.start_s[w])))
+            data = samples * demod
+            if self.noise_std > 0 and data.size:
+                noise = self._rng.standard_normal((2, data.size)) * (self.noise_std / math.sqrt(2.0))
+                data = data + (noise[0] + 1j * noise[1])
+            result.append(data.astype(np.complex64).reshape(1, -1))
+        self.stats.adc_samples += int(sum(counts))
+        self.stats.windows += adc.n_windows
+        return result
+
+    # ------------------------------------------------------------------------------------------------------
+    # Free evolution
+    # ------------------------------------------------------------------------------------------------------
+
+    def _evolve(self, t: float, mom: Moments) -> None:
+        """Bring the states from their time to ``t`` (within the current segment)."""
+        assert self._t is not None
+        dt = t - self._t
+        dm = self._m_base + mom(t)
+        transverse = np.exp((2j * np.pi * self._df - self._r2) * dt)
+        self._graph.evolve(dm, dt, transverse, np.exp(-self._r1 * dt))
+        self._t = t
+        self._m_base = -mom(t)
+
+    # ------------------------------------------------------------------------------------------------------
+    # RF
+    # ------------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _pulse_intervals(rf: RFProgram, p: int) -> tuple[FloatArray, ComplexArray, int, float] | None:
+        """``(edges, b1, n_samples, centre)`` of pulse ``p``: each sample lasts one raster around its time
+        (clipped halfway to a closer neighbour); gaps between samples are intervals without B1; ``b1``
+        includes the carrier offset. None for a pulse without B1 (nothing but free precession)."""
+        lo, hi = int(rf.offsets[p]), int(rf.offsets[p + 1])
+        b1 = rf.b1_hz[lo:hi]
+        if hi == lo or not np.any(b1):
+            return None
+        t = rf.t_s[lo:hi]
+        half = 0.5 * rf.raster_s
+        mid = 0.5 * (t[1:] + t[:-1])
+        start = np.maximum(t - half, np.concatenate(([-np.inf], mid)))
+        end = np.minimum(t + half, np.concatenate((mid, [np.inf])))
+        b1 = b1 * np.exp(2j * np.pi * rf.freq_hz[p] * (t - rf.start_s[p]))
+        gap = start[1:] > end[:-1] + 1e-12
+        if gap.any():
+            edges = np.sort(np.concatenate((start, end[-1:], end[:-1][gap])))
+            iv_b1 = np.zeros(edges.size - 1, np.complex128)
+            iv_b1[np.searchsorted(edges, start)] = b1
+        else:
+            edges = np.concatenate((start, end[-1:]))
+            iv_b1 = b1
+        # The centre: where |B1| peaks (the middle of a plateau), as Pulseq defines an RF pulse's centre.
+        mag = np.abs(b1)
+        peak = t[mag >= 0.999 * mag.max()]
+        centre = 0.5 * (float(peak[0]) + float(peak[-1]))
+        return edges, iv_b1, hi - lo, centre
+
+    def _pulse(self, intervals: tuple[FloatArray, ComplexArray, int, float], mom: Moments) -> None:
+        edges, iv_b1, n_samples, centre = intervals
+        dt = np.diff(edges)
+        mz_edges = mom.axis(2, edges)
+        dm = np.zeros((dt.size, 3))
+        dm[:, 2] = np.diff(mz_edges)  # only z selects; x/y during the pulse act as free precession
+        self._evolve(centre, mom)
+
+        # Rotation classes: every (tissue class, isochromat) pair, deduplicated by (z, off-resonance).
+        z = (self._z_class[:, None] + self._iso_z[None, :]).reshape(-1)
+        df = np.broadcast_to(self._df[:, None], (self.n_classes, self.isochromats)).reshape(-1)
+        pairs, inverse = np.unique(np.column_stack((z, df)), axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        positions = np.zeros((pairs.shape[0], 3))
+        positions[:, 2] = pairs[:, 0]
+        rot = self._cache.rotation(pairs.tobytes(), 2.0 * np.pi * iv_b1 * dt, dm, dt, positions, pairs[:, 1])
+        # Factor out the free precession before and after the centre (played by _evolve instead).
+        ts, te = float(edges[0]), float(edges[-1])
+        mc = float(mom.axis(2, centre))
+        phi_pre = 2.0 * np.pi * ((mc - mz_edges[0]) * pairs[:, 0] + pairs[:, 1] * (centre - ts))
+        phi_post = 2.0 * np.pi * ((mz_edges[-1] - mc) * pairs[:, 0] + pairs[:, 1] * (te - centre))
+        refocused = Rotation(rot.alpha * np.exp(0.5j * (phi_pre + phi_post)),
+                             rot.beta * np.exp(0.5j * (phi_pre - phi_post)))
+        shape = (self.n_classes, self.isochromats)
+        a, b, c, d, e = refocused.coefficients()
+        self._graph.rotate(a[inverse].reshape(shape), b[inverse].reshape(shape), c[inverse].reshape(shape),
+                           d[inverse].reshape(shape), e[inverse].reshape(shape))
+        self.stats.rf_pulses += 1
+        self.stats.rf_samples += n_samples
+        self.stats.max_states = max(self.stats.max_states, self._graph.n_states)
+
+    # ------------------------------------------------------------------------------------------------------
+    # ADC
+    # ------------------------------------------------------------------------------------------------------
+
+    def _acquire(self, t: FloatArray, mom: Moments) -> ComplexArray:
+        """The (not yet demodulated) signal at times ``t`` (sorted, none before the states' time)."""
+        assert self._t is not None
+        g = self._graph
+        out = np.zeros(t.size, np.complex128)
+        if g.f.shape[0] == 0 or self.n_classes == 0:
+            return out
+        dt = np.maximum(t - self._t, 0.0)
+        dm = self._m_base[:, None] + mom(t)  # (3, T): moment since the states' time
+        # Which transverse states come within the voxels' band during these samples.
+        band = [0, 1] if self.phantom.ndim == 2 else [0, 1, 2]
+        inside = np.ones(g.f.shape[0], bool)
+        for axis in band:
+            half = _BAND / self._voxel[axis]
+            lo = g.f_k[:, axis] + dm[axis].min()
+            hi = g.f_k[:, axis] + dm[axis].max()
+            inside &= (hi >= -half) & (lo <= half)
+        decay = np.exp((2j * np.pi * self._df[:, None] - self._r2[:, None]) * dt[None, :])  # (C, T)
+        candidates = np.flatnonzero(inside)
+        if not candidates.size:
+            return out
+        # States with the same in-plane moment (and dephasing time, if it matters) share the in-plane sum.
+        key = np.round(g.f_k[candidates][:, band] / 1e-9).astype(np.int64)
+        if self._dfr_max > 0:
+            key = np.column_stack((key, np.round(g.f_tau[candidates] / 1e-12).astype(np.int64)))
+        _, group = np.unique(key, axis=0, return_inverse=True)
+        group = group.reshape(-1)
+        for gi in range(int(group.max()) + 1):
+            members = candidates[group == gi]
+            j0 = members[0]
+            kappa = g.f_k[j0][:, None] + dm  # (3, T)
+            ok = np.ones(t.size, bool)
+            for axis in band:
+                ok &= np.abs(kappa[axis]) * self._voxel[axis] <= _BAND
+            sel = np.flatnonzero(ok)
+            if not sel.size:
+                continue
+            slab = self._slab_sum(members, dm[2, sel])  # (C, T)
+            plane = self._plane_sum(kappa[0, sel], kappa[1, sel], g.f_tau[j0] + dt[sel])
+            out[sel] += np.einsum("ct,ct,ct->t", slab, decay[:, sel], plane)
+        return out
+
+    def _slab_sum(self, states: npt.NDArray[np.intp], dm_z: FloatArray) -> ComplexArray:
+        """``Σ_j Σ_s F_j[c, s] w_s(k_j,z + dm_z)``: the transverse amplitudes integrated through the slab
+        (2D: isochromat samples, piecewise linear in z, integrated exactly against the z phase) or over
+        the class planes (3D), summed over ``states``; shape (C, T)."""
+        g = self._graph
+        n_t = dm_z.size
+        out = np.zeros((self.n_classes, n_t), np.complex128)
+        step = max(1, (1 << 21) // max(1, self.isochromats * n_t))
+        for lo in range(0, states.size, step):
+            chunk = states[lo:lo + step]
+            kz = g.f_k[chunk, 2][:, None] + dm_z[None, :]  # (J, T)
+            if self.phantom.ndim == 2:
+                w = np.exp(2j * np.pi * self._iso_z[None, :, None] * kz[:, None, :])  # (J, S, T)
+                w *= (np.sinc(kz * self._iso_step) ** 2 / self.isochromats)[:, None, :]
+                out += np.einsum("jcs,jst->ct", g.f[chunk], w, optimize=True)
+            else:
+                phase = np.exp(2j * np.pi * self._z_class[None, :, None] * kz[:, None, :])  # (J, C, T)
+                out += np.einsum("jc,jct->ct", g.f[chunk][:, :, 0], phase)
+        return out
+
+    def _plane_sum(self, kx: FloatArray, ky: FloatArray, tau: FloatArray) -> ComplexArray:
+        """``Σ_v pd_v exp(2πi (kx x_v + ky y_v + δf_v τ))`` per class over the in-plane grid, shape (C, T)."""
+        n_t = kx.size
+        ex = self._phasor(kx, self._x)  # (T, nx)
+        ey = self._phasor(ky, self._y)  # (T, ny)
+        if self._dfr_max == 0:
+            return self._separable(self._pd_map_c, ex, ey)
+        out = np.zeros((self.n_classes, n_t), np.complex128)
+        width = 2.0 * _TAYLOR_MAX_ARG / (2.0 * np.pi * self._dfr_max)
+        i = 0
+        while i < n_t:  # chunks short enough for the series (tau is sorted)
+            j = max(i + 1, int(np.searchsorted(tau, tau[i] + width, side="right")))
+            mid = 0.5 * (tau[i] + tau[j - 1])
+            delta = tau[i:j] - mid
+            terms = _taylor_terms(2.0 * np.pi * self._dfr_max * float(np.abs(delta).max()))
+            weight = self._pd_map * np.exp(2j * np.pi * self._dfr_map * mid)
+            for ell in range(terms):
+                if ell:
+                    weight = weight * (2j * np.pi * self._dfr_map) / ell
+                out[:, i:j] += self._separable(weight, ex[i:j], ey[i:j]) * (delta**ell)[None, :]
+            i = j
+        return out
+
+    def _phasor(self, k: FloatArray, pos: FloatArray) -> ComplexArray:
+        """``exp(2πi k ⊗ pos)``, cached: Cartesian scans repeat the same read-out moments every TR."""
+        key = (pos.size, np.round(k, 6).tobytes())
+        hit = self._phasors.get(key)
+        if hit is None:
+            hit = np.exp(2j * np.pi * np.outer(k, pos))
+            if len(self._phasors) > 256:
+                self._phasors.pop(next(iter(self._phasors)))
+            self._phasors[key] = hit
+        return hit
+
+    @staticmethod
+    def _separable(maps: ComplexArray | FloatArray, ex: ComplexArray, ey: ComplexArray) -> ComplexArray:
+        """``Σ_{y,x} maps[c, y, x] ey[t, y] ex[t, x]``, contracting an axis first when it is constant."""
+        if ey.shape[0] == 1 or not np.any(ey != ey[:1]):
+            return np.matmul(ey[0], maps) @ ex.T  # (C, nx) @ (nx, T)
+        if not np.any(ex != ex[:1]):
+            return np.matmul(maps, ex[0]) @ ey.T
+        return np.einsum("cyx,ty,tx->ct", maps, ey, ex, optimize=True)

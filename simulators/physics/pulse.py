@@ -1,0 +1,146 @@
+"""RF pulses as rotations: each RF raster sample is a hard pulse, composed over the pulse per spin class.
+
+Convention (the Pulseq one): a spin whose frequency offset is ``f`` (Hz, ``f = g·r + Δf``) has transverse
+magnetization ``Mxy = Mx + i My`` turning as ``exp(+2πi f t)``, and an RF sample ``b1`` (complex, Hz)
+turns the magnetization right-handedly about ``(Re b1, Im b1, f)``. So an RF carrier offset ``f_rf``
+(``b1 ∝ exp(+2πi f_rf t)``, as Pulseq writes it) is resonant with the spins at ``f = f_rf``, and a pulse
+of phase ``φ`` tips ``+z`` to ``-i exp(iφ) sin(flip)``.
+
+Rotations are SU(2) (Cayley–Klein) pairs ``(α, β)``: for a rotation by ``φ`` about the unit axis ``n``,
+``α = cos(φ/2) - i n_z sin(φ/2)`` and ``β = -i (n_x + i n_y) sin(φ/2)`` (Pauly et al., IEEE TMI 1991).
+A pulse is the product of its samples' rotations, computed for all classes at once by pairwise
+(tree) reduction over the samples, so numpy's loop runs over log2(samples) levels, not samples.
+
+Shifting every B1 sample's phase by ``φ`` leaves ``α`` and multiplies ``β`` by ``exp(iφ)``: a pulse
+repeated with new phases (RF spoiling) is composed once and cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+ComplexArray = npt.NDArray[np.complex128]
+
+#: Largest number of (sample, class) pairs composed at once (bounds memory to ~100 MB).
+_CHUNK = 1 << 21
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """Cayley–Klein parameters of one rotation per class (arrays of the same shape)."""
+
+    alpha: ComplexArray
+    beta: ComplexArray
+
+    def coefficients(self) -> tuple[ComplexArray, ComplexArray, ComplexArray, ComplexArray, FloatArray]:
+        """``(a, b, c, d, e)`` with ``Mxy' = a Mxy + b conj(Mxy) + c Mz`` and ``Mz' = Re(d Mxy) + e Mz``."""
+        ac: ComplexArray = np.conj(self.alpha)
+        a = ac * ac
+        b = -(self.beta * self.beta)
+        c = 2.0 * ac * self.beta
+        d = -2.0 * ac * np.conj(self.beta)
+        e = np.asarray(np.abs(self.alpha) ** 2 - np.abs(self.beta) ** 2, dtype=np.float64)
+        return a, b, c, np.asarray(d, dtype=np.complex128), e
+
+    def matrix(self) -> FloatArray:
+        """The 3x3 rotation matrices acting on ``(Mx, My, Mz)``, shape ``(*shape, 3, 3)`` (for tests)."""
+        a, b, c, d, e = self.coefficients()
+        out = np.zeros((*np.shape(self.alpha), 3, 3))
+        # Columns: the images of x, y and z.
+        for col, (mxy, mz) in enumerate(((1.0, 0.0), (1j, 0.0), (0.0, 1.0))):
+            new_xy = a * mxy + b * np.conj(mxy) + c * mz
+            new_z = (d * mxy).real + e * mz
+            out[..., 0, col] = new_xy.real
+            out[..., 1, col] = new_xy.imag
+            out[..., 2, col] = new_z
+        return out
+
+
+def sample_rotations(nutation_rad: ComplexArray, precession_rad: FloatArray) -> tuple[ComplexArray, ComplexArray]:
+    """Per-sample hard-pulse rotations: ``nutation_rad`` is ``2π b1 dt`` (complex, broadcast against
+    ``precession_rad`` = ``2π f dt``, real). Returns ``(α, β)`` of the broadcast shape."""
+    b = np.asarray(nutation_rad)
+    theta = np.asarray(precession_rad, dtype=np.float64)
+    phi = np.sqrt(np.abs(b) ** 2 + theta**2)
+    half = 0.5 * phi
+    s = 0.5 * np.sinc(half / np.pi)  # sin(φ/2) / φ, 1/2 at φ = 0
+    alpha = np.cos(half) - 1j * theta * s
+    beta = -1j * b * s
+    return alpha, np.broadcast_to(beta, alpha.shape)
+
+
+def compose(alpha: ComplexArray, beta: ComplexArray) -> tuple[ComplexArray, ComplexArray]:
+    """The product of rotations ``0, 1, ..., n-1`` (applied in that order) along axis 0, by pairwise
+    reduction. ``alpha``/``beta`` have shape ``(n, *classes)``; the result has shape ``classes``."""
+    a = np.array(alpha, dtype=np.complex128)
+    b = np.array(beta, dtype=np.complex128)
+    while a.shape[0] > 1:
+        if a.shape[0] % 2:
+            a = np.concatenate((a, np.ones((1, *a.shape[1:]), np.complex128)))
+            b = np.concatenate((b, np.zeros((1, *b.shape[1:]), np.complex128)))
+        a1, a2 = a[0::2], a[1::2]  # a1 earlier, a2 later: product = later @ earlier
+        b1, b2 = b[0::2], b[1::2]
+        a, b = a2 * a1 - np.conj(b2) * b1, b2 * a1 + np.conj(a2) * b1
+    return a[0], b[0]
+
+
+def pulse_rotation(nutation_rad: ComplexArray, dm_per_m: FloatArray, dt_s: FloatArray, positions_m: FloatArray,
+                   df_hz: FloatArray) -> Rotation:
+    """The rotation of a whole pulse for ``K`` spin classes.
+
+    ``nutation_rad``: ``2π b1 dt`` per interval (``n``, complex, carrier offset included); ``dm_per_m``:
+    gradient moment of each interval (``n``, 3); ``dt_s``: interval durations (``n``); ``positions_m``:
+    class positions (``K``, 3); ``df_hz``: class off-resonance (``K``). Intervals are composed in order.
+    """
+    k = positions_m.shape[0]
+    n = nutation_rad.shape[0]
+    alpha = np.empty(k, np.complex128)
+    beta = np.empty(k, np.complex128)
+    step = max(1, _CHUNK // max(n, 1))
+    for lo in range(0, k, step):
+        hi = min(k, lo + step)
+        theta = 2.0 * np.pi * (dm_per_m @ positions_m[lo:hi].T + np.outer(dt_s, df_hz[lo:hi]))
+        a, b = sample_rotations(nutation_rad[:, None], theta)
+        alpha[lo:hi], beta[lo:hi] = compose(a, b)
+    return Rotation(alpha, beta)
+
+
+class PulseCache:
+    """Pulse rotations by content, phase-normalised: a pulse that differs from a cached one only by a
+    constant B1 phase (RF spoiling, phase cycling) is looked up, not recomposed."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._items: OrderedDict[bytes, Rotation] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def rotation(self, classes_key: bytes, nutation_rad: ComplexArray, dm_per_m: FloatArray, dt_s: FloatArray,
+                 positions_m: FloatArray, df_hz: FloatArray) -> Rotation:
+        """:func:`pulse_rotation`, cached; ``classes_key`` identifies ``positions_m``/``df_hz``."""
+        peak = int(np.argmax(np.abs(nutation_rad)))
+        phase = float(np.angle(nutation_rad[peak]))
+        unit = nutation_rad * np.exp(-1j * phase)
+        h = hashlib.blake2b(classes_key, digest_size=20)
+        # Rounded so that the same shape at another phase hashes the same (rounding noise ~1e-16).
+        # (+ 0.0 turns -0.0 into 0.0, whose bytes differ.)
+        for arr in (np.round(unit, 12), np.round(dm_per_m, 9), np.round(dt_s, 13)):
+            h.update(np.ascontiguousarray(arr + 0.0).tobytes())
+        key = h.digest()
+        rot = self._items.get(key)
+        if rot is None:
+            self.misses += 1
+            rot = pulse_rotation(unit, dm_per_m, dt_s, positions_m, df_hz)
+            self._items[key] = rot
+            if len(self._items) > self._size:
+                self._items.popitem(last=False)
+        else:
+            self.hits += 1
+            self._items.move_to_end(key)
+        return Rotation(rot.alpha, rot.beta * np.exp(1j * phase))

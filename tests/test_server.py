@@ -1,0 +1,418 @@
+"""The control server and its client over real ZeroMQ sockets on loopback (random ports): a remote run
+writes what an in-process run writes; one controller at a time; refusals name the state; abort keeps
+the data; events have gap-free sequence numbers; malformed traffic gets error replies and the server
+keeps serving."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scanctl import profile as profiles
+from scanctl.cli import main
+from scanctl.client import Client, CommandError, run_remote
+from scanctl.errors import ConfigError
+from scanctl.rawdata import read_acquisitions
+from scanctl.run import run_scan
+from scanctl.server import ControlServer
+from scanctl.wire import MAX_ENVELOPE_BYTES, Message, decode, encode
+
+PROTOCOLS = Path(__file__).parents[1] / "protocols"
+GRE = PROTOCOLS / "gre_2d.toml"
+PROFILE = profiles.load()
+FAST = {"rf": "sim://?physics=0"}
+# Small buffers and segments: the run loop reaches safe points (and streams data) while the scan plays.
+SEGMENTED = {"gradient": "sim://?buffer_s=0.2", "rf": "sim://?physics=0&buffer_s=0.2"}
+LOOPBACK = "tcp://127.0.0.1:0"
+
+
+class Served:
+    """A ControlServer serving on a thread."""
+
+    def __init__(self, overrides: dict[str, str], **kwargs: Any) -> None:
+        self.server = ControlServer(PROFILE, LOOPBACK, LOOPBACK, LOOPBACK, overrides, **kwargs)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.endpoint = self.server.endpoints["control"]
+        self.clients: list[Client] = []
+
+    def client(self, name: str | None = None) -> Client:
+        client = Client(self.endpoint, name=name)
+        self.clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.server.stop()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    s = Served(FAST)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def segmented() -> Iterator[Served]:
+    s = Served(SEGMENTED, segment_s=0.1)
+    yield s
+    s.close()
+
+
+def wait_state(client: Client, state: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        snap = client.status()
+        if snap["state"] == state and snap["busy"] is None:
+            return snap
+        time.sleep(0.01)
+    raise AssertionError(f"server not {state} within {timeout_s} s: {client.status()['state']}")
+
+
+# -- a whole run -----------------------------------------------------------------------------------------------
+def test_remote_run_writes_what_an_in_process_run_writes(tmp_path, served):
+    local = run_scan(GRE, PROFILE, tmp_path / "local", overrides=FAST)
+    remote = run_remote(served.client("console"), GRE, tmp_path / "remote")
+    assert local.outcome == remote.outcome == "completed", remote.message
+    assert remote.acquisitions == local.acquisitions == 128
+    a, b = read_acquisitions(tmp_path / "remote" / "raw.h5"), read_acquisitions(tmp_path / "local" / "raw.h5")
+    assert a.header == b.header
+    assert len(a.acquisitions) == len(b.acquisitions) == 128
+    for x, y in zip(a.acquisitions, b.acquisitions, strict=True):
+        assert x.index == y.index and x.labels == y.labels
+        np.testing.assert_array_equal(x.data, y.data)
+    np.testing.assert_array_equal(np.load(tmp_path / "remote" / "image.npy"), np.load(tmp_path / "local" / "image.npy"))
+    assert (tmp_path / "remote" / "sequence.seq").read_bytes() == (tmp_path / "local" / "sequence.seq").read_bytes()
+    report = json.loads((tmp_path / "remote" / "report.json").read_text())
+    assert set(report) == set(asdict(local))
+    assert report["sequence"] == asdict(local)["sequence"]
+    assert report["outputs"] == {k: v for k, v in local.outputs.items() if k != "report"}
+    assert [e["dest"] for e in report["journal"]][-3:] == ["POSITIONING", "RUNNING", "IDLE"]
+    snap = served.client().status()
+    assert snap["last_report"]["outcome"] == "completed" and snap["controller"] is None
+
+
+def test_a_protocol_uploaded_as_text_runs_too(tmp_path, served):
+    report = run_remote(served.client(), GRE, tmp_path, upload=True)
+    assert report.outcome == "completed" and report.acquisitions == 128
+
+
+def test_cli_run_status_and_watch_over_the_wire(tmp_path, served, capsys):
+    assert main(["run", "--connect", served.endpoint, str(GRE), "--out", str(tmp_path)]) == 0
+    assert "completed: 128 acquisitions" in capsys.readouterr().out
+    assert len(read_acquisitions(tmp_path / "raw.h5").acquisitions) == 128
+    assert main(["status", "--connect", served.endpoint]) == 0
+    out = capsys.readouterr().out
+    assert "IDLE" in out and "completed, 128 acquisitions" in out
+    assert main(["status", "--connect", served.endpoint, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "IDLE"
+    watcher = threading.Thread(target=main, args=(["watch", "--connect", served.endpoint, "--timeout", "2"],))
+    watcher.start()
+    time.sleep(0.5)
+    assert main(["move-table", "--connect", served.endpoint, "25"]) == 0
+    watcher.join(timeout=10)
+    out = capsys.readouterr().out
+    assert "move-table: done at 25.0 mm" in out
+    assert "IDLE -> MOVING_TABLE (move_table)" in out and "MOVING_TABLE -> IDLE (table_stopped)" in out
+    assert main(["pause", "--connect", served.endpoint]) == 1
+    assert "cannot pause while IDLE" in capsys.readouterr().err
+
+
+# -- control ----------------------------------------------------------------------------------------------------
+def test_only_one_client_has_control_and_refusals_name_it(served):
+    a, b = served.client("console-a"), served.client("console-b")
+    wait_state(a, "IDLE")
+    assert a.take_control()["controller"] == "console-a"
+    with pytest.raises(CommandError, match="'console-a' has control") as refused:
+        b.take_control()
+    assert refused.value.code == "not_controller" and refused.value.body["controller"] == "console-a"
+    for command in ("load", "start", "abort", "reset", "emergency_stop", "release_control"):
+        with pytest.raises(CommandError, match=f"{command} refused: 'console-a' has control") as refused:
+            b.command(command, {"path": str(GRE)} if command == "load" else None)
+        assert refused.value.code == "not_controller"
+    assert b.status()["controller"] == "console-a"  # observers may still look
+    assert a.load(GRE)["state"] == "READY"
+    assert b.take_control(force=True)["controller"] == "console-b"  # a console that died can be taken over
+    with pytest.raises(CommandError, match="'console-b' has control"):
+        a.start()
+    b.release_control()
+    assert a.status()["controller"] is None
+
+
+def test_refused_commands_name_the_state(served):
+    c = served.client()
+    wait_state(c, "IDLE")
+    c.take_control()
+    cases = {"start": "cannot start while IDLE", "pause": "cannot pause while IDLE",
+             "resume": "cannot resume while IDLE", "abort": "cannot abort while IDLE",
+             "reset": "cannot reset while IDLE"}
+    for command, text in cases.items():
+        with pytest.raises(CommandError, match=text) as refused:
+            c.command(command)
+        assert refused.value.code == "rejected" and refused.value.state == "IDLE"
+    c.emergency_stop()
+    with pytest.raises(CommandError, match="cannot reset while EMERGENCY_STOP: interlocks not clear") as refused:
+        c.reset()
+    assert refused.value.state == "EMERGENCY_STOP"
+    with pytest.raises(CommandError, match="cannot load while EMERGENCY_STOP"):
+        c.load(GRE)
+    c.release_emergency_stop()
+    assert c.reset()["state"] == "IDLE"
+    with pytest.raises(CommandError, match="unknown command 'launch'") as refused:
+        c.command("launch")
+    assert refused.value.code == "unknown_command"
+    with pytest.raises(CommandError, match="position_mm") as refused:
+        c.command("move_table", {"position_mm": "far"})
+    assert refused.value.code == "bad_argument"
+    with pytest.raises(CommandError, match="table") as refused:
+        c.move_table(5000.0)
+    assert refused.value.code == "rejected"
+
+
+def test_a_retry_with_the_same_request_id_is_answered_not_repeated(served):
+    c = served.client("retrier")
+    wait_state(c, "IDLE")
+    c.take_control()
+    c.load(GRE)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(served.endpoint)
+    try:
+        frames = encode(Message(type="command", id="start-1", src="retrier", body={"command": "start"}))
+        replies = []
+        for _ in range(2):
+            sock.send_multipart(frames)
+            assert sock.poll(5000)
+            replies.append(decode(sock.recv_multipart()))
+        assert replies[0].type == replies[1].type == "reply"
+        assert replies[0].body == replies[1].body and replies[0].body["status"] == "accepted"
+    finally:
+        sock.close()
+    snap = wait_state(c, "IDLE")
+    assert snap["last_report"]["run"] == replies[0].body["run"]
+    assert [e.trigger for e in served.server.scanner.journal].count("start") == 1
+
+
+# -- runs controlled from outside ------------------------------------------------------------------------------
+def test_abort_mid_run_keeps_the_data_so_far(tmp_path, segmented):
+    gate, reached = threading.Event(), threading.Event()
+    original = ControlServer._make_scanner
+
+    def hold_after_first_data(self: ControlServer, urls: dict[str, str]) -> Any:
+        scanner = original(self, urls)
+        take = scanner.rf.acquisitions
+
+        def acquisitions() -> Any:
+            batch = take()
+            if batch and not reached.is_set():
+                reached.set()
+                assert gate.wait(10)  # hold the run loop here until the abort is in
+            return batch
+
+        scanner.rf.acquisitions = acquisitions
+        return scanner
+
+    segmented.server._make_scanner = hold_after_first_data.__get__(segmented.server)
+    console = segmented.client("console")
+    result: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: result.update(report=run_remote(console, GRE, tmp_path)))
+    runner.start()
+    assert reached.wait(20)
+    other = segmented.client("operator")
+    other.take_control(force=True)
+    assert other.abort()["status"] == "accepted"
+    gate.set()
+    runner.join(timeout=30)
+    report = result["report"]
+    assert report.outcome == "aborted"
+    raw = read_acquisitions(tmp_path / "raw.h5")
+    assert 0 < len(raw.acquisitions) == report.acquisitions < 128
+    assert [a.index for a in raw.acquisitions] == list(range(len(raw.acquisitions)))
+    assert [e["dest"] for e in report.journal][-2:] == ["ABORTING", "IDLE"]
+    assert other.status()["state"] == "IDLE"
+
+
+def test_pause_and_resume_sent_right_after_start_are_honoured(segmented):
+    c = segmented.client()
+    wait_state(c, "IDLE")
+    c.take_control()
+    with c.subscribe() as sub:
+        c.load(GRE)
+        run = c.start()["run"]
+        assert c.pause()["status"] == "accepted"  # before the run loop has begun: handed over when it does
+        states = []
+        while "PAUSED" not in states:
+            msg = sub.recv(10)
+            assert msg is not None
+            if msg.stream == "state":
+                states.append(msg.body["dest"])
+        assert c.status()["state"] == "PAUSED"
+        with pytest.raises(CommandError, match="cannot pause while PAUSED"):
+            c.pause()
+        c.resume()
+        while True:
+            msg = sub.recv(10)
+            assert msg is not None
+            if msg.stream == "run" and msg.body["event"] == "end":
+                break
+        assert msg.run == run and msg.body["outcome"] == "completed" and msg.body["acquisitions"] == 128
+        assert sub.gaps == []
+
+
+# -- events -----------------------------------------------------------------------------------------------------
+def test_events_carry_src_run_and_gap_free_sequence_numbers(served):
+    c = served.client()
+    wait_state(c, "IDLE")
+    c.take_control()
+    subs = [c.subscribe(data=True) for _ in range(3)]
+    try:
+        c.load(GRE)
+        run = c.start()["run"]
+        seen: list[list[Message]] = []
+        for sub in subs:
+            got: list[Message] = []
+            ends = 0
+            while ends < 2:  # the run's end event and the end of its data stream
+                msg = sub.recv(10)
+                assert msg is not None
+                got.append(msg)
+                ends += (msg.stream == "run" and msg.body["event"] == "end") or (msg.type == "data" and
+                                                                                  "end" in msg.body)
+            seen.append(got)
+            assert sub.gaps == []
+        for got in seen:
+            by_stream: dict[str, list[int]] = {}
+            for msg in got:
+                assert msg.src == "scanctl-server" and msg.seq is not None and msg.run is not None
+                by_stream.setdefault(msg.stream or "", []).append(msg.seq)
+            for stream, seqs in by_stream.items():
+                assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), stream
+            in_run = [m for m in got if m.stream in ("progress", "data", "run")]
+            assert in_run and all(m.run == run for m in in_run)
+            assert sum(len(m.body["acquisitions"]) for m in got if m.type == "data" and "end" not in m.body) == 128
+            assert {"state", "progress", "run", "data"} <= set(by_stream)
+        snap = c.status()
+        assert snap["seq"]["run"] == by_stream["run"][-1]  # a late joiner learns where each stream is
+    finally:
+        for sub in subs:
+            sub.close()
+
+
+# -- malformed traffic ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shared() -> Iterator[Served]:
+    s = Served(FAST)
+    yield s
+    s.close()
+
+
+class Raw:
+    """A bare DEALER socket: sends any frames, returns the decoded answer (or None)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.socket: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+
+    def ask(self, frames: list[bytes], timeout_s: float = 5.0) -> Message | None:
+        self.socket.send_multipart(frames)
+        if not self.socket.poll(int(timeout_s * 1000)):
+            return None
+        reply = self.socket.recv_multipart()
+        if reply and reply[0] == b"":  # we sent a leading empty frame: the server treated it as REQ's
+            reply = reply[1:]
+        return decode(reply)
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+def assert_serving(served: Served) -> None:
+    assert served.client().status()["server"] == "scanctl-server"
+
+
+def envelope(**fields: Any) -> bytes:
+    return json.dumps({"v": "1.0", "type": "command", "id": "x", "body": {"command": "status"}, **fields}).encode()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(frames=st.lists(st.binary(max_size=200), min_size=1, max_size=5))
+def test_random_frames_get_an_error_reply_and_the_server_keeps_serving(shared, frames):
+    raw = Raw(shared.endpoint)
+    try:
+        reply = raw.ask(frames)
+        assert reply is not None and reply.type == "error"
+        assert reply.body["code"] == "malformed" and reply.body["message"]
+    finally:
+        raw.close()
+    assert_serving(shared)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.dictionaries(st.text(max_size=10), st.one_of(st.none(), st.integers(), st.text(max_size=20),
+                                                             st.lists(st.integers(), max_size=3)), max_size=4))
+def test_random_command_bodies_get_a_reply_and_the_server_keeps_serving(shared, body):
+    raw = Raw(shared.endpoint)
+    try:
+        reply = raw.ask(encode(Message(type="command", id=uuid.uuid4().hex, src="fuzzer", body=body)))
+        assert reply is not None and reply.type in ("reply", "error")
+        if body.get("command") != "status" and body.get("command") not in ("take_control", "sync"):
+            assert reply.type == "error" and reply.body["code"] in ("unknown_command", "not_controller",
+                                                                    "bad_argument")
+    finally:
+        raw.close()
+    assert_serving(shared)
+
+
+@pytest.mark.parametrize(("frames", "code", "text"), [
+    ([b"[1, 2]"], "malformed", "not a JSON object"),
+    ([envelope(extra=1)], "malformed", "unknown keys: extra"),
+    ([envelope(type="launch")], "malformed", "unknown message type 'launch'"),
+    ([envelope(v="2.0")], "malformed", "unsupported protocol version '2.0'"),
+    ([envelope(body=[])], "malformed", "'body' must be an object"),
+    ([envelope(id=7)], "malformed", "'id' has the wrong type"),
+    ([b"x" * (MAX_ENVELOPE_BYTES + 1)], "malformed", "more than the"),
+    ([envelope(body={"command": "load", "path": {"__nd__": 0, "dtype": "<f8", "shape": [2]}})], "malformed",
+     "missing or already used"),
+    ([envelope(body={"command": 42})], "unknown_command", "unknown command 42"),
+    ([envelope(body={})], "unknown_command", "unknown command None"),
+])
+def test_malformed_messages_get_a_clear_error(shared, frames, code, text):
+    raw = Raw(shared.endpoint)
+    try:
+        reply = raw.ask(frames)
+        assert reply is not None and reply.type == "error" and reply.body["code"] == code
+        assert text in reply.body["message"]
+    finally:
+        raw.close()
+    assert_serving(shared)
+
+
+def test_a_message_over_the_size_limit_is_dropped_and_the_server_keeps_serving(shared):
+    raw = Raw(shared.endpoint)
+    try:
+        assert raw.ask([envelope(), b"\0" * (65 << 20)], timeout_s=1.0) is None  # ZeroMQ drops it and the peer
+    finally:
+        raw.close()
+    assert_serving(shared)
+
+
+def test_a_network_bind_without_authentication_is_refused():
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        ControlServer(PROFILE, "tcp://0.0.0.0:0", LOOPBACK)
