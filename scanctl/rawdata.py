@@ -587,26 +587,33 @@ class RawDataWriter:
         """The ISMRMRD records of ``batch`` (validated before anything is recorded as written)."""
         m = len(batch)
         arrays: list[npt.NDArray[np.complex64]] = []
-        counters = np.zeros((m, len(_COUNTERS)), dtype=np.int64)
-        flags = np.zeros(m, dtype=np.uint64)
-        imaging = np.zeros(m, dtype=bool)
-        for i, acq in enumerate(batch):
+        for acq in batch:
             data = np.asarray(acq.data)
             data = data[np.newaxis] if data.ndim == 1 else data
             if data.ndim != 2 or data.shape[0] > _U16_MAX or data.shape[1] > _U16_MAX:
                 raise RawDataError(self.path, f"acquisition {acq.index}: data must be (channels, samples) with at "
                                               f"most 65535 of each, got shape {data.shape}")
             arrays.append(np.ascontiguousarray(data, dtype=np.complex64))
-            counters[i], word, imaging[i] = self._counters(acq)
-            flags[i] = word
+        counters, flags, imaging = self._batch_counters(batch)
         # ACQ_FIRST_IN_*: the first acquisition written of each group (ACQ_LAST_IN_* are set by close()).
-        for i in np.flatnonzero(imaging).tolist():
-            by_name = dict(zip(_COUNTERS, counters[i].tolist(), strict=True))
-            for g, (first, _, names) in enumerate(_FLAG_GROUPS):
-                key = tuple(by_name[c] for c in names)
+        # Worked on the distinct keys of the batch, not per acquisition.
+        rows = np.flatnonzero(imaging)
+        column = {name: j for j, name in enumerate(_COUNTERS)}
+        for g, (first, _, names) in enumerate(_FLAG_GROUPS):
+            if rows.size == 0:
+                break
+            keys = counters[np.ix_(rows, np.array([column[c] for c in names]))]
+            # Counters fit 16 bits: each row packed into one opaque value makes the grouping a 1-D unique.
+            packed = np.ascontiguousarray(keys.astype(np.uint16)).view(f"V{2 * len(names)}").ravel()
+            _, first_at = np.unique(packed, return_index=True)
+            _, last_from_end = np.unique(packed[::-1], return_index=True)
+            last_at = keys.shape[0] - 1 - last_from_end
+            unique = keys[first_at]
+            for key, i_first, i_last in zip(map(tuple, unique.tolist()), first_at.tolist(), last_at.tolist(),
+                                            strict=True):
                 if key not in self._last[g]:
-                    flags[i] |= np.uint64(_bit(first))
-                self._last[g][key] = self._count + i
+                    flags[rows[i_first]] |= np.uint64(_bit(first))
+                self._last[g][key] = self._count + int(rows[i_last])
 
         records = np.zeros(m, dtype=acquisition_dtype)
         head = records["head"]
@@ -639,27 +646,38 @@ class RawDataWriter:
             return int(self._centres[i])
         return samples // 2
 
-    def _counters(self, acq: Acquisition) -> tuple[list[int], int, bool]:
-        """The encoding counters (in ``_COUNTERS`` order), the flag word, and whether it is imaging data."""
-        labels = acq.labels
-        counters: list[int] = []
-        for name in LABEL_COUNTERS:
-            value = labels.get(name)
-            if value is None:
-                fallback = self._fallback.get(name)
-                value = int(fallback[acq.index]) if fallback is not None and 0 <= acq.index < fallback.size else 0
-            if not 0 <= value <= _U16_MAX:
-                raise RawDataError(self.path, f"acquisition {acq.index}: label {name}={value} is outside an "
-                                              f"ISMRMRD counter (0..65535)")
-            counters.append(int(value))
-        flags = 0
+    def _batch_counters(
+        self, batch: list[Acquisition]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.bool_]]:
+        """Per acquisition: the encoding counters (in ``_COUNTERS`` order), the flag word, and whether it
+        is imaging data; one column at a time over the batch."""
+        m = len(batch)
+        index = np.array([a.index for a in batch], dtype=np.int64)
+        labels = [a.labels for a in batch]
+        counters = np.zeros((m, len(LABEL_COUNTERS)), dtype=np.int64)
+        for j, name in enumerate(LABEL_COUNTERS):
+            given = [lab.get(name) for lab in labels]
+            fallback = self._fallback.get(name)
+            if fallback is not None:
+                usable = (index >= 0) & (index < fallback.size)
+                default = np.where(usable, fallback[np.clip(index, 0, max(fallback.size - 1, 0))], 0)
+            else:
+                default = np.zeros(m, dtype=np.int64)
+            column = np.array([d if g is None else g for g, d in zip(given, default.tolist(), strict=True)],
+                              dtype=np.int64)
+            bad = np.flatnonzero((column < 0) | (column > _U16_MAX))
+            if bad.size:
+                k = int(bad[0])
+                raise RawDataError(self.path, f"acquisition {batch[k].index}: label {name}={column[k]} is outside "
+                                              f"an ISMRMRD counter (0..65535)")
+            counters[:, j] = column
+        flags = np.zeros(m, dtype=np.uint64)
+        on = {name: np.array([bool(lab.get(name, 0)) for lab in labels]) for name in (*LABEL_FLAGS, "REF", "IMA",
+                                                                                      "NOISE", "NAV")}
         for name, flag in LABEL_FLAGS.items():
-            if labels.get(name, 0):
-                flags |= _bit(flag)
-        if labels.get("REF", 0) and labels.get("IMA", 0):
-            flags |= _bit(C.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING)
-        imaging = not (labels.get("NOISE", 0) or labels.get("NAV", 0))
-        return counters, flags, imaging
+            flags[on[name]] |= np.uint64(_bit(flag))
+        flags[on["REF"] & on["IMA"]] |= np.uint64(_bit(C.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING))
+        return counters, flags, ~(on["NOISE"] | on["NAV"])
 
     def close(self) -> None:
         """Set the ``ACQ_LAST_IN_*`` flags on what was written, flush and close. Safe to call twice.

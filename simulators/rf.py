@@ -160,17 +160,20 @@ class SimulatedRF(SimulatedSequencer):
                 gradient = GradientProgram(rf.t0_s, rf.t1_s, (empty, empty, empty), (empty, empty, empty))
             signals = self._spins.play(gradient, rf, adc)
         else:
-            signals = [np.zeros((1, int(n)), np.complex64) for n in adc.num_samples.tolist()]
-        for w, signal in enumerate(signals):
+            signals = [np.zeros((1, n), np.complex64) for n in adc.num_samples.tolist()]
+        names = list(adc.labels)
+        n = len(signals)
+        label_rows = list(zip(*(adc.labels[name].tolist() for name in names), strict=True)) if names else [()] * n
+        for signal, index, block, start, dwell, label_values in zip(
+            signals, adc.index.tolist(), adc.block.tolist(), adc.start_s.tolist(), adc.dwell_s.tolist(), label_rows,
+            strict=True,
+        ):
             data = np.asarray(signal, dtype=np.complex64).reshape(self.channels, -1)
             if self.noise_std > 0:
                 noise = self._rng.standard_normal((2, *data.shape)) * (self.noise_std / np.sqrt(2))
                 data = data + (noise[0] + 1j * noise[1]).astype(np.complex64)
-            self._done.append(Acquisition(
-                index=int(adc.index[w]), block=int(adc.block[w]), start_s=float(adc.start_s[w]),
-                dwell_s=float(adc.dwell_s[w]), data=data,
-                labels={name: int(values[w]) for name, values in adc.labels.items()},
-            ))
+            self._done.append(Acquisition(index=index, block=block, start_s=start, dwell_s=dwell, data=data,
+                                          labels=dict(zip(names, label_values, strict=True))))
 
     def _make_safe(self) -> None:
         self._queue.clear()
