@@ -114,3 +114,10 @@ def test_console_entry_point_in_a_real_process(tmp_path):
     done = subprocess.run([sys.executable, "-m", "scanctl", "check", str(bad), "--ignore-signature"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_check_accepts_a_protocol(capsys):
+    protocol = Path(__file__).parents[1] / "protocols" / "gre_2d.toml"
+    code, out, _ = run(capsys, "check", protocol, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["ok"] and report["adc_events"] == 128 and report["blocks"] > 128
