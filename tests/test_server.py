@@ -142,7 +142,7 @@ def test_only_one_client_has_control_and_refusals_name_it(served):
     with pytest.raises(CommandError, match="'console-a' has control") as refused:
         b.take_control()
     assert refused.value.code == "not_controller" and refused.value.body["controller"] == "console-a"
-    for command in ("load", "start", "abort", "reset", "emergency_stop", "release_control"):
+    for command in ("load", "start", "abort", "reset", "release_emergency_stop", "release_control"):
         with pytest.raises(CommandError, match=f"{command} refused: 'console-a' has control") as refused:
             b.command(command, {"path": str(GRE)} if command == "load" else None)
         assert refused.value.code == "not_controller"
@@ -153,6 +153,8 @@ def test_only_one_client_has_control_and_refusals_name_it(served):
         a.start()
     b.release_control()
     assert a.status()["controller"] is None
+    a.emergency_stop()  # anyone may press the emergency stop, with or without control
+    wait_state(b, "EMERGENCY_STOP")
 
 
 def test_refused_commands_name_the_state(served):
