@@ -6,7 +6,9 @@ every ``liveness_s / 4``; a driver that answers nothing for ``liveness_s`` secon
 declared silent: the call raises :class:`DriverTimeoutError` and ``status()`` says UNKNOWN until it
 answers again. Errors raised by the remote driver are raised here with their own class.
 
-URL options: ``liveness_s`` (s), ``call_timeout_s`` (the longest any one call may take, s).
+URL options: ``liveness_s`` (s), ``call_timeout_s`` (the longest any one call may take, s); ``keys``
+(CurveZMQ: this client's ``.key_secret`` file or a directory holding it) and ``server_key`` (the driver
+service's public key; default ``server.key`` beside the client key) — see docs/server.md#security.
 """
 
 from __future__ import annotations
@@ -24,19 +26,22 @@ from scanctl.interfaces import Acquisition, Status, SubsystemState
 from scanctl.profile import SystemProfile
 from scanctl.program import ADCProgram, GradientProgram, RFProgram
 from scanctl.registry import SubsystemURL, positive_float
+from scanctl.security import ClientCurve
 from scanctl.service import ATTRIBUTES, error_class, from_wire, to_wire
-from scanctl.wire import Message, decode, encode
+from scanctl.wire import Message, decode, encode, unpack_acquisitions
 
 
 class RemoteDriver:
     """The client side of one driver service."""
 
     kind = "subsystem"
-    OPTIONS = {"liveness_s": positive_float, "call_timeout_s": positive_float}
+    OPTIONS = {"liveness_s": positive_float, "call_timeout_s": positive_float, "keys": str, "server_key": str}
 
-    def __init__(self, url: str, endpoint: str, *, liveness_s: float = 1.0, call_timeout_s: float = 120.0) -> None:
+    def __init__(self, url: str, endpoint: str, *, liveness_s: float = 1.0, call_timeout_s: float = 120.0,
+                 keys: str | None = None, server_key: str | None = None) -> None:
         self.url = url
         self.endpoint = endpoint
+        self.curve = ClientCurve.load(keys, server_key) if keys is not None else None
         self.liveness_s = liveness_s
         self.call_timeout_s = call_timeout_s
         self._socket: zmq.Socket[Any] | None = None
@@ -53,8 +58,13 @@ class RemoteDriver:
     # -- transport ------------------------------------------------------------------------------------------
     def _open(self) -> zmq.Socket[Any]:
         if self._socket is None:
-            socket = zmq.Context.instance().socket(zmq.DEALER)
+            socket: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
             socket.setsockopt(zmq.LINGER, 0)
+            if self.curve is not None:
+                self.curve.apply(socket)
+            # A DEALER with no live connection (the driver down, or its CURVE handshake refused us) blocks
+            # on send: never wait longer than the liveness bound for that.
+            socket.setsockopt(zmq.SNDTIMEO, max(1, int(self.liveness_s * 1000)))
             socket.connect(self.endpoint)
             self._socket = socket
         return self._socket
@@ -65,7 +75,12 @@ class RemoteDriver:
             socket = self._open()
             request_id = f"{self.kind}-{next(self._ids)}"
             body = {"method": method, "args": to_wire(list(args)), "kwargs": to_wire(kwargs)}
-            socket.send_multipart(encode(Message(type="call", id=request_id, body=body)), copy=False)
+            try:
+                socket.send_multipart(encode(Message(type="call", id=request_id, body=body)), copy=False)
+            except zmq.Again:
+                self._silent = True
+                raise DriverTimeoutError(f"{self.kind} driver at {self.endpoint} unreachable for {self.liveness_s:g} s "
+                                         f"(not running, or it refused this client's keys)") from None
             deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.call_timeout_s)
             heard = time.monotonic()
             beat = self.liveness_s / 4
@@ -81,12 +96,18 @@ class RemoteDriver:
                     raise DriverTimeoutError(f"{self.kind} driver at {self.endpoint}: {method} took longer "
                                              f"than {self.call_timeout_s:g} s")
                 if not socket.poll(int(beat * 1000)):
-                    socket.send_multipart(encode(Message(type="heartbeat", id=f"hb-{next(self._ids)}")))
+                    with contextlib.suppress(zmq.Again):  # unreachable: the liveness bound decides
+                        socket.send_multipart(encode(Message(type="heartbeat", id=f"hb-{next(self._ids)}")))
                     continue
-                reply = self._receive(socket)
+                frames = socket.recv_multipart(copy=False)
                 heard = self._last_heard = time.monotonic()
                 self._silent = False
-                if reply is None or reply.re != request_id:
+                try:
+                    reply = decode(frames)
+                except WireProtocolError as exc:  # only the driver talks to this socket: it broke the protocol
+                    raise WireProtocolError(f"{self.kind} driver at {self.endpoint} sent an undecodable message "
+                                            f"during {method}: {exc}") from None
+                if reply.re != request_id:
                     continue  # a heartbeat, or a late reply to an abandoned request
                 if reply.type == "error":
                     cls = error_class(str(reply.body.get("error", "ScanctlError")))
@@ -94,14 +115,6 @@ class RemoteDriver:
                         cls = WireProtocolError
                     raise cls(str(reply.body.get("message", "remote error")))
                 return from_wire(reply.body.get("result"))
-
-    @staticmethod
-    def _receive(socket: zmq.Socket[Any]) -> Message | None:
-        frames = socket.recv_multipart(copy=False)
-        try:
-            return decode(frames)
-        except WireProtocolError:
-            return None
 
     # -- the common interface ----------------------------------------------------------------------------
     def connect(self, timeout_s: float = 5.0) -> None:
@@ -122,7 +135,7 @@ class RemoteDriver:
         try:
             # A driver already known silent gets a short probe: status() must stay quick.
             timeout = self.liveness_s / 4 if self._silent else self.liveness_s
-            return self.call("status", timeout_s=timeout)  # type: ignore[no-any-return]
+            return self.call("status", timeout_s=timeout)
         except DriverTimeoutError as exc:
             return Status(SubsystemState.UNKNOWN, 0.0, str(exc))
 
@@ -145,7 +158,7 @@ class _RemoteSequencer(RemoteDriver):
         self.call("start")
 
     def sync(self, t_s: float, timeout_s: float = 10.0) -> Status:
-        return self.call("sync", t_s, timeout_s)  # type: ignore[no-any-return]
+        return self.call("sync", t_s, timeout_s)
 
     def finish(self) -> None:
         self.call("finish")
@@ -166,7 +179,7 @@ class ProxyRF(_RemoteSequencer):
         self.call("load", rf, adc)
 
     def acquisitions(self) -> list[Acquisition]:
-        return self.call("acquisitions")  # type: ignore[no-any-return]
+        return unpack_acquisitions(self.call("acquisitions"))
 
 
 class ProxyTable(RemoteDriver):
@@ -182,7 +195,7 @@ class ProxyTable(RemoteDriver):
         self.call("move_to", position_mm, speed_mm_s)
 
     def wait_idle(self, timeout_s: float = 60.0) -> Status:
-        return self.call("wait_idle", timeout_s, timeout_s=timeout_s + self.liveness_s)  # type: ignore[no-any-return]
+        return self.call("wait_idle", timeout_s, timeout_s=timeout_s + self.liveness_s)
 
     def position_mm(self) -> float:
         return float(self.call("position_mm"))

@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence as Argv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,11 +20,14 @@ from scanctl import profile as profiles
 from scanctl.errors import ScanctlError, SequenceFormatError
 from scanctl.sequence.model import Sequence
 
+if TYPE_CHECKING:
+    from scanctl.security import ClientCurve, ServerCurve
+
 log = logging.getLogger("scanctl")
 
 EXIT_OK, EXIT_LIMITS, EXIT_UNREADABLE = 0, 1, 2
 # The control server's default endpoints (scanctl.server has the same; not imported here to keep startup light).
-DEFAULT_CONTROL, DEFAULT_EVENTS, DEFAULT_DATA = "tcp://127.0.0.1:5555", "tcp://127.0.0.1:5556", "tcp://127.0.0.1:5557"
+DEFAULT_CONTROL = profiles.DEFAULT_ENDPOINTS["control"]
 
 
 def _load_sequence(args: argparse.Namespace, profile: profiles.SystemProfile | None = None) -> Sequence:
@@ -131,7 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         if args.system or any(getattr(args, kind) for kind in ("gradient", "rf", "table")):
             raise ScanctlError("--system and subsystem URLs belong to the server (scanctl serve) with --connect")
-        with Client(args.connect) as client:
+        with Client(args.connect, keys=client_keys(args)) as client:
             report = run_remote(client, args.file, out, upload=args.upload, progress=ProgressBar(),
                                 reconstruct=not args.no_recon, force=args.force)
     else:
@@ -152,6 +156,57 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_LIMITS
 
 
+def client_keys(args: argparse.Namespace) -> ClientCurve | None:
+    """The CurveZMQ keys of ``--keys``/``--server-key`` (None without ``--keys``)."""
+    from scanctl.security import ClientCurve
+
+    if getattr(args, "keys", None) is None:
+        if getattr(args, "server_key", None) is not None:
+            raise ScanctlError("--server-key needs --keys (this client's key pair)")
+        return None
+    return ClientCurve.load(args.keys, args.server_key)
+
+
+def server_curve(args: argparse.Namespace) -> ServerCurve | None:
+    """The CurveZMQ server keys of ``--keys``/``--allow`` (None without ``--keys``)."""
+    from scanctl.security import ServerCurve
+
+    if args.keys is None:
+        if args.allow is not None:
+            raise ScanctlError("--allow needs --keys (the server's key pair)")
+        return None
+    return ServerCurve.load(args.keys, args.allow)
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from scanctl.security import generate
+
+    public, secret = generate(args.dir, args.name)
+    print(f"wrote {public} (public: give it to the other side) and {secret} (secret: keep it here)")
+    return EXIT_OK
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from scanctl.launcher import up
+
+    control, events, data = endpoints_of(args, profiles.load(args.system))
+    record = up(args.run_dir, system=args.system, control=control, events=events, data=data,
+                realtime=args.realtime, timeout_s=args.timeout)
+    drivers = ", ".join(f"{kind} {d['endpoint']} (pid {d['pid']})" for kind, d in record["drivers"].items())
+    print(f"up: control server {record['control']} (pid {record['server_pid']}), events {record['events']}, "
+          f"data {record['data']}; drivers: {drivers or 'none'}; recorded in "
+          f"{Path(args.run_dir) / 'endpoints.json'}")
+    return EXIT_OK
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from scanctl.launcher import down
+
+    stopped = down(args.run_dir, timeout_s=args.timeout)
+    print(f"down: stopped {', '.join(stopped) if stopped else 'nothing (no process was still running)'}")
+    return EXIT_OK
+
+
 def cmd_driver_serve(args: argparse.Namespace) -> int:
     import signal
 
@@ -160,7 +215,11 @@ def cmd_driver_serve(args: argparse.Namespace) -> int:
 
     prof = profiles.load(args.system)
     subsystem = open_subsystem(args.kind, args.url, prof)
-    service = DriverService(args.kind, subsystem, args.bind)
+    try:
+        service = DriverService(args.kind, subsystem, args.bind, curve=server_curve(args), insecure=args.insecure)
+    except ScanctlError:
+        subsystem.close()
+        raise
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     print(f"serving {args.kind} ({args.url}) on {service.endpoint}", flush=True)
     try:
@@ -179,8 +238,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     prof = profiles.load(args.system)
     overrides = {kind: url for kind in ("gradient", "rf", "table") if (url := getattr(args, kind)) is not None}
-    data = None if args.data == "events" else args.data
-    server = ControlServer(prof, args.bind, args.events, data, overrides, insecure=args.insecure)
+    control, events, data = endpoints_of(args, prof)
+    server = ControlServer(prof, control, events, None if data == "events" else data, overrides,
+                           insecure=args.insecure, curve=server_curve(args))
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     e = server.endpoints
     print(f"scanner {prof.name!r}: commands on {e['control']}, events on {e['events']}, data on {e['data']}",
@@ -195,7 +255,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from scanctl.client import Client
 
-    with Client(args.connect, timeout_s=args.timeout, retries=0) as client:
+    with Client(args.connect, timeout_s=args.timeout, retries=0, keys=client_keys(args)) as client:
         snap = client.status()
     if args.json:
         print(json.dumps(snap, indent=2, default=_json_default))
@@ -222,7 +282,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from scanctl.client import Client
 
-    with Client(args.connect) as client:
+    with Client(args.connect, keys=client_keys(args)) as client:
         snap = client.status()
         print(f"# {snap['server']}: {snap['state']}" + (f", run {snap['run']}" if snap["run"] else ""), flush=True)
         seen = 0
@@ -276,7 +336,7 @@ def cmd_command(args: argparse.Namespace) -> int:
     from scanctl.client import Client, CommandError
 
     name = args.command.replace("-", "_")
-    with Client(args.connect) as client:
+    with Client(args.connect, keys=client_keys(args)) as client:
         try:
             client.take_control(force=args.force)
             try:
@@ -289,6 +349,36 @@ def cmd_command(args: argparse.Namespace) -> int:
     extra = f" at {body['position_mm']:.1f} mm" if "position_mm" in body else ""
     print(f"{args.command}: {body['status']}{extra}" + (f" (state {body['state']})" if "state" in body else ""))
     return EXIT_OK
+
+
+def endpoint_args(p: argparse.ArgumentParser) -> None:
+    """--bind/--events/--data: the server's endpoints (default: the profile's [server], else 5555–5557)."""
+    d = profiles.DEFAULT_ENDPOINTS
+    p.add_argument("--bind", help=f"command endpoint (default: the profile's server.control, else {d['control']}; "
+                                  f"':0' for a free port)")
+    p.add_argument("--events", help=f"event endpoint (default: server.events, else {d['events']})")
+    p.add_argument("--data", help=f"ADC data endpoint, or 'events' to publish data on the event socket "
+                                  f"(default: server.data, else {d['data']})")
+
+
+def endpoints_of(args: argparse.Namespace, prof: profiles.SystemProfile) -> tuple[str, str, str]:
+    """The control, events and data endpoints: the options given, else the profile's."""
+    e = prof.endpoints
+    return args.bind or e["control"], args.events or e["events"], args.data or e["data"]
+
+
+def server_security_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keys", metavar="PATH", help="CurveZMQ: the server's .key_secret file, or a directory holding "
+                                                  "server.key_secret; requires CURVE of every client")
+    p.add_argument("--allow", metavar="DIR", help="with --keys: directory of the allowed clients' public keys (*.key)")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without authentication")
+
+
+def client_security_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keys", metavar="PATH", help="CurveZMQ: this client's .key_secret file, or a directory holding "
+                                                  "client.key_secret (and the server's server.key)")
+    p.add_argument("--server-key", metavar="FILE", help="with --keys: the server's public key "
+                                                        "(default server.key beside the client key)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,24 +406,23 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "this process; outputs are written here")
     p.add_argument("--upload", action="store_true", help="with --connect: send the file's content, not its path")
     p.add_argument("--force", action="store_true", help="with --connect: take control from another client")
+    client_security_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("serve", help="serve the scanner on ZeroMQ (the control server)",
                        description="Serve the scanner: commands (ROUTER), events and ADC data (PUB); see "
                                    "docs/server.md. Loopback only unless --insecure.")
     p.add_argument("--system", help="system profile: a shipped name (e.g. 'default') or a TOML path")
-    p.add_argument("--bind", default=DEFAULT_CONTROL, help=f"command endpoint (default {DEFAULT_CONTROL})")
-    p.add_argument("--events", default=DEFAULT_EVENTS, help=f"event endpoint (default {DEFAULT_EVENTS})")
-    p.add_argument("--data", default=DEFAULT_DATA,
-                   help=f"ADC data endpoint, or 'events' to publish data on the event socket (default {DEFAULT_DATA})")
+    endpoint_args(p)
     for kind in ("gradient", "rf", "table"):
         p.add_argument(f"--{kind}", metavar="URL", help=f"{kind} subsystem URL (default: the profile's)")
-    p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without authentication")
+    server_security_args(p)
     p.set_defaults(func=cmd_serve)
 
     def connect_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("--connect", default=DEFAULT_CONTROL, metavar="ENDPOINT",
                        help=f"the control server's command endpoint (default {DEFAULT_CONTROL})")
+        client_security_args(p)
 
     p = sub.add_parser("status", help="the control server's state", description="Print the server's snapshot")
     connect_arg(p)
@@ -373,7 +462,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="sim://", help="the subsystem to serve (default: its simulator, sim://)")
     p.add_argument("--bind", default="tcp://127.0.0.1:*", help="endpoint (default: a free loopback port)")
     p.add_argument("--system", help="system profile the subsystem is built for")
+    server_security_args(p)
     p.set_defaults(func=cmd_driver_serve)
+
+    p = sub.add_parser("keys", help="CurveZMQ keys", description="CurveZMQ key pairs for scanctl serve and "
+                                                                  "driver services (docs/server.md#security)")
+    keys = p.add_subparsers(dest="keys_command", required=True)
+    p = keys.add_parser("generate", help="write a key pair NAME.key (public) and NAME.key_secret (secret)")
+    p.add_argument("dir", help="directory to write into (created if missing)")
+    p.add_argument("--name", default="server", help="the pair's name (default 'server'; e.g. 'client' or a "
+                                                      "console's name)")
+    p.set_defaults(func=cmd_keys_generate)
+
+    p = sub.add_parser("up", help="start the control server and every simulated subsystem as processes",
+                       description="Start each simulated subsystem as a driver service and the control server "
+                                   "using them, each its own process; record endpoints and pids in "
+                                   "RUN_DIR/endpoints.json (docs/server.md#scanctl-up-and-down).")
+    p.add_argument("--system", help="system profile: a shipped name (e.g. 'default') or a TOML path")
+    p.add_argument("--run-dir", default="run", help="where endpoints.json and the logs go (default ./run)")
+    endpoint_args(p)
+    p.add_argument("--realtime", action="store_true", help="pace the simulators to wall-clock time")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each process (default 30)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop what scanctl up started",
+                       description="SIGTERM every process in RUN_DIR/endpoints.json, SIGKILL after the timeout; "
+                                   "remove the file.")
+    p.add_argument("--run-dir", default="run", help="the directory given to scanctl up (default ./run)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds before SIGKILL (default 10)")
+    p.set_defaults(func=cmd_down)
 
     p = seq_command("check", "check a sequence's (or a protocol's) timing and a scanner's limits")
     p.add_argument("--system", help="system profile: a shipped name (e.g. 'default') or a TOML path")

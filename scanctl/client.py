@@ -19,16 +19,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
 import zmq
 
 from scanctl.errors import ScanctlError, WireProtocolError
 from scanctl.interfaces import Acquisition
-from scanctl.wire import Message, decode, encode
+from scanctl.profile import DEFAULT_ENDPOINTS
+from scanctl.security import ClientCurve
+from scanctl.wire import Message, decode, encode, unpack_acquisitions
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+DEFAULT_ENDPOINT = DEFAULT_ENDPOINTS["control"]
 #: Commands that take long on the server (their default timeout, s).
 #: Streams the server publishes a ``sync`` token on (events socket, data socket).
 SYNC_STREAMS = ("sync", "data_sync")
@@ -59,18 +60,26 @@ class Client:
     """Commands to the control server at ``endpoint``.
 
     ``timeout_s`` is how long one attempt waits for its reply; ``retries`` how many times it is sent
-    again (same request id) before :class:`ServerTimeoutError`. Not thread-safe: one client per thread.
+    again (same request id) before :class:`ServerTimeoutError`. ``keys``
+    (:class:`scanctl.security.ClientCurve`): connect with CurveZMQ, as a server with keys requires (its
+    subscriptions too); a refused key shows as no answer (ServerTimeoutError). Not thread-safe: one client
+    per thread.
     """
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, name: str | None = None, timeout_s: float = 2.0,
-                 retries: int = 2, context: zmq.Context[Any] | None = None) -> None:
+                 retries: int = 2, keys: ClientCurve | None = None, context: zmq.Context[Any] | None = None) -> None:
         self.endpoint = endpoint
+        self.keys = keys
         self.name = name or f"client-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.timeout_s = timeout_s
         self.retries = retries
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            keys.apply(self._socket)
+        # Without a live connection (server down, or CURVE refused) a DEALER blocks on send: bound that.
+        self._socket.setsockopt(zmq.SNDTIMEO, max(1, int(timeout_s * 1000)))
         self._socket.connect(endpoint)
         self._ids = itertools.count(1)
 
@@ -91,7 +100,10 @@ class Client:
         frames = encode(Message(type="command", id=request_id, src=self.name, body={"command": name, **(args or {})}))
         wait_s = timeout_s if timeout_s is not None else SLOW_COMMANDS.get(name, self.timeout_s)
         for _attempt in range(self.retries + 1):
-            self._socket.send_multipart(frames, copy=False)
+            try:
+                self._socket.send_multipart(frames, copy=False)
+            except zmq.Again:
+                continue  # not connected (yet): counts as an attempt without an answer
             deadline = time.monotonic() + wait_s
             while (left := deadline - time.monotonic()) > 0:
                 if not self._socket.poll(int(left * 1000) + 1):
@@ -107,8 +119,9 @@ class Client:
                     code = str(reply.body.get("code", "error"))
                     raise CommandError(code, str(reply.body.get("message", "")), reply.body)
                 return reply.body
+        hint = "" if self.keys is not None else " (a server with CurveZMQ keys answers only clients with --keys)"
         raise ServerTimeoutError(f"no answer from {self.endpoint} to {name} within {wait_s:g} s "
-                                 f"({self.retries + 1} attempts)")
+                                 f"({self.retries + 1} attempts){hint}")
 
     # -- one method per command ----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -168,7 +181,7 @@ class Client:
             wanted.append(public_endpoint(endpoints["data"], self.endpoint))
         elif data and not events:
             wanted.append(public_endpoint(endpoints["events"], self.endpoint))
-        sub = Subscription(wanted, context=self._context)
+        sub = Subscription(wanted, context=self._context, keys=self.keys)
         try:
             sub.sync(self, timeout_s=timeout_s, sockets=len(wanted))
         except BaseException:
@@ -203,7 +216,7 @@ class Subscription:
     ``(src, stream)`` and each gap recorded in :attr:`gaps` (and logged)."""
 
     def __init__(self, endpoints: list[str], *, prefixes: tuple[bytes, ...] = (b"",),
-                 context: zmq.Context[Any] | None = None) -> None:
+                 context: zmq.Context[Any] | None = None, keys: ClientCurve | None = None) -> None:
         context = context or zmq.Context.instance()
         self.gaps: list[Gap] = []
         self._last: dict[tuple[str, str], int] = {}
@@ -215,6 +228,8 @@ class Subscription:
             socket.setsockopt(zmq.RCVHWM, 0)  # a subscriber never drops on its side: losses show as gaps
             for prefix in prefixes:
                 socket.setsockopt(zmq.SUBSCRIBE, prefix)
+            if keys is not None:
+                keys.apply(socket)
             socket.connect(endpoint)
             self._sockets.append(socket)
             self._poller.register(socket, zmq.POLLIN)
@@ -299,12 +314,7 @@ class Subscription:
 
 def acquisitions_of(msg: Message) -> list[Acquisition]:
     """The acquisitions a ``data`` message carries (their arrays view the received frames)."""
-    out = []
-    for item in msg.body.get("acquisitions", []):
-        out.append(Acquisition(index=int(item["index"]), block=int(item["block"]), start_s=float(item["start_s"]),
-                               dwell_s=float(item["dwell_s"]), data=np.asarray(item["data"]),
-                               labels={str(k): int(v) for k, v in item.get("labels", {}).items()}))
-    return out
+    return unpack_acquisitions(msg.body.get("acquisitions"))
 
 
 def header_from_plain(plain: dict[str, Any]) -> Any:

@@ -17,6 +17,9 @@ from scanctl.tomlcheck import parse as parse_toml
 
 AXES = ("x", "y", "z")
 DEFAULT_SUBSYSTEMS = {"gradient": "sim://", "rf": "sim://", "table": "sim://"}
+#: Where ``scanctl serve`` / ``scanctl up`` serve and clients connect, unless the profile's ``[server]`` says.
+DEFAULT_ENDPOINTS = {"control": "tcp://127.0.0.1:5555", "events": "tcp://127.0.0.1:5556",
+                     "data": "tcp://127.0.0.1:5557"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class SystemProfile:
     source: str
     #: URL of each subsystem (see scanctl/registry.py); the default is all simulators.
     subsystems: dict[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_SUBSYSTEMS))
+    #: The control server's ``control``, ``events`` and ``data`` endpoints.
+    endpoints: dict[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_ENDPOINTS))
 
     def max_gradient_hz_per_m(self) -> tuple[float, float, float]:
         g = self.gamma_hz_per_t
@@ -97,11 +102,19 @@ def parse(text: str, source: str = "<profile>") -> SystemProfile:
     grad = r.table("gradient", {"max_amplitude_mt_per_m", "max_slew_t_per_m_per_s"})
     timing_keys = {f.name for f in dataclasses.fields(TimingLimits)}
     timing = r.table("timing", timing_keys)
-    r.no_other_tables({"scanner", "gradient", "timing", "subsystems"})
+    r.no_other_tables({"scanner", "gradient", "timing", "subsystems", "server"})
     subsystems = dict(DEFAULT_SUBSYSTEMS)
     if "subsystems" in data:
         given = r.table("subsystems", set(DEFAULT_SUBSYSTEMS), required=False)
         subsystems.update({k: r.string(given, f"subsystems.{k}") for k in given})
+    endpoints = dict(DEFAULT_ENDPOINTS)
+    if "server" in data:
+        given = r.table("server", set(DEFAULT_ENDPOINTS), required=False)
+        for key in given:
+            endpoint = r.string(given, f"server.{key}")
+            if not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
+                raise r.fail(f"server.{key}", f"{endpoint!r} is not a ZeroMQ endpoint (tcp://HOST:PORT or ipc://PATH)")
+            endpoints[key] = endpoint
     amp = r.axes(grad, "gradient.max_amplitude_mt_per_m", 0.1, 1000.0)
     slew = r.axes(grad, "gradient.max_slew_t_per_m_per_s", 1.0, 10000.0)
     return SystemProfile(
@@ -115,4 +128,5 @@ def parse(text: str, source: str = "<profile>") -> SystemProfile:
         timing=TimingLimits(**{k: r.number(timing, f"timing.{k}", 0.0, 1.0) for k in sorted(timing_keys)}),
         source=source,
         subsystems=subsystems,
+        endpoints=endpoints,
     )

@@ -100,6 +100,13 @@ def nonnegative_float(text: str) -> float:
     return value
 
 
+def flag(text: str) -> bool:
+    """A converter for on/off options: ``1``/``true`` or ``0``/``false``."""
+    if text not in ("0", "1", "true", "false"):
+        raise ValueError("must be 0 or 1")
+    return text in ("1", "true")
+
+
 def fault_spec(kinds: tuple[str, ...]) -> Callable[[str], tuple[str, float]]:
     """A converter for ``fault=KIND@TIMEs`` (e.g. ``trip@3.5s``): returns ``(kind, time_s)``."""
 

@@ -40,22 +40,23 @@ from scanctl.errors import ConfigError, InvalidTransitionError, SafetyLimitError
 from scanctl.executor import RunResult, Scanner
 from scanctl.interfaces import Acquisition
 from scanctl.machine import JournalEntry, ScannerState
-from scanctl.profile import SystemProfile
+from scanctl.profile import DEFAULT_ENDPOINTS, SystemProfile
 from scanctl.protocol import Protocol
 from scanctl.run import load_source, protocol_info, sequence_info, subsystem_urls
+from scanctl.security import ServerCurve, refuse_unauthenticated
 from scanctl.sequence.model import Sequence
-from scanctl.wire import VERSION_TEXT, Message, decode, encode, error_reply, to_plain
+from scanctl.wire import VERSION_TEXT, Message, decode, encode, error_reply, pack_acquisitions, to_plain
 
 log = logging.getLogger(__name__)
 
 S = ScannerState
-DEFAULT_CONTROL = "tcp://127.0.0.1:5555"
-DEFAULT_EVENTS = "tcp://127.0.0.1:5556"
-DEFAULT_DATA = "tcp://127.0.0.1:5557"
+DEFAULT_CONTROL = DEFAULT_ENDPOINTS["control"]
+DEFAULT_EVENTS = DEFAULT_ENDPOINTS["events"]
+DEFAULT_DATA = DEFAULT_ENDPOINTS["data"]
 #: Largest command message accepted (bytes); a bigger one makes ZeroMQ drop the connection.
 MAX_COMMAND_BYTES = 64 << 20
-#: Acquisitions per data message (each is one binary frame; the wire allows 64 frames).
-ACQUISITIONS_PER_MESSAGE = 64
+#: Acquisitions per data message at most (a batch is packed in columns: six binary frames whatever its size).
+ACQUISITIONS_PER_MESSAGE = 1024
 REPLY_CACHE = 64  # replies remembered per client, for retries
 
 #: Commands anyone may send; every other command needs control. The emergency stop is a button anyone in
@@ -112,20 +113,19 @@ class ControlServer:
     ``events_endpoint`` (events; also ADC data unless ``data_endpoint`` is given).
 
     ``overrides`` replaces subsystem URLs per kind. Endpoints ending in ``:0`` take a free port (see
-    :attr:`endpoints`). A TCP endpoint that is not on loopback is refused with ConfigError unless
-    ``insecure`` (this server has no CURVE authentication). Construction binds the sockets;
+    :attr:`endpoints`). With ``curve`` (:class:`scanctl.security.ServerCurve`) every socket requires
+    CurveZMQ and admits only the allowed client keys; without it a TCP endpoint that is not on loopback is
+    refused with ConfigError unless ``insecure``. Construction binds the sockets;
     :meth:`serve_forever` connects the scanner and serves until :meth:`stop`.
     """
 
     def __init__(self, profile: SystemProfile, control_endpoint: str = DEFAULT_CONTROL,
                  events_endpoint: str = DEFAULT_EVENTS, data_endpoint: str | None = None,
                  overrides: dict[str, str] | None = None, *, name: str = "scanctl-server", segment_s: float = 0.5,
-                 telemetry_period_s: float = 1.0, insecure: bool = False,
+                 telemetry_period_s: float = 1.0, insecure: bool = False, curve: ServerCurve | None = None,
                  context: zmq.Context[Any] | None = None) -> None:
-        for endpoint in (control_endpoint, events_endpoint, data_endpoint):
-            if endpoint is not None and not is_loopback(endpoint) and not insecure:
-                raise ConfigError(f"{endpoint} is not a loopback address: refusing to serve the scanner on a "
-                                  f"network without authentication (pass insecure=True / --insecure to do it anyway)")
+        refuse_unauthenticated([control_endpoint, events_endpoint, data_endpoint], curve, insecure, "the scanner")
+        self.curve = curve
         self.profile = profile
         self.overrides = dict(overrides or {})
         self.name = name
@@ -178,6 +178,8 @@ class ControlServer:
     def _socket(self, kind: int) -> zmq.Socket[Any]:
         socket = self._context.socket(kind)
         socket.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None and kind != zmq.PAIR:  # every network-facing socket: CURVE when configured
+            self.curve.apply(socket, self._context)
         return socket
 
     def _close_sockets(self) -> None:
@@ -585,9 +587,7 @@ class ControlServer:
         def on_acquisitions(batch: list[Acquisition]) -> None:
             for i in range(0, len(batch), ACQUISITIONS_PER_MESSAGE):
                 chunk = batch[i:i + ACQUISITIONS_PER_MESSAGE]
-                self.publish("data", {"acquisitions": [
-                    {"index": a.index, "block": a.block, "start_s": a.start_s, "dwell_s": a.dwell_s,
-                     "labels": a.labels, "data": a.data} for a in chunk]}, data=True)
+                self.publish("data", {"acquisitions": pack_acquisitions(chunk)}, data=True)
             counter["acquisitions"] += len(batch)
 
         def on_progress(t_s: float, total_s: float) -> None:

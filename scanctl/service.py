@@ -25,9 +25,10 @@ import zmq
 
 from scanctl import errors
 from scanctl.errors import ScanctlError, WireProtocolError
-from scanctl.interfaces import Acquisition, Status, SubsystemState
+from scanctl.interfaces import Status, SubsystemState
 from scanctl.program import ADCProgram, GradientProgram, RFProgram
-from scanctl.wire import Message, decode, encode, error_reply
+from scanctl.security import ServerCurve, refuse_unauthenticated
+from scanctl.wire import Message, decode, encode, error_reply, pack_acquisitions
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,6 @@ _TYPES: dict[str, Any] = {
     "RFProgram": lambda d: RFProgram(**d),
     "ADCProgram": lambda d: ADCProgram(**d),
     "Status": lambda d: Status(SubsystemState(d["state"]), d["time_s"], d["message"], d["telemetry"]),
-    "Acquisition": lambda d: Acquisition(**d),
 }
 
 
@@ -97,12 +97,17 @@ def error_class(name: str) -> type[ScanctlError]:
 
 
 class DriverService:
-    """Serve ``subsystem`` (of ``kind``) on ``endpoint`` until :meth:`stop`."""
+    """Serve ``subsystem`` (of ``kind``) on ``endpoint`` until :meth:`stop`.
+
+    With ``curve`` (:class:`scanctl.security.ServerCurve`) only CURVE clients with an allowed key get in;
+    without it a non-loopback endpoint is refused (ConfigError) unless ``insecure``."""
 
     def __init__(self, kind: str, subsystem: Any, endpoint: str, *, name: str | None = None,
+                 curve: ServerCurve | None = None, insecure: bool = False,
                  context: zmq.Context[Any] | None = None) -> None:
         if kind not in METHODS:
             raise errors.ConfigError(f"unknown subsystem kind {kind!r}")
+        refuse_unauthenticated([endpoint], curve, insecure, f"the {kind} driver")
         self.kind = kind
         self.subsystem = subsystem
         self.name = name or f"{kind}-driver"
@@ -111,6 +116,8 @@ class DriverService:
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.MAXMSGSIZE, 1 << 30)
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        if curve is not None:
+            curve.apply(self._socket, self._context)
         self.endpoint = self._bind(endpoint)
         self._wake_addr = f"inproc://service-wake-{id(self)}"
         self._wake = self._context.socket(zmq.PAIR)
@@ -199,7 +206,8 @@ class DriverService:
             return error_reply(msg.id, "malformed", f"no method {method!r} on a {self.kind} driver", src=self.name)
         try:
             result = getattr(self.subsystem, method)(*from_wire(args), **from_wire(kwargs))
-            return Message(type="reply", re=msg.id, src=self.name, body={"result": to_wire(result)})
+            wired = pack_acquisitions(result) if method == "acquisitions" else to_wire(result)
+            return Message(type="reply", re=msg.id, src=self.name, body={"result": wired})
         except ScanctlError as exc:
             return Message(type="error", re=msg.id, src=self.name,
                            body={"code": "driver", "error": type(exc).__name__, "message": str(exc)})

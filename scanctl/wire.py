@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from scanctl.errors import WireProtocolError
+from scanctl.interfaces import Acquisition
 
 VERSION = (1, 0)
 VERSION_TEXT = f"{VERSION[0]}.{VERSION[1]}"
@@ -60,6 +61,8 @@ def encode(msg: Message) -> list[bytes | memoryview]:
         if value is not None:
             envelope[key] = value
     head = json.dumps(envelope, separators=(",", ":"), allow_nan=False).encode()
+    if len(frames) > MAX_FRAMES:  # the receiver would refuse it: say so here, where the cause is
+        raise WireProtocolError(f"{msg.type} message has {len(frames)} arrays, more than the {MAX_FRAMES} allowed")
     return [head, *frames]
 
 
@@ -110,6 +113,76 @@ def reply_to(request: Message, type: str = "reply", body: dict[str, Any] | None 
 def error_reply(request_id: str | None, code: str, message: str, src: str | None = None) -> Message:
     """The error every malformed or refused request gets: ``{"code", "message"}``."""
     return Message(type="error", body={"code": code, "message": message}, re=request_id, src=src)
+
+
+# -- acquisitions --------------------------------------------------------------------------------------------
+def pack_acquisitions(acquisitions: Sequence[Acquisition]) -> dict[str, Any]:
+    """A batch of acquisitions as columns: four binary frames for any number of them (docs/wire-protocol.md).
+
+    ``index``, ``block`` (int64), ``start_s``, ``dwell_s`` (float64), ``shape`` (int64 ``(n, 2)``: channels,
+    samples), ``data`` (complex64, every acquisition's samples one after the other), ``labels`` (name → int64
+    column) and ``unlabelled`` (name → bool column, only for a label some acquisitions lack)."""
+    n = len(acquisitions)
+    shape = np.array([a.data.shape for a in acquisitions], dtype=np.int64).reshape(n, 2)
+    data = (np.concatenate([np.asarray(a.data, dtype=np.complex64).reshape(-1) for a in acquisitions])
+            if n else np.zeros(0, np.complex64))
+    names = sorted({name for a in acquisitions for name in a.labels})
+    labels = {name: np.array([a.labels.get(name, 0) for a in acquisitions], dtype=np.int64) for name in names}
+    unlabelled = {}
+    for name in names:
+        absent = np.array([name not in a.labels for a in acquisitions], dtype=bool)
+        if absent.any():
+            unlabelled[name] = absent
+    return {
+        "index": np.array([a.index for a in acquisitions], dtype=np.int64),
+        "block": np.array([a.block for a in acquisitions], dtype=np.int64),
+        "start_s": np.array([a.start_s for a in acquisitions], dtype=np.float64),
+        "dwell_s": np.array([a.dwell_s for a in acquisitions], dtype=np.float64),
+        "shape": shape, "data": data, "labels": labels, "unlabelled": unlabelled,
+    }
+
+
+def unpack_acquisitions(batch: Any) -> list[Acquisition]:
+    """The acquisitions :func:`pack_acquisitions` packed (their ``data`` views the received frame).
+    Raises WireProtocolError naming what does not fit."""
+    if not isinstance(batch, dict):
+        raise WireProtocolError("acquisitions must be an object of columns")
+    columns = {}
+    for key, kind in (("index", "i"), ("block", "i"), ("start_s", "f"), ("dwell_s", "f"), ("shape", "i"),
+                      ("data", "c")):
+        column = batch.get(key)
+        if not isinstance(column, np.ndarray) or column.dtype.kind != kind:
+            raise WireProtocolError(f"acquisitions: {key!r} must be an array of kind {kind!r}")
+        columns[key] = column
+    n = len(columns["index"])
+    if any(len(columns[key]) != n for key in ("block", "start_s", "dwell_s")) or columns["shape"].shape != (n, 2):
+        raise WireProtocolError(f"acquisitions: columns disagree on the count ({n} indices)")
+    shape = columns["shape"]
+    if (shape < 0).any():
+        raise WireProtocolError("acquisitions: negative channel or sample count")
+    sizes = shape[:, 0] * shape[:, 1]
+    if int(sizes.sum()) != columns["data"].size:
+        raise WireProtocolError(f"acquisitions: shapes need {int(sizes.sum())} samples, "
+                                f"data has {columns['data'].size}")
+    labels, unlabelled = batch.get("labels", {}), batch.get("unlabelled", {})
+    if not isinstance(labels, dict) or not isinstance(unlabelled, dict) or not set(unlabelled) <= set(labels):
+        raise WireProtocolError("acquisitions: 'labels' and 'unlabelled' must be objects of columns")
+    for name, column in (*labels.items(), *unlabelled.items()):
+        if not isinstance(column, np.ndarray) or column.shape != (n,) or column.dtype.kind not in "ib":
+            raise WireProtocolError(f"acquisitions: label column {name!r} must be {n} integers")
+    data = columns["data"].astype(np.complex64, copy=False)
+    ends = np.cumsum(sizes)
+    index, block = columns["index"].tolist(), columns["block"].tolist()
+    start, dwell = columns["start_s"].tolist(), columns["dwell_s"].tolist()
+    label_lists = {name: column.tolist() for name, column in labels.items()}
+    absent = {name: column.tolist() for name, column in unlabelled.items()}
+    out = []
+    for i in range(n):
+        values = {name: column[i] for name, column in label_lists.items() if not (name in absent and absent[name][i])}
+        samples = data[ends[i] - sizes[i]:ends[i]].reshape(int(shape[i, 0]), int(shape[i, 1]))
+        out.append(Acquisition(index=index[i], block=block[i], start_s=start[i], dwell_s=dwell[i], data=samples,
+                               labels=values))
+    return out
 
 
 # -- structured values --------------------------------------------------------------------------------------

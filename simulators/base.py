@@ -2,13 +2,17 @@
 fault injection. Subclasses play their queued programs in :meth:`_play_until`.
 
 The virtual clock only moves when the executor calls ``sync(t)``: simulation is as fast as the
-computer allows and fully repeatable, and a fault scheduled at ``t`` fires exactly there.
+computer allows and fully repeatable, and a fault scheduled at ``t`` fires exactly there. With
+``realtime`` (URL option ``realtime=1``, as beside real hardware on a rig) ``sync(t)`` also waits until
+``t`` seconds of wall-clock time have passed since ``start()``, as a real sequencer would; ``abort()``
+cuts the wait short.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from scanctl.errors import BufferFullError, DriverError, SubsystemFault
 from scanctl.interfaces import Status, SubsystemState
@@ -21,14 +25,18 @@ class SimulatedSequencer:
 
     kind = "subsystem"
 
-    def __init__(self, url: str, *, buffer_s: float = 2.0, fault: tuple[str, float] | None = None) -> None:
+    def __init__(self, url: str, *, buffer_s: float = 2.0, fault: tuple[str, float] | None = None,
+                 realtime: bool = False) -> None:
         self.url = url
         self.buffer_s = buffer_s
+        self.realtime = realtime
+        self._started_wall_s = 0.0
+        self._interrupt = threading.Event()  # set by abort(): ends a real-time wait at once
         self._fault_plan = fault
         self._state = SubsystemState.OFF
         self._message = ""
-        self._playhead_s = 0.0
-        self._loaded_until_s = 0.0
+        self._playhead_s: float = 0.0
+        self._loaded_until_s: float = 0.0
         self._lock = threading.RLock()  # abort() may come from another thread than the executor's
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -49,6 +57,7 @@ class SimulatedSequencer:
             return Status(self._state, self._playhead_s, self._message, self._telemetry())
 
     def abort(self) -> None:
+        self._interrupt.set()
         with self._lock:
             self._make_safe()
             if self._state not in (SubsystemState.FAULT, SubsystemState.OFF):
@@ -72,6 +81,8 @@ class SimulatedSequencer:
         with self._lock:
             self._require(SubsystemState.ON, "start")
             self._state = SubsystemState.RUNNING
+            self._interrupt.clear()
+            self._started_wall_s = time.monotonic()
 
     def finish(self) -> None:
         with self._lock:
@@ -81,6 +92,11 @@ class SimulatedSequencer:
 
     def sync(self, t_s: float, timeout_s: float = 10.0) -> Status:
         """Play everything queued before ``t_s`` (or up to a scheduled fault, which then raises)."""
+        if self.realtime:
+            with self._lock:
+                self._require_running("sync")
+                target = min(t_s, self._loaded_until_s)
+            self._interrupt.wait(max(0.0, self._started_wall_s + target - time.monotonic()))
         with self._lock:
             self._require_running("sync")
             target = min(t_s, self._loaded_until_s)

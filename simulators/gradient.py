@@ -21,7 +21,7 @@ from scanctl.simulators.world import World
 from scanctl.errors import SafetyLimitError
 from scanctl.profile import SystemProfile
 from scanctl.program import GradientProgram
-from scanctl.registry import SubsystemURL, fault_spec, positive_float
+from scanctl.registry import SubsystemURL, fault_spec, flag, positive_float
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ class SimulatedGradient(SimulatedSequencer):
     kind = "gradient"
     OPTIONS = {
         "buffer_s": positive_float,
+        "realtime": flag,
         "fault": fault_spec(("trip", "overtemp")),
         "tau_s": positive_float,  # thermal time constant of the coil
         "watts_at_max": positive_float,  # dissipation with all three axes at full amplitude
@@ -45,8 +46,8 @@ class SimulatedGradient(SimulatedSequencer):
     def __init__(self, url: str, profile: SystemProfile, *, buffer_s: float = 2.0,
                  fault: tuple[str, float] | None = None, tau_s: float = 60.0, watts_at_max: float = 20_000.0,
                  kelvin_per_watt: float = 0.004, max_temp_c: float = 70.0, ambient_c: float = 20.0,
-                 world: str = "default") -> None:
-        super().__init__(url, buffer_s=buffer_s, fault=fault)
+                 world: str = "default", realtime: bool = False) -> None:
+        super().__init__(url, buffer_s=buffer_s, fault=fault, realtime=realtime)
         self.max_gradient_hz_per_m = np.array(profile.max_gradient_hz_per_m())
         self.max_slew_hz_per_m_per_s = np.array(profile.max_slew_hz_per_m_per_s())
         self.tau_s = tau_s

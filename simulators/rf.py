@@ -27,15 +27,9 @@ from scanctl.simulators.world import World
 from scanctl.interfaces import Acquisition
 from scanctl.profile import SystemProfile
 from scanctl.program import ADCProgram, GradientProgram, RFProgram
-from scanctl.registry import SubsystemURL, fault_spec, nonnegative_float, positive_float
+from scanctl.registry import SubsystemURL, fault_spec, flag, nonnegative_float, positive_float
 
 log = logging.getLogger(__name__)
-
-
-def _flag(text: str) -> bool:
-    if text not in ("0", "1", "true", "false"):
-        raise ValueError("must be 0 or 1")
-    return text in ("1", "true")
 
 
 def _count(text: str) -> int:
@@ -54,7 +48,8 @@ class SimulatedRF(SimulatedSequencer):
         "fault": fault_spec(("reflected", "trip")),
         "noise": nonnegative_float,
         "b0": float,
-        "physics": _flag,
+        "physics": flag,
+        "realtime": flag,
         "phantom": str,
         "matrix": _count,
         "fov": positive_float,
@@ -69,8 +64,9 @@ class SimulatedRF(SimulatedSequencer):
                  fault: tuple[str, float] | None = None, noise: float = 0.0, b0: float = 0.0, physics: bool = True,
                  phantom: str = "shepp_logan", matrix: int = 128, fov: float = 0.256, isochromats: int | None = None,
                  seed: int = 0,
-                 watts_per_ut2: float = 40.0, reflection: float = 0.01, world: str = "default") -> None:
-        super().__init__(url, buffer_s=buffer_s, fault=fault)
+                 watts_per_ut2: float = 40.0, reflection: float = 0.01, world: str = "default",
+                 realtime: bool = False) -> None:
+        super().__init__(url, buffer_s=buffer_s, fault=fault, realtime=realtime)
         self.channels = 1
         self.gamma_hz_per_t = profile.gamma_hz_per_t
         self.noise_std = noise

@@ -31,6 +31,13 @@ def test_every_shipped_key_is_documented():
         assert f"`{key}`" in doc, key
 
 
+def test_server_endpoints_default_and_from_the_profile(tmp_path):
+    assert profiles.load(None).endpoints == profiles.DEFAULT_ENDPOINTS
+    path = tmp_path / "rig.toml"
+    path.write_text(SHIPPED.read_text() + '\n[server]\ncontrol = "tcp://127.0.0.1:6000"\n')
+    assert profiles.load(path).endpoints == {**profiles.DEFAULT_ENDPOINTS, "control": "tcp://127.0.0.1:6000"}
+
+
 def test_profile_from_path(tmp_path):
     path = tmp_path / "mine.toml"
     path.write_text(SHIPPED.read_text().replace('name = "default 3T (simulated)"', 'name = "rig"'))
@@ -51,6 +58,8 @@ def test_profile_from_path(tmp_path):
         (("[timing]", "[timing]\n[extra]\n[timing2]"), r"unknown table|missing key"),
         (("[scanner]", "[scanner"), r"not valid TOML"),
         (("rf_dead_time_s = 100e-6", "rf_dead_time_s = 2.0"), r"timing\.rf_dead_time_s: 2.0 is outside"),
+        (("[timing]", '[server]\ncontrol = "127.0.0.1:5555"\n[timing]'), r"server\.control: .* not a ZeroMQ endpoint"),
+        (("[timing]", '[server]\nport = 5\n[timing]'), r"server\.port: unknown key"),
     ],
 )
 def test_bad_profiles_name_file_and_key(tmp_path, edit, message):

@@ -307,7 +307,8 @@ def test_events_carry_src_run_and_gap_free_sequence_numbers(served):
                 assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), stream
             in_run = [m for m in got if m.stream in ("progress", "data", "run")]
             assert in_run and all(m.run == run for m in in_run)
-            assert sum(len(m.body["acquisitions"]) for m in got if m.type == "data" and "end" not in m.body) == 128
+            data = [m.body["acquisitions"] for m in got if m.type == "data" and "end" not in m.body]
+            assert sum(len(batch["index"]) for batch in data) == 128
             assert {"state", "progress", "run", "data"} <= set(by_stream)
         snap = c.status()
         assert snap["seq"]["run"] == by_stream["run"][-1]  # a late joiner learns where each stream is

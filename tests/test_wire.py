@@ -12,9 +12,18 @@ from hypothesis import given, settings
 from hypothesis.extra import numpy as hnp
 
 from scanctl.errors import WireProtocolError
-from scanctl.interfaces import Status, SubsystemState
+from scanctl.interfaces import Acquisition, Status, SubsystemState
 from scanctl.program import GradientProgram
-from scanctl.wire import Message, decode, encode, error_reply, reply_to, to_plain
+from scanctl.wire import (
+    Message,
+    decode,
+    encode,
+    error_reply,
+    pack_acquisitions,
+    reply_to,
+    to_plain,
+    unpack_acquisitions,
+)
 
 arrays = hnp.arrays(
     dtype=st.sampled_from([np.float64, np.float32, np.int64, np.int16, np.uint8, np.complex64, np.bool_]),
@@ -126,3 +135,57 @@ def test_deep_nesting_is_refused():
         inner = inner["a"]
     with pytest.raises(WireProtocolError, match="nested more than 32"):
         decode([json.dumps({"v": "1.0", "type": "x", "body": body}).encode()])
+
+
+acquisition = st.builds(
+    lambda i, block, start, channels, samples, labels: Acquisition(
+        index=i, block=block, start_s=start, dwell_s=1e-5,
+        data=(np.arange(channels * samples, dtype=np.float32) * (1 + 1j)).astype(np.complex64)
+        .reshape(channels, samples) + i,
+        labels=labels),
+    st.integers(0, 2**40), st.integers(0, 2**31), st.floats(0, 1e4), st.integers(1, 4), st.integers(0, 9),
+    st.dictionaries(st.sampled_from(["LIN", "SLC", "AVG", "REP"]), st.integers(-2**31, 2**31), max_size=3))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(acquisition, max_size=20))
+def test_acquisition_batches_round_trip_in_six_frames(batch):
+    frames = encode(Message(type="data", body={"acquisitions": pack_acquisitions(batch)}))
+    assert len(frames) <= 1 + 6 + 2 * 4  # envelope, six columns, a column (and a presence mask) per label
+    back = unpack_acquisitions(decode(frames).body["acquisitions"])
+    assert len(back) == len(batch)
+    for a, b in zip(batch, back, strict=True):
+        assert (a.index, a.block, a.start_s, a.dwell_s, a.labels) == (b.index, b.block, b.start_s, b.dwell_s, b.labels)
+        assert b.data.dtype == np.complex64 and b.data.shape == a.data.shape and np.array_equal(a.data, b.data)
+
+
+def test_a_thousand_acquisitions_travel_in_one_message():
+    batch = [Acquisition(i, i, i * 1e-3, 1e-5, np.full((2, 64), i, np.complex64), {"LIN": i}) for i in range(1000)]
+    frames = encode(Message(type="data", body={"acquisitions": pack_acquisitions(batch)}))
+    assert len(frames) == 1 + 6 + 1
+    back = unpack_acquisitions(decode(frames).body["acquisitions"])
+    assert [a.labels["LIN"] for a in back] == list(range(1000)) and back[999].data[1, 63] == 999
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda b: b.update(data=b["data"][:-1]), "shapes need"),
+    (lambda b: b.update(index=b["index"][:-1]), "disagree on the count"),
+    (lambda b: b.update(start_s=b["start_s"].astype(np.int64)), "'start_s' must be an array"),
+    (lambda b: b.pop("shape"), "'shape' must be an array"),
+    (lambda b: b.update(shape=-b["shape"]), "negative"),
+    (lambda b: b["labels"].update(LIN=np.zeros(1, np.int64)), "label column 'LIN'"),
+    (lambda b: b.update(unlabelled={"SLC": np.zeros(3, bool)}), "'unlabelled'"),
+])
+def test_malformed_acquisition_batches_are_refused(change, message):
+    batch = pack_acquisitions([Acquisition(i, i, 0.0, 1e-5, np.ones((1, 4), np.complex64), {"LIN": i})
+                               for i in range(3)])
+    change(batch)
+    with pytest.raises(WireProtocolError, match=message):
+        unpack_acquisitions(batch)
+    with pytest.raises(WireProtocolError, match="object of columns"):
+        unpack_acquisitions([1, 2])
+
+
+def test_a_message_with_too_many_arrays_is_refused_by_its_sender():
+    with pytest.raises(WireProtocolError, match="more than the 64 allowed"):
+        encode(Message(type="data", body={"a": [np.zeros(1)] * 65}))

@@ -1,0 +1,187 @@
+"""``scanctl up`` / ``scanctl down``: the control server and every simulated subsystem, each in its own
+process (docs/server.md#scanctl-up-and-down).
+
+``up`` starts one ``scanctl driver serve KIND`` per simulated subsystem of the profile (on a free loopback
+port), then ``scanctl serve`` with those subsystems as ``tcp://`` proxies, waits until each process has
+said where it serves, and records it all in ``RUN_DIR/endpoints.json``::
+
+    {"control": ..., "events": ..., "data": ...,
+     "drivers": {KIND: {"endpoint": ..., "pid": ...}}, "server_pid": ...}
+
+Each process's output goes to ``RUN_DIR/logs/NAME.log``. ``down`` stops the server (SIGTERM, SIGKILL after
+the timeout), then the drivers, and removes the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from scanctl import profile as profiles
+from scanctl.errors import ConfigError
+from scanctl.registry import parse_url
+
+ENDPOINTS_FILE = "endpoints.json"
+SEQUENCERS = ("gradient", "rf")  # the simulators --realtime paces
+_DRIVER_LINE = re.compile(r"^serving (\w+) \(.*\) on (\S+)$", re.M)
+_SERVER_LINE = re.compile(r"commands on (\S+), events on (\S+), data on (\S+)$", re.M)
+
+
+def _with_option(url: str, key: str, value: str) -> str:
+    if key in parse_url(url).options:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{key}={value}"
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a finished child of ours is reaped here, so it does not count)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    with contextlib.suppress(OSError):
+        if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False  # a zombie: exited, waiting for a parent that is not us
+    return True
+
+
+def _is_scanctl(pid: int) -> bool:
+    """Guard against a recycled pid: on Linux, only a process whose command line names scanctl is ours."""
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if not cmdline.parent.parent.exists():
+        return True  # no /proc: trust the file
+    try:
+        return b"scanctl" in cmdline.read_bytes()
+    except OSError:
+        return False
+
+
+def _spawn(name: str, argv: list[str], logs: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    log_path = logs / f"{name}.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "scanctl", *argv], stdout=log_file, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    return proc, log_path
+
+
+def _wait_for(proc: subprocess.Popen[bytes], log_path: Path, pattern: re.Pattern[str], timeout_s: float,
+              name: str) -> re.Match[str]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = log_path.read_text(errors="replace")
+        match = pattern.search(text)
+        if match:
+            return match
+        if proc.poll() is not None:
+            tail = "\n".join(text.strip().splitlines()[-5:])
+            raise ConfigError(f"{name} exited with status {proc.returncode} before serving (see {log_path}):\n{tail}")
+        if time.monotonic() > deadline:
+            raise ConfigError(f"{name} did not say where it serves within {timeout_s:g} s (see {log_path})")
+        time.sleep(0.05)
+
+
+def _stop(pids: list[int], timeout_s: float) -> list[int]:
+    """SIGTERM ``pids``, SIGKILL whatever still runs after ``timeout_s``; returns the pids signalled."""
+    signalled = []
+    for pid in pids:
+        if _alive(pid) and _is_scanctl(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+                signalled.append(pid)
+    deadline = time.monotonic() + timeout_s
+    while any(_alive(pid) for pid in signalled) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in signalled:
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while any(_alive(pid) for pid in signalled) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return signalled
+
+
+def up(run_dir: str | Path, *, system: str | None = None, control: str | None = None, events: str | None = None,
+       data: str | None = None, realtime: bool = False, timeout_s: float = 30.0) -> dict[str, Any]:
+    """Start the driver services and the control server; write and return the ``endpoints.json`` record.
+    Endpoints not given are the profile's (``[server]``). Returns when every process serves. Raises
+    ConfigError (everything started is stopped again)."""
+    run_dir = Path(run_dir)
+    record_path = run_dir / ENDPOINTS_FILE
+    if record_path.exists():
+        old = json.loads(record_path.read_text())
+        pids = [old.get("server_pid"), *(d.get("pid") for d in old.get("drivers", {}).values())]
+        if any(isinstance(pid, int) and _alive(pid) for pid in pids):
+            raise ConfigError(f"{record_path}: already up (scanctl down --run-dir {run_dir} first)")
+    if system is not None and Path(system).exists():
+        system = str(Path(system).resolve())  # the processes may resolve paths elsewhere
+    profile = profiles.load(system)
+    control = control or profile.endpoints["control"]
+    events = events or profile.endpoints["events"]
+    data = data or profile.endpoints["data"]
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    system_args = ["--system", system] if system is not None else []
+    procs: list[subprocess.Popen[bytes]] = []
+    drivers: dict[str, dict[str, Any]] = {}
+    try:
+        for kind, url in profile.subsystems.items():
+            if parse_url(url).scheme != "sim":
+                continue  # a real (or already remote) subsystem: the server talks to it as the profile says
+            if realtime and kind in SEQUENCERS:
+                url = _with_option(url, "realtime", "1")
+            proc, log_path = _spawn(kind, ["driver", "serve", kind, "--url", url, "--bind", "tcp://127.0.0.1:*",
+                                           *system_args], logs)
+            procs.append(proc)
+            match = _wait_for(proc, log_path, _DRIVER_LINE, timeout_s, f"the {kind} driver")
+            drivers[kind] = {"endpoint": match.group(2), "pid": proc.pid}
+        proxies = [arg for kind, d in drivers.items() for arg in (f"--{kind}", d["endpoint"])]
+        proc, log_path = _spawn("server", ["serve", *system_args, "--bind", control, "--events", events,
+                                           "--data", data, *proxies], logs)
+        procs.append(proc)
+        match = _wait_for(proc, log_path, _SERVER_LINE, timeout_s, "the control server")
+    except BaseException:
+        _stop([p.pid for p in reversed(procs)], 5.0)
+        raise
+    record = {"control": match.group(1), "events": match.group(2), "data": match.group(3), "drivers": drivers,
+              "server_pid": proc.pid}
+    tmp = record_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(record_path)
+    return record
+
+
+def down(run_dir: str | Path, *, timeout_s: float = 10.0) -> list[str]:
+    """Stop what :func:`up` started in ``run_dir`` (the server first, so it closes its drivers cleanly) and
+    remove ``endpoints.json``. Returns the names of the processes that were still running."""
+    record_path = Path(run_dir) / ENDPOINTS_FILE
+    try:
+        record = json.loads(record_path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{record_path}: not found (nothing was started with --run-dir {run_dir})") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{record_path}: unreadable: {exc}") from exc
+    stopped = []
+    server_pid = record.get("server_pid")
+    if isinstance(server_pid, int) and _stop([server_pid], timeout_s):
+        stopped.append(f"server (pid {server_pid})")
+    drivers = {kind: d.get("pid") for kind, d in record.get("drivers", {}).items()}
+    signalled = _stop([pid for pid in drivers.values() if isinstance(pid, int)], timeout_s)
+    stopped += [f"{kind} driver (pid {pid})" for kind, pid in drivers.items() if pid in signalled]
+    record_path.unlink()
+    return stopped
