@@ -492,6 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds before SIGKILL (default 10)")
     p.set_defaults(func=cmd_down)
 
+    from scanctl import cli_bench
+
+    cli_bench.add_parsers(sub)  # table, sim: bench work on rigs
+
     p = seq_command("check", "check a sequence's (or a protocol's) timing and a scanner's limits")
     p.add_argument("--system", help="system profile: a shipped name (e.g. 'default') or a TOML path")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -98,6 +98,10 @@ class Scanner:
                 return f"subsystems still in FAULT: {', '.join(faulted)}"
         if trigger in ("start", "move_table", "prepare") and any(self.interlocks.values()):
             return "an interlock is active"
+        if trigger in ("start", "move_table"):
+            table = self.table.status()
+            if table.state is SubsystemState.UNKNOWN:  # lost or reset: where it is cannot be trusted
+                return f"the table's state is UNKNOWN ({table.message})"
         if trigger == "start" and self._report is None:
             return "the sequence has not passed its checks"
         return None
@@ -216,10 +220,10 @@ class Scanner:
             self._requests.clear()
         try:
             self.table.move_to(table_position_mm)
-            self.table.wait_idle()
+            table = self.table.wait_idle()
             for sub in (self.gradient, self.rf):
                 sub.arm()
-            self._fire("positioned")
+            self._fire("positioned", table_report(table))
             for sub in (self.gradient, self.rf):
                 sub.start()
             outcome = self._play(seq, sink, counter, on_progress)
@@ -362,6 +366,14 @@ class Scanner:
             segments=counter["segments"],
             telemetry={k: dict(v.telemetry) for k, v in status.items()},
         )
+
+
+def table_report(status: Status) -> str:
+    """The table's telemetry when it stopped, for the journal (``table at 0 mm; homed=1, boot=3``)."""
+    telemetry = dict(status.telemetry)
+    where = telemetry.pop("position_mm", None)
+    head = "table position unknown" if where is None else f"table at {where:g} mm"
+    return head + ("; " + ", ".join(f"{k}={v:g}" for k, v in telemetry.items()) if telemetry else "")
 
 
 __all__ = ["DriverError", "RunResult", "Scanner"]

@@ -5,6 +5,11 @@ Time is virtual: a move's duration is computed from its motion profile and the t
 to the move's end when the caller waits (so tests and simulations do not sleep). ``fault=stall@T``
 makes the motor stall ``T`` seconds into the next move.
 
+After :meth:`follow_clock` (a function returning seconds, e.g. ``time.monotonic``) the table moves in
+real time instead: the position follows that clock, and :meth:`wait_idle` waits for it. The table controller
+simulator (:mod:`scanctl.simulators.table_controller`) runs it this way behind its serial line. Either
+way the table's clock (``Status.time_s``) counts the seconds spent moving.
+
 URL: ``sim://?min_mm=-1000&max_mm=1000&speed_mm_s=100&accel_mm_s2=200`` — see ``OPTIONS``.
 """
 
@@ -12,6 +17,8 @@ from __future__ import annotations
 
 import math
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from scanctl.errors import ConfigError, DriverError, DriverTimeoutError, SafetyLimitError, SubsystemFault
@@ -53,7 +60,9 @@ class SimulatedTable:
         self._message = ""
         self._homed = False
         self._position = 0.0
-        self._clock_s = 0.0  # virtual time spent moving
+        self._clock_s = 0.0  # time spent moving
+        self._clock: Callable[[], float] | None = None  # real-time mode: the clock motion follows (s)
+        self._last_tick_s = 0.0
         self._move: tuple[float, float, float, float] | None = None  # start_mm, target_mm, speed, start_clock
         self._lock = threading.RLock()
 
@@ -93,15 +102,32 @@ class SimulatedTable:
                 self._state, self._message, self._fault_plan = SubsystemState.STANDBY, "fault cleared", None
                 self._homed = False  # a stalled axis has lost its position
 
+    def follow_clock(self, clock: Callable[[], float]) -> None:
+        """Move in real time from now on: positions follow ``clock`` (seconds, e.g. ``time.monotonic``)."""
+        with self._lock:
+            self._settle()
+            self._clock, self._last_tick_s = clock, clock()
+
+    def power_cycle(self) -> None:
+        """The controller rebooted: the motor stops where it is; homing and a latched fault are forgotten."""
+        with self._lock:
+            self._halt()
+            self._homed = False
+            self._state, self._message = SubsystemState.STANDBY, "powered up (not homed)"
+
     # -- motion -----------------------------------------------------------------------------------------
     def home(self, timeout_s: float = 60.0) -> None:
+        self.begin_home()
+        self.wait_idle(timeout_s)
+        with self._lock:
+            self._message = "homed"
+
+    def begin_home(self) -> None:
+        """Start homing and return at once (status says MOVING until home is reached)."""
         with self._lock:
             self._require_idle("home")
             self._start_move(0.0, self.max_speed_mm_s)
             self._homed = True  # the home switch defines 0 mm
-        self.wait_idle(timeout_s)
-        with self._lock:
-            self._message = "homed"
 
     def move_to(self, position_mm: float, speed_mm_s: float | None = None) -> None:
         with self._lock:
@@ -117,6 +143,8 @@ class SimulatedTable:
             self._start_move(position_mm, speed)
 
     def wait_idle(self, timeout_s: float = 60.0) -> Status:
+        if self._clock is not None:
+            self._wait_real_time(timeout_s)
         with self._lock:
             if self._move is not None:
                 end = self._move[3] + self._move_duration(*self._move[:3])
@@ -141,6 +169,28 @@ class SimulatedTable:
                 self._state, self._message = SubsystemState.STANDBY, "stopped"
 
     # -- internals ----------------------------------------------------------------------------------------
+    def _wait_real_time(self, timeout_s: float) -> None:
+        assert self._clock is not None
+        deadline = self._clock() + timeout_s
+        while True:
+            with self._lock:
+                self._settle()
+                if self._move is None:
+                    return
+            if self._clock() > deadline:
+                raise DriverTimeoutError(f"table: still moving after {timeout_s} s")
+            time.sleep(0.005)
+
+    def _tick(self) -> None:
+        """Real-time mode: advance the table's clock by the time passed, while (and only while) it moves."""
+        if self._clock is None:
+            return
+        now = self._clock()
+        if self._move is not None:
+            end = self._move[3] + self._move_duration(*self._move[:3])
+            self._clock_s = min(self._clock_s + max(now - self._last_tick_s, 0.0), end)
+        self._last_tick_s = now
+
     def _require_idle(self, action: str) -> None:
         self._settle()
         if self._state is not SubsystemState.STANDBY:
@@ -173,7 +223,8 @@ class SimulatedTable:
         return start + math.copysign(s, target - start)
 
     def _settle(self) -> None:
-        """Bring the position up to the virtual clock; finish or stall the current move."""
+        """Bring the position up to the table's clock; finish or stall the current move."""
+        self._tick()
         if self._move is None:
             return
         start, target, speed, t0 = self._move

@@ -2,7 +2,9 @@
 
 ``IMPLEMENTATIONS`` names how a subsystem is reached: ``sim`` is the simulator in-process, ``zmq`` the
 same simulator behind a driver service, reached through the proxy driver over a real TCP socket. A real
-driver (or a driver over its wire simulator) joins by adding a factory to ``_open``.
+driver (or a driver over its wire simulator) joins by adding a factory to ``_open``: the table's serial
+driver runs the table suite over a real pty (``serial-pty``) and over TCP (``serial-socket``) to the
+controller simulator process (``scanctl sim table``).
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ from scanctl.program import GradientProgram, compile_segments
 from scanctl.registry import open_subsystem
 from scanctl.sequence import pulseq_read
 from scanctl.service import DriverService
+from tests.table_sim import start_sim, stop_sim
 from tests.test_cli import GRE
 
 PROFILE = profiles.load()
 IMPLEMENTATIONS = ["sim", "zmq"]
+WIRE = ["serial-pty", "serial-socket"]  # the serial table driver to the controller simulator process
+TABLES = IMPLEMENTATIONS + WIRE
 SIM_URLS = {"gradient": "sim://", "rf": "sim://?physics=0", "table": "sim://"}
 _services: list[DriverService] = []
+_sims: list = []
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +38,8 @@ def _stop_services():
     yield
     while _services:
         _services.pop().stop()
+    while _sims:
+        stop_sim(_sims.pop())
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +51,10 @@ def segments():
 def _open(kind, impl, **extra):
     url = SIM_URLS[kind]
     options = "&".join(f"{k}={v}" for k, v in extra.items())
+    if impl in WIRE:
+        proc, wire_url = start_sim(options, tcp=impl == "serial-socket")
+        _sims.append(proc)
+        return open_subsystem(kind, wire_url, PROFILE)
     local = open_subsystem(kind, url + ("&" if "?" in url else "?") + options if options else url, PROFILE)
     if impl == "sim":
         return local
@@ -53,7 +65,8 @@ def _open(kind, impl, **extra):
 
 
 # -- every subsystem ------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("kind", "url"), [(k, i) for k in ("gradient", "rf", "table") for i in IMPLEMENTATIONS])
+@pytest.mark.parametrize(("kind", "url"), [(k, i) for k in ("gradient", "rf", "table") for i in IMPLEMENTATIONS]
+                         + [("table", i) for i in WIRE])
 def test_lifecycle(kind, url):
     sub = _open(kind, url)
     assert isinstance(sub, {"gradient": GradientSystem, "rf": RFSystem, "table": TableSystem}[kind])
@@ -217,7 +230,7 @@ def test_rf_abort_keeps_completed_acquisitions(url, segments):
 
 
 # -- table ------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("url", IMPLEMENTATIONS)
+@pytest.mark.parametrize("url", TABLES)
 def test_table_homes_moves_and_respects_limits(url):
     table = _open("table", url, min_mm=-100, max_mm=800, speed_mm_s=50, accel_mm_s2=100)
     table.connect()
@@ -239,7 +252,7 @@ def test_table_homes_moves_and_respects_limits(url):
     assert table.position_mm() == 500.0
 
 
-@pytest.mark.parametrize("url", IMPLEMENTATIONS)
+@pytest.mark.parametrize("url", TABLES)
 def test_table_stall_latches_fault(url):
     table = _open("table", url, fault="stall@1s", speed_mm_s=100, accel_mm_s2=1000)
     table.connect()

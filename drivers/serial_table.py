@@ -1,0 +1,457 @@
+"""The patient-table controller over a serial line (docs/table-serial.md), through pyserial.
+
+URLs: ``serial:///dev/ttyUSB0`` (a serial device), ``socket://HOST:PORT`` (a serial-over-TCP bridge) and
+``loop://`` (pyserial's loopback, for tests), each opened with ``serial.serial_for_url``. Options:
+``timeout_s`` (wait for one reply, s), ``retries`` (attempts after the first), ``poll_s`` (status polling
+while moving, s), ``stuck_s`` (no motion for this long while MOVING is a stuck axis, s), ``baud``.
+
+Robustness, as the field demands:
+
+- Every wait is bounded: a command is tried ``1 + retries`` times, ``timeout_s`` each, then
+  :class:`DriverTimeoutError`; a move is watched until it ends, stalls or ``wait_idle``'s timeout.
+- Lines that fail their checksum or framing are discarded and the reader resynchronises at the next line
+  start; replies to another sequence number (late answers to an earlier attempt) are ignored.
+- A retried command keeps its sequence number, and the controller does not execute a repeated one twice:
+  a MOVE whose reply was lost is never run twice.
+- A position is only ever one the controller sent in a valid, checksummed reply; a move is confirmed by
+  querying where the axis ended.
+- A controller that stops answering, reboots (its boot counter changes, or it forgets its homing), or whose
+  port fails leaves the table UNKNOWN: motion is refused until the controller answers again as the same
+  boot (``status()`` probes it), or until ``connect()``/``reset()`` identifies it afresh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+from typing import Any
+
+from scanctl.errors import ConfigError, DriverError, DriverTimeoutError, SafetyLimitError, ScanctlError, SubsystemFault
+from scanctl.interfaces import Status, SubsystemState
+from scanctl.profile import SystemProfile
+from scanctl.registry import SubsystemURL, positive_float
+from scanctl.table_protocol import COMMAND, EVENT, REPLY, SEQ_MAX, FrameError, Line, LineSplitter, decode, fmt
+
+log = logging.getLogger(__name__)
+
+READ_SLICE_S = 0.01  # the port's read timeout: how often a waiting reader looks at its deadline
+POSITION_TOLERANCE_MM = 0.005  # a move has reached its target when the reported position is this close
+STATES = {"IDLE": SubsystemState.STANDBY, "MOVING": SubsystemState.MOVING, "FAULT": SubsystemState.FAULT}
+
+
+class SerialLink:
+    """Commands and replies on one serial line: framing, sequence numbers, retries, resynchronisation.
+
+    ``port`` is an open pyserial port (anything with ``read(n)``, ``write(data)`` and ``in_waiting``, whose
+    reads return within a short timeout). Unsolicited events go to ``on_event`` as they are read.
+    """
+
+    def __init__(self, port: Any, name: str, *, timeout_s: float, retries: int,
+                 on_event: Any = None) -> None:
+        self.port = port
+        self.name = name
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.on_event = on_event
+        self.counts = {"retries": 0, "discarded": 0, "stale": 0}
+        self._splitter = LineSplitter()
+        self._lines: list[bytes] = []
+        self._seq = random.randint(1, SEQ_MAX)  # a fresh start, unlike the controller's last remembered one
+
+    def request(self, verb: str, *args: str, retries: int | None = None, timeout_s: float | None = None) -> Line:
+        """Send a command and return its reply (``OK`` or ``ERR``), retrying with the same sequence number.
+        Raises DriverTimeoutError (no valid reply) or DriverError (the port failed)."""
+        self._seq = self._seq % SEQ_MAX + 1
+        data = Line(COMMAND, self._seq, verb, args).encode()
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        attempts = 1 + (self.retries if retries is None else retries)
+        for attempt in range(attempts):
+            if attempt:
+                self.counts["retries"] += 1
+                log.info("%s: no reply to %s #%d, retrying (%d/%d)", self.name, verb, self._seq, attempt, attempts - 1)
+            self._write(data)
+            reply = self._await(self._seq, time.monotonic() + timeout)
+            if reply is not None:
+                return reply
+        raise DriverTimeoutError(f"table: no valid reply to {verb} from the controller on {self.name} "
+                                 f"({attempts} attempts, {timeout:g} s each)")
+
+    def pump(self) -> None:
+        """Read whatever has arrived (events) without waiting."""
+        self._await(None, 0.0)
+
+    def _await(self, seq: int | None, deadline: float) -> Line | None:
+        """The reply to ``seq`` if one comes before ``deadline``; ``seq=None``: just take in what is there."""
+        while True:
+            reply = self._take(seq)
+            if reply is not None:
+                return reply
+            if seq is None:
+                if not self._in_waiting():
+                    return None
+            elif time.monotonic() >= deadline:
+                return None
+            self._lines += self._splitter.feed(self._read())
+
+    def _take(self, seq: int | None) -> Line | None:
+        """Go through the lines read so far: events to ``on_event``, the reply to ``seq`` returned."""
+        while self._lines:
+            raw = self._lines.pop(0)
+            try:
+                line = decode(raw)
+            except FrameError as exc:
+                self.counts["discarded"] += 1
+                log.debug("%s: discarded %r: %s", self.name, raw, exc)
+                continue
+            if line.kind == EVENT:
+                if self.on_event is not None:
+                    self.on_event(line)
+            elif line.kind == REPLY and line.seq == seq and line.word in ("OK", "ERR"):
+                return line
+            elif line.kind == REPLY:
+                self.counts["stale"] += 1  # a late or repeated answer to an earlier command
+            # COMMAND lines are our own, echoed (loop://, a half-duplex bus): not for us.
+        return None
+
+    def discarded(self) -> int:
+        return self.counts["discarded"] + self._splitter.discarded
+
+    def _in_waiting(self) -> int:
+        try:
+            return int(self.port.in_waiting)
+        except Exception as exc:  # noqa: BLE001 - pyserial raises SerialException, OSError, ValueError...
+            raise DriverError(f"table: serial port {self.name} failed: {exc}") from exc
+
+    def _read(self) -> bytes:
+        try:
+            waiting = int(self.port.in_waiting)
+            return bytes(self.port.read(min(max(1, waiting), 4096)))
+        except Exception as exc:  # noqa: BLE001 - the boundary: any port failure is one typed error
+            raise DriverError(f"table: serial port {self.name} failed: {exc}") from exc
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.port.write(data)
+            self.port.flush()
+        except Exception as exc:  # noqa: BLE001 - the boundary: any port failure is one typed error
+            raise DriverError(f"table: serial port {self.name} failed: {exc}") from exc
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 20:
+        raise ValueError("must be a whole number from 0 to 20")
+    return value
+
+
+class SerialTable:
+    """The table driver for the serial controller (see the module docstring)."""
+
+    kind = "table"
+    OPTIONS = {"timeout_s": positive_float, "retries": _count, "poll_s": positive_float, "stuck_s": positive_float,
+               "baud": int}
+
+    def __init__(self, url: str, port_url: str, *, timeout_s: float = 0.2, retries: int = 3, poll_s: float = 0.02,
+                 stuck_s: float = 1.0, baud: int = 115200) -> None:
+        self.url = url
+        self.port_url = port_url
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.poll_s = poll_s
+        self.stuck_s = stuck_s
+        self.baud = baud
+        self.min_position_mm = 0.0  # read from the controller on connect
+        self.max_position_mm = 0.0
+        self.max_speed_mm_s = 0.0
+        self._port: Any = None
+        self._link: SerialLink | None = None
+        self._lock = threading.RLock()
+        self._boot: int | None = None
+        self._lost: str | None = None  # why the controller is not trusted now (state UNKNOWN)
+        self._was_reset = False  # it rebooted: only identifying it afresh (connect, reset) brings it back
+        self._fault: str | None = None  # a fault the driver found itself (a stuck axis)
+        self._homed_seen = False  # the controller said HOMED=1 and nothing since should have cleared it
+        self._target: float | None = None  # the move (or homing) this driver started, until confirmed
+        self._last_time_s = 0.0
+
+    @classmethod
+    def from_url(cls, url: SubsystemURL, options: dict[str, Any], profile: SystemProfile) -> SerialTable:
+        if url.scheme == "serial":
+            if not url.location:
+                raise ConfigError(f"table URL {url.url!r}: no device (e.g. serial:///dev/ttyUSB0)")
+            port_url = url.location
+        elif url.scheme == "socket":
+            if ":" not in url.location:
+                raise ConfigError(f"table URL {url.url!r}: expected socket://HOST:PORT")
+            port_url = f"socket://{url.location}"
+        elif url.scheme == "loop":
+            port_url = "loop://"
+        else:
+            raise ConfigError(f"table URL {url.url!r}: the serial table takes serial://, socket:// or loop://")
+        return cls(url.url, port_url, **options)
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def connect(self, timeout_s: float = 5.0) -> None:
+        """Open the port and identify the controller (retrying until ``timeout_s``); read its limits and
+        state. Raises DriverError (port), DriverTimeoutError (no valid answer)."""
+        with self._lock:
+            if self._link is None:
+                self._open()
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    ident = self._ok(self._request("ID", retries=0), "ID")
+                    break
+                except DriverTimeoutError:
+                    if time.monotonic() + self.timeout_s > deadline:
+                        raise
+            limits = self._ok(self._request("LIM"), "LIM")
+            try:
+                boot = ident.integer("BOOT")
+                self.min_position_mm = limits.number("MIN")
+                self.max_position_mm = limits.number("MAX")
+                self.max_speed_mm_s = limits.number("VMAX")
+            except FrameError as exc:
+                raise DriverError(f"table: the controller on {self.port_url} answered ID/LIM oddly: {exc}") from exc
+            self._boot, self._lost, self._was_reset = boot, None, False
+            self._fault, self._homed_seen, self._target = None, False, None
+            log.info("table: %s firmware %s serial %s, boot %d, on %s", ident.fields.get("ID"),
+                     ident.fields.get("FW"), ident.fields.get("SN"), boot, self.port_url)
+            self._query_status()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._link is None:
+                return
+            if self._target is not None and self._lost is None:
+                with contextlib.suppress(ScanctlError):  # closing must not fail on a dead line
+                    self.stop()
+            with contextlib.suppress(Exception):
+                self._port.close()
+            self._port = self._link = None
+            self._target = None
+
+    def status(self) -> Status:
+        """The controller's state and telemetry; UNKNOWN (without telemetry) while it cannot be trusted."""
+        with self._lock:
+            if self._link is None:
+                return Status(SubsystemState.OFF, self._last_time_s, "not connected")
+            with contextlib.suppress(ScanctlError):  # whatever failed is in self._lost
+                if self._lost is not None:
+                    self._probe()
+                return self._query_status()
+            return Status(SubsystemState.UNKNOWN, self._last_time_s, f"table: {self._lost}")
+
+    def abort(self) -> None:
+        """Stop the table; never raises (a lost controller gets one attempt, not the retries)."""
+        with self._lock:
+            if self._link is None:
+                return
+            try:
+                self._ok(self._request("STOP", retries=0 if self._lost else None), "STOP")
+                self._target = None
+            except ScanctlError as exc:
+                log.error("table: abort could not stop the table: %s", exc)
+
+    def reset(self) -> None:
+        """Clear a latched fault (the controller's or a stuck axis; homing is lost); a controller that was
+        lost is identified afresh. Raises DriverError if the fault cannot be cleared."""
+        with self._lock:
+            if self._lost is not None:
+                self.connect()
+                return
+            self._fault = None
+            self._homed_seen = False
+            self._ok(self._request("CLR"), "CLR")
+
+    # -- motion ----------------------------------------------------------------------------------------------
+    def home(self, timeout_s: float = 60.0) -> None:
+        with self._lock:
+            self._trust("home")
+            self._homed_seen = False
+            self._ok(self._request("HOME"), "HOME", "home")
+            self._target = 0.0
+        self.wait_idle(timeout_s)
+
+    def move_to(self, position_mm: float, speed_mm_s: float | None = None) -> None:
+        with self._lock:
+            self._trust("move")
+            speed = self.max_speed_mm_s if speed_mm_s is None else speed_mm_s
+            if not (self.min_position_mm <= position_mm <= self.max_position_mm):  # also refuses nan
+                raise SafetyLimitError(f"table: target {position_mm:g} mm is outside the travel limits "
+                                       f"{self.min_position_mm:g} to {self.max_position_mm:g} mm")
+            if not 0 < speed <= self.max_speed_mm_s:
+                raise SafetyLimitError(f"table: speed {speed:g} mm/s is outside 0 to {self.max_speed_mm_s:g} mm/s")
+            self._ok(self._request("MOVE", fmt(position_mm), fmt(speed)), "MOVE", "move")
+            self._target = float(fmt(position_mm))
+
+    def wait_idle(self, timeout_s: float = 60.0) -> Status:
+        """Poll until the table stops and confirm it stopped where it was sent. Raises SubsystemFault
+        (controller fault, stuck axis, wrong end position), DriverTimeoutError (silent controller or
+        ``timeout_s``), DriverError (controller lost or reset)."""
+        deadline = time.monotonic() + timeout_s
+        last_position, last_change = None, time.monotonic()
+        while True:
+            with self._lock:
+                status = self._query_status()
+                position = status.telemetry["position_mm"]
+                if status.state is SubsystemState.FAULT:
+                    self._target = None
+                    raise SubsystemFault(f"table: {status.message or 'controller fault'}")
+                if status.state is not SubsystemState.MOVING:
+                    return self._confirm(status)
+                now = time.monotonic()
+                if position != last_position:
+                    last_position, last_change = position, now
+                elif now - last_change > self.stuck_s:
+                    self._stuck(position)
+                if now > deadline:
+                    raise DriverTimeoutError(f"table: still moving after {timeout_s:g} s (at {position:g} mm)")
+            time.sleep(self.poll_s)
+
+    def position_mm(self) -> float:
+        """Where the controller says the axis is (a fresh query). Raises DriverTimeoutError, DriverError."""
+        with self._lock:
+            self._trust("read the position", motion=False)
+            return self._number(self._ok(self._request("POS"), "POS"), "POS")
+
+    def stop(self) -> None:
+        with self._lock:
+            self._ok(self._request("STOP"), "STOP")
+            self._target = None
+
+    # -- internals -------------------------------------------------------------------------------------------
+    def _open(self) -> None:
+        import serial  # pyserial
+
+        try:
+            self._port = serial.serial_for_url(self.port_url, baudrate=self.baud, timeout=READ_SLICE_S,
+                                               write_timeout=max(self.timeout_s, 0.5))
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise DriverError(f"table: cannot open serial port {self.port_url}: {exc}") from exc
+        self._link = SerialLink(self._port, self.port_url, timeout_s=self.timeout_s, retries=self.retries,
+                                on_event=self._on_event)
+
+    def _request(self, verb: str, *args: str, retries: int | None = None) -> Line:
+        """One command through the link; a controller that does not answer (or a port that fails) is lost."""
+        if self._link is None:
+            raise DriverError(f"table: not connected ({self.port_url}); connect() first")
+        try:
+            return self._link.request(verb, *args, retries=retries)
+        except ScanctlError as exc:
+            self._mark_lost(str(exc).removeprefix("table: "))
+            raise
+
+    def _trust(self, action: str, motion: bool = True) -> None:
+        """Refuse ``action`` unless the controller can be trusted (a lost one is probed once first)."""
+        if self._lost is not None:
+            with contextlib.suppress(ScanctlError):
+                self._probe()
+            if self._lost is not None:
+                raise DriverError(f"table: cannot {action}: state UNKNOWN ({self._lost})")
+        if motion and self._fault is not None:
+            raise DriverError(f"table: cannot {action} in state FAULT ({self._fault})")
+
+    def _probe(self) -> None:
+        """One quick identify of a lost controller: the same boot, not reset meanwhile, brings it back."""
+        boot = self._ok(self._request("ID", retries=0), "ID").integer("BOOT")
+        if boot != self._boot:
+            self._reset_seen(boot)
+        elif not self._was_reset:
+            log.info("table: the controller on %s answers again (boot %d)", self.port_url, boot)
+            self._lost = None
+
+    def _query_status(self) -> Status:
+        link = self._require_link()
+        reply = self._ok(self._request("ST"), "ST")
+        try:
+            state = STATES[reply.fields["ST"]]
+            position = reply.number("POS")
+            homed = reply.integer("HOMED")
+            boot = reply.integer("BOOT")
+            time_s = reply.number("T")
+        except (KeyError, FrameError) as exc:
+            raise DriverError(f"table: malformed status from the controller: {exc}") from exc
+        if boot != self._boot:
+            self._reset_seen(boot)
+        elif self._homed_seen and not homed:
+            self._was_reset = True
+            self._mark_lost("the controller forgot its homing (reset?): position lost; reset to identify it again")
+        link.pump()  # events that came with the reply (a !RESET) count now
+        if self._lost is not None:
+            raise DriverError(f"table: state UNKNOWN ({self._lost})")
+        self._homed_seen = self._homed_seen or bool(homed)
+        self._last_time_s = time_s
+        message = reply.fields.get("MSG", "")
+        if self._fault is not None:
+            state, message = SubsystemState.FAULT, self._fault
+        telemetry = {"position_mm": position, "homed": float(homed), "boot": float(boot),
+                     "serial_retries": float(link.counts["retries"]), "serial_discarded": float(link.discarded())}
+        return Status(state, time_s, message, telemetry)
+
+    def _require_link(self) -> SerialLink:
+        if self._link is None:
+            raise DriverError(f"table: not connected ({self.port_url}); connect() first")
+        return self._link
+
+    def _confirm(self, status: Status) -> Status:
+        """The move has ended: it must have ended where it was sent (as the controller says)."""
+        target, self._target = self._target, None
+        position = status.telemetry["position_mm"]
+        if target is not None and abs(position - target) > POSITION_TOLERANCE_MM:
+            raise SubsystemFault(f"table: the move ended at {position:g} mm, not at its target {target:g} mm")
+        return status
+
+    def _stuck(self, position: float) -> None:
+        target, self._target = self._target, None
+        self._fault = f"axis stuck at {position:g} mm: no motion for {self.stuck_s:g} s while moving to {target} mm"
+        with contextlib.suppress(ScanctlError):
+            self._ok(self._request("STOP"), "STOP")
+        raise SubsystemFault(f"table: {self._fault}; stopped")
+
+    def _reset_seen(self, boot: int) -> None:
+        self._was_reset = True
+        self._mark_lost(f"the controller was reset (boot {self._boot} -> {boot}): position and homing lost; "
+                        f"reset to identify it again")
+
+    def _mark_lost(self, why: str) -> None:
+        """The controller is not trusted (UNKNOWN) from now on; a reset's reason is kept over later ones."""
+        if self._lost is None:
+            log.warning("table: the controller on %s is lost: %s", self.port_url, why)
+        if not (self._was_reset and self._lost is not None and "reset" in self._lost):
+            self._lost = why
+
+    def _on_event(self, line: Line) -> None:
+        if line.word == "RESET":
+            with contextlib.suppress(FrameError):
+                boot = line.integer("BOOT")
+                if self._boot is not None and boot != self._boot:
+                    self._reset_seen(boot)
+        elif line.word in ("FAULT", "LIMIT"):
+            log.warning("table controller: %s %s", line.word, line.fields.get("MSG", ""))
+
+    def _ok(self, reply: Line, verb: str, action: str | None = None) -> Line:
+        """``reply`` if it is OK; an ERR as the typed error it stands for."""
+        if reply.word == "OK":
+            return reply
+        code = reply.args[0] if reply.args else "?"
+        text = reply.fields.get("MSG", "")
+        action = action or verb
+        if code == "E03":
+            raise DriverError("table: not homed; home() first")
+        if code == "E04":
+            raise DriverError(f"table: cannot {action} in state MOVING ({text})")
+        if code == "E05":
+            raise DriverError(f"table: cannot {action} in state FAULT ({text})")
+        if code in ("E10", "E11"):
+            raise SafetyLimitError(f"table: the controller refused {verb}: {text}")
+        raise DriverError(f"table: the controller refused {verb}: {' '.join(reply.args)} {text}".rstrip())
+
+    def _number(self, reply: Line, key: str) -> float:
+        try:
+            return reply.number(key)
+        except FrameError as exc:
+            raise DriverError(f"table: malformed reply from the controller: {exc}") from exc
