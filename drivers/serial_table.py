@@ -195,19 +195,24 @@ class SerialTable:
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def connect(self, timeout_s: float = 5.0) -> None:
-        """Open the port and identify the controller (retrying until ``timeout_s``); read its limits and
-        state. Raises DriverError (port), DriverTimeoutError (no valid answer)."""
+        """Open the port and identify the controller (at least ``1 + retries`` attempts, more until
+        ``timeout_s``); read its limits and state. Raises DriverError (port), DriverTimeoutError (no
+        valid answer)."""
         with self._lock:
             if self._link is None:
                 self._open()
-            deadline = time.monotonic() + timeout_s
+            t0 = time.monotonic()
+            attempts = 0
             while True:
+                attempts += 1
                 try:
                     ident = self._ok(self._request("ID", retries=0), "ID")
                     break
-                except DriverTimeoutError:
-                    if time.monotonic() + self.timeout_s > deadline:
-                        raise
+                except DriverTimeoutError as exc:
+                    now = time.monotonic()
+                    if attempts > self.retries and now + self.timeout_s > t0 + timeout_s:
+                        raise DriverTimeoutError(f"table: no valid reply to ID from the controller on "
+                                                 f"{self.port_url} ({attempts} attempts in {now - t0:.2g} s)") from exc
             limits = self._ok(self._request("LIM"), "LIM")
             try:
                 boot = ident.integer("BOOT")

@@ -73,7 +73,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         prof, url = profiles.load(), args.url
     table = open_subsystem("table", url, prof)
     try:
-        table.connect(timeout_s=min(args.timeout, 10.0))
+        table.connect(timeout_s=min(args.timeout, 2.0))
         if args.table_action == "home":
             table.home(args.timeout)
         elif args.table_action == "move":

@@ -98,10 +98,6 @@ class Scanner:
                 return f"subsystems still in FAULT: {', '.join(faulted)}"
         if trigger in ("start", "move_table", "prepare") and any(self.interlocks.values()):
             return "an interlock is active"
-        if trigger in ("start", "move_table"):
-            table = self.table.status()
-            if table.state is SubsystemState.UNKNOWN:  # lost or reset: where it is cannot be trusted
-                return f"the table's state is UNKNOWN ({table.message})"
         if trigger == "start" and self._report is None:
             return "the sequence has not passed its checks"
         return None
@@ -153,6 +149,7 @@ class Scanner:
     # -- table outside a scan ------------------------------------------------------------------------------
     def move_table(self, position_mm: float, speed_mm_s: float | None = None) -> float:
         """Move the table while nothing plays (IDLE or READY only)."""
+        self._require_table_known()
         self._fire("move_table", f"to {position_mm} mm")
         try:
             self.table.move_to(position_mm, speed_mm_s)
@@ -162,6 +159,15 @@ class Scanner:
             raise
         self._fire("table_stopped")
         return self.table.position_mm()
+
+    def _require_table_known(self) -> None:
+        """Refuse motion and scans while the table is UNKNOWN (its controller lost or reset: where it is
+        cannot be trusted): latch FAULT, so that ``reset`` reconnects and homes it, and raise DriverError."""
+        table = self.table.status()
+        if table.state is SubsystemState.UNKNOWN and self.state in (S.IDLE, S.READY):
+            exc = DriverError(f"the table's state is UNKNOWN: {table.message}")
+            self._on_failure(exc)
+            raise exc
 
     # -- requests from other threads ---------------------------------------------------------------------
     def request(self, what: str) -> None:
@@ -213,6 +219,7 @@ class Scanner:
         if seq is None or self._report is None:
             raise InvalidTransitionError(f"cannot start while {self.state.name}: no sequence prepared")
         sink = on_acquisitions or (lambda batch: None)
+        self._require_table_known()
         t_wall = time.perf_counter()
         counter = {"acquisitions": 0, "segments": 0}
         self._fire("start", f"table to {table_position_mm} mm")

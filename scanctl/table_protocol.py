@@ -104,7 +104,10 @@ class Line:
 
 def frame(payload: str) -> bytes:
     """``payload`` (start character included) framed with its CRC and CR LF. Raises FrameError."""
-    data = payload.encode("ascii", errors="replace")
+    try:
+        data = payload.encode("ascii")
+    except UnicodeEncodeError as exc:
+        raise FrameError(f"cannot frame {payload!r}: not ASCII") from exc
     if not data or data[0] not in STARTS or any(c in _FORBIDDEN for c in payload[1:]) \
             or not all(32 <= b < 127 for b in data) or len(data) + 5 > MAX_LINE:
         raise FrameError(f"cannot frame {payload!r}")
