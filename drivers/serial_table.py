@@ -199,6 +199,8 @@ class SerialTable:
         ``timeout_s``); read its limits and state. Raises DriverError (port), DriverTimeoutError (no
         valid answer)."""
         with self._lock:
+            if self._link is not None and self._lost is not None:
+                self._close_port()  # a lost line is opened afresh: an adapter replugged, a bridge restarted
             if self._link is None:
                 self._open()
             t0 = time.monotonic()
@@ -234,9 +236,7 @@ class SerialTable:
             if self._target is not None and self._lost is None:
                 with contextlib.suppress(ScanctlError):  # closing must not fail on a dead line
                     self.stop()
-            with contextlib.suppress(Exception):
-                self._port.close()
-            self._port = self._link = None
+            self._close_port()
             self._target = None
 
     def status(self) -> Status:
@@ -244,10 +244,12 @@ class SerialTable:
         with self._lock:
             if self._link is None:
                 return Status(SubsystemState.OFF, self._last_time_s, "not connected")
-            with contextlib.suppress(ScanctlError):  # whatever failed is in self._lost
+            try:
                 if self._lost is not None:
                     self._probe()
                 return self._query_status()
+            except ScanctlError as exc:
+                self._mark_lost(str(exc).removeprefix("table: "))
             return Status(SubsystemState.UNKNOWN, self._last_time_s, f"table: {self._lost}")
 
     def abort(self) -> None:
@@ -340,6 +342,11 @@ class SerialTable:
         self._link = SerialLink(self._port, self.port_url, timeout_s=self.timeout_s, retries=self.retries,
                                 on_event=self._on_event)
 
+    def _close_port(self) -> None:
+        with contextlib.suppress(Exception):  # pyserial may raise anything from a dead port's close
+            self._port.close()
+        self._port = self._link = None
+
     def _request(self, verb: str, *args: str, retries: int | None = None) -> Line:
         """One command through the link; a controller that does not answer (or a port that fails) is lost."""
         if self._link is None:
@@ -383,8 +390,8 @@ class SerialTable:
         if boot != self._boot:
             self._reset_seen(boot)
         elif self._homed_seen and not homed:
-            self._was_reset = True
-            self._mark_lost("the controller forgot its homing (reset?): position lost; reset to identify it again")
+            self._reset_seen(None, "the controller forgot its homing (reset?): position lost; reset to identify it "
+                                   "again")
         link.pump()  # events that came with the reply (a !RESET) count now
         if self._lost is not None:
             raise DriverError(f"table: state UNKNOWN ({self._lost})")
@@ -417,16 +424,18 @@ class SerialTable:
             self._ok(self._request("STOP"), "STOP")
         raise SubsystemFault(f"table: {self._fault}; stopped")
 
-    def _reset_seen(self, boot: int) -> None:
-        self._was_reset = True
-        self._mark_lost(f"the controller was reset (boot {self._boot} -> {boot}): position and homing lost; "
-                        f"reset to identify it again")
+    def _reset_seen(self, boot: int | None, why: str = "") -> None:
+        """The controller rebooted (a new boot count, or ``why``): UNKNOWN until identified afresh."""
+        why = why or (f"the controller was reset (boot {self._boot} -> {boot}): position and homing lost; "
+                      f"reset to identify it again")
+        if not self._was_reset:
+            log.warning("table: %s", why)
+        self._was_reset, self._lost = True, why
 
     def _mark_lost(self, why: str) -> None:
-        """The controller is not trusted (UNKNOWN) from now on; a reset's reason is kept over later ones."""
+        """The controller is not trusted (UNKNOWN) from now on; the first reason is kept."""
         if self._lost is None:
             log.warning("table: the controller on %s is lost: %s", self.port_url, why)
-        if not (self._was_reset and self._lost is not None and "reset" in self._lost):
             self._lost = why
 
     def _on_event(self, line: Line) -> None:

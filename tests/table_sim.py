@@ -14,10 +14,12 @@ from scanctl.simulators.table_controller import PtyTransport, TableController, b
 SPEEDUP = 20.0  # the simulated axis runs this much faster than the wall clock in tests
 
 
-def start_sim(options: str = "", *, tcp: bool = False, faults: str = "", seed: int = 1,
+def start_sim(options: str = "", *, tcp: bool = False, port: int = 0, faults: str = "", seed: int = 1,
               speedup: float = SPEEDUP) -> tuple[subprocess.Popen[str], str]:
-    """``scanctl sim table`` in its own process; returns it and the table URL to reach it."""
-    cmd = [sys.executable, "-m", "scanctl", "sim", "table", *(["--tcp", "127.0.0.1:0"] if tcp else ["--pty"]),
+    """``scanctl sim table`` in its own process (on a pty, or with ``tcp`` on ``port``, 0: a free one);
+    returns it and the table URL to reach it."""
+    where = ["--tcp", f"127.0.0.1:{port}"] if tcp else ["--pty"]
+    cmd = [sys.executable, "-m", "scanctl", "sim", "table", *where,
            "--url", f"sim://?{options}" if options else "sim://", "--speedup", str(speedup), "--seed", str(seed)]
     if faults:
         cmd += ["--fault", faults]

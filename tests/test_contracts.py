@@ -4,7 +4,8 @@
 same simulator behind a driver service, reached through the proxy driver over a real TCP socket. A real
 driver (or a driver over its wire simulator) joins by adding a factory to ``_open``: the table's serial
 driver runs the table suite over a real pty (``serial-pty``) and over TCP (``serial-socket``) to the
-controller simulator process (``scanctl sim table``).
+controller simulator process (``scanctl sim table``), and behind a driver service (``serial-zmq``: the
+proxy driver, over ZeroMQ, to the serial driver, over a pty, to the controller simulator).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tests.test_cli import GRE
 
 PROFILE = profiles.load()
 IMPLEMENTATIONS = ["sim", "zmq"]
-WIRE = ["serial-pty", "serial-socket"]  # the serial table driver to the controller simulator process
+WIRE = ["serial-pty", "serial-socket", "serial-zmq"]  # the serial table driver to the controller simulator
 TABLES = IMPLEMENTATIONS + WIRE
 SIM_URLS = {"gradient": "sim://", "rf": "sim://?physics=0", "table": "sim://"}
 _services: list[DriverService] = []
@@ -54,8 +55,11 @@ def _open(kind, impl, **extra):
     if impl in WIRE:
         proc, wire_url = start_sim(options, tcp=impl == "serial-socket")
         _sims.append(proc)
-        return open_subsystem(kind, wire_url, PROFILE)
-    local = open_subsystem(kind, url + ("&" if "?" in url else "?") + options if options else url, PROFILE)
+        local = open_subsystem(kind, wire_url, PROFILE)
+        if impl != "serial-zmq":
+            return local
+    else:
+        local = open_subsystem(kind, url + ("&" if "?" in url else "?") + options if options else url, PROFILE)
     if impl == "sim":
         return local
     service = DriverService(kind, local, "tcp://127.0.0.1:*")

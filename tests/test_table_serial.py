@@ -410,46 +410,61 @@ def test_a_reset_of_a_controller_without_a_boot_counter_is_seen_by_its_lost_homi
         table.close()
 
 
-def test_sigusr1_reboots_the_simulator_process():
+@pytest.fixture
+def bridged():
+    """A homed table on the controller simulator process behind TCP: (the processes started, table, url)."""
     proc, url = start_sim(tcp=True)
+    procs = [proc]
+    table = open_table(url, timeout_s=0.05, retries=1)
     try:
-        table = open_table(url)
         table.connect()
-        os.kill(proc.pid, signal.SIGUSR1)
-        deadline = time.monotonic() + 5
-        while table.status().state is not SubsystemState.UNKNOWN and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert "boot 1 -> 2" in table.status().message
-        table.close()
+        table.home()
+        yield procs, table, url
     finally:
-        stop_sim(proc)
+        table.close()
+        for proc in procs:
+            stop_sim(proc)
+
+
+def test_sigusr1_reboots_the_simulator_process(bridged):
+    procs, table, _ = bridged
+    os.kill(procs[0].pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    while table.status().state is not SubsystemState.UNKNOWN and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "boot 1 -> 2" in table.status().message
 
 
 # -- a pulled cable ---------------------------------------------------------------------------------------------
-def test_a_silent_controller_is_unknown_until_it_answers_again():
-    proc, url = start_sim(tcp=True)
+def test_a_silent_controller_is_unknown_until_it_answers_again(bridged):
+    procs, table, _ = bridged
+    os.kill(procs[0].pid, signal.SIGSTOP)  # the line goes quiet, as with a pulled RS-232 cable
     try:
-        table = open_table(url, timeout_s=0.05, retries=1)
-        table.connect()
-        table.home()
-        os.kill(proc.pid, signal.SIGSTOP)  # the line goes quiet, as with a pulled RS-232 cable
-        try:
-            t0 = time.monotonic()
-            with pytest.raises(DriverTimeoutError):
-                table.position_mm()
-            assert time.monotonic() - t0 < 0.5
-            assert table.status().state is SubsystemState.UNKNOWN
-            with pytest.raises(DriverError, match="UNKNOWN"):
-                table.move_to(10.0)
-        finally:
-            os.kill(proc.pid, signal.SIGCONT)
-        status = table.status()  # probes: the same controller, same boot, answers: back
-        assert status.state is SubsystemState.STANDBY and status.telemetry["homed"] == 1.0
-        table.move_to(10.0)
-        assert table.wait_idle().telemetry["position_mm"] == 10.0
-        table.close()
+        t0 = time.monotonic()
+        with pytest.raises(DriverTimeoutError):
+            table.position_mm()
+        assert time.monotonic() - t0 < 0.5
+        assert table.status().state is SubsystemState.UNKNOWN
+        with pytest.raises(DriverError, match="UNKNOWN"):
+            table.move_to(10.0)
     finally:
-        stop_sim(proc)
+        os.kill(procs[0].pid, signal.SIGCONT)
+    status = table.status()  # probes: the same controller, same boot, answers: back
+    assert status.state is SubsystemState.STANDBY and status.telemetry["homed"] == 1.0
+    table.move_to(10.0)
+    assert table.wait_idle().telemetry["position_mm"] == 10.0
+
+
+def test_a_restarted_bridge_is_reconnected_by_reset(bridged):
+    procs, table, url = bridged
+    stop_sim(procs[0])  # the serial-over-TCP bridge goes away: the port fails
+    with pytest.raises(DriverError):
+        table.move_to(10.0)
+    assert table.status().state is SubsystemState.UNKNOWN
+    procs.append(start_sim(tcp=True, port=int(url.rsplit(":", 1)[1]), seed=2)[0])  # back on the same port
+    table.reset()  # opens the line afresh and identifies the controller: a new one, not homed
+    status = table.status()
+    assert status.state is SubsystemState.STANDBY and status.telemetry["homed"] == 0.0
 
 
 def test_killed_controller_leaves_the_table_unknown_and_the_scanner_refuses(tmp_path):
