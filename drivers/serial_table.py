@@ -80,8 +80,9 @@ class SerialLink:
                                  f"({attempts} attempts, {timeout:g} s each)")
 
     def pump(self) -> None:
-        """Read whatever has arrived (events) without waiting."""
-        self._await(None, 0.0)
+        """Read whatever has arrived (events) without waiting for more (bounded by ``timeout_s`` even
+        when the line never stops babbling)."""
+        self._await(None, time.monotonic() + self.timeout_s)
 
     def _await(self, seq: int | None, deadline: float) -> Line | None:
         """The reply to ``seq`` if one comes before ``deadline``; ``seq=None``: just take in what is there."""
@@ -89,10 +90,7 @@ class SerialLink:
             reply = self._take(seq)
             if reply is not None:
                 return reply
-            if seq is None:
-                if not self._in_waiting():
-                    return None
-            elif time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or (seq is None and not self._in_waiting()):
                 return None
             self._lines += self._splitter.feed(self._read())
 

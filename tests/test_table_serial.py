@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scanctl.drivers.serial_table import SerialLink
+from scanctl.drivers.serial_table import SerialLink, SerialTable
 from scanctl.simulators.table_controller import WireFaults
 
 from scanctl import profile as profiles
@@ -242,22 +242,46 @@ def test_fuzz_no_hang_no_crash_no_corrupt_reply_accepted(script, sizes):
         assert event.kind == EVENT and event.encode()[:-2] in _intact_lines(bytes(port.sent))
 
 
+def driver_on(port: ScriptedPort, *, timeout_s: float, retries: int) -> SerialTable:
+    """The serial table driver on a test port instead of one that pyserial opens."""
+    table = SerialTable("test://", "test", timeout_s=timeout_s, retries=retries)
+    table._port = port
+    table._link = SerialLink(port, "test", timeout_s=timeout_s, retries=retries, on_event=table._on_event)
+    return table
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.binary(max_size=300))
 def test_fuzz_random_bytes_leave_the_table_unknown_not_wrong(noise):
     """A driver that hears only noise: status() is UNKNOWN (never a position), motion refused, no crash."""
-    from scanctl.drivers.serial_table import SerialTable
-
-    table = SerialTable("fuzz://", "fuzz", timeout_s=0.005, retries=0)
-    port = ScriptedPort([lambda seq: noise], [])
-    table._port = port
-    table._link = SerialLink(port, "fuzz", timeout_s=0.005, retries=0, on_event=table._on_event)
+    table = driver_on(ScriptedPort([lambda seq: noise], []), timeout_s=0.005, retries=0)
     with pytest.raises(DriverTimeoutError):
         table.connect(timeout_s=0.01)
     status = table.status()
     assert status.state is SubsystemState.UNKNOWN and "position_mm" not in status.telemetry
     with pytest.raises(DriverError, match="UNKNOWN"):
         table.move_to(0.0)
+
+
+class BabblingPort(ScriptedPort):
+    """A controller that never stops sending noise (and well-formed lines for nobody)."""
+
+    @property
+    def in_waiting(self) -> int:
+        return 64
+
+    def read(self, n: int) -> bytes:
+        return (b"\x00garbage<1 OK*0000\r\n" + frame("!FAULT BOOT=1 CODE=F03 POS=1.000 MSG=babble"))[:n]
+
+
+def test_a_babbling_line_cannot_hold_the_driver():
+    table = driver_on(BabblingPort([], []), timeout_s=0.02, retries=1)
+    t0 = time.monotonic()
+    with pytest.raises(DriverTimeoutError):
+        table.connect(timeout_s=0.05)
+    assert table.status().state is SubsystemState.UNKNOWN
+    table._link.pump()
+    assert time.monotonic() - t0 < 1.0
 
 
 # -- the driver over loop:// -------------------------------------------------------------------------------------
