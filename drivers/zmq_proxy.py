@@ -49,6 +49,7 @@ class RemoteDriver:
         self._lock = threading.RLock()
         self._last_heard = 0.0
         self._silent = False
+        self._abort_line: RemoteDriver | None = None
 
     @classmethod
     def from_url(cls, url: SubsystemURL, options: dict[str, Any], profile: SystemProfile) -> RemoteDriver:
@@ -124,6 +125,8 @@ class RemoteDriver:
                 setattr(self, name, value)
 
     def close(self) -> None:
+        if self._abort_line is not None:
+            self._abort_line.close()
         with self._lock:
             if self._socket is not None:
                 with contextlib.suppress(ScanctlError):  # closing must not fail on a dead driver
@@ -142,7 +145,12 @@ class RemoteDriver:
     def abort(self) -> None:
         if self._silent:  # a silent driver cannot be reached: say so at once, do not wait again
             raise DriverTimeoutError(f"{self.kind} driver at {self.endpoint} is silent: cannot abort")
-        self.call("abort")
+        # On a connection of its own: an abort must not queue behind a call in flight (a sync waiting for
+        # the hardware to play), and the service answers it at once (scanctl.service).
+        if self._abort_line is None:
+            self._abort_line = RemoteDriver(self.url, self.endpoint, liveness_s=self.liveness_s)
+            self._abort_line.kind, self._abort_line.curve = self.kind, self.curve
+        self._abort_line.call("abort")
 
     def reset(self) -> None:
         self.call("reset")

@@ -32,6 +32,8 @@ from scanctl.sequence.model import Sequence
 log = logging.getLogger(__name__)
 
 S = ScannerState
+#: Triggers by which the run loop ends a transitional state in a resting one.
+_TO_RESTING = frozenset({"connected", "prepared", "rejected", "paused", "finished", "safe", "table_stopped"})
 
 
 @dataclass
@@ -66,6 +68,9 @@ class Scanner:
         self._request_lock = threading.Lock()
         self._resume = threading.Condition(self._request_lock)
         self._machine_lock = threading.RLock()
+        #: An emergency stop pressed while the run loop owned a transitional state: the loop's next change to
+        #: a resting state becomes EMERGENCY_STOP instead (so a press at the very end of a run is never lost).
+        self._estop_pending: str | None = None
 
     @classmethod
     def from_profile(cls, profile: SystemProfile, overrides: dict[str, str] | None = None,
@@ -86,6 +91,10 @@ class Scanner:
 
     def _fire(self, trigger: str, reason: str = "") -> None:
         with self._machine_lock:
+            if self._estop_pending is not None and trigger in _TO_RESTING:
+                trigger, reason = "emergency_stop", self._estop_pending
+            if trigger == "emergency_stop":
+                self._estop_pending = None
             self.machine.fire(trigger, reason)
 
     def _guard(self, trigger: str, source: ScannerState, dest: ScannerState) -> str | None:
@@ -187,7 +196,9 @@ class Scanner:
             self._resume.notify_all()
         with self._machine_lock:
             if self.state in (S.IDLE, S.READY, S.FAULT, S.CONNECTING, S.PAUSED):
-                self.machine.fire("emergency_stop", reason)
+                self._fire("emergency_stop", reason)
+            elif self.state is not S.EMERGENCY_STOP:
+                self._estop_pending = reason
 
     def release_emergency_stop(self) -> None:
         self.interlocks["emergency_stop_button"] = False
@@ -349,8 +360,8 @@ class Scanner:
         with self._machine_lock:
             if self.state in (S.FAULT, S.EMERGENCY_STOP, S.DISCONNECTED):
                 return
-            if isinstance(exc, InterlockError) or self.interlocks.get("emergency_stop_button"):
-                self.machine.fire("emergency_stop", str(exc))
+            if isinstance(exc, InterlockError) or self.interlocks.get("emergency_stop_button") or self._estop_pending:
+                self._fire("emergency_stop", self._estop_pending or str(exc))
             else:
                 self.machine.fire("fault", f"{type(exc).__name__}: {exc}")
 

@@ -177,6 +177,8 @@ class DriverService:
             return
         if msg.type == "heartbeat":
             self._send(identity, Message(type="heartbeat", re=msg.id, src=self.name))
+        elif msg.type == "call" and msg.body.get("method") == "abort":
+            self._send(identity, self._call(msg))  # at once, beside a call in flight (abort is thread-safe)
         elif msg.type == "call":
             self._calls.put((identity, msg))
         else:

@@ -6,6 +6,12 @@ computer allows and fully repeatable, and a fault scheduled at ``t`` fires exact
 ``realtime`` (URL option ``realtime=1``, as beside real hardware on a rig) ``sync(t)`` also waits until
 ``t`` seconds of wall-clock time have passed since ``start()``, as a real sequencer would; ``abort()``
 cuts the wait short.
+
+Injected faults (``fault=KIND@T``) trip the subsystem at scan time ``T`` (latched FAULT, output safe),
+except the soft ones, which leave it running so that the safety supervisor must notice: ``silent`` (a
+lost heartbeat: from ``T`` on ``status()`` keeps answering the snapshot taken at ``T``, while the
+hardware plays on; ``abort()`` and ``reset()`` end the silence, as a hard-wired abort line would) and
+those a subclass handles in :meth:`_soft_fault`.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class SimulatedSequencer:
         self._playhead_s: float = 0.0
         self._loaded_until_s: float = 0.0
         self._lock = threading.RLock()  # abort() may come from another thread than the executor's
+        self._frozen: Status | None = None  # fault=silent: the last status this subsystem sent
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def connect(self, timeout_s: float = 5.0) -> None:
@@ -54,11 +61,14 @@ class SimulatedSequencer:
 
     def status(self) -> Status:
         with self._lock:
+            if self._frozen is not None:
+                return self._frozen
             return Status(self._state, self._playhead_s, self._message, self._telemetry())
 
     def abort(self) -> None:
         self._interrupt.set()
         with self._lock:
+            self._frozen = None
             self._make_safe()
             if self._state not in (SubsystemState.FAULT, SubsystemState.OFF):
                 self._state = SubsystemState.STANDBY
@@ -66,6 +76,7 @@ class SimulatedSequencer:
 
     def reset(self) -> None:
         with self._lock:
+            self._frozen = None
             if self._state is SubsystemState.FAULT:
                 self._state = SubsystemState.STANDBY
                 self._message = "fault cleared"
@@ -105,7 +116,9 @@ class SimulatedSequencer:
                 if when > self._playhead_s:
                     self._play_until(when)
                     self._playhead_s = when
-                self._trip(f"{kind} at {when:.6f} s (injected)")
+                if not self._soft_fault(kind, when):
+                    self._trip(f"{kind} at {when:.6f} s (injected)")
+                self._fault_plan = None
             if target > self._playhead_s:
                 self._play_until(target)
                 self._playhead_s = target
@@ -141,6 +154,14 @@ class SimulatedSequencer:
     def _require_running_or_armed(self, action: str) -> None:
         if self._state not in (SubsystemState.ON, SubsystemState.RUNNING):
             raise DriverError(f"{self.kind}: cannot {action} in state {self._state.name} ({self._message})")
+
+    def _soft_fault(self, kind: str, when_s: float) -> bool:
+        """Begin an injected fault that does not trip; False for the kinds that trip."""
+        if kind == "silent":
+            self._frozen = Status(self._state, self._playhead_s, self._message, self._telemetry())
+            log.warning("%s: silent from %.6f s (injected lost heartbeat)", self.kind, when_s)
+            return True
+        return False
 
     # -- for subclasses to implement ------------------------------------------------------------------
     def _play_until(self, t_s: float) -> None:

@@ -3,7 +3,10 @@
 It refuses programs beyond the profile's amplitude and slew limits, models coil heating with a
 first-order thermal RC model driven by the dissipated power (proportional to the sum of the squared
 gradients), reports it as telemetry and trips on over-temperature; ``fault=trip@T`` or
-``fault=overtemp@T`` injects an amplifier trip or an over-temperature at scan time ``T``.
+``fault=overtemp@T`` injects an amplifier trip or an over-temperature at scan time ``T``; ``fault=cooling@T``
+a coolant failure (from ``T`` the coil heats ``overheat_k_per_s`` K/s faster while it plays, until it
+trips at ``max_temp_c`` unless the safety supervisor stops the scan first); ``fault=silent@T`` a lost
+heartbeat (see :mod:`scanctl.simulators.base`).
 
 URL: ``sim://?buffer_s=2&tau_s=60&heating_k_per_w=...`` — see ``OPTIONS``.
 """
@@ -35,7 +38,8 @@ class SimulatedGradient(SimulatedSequencer):
     OPTIONS = {
         "buffer_s": positive_float,
         "realtime": flag,
-        "fault": fault_spec(("trip", "overtemp")),
+        "fault": fault_spec(("trip", "overtemp", "cooling", "silent")),
+        "overheat_k_per_s": positive_float,  # extra heating after fault=cooling
         "tau_s": positive_float,  # thermal time constant of the coil
         "watts_at_max": positive_float,  # dissipation with all three axes at full amplitude
         "kelvin_per_watt": positive_float,  # steady-state temperature rise per watt
@@ -46,7 +50,7 @@ class SimulatedGradient(SimulatedSequencer):
     def __init__(self, url: str, profile: SystemProfile, *, buffer_s: float = 2.0,
                  fault: tuple[str, float] | None = None, tau_s: float = 60.0, watts_at_max: float = 20_000.0,
                  kelvin_per_watt: float = 0.004, max_temp_c: float = 70.0, ambient_c: float = 20.0,
-                 world: str = "default", realtime: bool = False) -> None:
+                 world: str = "default", realtime: bool = False, overheat_k_per_s: float = 5.0) -> None:
         super().__init__(url, buffer_s=buffer_s, fault=fault, realtime=realtime)
         self.max_gradient_hz_per_m = np.array(profile.max_gradient_hz_per_m())
         self.max_slew_hz_per_m_per_s = np.array(profile.max_slew_hz_per_m_per_s())
@@ -57,6 +61,8 @@ class SimulatedGradient(SimulatedSequencer):
         self.ambient_c = ambient_c
         self.temperature_c = ambient_c
         self.power_w = 0.0
+        self.overheat_k_per_s = overheat_k_per_s
+        self._cooling_lost_s: float | None = None
         self._queue: deque[GradientProgram] = deque()
         self._world = World.named(world)
 
@@ -106,15 +112,29 @@ class SimulatedGradient(SimulatedSequencer):
                 g2[inside] += (g * g).sum(axis=0) / 3.0
         power = self.watts_at_max * 0.5 * (g2[:-1] + g2[1:]).reshape(n, 8).mean(axis=1)
         decay = np.exp(-np.diff(edges) / self.tau_s)
+        extra = np.zeros(n)
+        if self._cooling_lost_s is not None:  # coolant failure: heat the cooling no longer removes
+            extra = self.overheat_k_per_s * np.clip(edges[1:] - np.maximum(edges[:-1], self._cooling_lost_s), 0, None)
         temp = self.temperature_c
-        for step, (p, d) in enumerate(zip(power.tolist(), decay.tolist(), strict=True)):
+        for step, (p, d, e) in enumerate(zip(power.tolist(), decay.tolist(), extra.tolist(), strict=True)):
             steady = self.ambient_c + p * self.kelvin_per_watt
-            temp = steady + (temp - steady) * d
+            temp = steady + (temp - steady) * d + e
             if temp > self.max_temp_c:
                 self.temperature_c, self.power_w = temp, p
                 self._playhead_s = float(edges[step + 1])  # the fault happens within this step
                 self._trip(f"coil over-temperature {temp:.1f} °C > {self.max_temp_c:.1f} °C")
         self.temperature_c, self.power_w = temp, float(power[-1])
+
+    def _soft_fault(self, kind: str, when_s: float) -> bool:
+        if kind == "cooling":
+            self._cooling_lost_s = when_s
+            log.warning("gradient: coolant failure at %.6f s (injected)", when_s)
+            return True
+        return super()._soft_fault(kind, when_s)
+
+    def reset(self) -> None:
+        super().reset()
+        self._cooling_lost_s = None
 
     def _make_safe(self) -> None:
         self._queue.clear()

@@ -2,7 +2,15 @@
 
 Transmit: forward power from the B1 waveform (``watts_per_ut2`` W per µT² of B1, a coil calibration)
 and reflected power (``reflection``, the fraction of power reflected); ``fault=reflected@T`` injects a
-reflected-power interlock and ``fault=trip@T`` an amplifier trip at scan time ``T``.
+reflected-power interlock and ``fault=trip@T`` an amplifier trip at scan time ``T``; ``fault=spike@T``
+makes the amplifier run away from ``T`` on (it transmits ``spike_w`` W continuously instead of the
+programmed pulses, until aborted) and ``fault=silent@T`` loses its heartbeat (see
+:mod:`scanctl.simulators.base`). ``forward_energy_j`` counts the energy transmitted since ``arm()``, as
+an RF power monitor integrates it.
+
+Interlock inputs: ``door=open`` (or ``door=open@T``: the examination-room door opens at scan time
+``T``) and ``coil=absent`` (no coil plugged in) are reported as ``door_closed`` and ``coil_present``
+telemetry (1 or 0); :meth:`set_input` changes them at any time (tests, a rig's panel).
 
 Receive: with ``physics=1`` (the default) every ADC window is computed by Bloch simulation of a
 numerical phantom (``scanctl.simulators.physics``) under the gradients the gradient simulator of the
@@ -39,13 +47,27 @@ def _count(text: str) -> int:
     return value
 
 
+def _door(text: str) -> float:
+    """``open`` (from the start) or ``open@T``: the scan time at which the door opens."""
+    return fault_spec(("open",))(text if "@" in text else f"{text}@0")[1]
+
+
+def _coil(text: str) -> bool:
+    if text not in ("present", "absent"):
+        raise ValueError("must be present or absent")
+    return text == "present"
+
+
 class SimulatedRF(SimulatedSequencer):
     """RF transmit/receive simulator."""
 
     kind = "rf"
     OPTIONS = {
         "buffer_s": positive_float,
-        "fault": fault_spec(("reflected", "trip")),
+        "fault": fault_spec(("reflected", "trip", "spike", "silent")),
+        "spike_w": positive_float,
+        "door": _door,
+        "coil": _coil,
         "noise": nonnegative_float,
         "b0": float,
         "physics": flag,
@@ -65,7 +87,8 @@ class SimulatedRF(SimulatedSequencer):
                  phantom: str = "shepp_logan", matrix: int = 128, fov: float = 0.256, isochromats: int | None = None,
                  seed: int = 0,
                  watts_per_ut2: float = 40.0, reflection: float = 0.01, world: str = "default",
-                 realtime: bool = False) -> None:
+                 realtime: bool = False, spike_w: float = 3000.0, door: float | None = None,
+                 coil: bool = True) -> None:
         super().__init__(url, buffer_s=buffer_s, fault=fault, realtime=realtime)
         self.channels = 1
         self.gamma_hz_per_t = profile.gamma_hz_per_t
@@ -88,6 +111,11 @@ class SimulatedRF(SimulatedSequencer):
         self._warned_no_gradient = False
         self.forward_power_w = 0.0
         self.peak_power_w = 0.0
+        self.forward_energy_j = 0.0
+        self.spike_w = spike_w
+        self._spike_from_s: float | None = None
+        self._door_opens_s = door
+        self.inputs = {"door_closed": door is None or door > 0, "coil_present": coil}
 
     @classmethod
     def from_url(cls, url: SubsystemURL, options: dict[str, Any], profile: SystemProfile) -> SimulatedRF:
@@ -110,8 +138,16 @@ class SimulatedRF(SimulatedSequencer):
             kwargs["isochromats"] = self.isochromats
         return SpinSystem(phantom, **kwargs)
 
+    def set_input(self, name: str, on: bool) -> None:
+        """Set an interlock input (``door_closed`` or ``coil_present``)."""
+        if name not in self.inputs:
+            raise KeyError(f"rf: no input {name!r} (inputs: {', '.join(self.inputs)})")
+        with self._lock:
+            self.inputs[name] = on
+
     def arm(self) -> None:
         super().arm()
+        self.forward_energy_j = 0.0
         self._done.clear()
         if self._spins is not None:
             self._spins.reset()
@@ -128,10 +164,24 @@ class SimulatedRF(SimulatedSequencer):
             return out
 
     def _play_until(self, t_s: float) -> None:
+        if self._door_opens_s is not None and self._door_opens_s <= t_s:
+            self.inputs["door_closed"] = False
+            self._door_opens_s = None
         while self._queue and self._queue[0][0].t1_s <= t_s + 1e-12:
             rf, adc = self._queue.popleft()
             self._transmit(rf)
             self._receive(rf, adc)
+        if self._spike_from_s is not None:  # the runaway amplifier transmits spike_w regardless of the program
+            self.forward_energy_j += self.spike_w * max(0.0, t_s - max(self._spike_from_s, self._playhead_s))
+            self.forward_power_w = self.spike_w
+            self.peak_power_w = max(self.peak_power_w, self.spike_w)
+
+    def _soft_fault(self, kind: str, when_s: float) -> bool:
+        if kind == "spike":
+            self._spike_from_s = when_s
+            log.warning("rf: amplifier runs away at %.6f s: %g W (injected)", when_s, self.spike_w)
+            return True
+        return super()._soft_fault(kind, when_s)
 
     def _transmit(self, rf: RFProgram) -> None:
         if rf.b1_hz.size == 0:
@@ -141,6 +191,8 @@ class SimulatedRF(SimulatedSequencer):
         energy_j = float(b1_ut2.sum()) * rf.raster_s * self.watts_per_ut2
         self.forward_power_w = energy_j / max(rf.t1_s - rf.t0_s, 1e-12)
         self.peak_power_w = max(self.peak_power_w, float(b1_ut2.max()) * self.watts_per_ut2)
+        if self._spike_from_s is None:
+            self.forward_energy_j += energy_j
 
     def _receive(self, rf: RFProgram, adc: ADCProgram) -> None:
         if adc.n_windows == 0 and not self.physics:
@@ -174,10 +226,13 @@ class SimulatedRF(SimulatedSequencer):
     def _make_safe(self) -> None:
         self._queue.clear()
         self.forward_power_w = 0.0
+        self._spike_from_s = None
         self._loaded_until_s = self._playhead_s
 
     def _telemetry(self) -> dict[str, float]:
         return {"forward_power_w": self.forward_power_w,
                 "reflected_power_w": self.forward_power_w * self.reflection,
                 "peak_forward_power_w": self.peak_power_w,
+                "forward_energy_j": self.forward_energy_j,
+                "door_closed": float(self.inputs["door_closed"]), "coil_present": float(self.inputs["coil_present"]),
                 "buffered_s": max(0.0, self._loaded_until_s - self._playhead_s)}
