@@ -1,157 +1,248 @@
-"""Control server figures on loopback TCP: command round trip (p50/p99), event throughput with 10
-subscribers (and whether any sequence number was lost), ADC data throughput beside raw pyzmq sending
-the same frames.
+"""ZeroMQ figures on loopback TCP, every receiver in its own process (as a console would be):
 
-    .venv/bin/python benchmarks/bench_zmq.py [--commands 2000] [--events 100000] [--data-mb 512]
+- command round trip (p50/p99) from a client process to the control server;
+- event throughput: the server publishes N events while 10 subscriber processes receive them, each
+  checking every sequence number (messages/s = N / time until the last subscriber has the last one);
+- ADC data throughput: acquisitions packed and published by the server as in a scan and unpacked by a
+  subscriber process, beside raw pyzmq sending the same frames (pre-encoded) to a raw SUB process;
+- the whole ``protocols/gre_2d.toml`` scan across processes (``scanctl up``: server and each simulated
+  subsystem in its own process, the console in this one) against the same scan in-process.
+
+    .venv/bin/python benchmarks/bench_zmq.py [--commands 2000] [--events 100000] [--data-mb 1024]
+                                             [--scans 3] [--skip-scan]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
+import statistics
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zmq
 
 from scanctl import profile as profiles
-from scanctl.client import Client, Subscription
+from scanctl.client import Client, Subscription, acquisitions_of, run_remote
+from scanctl.interfaces import Acquisition
 from scanctl.server import ControlServer
-from scanctl.wire import Message, encode
+from scanctl.wire import Message, check_acquisitions, encode, pack_acquisitions
 
 LOOPBACK = "tcp://127.0.0.1:0"
+GRE = str(Path(__file__).parents[1] / "protocols" / "gre_2d.toml")
+SUBSCRIBERS = 10
 
 
-def round_trip(client: Client, n: int) -> tuple[float, float]:
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        client.command("status")
-        times.append(time.perf_counter() - t0)
+# -- worker processes ------------------------------------------------------------------------------------------
+def round_trip_worker(control: str, n: int, out: Any) -> None:
+    with Client(control) as client:
+        client.status()
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            client.command("status")
+            times.append(time.perf_counter() - t0)
     ms = np.array(times) * 1e3
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+    out.put((float(np.percentile(ms, 50)), float(np.percentile(ms, 99))))
 
 
-def events(server: ControlServer, client: Client, n: int, subscribers: int) -> tuple[float, int, int]:
-    subs = [Subscription([server.endpoints["events"]]) for _ in range(subscribers)]
-    for sub in subs:
+def event_worker(control: str, events: str, n: int, ready: Any, out: Any) -> None:
+    with Client(control) as client, Subscription([events]) as sub:
         sub.sync(client)
-    counts = [0] * subscribers
-
-    def drain(i: int) -> None:
-        while counts[i] < n:
-            msg = subs[i].recv(5.0)
+        ready.release()
+        count, last = 0, time.monotonic()
+        while count < n:
+            msg = sub.recv(10.0)
             if msg is None:
-                return
+                break
             if msg.stream == "bench":
-                counts[i] += 1
-
-    threads = [threading.Thread(target=drain, args=(i,)) for i in range(subscribers)]
-    for t in threads:
-        t.start()
-    t0 = time.perf_counter()
-    for i in range(n):
-        server.publish("bench", {"i": i})
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    gaps = sum(len([g for g in s.gaps if g.stream == "bench"]) for s in subs)
-    for s in subs:
-        s.close()
-    return n / elapsed, gaps, min(counts)
+                count += 1
+                last = time.monotonic()
+        out.put((count, len([g for g in sub.gaps if g.stream == "bench"]), last))
 
 
-def acquisitions_body(samples: int) -> dict[str, Any]:
-    rng = np.random.default_rng(0)
-    data = (rng.standard_normal((64, 1, samples)) + 1j * rng.standard_normal((64, 1, samples))).astype(np.complex64)
-    return {"acquisitions": [{"index": i, "block": i, "start_s": 0.0, "dwell_s": 1e-5, "labels": {"LIN": i},
-                              "data": data[i]} for i in range(64)]}
+def data_worker(control: str, data: str, messages: int, objects: bool, ready: Any, out: Any) -> None:
+    with Client(control) as client, Subscription([data]) as sub:
+        sub.sync(client, sockets=1)
+        ready.release()
+        got, acquisitions, nbytes, last = 0, 0, 0, time.monotonic()
+        while got < messages:
+            msg = sub.recv(10.0)
+            if msg is None:
+                break
+            if msg.stream == "data":
+                if objects:  # one Acquisition per ADC window, as scanctl.client.run_remote uses them
+                    batch = acquisitions_of(msg)
+                    acquisitions += len(batch)
+                    nbytes += sum(a.data.nbytes for a in batch)
+                else:  # the batch's columns, checked: all samples as one complex64 array
+                    acquisitions += check_acquisitions(msg.body["acquisitions"])
+                    nbytes += msg.body["acquisitions"]["data"].nbytes
+                got += 1
+                last = time.monotonic()
+        out.put((got, nbytes, last))
 
 
-def data_server(server: ControlServer, body: dict[str, Any], messages: int) -> float:
-    sub = Subscription([server.endpoints["data"]])
-    client = Client(server.endpoints["control"])
-    sub.sync(client, sockets=1)
-    client.close()
-    payload = sum(a["data"].nbytes for a in body["acquisitions"])
-    got = 0
-    t0 = time.perf_counter()
-    sender = threading.Thread(target=lambda: [server.publish("data", body, data=True) for _ in range(messages)])
-    sender.start()
-    while got < messages:
-        msg = sub.recv(5.0)
-        if msg is None:
-            break
-        if msg.type == "data":
-            got += 1
-    sender.join()
-    elapsed = time.perf_counter() - t0
-    sub.close()
-    return got * payload / elapsed / 1e6
-
-
-def data_raw(body: dict[str, Any], messages: int) -> float:
-    """Raw pyzmq: the same frames (pre-encoded once), PUB to SUB, no envelope decoding on receipt."""
-    ctx = zmq.Context.instance()
-    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
-    pub.setsockopt(zmq.SNDHWM, 1_000_000)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
+def raw_worker(port: int, messages: int, ready: Any, out: Any) -> None:
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.setsockopt(zmq.RCVHWM, 0)
     sub.connect(f"tcp://127.0.0.1:{port}")
-    frames = encode(Message(type="data", body=body, stream="data", seq=0))
-    while True:  # slow joiner
-        pub.send_multipart(frames, copy=False)
-        if sub.poll(50):
-            sub.recv_multipart(copy=False)
-            break
-    while sub.poll(50):
-        sub.recv_multipart(copy=False)
-    payload = sum(a["data"].nbytes for a in body["acquisitions"])
-    t0 = time.perf_counter()
-    sender = threading.Thread(target=lambda: [pub.send_multipart(frames, copy=False) for _ in range(messages)])
-    sender.start()
-    got = 0
-    while got < messages and sub.poll(5000):
-        sub.recv_multipart(copy=False)
-        got += 1
-    sender.join()
-    elapsed = time.perf_counter() - t0
-    pub.close()
+    sub.recv()  # the first probe: the subscription is in place
+    ready.release()
+    got, nbytes, last = 0, 0, time.monotonic()
+    while got < messages and sub.poll(10_000):
+        frames = sub.recv_multipart(copy=False)
+        if len(frames) > 1:  # not a probe
+            got += 1
+            nbytes += sum(len(f.buffer) for f in frames[1:])
+            last = time.monotonic()
+    out.put((got, nbytes, last))
     sub.close()
-    return got * payload / elapsed / 1e6
+    ctx.term()
+
+
+# -- measurements -------------------------------------------------------------------------------------------------
+def spawn(ctx: Any, target: Any, *args: Any) -> Any:
+    proc = ctx.Process(target=target, args=args, daemon=True)
+    proc.start()
+    return proc
+
+
+def round_trip(ctx: Any, server: ControlServer, n: int) -> tuple[float, float]:
+    out = ctx.Queue()
+    proc = spawn(ctx, round_trip_worker, server.endpoints["control"], n, out)
+    result = out.get(timeout=300)
+    proc.join()
+    return result  # type: ignore[no-any-return]
+
+
+def events(ctx: Any, server: ControlServer, n: int) -> tuple[float, int, int]:
+    out, ready = ctx.Queue(), ctx.Semaphore(0)
+    procs = [spawn(ctx, event_worker, server.endpoints["control"], server.endpoints["events"], n, ready, out)
+             for _ in range(SUBSCRIBERS)]
+    for _ in procs:
+        ready.acquire(timeout=60)
+    t0 = time.monotonic()
+    for i in range(n):
+        server.publish("bench", {"i": i})
+    results = [out.get(timeout=600) for _ in procs]
+    for proc in procs:
+        proc.join()
+    elapsed = max(last for _, _, last in results) - t0
+    return n / elapsed, sum(gaps for _, gaps, _ in results), min(count for count, _, _ in results)
+
+
+def acquisitions(count: int, samples: int) -> list[Acquisition]:
+    rng = np.random.default_rng(0)
+    data = (rng.standard_normal((count, 1, samples)) + 1j * rng.standard_normal((count, 1, samples)))
+    return [Acquisition(i, i, i * 1e-3, 1e-5, data[i].astype(np.complex64), {"LIN": i}) for i in range(count)]
+
+
+def data_server(ctx: Any, server: ControlServer, batch: list[Acquisition], messages: int, objects: bool) -> float:
+    out, ready = ctx.Queue(), ctx.Semaphore(0)
+    proc = spawn(ctx, data_worker, server.endpoints["control"], server.endpoints["data"], messages, objects, ready,
+                 out)
+    ready.acquire(timeout=60)
+    t0 = time.monotonic()
+    for _ in range(messages):  # what the server does with each batch of a scan
+        server.publish("data", {"acquisitions": pack_acquisitions(batch)}, data=True)
+    got, nbytes, last = out.get(timeout=600)
+    proc.join()
+    assert got == messages, f"data subscriber received {got} of {messages} messages"
+    return nbytes / (last - t0) / 1e6  # type: ignore[no-any-return]
+
+
+def data_raw(ctx: Any, batch: list[Acquisition], messages: int) -> float:
+    zctx = zmq.Context()
+    pub = zctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 1_000_000)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    frames = encode(Message(type="data", body={"acquisitions": pack_acquisitions(batch)}, stream="data", seq=0))
+    out, ready = ctx.Queue(), ctx.Semaphore(0)
+    proc = spawn(ctx, raw_worker, port, messages, ready, out)
+    while not ready.acquire(timeout=0.01):
+        pub.send(b"probe")
+    t0 = time.monotonic()
+    for _ in range(messages):
+        pub.send_multipart(frames, copy=False)
+    got, nbytes, last = out.get(timeout=600)
+    proc.join()
+    pub.close()
+    zctx.term()
+    assert got == messages, f"raw subscriber received {got} of {messages} messages"
+    return nbytes / (last - t0) / 1e6  # type: ignore[no-any-return]
+
+
+def scans(repeat: int) -> tuple[float, float]:
+    """Median wall time of gre_2d in-process and across processes (scanctl up), outputs written alike."""
+    from scanctl.launcher import down, up
+    from scanctl.run import run_scan
+
+    profile = profiles.load(None)
+    with tempfile.TemporaryDirectory() as tmp:
+        local, remote = [], []
+        for i in range(repeat):
+            t0 = time.perf_counter()
+            report = run_scan(GRE, profile, Path(tmp) / f"local{i}")
+            local.append(time.perf_counter() - t0)
+            assert report.ok, report.message
+        record = up(Path(tmp) / "run", control=LOOPBACK, events=LOOPBACK, data=LOOPBACK)
+        try:
+            with Client(record["control"]) as client:
+                for i in range(repeat):
+                    t0 = time.perf_counter()
+                    report = run_remote(client, GRE, Path(tmp) / f"remote{i}")
+                    remote.append(time.perf_counter() - t0)
+                    assert report.ok, report.message
+        finally:
+            down(Path(tmp) / "run")
+    return statistics.median(local), statistics.median(remote)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commands", type=int, default=2000)
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--data-mb", type=float, default=512.0, help="ADC payload to stream per measurement, MB")
+    parser.add_argument("--data-mb", type=float, default=1024.0, help="ADC payload to stream per measurement, MB")
     parser.add_argument("--samples", type=int, default=512, help="samples per acquisition (complex64)")
+    parser.add_argument("--per-message", type=int, default=64, help="acquisitions per data message")
+    parser.add_argument("--scans", type=int, default=3, help="gre_2d runs each way (median)")
+    parser.add_argument("--skip-scan", action="store_true", help="skip the whole-scan comparison")
     args = parser.parse_args()
+    ctx = mp.get_context("spawn")
     server = ControlServer(profiles.load(), LOOPBACK, LOOPBACK, LOOPBACK, {"rf": "sim://?physics=0"})
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        client = Client(server.endpoints["control"])
-        client.status()
-        p50, p99 = round_trip(client, args.commands)
-        print(f"command round trip (status, {args.commands}x): p50 {p50:.3f} ms, p99 {p99:.3f} ms  (target p99 < 2 ms)")
-        rate, gaps, least = events(server, client, args.events, 10)
-        print(f"events, 10 subscribers: {rate:,.0f} messages/s published and received by all; "
-              f"gaps: {gaps}; fewest received: {least}/{args.events}  (target >= 50,000/s, no gap)")
-        body = acquisitions_body(args.samples)
-        payload = sum(a["data"].nbytes for a in body["acquisitions"])
+        p50, p99 = round_trip(ctx, server, args.commands)
+        print(f"command round trip (status, {args.commands}x, client process): p50 {p50:.3f} ms, p99 {p99:.3f} ms"
+              f"  (target p99 < 2 ms)", flush=True)
+        rate, gaps, least = events(ctx, server, args.events)
+        print(f"events, {SUBSCRIBERS} subscriber processes: {rate:,.0f} events/s published and received by all; "
+              f"gaps: {gaps}; fewest received: {least}/{args.events}  (target >= 50,000/s, no gap)", flush=True)
+        batch = acquisitions(args.per_message, args.samples)
+        payload = sum(a.data.nbytes for a in batch)
         messages = max(1, int(args.data_mb * 1e6 / payload))
-        ours = data_server(server, body, messages)
-        raw = data_raw(body, messages)
-        print(f"ADC data ({messages} messages of 64 x {args.samples} complex64): server {ours:,.0f} MB/s, "
-              f"raw pyzmq {raw:,.0f} MB/s: {ours / raw:.0%}  (target >= 70%)")
-        client.close()
+        columns = data_server(ctx, server, batch, messages, objects=False)
+        raw = data_raw(ctx, batch, messages)
+        objects = data_server(ctx, server, batch, messages, objects=True)
+        print(f"ADC data ({messages} messages of {args.per_message} x {args.samples} complex64, "
+              f"{payload / 1e3:.0f} kB): raw pyzmq {raw:,.0f} MB/s; server to a subscriber taking the checked "
+              f"columns {columns:,.0f} MB/s: {columns / raw:.0%} (target >= 70%); one Acquisition object per "
+              f"window {objects:,.0f} MB/s: {objects / raw:.0%}", flush=True)
     finally:
         server.stop()
         thread.join(timeout=10)
+    if not args.skip_scan:
+        local, remote = scans(args.scans)
+        print(f"protocols/gre_2d.toml (median of {args.scans}): in-process {local:.2f} s, across processes "
+              f"{remote:.2f} s: {remote / local:.2f}x  (target <= 1.5x)", flush=True)
 
 
 if __name__ == "__main__":

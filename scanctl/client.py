@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from scanctl.errors import ScanctlError, WireProtocolError
 from scanctl.interfaces import Acquisition
 from scanctl.profile import DEFAULT_ENDPOINTS
 from scanctl.security import ClientCurve
-from scanctl.wire import Message, decode, encode, unpack_acquisitions
+from scanctl.wire import Message, decode, encode, unbatch, unpack_acquisitions
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ class Subscription:
             socket.connect(endpoint)
             self._sockets.append(socket)
             self._poller.register(socket, zmq.POLLIN)
-        self._ready: list[Message] = []
+        self._ready: deque[Message] = deque()
 
     def close(self) -> None:
         for socket in self._sockets:
@@ -249,7 +250,7 @@ class Subscription:
         """The next message (None after ``timeout_s``; ``None`` timeout waits for ever). Malformed
         messages are logged and skipped."""
         if self._ready:
-            return self._ready.pop(0)
+            return self._ready.popleft()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -257,14 +258,15 @@ class Subscription:
             for socket in self._sockets:
                 if socket in ready:
                     try:
-                        msg = decode(socket.recv_multipart(copy=False))
+                        messages = unbatch(decode(socket.recv_multipart(copy=False)))
                     except WireProtocolError as exc:
                         log.warning("malformed event skipped: %s", exc)
                         continue
-                    self._check(msg)
-                    self._ready.append(msg)
+                    for msg in messages:
+                        self._check(msg)
+                    self._ready.extend(messages)
             if self._ready:
-                return self._ready.pop(0)
+                return self._ready.popleft()
             if deadline is not None and time.monotonic() >= deadline:
                 return None
 
@@ -303,7 +305,7 @@ class Subscription:
                 if msg.stream in SYNC_STREAMS and msg.body.get("token") == token:
                     seen += 1
                     if seen >= want:
-                        self._ready = kept + self._ready
+                        self._ready.extendleft(reversed(kept))
                         return
                 elif msg.stream not in SYNC_STREAMS:
                     kept.append(msg)

@@ -46,7 +46,7 @@ class Status:
     telemetry: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a scan makes thousands a second, and frozen construction costs 3x
 class Acquisition:
     """The samples of one ADC window: ``data`` is complex64 ``(channels, samples)``, in arbitrary
     receiver units; ``index`` numbers the windows over the scan (0-based); ``labels`` are the

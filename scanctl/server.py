@@ -42,6 +42,7 @@ from scanctl.interfaces import Acquisition
 from scanctl.machine import JournalEntry, ScannerState
 from scanctl.profile import DEFAULT_ENDPOINTS, SystemProfile
 from scanctl.protocol import Protocol
+from scanctl.publisher import Publisher
 from scanctl.run import load_source, protocol_info, sequence_info, subsystem_urls
 from scanctl.security import ServerCurve, refuse_unauthenticated
 from scanctl.sequence.model import Sequence
@@ -152,8 +153,7 @@ class ControlServer:
         self._wake_addr = f"inproc://server-wake-{uuid.uuid4().hex}"
         self._wake = self._socket(zmq.PAIR)
         self._wake.bind(self._wake_addr)
-        self._pub_lock = threading.Lock()
-        self._seq: dict[str, int] = {}
+        self._publisher = Publisher(self._events, self._data, name)
         self._stopping = threading.Event()
         self._jobs: queue.Queue[tuple[str, list[bytes], str, Message] | None] = queue.Queue()
         self._replies: queue.Queue[tuple[list[bytes], str, Message, str]] = queue.Queue()
@@ -232,6 +232,7 @@ class ControlServer:
             self.scanner.close()
         except ScanctlError as exc:
             log.error("%s: closing the scanner: %s", self.name, exc)
+        self._publisher.close()
         self._close_sockets()
         self._wake.close()
 
@@ -431,18 +432,9 @@ class ControlServer:
 
     # -- events (any thread) ---------------------------------------------------------------------------------
     def publish(self, stream: str, body: dict[str, Any], *, data: bool = False) -> None:
-        """Publish ``body`` on ``stream`` (the data socket if ``data``) with the next sequence number."""
-        socket = self._data if data else self._events
-        kind = "data" if stream == "data" else "event"
-        with self._pub_lock:
-            seq = self._seq.get(stream, 0) + 1
-            frames = encode(Message(type=kind, body=body, src=self.name, stream=stream, seq=seq, run=self._run_id))
-            try:
-                socket.send_multipart(frames, copy=False)
-            except zmq.ZMQError as exc:
-                log.warning("%s: %s event not published: %s", self.name, stream, exc)
-                return
-            self._seq[stream] = seq
+        """Publish ``body`` on ``stream`` (the data socket if ``data``) with the next sequence number
+        (:class:`scanctl.publisher.Publisher`)."""
+        self._publisher.publish(stream, body, run=self._run_id, data=data)
 
     def _on_journal(self, entry: JournalEntry) -> None:
         body = asdict(entry)
@@ -477,8 +469,7 @@ class ControlServer:
                 "last_report": self._last_report,
                 "endpoints": dict(self.endpoints),
             }
-        with self._pub_lock:
-            snapshot["seq"] = dict(self._seq)
+        snapshot["seq"] = self._publisher.seqs()
         return snapshot
 
     # -- the worker thread (owns the state machine) ----------------------------------------------------------

@@ -31,7 +31,10 @@ VERSION_TEXT = f"{VERSION[0]}.{VERSION[1]}"
 MAX_ENVELOPE_BYTES = 1 << 20
 MAX_FRAMES = 64
 MAX_PAYLOAD_BYTES = 1 << 30
+#: The type of a message that carries several messages without binary frames (see :func:`encode_batch`).
+BATCH = "batch"
 _DTYPE_KINDS = "biufc"  # bool, integers, floats, complex: no objects, strings or records on the wire
+_DTYPES: dict[str, np.dtype[Any]] = {}  # the dtypes seen so far, by their text
 _ENVELOPE_KEYS = {"v", "type", "id", "re", "src", "ts", "stream", "seq", "run", "body"}
 
 
@@ -51,19 +54,57 @@ class Message:
     v: str = VERSION_TEXT
 
 
-def encode(msg: Message) -> list[bytes | memoryview]:
-    """The frames of ``msg``: the JSON envelope, then one frame per array in the body (zero-copy views)."""
+def envelope_of(msg: Message) -> tuple[dict[str, Any], list[bytes | memoryview]]:
+    """``msg``'s envelope as a JSON-ready object and its binary frames (zero-copy views of its arrays)."""
     frames: list[bytes | memoryview] = []
-    body = _pack(msg.body, frames)
-    envelope = {"v": msg.v, "type": msg.type, "ts": msg.ts or time.time(), "body": body}
+    envelope = {"v": msg.v, "type": msg.type, "ts": msg.ts or time.time(), "body": _pack(msg.body, frames)}
     for key in ("id", "re", "src", "stream", "seq", "run"):
         value = getattr(msg, key)
         if value is not None:
             envelope[key] = value
-    head = json.dumps(envelope, separators=(",", ":"), allow_nan=False).encode()
     if len(frames) > MAX_FRAMES:  # the receiver would refuse it: say so here, where the cause is
         raise WireProtocolError(f"{msg.type} message has {len(frames)} arrays, more than the {MAX_FRAMES} allowed")
-    return [head, *frames]
+    return envelope, frames
+
+
+def encode(msg: Message) -> list[bytes | memoryview]:
+    """The frames of ``msg``: the JSON envelope, then one frame per array in the body (zero-copy views)."""
+    envelope, frames = envelope_of(msg)
+    return [dumps_envelope(envelope), *frames]
+
+
+def encode_batch(envelopes: Sequence[dict[str, Any]], src: str | None = None) -> bytes:
+    """One ``batch`` message carrying the envelopes of several messages without binary frames (as
+    :func:`envelope_of` made them), in order: how a publisher sends a burst of events at once."""
+    envelope: dict[str, Any] = {"v": VERSION_TEXT, "type": BATCH, "ts": time.time(),
+                                "body": {"messages": list(envelopes)}}
+    if src is not None:
+        envelope["src"] = src
+    return dumps_envelope(envelope)
+
+
+def unbatch(msg: Message) -> list[Message]:
+    """The messages a ``batch`` message carries (each validated as an envelope; ``src`` and ``v`` from
+    the batch unless given), or ``[msg]`` for any other message. Raises WireProtocolError."""
+    if msg.type != BATCH:
+        return [msg]
+    inner = msg.body.get("messages")
+    if not isinstance(inner, list):
+        raise WireProtocolError("batch body needs a list 'messages'")
+    out = []
+    for i, envelope in enumerate(inner):
+        try:
+            if not isinstance(envelope, dict) or not isinstance(envelope.get("body", {}), dict):
+                raise WireProtocolError("not an envelope with an object 'body'")
+            _known_keys(envelope)
+            out.append(_message(envelope, envelope.get("body", {}), msg.v, msg.src))
+        except WireProtocolError as exc:
+            raise WireProtocolError(f"batch message {i}: {exc}") from None
+    return out
+
+
+def dumps_envelope(envelope: dict[str, Any]) -> bytes:
+    return json.dumps(envelope, separators=(",", ":"), allow_nan=False).encode()
 
 
 def decode(frames: Sequence[bytes | memoryview | Any]) -> Message:
@@ -76,32 +117,47 @@ def decode(frames: Sequence[bytes | memoryview | Any]) -> Message:
     if len(raw[0]) > MAX_ENVELOPE_BYTES:
         raise WireProtocolError(f"envelope is {len(raw[0])} bytes, more than the {MAX_ENVELOPE_BYTES} allowed")
     try:
-        envelope = json.loads(bytes(raw[0]).decode("utf-8"), parse_constant=_no_constant)
+        head = bytes(raw[0])
+        envelope = json.loads(head.decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise WireProtocolError(f"envelope is not UTF-8 JSON: {exc}") from None
     if not isinstance(envelope, dict):
         raise WireProtocolError("envelope is not a JSON object")
-    unknown = set(envelope) - _ENVELOPE_KEYS
-    if unknown:
-        raise WireProtocolError(f"envelope has unknown keys: {', '.join(sorted(unknown))}")
+    _known_keys(envelope)
     v = envelope.get("v")
     if not isinstance(v, str) or not _version_ok(v):
         raise WireProtocolError(f"unsupported protocol version {v!r} (this side speaks {VERSION_TEXT})")
-    kind = envelope.get("type")
-    if not isinstance(kind, str) or not kind or len(kind) > 64:
-        raise WireProtocolError("envelope 'type' must be a non-empty string")
     body = envelope.get("body", {})
     if not isinstance(body, dict):
         raise WireProtocolError("envelope 'body' must be an object")
-    msg = Message(type=kind, v=v, body=_unpack(body, raw[1:], set()))
-    for key, types in (("id", str), ("re", str), ("src", str), ("stream", str), ("run", str), ("seq", int),
-                       ("ts", (int, float))):
-        if key in envelope:
-            value = envelope[key]
-            if not isinstance(value, types) or isinstance(value, bool):
-                raise WireProtocolError(f"envelope {key!r} has the wrong type ({type(value).__name__})")
-            setattr(msg, key, float(value) if key == "ts" else value)
-    return msg
+    if len(raw) == 1 and b'"__' not in head:  # no array or special float in it: only the depth to check
+        _check_depth(body)
+        return _message(envelope, body, v)
+    return _message(envelope, _unpack(body, raw[1:], set()), v)
+
+
+def _known_keys(envelope: dict[str, Any]) -> None:
+    unknown = set(envelope) - _ENVELOPE_KEYS
+    if unknown:
+        raise WireProtocolError(f"envelope has unknown keys: {', '.join(sorted(unknown))}")
+
+
+def _message(envelope: dict[str, Any], body: dict[str, Any], v: str, src: str | None = None) -> Message:
+    """The message of a checked envelope (keys known, version accepted) and its decoded body."""
+    kind = envelope.get("type")
+    if not isinstance(kind, str) or not kind or len(kind) > 64:
+        raise WireProtocolError("envelope 'type' must be a non-empty string")
+    get = envelope.get
+    ident, re, sender, stream, run, seq, ts = (get("id"), get("re"), get("src", src), get("stream"), get("run"),
+                                               get("seq"), get("ts", 0.0))
+    for key, value in (("id", ident), ("re", re), ("src", sender), ("stream", stream), ("run", run)):
+        if value is not None and type(value) is not str:
+            raise WireProtocolError(f"envelope {key!r} has the wrong type ({type(value).__name__})")
+    if seq is not None and type(seq) is not int:
+        raise WireProtocolError(f"envelope 'seq' has the wrong type ({type(seq).__name__})")
+    if type(ts) is not float and type(ts) is not int:
+        raise WireProtocolError(f"envelope 'ts' has the wrong type ({type(ts).__name__})")
+    return Message(kind, body, ident, re, sender, float(ts), stream, seq, run, v)
 
 
 def reply_to(request: Message, type: str = "reply", body: dict[str, Any] | None = None,
@@ -117,72 +173,91 @@ def error_reply(request_id: str | None, code: str, message: str, src: str | None
 
 # -- acquisitions --------------------------------------------------------------------------------------------
 def pack_acquisitions(acquisitions: Sequence[Acquisition]) -> dict[str, Any]:
-    """A batch of acquisitions as columns: four binary frames for any number of them (docs/wire-protocol.md).
+    """A batch of acquisitions as columns: six binary frames (and one or two per label) for any number of
+    them (docs/wire-protocol.md#acquisition-batches).
 
     ``index``, ``block`` (int64), ``start_s``, ``dwell_s`` (float64), ``shape`` (int64 ``(n, 2)``: channels,
     samples), ``data`` (complex64, every acquisition's samples one after the other), ``labels`` (name → int64
     column) and ``unlabelled`` (name → bool column, only for a label some acquisitions lack)."""
     n = len(acquisitions)
-    shape = np.array([a.data.shape for a in acquisitions], dtype=np.int64).reshape(n, 2)
-    data = (np.concatenate([np.asarray(a.data, dtype=np.complex64).reshape(-1) for a in acquisitions])
-            if n else np.zeros(0, np.complex64))
-    names = sorted({name for a in acquisitions for name in a.labels})
-    labels = {name: np.array([a.labels.get(name, 0) for a in acquisitions], dtype=np.int64) for name in names}
-    unlabelled = {}
+    arrays = [a.data for a in acquisitions]
+    shape = np.array([d.shape for d in arrays], dtype=np.int64).reshape(n, 2)
+    data = (np.concatenate(arrays, axis=None).astype(np.complex64, copy=False) if n else np.zeros(0, np.complex64))
+    label_dicts = [a.labels for a in acquisitions]
+    names = sorted({name for labels in label_dicts for name in labels})
+    columns, unlabelled = {}, {}
     for name in names:
-        absent = np.array([name not in a.labels for a in acquisitions], dtype=bool)
-        if absent.any():
-            unlabelled[name] = absent
+        values = [labels.get(name) for labels in label_dicts]
+        if None in values:
+            unlabelled[name] = np.array([v is None for v in values], dtype=bool)
+            values = [0 if v is None else v for v in values]
+        columns[name] = np.array(values, dtype=np.int64)
     return {
         "index": np.array([a.index for a in acquisitions], dtype=np.int64),
         "block": np.array([a.block for a in acquisitions], dtype=np.int64),
         "start_s": np.array([a.start_s for a in acquisitions], dtype=np.float64),
         "dwell_s": np.array([a.dwell_s for a in acquisitions], dtype=np.float64),
-        "shape": shape, "data": data, "labels": labels, "unlabelled": unlabelled,
+        "shape": shape, "data": data, "labels": columns, "unlabelled": unlabelled,
     }
 
 
-def unpack_acquisitions(batch: Any) -> list[Acquisition]:
-    """The acquisitions :func:`pack_acquisitions` packed (their ``data`` views the received frame).
-    Raises WireProtocolError naming what does not fit."""
+def check_acquisitions(batch: Any) -> int:
+    """Check a packed batch of acquisitions (its columns agree with each other) without unpacking it;
+    returns how many acquisitions it holds. A receiver that works on the columns (e.g. all the samples as
+    one array, ``batch["data"]``) needs no more. Raises WireProtocolError naming what does not fit."""
     if not isinstance(batch, dict):
         raise WireProtocolError("acquisitions must be an object of columns")
-    columns = {}
     for key, kind in (("index", "i"), ("block", "i"), ("start_s", "f"), ("dwell_s", "f"), ("shape", "i"),
                       ("data", "c")):
         column = batch.get(key)
         if not isinstance(column, np.ndarray) or column.dtype.kind != kind:
             raise WireProtocolError(f"acquisitions: {key!r} must be an array of kind {kind!r}")
-        columns[key] = column
-    n = len(columns["index"])
-    if any(len(columns[key]) != n for key in ("block", "start_s", "dwell_s")) or columns["shape"].shape != (n, 2):
+    n = len(batch["index"])
+    if any(len(batch[key]) != n for key in ("block", "start_s", "dwell_s")) or batch["shape"].shape != (n, 2):
         raise WireProtocolError(f"acquisitions: columns disagree on the count ({n} indices)")
-    shape = columns["shape"]
+    shape = batch["shape"]
     if (shape < 0).any():
         raise WireProtocolError("acquisitions: negative channel or sample count")
-    sizes = shape[:, 0] * shape[:, 1]
-    if int(sizes.sum()) != columns["data"].size:
-        raise WireProtocolError(f"acquisitions: shapes need {int(sizes.sum())} samples, "
-                                f"data has {columns['data'].size}")
+    needed = int((shape[:, 0] * shape[:, 1]).sum())
+    if needed != batch["data"].size:
+        raise WireProtocolError(f"acquisitions: shapes need {needed} samples, data has {batch['data'].size}")
     labels, unlabelled = batch.get("labels", {}), batch.get("unlabelled", {})
     if not isinstance(labels, dict) or not isinstance(unlabelled, dict) or not set(unlabelled) <= set(labels):
         raise WireProtocolError("acquisitions: 'labels' and 'unlabelled' must be objects of columns")
     for name, column in (*labels.items(), *unlabelled.items()):
         if not isinstance(column, np.ndarray) or column.shape != (n,) or column.dtype.kind not in "ib":
             raise WireProtocolError(f"acquisitions: label column {name!r} must be {n} integers")
-    data = columns["data"].astype(np.complex64, copy=False)
-    ends = np.cumsum(sizes)
-    index, block = columns["index"].tolist(), columns["block"].tolist()
-    start, dwell = columns["start_s"].tolist(), columns["dwell_s"].tolist()
-    label_lists = {name: column.tolist() for name, column in labels.items()}
-    absent = {name: column.tolist() for name, column in unlabelled.items()}
-    out = []
-    for i in range(n):
-        values = {name: column[i] for name, column in label_lists.items() if not (name in absent and absent[name][i])}
-        samples = data[ends[i] - sizes[i]:ends[i]].reshape(int(shape[i, 0]), int(shape[i, 1]))
-        out.append(Acquisition(index=index[i], block=block[i], start_s=start[i], dwell_s=dwell[i], data=samples,
-                               labels=values))
-    return out
+    return n
+
+
+def unpack_acquisitions(batch: Any) -> list[Acquisition]:
+    """The acquisitions :func:`pack_acquisitions` packed (their ``data`` views the received frame).
+    Raises WireProtocolError naming what does not fit."""
+    n = check_acquisitions(batch)
+    shape, labels, unlabelled = batch["shape"], batch.get("labels", {}), batch.get("unlabelled", {})
+    sizes = shape[:, 0] * shape[:, 1]
+    if n == 0:
+        return []
+    data = batch["data"].astype(np.complex64, copy=False)
+    if (shape == shape[0]).all():  # the usual case: one view per acquisition of an (n, channels, samples) array
+        samples = list(data.reshape(n, int(shape[0, 0]), int(shape[0, 1])))
+    else:
+        ends = np.cumsum(sizes).tolist()
+        samples = [data[end - size:end].reshape(channels, count) for end, size, (channels, count)
+                   in zip(ends, sizes.tolist(), shape.tolist(), strict=True)]
+    names = list(labels)
+    if len(names) == 1:  # the usual case (a line counter): the cheapest way to n dicts
+        name = names[0]
+        label_dicts = [{name: value} for value in labels[name].tolist()]
+    else:
+        rows = zip(*(labels[name].tolist() for name in names), strict=True) if names else iter([()] * n)
+        label_dicts = [dict(zip(names, row, strict=True)) for row in rows]
+    for name, column in unlabelled.items():
+        for i in np.flatnonzero(column).tolist():
+            del label_dicts[i][name]
+    return [Acquisition(*fields) for fields in zip(batch["index"].tolist(), batch["block"].tolist(),
+                                                     batch["start_s"].tolist(), batch["dwell_s"].tolist(),
+                                                     samples, label_dicts, strict=True)]
 
 
 # -- structured values --------------------------------------------------------------------------------------
@@ -225,6 +300,17 @@ def _pack(value: Any, frames: list[bytes | memoryview]) -> Any:
     raise WireProtocolError(f"cannot send a {type(value).__name__}")
 
 
+def _check_depth(body: dict[str, Any]) -> None:
+    """Refuse a body nested deeper than :func:`_unpack` allows (iteratively: the body is not rebuilt)."""
+    level: list[Any] = [body]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > 33:
+            raise WireProtocolError("body nested more than 32 levels deep")
+        level = [v for c in level for v in (c.values() if isinstance(c, dict) else c) if isinstance(v, (dict, list))]
+
+
 def _unpack(value: Any, frames: list[memoryview], used: set[int], depth: int = 0) -> Any:
     if depth > 32:
         raise WireProtocolError("body nested more than 32 levels deep")
@@ -247,10 +333,14 @@ def _array(ref: dict[str, Any], frames: list[memoryview], used: set[int]) -> np.
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(frames) or index in used:
         raise WireProtocolError(f"array refers to binary frame {index!r}, which is missing or already used")
     used.add(index)
-    try:
-        dtype = np.dtype(dtype_text) if isinstance(dtype_text, str) and len(dtype_text) <= 8 else None
-    except TypeError:
-        dtype = None
+    dtype = _DTYPES.get(dtype_text) if isinstance(dtype_text, str) else None
+    if dtype is None:
+        try:
+            dtype = np.dtype(dtype_text) if isinstance(dtype_text, str) and len(dtype_text) <= 8 else None
+        except TypeError:
+            dtype = None
+        if dtype is not None and dtype.kind in _DTYPE_KINDS and len(_DTYPES) < 64 and isinstance(dtype_text, str):
+            _DTYPES[dtype_text] = dtype
     if dtype is None or dtype.kind not in _DTYPE_KINDS:
         raise WireProtocolError(f"array dtype {dtype_text!r} is not a numeric dtype")
     if not isinstance(shape, list) or len(shape) > 8 or not all(isinstance(n, int) and n >= 0 for n in shape):

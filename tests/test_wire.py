@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 
 import hypothesis.strategies as st
 import numpy as np
@@ -18,10 +19,13 @@ from scanctl.wire import (
     Message,
     decode,
     encode,
+    encode_batch,
+    envelope_of,
     error_reply,
     pack_acquisitions,
     reply_to,
     to_plain,
+    unbatch,
     unpack_acquisitions,
 )
 
@@ -189,3 +193,28 @@ def test_malformed_acquisition_batches_are_refused(change, message):
 def test_a_message_with_too_many_arrays_is_refused_by_its_sender():
     with pytest.raises(WireProtocolError, match="more than the 64 allowed"):
         encode(Message(type="data", body={"a": [np.zeros(1)] * 65}))
+
+
+def test_a_batch_carries_messages_in_order_with_the_batch_src():
+    envelopes = [envelope_of(Message(type="event", body={"i": i, "x": float("nan")}, stream="s", seq=i, run="r"))[0]
+                 for i in range(1, 4)]
+    batch = decode([encode_batch(envelopes, src="server-1")])
+    assert batch.type == "batch" and unbatch(Message(type="event"))[0].type == "event"
+    inner = unbatch(batch)
+    assert [(m.type, m.src, m.stream, m.seq, m.run, m.body["i"]) for m in inner] == [
+        ("event", "server-1", "s", i, "r", i) for i in range(1, 4)]
+    assert math.isnan(inner[0].body["x"])
+
+
+@pytest.mark.parametrize("messages, reason", [
+    ("nope", "a list 'messages'"),
+    ([1], "batch message 0: not an envelope"),
+    ([{"type": "event", "body": []}], "batch message 0: not an envelope"),
+    ([{"type": "event"}, {"type": "event", "color": 1}], "batch message 1: envelope has unknown keys: color"),
+    ([{"type": ""}], "batch message 0: envelope 'type'"),
+    ([{"type": "event", "seq": "1"}], "batch message 0: envelope 'seq' has the wrong type"),
+])
+def test_malformed_batches_are_refused_with_a_reason(messages, reason):
+    frame = json.dumps({"v": "1.0", "type": "batch", "body": {"messages": messages}}).encode()
+    with pytest.raises(WireProtocolError, match=reason):
+        unbatch(decode([frame]))

@@ -1,0 +1,108 @@
+"""The control server's outgoing streams: events and ADC data, stamped and sent by one thread.
+
+:meth:`Publisher.publish` may be called from any thread. It stamps the message (publisher id, run id, the
+stream's next sequence number), packs its body at once (so a body that cannot travel fails in the caller)
+and queues it. The sender thread sends the queue in order: a message with binary frames on its own, a
+run of messages without frames as one ``batch`` message (docs/wire-protocol.md#batches). A lone message
+goes out as itself, so at a calm rate every event is its own ZeroMQ message; in a burst one batch carries
+many, which is what lets ten subscribers keep up with tens of thousands of events a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import zmq
+
+from scanctl.wire import MAX_ENVELOPE_BYTES, Message, dumps_envelope, encode_batch, envelope_of
+
+log = logging.getLogger(__name__)
+
+#: Most messages in one batch.
+BATCH_MAX = 512
+
+_Item = tuple["zmq.Socket[Any]", dict[str, Any], list[Any]]
+
+
+class Publisher:
+    """Publish on ``events`` (and ADC data on ``data``, which may be the same socket) as ``src``."""
+
+    def __init__(self, events: zmq.Socket[Any], data: zmq.Socket[Any], src: str) -> None:
+        self._events, self._data, self.src = events, data, src
+        self._seq: dict[str, int] = {}
+        self._queue: list[_Item] = []
+        self._ready = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name=f"{src}-publisher", daemon=True)
+        self._thread.start()
+
+    def publish(self, stream: str, body: dict[str, Any], *, run: str | None = None, data: bool = False) -> None:
+        """Queue ``body`` on ``stream`` (the data socket if ``data``) with the stream's next sequence number.
+        Raises WireProtocolError if the body cannot be sent."""
+        kind = "data" if stream == "data" else "event"
+        with self._ready:
+            seq = self._seq.get(stream, 0) + 1
+            envelope, frames = envelope_of(Message(type=kind, body=body, src=self.src, stream=stream, seq=seq,
+                                                   run=run))
+            self._seq[stream] = seq
+            self._queue.append((self._data if data else self._events, envelope, frames))
+            self._ready.notify()
+
+    def seqs(self) -> dict[str, int]:
+        """The last sequence number given out on each stream."""
+        with self._ready:
+            return dict(self._seq)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Send what is queued, then stop the sender thread (the sockets stay open: their owner closes them)."""
+        with self._ready:
+            self._closing = True
+            self._ready.notify()
+        self._thread.join(timeout_s)
+
+    # -- the sender thread -------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue and not self._closing:
+                    self._ready.wait()
+                items, self._queue = self._queue, []
+                closing = self._closing
+            self._send(items)
+            if closing:
+                with self._ready:
+                    if not self._queue:
+                        return
+
+    def _send(self, items: list[_Item]) -> None:
+        run: list[_Item] = []
+        for item in items:
+            if run and (item[2] or item[0] is not run[0][0] or len(run) == BATCH_MAX):
+                self._send_run(run)
+                run = []
+            if item[2]:
+                self._send_frames(item[0], [dumps_envelope(item[1]), *item[2]])
+            else:
+                run.append(item)
+        if run:
+            self._send_run(run)
+
+    def _send_run(self, run: list[_Item]) -> None:
+        if len(run) == 1:
+            self._send_frames(run[0][0], [dumps_envelope(run[0][1])])
+            return
+        head = encode_batch([envelope for _, envelope, _ in run], self.src)
+        if len(head) > MAX_ENVELOPE_BYTES:  # too big for a receiver to accept: send it in halves
+            half = len(run) // 2
+            self._send_run(run[:half])
+            self._send_run(run[half:])
+            return
+        self._send_frames(run[0][0], [head])
+
+    def _send_frames(self, socket: zmq.Socket[Any], frames: list[Any]) -> None:
+        try:
+            socket.send_multipart(frames, copy=False)
+        except zmq.ZMQError as exc:
+            log.warning("%s: message not published (subscribers will see a gap): %s", self.src, exc)

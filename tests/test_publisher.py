@@ -1,0 +1,96 @@
+"""scanctl.publisher: per-stream sequence numbers, order kept, bursts coalesced into batches, data frames
+sent on their own, nothing lost on close."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zmq
+
+from scanctl.errors import WireProtocolError
+from scanctl.publisher import BATCH_MAX, Publisher
+from scanctl.wire import decode, unbatch
+
+
+@pytest.fixture
+def sockets():
+    ctx = zmq.Context()
+    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    sub.connect(f"tcp://127.0.0.1:{port}")
+    while True:  # ZeroMQ's slow joiner: wait until the subscription is in place
+        pub.send(b"probe")
+        if sub.poll(20):
+            break
+    while sub.poll(50):
+        sub.recv()
+    yield pub, sub
+    pub.close()
+    sub.close()
+    ctx.term()
+
+
+def receive(sub, count):
+    raw, messages = 0, []
+    while len(messages) < count and sub.poll(5000):
+        frames = sub.recv_multipart()
+        raw += 1
+        messages.extend(unbatch(decode(frames)))
+    return raw, messages
+
+
+def test_a_burst_arrives_complete_in_order_in_fewer_messages(sockets):
+    pub, sub = sockets
+    publisher = Publisher(pub, pub, "srv")
+    n = 5000
+    for i in range(n):
+        publisher.publish("bench" if i % 2 else "state", {"i": i}, run="r1")
+    raw, messages = receive(sub, n)
+    publisher.close()
+    assert [m.body["i"] for m in messages] == list(range(n))
+    assert [m.seq for m in messages if m.stream == "bench"] == list(range(1, n // 2 + 1))
+    assert all(m.src == "srv" and m.run == "r1" and m.type == "event" for m in messages)
+    assert n / BATCH_MAX <= raw < n
+    assert publisher.seqs() == {"state": n // 2, "bench": n // 2}
+
+
+def test_a_lone_event_travels_as_itself_and_data_frames_alone(sockets):
+    pub, sub = sockets
+    publisher = Publisher(pub, pub, "srv")
+    publisher.publish("state", {"state": "IDLE"})
+    assert sub.poll(5000)
+    assert decode(sub.recv_multipart()).type == "event"
+    publisher.publish("progress", {"t_s": 1.0})
+    publisher.publish("data", {"samples": np.arange(4.0)}, data=True)
+    publisher.publish("progress", {"t_s": 2.0})
+    publisher.close()
+    raw, messages = receive(sub, 3)
+    assert [m.stream for m in messages] == ["progress", "data", "progress"]
+    data = messages[1]
+    assert data.type == "data" and np.array_equal(data.body["samples"], np.arange(4.0))
+
+
+def test_a_body_that_cannot_travel_fails_in_the_caller(sockets):
+    publisher = Publisher(sockets[0], sockets[0], "srv")
+    with pytest.raises(WireProtocolError, match="cannot send a object"):
+        publisher.publish("state", {"x": object()})
+    assert publisher.seqs() == {}
+    publisher.close()
+
+
+def test_a_batch_too_big_for_one_envelope_is_split(sockets):
+    pub, sub = sockets
+    publisher = Publisher(pub, pub, "srv")
+    big = "x" * 200_000
+    publisher._ready.acquire()  # hold the sender back so that all six queue up as one run
+    try:
+        for i in range(6):
+            publisher.publish("log", {"i": i, "text": big})
+    finally:
+        publisher._ready.release()
+    publisher.close()
+    raw, messages = receive(sub, 6)
+    assert [m.body["i"] for m in messages] == list(range(6)) and raw >= 2
