@@ -50,6 +50,8 @@ class RemoteDriver:
         self._last_heard = 0.0
         self._silent = False
         self._abort_line: RemoteDriver | None = None
+        self._beating = threading.Event()  # set: the heartbeat thread is to stop
+        self._beat_thread: threading.Thread | None = None
 
     @classmethod
     def from_url(cls, url: SubsystemURL, options: dict[str, Any], profile: SystemProfile) -> RemoteDriver:
@@ -68,7 +70,30 @@ class RemoteDriver:
             socket.setsockopt(zmq.SNDTIMEO, max(1, int(self.liveness_s * 1000)))
             socket.connect(self.endpoint)
             self._socket = socket
+            if self._beat_thread is None:
+                self._beating.clear()
+                self._beat_thread = threading.Thread(target=self._beat, name=f"{self.kind}-proxy-heartbeat",
+                                                     daemon=True)
+                self._beat_thread.start()
         return self._socket
+
+    def _beat(self) -> None:
+        """Between calls, heartbeat the service every ``liveness_s / 4`` (a call in flight does it itself), so
+        that it knows its scanner is alive while the scanner talks to other subsystems."""
+        while not self._beating.wait(self.liveness_s / 4):
+            if not self._lock.acquire(blocking=False):
+                continue
+            try:
+                socket = self._socket
+                if socket is None:
+                    continue
+                with contextlib.suppress(zmq.ZMQError):
+                    socket.send_multipart(encode(Message(type="heartbeat", id=f"hb-{next(self._ids)}")))
+                    while socket.poll(0):  # answers to earlier heartbeats (and late replies): nothing to do
+                        socket.recv_multipart(copy=False)
+                        self._last_heard = time.monotonic()
+            finally:
+                self._lock.release()
 
     def call(self, method: str, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> Any:
         """Call ``method`` on the remote subsystem and return its result (or raise its error)."""
@@ -127,6 +152,10 @@ class RemoteDriver:
     def close(self) -> None:
         if self._abort_line is not None:
             self._abort_line.close()
+        self._beating.set()
+        if self._beat_thread is not None:
+            self._beat_thread.join()
+            self._beat_thread = None
         with self._lock:
             if self._socket is not None:
                 with contextlib.suppress(ScanctlError):  # closing must not fail on a dead driver

@@ -216,7 +216,8 @@ def cmd_driver_serve(args: argparse.Namespace) -> int:
     prof = profiles.load(args.system)
     subsystem = open_subsystem(args.kind, args.url, prof)
     try:
-        service = DriverService(args.kind, subsystem, args.bind, curve=server_curve(args), insecure=args.insecure)
+        service = DriverService(args.kind, subsystem, args.bind, curve=server_curve(args), insecure=args.insecure,
+                                client_timeout_s=args.client_timeout)
     except ScanctlError:
         subsystem.close()
         raise
@@ -462,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="sim://", help="the subsystem to serve (default: its simulator, sim://)")
     p.add_argument("--bind", default="tcp://127.0.0.1:*", help="endpoint (default: a free loopback port)")
     p.add_argument("--system", help="system profile the subsystem is built for")
+    p.add_argument("--client-timeout", type=float, default=3.0, metavar="S",
+                   help="abort a scan under way by itself when the scanner says nothing for S seconds (default 3)")
     server_security_args(p)
     p.set_defaults(func=cmd_driver_serve)
 

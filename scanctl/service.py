@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import fields, is_dataclass
 from typing import Any
 
@@ -39,6 +40,8 @@ METHODS: dict[str, tuple[str, ...]] = {
     "rf": (*_SEQUENCER, "acquisitions"),
     "table": (*_COMMON, "home", "move_to", "wait_idle", "position_mm", "stop"),
 }
+_SCANNING = ("arm", "start", "load", "sync")  # calls after which a silent scanner makes the service abort
+_SCAN_OVER = ("finish", "abort", "close", "reset", "connect")
 #: Attributes a proxy reads once when it connects.
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "gradient": ("buffer_s",),
@@ -99,11 +102,16 @@ def error_class(name: str) -> type[ScanctlError]:
 class DriverService:
     """Serve ``subsystem`` (of ``kind``) on ``endpoint`` until :meth:`stop`.
 
+    Heartbeats go both ways: the service answers the proxy's, and when a scan is under way on it (armed,
+    started, loading or syncing since the last finish/abort) and no client has said anything — not even
+    a heartbeat — for ``client_timeout_s``, it aborts the subsystem by itself: a scanner that died or lost
+    its network leaves no RF or gradient playing.
+
     With ``curve`` (:class:`scanctl.security.ServerCurve`) only CURVE clients with an allowed key get in;
     without it a non-loopback endpoint is refused (ConfigError) unless ``insecure``."""
 
     def __init__(self, kind: str, subsystem: Any, endpoint: str, *, name: str | None = None,
-                 curve: ServerCurve | None = None, insecure: bool = False,
+                 curve: ServerCurve | None = None, insecure: bool = False, client_timeout_s: float = 3.0,
                  context: zmq.Context[Any] | None = None) -> None:
         if kind not in METHODS:
             raise errors.ConfigError(f"unknown subsystem kind {kind!r}")
@@ -126,6 +134,9 @@ class DriverService:
         self._replies: queue.Queue[tuple[list[bytes], Message]] = queue.Queue()
         self._stopping = threading.Event()
         self._worker = threading.Thread(target=self._work, name=f"{self.name}-worker", daemon=True)
+        self.client_timeout_s = client_timeout_s
+        self._last_heard = time.monotonic()
+        self._in_scan = False  # set by the worker after arm/start/load/sync, cleared by finish/abort/close/reset
 
     def _bind(self, endpoint: str) -> str:
         try:
@@ -151,8 +162,10 @@ class DriverService:
                     self._wake.recv()
                     self._send_replies()
                 if self._socket in ready:
+                    self._last_heard = time.monotonic()
                     self._handle(self._socket.recv_multipart(copy=False))
                 self._send_replies()
+                self._watch_clients()
         finally:
             self._calls.put(None)
             self._worker.join(timeout=5)
@@ -161,6 +174,21 @@ class DriverService:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _watch_clients(self) -> None:
+        silent_s = time.monotonic() - self._last_heard
+        if self._in_scan and silent_s > self.client_timeout_s:
+            self._in_scan = False
+            log.error("%s: no word from the scanner for %.1f s during a scan: making the %s safe", self.name,
+                      silent_s, self.kind)
+            # On a thread of its own: the abort waits for the subsystem's lock, the loop must keep answering.
+            threading.Thread(target=self._abort_alone, name=f"{self.name}-watchdog", daemon=True).start()
+
+    def _abort_alone(self) -> None:
+        try:
+            self.subsystem.abort()
+        except ScanctlError as exc:
+            log.error("%s: abort after the scanner went silent failed: %s", self.name, exc)
 
     def _handle(self, frames: list[Any]) -> None:
         if len(frames) < 2:
@@ -208,6 +236,10 @@ class DriverService:
             return error_reply(msg.id, "malformed", f"no method {method!r} on a {self.kind} driver", src=self.name)
         try:
             result = getattr(self.subsystem, method)(*from_wire(args), **from_wire(kwargs))
+            if method in _SCANNING:
+                self._in_scan = True
+            elif method in _SCAN_OVER:
+                self._in_scan = False
             wired = pack_acquisitions(result) if method == "acquisitions" else to_wire(result)
             return Message(type="reply", re=msg.id, src=self.name, body={"result": wired})
         except ScanctlError as exc:

@@ -9,12 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from scanctl import profile as profiles
 from scanctl.executor import Scanner
+from scanctl.interfaces import SubsystemState
 from scanctl.machine import ScannerState
 from scanctl.rawdata import RawDataWriter, header_for, read_acquisitions
 from scanctl.sequence import pulseq_read
@@ -84,3 +86,55 @@ def test_killed_driver_faults_the_scan_within_the_liveness_bound(tmp_path, gradi
     again = scanner.run()
     assert again.outcome == "completed" and again.acquisitions == 64
     scanner.close()
+
+
+def serve_in_thread(subsystem, **options):
+    from scanctl.service import DriverService
+
+    service = DriverService(subsystem.kind, subsystem, "tcp://127.0.0.1:0", **options)
+    thread = threading.Thread(target=service.serve_forever, daemon=True)
+    thread.start()
+    return service, thread
+
+
+def armed_gradient_over_the_wire(client_timeout_s: float):
+    from drivers.zmq_proxy import ProxyGradient
+    from scanctl.registry import open_subsystem
+
+    gradient = open_subsystem("gradient", "sim://", PROFILE)
+    service, thread = serve_in_thread(gradient, client_timeout_s=client_timeout_s)
+    proxy = ProxyGradient(f"{service.endpoint}", service.endpoint, liveness_s=0.2)
+    proxy.connect()
+    proxy.arm()
+    proxy.start()
+    assert gradient.status().state is SubsystemState.RUNNING
+    return gradient, service, thread, proxy
+
+
+def test_a_scanner_gone_silent_mid_scan_makes_the_driver_abort_by_itself():
+    gradient, service, thread, proxy = armed_gradient_over_the_wire(client_timeout_s=0.5)
+    try:
+        proxy._beating.set()  # the scanner dies: no call, no heartbeat any more
+        proxy._beat_thread.join()
+        deadline = time.monotonic() + 3.0
+        while gradient.status().state is SubsystemState.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status = gradient.status()
+        assert status.state is SubsystemState.STANDBY and "aborted" in status.message
+        assert time.monotonic() - service._last_heard < 2.0  # within the bound, not long after
+    finally:
+        service.stop()
+        thread.join(timeout=5)
+
+
+def test_an_idle_but_alive_scanner_keeps_the_scan_going():
+    gradient, service, thread, proxy = armed_gradient_over_the_wire(client_timeout_s=0.5)
+    try:
+        time.sleep(1.5)  # the scanner busy elsewhere: only the proxy's heartbeats reach this driver
+        assert gradient.status().state is SubsystemState.RUNNING
+        proxy.finish()
+        assert gradient.status().state is SubsystemState.STANDBY
+    finally:
+        proxy.close()
+        service.stop()
+        thread.join(timeout=5)
