@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 #: Most messages in one batch.
 BATCH_MAX = 512
+#: Frames smaller than this are copied into ZeroMQ; only bigger ones are sent from numpy's memory. A
+#: zero-copy frame costs a round trip through pyzmq's garbage-collector thread (measured: 603 µs a 262 kB
+#: ADC message zero-copy against 475 µs copied, with benchmarks/bench_zmq.py's sender).
+COPY_THRESHOLD_BYTES = 1 << 20
 
 _Item = tuple["zmq.Socket[Any]", dict[str, Any], list[Any]]
 
@@ -31,6 +35,8 @@ class Publisher:
 
     def __init__(self, events: zmq.Socket[Any], data: zmq.Socket[Any], src: str) -> None:
         self._events, self._data, self.src = events, data, src
+        for socket in (events, data):
+            socket.copy_threshold = COPY_THRESHOLD_BYTES
         self._seq: dict[str, int] = {}
         self._queue: list[_Item] = []
         self._ready = threading.Condition()
