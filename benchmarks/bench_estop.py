@@ -100,6 +100,21 @@ def serve(physics: bool, endpoints: Any, stop: Any) -> None:
     server.serve_forever()
 
 
+def reset(client: Any) -> None:
+    """Reset once the server's worker has wound the stopped run up ("start in progress" until then)."""
+    from scanctl.client import CommandError
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.reset()
+            return
+        except CommandError as exc:
+            if "in progress" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
 def control_server(repeats: int, physics: bool) -> list[float]:
     from scanctl.client import Client
 
@@ -125,7 +140,7 @@ def control_server(repeats: int, physics: bool) -> list[float]:
                 while client.status().get("state") != "EMERGENCY_STOP":
                     time.sleep(0.002)
                 client.release_emergency_stop()
-                client.reset()
+                reset(client)
     finally:
         stop.set()
         proc.join(10)

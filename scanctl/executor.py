@@ -26,6 +26,8 @@ from scanctl.machine import JournalEntry, ScannerMachine, ScannerState
 from scanctl.profile import SystemProfile
 from scanctl.program import compile_segments
 from scanctl.registry import open_subsystem
+from scanctl.safety.interlocks import check_table_move, make_safe, read_inputs, require_amplifiers_off
+from scanctl.safety.supervisor import Supervisor
 from scanctl.sequence.checks import CheckReport, check
 from scanctl.sequence.model import Sequence
 
@@ -48,6 +50,8 @@ class RunResult:
     message: str = ""
     segments: int = 0
     telemetry: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: The highest SAR the supervisor measured on each window (W/kg), e.g. ``sar.whole_body.10s``.
+    sar_w_per_kg: dict[str, float] = field(default_factory=dict)
 
 
 class Scanner:
@@ -71,6 +75,9 @@ class Scanner:
         #: An emergency stop pressed while the run loop owned a transitional state: the loop's next change to
         #: a resting state becomes EMERGENCY_STOP instead (so a press at the very end of a run is never lost).
         self._estop_pending: str | None = None
+        #: The safety supervisor of the current (or last) run: see scanctl.safety.supervisor.
+        self.supervisor: Supervisor | None = None
+        self._synced_s = 0.0
 
     @classmethod
     def from_profile(cls, profile: SystemProfile, overrides: dict[str, str] | None = None,
@@ -98,6 +105,8 @@ class Scanner:
             self.machine.fire(trigger, reason)
 
     def _guard(self, trigger: str, source: ScannerState, dest: ScannerState) -> str | None:
+        if trigger in ("reset", "start", "move_table", "prepare"):
+            self._read_interlocks()
         if trigger == "reset":
             tripped = [name for name, on in self.interlocks.items() if on]
             if tripped:
@@ -106,13 +115,25 @@ class Scanner:
             if faulted:
                 return f"subsystems still in FAULT: {', '.join(faulted)}"
         if trigger in ("start", "move_table", "prepare") and any(self.interlocks.values()):
-            return "an interlock is active"
+            return f"interlocks active: {', '.join(name for name, on in self.interlocks.items() if on)}"
         if trigger == "start" and self._report is None:
             return "the sequence has not passed its checks"
         return None
 
     def _subsystems(self) -> list[Any]:
         return [self.gradient, self.rf, self.table]
+
+    def _safety_limits(self) -> Any:
+        """The profile's safety limits (``scanctl.safety.limits.SafetyLimits``), or None for a profile
+        without them (only until the safety schema lands in scanctl.profile; then this goes)."""
+        limits = getattr(self.profile, "safety", None)
+        if limits is None:
+            log.warning("the system profile has no safety limits: the run is not supervised")
+        return limits
+
+    def _read_interlocks(self) -> None:
+        """Update the input interlocks (door, coil) from the subsystems' telemetry."""
+        self.interlocks.update(read_inputs(self.status()))
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def connect(self, timeout_s: float = 10.0) -> None:
@@ -157,8 +178,14 @@ class Scanner:
 
     # -- table outside a scan ------------------------------------------------------------------------------
     def move_table(self, position_mm: float, speed_mm_s: float | None = None) -> float:
-        """Move the table while nothing plays (IDLE or READY only)."""
+        """Move the table while nothing plays (IDLE or READY only). Raises SafetyLimitError outside the
+        profile's travel or speed limits and InterlockError while gradients or RF are on (nothing moves)."""
         self._require_table_known()
+        if self.state in (S.IDLE, S.READY):  # elsewhere the state machine refuses, naming the state
+            limits = self._safety_limits()
+            if limits is not None:
+                check_table_move(limits.table, position_mm, speed_mm_s)
+            require_amplifiers_off(self.status())
         self._fire("move_table", f"to {position_mm} mm")
         try:
             self.table.move_to(position_mm, speed_mm_s)
@@ -221,19 +248,34 @@ class Scanner:
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self, *, table_position_mm: float = 0.0,
             on_acquisitions: Callable[[list[Acquisition]], None] | None = None,
-            on_progress: Callable[[float, float], None] | None = None) -> RunResult:
-        """Play the prepared sequence. Returns how it ended; raises only for commands refused up front.
+            on_progress: Callable[[float, float], None] | None = None,
+            patient_weight_kg: float | None = None, mode: str = "normal") -> RunResult:
+        """Play the prepared sequence. Returns how it ended; raises only for commands refused up front
+        (InvalidTransitionError, SafetyLimitError for a table position outside the profile's limits or an
+        unknown ``mode``).
 
         ``on_acquisitions`` gets every batch of completed acquisitions (in index order) as it arrives.
+        The safety supervisor watches the run for the patient's weight (kg; None: a conservative assumed
+        weight, noted in the journal) and the operating ``mode`` (``normal`` or ``first_level``).
         """
         seq = self._sequence
         if seq is None or self._report is None:
             raise InvalidTransitionError(f"cannot start while {self.state.name}: no sequence prepared")
         sink = on_acquisitions or (lambda batch: None)
         self._require_table_known()
+        limits = self._safety_limits()
+        supervisor = None
+        if limits is not None:
+            check_table_move(limits.table, table_position_mm, None)
+            supervisor = Supervisor(limits, gamma_hz_per_t=self.profile.gamma_hz_per_t,
+                                    patient_weight_kg=patient_weight_kg, mode=mode, scan_position_mm=table_position_mm)
+            supervisor.horizon_s = min(self.segment_s, self.gradient.buffer_s, self.rf.buffer_s,
+                                       supervisor.max_interval_s())
         t_wall = time.perf_counter()
         counter = {"acquisitions": 0, "segments": 0}
-        self._fire("start", f"table to {table_position_mm} mm")
+        note = "" if supervisor is None else f"; {supervisor.note()}"
+        self._fire("start", f"table to {table_position_mm} mm{note}")
+        self.supervisor, self._synced_s = supervisor, 0.0
         with self._request_lock:
             self._requests.clear()
         try:
@@ -245,6 +287,8 @@ class Scanner:
             for sub in (self.gradient, self.rf):
                 sub.start()
             outcome = self._play(seq, sink, counter, on_progress)
+            if self.state is S.EMERGENCY_STOP:  # pressed as the run ended: latched instead of the end
+                outcome = "emergency_stop"
         except ScanctlError as exc:
             self._on_failure(exc)
             self._collect(sink, counter)
@@ -258,7 +302,9 @@ class Scanner:
         playhead = 0.0
         duration = seq.duration_s
         larmor = self.profile.gamma_hz_per_t * self.profile.b0_t
-        for segment in compile_segments(seq, larmor_hz=larmor, max_duration_s=min(self.segment_s, buffer_s)):
+        supervisor = self.supervisor
+        max_duration = min(self.segment_s, buffer_s) if supervisor is None else supervisor.horizon_s
+        for segment in compile_segments(seq, larmor_hz=larmor, max_duration_s=max_duration):
             outcome = self._safe_point(sink, counter, playhead)
             if outcome is not None:
                 return outcome
@@ -266,6 +312,8 @@ class Scanner:
             if target > playhead:
                 playhead = self._sync(target)
                 self._collect(sink, counter)
+            if supervisor is not None:
+                supervisor.before_load(segment.rf)
             self.gradient.load(segment.gradient)
             self.rf.load(segment.rf, segment.adc)
             counter["segments"] += 1
@@ -284,10 +332,26 @@ class Scanner:
         return "stopped" if stopping else "completed"
 
     def _sync(self, t_s: float) -> float:
+        """Play up to ``t_s``; with a supervisor, in steps of at most its horizon, each one checked."""
+        supervisor = self.supervisor
+        if supervisor is None:
+            self._sync_once(t_s)
+            return t_s
+        while True:
+            step = min(t_s, self._synced_s + supervisor.horizon_s)
+            statuses = self._sync_once(step)
+            statuses["table"] = self.table.status()
+            self._synced_s = max(self._synced_s, step)
+            supervisor.observe(step, statuses)
+            if step >= t_s:
+                return t_s
+
+    def _sync_once(self, t_s: float) -> dict[str, Status]:
+        statuses: dict[str, Status] = {}
         sequencers = (self.gradient, self.rf)
         for sub in sequencers:
             try:
-                sub.sync(t_s)
+                statuses[sub.kind] = sub.sync(t_s)
             except ScanctlError:
                 # The others played on until the fault: take what they completed before it.
                 t_fault = sub.status().time_s
@@ -298,7 +362,7 @@ class Scanner:
                         except ScanctlError as exc:
                             log.error("%s: cannot play up to the fault: %s", other.kind, exc)
                 raise
-        return t_s
+        return statuses
 
     def _collect(self, sink: Callable[[list[Acquisition]], None], counter: dict[str, int]) -> None:
         batch = self.rf.acquisitions()
@@ -366,11 +430,7 @@ class Scanner:
                 self.machine.fire("fault", f"{type(exc).__name__}: {exc}")
 
     def _make_safe(self) -> None:
-        for sub in self._subsystems():
-            try:
-                sub.abort()
-            except ScanctlError as exc:  # abort must reach every subsystem even if one complains
-                log.error("%s abort failed: %s", getattr(sub, "kind", sub), exc)
+        make_safe(self._subsystems())  # reaches every subsystem even if one complains
 
     def _result(self, outcome: str, seq: Sequence, counter: dict[str, int], t_wall: float, message: str) -> RunResult:
         status = self.status()
@@ -383,6 +443,7 @@ class Scanner:
             message=message,
             segments=counter["segments"],
             telemetry={k: dict(v.telemetry) for k, v in status.items()},
+            sar_w_per_kg=dict(self.supervisor.max_sar_w_per_kg) if self.supervisor is not None else {},
         )
 
 

@@ -152,7 +152,9 @@ def run_scan(
             t0 = time.perf_counter()
             try:
                 position = protocol.table_position_mm if protocol is not None else 0.0
-                result = scanner.run(table_position_mm=position, on_acquisitions=keep, on_progress=on_progress)
+                weight = protocol.patient.weight_kg if protocol is not None else None
+                result = scanner.run(table_position_mm=position, on_acquisitions=keep, on_progress=on_progress,
+                                     patient_weight_kg=weight)
             finally:
                 writer.close()
             timings["scan_wall_s"] = time.perf_counter() - t0

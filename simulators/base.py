@@ -98,6 +98,7 @@ class SimulatedSequencer:
     def finish(self) -> None:
         with self._lock:
             if self._state is SubsystemState.RUNNING:
+                self._make_safe()  # everything has played: the output is off (no stale power readings)
                 self._state = SubsystemState.STANDBY
                 self._message = f"finished at {self._playhead_s:.6f} s"
 

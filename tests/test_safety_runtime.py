@@ -1,0 +1,445 @@
+"""The runtime half of safety: the supervisor watching a scan, the interlocks, fault injection in the
+simulators, and a property-based run of the whole scanner that checks the safety invariants *during* every
+scan (after every sync of the simulators' virtual clock), whatever the commands, faults and patients."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, event, settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from scanctl import profile as profiles
+from scanctl.errors import DriverError, InterlockError, InvalidTransitionError, SafetyLimitError, ScanctlError
+from scanctl.executor import Scanner
+from scanctl.interfaces import Status, SubsystemState
+from scanctl.machine import LATCHED, RESTING
+from scanctl.machine import ScannerState as S
+from scanctl.run import load_source
+from scanctl.safety.interlocks import read_inputs
+from scanctl.safety.supervisor import ASSUMED_WEIGHT_KG, EnergyLog, Supervisor, SupervisorTrip
+
+pytest.importorskip("scanctl.safety.limits", reason="the profile's safety schema has not landed yet")
+PROFILE = profiles.load()
+LIMITS = PROFILE.safety
+TSE, _ = load_source("protocols/tse_2d.toml", PROFILE)  # 9 s, ~140 W mean forward power, 21 kW peaks
+GRE, _ = load_source("protocols/gre_2d.toml", PROFILE)  # 1.5 s, light RF
+ON = (SubsystemState.ON, SubsystemState.RUNNING)
+G, RF, T = "gradient", "rf", "table"
+
+
+def make_scanner(**urls: str) -> Scanner:
+    scanner = Scanner.from_profile(PROFILE, {"rf": "sim://?physics=0", **urls}, segment_s=0.5)
+    scanner.connect()
+    return scanner
+
+
+def amplifiers_off(scanner: Scanner) -> bool:
+    """The simulators' own truth (not their possibly stale status): nothing plays, no output."""
+    grad, rf = scanner.gradient, scanner.rf
+    return (grad._state not in ON and rf._state not in ON and grad.power_w == 0.0 and rf.forward_power_w == 0.0
+            and scanner.table.status().state is not SubsystemState.MOVING)
+
+
+def fault_entry(scanner: Scanner) -> str:
+    entry = scanner.journal[-1]
+    assert entry.dest == "FAULT", entry
+    return entry.reason
+
+
+def start_reason(scanner: Scanner) -> str:
+    return [e for e in scanner.journal if e.trigger == "start"][-1].reason
+
+
+# -- the supervisor on its own --------------------------------------------------------------------------------
+def status(t_s: float, **telemetry: float) -> Status:
+    return Status(SubsystemState.RUNNING, t_s, "", dict(telemetry))
+
+
+def statuses(t_s: float, energy_j: float = 0.0, temp_c: float = 20.0, position: float = 0.0) -> dict[str, Status]:
+    return {G: status(t_s, coil_temperature_c=temp_c), RF: status(t_s, forward_energy_j=energy_j),
+            T: Status(SubsystemState.STANDBY, 0.0, "", {"position_mm": position})}
+
+
+def test_energy_log_sums_windows_pro_rata():
+    log = EnergyLog(keep_s=10.0)
+    log.add(0.0, 1.0, 100.0)
+    log.add(1.0, 3.0, 200.0)
+    assert log.energy_in(0.0, 3.0) == pytest.approx(300.0)
+    assert log.energy_in(0.5, 2.0) == pytest.approx(50.0 + 100.0)
+    log.add(3.0, 20.0, 0.0)  # old intervals beyond keep_s are dropped
+    assert log.energy_in(0.0, 3.0) == 0.0
+
+
+def test_sar_limits_follow_weight_mode_and_profile():
+    sup = Supervisor(LIMITS, gamma_hz_per_t=PROFILE.gamma_hz_per_t, patient_weight_kg=80.0, mode="first_level")
+    by_name = {lim.name: lim for lim in sup.sar_limits}
+    body = by_name["sar.whole_body.360s"]
+    assert body.limit_w_per_kg == LIMITS.sar.whole_body_w_per_kg["first_level"]
+    assert by_name["sar.whole_body.10s"].limit_w_per_kg == pytest.approx(
+        LIMITS.sar.short_window_factor * LIMITS.sar.whole_body_w_per_kg["first_level"])
+    # Whole body: body_absorbed_fraction * P / weight; a constant 100 W for the whole window:
+    assert body.sar(100.0 * 360.0) == pytest.approx(LIMITS.rf.body_absorbed_fraction * 100.0 / 80.0)
+    head = by_name["sar.head.360s"]
+    assert head.sar(100.0 * 360.0) == pytest.approx(
+        LIMITS.rf.head_absorbed_fraction * 100.0 / (LIMITS.rf.head_mass_fraction * 80.0))
+    with pytest.raises(SafetyLimitError, match="unknown operating mode 'second_level'"):
+        Supervisor(LIMITS, gamma_hz_per_t=1.0, mode="second_level")
+    with pytest.raises(SafetyLimitError, match="not a positive number"):
+        Supervisor(LIMITS, gamma_hz_per_t=1.0, patient_weight_kg=-3.0)
+    assumed = Supervisor(LIMITS, gamma_hz_per_t=1.0)
+    assert assumed.weight_kg == ASSUMED_WEIGHT_KG and "assumed" in assumed.note()
+
+
+def test_supervisor_trips_before_the_short_window_is_reached():
+    sup = Supervisor(LIMITS, gamma_hz_per_t=PROFILE.gamma_hz_per_t, patient_weight_kg=70.0, horizon_s=0.25)
+    short = next(lim for lim in sup.sar_limits if lim.name == "sar.whole_body.10s")
+    power_w = 0.9 * short.budget_j() / short.window_s  # 90 % of the limit, if kept up for 10 s
+    energy, t = 0.0, 0.0
+    with pytest.raises(SupervisorTrip) as info:
+        while t < 20.0:
+            t += 0.25
+            energy += power_w * 0.25
+            sup.observe(t, statuses(t, energy))
+    trip = info.value
+    assert trip.limit == "sar.whole_body.10s" and "before the next check" in str(trip)
+    assert sup.sar_now()["sar.whole_body.10s"] < short.limit_w_per_kg  # stopped before, not after
+    assert trip.value > short.limit_w_per_kg and trip.threshold == short.limit_w_per_kg
+
+
+@pytest.mark.parametrize(("change", "limit"), [
+    ({"temp_c": 69.9}, "coil_temperature"),
+    ({"position": 3.0}, "table.moved"),
+    ({"position": 5000.0}, "table.travel"),
+])
+def test_supervisor_trips_on_temperature_and_table(change, limit):
+    sup = Supervisor(LIMITS, gamma_hz_per_t=PROFILE.gamma_hz_per_t, patient_weight_kg=70.0)
+    sup.observe(0.5, statuses(0.5))
+    with pytest.raises(SupervisorTrip) as info:
+        sup.observe(1.0, statuses(1.0, **change))
+    assert info.value.limit == limit
+
+
+def test_supervisor_heartbeats_and_inputs():
+    sup = Supervisor(LIMITS, gamma_hz_per_t=PROFILE.gamma_hz_per_t, patient_weight_kg=70.0, horizon_s=0.25)
+    stale = statuses(2.0)
+    stale[RF] = status(1.0, forward_energy_j=0.0)  # last heard of at 1.0 s: 1 s old, + 0.25 s to the next check
+    with pytest.raises(SupervisorTrip, match="rf heartbeat is 1.000 s old") as info:
+        sup.observe(2.0, stale)
+    assert info.value.limit == "heartbeat.rf"
+    lost = statuses(2.0)
+    lost[G] = Status(SubsystemState.UNKNOWN, 0.0, "gradient driver silent")
+    with pytest.raises(SupervisorTrip, match="gradient heartbeat lost"):
+        sup.observe(2.0, lost)
+    door = statuses(2.0)
+    door[RF] = status(2.0, forward_energy_j=0.0, door_closed=0.0, coil_present=1.0)
+    assert read_inputs(door) == {"door_open": True, "coil_absent": False}
+    with pytest.raises(SupervisorTrip, match="interlock door open"):
+        sup.observe(2.0, door)
+
+
+# -- the supervisor in the scanner, driven by injected faults --------------------------------------------------
+@pytest.mark.parametrize(("urls", "limit", "before_s"), [
+    ({"rf": "sim://?physics=0&fault=spike@2"}, "whole-body SAR (10 s window)", 3.0),
+    ({"rf": "sim://?physics=0&fault=silent@2"}, "rf heartbeat", 3.0),
+    ({"gradient": "sim://?fault=silent@3"}, "gradient heartbeat", 4.0),
+    ({"gradient": "sim://?fault=cooling@1&overheat_k_per_s=20"}, "gradient coil temperature", 4.0),
+    ({"rf": "sim://?physics=0&door=open@2.5"}, "interlock door open", 3.0),
+])
+def test_injected_faults_are_caught_by_the_supervisor(urls, limit, before_s):
+    scanner = make_scanner(**urls)
+    scanner.prepare(TSE)
+    acquisitions = []
+    result = scanner.run(on_acquisitions=acquisitions.extend, patient_weight_kg=70.0)
+    assert result.outcome == "fault" and scanner.state is S.FAULT and amplifiers_off(scanner)
+    assert limit in result.message and "(supervisor)" in result.message
+    assert limit in fault_entry(scanner)  # the journal says why
+    assert result.scan_time_s < before_s and acquisitions  # stopped at once, the data so far kept
+    assert scanner.gradient.status().state is not SubsystemState.FAULT  # the supervisor was first
+    assert scanner.gradient.temperature_c < LIMITS.gradient_thermal.max_temp_c
+
+
+def test_amplifier_trip_and_overtemperature_still_latch_fault():
+    for urls in ({"rf": "sim://?physics=0&fault=trip@1"}, {"gradient": "sim://?fault=overtemp@1"}):
+        scanner = make_scanner(**urls)
+        scanner.prepare(TSE)
+        result = scanner.run(patient_weight_kg=70.0)
+        assert result.outcome == "fault" and "at 1.000000 s (injected)" in result.message and amplifiers_off(scanner)
+
+
+def test_a_light_patient_is_stopped_before_the_segment_that_would_break_the_limit():
+    scanner = make_scanner()
+    scanner.prepare(TSE)
+    result = scanner.run(patient_weight_kg=12.0)
+    assert result.outcome == "fault" and "SAR" in result.message
+    assert "with the next segment" in result.message or "before the next check" in result.message
+    assert all(result.sar_w_per_kg[name] <= lim for name, lim in
+               ((lim.name, lim.limit_w_per_kg) for lim in scanner.supervisor.sar_limits))
+    # The same scan for an adult passes, and reports the SAR it measured.
+    scanner.reset()
+    scanner.prepare(TSE)
+    result = scanner.run(patient_weight_kg=80.0)
+    assert result.outcome == "completed", result.message
+    assert 0 < result.sar_w_per_kg["sar.whole_body.10s"] < 2 * LIMITS.sar.whole_body_w_per_kg["normal"]
+    assert "supervised for a 80 kg patient, normal mode" in start_reason(scanner)
+
+
+def test_without_a_weight_the_conservative_assumption_is_journalled():
+    scanner = make_scanner()
+    scanner.prepare(GRE)
+    assert scanner.run().outcome == "completed"
+    assert f"an assumed {ASSUMED_WEIGHT_KG:g} kg patient" in start_reason(scanner)
+    scanner.prepare(GRE)
+    with pytest.raises(SafetyLimitError, match="unknown operating mode"):
+        scanner.run(mode="turbo")
+    assert scanner.state is S.READY  # refused before anything moved
+
+
+def test_table_moved_under_a_running_scan_is_caught():
+    scanner = make_scanner()
+    scanner.prepare(TSE)
+
+    def nudge(t, total):
+        if t > 1.0 and scanner.table.status().state is SubsystemState.STANDBY:
+            scanner.table._start_move(scanner.table.position_mm() + 50.0, 10.0)  # behind the scanner's back
+
+    result = scanner.run(on_progress=nudge, patient_weight_kg=70.0)
+    assert result.outcome == "fault" and "the table is MOVING while scanning" in result.message
+
+
+def test_interlock_inputs_refuse_a_scan_and_latch_until_cleared():
+    scanner = make_scanner(rf="sim://?physics=0&coil=absent")
+    with pytest.raises(InvalidTransitionError, match="interlocks active: coil_absent"):
+        scanner.prepare(GRE)
+    scanner.rf.set_input("coil_present", True)
+    scanner.prepare(GRE)
+    scanner.rf.set_input("door_closed", False)
+    with pytest.raises(InvalidTransitionError, match="cannot start while READY: interlocks active: door_open"):
+        scanner.run()
+    assert scanner.table.status().state is SubsystemState.STANDBY and amplifiers_off(scanner)
+    scanner.rf.set_input("door_closed", True)
+    scanner.prepare(TSE)
+
+    def open_door(t, total):
+        if t > 0.5:
+            scanner.rf.set_input("door_closed", False)
+
+    assert scanner.run(on_progress=open_door).outcome == "fault"
+    with pytest.raises(InvalidTransitionError, match="interlocks not clear: door_open"):
+        scanner.reset()
+    scanner.rf.set_input("door_closed", True)
+    scanner.reset()
+    assert scanner.state is S.IDLE
+
+
+def test_table_limits_from_the_profile_and_no_motion_while_amplifiers_are_on():
+    scanner = make_scanner(table="sim://?min_mm=-5000&max_mm=5000&speed_mm_s=500")  # a table looser than the profile
+    with pytest.raises(SafetyLimitError, match="outside the profile's travel limits"):
+        scanner.move_table(LIMITS.table.max_mm + 1)
+    with pytest.raises(SafetyLimitError, match="speed 400 mm/s is outside the profile's limit"):
+        scanner.move_table(10.0, 400.0)
+    scanner.prepare(GRE)
+    with pytest.raises(SafetyLimitError, match="travel limits"):
+        scanner.run(table_position_mm=LIMITS.table.min_mm - 1)
+    assert scanner.state is S.READY and scanner.table.position_mm() == 0.0  # nothing moved
+    scanner.gradient.arm()  # something left an amplifier on: the table must not move
+    with pytest.raises(InterlockError, match="cannot move while gradient is on"):
+        scanner.move_table(10.0)
+    scanner.gradient.abort()
+    assert scanner.move_table(10.0) == 10.0
+
+
+@pytest.mark.parametrize("when", ["connected", "ready", "positioning", "running", "paused", "last progress"])
+def test_emergency_stop_from_any_state_makes_everything_safe_and_latches(when):
+    scanner = make_scanner()
+    if when == "connected":
+        scanner.emergency_stop()
+    else:
+        scanner.prepare(TSE)
+        if when == "ready":
+            scanner.emergency_stop()
+        else:
+            def press(t, total):
+                if when == "running" and t > 1.0 or when == "last progress" and t >= total:
+                    scanner.emergency_stop("button")
+                if when == "paused" and t > 1.0 and scanner.state is S.RUNNING:
+                    scanner.request("pause")
+
+            if when == "positioning":
+                move = scanner.table.move_to
+                scanner.table.move_to = lambda *a: (move(*a), scanner.emergency_stop("button"))[0]
+            if when == "paused":
+                import threading
+                threading.Timer(0.2, scanner.emergency_stop, args=("button",)).start()
+            result = scanner.run(on_progress=press, patient_weight_kg=70.0)
+            assert result.outcome == "emergency_stop", result
+    assert scanner.state is S.EMERGENCY_STOP and amplifiers_off(scanner)
+    assert scanner.journal[-1].dest == "EMERGENCY_STOP"
+    with pytest.raises(InvalidTransitionError, match="emergency_stop_button"):
+        scanner.reset()
+    scanner.release_emergency_stop()
+    scanner.reset()
+    assert scanner.state is S.IDLE
+
+
+# -- the property-based proof -------------------------------------------------------------------------------------
+FAULTS = [None, ("rf", "spike"), ("rf", "silent"), ("rf", "trip"), ("gradient", "silent"), ("gradient", "trip"),
+          ("gradient", "overtemp"), ("gradient", "cooling"), ("rf", "door"), ("table", "stall")]
+
+
+class SafetyModel(RuleBasedStateMachine):
+    """Random commands, patients and injected faults against the scanner on simulators (virtual clock). The
+    invariants are checked after every step *and* after every sync while a scan plays, on the simulators'
+    own state and on SAR computed here, independently of the supervisor, from the RF energy counter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scanner = scanner = make_scanner(gradient="sim://?overheat_k_per_s=25")
+        self.weight_kg = ASSUMED_WEIGHT_KG
+        self.mode = "normal"
+        self.position = 0.0
+        self.energy: list[tuple[float, float]] = []  # (scan time, energy counter) while RF is on
+        self.checks = 0
+        for sub in (scanner.gradient, scanner.rf):
+            sub.sync = self._watched(sub.sync)
+        move = scanner.table.move_to
+
+        def watched_move(position_mm, speed_mm_s=None):
+            assert scanner.gradient._state not in ON and scanner.rf._state not in ON, "table moved while playing"
+            return move(position_mm, speed_mm_s)
+
+        scanner.table.move_to = watched_move
+
+    def _watched(self, sync):
+        def watched(t_s, timeout_s=10.0):
+            result = sync(t_s, timeout_s)
+            self.check_live()
+            return result
+        return watched
+
+    def check_live(self) -> None:
+        """While gradients or RF play: the scanner is scanning, the table still at the scan position, every
+        heartbeat fresh, and the measured SAR within every limit."""
+        scanner, grad, rf = self.scanner, self.scanner.gradient, self.scanner.rf
+        if grad._state not in ON and rf._state not in ON:
+            return
+        self.checks += 1
+        assert scanner.state in (S.RUNNING, S.PAUSING, S.STOPPING, S.POSITIONING), scanner.state
+        table = scanner.table.status()
+        assert table.state is SubsystemState.STANDBY and table.telemetry["position_mm"] == self.position
+        for sub in (grad, rf):
+            assert sub._playhead_s - sub.status().time_s <= LIMITS.heartbeat_max_age_s + 1e-9, sub.kind
+        assert grad.temperature_c < LIMITS.gradient_thermal.max_temp_c
+        if rf._state in ON:
+            self.energy.append((rf._playhead_s, rf.forward_energy_j))
+            for name, sar, limit in self.sar():
+                assert sar <= limit * (1 + 1e-9), (name, sar, limit)
+
+    def sar(self) -> list[tuple[str, float, float]]:
+        t, e = np.array(self.energy).T
+        rf, sar_limits, out = LIMITS.rf, LIMITS.sar, []
+        for region, fraction, kg, table in (
+                ("whole_body", rf.body_absorbed_fraction, self.weight_kg, sar_limits.whole_body_w_per_kg),
+                ("head", rf.head_absorbed_fraction, rf.head_mass_fraction * self.weight_kg, sar_limits.head_w_per_kg)):
+            for window, factor in ((sar_limits.short_window_s, sar_limits.short_window_factor),
+                                   (sar_limits.window_s, 1.0)):
+                before = np.interp(t[-1] - window, t, e, left=0.0)
+                out.append((f"{region}.{window:g}s", fraction * (e[-1] - before) / (kg * window),
+                            table[self.mode] * factor))
+        return out
+
+    @rule(tse=st.booleans())
+    def prepare(self, tse):
+        with contextlib.suppress(InvalidTransitionError):  # e.g. an interlock active, or not IDLE/READY
+            self.scanner.prepare(TSE if tse else GRE)
+
+    @rule(weight=st.one_of(st.none(), st.floats(8.0, 150.0)), mode=st.sampled_from(["normal", "first_level"]),
+          position=st.sampled_from([0.0, 120.0, -300.0]), fault=st.sampled_from(FAULTS),
+          fault_at=st.floats(0.0, 8.0), how=st.sampled_from(["none", "abort", "stop", "pause", "estop"]),
+          at=st.floats(0.0, 9.0), tse=st.booleans())
+    def run(self, weight, mode, position, fault, fault_at, how, at, tse):
+        scanner = self.scanner
+        self.prepare(tse)
+        if fault is not None:
+            kind, what = fault
+            if what == "door":
+                scanner.rf._door_opens_s = fault_at
+            else:
+                getattr(scanner, kind)._fault_plan = (what, fault_at if kind != "table" else fault_at / 10)
+
+        def progress(t, total):
+            if t >= at and how != "none":
+                if how == "estop":
+                    scanner.emergency_stop()
+                elif how == "pause":
+                    scanner.request("pause")
+                    scanner.request("resume")
+                else:
+                    scanner.request(how)
+
+        self.weight_kg = ASSUMED_WEIGHT_KG if weight is None else weight
+        self.mode, self.position, self.energy = mode, position, []
+        before = scanner.state
+        try:
+            result = scanner.run(table_position_mm=position, on_progress=progress, patient_weight_kg=weight, mode=mode)
+        except InvalidTransitionError:
+            assert scanner.state is before
+        except ScanctlError:  # the table stalled on the way to the scan position
+            assert scanner.state is S.FAULT
+        else:
+            event(f"outcome {result.outcome}" + (f" ({result.message.split(' at ')[0][:40]})"
+                                                 if "supervisor" in result.message else ""))
+            if result.outcome == "fault":
+                assert scanner.state is S.FAULT and result.message in scanner.journal[-1].reason
+        finally:
+            for sub in (scanner.gradient, scanner.rf, scanner.table):
+                sub._fault_plan = None
+            scanner.rf._door_opens_s = None
+
+    @rule(position=st.floats(-1200, 1200), speed=st.one_of(st.none(), st.floats(1.0, 200.0)))
+    def move_table(self, position, speed):
+        try:
+            self.scanner.move_table(position, speed)
+        except (InvalidTransitionError, SafetyLimitError, InterlockError):
+            assert self.scanner.state in RESTING
+        except DriverError:  # e.g. too slow to arrive within the wait: the move failed, FAULT latched
+            assert self.scanner.state is S.FAULT
+
+    @rule(press=st.booleans())
+    def emergency_stop_button(self, press):
+        if press:
+            self.scanner.emergency_stop()
+            assert self.scanner.state is S.EMERGENCY_STOP and amplifiers_off(self.scanner)
+        else:
+            self.scanner.release_emergency_stop()
+
+    @rule(closed=st.booleans(), coil=st.booleans())
+    def inputs(self, closed, coil):
+        self.scanner.rf.set_input("door_closed", closed)
+        self.scanner.rf.set_input("coil_present", coil)
+
+    @precondition(lambda self: self.scanner.state in LATCHED)
+    @rule()
+    def reset(self):
+        try:
+            self.scanner.reset()
+        except ScanctlError:
+            assert self.scanner.state in LATCHED
+
+    @invariant()
+    def resting_and_safe(self):
+        scanner = self.scanner
+        assert scanner.state in RESTING, scanner.state
+        assert amplifiers_off(scanner)  # FAULT, EMERGENCY_STOP and every other resting state
+        if scanner.state in LATCHED:
+            assert scanner.journal[-1].dest in ("FAULT", "EMERGENCY_STOP")
+            assert not math.isnan(scanner.gradient.temperature_c)
+
+
+TestSafety = SafetyModel.TestCase
+TestSafety.settings = settings(max_examples=80, stateful_step_count=12, deadline=None,
+                               suppress_health_check=[HealthCheck.too_slow])
