@@ -123,14 +123,6 @@ class Scanner:
     def _subsystems(self) -> list[Any]:
         return [self.gradient, self.rf, self.table]
 
-    def _safety_limits(self) -> Any:
-        """The profile's safety limits (``scanctl.safety.limits.SafetyLimits``), or None for a profile
-        without them (only until the safety schema lands in scanctl.profile; then this goes)."""
-        limits = getattr(self.profile, "safety", None)
-        if limits is None:
-            log.warning("the system profile has no safety limits: the run is not supervised")
-        return limits
-
     def _read_interlocks(self) -> None:
         """Update the input interlocks (door, coil) from the subsystems' telemetry."""
         self.interlocks.update(read_inputs(self.status()))
@@ -182,9 +174,7 @@ class Scanner:
         profile's travel or speed limits and InterlockError while gradients or RF are on (nothing moves)."""
         self._require_table_known()
         if self.state in (S.IDLE, S.READY):  # elsewhere the state machine refuses, naming the state
-            limits = self._safety_limits()
-            if limits is not None:
-                check_table_move(limits.table, position_mm, speed_mm_s)
+            check_table_move(self.profile.safety.table, position_mm, speed_mm_s)
             require_amplifiers_off(self.status())
         self._fire("move_table", f"to {position_mm} mm")
         try:
@@ -263,18 +253,15 @@ class Scanner:
             raise InvalidTransitionError(f"cannot start while {self.state.name}: no sequence prepared")
         sink = on_acquisitions or (lambda batch: None)
         self._require_table_known()
-        limits = self._safety_limits()
-        supervisor = None
-        if limits is not None:
-            check_table_move(limits.table, table_position_mm, None)
-            supervisor = Supervisor(limits, gamma_hz_per_t=self.profile.gamma_hz_per_t,
-                                    patient_weight_kg=patient_weight_kg, mode=mode, scan_position_mm=table_position_mm)
-            supervisor.horizon_s = min(self.segment_s, self.gradient.buffer_s, self.rf.buffer_s,
-                                       supervisor.max_interval_s())
+        limits = self.profile.safety
+        check_table_move(limits.table, table_position_mm, None)
+        supervisor = Supervisor(limits, gamma_hz_per_t=self.profile.gamma_hz_per_t,
+                                patient_weight_kg=patient_weight_kg, mode=mode, scan_position_mm=table_position_mm)
+        supervisor.horizon_s = min(self.segment_s, self.gradient.buffer_s, self.rf.buffer_s,
+                                   supervisor.max_interval_s())
         t_wall = time.perf_counter()
         counter = {"acquisitions": 0, "segments": 0}
-        note = "" if supervisor is None else f"; {supervisor.note()}"
-        self._fire("start", f"table to {table_position_mm} mm{note}")
+        self._fire("start", f"table to {table_position_mm} mm; {supervisor.note()}")
         self.supervisor, self._synced_s = supervisor, 0.0
         with self._request_lock:
             self._requests.clear()
@@ -303,7 +290,8 @@ class Scanner:
         duration = seq.duration_s
         larmor = self.profile.gamma_hz_per_t * self.profile.b0_t
         supervisor = self.supervisor
-        max_duration = min(self.segment_s, buffer_s) if supervisor is None else supervisor.horizon_s
+        assert supervisor is not None  # run() made it
+        max_duration = supervisor.horizon_s
         for segment in compile_segments(seq, larmor_hz=larmor, max_duration_s=max_duration):
             outcome = self._safe_point(sink, counter, playhead)
             if outcome is not None:
@@ -312,8 +300,7 @@ class Scanner:
             if target > playhead:
                 playhead = self._sync(target)
                 self._collect(sink, counter)
-            if supervisor is not None:
-                supervisor.before_load(segment.rf)
+            supervisor.before_load(segment.rf)
             self.gradient.load(segment.gradient)
             self.rf.load(segment.rf, segment.adc)
             counter["segments"] += 1
@@ -332,11 +319,9 @@ class Scanner:
         return "stopped" if stopping else "completed"
 
     def _sync(self, t_s: float) -> float:
-        """Play up to ``t_s``; with a supervisor, in steps of at most its horizon, each one checked."""
+        """Play up to ``t_s`` in steps of at most the supervisor's horizon, each one checked."""
         supervisor = self.supervisor
-        if supervisor is None:
-            self._sync_once(t_s)
-            return t_s
+        assert supervisor is not None  # run() made it
         while True:
             step = min(t_s, self._synced_s + supervisor.horizon_s)
             statuses = self._sync_once(step)

@@ -12,6 +12,8 @@ from importlib import resources
 from pathlib import Path
 
 from scanctl.errors import ConfigError
+from scanctl.safety import limits as safety_limits
+from scanctl.safety.limits import SafetyLimits
 from scanctl.tomlcheck import Reader
 from scanctl.tomlcheck import parse as parse_toml
 
@@ -57,6 +59,8 @@ class SystemProfile:
     subsystems: dict[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_SUBSYSTEMS))
     #: The control server's ``control``, ``events`` and ``data`` endpoints.
     endpoints: dict[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_ENDPOINTS))
+    #: SAR, PNS, heating, table and heartbeat limits (the ``[safety]`` table; defaults without it).
+    safety: SafetyLimits = dataclasses.field(default_factory=SafetyLimits)
 
     def max_gradient_hz_per_m(self) -> tuple[float, float, float]:
         g = self.gamma_hz_per_t
@@ -102,7 +106,7 @@ def parse(text: str, source: str = "<profile>") -> SystemProfile:
     grad = r.table("gradient", {"max_amplitude_mt_per_m", "max_slew_t_per_m_per_s"})
     timing_keys = {f.name for f in dataclasses.fields(TimingLimits)}
     timing = r.table("timing", timing_keys)
-    r.no_other_tables({"scanner", "gradient", "timing", "subsystems", "server"})
+    r.no_other_tables({"scanner", "gradient", "timing", "subsystems", "server", "safety"})
     subsystems = dict(DEFAULT_SUBSYSTEMS)
     if "subsystems" in data:
         given = r.table("subsystems", set(DEFAULT_SUBSYSTEMS), required=False)
@@ -129,4 +133,5 @@ def parse(text: str, source: str = "<profile>") -> SystemProfile:
         source=source,
         subsystems=subsystems,
         endpoints=endpoints,
+        safety=safety_limits.parse(r, data),
     )

@@ -46,12 +46,14 @@ class Reader:
 
     def table(self, name: str, keys: Collection[str], *, required: bool | Collection[str] = True,
               optional: bool = False) -> dict[str, Any]:
-        """The table ``name``, refusing keys not in ``keys``.
+        """The table ``name`` (dotted for a nested one, e.g. ``safety.sar``), refusing keys not in ``keys``.
 
         ``required``: every key (True), none (False) or the given ones must be present. An ``optional``
         table that is absent reads as empty.
         """
-        value = self.data.get(name)
+        value: Any = self.data
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
         if value is None and optional:
             return {}
         if not isinstance(value, dict):

@@ -75,7 +75,70 @@ def test_bad_profiles_name_file_and_key(tmp_path, edit, message):
 
 def test_unknown_name_lists_shipped_profiles(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match=r"no system profile named 'nope' \(shipped: default\)"):
+    with pytest.raises(ConfigError, match=r"no system profile named 'nope' \(shipped: default, safe-example\)"):
         profiles.load("nope")
     with pytest.raises(ConfigError, match="cannot read system profile"):
         profiles.load(tmp_path / "missing.toml")
+
+
+SAFETY = """
+[safety]
+heartbeat_max_age_s = 0.5
+[safety.sar]
+whole_body_w_per_kg = { first_level = 3.5 }
+window_s = 300
+[safety.rf]
+watts_per_ut2 = 25.0
+[safety.gradient_thermal]
+max_temp_c = 60.0
+[safety.table]
+max_speed_mm_s = 50.0
+[safety.pns]
+limit_percent = { normal = 70.0 }
+"""
+
+
+def test_safety_limits_default_and_from_the_profile(tmp_path):
+    from scanctl.safety.limits import EXAMPLE_PNS, SafetyLimits
+
+    assert profiles.load(None).safety == SafetyLimits()
+    path = tmp_path / "rig.toml"
+    path.write_text(SHIPPED.read_text() + SAFETY)
+    safety = profiles.load(path).safety
+    assert safety.heartbeat_max_age_s == 0.5
+    assert safety.sar.whole_body_w_per_kg == {"normal": 2.0, "first_level": 3.5} and safety.sar.window_s == 300
+    assert safety.sar.head_w_per_kg == {"normal": 3.2, "first_level": 3.2}
+    assert safety.rf.watts_per_ut2 == 25.0 and safety.rf.body_absorbed_fraction == 0.8
+    assert safety.gradient_thermal.max_temp_c == 60.0 and safety.table.max_speed_mm_s == 50.0
+    assert safety.pns.limit_percent == {"normal": 70.0, "first_level": 100.0} and safety.pns.y == EXAMPLE_PNS["y"]
+
+
+def test_the_safe_example_profile_has_pypulseqs_example_pns_hardware():
+    from pypulseq.utils.safe_pns_prediction import safe_example_hw
+
+    hw = safe_example_hw()
+    pns = profiles.load("safe-example").safety.pns
+    for axis in "xyz":
+        ours, theirs = getattr(pns, axis), getattr(hw, axis)
+        assert (ours.tau1_ms, ours.tau2_ms, ours.tau3_ms, ours.a1, ours.a2, ours.a3, ours.stim_limit_t_per_m_per_s,
+                ours.stim_thresh_t_per_m_per_s, ours.g_scale) == (
+            theirs.tau1, theirs.tau2, theirs.tau3, theirs.a1, theirs.a2, theirs.a3, theirs.stim_limit,
+            theirs.stim_thresh, theirs.g_scale)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("[safety]\ncolour = 1\n", r"safety\.colour: unknown key"),
+    ("[safety.sar]\nwindow_s = -1\n", r"safety\.sar\.window_s: -1 is outside"),
+    ("[safety.sar]\nhead_w_per_kg = { turbo = 9.0 }\n", r"safety\.sar\.head_w_per_kg\.turbo: unknown key"),
+    ("[safety.sar]\nhead_w_per_kg = { normal = \"high\" }\n", r"safety\.sar\.head_w_per_kg\.normal: must be a number"),
+    ("[safety.rf]\nbody_absorbed_fraction = 1.5\n", r"safety\.rf\.body_absorbed_fraction: 1.5 is outside"),
+    ("[safety.pns]\nx = { tau1_ms = 0.2 }\n", r"safety\.pns\.x\.[a-z0-9_]+: missing key"),
+    ("[safety.table]\nmin_mm = 10.0\nmax_mm = 5.0\n", r"safety\.table: min_mm 10.0 must be below max_mm 5.0"),
+    ("[safety.gradient_thermal]\nambient_c = 30.0\nmax_temp_c = 25.0\n", r"max_temp_c must be above ambient_c"),
+    ("[safety]\nsar = 3\n", r"safety\.sar: must be a table"),
+])
+def test_bad_safety_limits_name_the_key(tmp_path, extra, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(SHIPPED.read_text() + "\n" + extra)
+    with pytest.raises(ConfigError, match=message):
+        profiles.load(path)

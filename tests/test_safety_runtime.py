@@ -23,7 +23,6 @@ from scanctl.run import load_source
 from scanctl.safety.interlocks import read_inputs
 from scanctl.safety.supervisor import ASSUMED_WEIGHT_KG, EnergyLog, Supervisor, SupervisorTrip
 
-pytest.importorskip("scanctl.safety.limits", reason="the profile's safety schema has not landed yet")
 PROFILE = profiles.load()
 LIMITS = PROFILE.safety
 TSE, _ = load_source("protocols/tse_2d.toml", PROFILE)  # 9 s, ~140 W mean forward power, 21 kW peaks

@@ -32,7 +32,6 @@ import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -40,10 +39,7 @@ from scanctl.errors import SafetyLimitError
 from scanctl.interfaces import Status, SubsystemState
 from scanctl.program import RFProgram
 from scanctl.safety.interlocks import read_inputs
-
-#: The profile's ``scanctl.safety.limits.SafetyLimits`` (written against that schema; typed as Any only
-#: until scanctl/safety/limits.py lands).
-SafetyLimits = Any
+from scanctl.safety.limits import SafetyLimits
 
 #: The patient weight assumed when none is given (kg): see the module docstring.
 ASSUMED_WEIGHT_KG = 40.0

@@ -1,0 +1,2 @@
+"""Patient and hardware safety: the profile's limits (:mod:`.limits`), the interlocks (:mod:`.interlocks`)
+and the supervisor that watches a running scan (:mod:`.supervisor`); see docs/safety-runtime.md."""
