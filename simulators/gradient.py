@@ -6,7 +6,9 @@ gradients), reports it as telemetry and trips on over-temperature; ``fault=trip@
 ``fault=overtemp@T`` injects an amplifier trip or an over-temperature at scan time ``T``; ``fault=cooling@T``
 a coolant failure (from ``T`` the coil heats ``overheat_k_per_s`` K/s faster while it plays, until it
 trips at ``max_temp_c`` unless the safety supervisor stops the scan first); ``fault=silent@T`` a lost
-heartbeat (see :mod:`scanctl.simulators.base`).
+heartbeat (see :mod:`scanctl.simulators.base`). The coil model is the profile's
+``[safety.gradient_thermal]``; the URL options ``tau_s``, ``watts_at_max``, ``kelvin_per_watt`` and
+``max_temp_c`` override it (a coil that differs from what the profile says).
 
 URL: ``sim://?buffer_s=2&tau_s=60&heating_k_per_w=...`` — see ``OPTIONS``.
 """
@@ -48,18 +50,20 @@ class SimulatedGradient(SimulatedSequencer):
     }
 
     def __init__(self, url: str, profile: SystemProfile, *, buffer_s: float = 2.0,
-                 fault: tuple[str, float] | None = None, tau_s: float = 60.0, watts_at_max: float = 20_000.0,
-                 kelvin_per_watt: float = 0.004, max_temp_c: float = 70.0, ambient_c: float = 20.0,
-                 world: str = "default", realtime: bool = False, overheat_k_per_s: float = 5.0) -> None:
+                 fault: tuple[str, float] | None = None, tau_s: float | None = None,
+                 watts_at_max: float | None = None, kelvin_per_watt: float | None = None,
+                 max_temp_c: float | None = None, world: str = "default", realtime: bool = False,
+                 overheat_k_per_s: float = 5.0) -> None:
         super().__init__(url, buffer_s=buffer_s, fault=fault, realtime=realtime)
         self.max_gradient_hz_per_m = np.array(profile.max_gradient_hz_per_m())
         self.max_slew_hz_per_m_per_s = np.array(profile.max_slew_hz_per_m_per_s())
-        self.tau_s = tau_s
-        self.watts_at_max = watts_at_max
-        self.kelvin_per_watt = kelvin_per_watt
-        self.max_temp_c = max_temp_c
-        self.ambient_c = ambient_c
-        self.temperature_c = ambient_c
+        coil = profile.safety.gradient_thermal  # the coil model the profile gives; URL options override it
+        self.tau_s = coil.tau_s if tau_s is None else tau_s
+        self.watts_at_max = coil.watts_at_max if watts_at_max is None else watts_at_max
+        self.kelvin_per_watt = coil.kelvin_per_watt if kelvin_per_watt is None else kelvin_per_watt
+        self.max_temp_c = coil.max_temp_c if max_temp_c is None else max_temp_c
+        self.ambient_c = coil.ambient_c
+        self.temperature_c = self.ambient_c
         self.power_w = 0.0
         self.overheat_k_per_s = overheat_k_per_s
         self._cooling_lost_s: float | None = None
