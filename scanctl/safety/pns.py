@@ -80,8 +80,8 @@ def predict_pns(seq: Sequence, pns: PNSSafety, gamma_hz_per_t: float, *,
     percent = np.concatenate(envelope) if envelope else np.zeros(0)
     peak_time = (peak_k + 0.5) * dt
     block = int(np.searchsorted(seq.block_start_s, peak_time, side="right") - 1) if n else 0
-    return PNSPrediction(t_s=np.arange(percent.size, dtype=np.float64) * (per_bin * dt), percent=percent, peak_percent=peak,
-                         peak_time_s=peak_time if n else 0.0, peak_block=max(block, 0),
+    return PNSPrediction(t_s=np.arange(percent.size, dtype=np.float64) * (per_bin * dt), percent=percent,
+                         peak_percent=peak, peak_time_s=peak_time if n else 0.0, peak_block=max(block, 0),
                          axis_peak_percent=(float(axis_peaks[0]), float(axis_peaks[1]), float(axis_peaks[2])))
 
 
