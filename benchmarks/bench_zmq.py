@@ -138,9 +138,10 @@ def events(ctx: Any, server: ControlServer, n: int) -> tuple[float, int, int]:
     return n / elapsed, sum(gaps for _, gaps, _ in results), min(count for count, _, _ in results)
 
 
-def acquisitions(count: int, samples: int) -> list[Acquisition]:
+def acquisitions(count: int, samples: int, channels: int = 1) -> list[Acquisition]:
     rng = np.random.default_rng(0)
-    data = (rng.standard_normal((count, 1, samples)) + 1j * rng.standard_normal((count, 1, samples)))
+    shape = (count, channels, samples)
+    data = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
     return [Acquisition(i, i, i * 1e-3, 1e-5, data[i].astype(np.complex64), {"LIN": i}) for i in range(count)]
 
 
@@ -212,6 +213,8 @@ def main() -> None:
     parser.add_argument("--data-mb", type=float, default=1024.0, help="ADC payload to stream per measurement, MB")
     parser.add_argument("--samples", type=int, default=512, help="samples per acquisition (complex64)")
     parser.add_argument("--per-message", type=int, default=64, help="acquisitions per data message")
+    parser.add_argument("--channels", type=int, nargs="+", default=[1, 32],
+                        help="receive channels per acquisition, one ADC measurement each (default 1 and 32)")
     parser.add_argument("--scans", type=int, default=3, help="gre_2d runs each way (median)")
     parser.add_argument("--skip-scan", action="store_true", help="skip the whole-scan comparison")
     args = parser.parse_args()
@@ -226,16 +229,17 @@ def main() -> None:
         rate, gaps, least = events(ctx, server, args.events)
         print(f"events, {SUBSCRIBERS} subscriber processes: {rate:,.0f} events/s published and received by all; "
               f"gaps: {gaps}; fewest received: {least}/{args.events}  (target >= 50,000/s, no gap)", flush=True)
-        batch = acquisitions(args.per_message, args.samples)
-        payload = sum(a.data.nbytes for a in batch)
-        messages = max(1, int(args.data_mb * 1e6 / payload))
-        columns = data_server(ctx, server, batch, messages, objects=False)
-        raw = data_raw(ctx, batch, messages)
-        objects = data_server(ctx, server, batch, messages, objects=True)
-        print(f"ADC data ({messages} messages of {args.per_message} x {args.samples} complex64, "
-              f"{payload / 1e3:.0f} kB): raw pyzmq {raw:,.0f} MB/s; server to a subscriber taking the checked "
-              f"columns {columns:,.0f} MB/s: {columns / raw:.0%} (target >= 70%); one Acquisition object per "
-              f"window {objects:,.0f} MB/s: {objects / raw:.0%}", flush=True)
+        for channels in args.channels:
+            batch = acquisitions(args.per_message, args.samples, channels)
+            payload = sum(a.data.nbytes for a in batch)
+            messages = max(1, int(args.data_mb * 1e6 / payload))
+            columns = data_server(ctx, server, batch, messages, objects=False)
+            raw = data_raw(ctx, batch, messages)
+            objects = data_server(ctx, server, batch, messages, objects=True)
+            print(f"ADC data ({messages} messages of {args.per_message} acquisitions x {channels} channels x "
+                  f"{args.samples} complex64, {payload / 1e3:,.0f} kB): raw pyzmq {raw:,.0f} MB/s; server to a "
+                  f"subscriber taking the checked columns {columns:,.0f} MB/s: {columns / raw:.0%} (target >= 70%); "
+                  f"one Acquisition object per window {objects:,.0f} MB/s: {objects / raw:.0%}", flush=True)
     finally:
         server.stop()
         thread.join(timeout=10)
