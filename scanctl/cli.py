@@ -48,13 +48,21 @@ def _load_sequence(args: argparse.Namespace, profile: profiles.SystemProfile | N
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from scanctl.safety.predict import predict, write_report
     from scanctl.sequence.checks import check
 
     prof = profiles.load(args.system)
     seq = _load_sequence(args, prof)
     report = check(seq, prof)
+    weight = args.patient_weight if args.patient_weight is not None else _protocol_weight(args.file)
+    safety = predict(seq, prof, weight, args.mode)
+    for v in safety.violations:
+        report.violations.append(v)
+        report.violation_counts[v.kind] = report.violation_counts.get(v.kind, 0) + 1
+    if args.report:
+        write_report(safety, seq, prof, args.report)
     if args.json:
-        print(json.dumps(report.to_json(), indent=2, default=_json_default))
+        print(json.dumps({**report.to_json(), **safety.to_json()}, indent=2, default=_json_default))
     else:
         kind = "protocol" if Path(args.file).suffix.lower() == ".toml" else f"Pulseq {report.format_version}"
         print(f"{args.file}: {kind}, {report.blocks} blocks, {report.duration_s:.6f} s, "
@@ -68,8 +76,32 @@ def cmd_check(args: argparse.Namespace) -> int:
         total = sum(report.violation_counts.values())
         if total > listed:
             print(f"  … {total - listed} more ({', '.join(f'{k}: {n}' for k, n in report.violation_counts.items())})")
+        sar, pns, coil = safety.sar, safety.pns, safety.heating["gradient_coil"]
+        assumed = " (assumed: no --patient-weight)" if safety.weight_assumed else ""
+        print(f"  safety, {safety.mode.replace('_', '-')} mode, {safety.patient_weight_kg:g} kg{assumed}: "
+              f"SAR whole body {sar['whole_body']['6min']['peak_w_per_kg']:.3g} W/kg (6 min), "
+              f"{sar['whole_body']['10s']['peak_w_per_kg']:.3g} W/kg (10 s), head "
+              f"{sar['head']['6min']['peak_w_per_kg']:.3g} W/kg; PNS {pns['peak_percent']:.1f} %; "
+              f"coil {coil['peak_temperature_c']:.1f} °C")
         print(f"{'OK' if report.ok else 'LIMITS BROKEN'} against profile {prof.name!r}")
     return EXIT_OK if report.ok else EXIT_LIMITS
+
+
+def _protocol_weight(path: str) -> float | None:
+    """The patient weight a protocol file gives (None for a Pulseq file)."""
+    if Path(path).suffix.lower() != ".toml":
+        return None
+    from scanctl.protocol import load_protocol
+
+    return load_protocol(path).patient.weight_kg
+
+
+def safety_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--patient-weight", type=float, metavar="KG",
+                   help="the patient's weight for SAR (default: the protocol's; for a Pulseq file a conservative "
+                        "assumed weight)")
+    p.add_argument("--mode", default="normal", choices=("normal", "first-level"),
+                   help="IEC 60601-2-33 operating mode (default normal; first-level only when asked for)")
 
 
 def _json_default(value: object) -> object:
@@ -142,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         prof = profiles.load(args.system)
         overrides = {kind: url for kind in ("gradient", "rf", "table") if (url := getattr(args, kind)) is not None}
         report = run_scan(args.file, prof, out, overrides=overrides, progress=ProgressBar(),
-                          reconstruct=not args.no_recon)
+                          reconstruct=not args.no_recon, patient_weight_kg=args.patient_weight, mode=args.mode)
     t = report.timings
     if report.outcome == "refused":
         print(f"{args.file}: refused before anything moved: {report.message}", file=sys.stderr)
@@ -403,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     for kind in ("gradient", "rf", "table"):
         p.add_argument(f"--{kind}", metavar="URL", help=f"{kind} subsystem URL (default: the profile's)")
     p.add_argument("--no-recon", action="store_true", help="skip the image reconstruction")
+    safety_args(p)
     p.add_argument("--connect", metavar="ENDPOINT", help="run on a control server (scanctl serve) instead of in "
                                                          "this process; outputs are written here")
     p.add_argument("--upload", action="store_true", help="with --connect: send the file's content, not its path")
@@ -502,6 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = seq_command("check", "check a sequence's (or a protocol's) timing and a scanner's limits")
     p.add_argument("--system", help="system profile: a shipped name (e.g. 'default') or a TOML path")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    safety_args(p)
+    p.add_argument("--report", metavar="DIR", help="also draw the SAR, PNS and temperature curves as PNGs in DIR")
     p.set_defaults(func=cmd_check)
 
     p = seq_command("waveforms", "write the gradient waveforms (Hz/m) to an .npz file")

@@ -69,6 +69,30 @@ class RFProgram:
     def n_pulses(self) -> int:
         return int(self.start_s.size)
 
+    def b1_squared_integrals(self) -> FloatArray:
+        """∫|B1|² dt of each pulse, Hz²·s (:func:`b1_squared_integrals`)."""
+        return b1_squared_integrals(self.offsets, self.t_s, np.abs(self.b1_hz) ** 2, self.raster_s)
+
+
+def b1_squared_integrals(offsets: IntArray, t_s: FloatArray, b1_squared: FloatArray, raster_s: float) -> FloatArray:
+    """∫|B1|² dt of each pulse of a CSR sample table (pulse ``p``: samples ``offsets[p]:offsets[p+1]``).
+
+    Samples on the uniform RF raster each last one raster. A pulse with a time shape of its own (irregular
+    samples, e.g. pypulseq's block pulse: two samples at 0 and T) is integrated by the trapezoidal rule
+    between its samples instead: counting it a raster per sample would miss almost all of its energy."""
+    n = offsets.size - 1
+    if n <= 0 or t_s.size == 0:
+        return np.zeros(max(n, 0))
+    owner = np.repeat(np.arange(n), np.diff(offsets))
+    same = owner[1:] == owner[:-1]  # consecutive samples of one pulse
+    dt = np.diff(t_s)
+    irregular = np.zeros(n, dtype=bool)
+    np.logical_or.at(irregular, owner[1:][same], np.abs(dt[same] - raster_s) > 1e-3 * raster_s)
+    on_raster = np.bincount(owner, weights=b1_squared, minlength=n) * raster_s
+    trapezoid = np.bincount(owner[1:][same], weights=(0.5 * (b1_squared[1:] + b1_squared[:-1]) * dt)[same],
+                            minlength=n)
+    return np.where(irregular, trapezoid, on_raster)
+
 
 @dataclass(frozen=True)
 class ADCProgram:

@@ -51,6 +51,8 @@ class RunReport:
     telemetry: dict[str, dict[str, float]]
     outputs: dict[str, str]
     versions: dict[str, str] = field(default_factory=dict)
+    #: The safety prediction the scan was judged by: ``sar``, ``pns``, ``heating`` (docs/safety.md).
+    safety: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -108,16 +110,25 @@ def run_scan(
     overrides: dict[str, str] | None = None,
     progress: Callable[[float, float, int], None] | None = None,
     reconstruct: bool = True,
+    patient_weight_kg: float | None = None,
+    mode: str = "normal",
 ) -> RunReport:
     """Run ``source`` (a protocol TOML or a Pulseq file) and write the outputs into ``out_dir``:
     ``raw.h5`` (ISMRMRD), ``image.npy`` and ``image.png`` (when reconstructed), ``sequence.seq``,
-    ``report.json``. Raises ConfigError / SequenceFormatError for bad input (nothing has moved)."""
+    ``report.json``. Raises ConfigError / SequenceFormatError for bad input (nothing has moved).
+
+    SAR, PNS and heating are predicted first for the patient (``patient_weight_kg``, else the protocol's)
+    in ``mode``; a sequence that would break a limit is refused before anything connects or moves."""
     from scanctl.rawdata import RawDataWriter, header_for
+    from scanctl.safety.predict import predict
 
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seq, protocol = load_source(source, profile)
+    if patient_weight_kg is None and protocol is not None:
+        patient_weight_kg = protocol.patient.weight_kg
+    safety = predict(seq, profile, patient_weight_kg, mode)
     urls = subsystem_urls(profile, overrides, seq, protocol)
     scanner = Scanner.from_profile(profile, urls)
     seq_path = out / "sequence.seq"
@@ -126,12 +137,14 @@ def run_scan(
     acquisitions: list[Acquisition] = []
     timings: dict[str, float] = {}
     result: RunResult | None = None
-    outcome, message = "refused", ""
-    scanner.connect()
+    outcome, message = "refused", "; ".join(v.message for v in safety.violations[:5])
+    if not message:  # refused by the prediction: nothing is connected, nothing moves
+        scanner.connect()
     try:
         t0 = time.perf_counter()
         try:
-            scanner.prepare(seq)
+            if not message:
+                scanner.prepare(seq)
         except SafetyLimitError as exc:
             message = str(exc)
         timings["prepare_s"] = time.perf_counter() - t0
@@ -152,9 +165,8 @@ def run_scan(
             t0 = time.perf_counter()
             try:
                 position = protocol.table_position_mm if protocol is not None else 0.0
-                weight = protocol.patient.weight_kg if protocol is not None else None
                 result = scanner.run(table_position_mm=position, on_acquisitions=keep, on_progress=on_progress,
-                                     patient_weight_kg=weight)
+                                     patient_weight_kg=patient_weight_kg, mode=safety.mode)
             finally:
                 writer.close()
             timings["scan_wall_s"] = time.perf_counter() - t0
@@ -179,6 +191,7 @@ def run_scan(
         telemetry=result.telemetry if result is not None else {},
         outputs=outputs,
         versions=versions(),
+        safety=safety.to_json(),
     )
     write_report(out, report)
     return report

@@ -188,7 +188,7 @@ class SimulatedRF(SimulatedSequencer):
             self.forward_power_w = 0.0
             return
         b1_ut2 = (np.abs(rf.b1_hz) / self.gamma_hz_per_t * 1e6) ** 2
-        energy_j = float(b1_ut2.sum()) * rf.raster_s * self.watts_per_ut2
+        energy_j = float(rf.b1_squared_integrals().sum()) * (1e6 / self.gamma_hz_per_t) ** 2 * self.watts_per_ut2
         self.forward_power_w = energy_j / max(rf.t1_s - rf.t0_s, 1e-12)
         self.peak_power_w = max(self.peak_power_w, float(b1_ut2.max()) * self.watts_per_ut2)
         if self._spike_from_s is None:

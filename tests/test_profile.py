@@ -26,7 +26,7 @@ def test_default_profile_values_and_units():
 def test_every_shipped_key_is_documented():
     doc = (Path(__file__).parents[1] / "docs" / "system-profile.md").read_text()
     keys = re.findall(r"^([a-z_0-9]+)\s*=", SHIPPED.read_text(), flags=re.M)
-    assert len(keys) == 15
+    assert len(keys) == 19
     for key in keys:
         assert f"`{key}`" in doc, key
 
@@ -99,18 +99,20 @@ limit_percent = { normal = 70.0 }
 
 
 def test_safety_limits_default_and_from_the_profile(tmp_path):
-    from scanctl.safety.limits import EXAMPLE_PNS, SafetyLimits
+    from scanctl.safety.limits import DEFAULT_PNS, EXAMPLE_PNS, SafetyLimits
 
-    assert profiles.load(None).safety == SafetyLimits()
+    default = profiles.load(None).safety
+    assert default == SafetyLimits() and default.pns.x.tau1_ms == 0.2
+    assert default.pns.x.stim_limit_t_per_m_per_s == 1.5 * EXAMPLE_PNS["x"].stim_limit_t_per_m_per_s
     path = tmp_path / "rig.toml"
-    path.write_text(SHIPPED.read_text() + SAFETY)
+    path.write_text(SHIPPED.read_text().split("\n[safety.pns]")[0] + SAFETY)  # its own [safety.pns]
     safety = profiles.load(path).safety
     assert safety.heartbeat_max_age_s == 0.5
     assert safety.sar.whole_body_w_per_kg == {"normal": 2.0, "first_level": 3.5} and safety.sar.window_s == 300
     assert safety.sar.head_w_per_kg == {"normal": 3.2, "first_level": 3.2}
     assert safety.rf.watts_per_ut2 == 25.0 and safety.rf.body_absorbed_fraction == 0.8
     assert safety.gradient_thermal.max_temp_c == 60.0 and safety.table.max_speed_mm_s == 50.0
-    assert safety.pns.limit_percent == {"normal": 70.0, "first_level": 100.0} and safety.pns.y == EXAMPLE_PNS["y"]
+    assert safety.pns.limit_percent == {"normal": 70.0, "first_level": 100.0} and safety.pns.y == DEFAULT_PNS["y"]
 
 
 def test_the_safe_example_profile_has_pypulseqs_example_pns_hardware():
@@ -139,6 +141,6 @@ def test_the_safe_example_profile_has_pypulseqs_example_pns_hardware():
 ])
 def test_bad_safety_limits_name_the_key(tmp_path, extra, message):
     path = tmp_path / "bad.toml"
-    path.write_text(SHIPPED.read_text() + "\n" + extra)
+    path.write_text(SHIPPED.read_text().split("\n[safety.pns]")[0] + "\n" + extra)
     with pytest.raises(ConfigError, match=message):
         profiles.load(path)

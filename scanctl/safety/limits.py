@@ -64,22 +64,27 @@ class PNSAxis:
     g_scale: float
 
 
-#: pypulseq's ``safe_example_hw`` (an example, not a real scanner): the default, and the ``safe-example``
-#: profile's, so that predictions can be cross-checked against pypulseq's ``calc_pns``.
+#: pypulseq's ``safe_example_hw`` (an example, not a real scanner): the ``safe-example`` profile's, so
+#: that predictions can be cross-checked against pypulseq's ``calc_pns``.
 EXAMPLE_PNS = {
     "x": PNSAxis(0.20, 0.03, 3.00, 0.40, 0.10, 0.50, 30.0, 24.0, 0.35),
     "y": PNSAxis(1.50, 2.50, 0.15, 0.55, 0.15, 0.30, 15.0, 12.0, 0.31),
     "z": PNSAxis(2.00, 0.12, 1.00, 0.42, 0.40, 0.18, 25.0, 20.0, 0.25),
 }
+#: The default (and the shipped default profile's): an illustrative whole-body coil, not a real scanner's —
+#: the example's time constants and weights with stimulation limits and thresholds 1.5 times higher.
+DEFAULT_PNS = {axis: dataclasses.replace(p, stim_limit_t_per_m_per_s=1.5 * p.stim_limit_t_per_m_per_s,
+                                         stim_thresh_t_per_m_per_s=1.5 * p.stim_thresh_t_per_m_per_s)
+               for axis, p in EXAMPLE_PNS.items()}
 
 
 @dataclass(frozen=True)
 class PNSSafety:
     """Per-axis SAFE parameters and the limit, in percent of the stimulation threshold, per mode."""
 
-    x: PNSAxis = EXAMPLE_PNS["x"]
-    y: PNSAxis = EXAMPLE_PNS["y"]
-    z: PNSAxis = EXAMPLE_PNS["z"]
+    x: PNSAxis = DEFAULT_PNS["x"]
+    y: PNSAxis = DEFAULT_PNS["y"]
+    z: PNSAxis = DEFAULT_PNS["z"]
     limit_percent: dict[str, float] = field(default_factory=lambda: _modes(80.0, 100.0))
 
 

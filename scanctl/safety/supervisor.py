@@ -33,8 +33,6 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
-
 from scanctl.errors import SafetyLimitError
 from scanctl.interfaces import Status, SubsystemState
 from scanctl.program import RFProgram
@@ -64,10 +62,7 @@ class SupervisorTrip(SafetyLimitError):
 def rf_energy_j(rf: RFProgram, gamma_hz_per_t: float, watts_per_ut2: float) -> float:
     """The forward RF energy (J) a program transmits: the coil calibration ``watts_per_ut2`` (W per µT²
     of B1) times the integral of B1² over its samples, each lasting one RF raster."""
-    if rf.b1_hz.size == 0:
-        return 0.0
-    b1_ut = np.abs(rf.b1_hz) * (1e6 / gamma_hz_per_t)
-    return float(np.dot(b1_ut, b1_ut)) * rf.raster_s * watts_per_ut2
+    return float(rf.b1_squared_integrals().sum()) * (1e6 / gamma_hz_per_t) ** 2 * watts_per_ut2
 
 
 class EnergyLog:

@@ -1,0 +1,97 @@
+"""SAR, RF duty, heating and the combined safety prediction of `scanctl check` / `scanctl run`: exact
+energies for block pulses, the operating modes, refusal before anything moves, the reports."""
+
+from __future__ import annotations
+
+import json
+
+import pypulseq as pp
+import pytest
+
+from scanctl import profile as profiles
+from scanctl.cli import main
+from scanctl.run import run_scan
+from scanctl.safety.predict import predict
+from scanctl.sequence import pulseq_read
+from tests import pulseq_factory as factory
+from tests.test_profile import SHIPPED
+
+GAMMA = 42.576e6
+B1_UT = 15.0  # block pulses of 15 µT, 1 ms every 20 ms: 9 kW peak, 450 W mean forward power
+
+
+@pytest.fixture(scope="module")
+def heavy(tmp_path_factory):
+    """10 s of block pulses: whole-body SAR over 10 s between the normal and first-level limits."""
+    system = factory.default_system()
+    seq = pp.Sequence(system)
+    flip = 2 * 3.141592653589793 * GAMMA * B1_UT * 1e-6 * 1e-3  # rad for 1 ms at 15 µT
+    rf = pp.make_block_pulse(flip_angle=flip, duration=1e-3, delay=100e-6, system=system)
+    for _ in range(500):
+        seq.add_block(rf)
+        seq.add_block(pp.make_delay(20e-3 - 1.1e-3 - rf.ringdown_time))
+    path = tmp_path_factory.mktemp("heavy") / "heavy.seq"
+    seq.write(str(path))
+    profile = tmp_path_factory.mktemp("profile") / "light-head.toml"
+    profile.write_text(SHIPPED.read_text() + "\n[safety.rf]\nhead_absorbed_fraction = 0.02\n")
+    return path, profile
+
+
+def test_sar_of_block_pulses_is_the_hand_computed_energy(heavy):
+    path, profile_path = heavy
+    prof = profiles.load(profile_path)
+    seq = pulseq_read.read(path)
+    result = predict(seq, prof, 70.0, "normal")
+    energy_per_pulse = 40.0 * B1_UT**2 * 1e-3  # W/µT² · µT² · s
+    assert result.sar["forward_energy_j"] == pytest.approx(500 * energy_per_pulse, rel=1e-3)
+    ten = result.sar["whole_body"]["10s"]
+    # the densest 10 s hold all 500 pulses (the sequence lasts 10 s)
+    assert ten["peak_w_per_kg"] == pytest.approx(500 * energy_per_pulse * 0.8 / 70.0 / 10.0, rel=1e-3)
+    six = result.sar["whole_body"]["6min"]
+    assert six["peak_w_per_kg"] == pytest.approx(500 * energy_per_pulse * 0.8 / 70.0 / 360.0, rel=1e-3)
+    assert result.heating["rf_amplifier"]["peak_power_w"] == pytest.approx(40.0 * B1_UT**2, rel=1e-3)
+    assert result.heating["rf_amplifier"]["duty_cycle_peak"] == pytest.approx(0.05, rel=0.01)
+
+
+def test_normal_mode_refuses_what_first_level_allows(heavy, capsys):
+    path, profile_path = heavy
+    args = ["check", str(path), "--system", str(profile_path), "--patient-weight", "70", "--json"]
+    assert main(args) == 1
+    out = json.loads(capsys.readouterr().out)
+    kinds = {v["kind"] for v in out["violations"]}
+    assert kinds == {"sar_wb"} and not out["ok"]
+    v = out["violations"][0]
+    assert v["limit"] == 4.0 and v["value"] > 4.0 and "margin" in v["message"] and v["block"] is not None
+    assert set(out) >= {"sar", "pns", "heating"} and "peak_percent" in out["pns"]
+    assert main([*args, "--mode", "first-level"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"]
+
+
+def test_run_refuses_before_anything_moves(heavy, tmp_path, capsys):
+    path, profile_path = heavy
+    report = run_scan(path, profiles.load(profile_path), tmp_path / "out", patient_weight_kg=70.0)
+    assert report.outcome == "refused" and "whole-body SAR" in report.message
+    assert report.acquisitions == 0 and not (tmp_path / "out" / "raw.h5").exists()
+    assert not any(entry["trigger"] == "connect" for entry in report.journal)
+    assert report.safety["sar"]["whole_body"]["10s"]["peak_w_per_kg"] > 4.0
+    assert main(["run", str(path), "--system", str(profile_path), "--patient-weight", "70", "--out",
+                 str(tmp_path / "cli")]) == 1
+    assert "refused before anything moved" in capsys.readouterr().err
+
+
+def test_heating_prediction_is_the_simulators_model(tmp_path):
+    report = run_scan("protocols/tse_2d.toml", profiles.load(None), tmp_path / "out", reconstruct=False)
+    assert report.ok
+    predicted = report.safety["heating"]["gradient_coil"]["peak_temperature_c"]
+    played = report.telemetry["gradient"]["coil_temperature_c"]
+    assert predicted > 20.0 and played > 20.0
+    assert predicted == pytest.approx(played, abs=0.02)
+
+
+def test_reports_and_bad_input(heavy, tmp_path, capsys):
+    path, profile_path = heavy
+    assert main(["check", "protocols/gre_2d.toml", "--report", str(tmp_path / "r")]) == 0
+    for name in ("sar.png", "pns.png", "temperature.png"):
+        assert (tmp_path / "r" / name).stat().st_size > 1000
+    assert main(["check", "protocols/gre_2d.toml", "--patient-weight", "-5"]) == 2
+    assert "patient weight" in capsys.readouterr().err
