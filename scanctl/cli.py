@@ -169,7 +169,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ScanctlError("--system and subsystem URLs belong to the server (scanctl serve) with --connect")
         with Client(args.connect, keys=client_keys(args)) as client:
             report = run_remote(client, args.file, out, upload=args.upload, progress=ProgressBar(),
-                                reconstruct=not args.no_recon, force=args.force)
+                                reconstruct=not args.no_recon, force=args.force,
+                                patient_weight_kg=args.patient_weight, mode=args.mode)
     else:
         prof = profiles.load(args.system)
         overrides = {kind: url for kind in ("gradient", "rf", "table") if (url := getattr(args, kind)) is not None}

@@ -137,12 +137,15 @@ class Client:
         return self.command("release_control")
 
     def load(self, path: str | os.PathLike[str] | None = None, *, text: str | None = None,
-             format: str | None = None, name: str | None = None) -> dict[str, Any]:
+             format: str | None = None, name: str | None = None, patient_weight_kg: float | None = None,
+             mode: str = "normal") -> dict[str, Any]:
         """Load and check a protocol or Pulseq file: ``path`` on the server, or its ``text`` (``format``
-        ``"toml"`` or ``"seq"``). The reply holds the check report, the sequence and the raw header."""
+        ``"toml"`` or ``"seq"``), with its safety prediction for the patient (``patient_weight_kg``, else the
+        protocol's) in ``mode``. The reply holds the check report, the sequence and the raw header."""
+        safety = {"patient_weight_kg": patient_weight_kg, "mode": mode}
         if path is not None:
-            return self.command("load", {"path": os.fspath(path)})
-        return self.command("load", {"text": text, "format": format, "name": name})
+            return self.command("load", {"path": os.fspath(path), **safety})
+        return self.command("load", {"text": text, "format": format, "name": name, **safety})
 
     def start(self) -> dict[str, Any]:
         return self.command("start")
@@ -337,7 +340,8 @@ def header_from_plain(plain: dict[str, Any]) -> Any:
 
 def run_remote(client: Client, source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
                upload: bool = False, progress: Callable[[float, float, int], None] | None = None,
-               reconstruct: bool = True, force: bool = False, run_timeout_s: float = 3600.0) -> Any:
+               reconstruct: bool = True, force: bool = False, run_timeout_s: float = 3600.0,
+               patient_weight_kg: float | None = None, mode: str = "normal") -> Any:
     """Run ``source`` on the server and write ``sequence.seq``, ``raw.h5``, the image and
     ``report.json`` into ``out_dir`` as :func:`scanctl.run.run_scan` does in-process. Takes control (and
     releases it). ``upload`` sends the file's content instead of its path. Returns the RunReport.
@@ -358,9 +362,10 @@ def run_remote(client: Client, source: str | os.PathLike[str], out_dir: str | os
             try:
                 if upload:
                     fmt = "seq" if source.suffix.lower() == ".seq" else "toml"
-                    loaded = client.load(text=source.read_text(encoding="utf-8"), format=fmt, name=source.name)
+                    loaded = client.load(text=source.read_text(encoding="utf-8"), format=fmt, name=source.name,
+                                         patient_weight_kg=patient_weight_kg, mode=mode)
                 else:
-                    loaded = client.load(source.resolve())
+                    loaded = client.load(source.resolve(), patient_weight_kg=patient_weight_kg, mode=mode)
             except CommandError as exc:
                 if exc.code != "rejected" or "refused before anything moved" not in str(exc):
                     raise

@@ -44,6 +44,7 @@ from scanctl.profile import DEFAULT_ENDPOINTS, SystemProfile
 from scanctl.protocol import Protocol
 from scanctl.publisher import Publisher
 from scanctl.run import load_source, protocol_info, sequence_info, subsystem_urls
+from scanctl.safety.predict import predict
 from scanctl.security import ServerCurve, refuse_unauthenticated
 from scanctl.sequence.model import Sequence
 from scanctl.wire import VERSION_TEXT, Message, decode, encode, error_reply, pack_acquisitions, to_plain
@@ -311,6 +312,10 @@ class ControlServer:
                 raise Rejected("bad_argument", "load needs 'path' (a file on the server) or 'text' (its content)")
             if text is not None and body.get("format") not in ("toml", "seq"):
                 raise Rejected("bad_argument", "load with 'text' needs 'format': 'toml' or 'seq'")
+            weight, mode = body.get("patient_weight_kg"), body.get("mode", "normal")
+            if not (weight is None or _number(weight)) or mode not in ("normal", "first-level", "first_level"):
+                raise Rejected("bad_argument", "load takes an optional number 'patient_weight_kg' and 'mode' "
+                                               "'normal' or 'first-level'")
         if name == "move_table":
             position, speed = body.get("position_mm"), body.get("speed_mm_s")
             if not _number(position) or not (speed is None or _number(speed)):
@@ -535,6 +540,17 @@ class ControlServer:
                 source = Path(str(msg.body["path"]))
                 source_name = str(source)
             seq, protocol = load_source(source, self.profile)
+            weight = msg.body.get("patient_weight_kg")
+            if weight is None and protocol is not None:
+                weight = protocol.patient.weight_kg
+            safety = predict(seq, self.profile, weight, str(msg.body.get("mode", "normal")))
+            if not safety.ok:  # nothing is touched: the scanner is not even prepared
+                refusal = ("sequence refused before anything moved (safety prediction): "
+                           + "; ".join(v.message for v in safety.violations[:5]))
+                with self._state_lock:
+                    self._loaded = None
+                self.publish("safety", {"kind": "refused", "message": refusal, **safety.to_json()})
+                return self._error(msg, "rejected", refusal, state=self.scanner.state.name)
             urls = subsystem_urls(self.profile, self.overrides, seq, protocol)
             if urls != self._urls:
                 # A simulated RF system follows the scan (phantom, field of view): rebuild it for this one.
@@ -558,7 +574,8 @@ class ControlServer:
         header = header_for(seq, self.profile, protocol, channels=self.scanner.rf.channels)
         info = {"protocol": protocol_info(source_name, protocol),
                 "sequence": sequence_info(seq, md5, "sequence.seq"),
-                "table_position_mm": protocol.table_position_mm if protocol is not None else 0.0}
+                "table_position_mm": protocol.table_position_mm if protocol is not None else 0.0,
+                "patient_weight_kg": weight, "mode": safety.mode, "safety": safety.to_json()}
         with self._state_lock:
             self._loaded = _Loaded(seq, protocol, source_name, info)
             self._journal_start = journal_start
@@ -590,7 +607,8 @@ class ControlServer:
         result: RunResult | None = None
         try:
             result = self.scanner.run(table_position_mm=float(loaded.info["table_position_mm"]),
-                                      on_acquisitions=on_acquisitions, on_progress=on_progress)
+                                      on_acquisitions=on_acquisitions, on_progress=on_progress,
+                                      patient_weight_kg=loaded.info["patient_weight_kg"], mode=loaded.info["mode"])
         finally:
             with self._state_lock:
                 self._deferred.clear()

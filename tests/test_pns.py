@@ -67,3 +67,21 @@ def test_stronger_stimulation_thresholds_lower_the_response(tmp_path):
         pns, a).stim_limit_t_per_m_per_s) for a in "xyz"})
     assert predict_pns(ours_seq, doubled, seq.system.gamma).peak_percent == pytest.approx(
         predict_pns(ours_seq, pns, seq.system.gamma).peak_percent / 2)
+
+
+def test_long_gradient_free_stretches_are_skipped_exactly(tmp_path):
+    import pypulseq as pp
+
+    seq = factory.gre(8)
+    system = factory.default_system()
+    seq.add_block(pp.make_delay(0.25))  # 25,000 raster samples without gradients: skipped, the filters decayed
+    seq.add_block(pp.make_trapezoid("x", area=2000, system=system))
+    path = tmp_path / "gap.seq"
+    seq.write(str(path))
+    ours_seq = pulseq_read.read(path)
+    assert any(quiet for _, _, quiet in pns_module._spans(ours_seq, 40_000, 1e-5, 100, 3.0))
+    _, norm, components, t = calc_pns(seq, safe_example_hw(), do_plots=False)
+    ours = predict_pns(ours_seq, SAFE.safety.pns, seq.system.gamma, envelope_s=1e-4)
+    assert ours.peak_percent == pytest.approx(100 * norm.max(), rel=1e-4)
+    theirs = np.pad(norm, (0, (-norm.size) % 10)).reshape(-1, 10).max(axis=1) * 100
+    assert ours.percent.shape == theirs.shape and np.allclose(ours.percent, theirs, rtol=1e-4, atol=1e-3)

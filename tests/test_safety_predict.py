@@ -4,6 +4,7 @@ energies for block pulses, the operating modes, refusal before anything moves, t
 from __future__ import annotations
 
 import json
+import time
 
 import pypulseq as pp
 import pytest
@@ -95,3 +96,23 @@ def test_reports_and_bad_input(heavy, tmp_path, capsys):
         assert (tmp_path / "r" / name).stat().st_size > 1000
     assert main(["check", "protocols/gre_2d.toml", "--patient-weight", "-5"]) == 2
     assert "patient weight" in capsys.readouterr().err
+
+
+def test_a_remote_run_is_refused_by_the_server_before_anything_moves(heavy, tmp_path):
+    from scanctl.client import run_remote
+    from tests.test_server import FAST, Served
+
+    path, _ = heavy
+    served = Served(FAST)
+    try:
+        client = served.client("console")
+        deadline = time.monotonic() + 10
+        while client.status()["state"] != "IDLE" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        journal_before = len(served.server.scanner.journal)
+        report = run_remote(client, path, tmp_path / "remote", upload=True, patient_weight_kg=70.0)
+        assert report.outcome == "refused" and "SAR" in report.message
+        assert client.status()["state"] == "IDLE"
+        assert len(served.server.scanner.journal) == journal_before  # not even prepared
+    finally:
+        served.close()

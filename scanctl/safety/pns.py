@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.signal import lfilter
@@ -57,8 +58,51 @@ def predict_pns(seq: Sequence, pns: PNSSafety, gamma_hz_per_t: float, *,
     peak, peak_k = 0.0, 0
     axis_peaks = np.zeros(3)
     chunk = per_bin * max(1, CHUNK_SAMPLES // per_bin)  # whole envelope intervals
-    for k0 in range(0, n, chunk):
-        k = np.arange(k0, min(n, k0 + chunk))
+    for k0, k1, quiet in _spans(seq, n, dt, per_bin, max(max(a.tau1_ms, a.tau2_ms, a.tau3_ms) for a in axes)):
+        if quiet:  # no gradient and the response long decayed: the filters decay, the response is ~0
+            for axis_filters in filters:
+                axis_filters.decay(k1 - k0)
+            previous[:] = 0.0
+            envelope.append(np.zeros((k1 - k0) // per_bin))
+        else:
+            peak, peak_k = _play(k0, k1, chunk, dt, gamma_hz_per_t, waves, filters, previous, axis_peaks, per_bin,
+                                 envelope, peak, peak_k)
+    percent = np.concatenate(envelope) if envelope else np.zeros(0)
+    peak_time = (peak_k + 0.5) * dt
+    block = int(np.searchsorted(seq.block_start_s, peak_time, side="right") - 1) if n else 0
+    return PNSPrediction(t_s=np.arange(percent.size, dtype=np.float64) * (per_bin * dt), percent=percent,
+                         peak_percent=peak, peak_time_s=peak_time if n else 0.0, peak_block=max(block, 0),
+                         axis_peak_percent=(float(axis_peaks[0]), float(axis_peaks[1]), float(axis_peaks[2])))
+
+
+def _spans(seq: Sequence, n: int, dt: float, per_bin: int, longest_tau_ms: float) -> list[tuple[int, int, bool]]:
+    """Sample ranges ``[k0, k1)`` covering ``[0, n)``, ``quiet`` where a run of blocks without gradients
+    leaves nothing to compute: from ten of the longest time constants after its start (the response has
+    decayed below 5e-5 of itself) to one sample before its end, both on envelope-interval boundaries."""
+    none = (seq.blocks.grad < 0).all(axis=1).astype(np.int8)
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], none, [0]))))
+    starts, stops = seq.block_start_s[edges[0::2]], seq.block_start_s[edges[1::2]]
+    guard = 10 * longest_tau_ms * 1e-3
+    spans, k = [], 0
+    for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
+        q0 = math.ceil((start + guard) / dt / per_bin) * per_bin
+        q1 = min(math.floor((stop / dt - 1) / per_bin) * per_bin, n - n % per_bin)
+        if q1 - q0 >= 4 * per_bin and q0 >= k:
+            if q0 > k:
+                spans.append((k, q0, False))
+            spans.append((q0, q1, True))
+            k = q1
+    if k < n:
+        spans.append((k, n, False))
+    return spans
+
+
+def _play(k_start: int, k_stop: int, chunk: int, dt: float, gamma_hz_per_t: float, waves: list[Any],
+          filters: list[_AxisFilters], previous: FloatArray, axis_peaks: FloatArray, per_bin: int,
+          envelope: list[FloatArray], peak: float, peak_k: int) -> tuple[float, int]:
+    """Compute samples ``[k_start, k_stop)`` chunk by chunk; returns the peak so far and its sample."""
+    for k0 in range(k_start, k_stop, chunk):
+        k = np.arange(k0, min(k_stop, k0 + chunk))
         t = (k + 0.5).astype(np.float64) * dt
         combined = np.zeros(k.size)
         for a, (wave, axis_filters) in enumerate(zip(waves, filters, strict=True)):
@@ -77,12 +121,7 @@ def predict_pns(seq: Sequence, pns: PNSSafety, gamma_hz_per_t: float, *,
         if combined[i] > peak:
             peak, peak_k = float(combined[i]), int(k[i])
         envelope.append(np.pad(combined, (0, (-combined.size) % per_bin)).reshape(-1, per_bin).max(axis=1))
-    percent = np.concatenate(envelope) if envelope else np.zeros(0)
-    peak_time = (peak_k + 0.5) * dt
-    block = int(np.searchsorted(seq.block_start_s, peak_time, side="right") - 1) if n else 0
-    return PNSPrediction(t_s=np.arange(percent.size, dtype=np.float64) * (per_bin * dt), percent=percent,
-                         peak_percent=peak, peak_time_s=peak_time if n else 0.0, peak_block=max(block, 0),
-                         axis_peak_percent=(float(axis_peaks[0]), float(axis_peaks[1]), float(axis_peaks[2])))
+    return peak, peak_k
 
 
 class _AxisFilters:
@@ -94,6 +133,10 @@ class _AxisFilters:
         self.alphas = [dt_ms / (tau + dt_ms) for tau in (axis.tau1_ms, axis.tau2_ms, axis.tau3_ms)]
         self.states = [np.zeros(1) for _ in self.alphas]
         self.scale = axis.g_scale * 100.0 / axis.stim_limit_t_per_m_per_s
+
+    def decay(self, samples: int) -> None:
+        """``samples`` of zero slew: each filter's state decays by ``(1 − α)^samples``."""
+        self.states = [state * (1.0 - alpha) ** samples for state, alpha in zip(self.states, self.alphas, strict=True)]
 
     def _low_pass(self, i: int, x: FloatArray) -> FloatArray:
         alpha = self.alphas[i]
