@@ -55,7 +55,9 @@ def test_check_with_profile_path_and_bad_profile(capsys, tmp_path):
     for key in ("rf_dead_time_s = 100e-6", "rf_ringdown_time_s = 20e-6", "adc_dead_time_s = 10e-6"):
         text = text.replace(key, key.split("=")[0] + "= 0.0")
     prof.write_text(text)
-    assert run(capsys, "check", SEQ1, "--system", prof)[0] == 0
+    # its gradients stimulate at 99 % of the threshold: beyond the normal mode's 80 %, within the first level
+    assert run(capsys, "check", SEQ1, "--system", prof)[0] == 1
+    assert run(capsys, "check", SEQ1, "--system", prof, "--mode", "first-level")[0] == 0
     prof.write_text(text.replace("b0_t = 3.0", "b0_t = 'x'"))
     code, _, err = run(capsys, "check", SEQ1, "--system", prof)
     assert code == 2 and "scanner.b0_t: must be a number" in err and err.count("\n") == 1
