@@ -27,10 +27,10 @@ from scanctl.errors import SafetyLimitError
 from scanctl.profile import SystemProfile
 from scanctl.program import GradientProgram
 from scanctl.registry import SubsystemURL, fault_spec, flag, positive_float
+from scanctl.safety.heating import SAMPLES_PER_STEP, STEP_S, step_power
 
 log = logging.getLogger(__name__)
 
-_THERMAL_STEP_S = 0.01
 
 
 class SimulatedGradient(SimulatedSequencer):
@@ -100,21 +100,21 @@ class SimulatedGradient(SimulatedSequencer):
                                        f"amplifier limit {self.max_slew_hz_per_m_per_s[axis]:.6g} Hz/m/s")
 
     def _play_until(self, t_s: float) -> None:
-        """Advance the thermal model over ``[playhead, t_s)`` on a 10 ms grid."""
+        """Advance the thermal model over ``[playhead, t_s)`` on the grid of scanctl.safety.heating (10 ms)."""
         t0 = self._playhead_s
         while self._queue and self._queue[0].t1_s <= t0 + 1e-12:
             self._queue.popleft()
-        n = max(1, int(np.ceil((t_s - t0) / _THERMAL_STEP_S)))
+        n = max(1, int(np.ceil((t_s - t0) / STEP_S)))
         edges = np.linspace(t0, t_s, n + 1)
         # Mean squared gradient (normalised to the limit) per step, summed over axes, from samples.
-        fine = np.linspace(t0, t_s, 8 * n + 1)
+        fine = np.linspace(t0, t_s, SAMPLES_PER_STEP * n + 1)
         g2 = np.zeros(fine.size)
         for program in self._queue:
             inside = (fine >= program.t0_s) & (fine <= program.t1_s)
             if inside.any():
                 g = program.sample(fine[inside]) / self.max_gradient_hz_per_m[:, None]
                 g2[inside] += (g * g).sum(axis=0) / 3.0
-        power = self.watts_at_max * 0.5 * (g2[:-1] + g2[1:]).reshape(n, 8).mean(axis=1)
+        power = step_power(g2, self.watts_at_max)  # the same model as the prediction's
         decay = np.exp(-np.diff(edges) / self.tau_s)
         extra = np.zeros(n)
         if self._cooling_lost_s is not None:  # coolant failure: heat the cooling no longer removes

@@ -32,6 +32,14 @@ class HeatingPrediction:
     peak_block: int
 
 
+def step_power(g2: FloatArray, watts_at_max: float) -> FloatArray:
+    """The mean power (W) dissipated in each step, from the squared gradients ``g2`` (fractions of the axes'
+    limits, averaged over the axes) sampled ``SAMPLES_PER_STEP`` times per step plus the end (trapezoid
+    rule). The gradient simulator calls this too."""
+    n = (g2.size - 1) // SAMPLES_PER_STEP
+    return np.asarray(watts_at_max * 0.5 * (g2[:-1] + g2[1:]).reshape(n, SAMPLES_PER_STEP).mean(axis=1))
+
+
 def coil_temperature(power_w: FloatArray, coil: GradientThermal, start_c: float, step_s: float = STEP_S) -> FloatArray:
     """The temperature after each step of dissipated ``power_w``, starting from ``start_c``."""
     decay = float(np.exp(-step_s / coil.tau_s))
@@ -50,7 +58,7 @@ def predict_heating(seq: Sequence, profile: SystemProfile) -> HeatingPrediction:
     for axis in range(3):
         g = axis_waveform(seq, axis).sample(fine) / limits[axis]
         g2 += g * g / 3.0
-    power = coil.watts_at_max * 0.5 * (g2[:-1] + g2[1:]).reshape(n, SAMPLES_PER_STEP).mean(axis=1)
+    power = step_power(g2, coil.watts_at_max)
     temperature = coil_temperature(power, coil, coil.ambient_c)
     i = int(np.argmax(temperature))
     t_s = (np.arange(n, dtype=np.float64) + 1) * STEP_S
