@@ -66,6 +66,7 @@ def test_normal_mode_refuses_what_first_level_allows(heavy, capsys):
     assert kinds == {"sar_wb"} and not out["ok"]
     v = out["violations"][0]
     assert v["limit"] == 4.0 and v["value"] > 4.0 and "margin" in v["message"] and v["block"] is not None
+    assert v["margin"] == pytest.approx(v["limit"] - v["value"]) and v["time_s"] >= 0.0
     assert set(out) >= {"sar", "pns", "heating"} and "peak_percent" in out["pns"]
     assert main([*args, "--mode", "first-level"]) == 0
     assert json.loads(capsys.readouterr().out)["ok"]

@@ -72,7 +72,7 @@ def predict(seq: Sequence, profile: SystemProfile, patient_weight_kg: float | No
         violations.append(Violation(kind, block_id, t_s, value, limit,
                                     f"{what} {value:.4g} {unit} exceeds the {mode.replace('_', '-')} limit "
                                     f"{limit:.4g} {unit} by {value - limit:.4g} {unit} (margin {limit - value:.4g}) "
-                                    f"in block {block_id} at {t_s:.3f} s"))
+                                    f"in block {block_id} at {t_s:.3f} s", limit - value))
 
     # -- SAR ----------------------------------------------------------------------------------------------
     rf = limits.rf

@@ -27,7 +27,9 @@ _RASTER_TOL = 1e-6  # relative misalignment allowed against a raster
 
 @dataclass(frozen=True)
 class Violation:
-    """One broken rule. ``block`` is the file's block id (None for whole-sequence rules)."""
+    """One broken rule. ``block`` is the file's block id (None for whole-sequence rules). ``margin`` (the
+    limit minus the value, in the limit's unit: negative when broken) is given by the safety prediction's
+    violations and then appears in the JSON."""
 
     kind: str
     block: int | None
@@ -35,6 +37,7 @@ class Violation:
     value: float
     limit: float
     message: str
+    margin: float | None = None
 
 
 @dataclass
@@ -61,7 +64,8 @@ class CheckReport:
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "violations"}
         out["ok"] = self.ok
-        out["violations"] = [asdict(v) for v in self.violations]
+        out["violations"] = [{k: x for k, x in asdict(v).items() if k != "margin" or x is not None}
+                             for v in self.violations]
         return out
 
 
