@@ -142,3 +142,34 @@ def test_a_remote_run_is_refused_by_the_server_before_anything_moves(heavy, tmp_
         assert len(served.server.scanner.journal) == journal_before  # not even prepared
     finally:
         served.close()
+
+
+def test_windows_find_a_burst_in_10_s_and_average_the_scan_over_6_min():
+    """Sparse pulses with a dense 4 s burst: the 10 s peak is the burst's window, the 6 min peak the whole
+    scan (shorter than 6 min) over 360 s."""
+    import numpy as np
+
+    from scanctl.safety.sar import window_curve, window_peak
+
+    sparse = np.arange(0.0, 100.0, 1.0)
+    burst = 50.5 + np.arange(0.0, 4.0, 0.01)
+    start = np.sort(np.concatenate((sparse, burst)))
+    end = start + 1e-3
+    energy = np.ones(start.size)
+    blocks = np.concatenate((start, [101.0]))  # one block per pulse
+    ten = window_peak(start, end, energy, 10.0, blocks)
+    # the densest 10 s hold the 400 burst pulses and 10 of the sparse ones (or 9 plus partial edges)
+    assert ten.value == pytest.approx(410 / 10.0)
+    assert ten.start_s + 10.0 >= burst[-1] + 1e-3 and ten.start_s <= burst[0]
+    assert blocks[ten.block] <= ten.start_s < blocks[ten.block + 1]
+    six = window_peak(start, end, energy, 360.0, blocks)
+    assert six.value == pytest.approx(start.size / 360.0)
+    curve = window_curve(start, end, energy, 10.0, np.array([ten.start_s + 10.0, 200.0]))
+    assert curve[0] == pytest.approx(ten.value) and curve[1] == 0.0
+
+
+def test_unknown_mode_is_bad_input(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["check", "protocols/gre_2d.toml", "--mode", "extreme"])
+    assert exit_.value.code == 2
+    assert "mode" in capsys.readouterr().err
