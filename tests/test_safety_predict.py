@@ -173,3 +173,28 @@ def test_unknown_mode_is_bad_input(capsys):
         main(["check", "protocols/gre_2d.toml", "--mode", "extreme"])
     assert exit_.value.code == 2
     assert "mode" in capsys.readouterr().err
+
+
+def test_pns_skips_a_long_delay_that_shares_its_block_with_a_spoiler_exactly(tmp_path):
+    """MPRAGE-like: a spoiler and a 0.25 s delay in one block. The zero stretch after the spoiler is not
+    sampled, and the peak and the envelope still agree with pypulseq's calc_pns."""
+    import numpy as np
+    from pypulseq.Sequence.calc_pns import calc_pns
+    from pypulseq.utils.safe_pns_prediction import safe_example_hw
+
+    from scanctl.safety import pns as pns_module
+
+    system = factory.default_system()
+    seq = factory.gre(4)
+    seq.add_block(pp.make_trapezoid("y", area=4000, system=system), pp.make_delay(0.25))
+    seq.add_block(pp.make_trapezoid("x", area=2000, system=system))
+    seq.write(str(tmp_path / "spoil.seq"))
+    ours_seq = pulseq_read.read(tmp_path / "spoil.seq")
+    safe = profiles.load("safe-example").safety.pns
+    spans = pns_module._spans(ours_seq, 10**6, 1e-5, 10, 3.0)
+    assert sum(k1 - k0 for k0, k1, quiet in spans if quiet) > 15_000  # most of the 25,000 samples of delay
+    _, norm, _, _ = calc_pns(seq, safe_example_hw(), do_plots=False)
+    ours = pns_module.predict_pns(ours_seq, safe, seq.system.gamma, envelope_s=1e-4)
+    assert ours.peak_percent == pytest.approx(100 * norm.max(), rel=1e-4)
+    theirs = np.pad(norm, (0, (-norm.size) % 10)).reshape(-1, 10).max(axis=1) * 100
+    assert ours.percent.shape == theirs.shape and np.allclose(ours.percent, theirs, rtol=1e-4, atol=1e-6)

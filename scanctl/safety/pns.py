@@ -23,7 +23,7 @@ import numpy as np
 from scipy.signal import lfilter
 
 from scanctl.safety.limits import PNSAxis, PNSSafety
-from scanctl.sequence.model import FloatArray, Sequence
+from scanctl.sequence.model import FloatArray, IntArray, Sequence
 from scanctl.sequence.waveforms import axis_waveform
 
 #: Samples per chunk: bounds the memory of a prediction (about 100 bytes a sample while a chunk is worked).
@@ -58,12 +58,16 @@ def predict_pns(seq: Sequence, pns: PNSSafety, gamma_hz_per_t: float, *,
     peak, peak_k = 0.0, 0
     axis_peaks = np.zeros(3)
     chunk = per_bin * max(1, CHUNK_SAMPLES // per_bin)  # whole envelope intervals
-    for k0, k1, quiet in _spans(seq, n, dt, per_bin, max(max(a.tau1_ms, a.tau2_ms, a.tau3_ms) for a in axes)):
-        if quiet:  # no gradient and the response long decayed: the filters decay, the response is ~0
+    longest_tau_ms = max(max(a.tau1_ms, a.tau2_ms, a.tau3_ms) for a in axes)
+    for k0, k1, quiet in _spans(seq, n, dt, per_bin, longest_tau_ms, waves):
+        if quiet:  # no gradient, the response long decayed: the filters decay freely, computed per interval
+            offsets = np.arange(0, k1 - k0, per_bin)  # each interval's first sample: its largest (decaying)
+            combined = np.zeros(offsets.size)
             for axis_filters in filters:
+                combined += axis_filters.free_response(offsets) ** 2
                 axis_filters.decay(k1 - k0)
             previous[:] = 0.0
-            envelope.append(np.zeros((k1 - k0) // per_bin))
+            envelope.append(np.sqrt(combined))
         else:
             peak, peak_k = _play(k0, k1, chunk, dt, gamma_hz_per_t, waves, filters, previous, axis_peaks, per_bin,
                                  envelope, peak, peak_k)
@@ -75,14 +79,15 @@ def predict_pns(seq: Sequence, pns: PNSSafety, gamma_hz_per_t: float, *,
                          axis_peak_percent=(float(axis_peaks[0]), float(axis_peaks[1]), float(axis_peaks[2])))
 
 
-def _spans(seq: Sequence, n: int, dt: float, per_bin: int, longest_tau_ms: float) -> list[tuple[int, int, bool]]:
-    """Sample ranges ``[k0, k1)`` covering ``[0, n)``, ``quiet`` where a run of blocks without gradients
+def _spans(seq: Sequence, n: int, dt: float, per_bin: int, longest_tau_ms: float,
+           waves: list[Any] | None = None) -> list[tuple[int, int, bool]]:
+    """Sample ranges ``[k0, k1)`` covering ``[0, n)``, ``quiet`` where a stretch with all three gradients
+    zero (between the waveforms' breakpoints, also inside a block: a spoiler and a long delay in one block)
     leaves nothing to compute: from ten of the longest time constants after its start (the response has
     decayed below 5e-5 of itself) to one sample before its end, both on envelope-interval boundaries."""
-    none = (seq.blocks.grad < 0).all(axis=1).astype(np.int8)
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], none, [0]))))
-    starts, stops = seq.block_start_s[edges[0::2]], seq.block_start_s[edges[1::2]]
     guard = 10 * longest_tau_ms * 1e-3
+    starts, stops = _zero_stretches(waves if waves is not None else [axis_waveform(seq, a) for a in range(3)],
+                                    guard + 5 * per_bin * dt)
     spans, k = [], 0
     for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
         q0 = math.ceil((start + guard) / dt / per_bin) * per_bin
@@ -95,6 +100,30 @@ def _spans(seq: Sequence, n: int, dt: float, per_bin: int, longest_tau_ms: float
     if k < n:
         spans.append((k, n, False))
     return spans
+
+
+def _zero_stretches(waves: list[Any], shortest_s: float) -> tuple[FloatArray, FloatArray]:
+    """Starts and ends of the stretches longer than ``shortest_s`` where every axis is zero (the waveforms
+    are linear between breakpoints and zero outside them), the one before the first breakpoint included."""
+    lo, hi = [], []
+    for wave in waves:
+        t, g = wave.t_s, wave.g_hz_per_m
+        if t.size == 0:
+            continue
+        active = (g[:-1] != 0) | (g[1:] != 0)  # the segment between breakpoints i and i + 1 is not zero
+        lo.append(t[:-1][active])
+        hi.append(t[1:][active])
+        single = g != 0  # a lone non-zero breakpoint (a jump) counts as a point
+        lo.append(t[single])
+        hi.append(t[single])
+    if not lo or not sum(x.size for x in lo):
+        return np.zeros(0), np.zeros(0)
+    start, end = np.concatenate(lo), np.concatenate(hi)
+    order = np.argsort(start, kind="stable")
+    start, reach = start[order], np.maximum.accumulate(end[order])
+    gap_start = np.concatenate(([-math.inf], reach[:-1]))  # the zero stretch before each active segment
+    long = start - gap_start > shortest_s
+    return np.maximum(gap_start[long], 0.0), start[long]
 
 
 def _play(k_start: int, k_stop: int, chunk: int, dt: float, gamma_hz_per_t: float, waves: list[Any],
@@ -137,6 +166,12 @@ class _AxisFilters:
     def decay(self, samples: int) -> None:
         """``samples`` of zero slew: each filter's state decays by ``(1 − α)^samples``."""
         self.states = [state * (1.0 - alpha) ** samples for state, alpha in zip(self.states, self.alphas, strict=True)]
+
+    def free_response(self, samples: IntArray) -> FloatArray:
+        """The response ``samples`` samples from now with zero slew from now on (the states decaying)."""
+        a, scale = self.axis, self.scale
+        y = [float(state[0]) * (1.0 - alpha) ** samples for state, alpha in zip(self.states, self.alphas, strict=True)]
+        return np.asarray((a.a1 * np.abs(y[0]) + a.a2 * y[1] + a.a3 * np.abs(y[2])) * scale)
 
     def _low_pass(self, i: int, x: FloatArray) -> FloatArray:
         alpha = self.alphas[i]
