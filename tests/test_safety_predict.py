@@ -198,3 +198,30 @@ def test_pns_skips_a_long_delay_that_shares_its_block_with_a_spoiler_exactly(tmp
     assert ours.peak_percent == pytest.approx(100 * norm.max(), rel=1e-4)
     theirs = np.pad(norm, (0, (-norm.size) % 10)).reshape(-1, 10).max(axis=1) * 100
     assert ours.percent.shape == theirs.shape and np.allclose(ours.percent, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_every_limit_kind_names_its_limit_value_margin_and_place(heavy, tmp_path):
+    """A profile with tight limits: the block pulses break both SAR regions and the amplifier's peak power
+    and duty cycle; the 2D GRE protocol breaks the coil temperature."""
+    path, _ = heavy
+    tight = tmp_path / "tight.toml"
+    tight.write_text(SHIPPED.read_text() + "\n[safety.rf]\npeak_power_w = 5000.0\nmax_duty_cycle = 0.02\n"
+                     "\n[safety.gradient_thermal]\nmax_temp_c = 20.01\n")
+    prof = profiles.load(tight)
+    result = predict(pulseq_read.read(path), prof, 70.0, "normal")
+    by_kind = {v.kind: v for v in result.violations}
+    assert set(by_kind) == {"sar_wb", "sar_head", "rf_peak", "rf_duty"}
+    assert by_kind["rf_peak"].limit == 5000.0 and by_kind["rf_peak"].value == pytest.approx(9000.0, rel=1e-3)
+    assert by_kind["rf_duty"].value == pytest.approx(0.05, rel=0.01)
+    for v in by_kind.values():
+        assert v.margin == pytest.approx(v.limit - v.value) and v.margin < 0 and v.block is not None
+        assert f"block {v.block}" in v.message and "margin" in v.message
+    gre = predict(profiles_protocol_sequence("protocols/gre_2d.toml", prof), prof, 70.0, "normal")
+    coil = {v.kind: v for v in gre.violations}["gradient_heating"]
+    assert coil.value == pytest.approx(gre.heating["gradient_coil"]["peak_temperature_c"]) and coil.limit == 20.01
+
+
+def profiles_protocol_sequence(path: str, prof):  # type: ignore[no-untyped-def]
+    from scanctl.protocol import load_protocol
+
+    return load_protocol(path).build_sequence(prof)
