@@ -77,6 +77,7 @@ def test_run_refuses_before_anything_moves(heavy, tmp_path, capsys):
     report = run_scan(path, profiles.load(profile_path), tmp_path / "out", patient_weight_kg=70.0)
     assert report.outcome == "refused" and "whole-body SAR" in report.message
     assert report.acquisitions == 0 and not (tmp_path / "out" / "raw.h5").exists()
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["outcome"] == "refused"
     assert not any(entry["trigger"] == "connect" for entry in report.journal)
     assert report.safety["sar"]["whole_body"]["10s"]["peak_w_per_kg"] > 4.0
     assert main(["run", str(path), "--system", str(profile_path), "--patient-weight", "70", "--out",
