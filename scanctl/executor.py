@@ -291,8 +291,9 @@ class Scanner:
         larmor = self.profile.gamma_hz_per_t * self.profile.b0_t
         supervisor = self.supervisor
         assert supervisor is not None  # run() made it
-        max_duration = supervisor.horizon_s
-        for segment in compile_segments(seq, larmor_hz=larmor, max_duration_s=max_duration):
+        # Segments as long as the buffers allow; the supervisor checks more often, every horizon, inside
+        # each sync (a check is cheap, a segment load and a raw data write are not).
+        for segment in compile_segments(seq, larmor_hz=larmor, max_duration_s=min(self.segment_s, buffer_s)):
             outcome = self._safe_point(sink, counter, playhead)
             if outcome is not None:
                 return outcome

@@ -28,6 +28,7 @@ never reads a wall clock, so it runs the same on the simulators' virtual clock a
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Mapping
@@ -66,21 +67,44 @@ def rf_energy_j(rf: RFProgram, gamma_hz_per_t: float, watts_per_ut2: float) -> f
 
 
 class EnergyLog:
-    """Energy deposited on the scan timebase as intervals of uniform power, summed over any window."""
+    """Energy deposited on the scan timebase as consecutive intervals of uniform power, summed over any
+    window in O(log n): the running total at each interval's end, bisected (a 6-minute window holds
+    thousands of intervals and is asked several times per check)."""
 
     def __init__(self, keep_s: float) -> None:
         self.keep_s = keep_s
-        self._intervals: deque[tuple[float, float, float]] = deque()  # t0_s, t1_s, energy_j
+        self._t0: list[float] = []
+        self._t1: list[float] = []
+        self._cum: list[float] = [0.0]  # energy (J) of every interval before index i (i = 0 .. n)
+        self._head = 0  # intervals before this index are older than keep_s and ignored
 
     def add(self, t0_s: float, t1_s: float, energy_j: float) -> None:
+        """Append ``energy_j`` spread uniformly over ``[t0_s, t1_s]``; intervals come in time order."""
         if energy_j > 0.0:
-            self._intervals.append((t0_s, max(t1_s, t0_s), energy_j))
-        while self._intervals and self._intervals[0][1] < t1_s - self.keep_s:
-            self._intervals.popleft()
+            self._t0.append(t0_s)
+            self._t1.append(max(t1_s, t0_s))
+            self._cum.append(self._cum[-1] + energy_j)
+        self._head = bisect.bisect_left(self._t1, t1_s - self.keep_s, self._head)
+        if self._head > 4096 and self._head * 2 > len(self._t1):
+            del self._t0[:self._head], self._t1[:self._head], self._cum[:self._head]
+            self._head = 0
 
     def energy_in(self, start_s: float, end_s: float) -> float:
         """Energy (J) deposited within ``[start_s, end_s]``, pro rata for intervals that straddle it."""
-        return sum(energy * _overlap(t0, t1, start_s, end_s) for t0, t1, energy in self._intervals)
+        if end_s < start_s:
+            return 0.0
+        return max(0.0, self._before(end_s, inclusive=True) - self._before(start_s, inclusive=False))
+
+    def _before(self, t: float, *, inclusive: bool) -> float:
+        """Energy deposited up to ``t`` counted from the first kept interval; an instantaneous deposit at
+        exactly ``t`` counts when ``inclusive``."""
+        find = bisect.bisect_right if inclusive else bisect.bisect_left
+        i = find(self._t1, t, self._head)  # intervals [head, i) end by t: counted whole
+        total = self._cum[i] - self._cum[self._head]
+        if i < len(self._t1) and self._t1[i] > self._t0[i] and t > self._t0[i]:
+            fraction = min(1.0, (t - self._t0[i]) / (self._t1[i] - self._t0[i]))
+            total += (self._cum[i + 1] - self._cum[i]) * fraction
+        return total
 
 
 @dataclass(frozen=True)
