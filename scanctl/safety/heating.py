@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import lfilter
 
 from scanctl.profile import SystemProfile
 from scanctl.safety.limits import GradientThermal
+from scanctl.safety.lowpass import low_pass
 from scanctl.sequence.model import FloatArray, Sequence
 from scanctl.sequence.waveforms import axis_waveform
 
@@ -44,8 +44,7 @@ def coil_temperature(power_w: FloatArray, coil: GradientThermal, start_c: float,
     """The temperature after each step of dissipated ``power_w``, starting from ``start_c``."""
     decay = float(np.exp(-step_s / coil.tau_s))
     steady = coil.ambient_c + power_w * coil.kelvin_per_watt
-    out, _ = lfilter([1.0 - decay], [1.0, -decay], steady, zi=[decay * start_c])
-    return np.asarray(out, dtype=np.float64)
+    return low_pass(steady, 1.0 - decay, decay, [decay * start_c])[0]
 
 
 def predict_heating(seq: Sequence, profile: SystemProfile) -> HeatingPrediction:

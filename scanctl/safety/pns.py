@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.signal import lfilter
 
 from scanctl.safety.limits import PNSAxis, PNSSafety
+from scanctl.safety.lowpass import low_pass
 from scanctl.sequence.model import FloatArray, IntArray, Sequence
 from scanctl.sequence.waveforms import axis_waveform
 
@@ -175,8 +175,8 @@ class _AxisFilters:
 
     def _low_pass(self, i: int, x: FloatArray) -> FloatArray:
         alpha = self.alphas[i]
-        y, self.states[i] = lfilter([alpha], [1.0, alpha - 1.0], x, zi=self.states[i])
-        return np.asarray(y)
+        y, self.states[i] = low_pass(x, alpha, 1.0 - alpha, self.states[i])
+        return y
 
     def response(self, slew: FloatArray) -> FloatArray:
         a, scale = self.axis, self.scale
