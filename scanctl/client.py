@@ -261,13 +261,13 @@ class Subscription:
             for socket in self._sockets:
                 if socket in ready:
                     try:
-                        messages = unbatch(decode(socket.recv_multipart(copy=False)))
+                        groups = unbatch(decode(socket.recv_multipart(copy=False)))
                     except WireProtocolError as exc:
                         log.warning("malformed event skipped: %s", exc)
                         continue
-                    for msg in messages:
-                        self._check(msg)
-                    self._ready.extend(messages)
+                    for group in groups:  # one stream's consecutive numbers: checked at the first
+                        self._check(group[0], group[-1])
+                        self._ready.extend(group)
             if self._ready:
                 return self._ready.popleft()
             if deadline is not None and time.monotonic() >= deadline:
@@ -279,16 +279,18 @@ class Subscription:
             if msg is not None:
                 yield msg
 
-    def _check(self, msg: Message) -> None:
-        if msg.stream is None or msg.seq is None:
+    def _check(self, first: Message, last: Message) -> None:
+        """Check ``first``'s sequence number against the last one seen on its stream; ``last`` (the same
+        message, or the end of a group numbered on from it) is the new last one."""
+        if first.stream is None or first.seq is None or last.seq is None:
             return
-        key = (msg.src or "", msg.stream)
-        last = self._last.get(key)
-        if last is not None and msg.seq != last + 1:
-            gap = Gap(key[0], key[1], last + 1, msg.seq)
+        key = (first.src or "", first.stream)
+        seen = self._last.get(key)
+        if seen is not None and first.seq != seen + 1:
+            gap = Gap(key[0], key[1], seen + 1, first.seq)
             self.gaps.append(gap)
             log.warning("gap on %s/%s: expected seq %d, got %d", gap.src, gap.stream, gap.expected, gap.got)
-        self._last[key] = msg.seq
+        self._last[key] = last.seq
 
     def sync(self, client: Client, *, timeout_s: float = 5.0, sockets: int | None = None) -> None:
         """Wait until the subscription is in place on every socket (ZeroMQ's slow joiner): ask the server

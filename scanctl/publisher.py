@@ -3,8 +3,9 @@
 :meth:`Publisher.publish` may be called from any thread. It stamps the message (publisher id, run id, the
 stream's next sequence number), packs its body at once (so a body that cannot travel fails in the caller)
 and queues it. The sender thread sends the queue in order: a message with binary frames on its own, a
-run of messages without frames as one ``batch`` message (docs/wire-protocol.md#batches). A lone message
-goes out as itself, so at a calm rate every event is its own ZeroMQ message; in a burst one batch carries
+run of messages without frames as one ``batch`` message (docs/wire-protocol.md#batches), whose groups
+name the stream, run and first sequence number once for each stretch of one stream. A lone message goes
+out as itself, so at a calm rate every event is its own ZeroMQ message; in a burst one batch carries
 many, which is what lets ten subscribers keep up with tens of thousands of events a second.
 """
 
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
-from scanctl.wire import MAX_ENVELOPE_BYTES, Message, dumps_envelope, encode_batch, envelope_of
+from scanctl.wire import MAX_ENVELOPE_BYTES, VERSION_TEXT, Group, dumps_envelope, encode_batch, pack_body
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +30,19 @@ BATCH_MAX = 512
 #: ADC message zero-copy against 475 µs copied, with benchmarks/bench_zmq.py's sender).
 COPY_THRESHOLD_BYTES = 1 << 20
 
-_Item = tuple["zmq.Socket[Any]", dict[str, Any], list[Any]]
+
+@dataclass(slots=True)
+class _Item:
+    """One stamped message waiting to be sent: its body already packed, its arrays in ``frames``."""
+
+    socket: zmq.Socket[Any]
+    type: str
+    stream: str
+    seq: int
+    run: str | None
+    ts: float
+    body: dict[str, Any]
+    frames: list[Any]
 
 
 class Publisher:
@@ -48,13 +63,15 @@ class Publisher:
         """Queue ``body`` on ``stream`` (the data socket if ``data``) with the stream's next sequence number.
         Raises WireProtocolError if the body cannot be sent."""
         kind = "data" if stream == "data" else "event"
+        frames: list[Any] = []
+        packed = pack_body(body, frames)
         with self._ready:
             seq = self._seq.get(stream, 0) + 1
-            envelope, frames = envelope_of(Message(type=kind, body=body, src=self.src, stream=stream, seq=seq,
-                                                   run=run))
             self._seq[stream] = seq
-            self._queue.append((self._data if data else self._events, envelope, frames))
-            self._ready.notify()
+            if not self._queue:  # else the sender has been woken for the queue and will take this too
+                self._ready.notify()
+            self._queue.append(_Item(self._data if data else self._events, kind, stream, seq, run, time.time(),
+                                     packed, frames))
 
     def seqs(self) -> dict[str, int]:
         """The last sequence number given out on each stream."""
@@ -85,27 +102,42 @@ class Publisher:
     def _send(self, items: list[_Item]) -> None:
         run: list[_Item] = []
         for item in items:
-            if run and (item[2] or item[0] is not run[0][0] or len(run) == BATCH_MAX):
+            if run and (item.frames or item.socket is not run[0].socket or len(run) == BATCH_MAX):
                 self._send_run(run)
                 run = []
-            if item[2]:
-                self._send_frames(item[0], [dumps_envelope(item[1]), *item[2]])
+            if item.frames:
+                self._send_frames(item.socket, [self._envelope(item), *item.frames])
             else:
                 run.append(item)
         if run:
             self._send_run(run)
 
+    def _envelope(self, item: _Item) -> bytes:
+        envelope = {"v": VERSION_TEXT, "type": item.type, "ts": item.ts, "body": item.body, "src": self.src,
+                    "stream": item.stream, "seq": item.seq}
+        if item.run is not None:
+            envelope["run"] = item.run
+        return dumps_envelope(envelope)
+
     def _send_run(self, run: list[_Item]) -> None:
         if len(run) == 1:
-            self._send_frames(run[0][0], [dumps_envelope(run[0][1])])
+            self._send_frames(run[0].socket, [self._envelope(run[0])])
             return
-        head = encode_batch([envelope for _, envelope, _ in run], self.src)
+        groups: list[Group] = []
+        for item in run:  # a stream's items are queued in sequence order: a stretch of one is consecutive
+            last = groups[-1] if groups else None
+            if last is None or (last.stream, last.type, last.run) != (item.stream, item.type, item.run):
+                groups.append(Group(item.type, item.stream, item.seq, item.run, [item.ts], [item.body]))
+            else:
+                last.ts.append(item.ts)
+                last.bodies.append(item.body)
+        head = encode_batch(groups, self.src)
         if len(head) > MAX_ENVELOPE_BYTES:  # too big for a receiver to accept: send it in halves
             half = len(run) // 2
             self._send_run(run[:half])
             self._send_run(run[half:])
             return
-        self._send_frames(run[0][0], [head])
+        self._send_frames(run[0].socket, [head])
 
     def _send_frames(self, socket: zmq.Socket[Any], frames: list[Any]) -> None:
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -38,7 +39,7 @@ _DTYPES: dict[str, np.dtype[Any]] = {}  # the dtypes seen so far, by their text
 _ENVELOPE_KEYS = {"v", "type", "id", "re", "src", "ts", "stream", "seq", "run", "body"}
 
 
-@dataclass
+@dataclass(slots=True)
 class Message:
     """One decoded message; ``body`` holds numpy arrays where the sender put them."""
 
@@ -57,14 +58,21 @@ class Message:
 def envelope_of(msg: Message) -> tuple[dict[str, Any], list[bytes | memoryview]]:
     """``msg``'s envelope as a JSON-ready object and its binary frames (zero-copy views of its arrays)."""
     frames: list[bytes | memoryview] = []
-    envelope = {"v": msg.v, "type": msg.type, "ts": msg.ts or time.time(), "body": _pack(msg.body, frames)}
+    envelope = {"v": msg.v, "type": msg.type, "ts": msg.ts or time.time(), "body": pack_body(msg.body, frames)}
     for key in ("id", "re", "src", "stream", "seq", "run"):
         value = getattr(msg, key)
         if value is not None:
             envelope[key] = value
-    if len(frames) > MAX_FRAMES:  # the receiver would refuse it: say so here, where the cause is
-        raise WireProtocolError(f"{msg.type} message has {len(frames)} arrays, more than the {MAX_FRAMES} allowed")
     return envelope, frames
+
+
+def pack_body(body: dict[str, Any], frames: list[bytes | memoryview]) -> dict[str, Any]:
+    """``body`` made JSON-ready: each array replaced by its reference and its bytes appended to ``frames``.
+    Raises WireProtocolError for what cannot travel (objects, strings or records in arrays, too many arrays)."""
+    packed: dict[str, Any] = _pack(body, frames)
+    if len(frames) > MAX_FRAMES:  # the receiver would refuse it: say so here, where the cause is
+        raise WireProtocolError(f"message has {len(frames)} arrays, more than the {MAX_FRAMES} allowed")
+    return packed
 
 
 def encode(msg: Message) -> list[bytes | memoryview]:
@@ -73,34 +81,85 @@ def encode(msg: Message) -> list[bytes | memoryview]:
     return [dumps_envelope(envelope), *frames]
 
 
-def encode_batch(envelopes: Sequence[dict[str, Any]], src: str | None = None) -> bytes:
-    """One ``batch`` message carrying the envelopes of several messages without binary frames (as
-    :func:`envelope_of` made them), in order: how a publisher sends a burst of events at once."""
+@dataclass(slots=True)
+class Group:
+    """Consecutive messages of one ``type``, ``stream`` and ``run`` with sequence numbers ``seq``,
+    ``seq + 1``, …: their send times ``ts`` (Unix s) and JSON-ready ``bodies`` (see :func:`pack_body`)."""
+
+    type: str
+    stream: str
+    seq: int
+    run: str | None
+    ts: list[float]
+    bodies: list[dict[str, Any]]
+
+    def plain(self) -> dict[str, Any]:
+        """As sent: the first time as ``ts`` and each message's as whole microseconds after it in ``dt_us``
+        (integers encode several times faster than floats)."""
+        first = self.ts[0]
+        group: dict[str, Any] = {"type": self.type, "stream": self.stream, "seq": self.seq, "ts": first,
+                                 "dt_us": [round((ts - first) * 1e6) for ts in self.ts], "bodies": self.bodies}
+        if self.run is not None:
+            group["run"] = self.run
+        return group
+
+
+def encode_batch(groups: Sequence[Group], src: str | None = None) -> bytes:
+    """The envelope of one ``batch`` message carrying ``groups`` of messages without binary frames, in
+    order: how a publisher sends a burst of events at once (docs/wire-protocol.md#batches)."""
     envelope: dict[str, Any] = {"v": VERSION_TEXT, "type": BATCH, "ts": time.time(),
-                                "body": {"messages": list(envelopes)}}
+                                "body": {"groups": [group.plain() for group in groups]}}
     if src is not None:
         envelope["src"] = src
     return dumps_envelope(envelope)
 
 
-def unbatch(msg: Message) -> list[Message]:
-    """The messages a ``batch`` message carries (each validated as an envelope; ``src`` and ``v`` from
-    the batch unless given), or ``[msg]`` for any other message. Raises WireProtocolError."""
+def unbatch(msg: Message) -> list[list[Message]]:
+    """The messages a ``batch`` message carries, in order, one list per group (one stream's consecutive
+    sequence numbers; ``src`` and ``v`` those of the batch), or ``[[msg]]`` for any other message.
+    Raises WireProtocolError naming the malformed group."""
     if msg.type != BATCH:
-        return [msg]
-    inner = msg.body.get("messages")
-    if not isinstance(inner, list):
-        raise WireProtocolError("batch body needs a list 'messages'")
-    out = []
-    for i, envelope in enumerate(inner):
+        return [[msg]]
+    groups = msg.body.get("groups")
+    if not isinstance(groups, list):
+        raise WireProtocolError("batch body needs a list 'groups'")
+    out: list[list[Message]] = []
+    for g, group in enumerate(groups):
         try:
-            if not isinstance(envelope, dict) or not isinstance(envelope.get("body", {}), dict):
-                raise WireProtocolError("not an envelope with an object 'body'")
-            _known_keys(envelope)
-            out.append(_message(envelope, envelope.get("body", {}), msg.v, msg.src))
+            kind, stream, seq, run, stamps, bodies = _group(group)
         except WireProtocolError as exc:
-            raise WireProtocolError(f"batch message {i}: {exc}") from None
+            raise WireProtocolError(f"batch group {g}: {exc}") from None
+        src, v = msg.src, msg.v
+        out.append([Message(kind, body, None, None, src, ts, stream, seq + i, run, v)
+                    for i, (ts, body) in enumerate(zip(stamps, bodies, strict=True))])
     return out
+
+
+_GROUP_KEYS = {"type", "stream", "seq", "run", "ts", "dt_us", "bodies"}
+
+
+def _group(group: Any) -> tuple[str, str, int, str | None, list[float], list[dict[str, Any]]]:
+    if not isinstance(group, dict):
+        raise WireProtocolError("not an object")
+    unknown = set(group) - _GROUP_KEYS
+    if unknown:
+        raise WireProtocolError(f"unknown keys: {', '.join(sorted(unknown))}")
+    kind, stream, seq, run = group.get("type"), group.get("stream"), group.get("seq"), group.get("run")
+    first, offsets, bodies = group.get("ts"), group.get("dt_us"), group.get("bodies")
+    if not isinstance(kind, str) or not kind or len(kind) > 64:
+        raise WireProtocolError("'type' must be a non-empty string")
+    if type(stream) is not str or (run is not None and type(run) is not str):
+        raise WireProtocolError("'stream' (and 'run', if given) must be strings")
+    if type(seq) is not int:
+        raise WireProtocolError("'seq' must be an integer")
+    if not isinstance(bodies, list) or not bodies or not all(type(body) is dict for body in bodies):
+        raise WireProtocolError("'bodies' must be a non-empty list of objects")
+    if type(first) is not float and type(first) is not int:
+        raise WireProtocolError("'ts' must be a time (a number)")
+    if (not isinstance(offsets, list) or len(offsets) != len(bodies)
+            or not all(type(dt) is int for dt in offsets)):
+        raise WireProtocolError("'dt_us' must be a list of integers, one per body")
+    return kind, stream, seq, run, [first + dt * 1e-6 for dt in offsets], bodies
 
 
 def dumps_envelope(envelope: dict[str, Any]) -> bytes:
@@ -116,8 +175,9 @@ def decode(frames: Sequence[bytes | memoryview | Any]) -> Message:
     raw = [_buffer(f) for f in frames]
     if len(raw[0]) > MAX_ENVELOPE_BYTES:
         raise WireProtocolError(f"envelope is {len(raw[0])} bytes, more than the {MAX_ENVELOPE_BYTES} allowed")
+    head = bytes(raw[0])
+    _check_nesting(head)  # before parsing: a deep enough text would exhaust the parser's recursion
     try:
-        head = bytes(raw[0])
         envelope = json.loads(head.decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise WireProtocolError(f"envelope is not UTF-8 JSON: {exc}") from None
@@ -130,10 +190,35 @@ def decode(frames: Sequence[bytes | memoryview | Any]) -> Message:
     body = envelope.get("body", {})
     if not isinstance(body, dict):
         raise WireProtocolError("envelope 'body' must be an object")
-    if len(raw) == 1 and b'"__' not in head:  # no array or special float in it: only the depth to check
-        _check_depth(body)
+    if len(raw) == 1 and b'"__' not in head:  # no array or special float in it: the body as parsed
         return _message(envelope, body, v)
     return _message(envelope, _unpack(body, raw[1:], set()), v)
+
+
+#: Deepest nesting of the envelope's text: the envelope, its body and 32 levels inside the body.
+MAX_NESTING = 34
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_STRING = re.compile(rb'"[^"]*"')
+_INNERMOST = re.compile(rb"\{\}|\[\]")
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
+
+
+def _check_nesting(text: bytes) -> None:
+    """Refuse JSON text nested deeper than :data:`MAX_NESTING`, working on the text at C speed: escapes
+    and strings removed, only brackets are left; each pass removes the innermost pairs, so the number of
+    passes until nothing is left is the depth. Brackets that do not pair up are not JSON."""
+    if b"\\" in text:
+        text = _ESCAPE.sub(b"", text)
+    brackets = _STRING.sub(b"", text.translate(None, _NOT_STRUCTURE))
+    for _ in range(MAX_NESTING):
+        if not brackets:
+            return
+        inner = _INNERMOST.sub(b"", brackets)
+        if len(inner) == len(brackets):
+            raise WireProtocolError("envelope is not JSON: brackets or quotes do not pair up")
+        brackets = inner
+    if brackets:
+        raise WireProtocolError(f"body nested more than {MAX_NESTING - 2} levels deep")
 
 
 def _known_keys(envelope: dict[str, Any]) -> None:
@@ -276,7 +361,19 @@ def to_plain(value: Any) -> Any:
     return value
 
 
+_PLAIN = (str, int, bool, type(None))
+
+
 def _pack(value: Any, frames: list[bytes | memoryview]) -> Any:
+    kind = type(value)
+    if kind in _PLAIN:  # the common case first: exact types, no isinstance chain
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else {"__float__": repr(value)}
+    if kind is dict:
+        if "__nd__" in value:
+            raise WireProtocolError("'__nd__' is reserved")
+        return {k if type(k) is str else str(k): _pack(v, frames) for k, v in value.items()}
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in _DTYPE_KINDS:
             raise WireProtocolError(f"cannot send arrays of dtype {value.dtype}")
@@ -284,36 +381,21 @@ def _pack(value: Any, frames: list[bytes | memoryview]) -> Any:
         frames.append(array.reshape(-1).view(np.uint8).data if array.size else b"")
         return {"__nd__": len(frames) - 1, "dtype": array.dtype.str, "shape": list(array.shape)}
     if isinstance(value, dict):
-        if "__nd__" in value:
-            raise WireProtocolError("'__nd__' is reserved")
-        return {str(k): _pack(v, frames) for k, v in value.items()}
+        return _pack(dict(value), frames)
     if isinstance(value, (list, tuple)):
         return [_pack(v, frames) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return {"__float__": repr(value)}
     if isinstance(value, np.generic):
         return _pack(value.item(), frames)
     if isinstance(value, enum.Enum):
         return value.value
-    if value is None or isinstance(value, (str, int, float, bool)):
+    if isinstance(value, float):  # subclasses of the plain types
+        return _pack(float(value), frames)
+    if isinstance(value, (str, int)):
         return value
     raise WireProtocolError(f"cannot send a {type(value).__name__}")
 
 
-def _check_depth(body: dict[str, Any]) -> None:
-    """Refuse a body nested deeper than :func:`_unpack` allows (iteratively: the body is not rebuilt)."""
-    level: list[Any] = [body]
-    depth = 0
-    while level:
-        depth += 1
-        if depth > 33:
-            raise WireProtocolError("body nested more than 32 levels deep")
-        level = [v for c in level for v in (c.values() if isinstance(c, dict) else c) if isinstance(v, (dict, list))]
-
-
-def _unpack(value: Any, frames: list[memoryview], used: set[int], depth: int = 0) -> Any:
-    if depth > 32:
-        raise WireProtocolError("body nested more than 32 levels deep")
+def _unpack(value: Any, frames: list[memoryview], used: set[int]) -> Any:
     if isinstance(value, dict):
         if "__nd__" in value:
             return _array(value, frames, used)
@@ -322,9 +404,9 @@ def _unpack(value: Any, frames: list[memoryview], used: set[int], depth: int = 0
             if text not in ("nan", "inf", "-inf"):
                 raise WireProtocolError(f"bad special float {text!r}")
             return float(text)
-        return {k: _unpack(v, frames, used, depth + 1) for k, v in value.items()}
+        return {k: _unpack(v, frames, used) for k, v in value.items()}
     if isinstance(value, list):
-        return [_unpack(v, frames, used, depth + 1) for v in value]
+        return [_unpack(v, frames, used) for v in value]
     return value
 
 

@@ -38,7 +38,7 @@ def receive(sub, count):
     while len(messages) < count and sub.poll(5000):
         frames = sub.recv_multipart()
         raw += 1
-        messages.extend(unbatch(decode(frames)))
+        messages.extend(m for group in unbatch(decode(frames)) for m in group)
     return raw, messages
 
 

@@ -9,20 +9,21 @@ import math
 import hypothesis.strategies as st
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis.extra import numpy as hnp
 
 from scanctl.errors import WireProtocolError
 from scanctl.interfaces import Acquisition, Status, SubsystemState
 from scanctl.program import GradientProgram
 from scanctl.wire import (
+    Group,
     Message,
     decode,
     encode,
     encode_batch,
-    envelope_of,
     error_reply,
     pack_acquisitions,
+    pack_body,
     reply_to,
     to_plain,
     unbatch,
@@ -141,6 +142,45 @@ def test_deep_nesting_is_refused():
         decode([json.dumps({"v": "1.0", "type": "x", "body": body}).encode()])
 
 
+
+def _depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet=st.sampled_from('ab"\\[]{}\n\u00e9\u2603/')),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(alphabet="[]{}\"\\k", max_size=3), inner,
+                                                                max_size=3),
+    max_leaves=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=json_values, ensure_ascii=st.booleans())
+def test_nesting_is_measured_on_the_text_exactly(value, ensure_ascii):
+    """The text-level depth check agrees with the parsed structure's depth, whatever brackets, quotes
+    and escapes the strings hold."""
+    body = {"x": value}
+    assume(_depth(body) <= 33)
+    for _ in range(33 - _depth(body)):  # as deep as allowed: the body and 32 levels inside it
+        body = {"x": body}
+    text = json.dumps({"v": "1.0", "type": "x", "body": body}, ensure_ascii=ensure_ascii).encode()
+    assert decode([text]).body == body
+    deeper = json.dumps({"v": "1.0", "type": "x", "body": {"x": body}}, ensure_ascii=ensure_ascii).encode()
+    with pytest.raises(WireProtocolError, match="nested more than 32"):
+        decode([deeper])
+
+
+@pytest.mark.parametrize("text", [b"[" * 200_000 + b"]" * 200_000, b"{" * 300_000, b'{"a":["]"}'])
+def test_deep_or_unbalanced_text_is_refused_before_parsing(text):
+    """Text deep enough to exhaust the JSON parser's recursion (a RecursionError) is a malformed message."""
+    with pytest.raises(WireProtocolError):
+        decode([b'{"v":"1.0","type":"x","body":{"a":' + text + b"}}"])
+
 acquisition = st.builds(
     lambda i, block, start, channels, samples, labels: Acquisition(
         index=i, block=block, start_s=start, dwell_s=1e-5,
@@ -195,26 +235,39 @@ def test_a_message_with_too_many_arrays_is_refused_by_its_sender():
         encode(Message(type="data", body={"a": [np.zeros(1)] * 65}))
 
 
-def test_a_batch_carries_messages_in_order_with_the_batch_src():
-    envelopes = [envelope_of(Message(type="event", body={"i": i, "x": float("nan")}, stream="s", seq=i, run="r"))[0]
-                 for i in range(1, 4)]
-    batch = decode([encode_batch(envelopes, src="server-1")])
-    assert batch.type == "batch" and unbatch(Message(type="event"))[0].type == "event"
-    inner = unbatch(batch)
-    assert [(m.type, m.src, m.stream, m.seq, m.run, m.body["i"]) for m in inner] == [
-        ("event", "server-1", "s", i, "r", i) for i in range(1, 4)]
+def test_a_batch_carries_its_groups_in_order_with_the_batch_src():
+    bodies = [pack_body({"i": i, "x": float("nan")}, []) for i in range(3)]
+    groups = [Group("event", "s", 7, "r", [1.0, 2.25], bodies[:2]), Group("event", "t", 1, None, [3.0], bodies[2:])]
+    batch = decode([encode_batch(groups, src="server-1")])
+    assert batch.type == "batch" and unbatch(Message(type="event"))[0][0].type == "event"
+    inner = [m for group in unbatch(batch) for m in group]
+    assert [len(group) for group in unbatch(batch)] == [2, 1]
+    assert [(m.type, m.src, m.stream, m.seq, m.run, m.ts, m.body["i"]) for m in inner] == [
+        ("event", "server-1", "s", 7, "r", 1.0, 0), ("event", "server-1", "s", 8, "r", 2.25, 1),
+        ("event", "server-1", "t", 1, None, 3.0, 2)]
     assert math.isnan(inner[0].body["x"])
 
 
-@pytest.mark.parametrize("messages, reason", [
-    ("nope", "a list 'messages'"),
-    ([1], "batch message 0: not an envelope"),
-    ([{"type": "event", "body": []}], "batch message 0: not an envelope"),
-    ([{"type": "event"}, {"type": "event", "color": 1}], "batch message 1: envelope has unknown keys: color"),
-    ([{"type": ""}], "batch message 0: envelope 'type'"),
-    ([{"type": "event", "seq": "1"}], "batch message 0: envelope 'seq' has the wrong type"),
+GOOD_GROUP = {"type": "event", "stream": "s", "seq": 1, "ts": 1.0, "dt_us": [0], "bodies": [{}]}
+
+
+@pytest.mark.parametrize("groups, reason", [
+    ("nope", "a list 'groups'"),
+    ([1], "batch group 0: not an object"),
+    ([GOOD_GROUP, {**GOOD_GROUP, "color": 1}], "batch group 1: unknown keys: color"),
+    ([{**GOOD_GROUP, "type": ""}], "batch group 0: 'type' must be"),
+    ([{**GOOD_GROUP, "stream": 3}], "batch group 0: 'stream'"),
+    ([{**GOOD_GROUP, "run": ["r"]}], "batch group 0: 'stream' \\(and 'run'"),
+    ([{**GOOD_GROUP, "seq": "1"}], "batch group 0: 'seq' must be an integer"),
+    ([{**GOOD_GROUP, "seq": True}], "batch group 0: 'seq' must be an integer"),
+    ([{**GOOD_GROUP, "bodies": [[]]}], "batch group 0: 'bodies' must be a non-empty list of objects"),
+    ([{**GOOD_GROUP, "bodies": [], "dt_us": []}], "batch group 0: 'bodies' must be a non-empty list"),
+    ([{**GOOD_GROUP, "ts": "now"}], "batch group 0: 'ts' must be a time"),
+    ([{**GOOD_GROUP, "ts": True}], "batch group 0: 'ts' must be a time"),
+    ([{**GOOD_GROUP, "dt_us": []}], "batch group 0: 'dt_us' must be a list of integers, one per body"),
+    ([{**GOOD_GROUP, "dt_us": [0.5]}], "batch group 0: 'dt_us' must be a list of integers"),
 ])
-def test_malformed_batches_are_refused_with_a_reason(messages, reason):
-    frame = json.dumps({"v": "1.0", "type": "batch", "body": {"messages": messages}}).encode()
+def test_malformed_batches_are_refused_with_a_reason(groups, reason):
+    frame = json.dumps({"v": "1.0", "type": "batch", "body": {"groups": groups}}).encode()
     with pytest.raises(WireProtocolError, match=reason):
         unbatch(decode([frame]))
