@@ -1,8 +1,10 @@
-"""The control server's outgoing streams: events and ADC data, stamped and sent by one thread.
+"""The control server's outgoing streams: events and ADC data, numbered and sent by one thread.
 
-:meth:`Publisher.publish` may be called from any thread. It stamps the message (publisher id, run id, the
-stream's next sequence number), packs its body at once (so a body that cannot travel fails in the caller)
-and queues it. The sender thread sends the queue in order: a message with binary frames on its own, a
+:meth:`Publisher.publish` may be called from any thread. It packs the body at once (so a body that cannot
+travel fails in the caller), stamps the time and queues it without taking a lock (a deque's append is
+atomic; a lock handed between the callers and the sender cost more than the rest of a publish). The
+sender thread numbers the messages in queue order (each stream's next sequence number) and sends them:
+a message with binary frames on its own, a
 run of messages without frames as one ``batch`` message (docs/wire-protocol.md#batches), whose groups
 name the stream, run and first sequence number once for each stretch of one stream. A lone message goes
 out as itself, so at a calm rate every event is its own ZeroMQ message; in a burst one batch carries
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,16 +36,17 @@ COPY_THRESHOLD_BYTES = 1 << 20
 
 @dataclass(slots=True)
 class _Item:
-    """One stamped message waiting to be sent: its body already packed, its arrays in ``frames``."""
+    """One message on its way: its body already packed, its arrays in ``frames``; ``seq`` is given by the
+    sender thread."""
 
     socket: zmq.Socket[Any]
     type: str
     stream: str
-    seq: int
     run: str | None
     ts: float
     body: dict[str, Any]
     frames: list[Any]
+    seq: int = 0
 
 
 class Publisher:
@@ -53,51 +57,57 @@ class Publisher:
         for socket in (events, data):
             socket.copy_threshold = COPY_THRESHOLD_BYTES
         self._seq: dict[str, int] = {}
-        self._queue: list[_Item] = []
-        self._ready = threading.Condition()
+        self._queue: deque[_Item] = deque()
+        self._wake = threading.Event()
+        self._idle = False  # the sender found the queue empty and waits for _wake
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"{src}-publisher", daemon=True)
         self._thread.start()
 
     def publish(self, stream: str, body: dict[str, Any], *, run: str | None = None, data: bool = False) -> None:
-        """Queue ``body`` on ``stream`` (the data socket if ``data``) with the stream's next sequence number.
-        Raises WireProtocolError if the body cannot be sent."""
-        kind = "data" if stream == "data" else "event"
+        """Queue ``body`` on ``stream`` (the data socket if ``data``); it gets the stream's next sequence
+        number when it is sent. Raises WireProtocolError if the body cannot be sent."""
         frames: list[Any] = []
         packed = pack_body(body, frames)
-        with self._ready:
-            seq = self._seq.get(stream, 0) + 1
-            self._seq[stream] = seq
-            if not self._queue:  # else the sender has been woken for the queue and will take this too
-                self._ready.notify()
-            self._queue.append(_Item(self._data if data else self._events, kind, stream, seq, run, time.time(),
-                                     packed, frames))
+        self._queue.append(_Item(self._data if data else self._events, "data" if stream == "data" else "event",
+                                 stream, run, time.time(), packed, frames))
+        if self._idle:  # after the append: an idle sender either sees the item or is woken here
+            self._idle = False
+            self._wake.set()
 
     def seqs(self) -> dict[str, int]:
-        """The last sequence number given out on each stream."""
-        with self._ready:
-            return dict(self._seq)
+        """The last sequence number sent on each stream."""
+        return dict(self._seq)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Send what is queued, then stop the sender thread (the sockets stay open: their owner closes them)."""
-        with self._ready:
-            self._closing = True
-            self._ready.notify()
+        self._closing = True
+        self._wake.set()
         self._thread.join(timeout_s)
 
     # -- the sender thread -------------------------------------------------------------------------------------
     def _run(self) -> None:
+        queue = self._queue
         while True:
-            with self._ready:
-                while not self._queue and not self._closing:
-                    self._ready.wait()
-                items, self._queue = self._queue, []
-                closing = self._closing
-            self._send(items)
-            if closing:
-                with self._ready:
-                    if not self._queue:
-                        return
+            items: list[_Item] = []
+            while queue and len(items) < 64 * BATCH_MAX:
+                items.append(queue.popleft())
+            if items:
+                self._number(items)
+                self._send(items)
+                continue
+            if self._closing:
+                return
+            self._wake.clear()
+            self._idle = True
+            if not queue and not self._closing:  # (re-checked after idle is set: see publish)
+                self._wake.wait()
+            self._idle = False
+
+    def _number(self, items: list[_Item]) -> None:
+        seqs = self._seq
+        for item in items:
+            item.seq = seqs[item.stream] = seqs.get(item.stream, 0) + 1
 
     def _send(self, items: list[_Item]) -> None:
         run: list[_Item] = []

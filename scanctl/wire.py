@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -129,9 +130,9 @@ def unbatch(msg: Message) -> list[list[Message]]:
             kind, stream, seq, run, stamps, bodies = _group(group)
         except WireProtocolError as exc:
             raise WireProtocolError(f"batch group {g}: {exc}") from None
-        src, v = msg.src, msg.v
-        out.append([Message(kind, body, None, None, src, ts, stream, seq + i, run, v)
-                    for i, (ts, body) in enumerate(zip(stamps, bodies, strict=True))])
+        n = len(bodies)  # mapped, not a comprehension: this runs for every event a subscriber gets
+        out.append(list(map(Message, repeat(kind, n), bodies, repeat(None, n), repeat(None, n), repeat(msg.src, n),
+                            stamps, repeat(stream, n), range(seq, seq + n), repeat(run, n), repeat(msg.v, n))))
     return out
 
 
@@ -152,12 +153,11 @@ def _group(group: Any) -> tuple[str, str, int, str | None, list[float], list[dic
         raise WireProtocolError("'stream' (and 'run', if given) must be strings")
     if type(seq) is not int:
         raise WireProtocolError("'seq' must be an integer")
-    if not isinstance(bodies, list) or not bodies or not all(type(body) is dict for body in bodies):
+    if not isinstance(bodies, list) or set(map(type, bodies)) != {dict}:
         raise WireProtocolError("'bodies' must be a non-empty list of objects")
     if type(first) is not float and type(first) is not int:
         raise WireProtocolError("'ts' must be a time (a number)")
-    if (not isinstance(offsets, list) or len(offsets) != len(bodies)
-            or not all(type(dt) is int for dt in offsets)):
+    if not isinstance(offsets, list) or len(offsets) != len(bodies) or set(map(type, offsets)) != {int}:
         raise WireProtocolError("'dt_us' must be a list of integers, one per body")
     return kind, stream, seq, run, [first + dt * 1e-6 for dt in offsets], bodies
 

@@ -3,6 +3,8 @@ sent on their own, nothing lost on close."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import zmq
@@ -31,6 +33,15 @@ def sockets():
     pub.close()
     sub.close()
     ctx.term()
+
+
+def hold_back(publisher):
+    """Keep the (idle) sender waiting while messages are queued: it is woken only by ``_wake.set()``."""
+    deadline = time.monotonic() + 5
+    while not publisher._idle:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    publisher._idle = False
 
 
 def receive(sub, count):
@@ -85,12 +96,10 @@ def test_a_batch_too_big_for_one_envelope_is_split(sockets):
     pub, sub = sockets
     publisher = Publisher(pub, pub, "srv")
     big = "x" * 200_000
-    publisher._ready.acquire()  # hold the sender back so that all six queue up as one run
-    try:
-        for i in range(6):
-            publisher.publish("log", {"i": i, "text": big})
-    finally:
-        publisher._ready.release()
+    hold_back(publisher)  # so that all six queue up as one run
+    for i in range(6):
+        publisher.publish("log", {"i": i, "text": big})
+    publisher._wake.set()
     publisher.close()
     raw, messages = receive(sub, 6)
     assert [m.body["i"] for m in messages] == list(range(6)) and raw >= 2
