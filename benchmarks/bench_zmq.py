@@ -3,8 +3,10 @@
 - command round trip (p50/p99) from a client process to the control server;
 - event throughput: the server publishes N events while 10 subscriber processes receive them, each
   checking every sequence number (messages/s = N / time until the last subscriber has the last one);
-- ADC data throughput: acquisitions packed and published by the server as in a scan and unpacked by a
-  subscriber process, beside raw pyzmq sending the same frames (pre-encoded) to a raw SUB process;
+- ADC data throughput: a segment's acquisitions, a columnar batch as the RF subsystems deliver them,
+  published by the server as in a scan and taken by a subscriber process (as checked columns, or as one
+  Acquisition object per window), beside raw pyzmq sending the same frames (pre-encoded) to a raw SUB
+  process;
 - the whole ``protocols/gre_2d.toml`` scan across processes (``scanctl up``: server and each simulated
   subsystem in its own process, the console in this one) against the same scan in-process.
 
@@ -28,7 +30,7 @@ import zmq
 
 from scanctl import profile as profiles
 from scanctl.client import Client, Subscription, acquisitions_of, run_remote
-from scanctl.interfaces import Acquisition
+from scanctl.interfaces import Acquisition, AcquisitionBatch
 from scanctl.server import ControlServer
 from scanctl.wire import Message, check_acquisitions, encode, pack_acquisitions
 
@@ -138,28 +140,30 @@ def events(ctx: Any, server: ControlServer, n: int) -> tuple[float, int, int]:
     return n / elapsed, sum(gaps for _, gaps, _ in results), min(count for count, _, _ in results)
 
 
-def acquisitions(count: int, samples: int, channels: int = 1) -> list[Acquisition]:
+def acquisitions(count: int, samples: int, channels: int = 1) -> AcquisitionBatch:
+    """A segment's acquisitions as the RF subsystems deliver them: a columnar batch."""
     rng = np.random.default_rng(0)
     shape = (count, channels, samples)
     data = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
-    return [Acquisition(i, i, i * 1e-3, 1e-5, data[i].astype(np.complex64), {"LIN": i}) for i in range(count)]
+    return AcquisitionBatch(pack_acquisitions([Acquisition(i, i, i * 1e-3, 1e-5, data[i].astype(np.complex64),
+                                                           {"LIN": i}) for i in range(count)]))
 
 
-def data_server(ctx: Any, server: ControlServer, batch: list[Acquisition], messages: int, objects: bool) -> float:
+def data_server(ctx: Any, server: ControlServer, batch: AcquisitionBatch, messages: int, objects: bool) -> float:
     out, ready = ctx.Queue(), ctx.Semaphore(0)
     proc = spawn(ctx, data_worker, server.endpoints["control"], server.endpoints["data"], messages, objects, ready,
                  out)
     ready.acquire(timeout=60)
     t0 = time.monotonic()
-    for _ in range(messages):  # what the server does with each batch of a scan
-        server.publish("data", {"acquisitions": pack_acquisitions(batch)}, data=True)
+    for _ in range(messages):  # what the server does with each chunk of a segment's batch in a scan
+        server.publish("data", {"acquisitions": pack_acquisitions(batch[0:len(batch)])}, data=True)
     got, nbytes, last = out.get(timeout=600)
     proc.join()
     assert got == messages, f"data subscriber received {got} of {messages} messages"
     return nbytes / (last - t0) / 1e6  # type: ignore[no-any-return]
 
 
-def data_raw(ctx: Any, batch: list[Acquisition], messages: int) -> float:
+def data_raw(ctx: Any, batch: AcquisitionBatch, messages: int) -> float:
     zctx = zmq.Context()
     pub = zctx.socket(zmq.PUB)
     pub.setsockopt(zmq.SNDHWM, 1_000_000)
@@ -231,7 +235,7 @@ def main() -> None:
               f"gaps: {gaps}; fewest received: {least}/{args.events}  (target >= 50,000/s, no gap)", flush=True)
         for channels in args.channels:
             batch = acquisitions(args.per_message, args.samples, channels)
-            payload = sum(a.data.nbytes for a in batch)
+            payload = batch.columns["data"].nbytes
             messages = max(1, int(args.data_mb * 1e6 / payload))
             columns = data_server(ctx, server, batch, messages, objects=False)
             raw = data_raw(ctx, batch, messages)

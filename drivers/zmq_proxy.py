@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 
 from scanctl.errors import DriverTimeoutError, ScanctlError, WireProtocolError
-from scanctl.interfaces import Acquisition, Status, SubsystemState
+from scanctl.interfaces import AcquisitionBatch, Status, SubsystemState
 from scanctl.profile import SystemProfile
 from scanctl.program import ADCProgram, GradientProgram, RFProgram
 from scanctl.registry import SubsystemURL, positive_float
@@ -215,7 +215,7 @@ class ProxyRF(_RemoteSequencer):
     def load(self, rf: RFProgram, adc: ADCProgram) -> None:
         self.call("load", rf, adc)
 
-    def acquisitions(self) -> list[Acquisition]:
+    def acquisitions(self) -> AcquisitionBatch:
         return unpack_acquisitions(self.call("acquisitions"))
 
 

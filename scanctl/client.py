@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import zmq
 
 from scanctl.errors import ScanctlError, WireProtocolError
-from scanctl.interfaces import Acquisition
+from scanctl.interfaces import Acquisition, AcquisitionBatch
 from scanctl.profile import DEFAULT_ENDPOINTS
 from scanctl.security import ClientCurve
 from scanctl.wire import Message, decode, encode, unbatch, unpack_acquisitions
@@ -319,7 +319,7 @@ class Subscription:
         raise ServerTimeoutError(f"subscription not in place within {timeout_s:g} s")
 
 
-def acquisitions_of(msg: Message) -> list[Acquisition]:
+def acquisitions_of(msg: Message) -> AcquisitionBatch:
     """The acquisitions a ``data`` message carries (their arrays view the received frames)."""
     return unpack_acquisitions(msg.body.get("acquisitions"))
 

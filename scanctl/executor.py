@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scanctl.errors import DriverError, InterlockError, InvalidTransitionError, SafetyLimitError, ScanctlError
-from scanctl.interfaces import Acquisition, GradientSystem, RFSystem, Status, SubsystemState, TableSystem
+from scanctl.interfaces import Acquisitions, GradientSystem, RFSystem, Status, SubsystemState, TableSystem
 from scanctl.machine import JournalEntry, ScannerMachine, ScannerState
 from scanctl.profile import SystemProfile
 from scanctl.program import compile_segments
@@ -237,7 +237,7 @@ class Scanner:
 
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self, *, table_position_mm: float = 0.0,
-            on_acquisitions: Callable[[list[Acquisition]], None] | None = None,
+            on_acquisitions: Callable[[Acquisitions], None] | None = None,
             on_progress: Callable[[float, float], None] | None = None,
             patient_weight_kg: float | None = None, mode: str = "normal") -> RunResult:
         """Play the prepared sequence. Returns how it ended; raises only for commands refused up front
@@ -283,7 +283,7 @@ class Scanner:
                                 str(exc))
         return self._result(outcome, seq, counter, t_wall, "")
 
-    def _play(self, seq: Sequence, sink: Callable[[list[Acquisition]], None], counter: dict[str, int],
+    def _play(self, seq: Sequence, sink: Callable[[Acquisitions], None], counter: dict[str, int],
               on_progress: Callable[[float, float], None] | None) -> str:
         buffer_s = min(self.gradient.buffer_s, self.rf.buffer_s)
         playhead = 0.0
@@ -350,13 +350,13 @@ class Scanner:
                 raise
         return statuses
 
-    def _collect(self, sink: Callable[[list[Acquisition]], None], counter: dict[str, int]) -> None:
+    def _collect(self, sink: Callable[[Acquisitions], None], counter: dict[str, int]) -> None:
         batch = self.rf.acquisitions()
         if batch:
             sink(batch)
             counter["acquisitions"] += len(batch)
 
-    def _safe_point(self, sink: Callable[[list[Acquisition]], None], counter: dict[str, int],
+    def _safe_point(self, sink: Callable[[Acquisitions], None], counter: dict[str, int],
                     playhead: float) -> str | None:
         """Honour requests between segments. Returns an outcome when the run must end here."""
         while True:
@@ -396,7 +396,7 @@ class Scanner:
                 self._resume.wait()
         return None
 
-    def _drain(self, sink: Callable[[list[Acquisition]], None], counter: dict[str, int]) -> None:
+    def _drain(self, sink: Callable[[Acquisitions], None], counter: dict[str, int]) -> None:
         """Play out everything loaded (the buffer) and collect its data."""
         loaded = max(sub.status().time_s + sub.status().telemetry.get("buffered_s", 0.0)
                      for sub in (self.gradient, self.rf))

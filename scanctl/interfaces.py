@@ -14,8 +14,9 @@ on its virtual clock, a real system waits for its hardware to get there.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, overload, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +60,116 @@ class Acquisition:
     data: npt.NDArray[np.complex64]
     labels: dict[str, int] = field(default_factory=dict)
 
+
+
+class AcquisitionBatch(Sequence[Acquisition]):
+    """Acquisitions held in columns, as an RF receiver delivers them and as they travel
+    (docs/wire-protocol.md#acquisition-batches): ``index``, ``block`` (int64), ``start_s``, ``dwell_s``
+    (float64), ``shape`` (int64 ``(n, 2)``: channels, samples), ``data`` (complex64, every acquisition's
+    samples one after the other), ``labels`` (name → int64 column) and ``unlabelled`` (name → bool column,
+    only for a label some acquisitions lack). The columns are taken as they are (the sender of a wire batch
+    is checked by :func:`scanctl.wire.check_acquisitions` first).
+
+    It is a sequence of :class:`Acquisition`: the objects (their ``data`` views of the column) are made
+    when first asked for, so a batch that is only forwarded — published, sent on by a driver service —
+    never costs one object per window; a slice is a batch again."""
+
+    __slots__ = ("columns", "_objects")
+
+    def __init__(self, columns: dict[str, Any]) -> None:
+        self.columns = columns
+        self._objects: list[Acquisition] | None = None
+
+    @classmethod
+    def empty(cls) -> AcquisitionBatch:
+        """A batch of no acquisitions."""
+        ints, floats = np.zeros(0, np.int64), np.zeros(0, np.float64)
+        return cls({"index": ints, "block": ints, "start_s": floats, "dwell_s": floats,
+                    "shape": np.zeros((0, 2), np.int64), "data": np.zeros(0, np.complex64), "labels": {},
+                    "unlabelled": {}})
+
+    @classmethod
+    def concatenate(cls, batches: Sequence[AcquisitionBatch]) -> AcquisitionBatch:
+        """One batch of ``batches`` in order (every one with the same labels, all given)."""
+        if len(batches) == 1:
+            return batches[0]
+        first = batches[0].columns
+        columns: dict[str, Any] = {key: np.concatenate([b.columns[key] for b in batches])
+                                   for key in ("index", "block", "start_s", "dwell_s", "shape", "data")}
+        columns["labels"] = {name: np.concatenate([b.columns["labels"][name] for b in batches])
+                             for name in first.get("labels", {})}
+        columns["unlabelled"] = {}
+        return cls(columns)
+
+    def __len__(self) -> int:
+        return len(self.columns["index"])
+
+    @overload
+    def __getitem__(self, i: int) -> Acquisition: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> AcquisitionBatch: ...
+
+    def __getitem__(self, i: int | slice) -> Acquisition | AcquisitionBatch:
+        if isinstance(i, slice):
+            return self._slice(i)
+        return self.objects()[i]
+
+    def __iter__(self) -> Iterator[Acquisition]:
+        return iter(self.objects())
+
+    def objects(self) -> list[Acquisition]:
+        """One :class:`Acquisition` per window (made once)."""
+        if self._objects is None:
+            self._objects = self._make_objects()
+        return self._objects
+
+    def _make_objects(self) -> list[Acquisition]:
+        c = self.columns
+        n = len(self)
+        if n == 0:
+            return []
+        shape, data = c["shape"], c["data"]
+        if (shape == shape[0]).all():  # the usual case: one view per acquisition of an (n, channels, samples) array
+            samples = list(data.reshape(n, int(shape[0, 0]), int(shape[0, 1])))
+        else:
+            sizes = shape[:, 0] * shape[:, 1]
+            ends = np.cumsum(sizes).tolist()
+            samples = [data[end - size:end].reshape(channels, count) for end, size, (channels, count)
+                       in zip(ends, sizes.tolist(), shape.tolist(), strict=True)]
+        labels, unlabelled = c.get("labels", {}), c.get("unlabelled", {})
+        names = list(labels)
+        if len(names) == 1:  # the usual case (a line counter): the cheapest way to n dicts
+            name = names[0]
+            label_dicts = [{name: value} for value in labels[name].tolist()]
+        else:
+            rows = zip(*(labels[name].tolist() for name in names), strict=True) if names else iter([()] * n)
+            label_dicts = [dict(zip(names, row, strict=True)) for row in rows]
+        for name, column in unlabelled.items():
+            for i in np.flatnonzero(column).tolist():
+                del label_dicts[i][name]
+        return [Acquisition(*row) for row in zip(c["index"].tolist(), c["block"].tolist(), c["start_s"].tolist(),
+                                                   c["dwell_s"].tolist(), samples, label_dicts, strict=True)]
+
+    def _slice(self, s: slice) -> AcquisitionBatch:
+        start, stop, step = s.indices(len(self))
+        if step != 1:
+            raise IndexError("an acquisition batch is sliced with step 1 only")
+        stop = max(start, stop)
+        c = self.columns
+        offsets = np.concatenate(([0], np.cumsum(c["shape"][:, 0] * c["shape"][:, 1])))
+        columns = {key: c[key][start:stop] for key in ("index", "block", "start_s", "dwell_s", "shape")}
+        columns["data"] = c["data"][int(offsets[start]):int(offsets[stop])]
+        columns["labels"] = {name: column[start:stop] for name, column in c.get("labels", {}).items()}
+        columns["unlabelled"] = {name: column[start:stop] for name, column in c.get("unlabelled", {}).items()}
+        batch = AcquisitionBatch(columns)
+        if self._objects is not None:
+            batch._objects = self._objects[start:stop]
+        return batch
+
+
+#: Acquisitions handed on together: a list of objects or an :class:`AcquisitionBatch`.
+Acquisitions = Sequence[Acquisition]
 
 @runtime_checkable
 class Subsystem(Protocol):
@@ -123,8 +234,9 @@ class RFSystem(Sequencer, Protocol):
     def load(self, rf: RFProgram, adc: ADCProgram) -> None:
         """Queue a segment's pulses and receive windows (same errors as GradientSystem.load)."""
 
-    def acquisitions(self) -> list[Acquisition]:
-        """Take every acquisition completed so far (each is returned once, in index order)."""
+    def acquisitions(self) -> Sequence[Acquisition]:
+        """Take every acquisition completed so far (each is returned once, in index order); a simulator or
+        a driver service's proxy returns an :class:`AcquisitionBatch`."""
 
 
 @runtime_checkable

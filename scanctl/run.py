@@ -25,7 +25,7 @@ import numpy as np
 
 from scanctl.errors import SafetyLimitError
 from scanctl.executor import RunResult, Scanner
-from scanctl.interfaces import Acquisition
+from scanctl.interfaces import Acquisition, Acquisitions
 from scanctl.profile import SystemProfile
 from scanctl.protocol import Protocol, load_protocol
 from scanctl.registry import parse_url
@@ -154,7 +154,7 @@ def run_scan(
                                         seq=seq)
             outputs["raw"] = raw_path.name
 
-            def keep(batch: list[Acquisition]) -> None:
+            def keep(batch: Acquisitions) -> None:
                 writer.extend(batch)
                 acquisitions.extend(batch)
 

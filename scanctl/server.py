@@ -38,7 +38,7 @@ import zmq
 
 from scanctl.errors import ConfigError, InvalidTransitionError, SafetyLimitError, ScanctlError, WireProtocolError
 from scanctl.executor import RunResult, Scanner
-from scanctl.interfaces import Acquisition
+from scanctl.interfaces import Acquisitions
 from scanctl.machine import JournalEntry, ScannerState
 from scanctl.profile import DEFAULT_ENDPOINTS, SystemProfile
 from scanctl.protocol import Protocol
@@ -592,7 +592,7 @@ class ControlServer:
         self.publish("run", {"event": "start", "run": run_id, "sequence": loaded.info["sequence"],
                              "protocol": loaded.info["protocol"]})
 
-        def on_acquisitions(batch: list[Acquisition]) -> None:
+        def on_acquisitions(batch: Acquisitions) -> None:
             for i in range(0, len(batch), ACQUISITIONS_PER_MESSAGE):
                 chunk = batch[i:i + ACQUISITIONS_PER_MESSAGE]
                 self.publish("data", {"acquisitions": pack_acquisitions(chunk)}, data=True)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from scanctl.errors import WireProtocolError
-from scanctl.interfaces import Acquisition
+from scanctl.interfaces import Acquisition, AcquisitionBatch
 
 VERSION = (1, 0)
 VERSION_TEXT = f"{VERSION[0]}.{VERSION[1]}"
@@ -207,6 +207,8 @@ def _check_nesting(text: bytes) -> None:
     """Refuse JSON text nested deeper than :data:`MAX_NESTING`, working on the text at C speed: escapes
     and strings removed, only brackets are left; each pass removes the innermost pairs, so the number of
     passes until nothing is left is the depth. Brackets that do not pair up are not JSON."""
+    if text.count(b"{") + text.count(b"[") <= MAX_NESTING:  # too few brackets to nest too deep
+        return
     if b"\\" in text:
         text = _ESCAPE.sub(b"", text)
     brackets = _STRING.sub(b"", text.translate(None, _NOT_STRUCTURE))
@@ -263,7 +265,10 @@ def pack_acquisitions(acquisitions: Sequence[Acquisition]) -> dict[str, Any]:
 
     ``index``, ``block`` (int64), ``start_s``, ``dwell_s`` (float64), ``shape`` (int64 ``(n, 2)``: channels,
     samples), ``data`` (complex64, every acquisition's samples one after the other), ``labels`` (name → int64
-    column) and ``unlabelled`` (name → bool column, only for a label some acquisitions lack)."""
+    column) and ``unlabelled`` (name → bool column, only for a label some acquisitions lack). An
+    :class:`AcquisitionBatch` is in columns already: its own are returned."""
+    if isinstance(acquisitions, AcquisitionBatch):
+        return acquisitions.columns
     n = len(acquisitions)
     arrays = [a.data for a in acquisitions]
     shape = np.array([d.shape for d in arrays], dtype=np.int64).reshape(n, 2)
@@ -315,34 +320,11 @@ def check_acquisitions(batch: Any) -> int:
     return n
 
 
-def unpack_acquisitions(batch: Any) -> list[Acquisition]:
-    """The acquisitions :func:`pack_acquisitions` packed (their ``data`` views the received frame).
-    Raises WireProtocolError naming what does not fit."""
-    n = check_acquisitions(batch)
-    shape, labels, unlabelled = batch["shape"], batch.get("labels", {}), batch.get("unlabelled", {})
-    sizes = shape[:, 0] * shape[:, 1]
-    if n == 0:
-        return []
-    data = batch["data"].astype(np.complex64, copy=False)
-    if (shape == shape[0]).all():  # the usual case: one view per acquisition of an (n, channels, samples) array
-        samples = list(data.reshape(n, int(shape[0, 0]), int(shape[0, 1])))
-    else:
-        ends = np.cumsum(sizes).tolist()
-        samples = [data[end - size:end].reshape(channels, count) for end, size, (channels, count)
-                   in zip(ends, sizes.tolist(), shape.tolist(), strict=True)]
-    names = list(labels)
-    if len(names) == 1:  # the usual case (a line counter): the cheapest way to n dicts
-        name = names[0]
-        label_dicts = [{name: value} for value in labels[name].tolist()]
-    else:
-        rows = zip(*(labels[name].tolist() for name in names), strict=True) if names else iter([()] * n)
-        label_dicts = [dict(zip(names, row, strict=True)) for row in rows]
-    for name, column in unlabelled.items():
-        for i in np.flatnonzero(column).tolist():
-            del label_dicts[i][name]
-    return [Acquisition(*fields) for fields in zip(batch["index"].tolist(), batch["block"].tolist(),
-                                                     batch["start_s"].tolist(), batch["dwell_s"].tolist(),
-                                                     samples, label_dicts, strict=True)]
+def unpack_acquisitions(batch: Any) -> AcquisitionBatch:
+    """The acquisitions :func:`pack_acquisitions` packed, checked, as a batch (their ``data`` views the
+    received frame; objects are made when asked for). Raises WireProtocolError naming what does not fit."""
+    check_acquisitions(batch)
+    return AcquisitionBatch(batch)
 
 
 # -- structured values --------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import numpy as np
 from scanctl.simulators.base import SimulatedSequencer
 from scanctl.simulators.world import World
 
-from scanctl.interfaces import Acquisition
+from scanctl.interfaces import AcquisitionBatch
 from scanctl.profile import SystemProfile
 from scanctl.program import ADCProgram, GradientProgram, RFProgram
 from scanctl.registry import SubsystemURL, fault_spec, flag, nonnegative_float, positive_float
@@ -105,7 +105,7 @@ class SimulatedRF(SimulatedSequencer):
         self._rng = np.random.default_rng(seed)
         self._seed = seed
         self._queue: deque[tuple[RFProgram, ADCProgram]] = deque()
-        self._done: list[Acquisition] = []
+        self._done: list[AcquisitionBatch] = []
         self._world = World.named(world)
         self._spins: Any = None
         self._warned_no_gradient = False
@@ -158,10 +158,10 @@ class SimulatedRF(SimulatedSequencer):
             self._queue.append((rf, adc))
             self._loaded_until_s = rf.t1_s
 
-    def acquisitions(self) -> list[Acquisition]:
+    def acquisitions(self) -> AcquisitionBatch:
         with self._lock:
-            out, self._done = self._done, []
-            return out
+            done, self._done = self._done, []
+        return AcquisitionBatch.concatenate(done) if done else AcquisitionBatch.empty()
 
     def _play_until(self, t_s: float) -> None:
         if self._door_opens_s is not None and self._door_opens_s <= t_s:
@@ -209,19 +209,21 @@ class SimulatedRF(SimulatedSequencer):
             signals = self._spins.play(gradient, rf, adc)
         else:
             signals = [np.zeros((1, n), np.complex64) for n in adc.num_samples.tolist()]
-        names = list(adc.labels)
-        n = len(signals)
-        label_rows = list(zip(*(adc.labels[name].tolist() for name in names), strict=True)) if names else [()] * n
-        for signal, index, block, start, dwell, label_values in zip(
-            signals, adc.index.tolist(), adc.block.tolist(), adc.start_s.tolist(), adc.dwell_s.tolist(), label_rows,
-            strict=True,
-        ):
-            data = np.asarray(signal, dtype=np.complex64).reshape(self.channels, -1)
-            if self.noise_std > 0:
-                noise = self._rng.standard_normal((2, *data.shape)) * (self.noise_std / np.sqrt(2))
-                data = data + (noise[0] + 1j * noise[1]).astype(np.complex64)
-            self._done.append(Acquisition(index=index, block=block, start_s=start, dwell_s=dwell, data=data,
-                                          labels=dict(zip(names, label_values, strict=True))))
+        # The receiver delivers the windows in columns, all samples in one array (an AcquisitionBatch).
+        channels = self.channels
+        flat = [np.asarray(signal, dtype=np.complex64).reshape(-1) for signal in signals]
+        data = np.concatenate(flat) if flat else np.zeros(0, np.complex64)
+        if self.noise_std > 0:
+            noise = self._rng.standard_normal((2, data.size)) * (self.noise_std / np.sqrt(2))
+            data = data + (noise[0] + 1j * noise[1]).astype(np.complex64)
+        sizes = np.array([f.size for f in flat], dtype=np.int64)
+        shape = np.stack([np.full(len(flat), channels, dtype=np.int64), sizes // channels], axis=1)
+        self._done.append(AcquisitionBatch({
+            "index": adc.index.astype(np.int64), "block": adc.block.astype(np.int64),
+            "start_s": adc.start_s.astype(np.float64), "dwell_s": adc.dwell_s.astype(np.float64),
+            "shape": shape, "data": data,
+            "labels": {name: column.astype(np.int64) for name, column in adc.labels.items()}, "unlabelled": {},
+        }))
 
     def _make_safe(self) -> None:
         self._queue.clear()

@@ -208,10 +208,10 @@ def test_rf_delivers_each_acquisition_once_in_order(url, segments):
     sub.sync(segments[3].t1_s)
     first = sub.acquisitions()
     assert [a.index for a in first] == list(range(len(first))) and first
-    assert sub.acquisitions() == []
+    assert len(sub.acquisitions()) == 0
     sub.sync(segments[-1].t1_s)
     rest = sub.acquisitions()
-    everything = first + rest
+    everything = [*first, *rest]
     assert [a.index for a in everything] == list(range(64))
     assert all(a.data.shape == (1, 64) and a.data.dtype == np.complex64 for a in everything)
     noise = np.concatenate([a.data.ravel() for a in everything])

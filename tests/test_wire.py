@@ -13,7 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis.extra import numpy as hnp
 
 from scanctl.errors import WireProtocolError
-from scanctl.interfaces import Acquisition, Status, SubsystemState
+from scanctl.interfaces import Acquisition, AcquisitionBatch, Status, SubsystemState
 from scanctl.program import GradientProgram
 from scanctl.wire import (
     Group,
@@ -202,6 +202,29 @@ def test_acquisition_batches_round_trip_in_six_frames(batch):
         assert (a.index, a.block, a.start_s, a.dwell_s, a.labels) == (b.index, b.block, b.start_s, b.dwell_s, b.labels)
         assert b.data.dtype == np.complex64 and b.data.shape == a.data.shape and np.array_equal(a.data, b.data)
 
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=st.lists(acquisition, max_size=12), cut=st.tuples(st.integers(-14, 14), st.integers(-14, 14)))
+def test_an_acquisition_batch_slices_forwards_and_joins_in_columns(batch, cut):
+    """A batch sliced is a batch of the same acquisitions (its data a view, shapes mixed or not); packing
+    a batch hands over its columns uncopied; batches joined are the acquisitions in order."""
+    whole = AcquisitionBatch(pack_acquisitions(batch))
+    assert pack_acquisitions(whole) is whole.columns
+    part = whole[cut[0]:cut[1]]
+    assert isinstance(part, AcquisitionBatch)
+    expected = batch[cut[0]:cut[1]]
+    assert len(part) == len(expected)
+    for a, b in zip(expected, part, strict=True):
+        assert (a.index, a.block, a.start_s, a.labels) == (b.index, b.block, b.start_s, b.labels)
+        assert np.array_equal(a.data, b.data) and b.data.shape == a.data.shape
+    assert part.columns["data"].size == 0 or np.shares_memory(part.columns["data"], whole.columns["data"])
+    halves = [whole[:len(batch) // 2], whole[len(batch) // 2:]]
+    if all(set(a.labels) == set(batch[0].labels) for a in batch):  # joined batches share their labels
+        joined = AcquisitionBatch.concatenate(halves)
+        assert [a.index for a in joined] == [a.index for a in batch]
+        assert all(np.array_equal(a.data, b.data) for a, b in zip(batch, joined, strict=True))
+    assert len(AcquisitionBatch.empty()) == 0 and list(AcquisitionBatch.empty()) == []
 
 def test_a_thousand_acquisitions_travel_in_one_message():
     batch = [Acquisition(i, i, i * 1e-3, 1e-5, np.full((2, 64), i, np.complex64), {"LIN": i}) for i in range(1000)]
