@@ -274,7 +274,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {kind: url for kind in ("gradient", "rf", "table") if (url := getattr(args, kind)) is not None}
     control, events, data = endpoints_of(args, prof)
     server = ControlServer(prof, control, events, None if data == "events" else data, overrides,
-                           insecure=args.insecure, curve=server_curve(args))
+                           insecure=args.insecure, curve=server_curve(args),
+                           **({} if args.control_timeout is None else {"control_timeout_s": args.control_timeout}))
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     e = server.endpoints
     print(f"scanner {prof.name!r}: commands on {e['control']}, events on {e['events']}, data on {e['data']}",
@@ -451,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint_args(p)
     for kind in ("gradient", "rf", "table"):
         p.add_argument(f"--{kind}", metavar="URL", help=f"{kind} subsystem URL (default: the profile's)")
+    p.add_argument("--control-timeout", type=float, metavar="S",
+                   help="a controller silent this long (no command, not even status) may be taken over without "
+                        "--force (default 30 s)")
     server_security_args(p)
     p.set_defaults(func=cmd_serve)
 

@@ -386,7 +386,7 @@ def run_remote(client: Client, source: str | os.PathLike[str], out_dir: str | os
             writer = RawDataWriter.open(out / "raw.h5", header_from_plain(loaded["header"]), seq=seq)
             try:
                 run_id = client.start()["run"]
-                end = _receive_run(sub, run_id, writer, acquisitions, progress, run_timeout_s)
+                end = _receive_run(sub, run_id, writer, acquisitions, progress, run_timeout_s, client.status)
             finally:
                 writer.close()
             if sub.gaps:
@@ -414,16 +414,30 @@ def run_remote(client: Client, source: str | os.PathLike[str], out_dir: str | os
     return report
 
 
+#: How often a console holding control during a run sends a command (``status``) so that its control does
+#: not lapse (the server's ``control_timeout_s``, 30 s by default).
+KEEPALIVE_S = 5.0
+
+
 def _receive_run(sub: Subscription, run_id: str, writer: Any, acquisitions: list[Acquisition],
-                 progress: Callable[[float, float, int], None] | None, timeout_s: float) -> dict[str, Any]:
+                 progress: Callable[[float, float, int], None] | None, timeout_s: float,
+                 keepalive: Callable[[], Any]) -> dict[str, Any]:
     """Take the run's data into ``writer`` until both the run's end event and the end of its data
-    stream have arrived. Returns the end event's body."""
+    stream have arrived, calling ``keepalive`` (a command: control does not lapse) every
+    :data:`KEEPALIVE_S`. Returns the end event's body."""
     end: dict[str, Any] | None = None
     data_done = False
     deadline = time.monotonic() + timeout_s
+    next_keepalive = time.monotonic() + KEEPALIVE_S
     while end is None or not data_done:
-        msg = sub.recv(max(0.0, deadline - time.monotonic()))
+        now = time.monotonic()
+        if now >= next_keepalive:
+            keepalive()
+            next_keepalive = now + KEEPALIVE_S
+        msg = sub.recv(max(0.0, min(deadline, next_keepalive) - time.monotonic()))
         if msg is None:
+            if time.monotonic() < deadline:
+                continue
             raise ServerTimeoutError(f"run {run_id} did not end within {timeout_s:g} s")
         if msg.run != run_id:
             continue

@@ -41,6 +41,11 @@ def _with_option(url: str, key: str, value: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}{key}={value}"
 
 
+#: The processes :func:`up` started from this process, kept until :func:`down` stops them: a Popen dropped
+#: while its process runs warns (ResourceWarning) when it is collected.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def _alive(pid: int) -> bool:
     """True while ``pid`` runs (a finished child of ours is reaped here, so it does not count)."""
     with contextlib.suppress(ChildProcessError, OSError):
@@ -163,6 +168,7 @@ def up(run_dir: str | Path, *, system: str | None = None, control: str | None = 
     tmp = record_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(record_path)
+    _CHILDREN.update({p.pid: p for p in procs})
     return record
 
 
@@ -184,4 +190,6 @@ def down(run_dir: str | Path, *, timeout_s: float = 10.0) -> list[str]:
     signalled = _stop([pid for pid in drivers.values() if isinstance(pid, int)], timeout_s)
     stopped += [f"{kind} driver (pid {pid})" for kind, pid in drivers.items() if pid in signalled]
     record_path.unlink()
+    for pid in (server_pid, *drivers.values()):
+        _CHILDREN.pop(pid, None)
     return stopped

@@ -22,6 +22,7 @@ something to say, serialised by one lock (a ZeroMQ socket may move between threa
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import tempfile
 import threading
@@ -63,6 +64,9 @@ REPLY_CACHE = 64  # replies remembered per client, for retries
 
 #: Commands anyone may send; every other command needs control. The emergency stop is a button anyone in
 #: the room may press: an observer's console can send it too (releasing it needs control).
+#: A controller silent for longer than this (s: no command, not even ``status``) may be taken over by
+#: another client's ``take_control`` without ``force``: a console that died does not hold the scanner.
+CONTROL_TIMEOUT_S = 30.0
 OPEN_COMMANDS = frozenset({"status", "take_control", "sync", "emergency_stop"})
 RUN_REQUESTS = ("pause", "resume", "stop", "abort")
 #: Commands that run on the worker thread (they drive the state machine); the reply follows when done.
@@ -125,7 +129,7 @@ class ControlServer:
                  events_endpoint: str = DEFAULT_EVENTS, data_endpoint: str | None = None,
                  overrides: dict[str, str] | None = None, *, name: str = "scanctl-server", segment_s: float = 0.5,
                  telemetry_period_s: float = 1.0, insecure: bool = False, curve: ServerCurve | None = None,
-                 context: zmq.Context[Any] | None = None) -> None:
+                 context: zmq.Context[Any] | None = None, control_timeout_s: float = CONTROL_TIMEOUT_S) -> None:
         refuse_unauthenticated([control_endpoint, events_endpoint, data_endpoint], curve, insecure, "the scanner")
         self.curve = curve
         self.profile = profile
@@ -133,6 +137,9 @@ class ControlServer:
         self.name = name
         self.segment_s = segment_s
         self.telemetry_period_s = telemetry_period_s
+        if not (math.isfinite(control_timeout_s) and control_timeout_s > 0):
+            raise ConfigError(f"control timeout {control_timeout_s} s is not a positive number")
+        self.control_timeout_s = control_timeout_s
         self._context = context or zmq.Context.instance()
         self._commands = self._socket(zmq.ROUTER)
         self._commands.setsockopt(zmq.MAXMSGSIZE, MAX_COMMAND_BYTES)
@@ -163,6 +170,7 @@ class ControlServer:
         self._busy: str | None = None  # the worker command queued or running (set and cleared on the loop thread)
         self._controller: str | None = None
         self._controller_since = 0.0
+        self._controller_seen = 0.0  # monotonic time of the controller's last command
         self._deferred: list[str] = []  # run requests that arrived before the run loop began
         self._state_lock = threading.Lock()  # guards the snapshot below (worker writes, loop reads)
         self._run_id = ""
@@ -252,6 +260,8 @@ class ControlServer:
             self._send(identity, error_reply(None, "malformed", str(exc), src=self.name))
             return
         client = msg.src or identity[0].hex()
+        if client == self._controller:
+            self._controller_seen = time.monotonic()
         if msg.type != "command":
             self._send(identity, error_reply(msg.id, "malformed", f"unknown message type {msg.type!r} (expected "
                                                                   f"'command')", src=self.name))
@@ -334,16 +344,22 @@ class ControlServer:
         return {}
 
     def _cmd_take_control(self, client: str, msg: Message) -> dict[str, Any]:
+        lapsed = False
         if self._controller not in (None, client):
-            if msg.body.get("force") is not True:
+            silent = time.monotonic() - self._controller_seen
+            lapsed = silent > self.control_timeout_s
+            if msg.body.get("force") is not True and not lapsed:
                 since = time.strftime("%H:%M:%S", time.localtime(self._controller_since))
-                raise Rejected("not_controller", f"{self._controller!r} has control (since {since}); "
-                                                 f"take_control with force to take it over",
+                raise Rejected("not_controller", f"{self._controller!r} has control (since {since}, last heard "
+                                                 f"{silent:.1f} s ago; it lapses after {self.control_timeout_s:g} "
+                                                 f"s of silence); take_control with force to take it over",
                                controller=self._controller)
-            log.warning("%s: %s takes control over from %s", self.name, client, self._controller)
+            log.warning("%s: %s takes control over from %s (%s)", self.name, client, self._controller,
+                        f"silent for {silent:.1f} s" if lapsed else "forced")
         if self._controller != client:
             previous, self._controller, self._controller_since = self._controller, client, time.time()
-            self.publish("control", {"controller": client, "previous": previous})
+            self.publish("control", {"controller": client, "previous": previous, "lapsed": lapsed})
+        self._controller_seen = time.monotonic()
         return {"controller": client}
 
     def _cmd_release_control(self, client: str, msg: Message) -> dict[str, Any]:
@@ -464,6 +480,8 @@ class ControlServer:
                 "state": self.scanner.state.name,
                 "allowed": self.scanner.machine.allowed(),
                 "controller": self._controller,
+                "controller_silent_s": (round(time.monotonic() - self._controller_seen, 3)
+                                        if self._controller is not None else None),
                 "busy": self._busy,
                 "run": self._run_id,
                 "progress": dict(self._progress),

@@ -157,6 +157,85 @@ def test_only_one_client_has_control_and_refusals_name_it(served):
     wait_state(b, "EMERGENCY_STOP")
 
 
+
+def test_a_silent_controller_lapses_one_that_talks_keeps_control():
+    """A controller that sends nothing for control_timeout_s may be taken over without force (published
+    as lapsed); one that keeps sending (status will do) keeps control."""
+    served = Served(FAST, control_timeout_s=0.5)
+    try:
+        a, b, watcher = served.client("console-a"), served.client("console-b"), served.client("watcher")
+        wait_state(a, "IDLE")
+        a.take_control()
+        with watcher.subscribe() as sub:
+            for _ in range(8):  # 0.8 s in all, never 0.5 s silent
+                time.sleep(0.1)
+                a.status()
+            with pytest.raises(CommandError, match=r"'console-a' has control .*last heard 0\.[0-4] s ago"):
+                b.take_control()
+            assert b.status()["controller_silent_s"] < 0.5
+            time.sleep(0.7)  # a falls silent
+            assert b.take_control()["controller"] == "console-b"
+            with pytest.raises(CommandError, match="'console-b' has control"):
+                a.command("load", {"path": str(GRE)})
+            deadline, control = time.monotonic() + 5.0, None
+            while control is None and time.monotonic() < deadline:
+                msg = sub.recv(1.0)
+                if msg is not None and msg.stream == "control" and msg.body["controller"] == "console-b":
+                    control = msg.body
+            assert control == {"controller": "console-b", "previous": "console-a", "lapsed": True}
+    finally:
+        served.close()
+
+
+
+def test_a_remote_run_keeps_its_control_alive(tmp_path, monkeypatch):
+    """run_remote sends a command every KEEPALIVE_S while the scan plays (here paced to wall-clock time,
+    1.5 s, four times the control timeout): nobody can take control from it without force."""
+    import scanctl.client as client_module
+
+    monkeypatch.setattr(client_module, "KEEPALIVE_S", 0.1)
+    served = Served({"gradient": "sim://?realtime=1", "rf": "sim://?physics=0&realtime=1"}, control_timeout_s=0.4)
+    try:
+        console, other = served.client("console"), served.client("other")
+        wait_state(console, "IDLE")
+        refusals: list[str] = []
+
+        def try_to_take_over() -> None:
+            while not refusals or other.status()["state"] == "RUNNING":
+                try:
+                    other.take_control()
+                except CommandError as exc:
+                    refusals.append(str(exc))
+                else:
+                    refusals.append("TAKEN")
+                    return
+                time.sleep(0.2)
+
+        thread = threading.Thread(target=try_to_take_over)
+        report = None
+
+        def run() -> None:
+            nonlocal report
+            report = run_remote(console, GRE, tmp_path / "out", reconstruct=False)
+
+        runner = threading.Thread(target=run)
+        runner.start()
+        deadline = time.monotonic() + 10
+        while other.status()["state"] != "RUNNING":
+            assert time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.01)
+        thread.start()
+        runner.join(timeout=60)
+        thread.join(timeout=10)
+        assert report is not None and report.ok, report
+        assert len(refusals) >= 3 and "TAKEN" not in refusals, refusals
+    finally:
+        served.close()
+
+def test_a_control_timeout_that_is_not_positive_is_refused():
+    with pytest.raises(ConfigError, match="control timeout 0.0 s"):
+        ControlServer(PROFILE, LOOPBACK, LOOPBACK, LOOPBACK, FAST, control_timeout_s=0.0)
+
 def test_refused_commands_name_the_state(served):
     c = served.client()
     wait_state(c, "IDLE")
