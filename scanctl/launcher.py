@@ -48,6 +48,9 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 def _alive(pid: int) -> bool:
     """True while ``pid`` runs (a finished child of ours is reaped here, so it does not count)."""
+    child = _CHILDREN.get(pid)
+    if child is not None:  # started here: its Popen reaps it (and knows it ended)
+        return child.poll() is None
     with contextlib.suppress(ChildProcessError, OSError):
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
@@ -81,6 +84,7 @@ def _spawn(name: str, argv: list[str], logs: Path) -> tuple[subprocess.Popen[byt
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen([sys.executable, "-m", "scanctl", *argv], stdout=log_file, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
+    _CHILDREN[proc.pid] = proc
     return proc, log_path
 
 
@@ -98,6 +102,14 @@ def _wait_for(proc: subprocess.Popen[bytes], log_path: Path, pattern: re.Pattern
         if time.monotonic() > deadline:
             raise ConfigError(f"{name} did not say where it serves within {timeout_s:g} s (see {log_path})")
         time.sleep(0.05)
+
+
+def _forget(pids: list[Any]) -> None:
+    """Drop the Popen of children that were stopped (polled first: it then knows its process ended)."""
+    for pid in pids:
+        child = _CHILDREN.pop(pid, None)
+        if child is not None:
+            child.poll()
 
 
 def _stop(pids: list[int], timeout_s: float) -> list[int]:
@@ -162,13 +174,13 @@ def up(run_dir: str | Path, *, system: str | None = None, control: str | None = 
         match = _wait_for(proc, log_path, _SERVER_LINE, timeout_s, "the control server")
     except BaseException:
         _stop([p.pid for p in reversed(procs)], 5.0)
+        _forget([p.pid for p in procs])
         raise
     record = {"control": match.group(1), "events": match.group(2), "data": match.group(3), "drivers": drivers,
               "server_pid": proc.pid}
     tmp = record_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(record_path)
-    _CHILDREN.update({p.pid: p for p in procs})
     return record
 
 
@@ -190,6 +202,5 @@ def down(run_dir: str | Path, *, timeout_s: float = 10.0) -> list[str]:
     signalled = _stop([pid for pid in drivers.values() if isinstance(pid, int)], timeout_s)
     stopped += [f"{kind} driver (pid {pid})" for kind, pid in drivers.items() if pid in signalled]
     record_path.unlink()
-    for pid in (server_pid, *drivers.values()):
-        _CHILDREN.pop(pid, None)
+    _forget([server_pid, *drivers.values()])
     return stopped
