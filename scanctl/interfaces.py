@@ -61,7 +61,6 @@ class Acquisition:
     labels: dict[str, int] = field(default_factory=dict)
 
 
-
 class AcquisitionBatch(Sequence[Acquisition]):
     """Acquisitions held in columns, as an RF receiver delivers them and as they travel
     (docs/wire-protocol.md#acquisition-batches): ``index``, ``block`` (int64), ``start_s``, ``dwell_s``
@@ -129,7 +128,7 @@ class AcquisitionBatch(Sequence[Acquisition]):
         n = len(self)
         if n == 0:
             return []
-        shape, data = c["shape"], c["data"]
+        shape, data = c["shape"], c["data"].astype(np.complex64, copy=False)
         if (shape == shape[0]).all():  # the usual case: one view per acquisition of an (n, channels, samples) array
             samples = list(data.reshape(n, int(shape[0, 0]), int(shape[0, 1])))
         else:
@@ -170,6 +169,7 @@ class AcquisitionBatch(Sequence[Acquisition]):
 
 #: Acquisitions handed on together: a list of objects or an :class:`AcquisitionBatch`.
 Acquisitions = Sequence[Acquisition]
+
 
 @runtime_checkable
 class Subsystem(Protocol):
@@ -234,7 +234,7 @@ class RFSystem(Sequencer, Protocol):
     def load(self, rf: RFProgram, adc: ADCProgram) -> None:
         """Queue a segment's pulses and receive windows (same errors as GradientSystem.load)."""
 
-    def acquisitions(self) -> Sequence[Acquisition]:
+    def acquisitions(self) -> Acquisitions:
         """Take every acquisition completed so far (each is returned once, in index order); a simulator or
         a driver service's proxy returns an :class:`AcquisitionBatch`."""
 

@@ -4,11 +4,11 @@
 travel fails in the caller), stamps the time and queues it without taking a lock (a deque's append is
 atomic; a lock handed between the callers and the sender cost more than the rest of a publish). The
 sender thread numbers the messages in queue order (each stream's next sequence number) and sends them:
-a message with binary frames on its own, a
-run of messages without frames as one ``batch`` message (docs/wire-protocol.md#batches), whose groups
-name the stream, run and first sequence number once for each stretch of one stream. A lone message goes
-out as itself, so at a calm rate every event is its own ZeroMQ message; in a burst one batch carries
-many, which is what lets ten subscribers keep up with tens of thousands of events a second.
+a message with binary frames on its own, a run of messages without frames as one ``batch`` message
+(docs/wire-protocol.md#batches), whose groups name the stream, run and first sequence number once for
+each stretch of one stream. A lone message goes out as itself, so at a calm rate every event is its own
+ZeroMQ message; in a burst one batch carries many, which is what lets ten subscribers keep up with tens
+of thousands of events a second.
 """
 
 from __future__ import annotations
