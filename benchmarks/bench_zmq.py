@@ -57,13 +57,12 @@ def event_worker(control: str, events: str, n: int, ready: Any, out: Any) -> Non
         sub.sync(client)
         ready.release()
         count, last = 0, time.monotonic()
-        while count < n:
-            msg = sub.recv(10.0)
-            if msg is None:
-                break
+        for msg in sub.messages(10.0):
             if msg.stream == "bench":
                 count += 1
-                last = time.monotonic()
+                if count == n:
+                    break
+        last = time.monotonic()
         out.put((count, len([g for g in sub.gaps if g.stream == "bench"]), last))
 
 

@@ -274,10 +274,19 @@ class Subscription:
                 return None
 
     def __iter__(self) -> Iterator[Message]:
+        return self.messages()
+
+    def messages(self, idle_timeout_s: float | None = None) -> Iterator[Message]:
+        """Every message as it arrives, ending once ``idle_timeout_s`` passes with none (``None``: never).
+        What has been received is handed out in a loop, so this costs less per message than :meth:`recv`."""
+        ready = self._ready
         while True:
-            msg = self.recv()
-            if msg is not None:
-                yield msg
+            while ready:
+                yield ready.popleft()
+            msg = self.recv(idle_timeout_s)
+            if msg is None:
+                return
+            yield msg
 
     def _check(self, first: Message, last: Message) -> None:
         """Check ``first``'s sequence number against the last one seen on its stream; ``last`` (the same

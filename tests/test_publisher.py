@@ -103,3 +103,31 @@ def test_a_batch_too_big_for_one_envelope_is_split(sockets):
     publisher.close()
     raw, messages = receive(sub, 6)
     assert [m.body["i"] for m in messages] == list(range(6)) and raw >= 2
+
+
+def test_a_subscription_hands_out_a_burst_in_order_and_its_iteration_ends_when_quiet():
+    """Subscription.messages: every message of a burst, in order, gap-free; the iteration ends once the
+    idle timeout passes with nothing new."""
+    from scanctl.client import Subscription
+
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    publisher = Publisher(pub, pub, "srv")
+    with Subscription([f"tcp://127.0.0.1:{port}"], context=ctx) as sub:
+        deadline = time.monotonic() + 5
+        while sub.recv(0.02) is None:  # ZeroMQ's slow joiner: until the subscription is in place
+            assert time.monotonic() < deadline
+            publisher.publish("probe", {})
+        while sub.recv(0.1) is not None:
+            pass
+        for i in range(3000):
+            publisher.publish("bench", {"i": i})
+        t0 = time.monotonic()
+        got = [m.body["i"] for m in sub.messages(0.3) if m.stream == "bench"]
+        assert got == list(range(3000)) and sub.gaps == []
+        assert 0.3 <= time.monotonic() - t0 < 5
+    publisher.close()
+    pub.close()
+    ctx.term()
