@@ -62,11 +62,11 @@ MAX_COMMAND_BYTES = 64 << 20
 ACQUISITIONS_PER_MESSAGE = 1024
 REPLY_CACHE = 64  # replies remembered per client, for retries
 
-#: Commands anyone may send; every other command needs control. The emergency stop is a button anyone in
-#: the room may press: an observer's console can send it too (releasing it needs control).
 #: A controller silent for longer than this (s: no command, not even ``status``) may be taken over by
 #: another client's ``take_control`` without ``force``: a console that died does not hold the scanner.
 CONTROL_TIMEOUT_S = 30.0
+#: Commands anyone may send; every other command needs control. The emergency stop is a button anyone in
+#: the room may press: an observer's console can send it too (releasing it needs control).
 OPEN_COMMANDS = frozenset({"status", "take_control", "sync", "emergency_stop"})
 RUN_REQUESTS = ("pause", "resume", "stop", "abort")
 #: Commands that run on the worker thread (they drive the state machine); the reply follows when done.
