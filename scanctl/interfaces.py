@@ -155,6 +155,8 @@ class AcquisitionBatch(Sequence[Acquisition]):
         if step != 1:
             raise IndexError("an acquisition batch is sliced with step 1 only")
         stop = max(start, stop)
+        if start == 0 and stop == len(self):  # the whole batch (a segment's acquisitions in one message)
+            return self
         c = self.columns
         offsets = np.concatenate(([0], np.cumsum(c["shape"][:, 0] * c["shape"][:, 1])))
         columns = {key: c[key][start:stop] for key in ("index", "block", "start_s", "dwell_s", "shape")}

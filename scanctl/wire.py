@@ -360,7 +360,7 @@ def _pack(value: Any, frames: list[bytes | memoryview]) -> Any:
         if value.dtype.kind not in _DTYPE_KINDS:
             raise WireProtocolError(f"cannot send arrays of dtype {value.dtype}")
         array = value if value.flags.c_contiguous else value.copy(order="C")
-        frames.append(array.reshape(-1).view(np.uint8).data if array.size else b"")
+        frames.append(array.data.cast("B") if array.size else b"")  # the bytes, not copied
         return {"__nd__": len(frames) - 1, "dtype": array.dtype.str, "shape": list(array.shape)}
     if isinstance(value, dict):
         return _pack(dict(value), frames)

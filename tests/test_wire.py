@@ -211,6 +211,7 @@ def test_an_acquisition_batch_slices_forwards_and_joins_in_columns(batch, cut):
     a batch hands over its columns uncopied; batches joined are the acquisitions in order."""
     whole = AcquisitionBatch(pack_acquisitions(batch))
     assert pack_acquisitions(whole) is whole.columns
+    assert whole[0:len(batch)] is whole  # the whole batch (a segment in one message) is not copied
     part = whole[cut[0]:cut[1]]
     assert isinstance(part, AcquisitionBatch)
     expected = batch[cut[0]:cut[1]]
