@@ -210,14 +210,12 @@ class SimulatedRF(SimulatedSequencer):
         else:
             signals = [np.zeros((1, n), np.complex64) for n in adc.num_samples.tolist()]
         # The receiver delivers the windows in columns, all samples in one array (an AcquisitionBatch).
-        channels = self.channels
-        flat = [np.asarray(signal, dtype=np.complex64).reshape(-1) for signal in signals]
-        data = np.concatenate(flat) if flat else np.zeros(0, np.complex64)
+        windows = [np.asarray(signal, dtype=np.complex64).reshape(self.channels, -1) for signal in signals]
+        data = np.concatenate(windows, axis=None) if windows else np.zeros(0, np.complex64)
         if self.noise_std > 0:
             noise = self._rng.standard_normal((2, data.size)) * (self.noise_std / np.sqrt(2))
             data = data + (noise[0] + 1j * noise[1]).astype(np.complex64)
-        sizes = np.array([f.size for f in flat], dtype=np.int64)
-        shape = np.stack([np.full(len(flat), channels, dtype=np.int64), sizes // channels], axis=1)
+        shape = np.array([w.shape for w in windows], dtype=np.int64).reshape(len(windows), 2)
         self._done.append(AcquisitionBatch({
             "index": adc.index.astype(np.int64), "block": adc.block.astype(np.int64),
             "start_s": adc.start_s.astype(np.float64), "dwell_s": adc.dwell_s.astype(np.float64),
