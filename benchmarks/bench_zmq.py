@@ -56,21 +56,21 @@ def event_worker(control: str, events: str, n: int, ready: Any, out: Any) -> Non
     with Client(control) as client, Subscription([events]) as sub:
         sub.sync(client)
         ready.release()
-        count, last = 0, time.monotonic()
+        count, cpu = 0, time.process_time()
         for msg in sub.messages(10.0):
             if msg.stream == "bench":
                 count += 1
                 if count == n:
                     break
         last = time.monotonic()
-        out.put((count, len([g for g in sub.gaps if g.stream == "bench"]), last))
+        out.put((count, len([g for g in sub.gaps if g.stream == "bench"]), last, time.process_time() - cpu))
 
 
 def data_worker(control: str, data: str, messages: int, objects: bool, ready: Any, out: Any) -> None:
     with Client(control) as client, Subscription([data]) as sub:
         sub.sync(client, sockets=1)
         ready.release()
-        got, acquisitions, nbytes, last = 0, 0, 0, time.monotonic()
+        got, acquisitions, nbytes, last, cpu = 0, 0, 0, time.monotonic(), time.process_time()
         while got < messages:
             msg = sub.recv(10.0)
             if msg is None:
@@ -85,7 +85,7 @@ def data_worker(control: str, data: str, messages: int, objects: bool, ready: An
                     nbytes += msg.body["acquisitions"]["data"].nbytes
                 got += 1
                 last = time.monotonic()
-        out.put((got, nbytes, last))
+        out.put((got, nbytes, last, time.process_time() - cpu))
 
 
 def raw_worker(port: int, messages: int, ready: Any, out: Any) -> None:
@@ -123,20 +123,23 @@ def round_trip(ctx: Any, server: ControlServer, n: int) -> tuple[float, float]:
     return result  # type: ignore[no-any-return]
 
 
-def events(ctx: Any, server: ControlServer, n: int) -> tuple[float, int, int]:
+def events(ctx: Any, server: ControlServer, n: int) -> tuple[float, int, int, float, float]:
+    """Events/s, gaps, fewest received, and CPU µs an event: the server's process, a subscriber's (mean)."""
     out, ready = ctx.Queue(), ctx.Semaphore(0)
     procs = [spawn(ctx, event_worker, server.endpoints["control"], server.endpoints["events"], n, ready, out)
              for _ in range(SUBSCRIBERS)]
     for _ in procs:
         ready.acquire(timeout=60)
-    t0 = time.monotonic()
+    t0, cpu = time.monotonic(), time.process_time()
     for i in range(n):
         server.publish("bench", {"i": i})
     results = [out.get(timeout=600) for _ in procs]
+    server_cpu = time.process_time() - cpu  # the publishing loop and the server's threads
     for proc in procs:
         proc.join()
-    elapsed = max(last for _, _, last in results) - t0
-    return n / elapsed, sum(gaps for _, gaps, _ in results), min(count for count, _, _ in results)
+    elapsed = max(r[2] for r in results) - t0
+    return (n / elapsed, sum(r[1] for r in results), min(r[0] for r in results), server_cpu / n * 1e6,
+            statistics.mean(r[3] for r in results) / n * 1e6)
 
 
 def acquisitions(count: int, samples: int, channels: int = 1) -> AcquisitionBatch:
@@ -148,18 +151,21 @@ def acquisitions(count: int, samples: int, channels: int = 1) -> AcquisitionBatc
                                                            {"LIN": i}) for i in range(count)]))
 
 
-def data_server(ctx: Any, server: ControlServer, batch: AcquisitionBatch, messages: int, objects: bool) -> float:
+def data_server(ctx: Any, server: ControlServer, batch: AcquisitionBatch, messages: int,
+                objects: bool) -> tuple[float, float, float]:
+    """MB/s from the server to one subscriber, and CPU µs a message: the server's process, the subscriber's."""
     out, ready = ctx.Queue(), ctx.Semaphore(0)
     proc = spawn(ctx, data_worker, server.endpoints["control"], server.endpoints["data"], messages, objects, ready,
                  out)
     ready.acquire(timeout=60)
-    t0 = time.monotonic()
+    t0, cpu = time.monotonic(), time.process_time()
     for _ in range(messages):  # what the server does with each chunk of a segment's batch in a scan
         server.publish("data", {"acquisitions": pack_acquisitions(batch[0:len(batch)])}, data=True)
-    got, nbytes, last = out.get(timeout=600)
+    got, nbytes, last, sub_cpu = out.get(timeout=600)
+    server_cpu = time.process_time() - cpu
     proc.join()
     assert got == messages, f"data subscriber received {got} of {messages} messages"
-    return nbytes / (last - t0) / 1e6  # type: ignore[no-any-return]
+    return nbytes / (last - t0) / 1e6, server_cpu / messages * 1e6, sub_cpu / messages * 1e6
 
 
 def data_raw(ctx: Any, batch: AcquisitionBatch, messages: int) -> float:
@@ -231,22 +237,25 @@ def main() -> None:
         print(f"command round trip (status, {args.commands}x, client process): p50 {p50:.3f} ms, p99 {p99:.3f} ms"
               f"  (target p99 < 2 ms)", flush=True)
         runs = [events(ctx, server, args.events) for _ in range(args.event_runs)]
-        rates = sorted(rate for rate, _, _ in runs)
-        gaps, least = sum(g for _, g, _ in runs), min(n for _, _, n in runs)
+        rates = sorted(r[0] for r in runs)
+        gaps, least = sum(r[1] for r in runs), min(r[2] for r in runs)
         print(f"events, {SUBSCRIBERS} subscriber processes: {statistics.median(rates):,.0f} events/s published and "
               f"received by all (median of {len(runs)} runs; {', '.join(f'{r:,.0f}' for r in rates)}); gaps: {gaps}; "
-              f"fewest received: {least}/{args.events}  (target >= 50,000/s, no gap)", flush=True)
+              f"fewest received: {least}/{args.events}  (target >= 50,000/s, no gap); CPU an event (median): "
+              f"server {statistics.median(r[3] for r in runs):.1f} us, each subscriber "
+              f"{statistics.median(r[4] for r in runs):.1f} us", flush=True)
         for channels in args.channels:
             batch = acquisitions(args.per_message, args.samples, channels)
             payload = batch.columns["data"].nbytes
             messages = max(1, int(args.data_mb * 1e6 / payload))
-            columns = data_server(ctx, server, batch, messages, objects=False)
+            columns, server_us, sub_us = data_server(ctx, server, batch, messages, objects=False)
             raw = data_raw(ctx, batch, messages)
-            objects = data_server(ctx, server, batch, messages, objects=True)
+            objects, _, _ = data_server(ctx, server, batch, messages, objects=True)
             print(f"ADC data ({messages} messages of {args.per_message} acquisitions x {channels} channels x "
                   f"{args.samples} complex64, {payload / 1e3:,.0f} kB): raw pyzmq {raw:,.0f} MB/s; server to a "
                   f"subscriber taking the checked columns {columns:,.0f} MB/s: {columns / raw:.0%} (target >= 70%); "
-                  f"one Acquisition object per window {objects:,.0f} MB/s: {objects / raw:.0%}", flush=True)
+                  f"one Acquisition object per window {objects:,.0f} MB/s: {objects / raw:.0%}; CPU a message "
+                  f"(columns): server {server_us:,.0f} us, subscriber {sub_us:,.0f} us", flush=True)
     finally:
         server.stop()
         thread.join(timeout=10)
