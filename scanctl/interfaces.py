@@ -238,7 +238,8 @@ class RFSystem(Sequencer, Protocol):
 
     def acquisitions(self) -> Acquisitions:
         """Take every acquisition completed so far (each is returned once, in index order); a simulator or
-        a driver service's proxy returns an :class:`AcquisitionBatch`."""
+        a driver service's proxy returns an :class:`AcquisitionBatch`. The arrays returned are the caller's: a
+        driver never writes to them again (the control server sends them from their memory, zero-copy)."""
 
 
 @runtime_checkable

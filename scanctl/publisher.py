@@ -1,14 +1,22 @@
-"""The control server's outgoing streams: events and ADC data, numbered and sent by one thread.
+"""The control server's outgoing streams: events and ADC data, numbered and sent.
 
 :meth:`Publisher.publish` may be called from any thread. It packs the body at once (so a body that cannot
-travel fails in the caller), stamps the time and queues it without taking a lock (a deque's append is
-atomic; a lock handed between the callers and the sender cost more than the rest of a publish). The
-sender thread numbers the messages in queue order (each stream's next sequence number) and sends them:
-a message with binary frames on its own, a run of messages without frames as one ``batch`` message
-(docs/wire-protocol.md#batches), whose groups name the stream, run and first sequence number once for
-each stretch of one stream. A lone message goes out as itself, so at a calm rate every event is its own
-ZeroMQ message; in a burst one batch carries many, which is what lets ten subscribers keep up with tens
-of thousands of events a second.
+travel fails in the caller) and stamps the time.
+
+- An **event** is queued without taking a lock (a deque's append is atomic; a lock handed between the
+  callers and the sender cost more than the rest of a publish). The sender thread numbers the events in
+  queue order (each stream's next sequence number) and sends them: one with binary frames on its own, a
+  run of them without frames as one ``batch`` message (docs/wire-protocol.md#batches), whose groups name
+  the stream, run and first sequence number once for each stretch of one stream. A lone event goes out as
+  itself, so at a calm rate every event is its own ZeroMQ message; in a burst one batch carries many, which
+  is what lets ten subscribers keep up with tens of thousands of events a second.
+- A **data** message (ADC data, ``data=True``) is numbered and sent in the caller's thread at once, its
+  arrays zero-copy from numpy's memory above :data:`COPY_THRESHOLD_BYTES`: a hand-off to the sender thread
+  cost more than the send itself (measured with benchmarks/bench_zmq.py, 262 kB messages: 38–71% of raw
+  pyzmq's throughput through the sender thread with copied frames, 71–101% sent at once zero-copy).
+
+A stream is published one way or the other, never both (its numbers would not be sent in order). The
+sockets are used under one lock, as they may be one socket.
 """
 
 from __future__ import annotations
@@ -28,10 +36,9 @@ log = logging.getLogger(__name__)
 
 #: Most messages in one batch.
 BATCH_MAX = 512
-#: Frames smaller than this are copied into ZeroMQ; only bigger ones are sent from numpy's memory. A
-#: zero-copy frame costs a round trip through pyzmq's garbage-collector thread (measured: 603 µs a 262 kB
-#: ADC message zero-copy against 475 µs copied, with benchmarks/bench_zmq.py's sender).
-COPY_THRESHOLD_BYTES = 1 << 20
+#: Frames smaller than this are copied into ZeroMQ; bigger ones are sent from numpy's memory (pyzmq's
+#: default), so a data message's arrays must not be written to after it is published.
+COPY_THRESHOLD_BYTES = 1 << 16
 
 
 @dataclass(slots=True)
@@ -57,6 +64,7 @@ class Publisher:
         for socket in (events, data):
             socket.copy_threshold = COPY_THRESHOLD_BYTES
         self._seq: dict[str, int] = {}
+        self._lock = threading.Lock()  # taken to use a socket (and to number data messages)
         self._queue: deque[_Item] = deque()
         self._wake = threading.Event()
         self._idle = False  # the sender found the queue empty and waits for _wake
@@ -65,12 +73,18 @@ class Publisher:
         self._thread.start()
 
     def publish(self, stream: str, body: dict[str, Any], *, run: str | None = None, data: bool = False) -> None:
-        """Queue ``body`` on ``stream`` (the data socket if ``data``); it gets the stream's next sequence
-        number when it is sent. Raises WireProtocolError if the body cannot be sent."""
+        """Send ``body`` on ``stream`` with the stream's next sequence number: on the data socket at once
+        if ``data``, else queued for the sender thread. Raises WireProtocolError if the body cannot be sent."""
         frames: list[Any] = []
         packed = pack_body(body, frames)
-        self._queue.append(_Item(self._data if data else self._events, "data" if stream == "data" else "event",
-                                 stream, run, time.time(), packed, frames))
+        item = _Item(self._data if data else self._events, "data" if stream == "data" else "event", stream, run,
+                     time.time(), packed, frames)
+        if data:
+            with self._lock:  # numbered and sent in one go: several threads may publish data
+                self._number([item])
+                self._transmit(item.socket, [self._envelope(item), *frames])
+            return
+        self._queue.append(item)
         if self._idle:  # after the append: an idle sender either sees the item or is woken here
             self._idle = False
             self._wake.set()
@@ -150,6 +164,10 @@ class Publisher:
         self._send_frames(run[0].socket, [head])
 
     def _send_frames(self, socket: zmq.Socket[Any], frames: list[Any]) -> None:
+        with self._lock:
+            self._transmit(socket, frames)
+
+    def _transmit(self, socket: zmq.Socket[Any], frames: list[Any]) -> None:
         try:
             socket.send_multipart(frames, copy=False)
         except zmq.ZMQError as exc:

@@ -1,8 +1,9 @@
-"""scanctl.publisher: per-stream sequence numbers, order kept, bursts coalesced into batches, data frames
-sent on their own, nothing lost on close."""
+"""scanctl.publisher: per-stream sequence numbers, order kept, bursts coalesced into batches, data
+sent at once in its own messages, nothing lost on close."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -68,20 +69,52 @@ def test_a_burst_arrives_complete_in_order_in_fewer_messages(sockets):
     assert publisher.seqs() == {"state": n // 2, "bench": n // 2}
 
 
-def test_a_lone_event_travels_as_itself_and_data_frames_alone(sockets):
+def test_a_lone_event_travels_as_itself_and_data_is_sent_at_once(sockets):
     pub, sub = sockets
     publisher = Publisher(pub, pub, "srv")
     publisher.publish("state", {"state": "IDLE"})
     assert sub.poll(5000)
     assert decode(sub.recv_multipart()).type == "event"
+    hold_back(publisher)  # events now wait in the queue; data does not
     publisher.publish("progress", {"t_s": 1.0})
-    publisher.publish("data", {"samples": np.arange(4.0)}, data=True)
+    samples = np.arange(40_000.0)  # 320 kB: sent from numpy's memory
+    publisher.publish("data", {"samples": samples}, data=True)
+    publisher.publish("data", {"samples": samples[:4]}, data=True)
+    raw, messages = receive(sub, 2)
+    assert raw == 2 and [(m.type, m.stream, m.seq) for m in messages] == [("data", "data", 1), ("data", "data", 2)]
+    assert np.array_equal(messages[0].body["samples"], samples)
+    assert np.array_equal(messages[1].body["samples"], samples[:4])
+    assert not sub.poll(100)  # the event is still queued
     publisher.publish("progress", {"t_s": 2.0})
+    publisher._wake.set()
     publisher.close()
-    raw, messages = receive(sub, 3)
-    assert [m.stream for m in messages] == ["progress", "data", "progress"]
-    data = messages[1]
-    assert data.type == "data" and np.array_equal(data.body["samples"], np.arange(4.0))
+    raw, messages = receive(sub, 2)
+    assert [(m.stream, m.seq, m.body["t_s"]) for m in messages] == [("progress", 1, 1.0), ("progress", 2, 2.0)]
+    assert publisher.seqs() == {"state": 1, "progress": 2, "data": 2}
+
+
+def test_data_published_from_several_threads_arrives_numbered_in_order(sockets):
+    pub, sub = sockets
+    publisher = Publisher(pub, pub, "srv")
+
+    def publish_data(k):
+        for i in range(200):
+            publisher.publish("data", {"k": k, "i": i, "x": np.full(8, i)}, data=True)
+
+    threads = [threading.Thread(target=publish_data, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for i in range(800):
+        publisher.publish("progress", {"i": i})
+    for thread in threads:
+        thread.join()
+    publisher.close()
+    raw, messages = receive(sub, 1600)
+    data = [m for m in messages if m.stream == "data"]
+    assert [m.seq for m in data] == list(range(1, 801))
+    for k in range(4):
+        assert [m.body["i"] for m in data if m.body["k"] == k] == list(range(200))
+    assert [m.body["i"] for m in messages if m.stream == "progress"] == list(range(800))
 
 
 def test_a_body_that_cannot_travel_fails_in_the_caller(sockets):
