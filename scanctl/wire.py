@@ -198,28 +198,25 @@ def decode(frames: Sequence[bytes | memoryview | Any]) -> Message:
 #: Deepest nesting of the envelope's text: the envelope, its body and 32 levels inside the body.
 MAX_NESTING = 34
 _ESCAPE = re.compile(rb"\\.", re.DOTALL)
-_STRING = re.compile(rb'"[^"]*"')
-_INNERMOST = re.compile(rb"\{\}|\[\]")
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
+_STEP = np.zeros(256, np.int64)  # what each byte does to the nesting level outside strings
+_STEP[list(b"{[")] = 1
+_STEP[list(b"}]")] = -1
+_QUOTE = ord('"')
 
 
 def _check_nesting(text: bytes) -> None:
     """Refuse JSON text nested deeper than :data:`MAX_NESTING`, working on the text at C speed: escapes
-    and strings removed, only brackets are left; each pass removes the innermost pairs, so the number of
-    passes until nothing is left is the depth. Brackets that do not pair up are not JSON."""
+    removed, only quotes and brackets kept; a bracket is inside a string when an odd number of quotes come
+    before it, and the nesting level before each byte is the running sum of the others (+1 opening, -1
+    closing). The parser never nests deeper than the highest level."""
     if text.count(b"{") + text.count(b"[") <= MAX_NESTING:  # too few brackets to nest too deep
         return
     if b"\\" in text:
         text = _ESCAPE.sub(b"", text)
-    brackets = _STRING.sub(b"", text.translate(None, _NOT_STRUCTURE))
-    for _ in range(MAX_NESTING):
-        if not brackets:
-            return
-        inner = _INNERMOST.sub(b"", brackets)
-        if len(inner) == len(brackets):
-            raise WireProtocolError("envelope is not JSON: brackets or quotes do not pair up")
-        brackets = inner
-    if brackets:
+    kept = np.frombuffer(text.translate(None, _NOT_STRUCTURE), np.uint8)
+    outside = (np.cumsum(kept == _QUOTE) & 1) == 0  # (a closing quote counts as outside: its step is 0)
+    if int(np.cumsum(_STEP[kept] * outside).max(initial=0)) > MAX_NESTING:
         raise WireProtocolError(f"body nested more than {MAX_NESTING - 2} levels deep")
 
 
