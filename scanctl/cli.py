@@ -12,16 +12,18 @@ import logging
 import sys
 from collections.abc import Sequence as Argv
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from scanctl import profile as profiles
-from scanctl.errors import ScanctlError, SequenceFormatError
+from scanctl.errors import ScanctlError, SequenceFormatError, WireProtocolError
 from scanctl.sequence.model import Sequence
 
 if TYPE_CHECKING:
+    from scanctl.client import Client
     from scanctl.security import ClientCurve, ServerCurve
+    from scanctl.wire import Message
 
 log = logging.getLogger("scanctl")
 
@@ -337,53 +339,105 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _event_line(msg: object, as_json: bool) -> str:
-    from dataclasses import asdict
+def _event_line(msg: Message, as_json: bool) -> str:
+    from dataclasses import fields
 
-    from scanctl.wire import Message
-
-    assert isinstance(msg, Message)
-    if as_json:
-        plain = asdict(msg)
-        if msg.type == "data":  # arrays are binary frames on the wire: list their shapes here
-            plain["body"] = {"acquisitions": [{k: (list(v.shape) if isinstance(v, np.ndarray) else v)
-                                              for k, v in a.items()} for a in msg.body.get("acquisitions", [])],
-                             **{k: v for k, v in msg.body.items() if k != "acquisitions"}}
-        return json.dumps(plain, default=_json_default)
-    b = msg.body
-    if msg.stream == "state":
-        text = f"{b['source']} -> {b['dest']} ({b['trigger']})" + (f": {b['reason']}" if b.get("reason") else "")
-    elif msg.stream == "progress":
-        text = f"{b['t_s']:.3f}/{b['total_s']:.3f} s, {b['acquisitions']} acquisitions"
-    elif msg.stream == "telemetry":
-        text = ", ".join(f"{k}: {v['state']}" for k, v in b["subsystems"].items())
-    elif msg.stream == "run":
-        text = f"{b['event']}" + (f": {b['outcome']}, {b['acquisitions']} acquisitions" if b["event"] == "end" else "")
-    elif msg.stream == "data":
-        text = "end of data" if b.get("end") else f"{len(b.get('acquisitions', []))} acquisitions"
-    else:
-        text = json.dumps(b, default=_json_default)
+    if as_json:  # arrays are binary frames on the wire: each is listed by its dtype and shape here
+        return json.dumps({f.name: getattr(msg, f.name) for f in fields(msg)}, default=_array_summary)
+    try:
+        text = _event_text(msg.stream, msg.body)
+    except (KeyError, TypeError, ValueError, AttributeError, WireProtocolError):  # not the body its stream has
+        text = json.dumps(msg.body, default=_array_summary)
     return f"{msg.ts:.3f} {msg.stream}#{msg.seq} {msg.run or '-'} {text}"
 
 
+def _event_text(stream: str | None, b: dict[str, Any]) -> str:
+    """An event's body in a few words, by its stream (a body of another shape raises)."""
+    from scanctl.wire import check_acquisitions
+
+    if stream == "state":
+        return f"{b['source']} -> {b['dest']} ({b['trigger']})" + (f": {b['reason']}" if b.get("reason") else "")
+    if stream == "progress":
+        return f"{b['t_s']:.3f}/{b['total_s']:.3f} s, {b['acquisitions']} acquisitions"
+    if stream == "telemetry":
+        return ", ".join(f"{k}: {v['state']}" for k, v in b["subsystems"].items())
+    if stream == "run":
+        return f"{b['event']}" + (f": {b['outcome']}, {b['acquisitions']} acquisitions" if b["event"] == "end" else "")
+    if stream == "data" and b.get("end"):
+        return f"end of data: {b['acquisitions']} acquisitions in the run"
+    if stream == "data":
+        return f"{check_acquisitions(b['acquisitions'])} acquisitions, {b['acquisitions']['data'].size} samples"
+    return json.dumps(b, default=_array_summary)
+
+
+def _array_summary(value: object) -> object:
+    if isinstance(value, np.ndarray):
+        return {"dtype": value.dtype.str, "shape": list(value.shape)}
+    return _json_default(value)
+
+
 def cmd_command(args: argparse.Namespace) -> int:
-    """One command verb (abort, pause, …): take control, send it, give control back."""
+    """One command verb (load, start, abort, …): take control, send it, give control back — unless this
+    client (``--name``) held control already, or the verb is about control itself or needs none."""
     from scanctl.client import Client, CommandError
 
     name = args.command.replace("-", "_")
-    with Client(args.connect, keys=client_keys(args)) as client:
+    with Client(args.connect, name=args.name, keys=client_keys(args)) as client:
         try:
-            client.take_control(force=args.force)
-            try:
-                body = client.move_table(args.position_mm, args.speed) if name == "move_table" else client.command(name)
-            finally:
-                client.release_control()
+            if name in ("take_control", "release_control", "emergency_stop"):
+                body = _send_command(client, name, args)
+            else:
+                held = client.status()["controller"] == client.name
+                if not held:
+                    client.take_control(force=args.force)
+                try:
+                    body = _send_command(client, name, args)
+                finally:
+                    if not held:
+                        client.release_control()
         except CommandError as exc:
             print(f"scanctl: {args.command} refused: {exc}", file=sys.stderr)
-            return EXIT_LIMITS
-    extra = f" at {body['position_mm']:.1f} mm" if "position_mm" in body else ""
-    print(f"{args.command}: {body['status']}{extra}" + (f" (state {body['state']})" if "state" in body else ""))
+            return EXIT_UNREADABLE if exc.code == "bad_argument" else EXIT_LIMITS
+    print(_command_line(args.command, body))
     return EXIT_OK
+
+
+def _send_command(client: Client, name: str, args: argparse.Namespace) -> dict[str, Any]:
+    if name == "take_control":
+        return client.take_control(force=args.force)
+    if name == "move_table":
+        return client.move_table(args.position_mm, args.speed)
+    if name == "emergency_stop":
+        return client.emergency_stop(args.reason)
+    if name == "load":
+        if not args.upload:
+            return client.load(Path(args.file).resolve(), patient_weight_kg=args.patient_weight, mode=args.mode)
+        source = Path(args.file)
+        try:
+            text = source.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ScanctlError(f"{source}: cannot read: {exc}") from None
+        return client.load(text=text, format="seq" if source.suffix.lower() == ".seq" else "toml",
+                           name=source.name, patient_weight_kg=args.patient_weight, mode=args.mode)
+    return client.command(name)
+
+
+def _command_line(verb: str, body: dict[str, Any]) -> str:
+    """What a command verb prints: its answer, and what the answer carries that matters."""
+    details = []
+    if "position_mm" in body:
+        details.append(f"at {body['position_mm']:.1f} mm")
+    if "controller" in body:
+        details.append(f"controller {body['controller'] or 'nobody'}")
+    if "sequence" in body:  # load
+        seq = body["sequence"]
+        details.append(f"{seq['name'] or body['protocol'].get('source', '')}: {seq['blocks']} blocks, "
+                       f"{seq['duration_s']:.3f} s")
+    if "run" in body:  # start
+        details.append(f"run {body['run']}: its data goes to subscribers, e.g. scanctl watch --data")
+    if "state" in body:
+        details.append(f"state {body['state']}")
+    return f"{verb}: {body['status']}" + (f" ({'; '.join(details)})" if details else "")
 
 
 def endpoint_args(p: argparse.ArgumentParser) -> None:
@@ -479,19 +533,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="stop after this many seconds without an event")
     p.set_defaults(func=cmd_watch)
 
-    for verb, text in (("abort", "abort the scan (make safe, keep the data so far)"),
-                       ("pause", "pause the scan at the next safe point"), ("resume", "resume a paused scan"),
-                       ("stop", "stop the scan cleanly"), ("reset", "leave FAULT or EMERGENCY_STOP"),
-                       ("emergency-stop", "make every subsystem safe at once (latched)"),
-                       ("release-emergency-stop", "release the emergency stop interlock (then reset)"),
-                       ("move-table", "move the table (IDLE or READY only)")):
-        p = sub.add_parser(verb, help=text, description=f"{text[0].upper()}{text[1:]}: takes control, sends "
-                                                          f"the command and gives control back.")
+    verbs = (("take-control", "take control of the scanner (for this --name)"),
+             ("release-control", "give control back"),
+             ("load", "load and check a protocol or Pulseq file (scanner READY)"),
+             ("start", "start the loaded protocol (scanctl run --connect also writes its data)"),
+             ("abort", "abort the scan (make safe, keep the data so far)"),
+             ("pause", "pause the scan at the next safe point"), ("resume", "resume a paused scan"),
+             ("stop", "stop the scan cleanly"), ("reset", "leave FAULT or EMERGENCY_STOP"),
+             ("emergency-stop", "make every subsystem safe at once (latched)"),
+             ("release-emergency-stop", "release the emergency stop interlock (then reset)"),
+             ("move-table", "move the table (IDLE or READY only)"))
+    for verb, text in verbs:
+        if verb in ("take-control", "release-control", "emergency-stop"):
+            how = "needs no control" if verb == "emergency-stop" else "as the client --name"
+        else:
+            how = "takes control, sends the command and gives control back (unless --name holds it already)"
+        p = sub.add_parser(verb, help=text, description=f"{text[0].upper()}{text[1:]}: {how}.")
         connect_arg(p)
-        p.add_argument("--force", action="store_true", help="take control from the client holding it")
+        p.add_argument("--name", help="this client's id, under which control is held (default: a new one); "
+                                      "lets a console script take-control, load, start, … release-control")
+        if verb not in ("release-control", "emergency-stop"):
+            p.add_argument("--force", action="store_true", help="take control from the client holding it")
+        if verb == "load":
+            p.add_argument("file", help="protocol (.toml) or Pulseq file (.seq), a path on the server")
+            p.add_argument("--upload", action="store_true", help="send the file's content, not its path")
+            safety_args(p)
         if verb == "move-table":
             p.add_argument("position_mm", type=float, help="target position, mm from home")
             p.add_argument("--speed", type=float, help="mm/s (default: the table's maximum)")
+        if verb == "emergency-stop":
+            p.add_argument("--reason", help="why (it goes into the journal)")
         p.set_defaults(func=cmd_command)
 
     p = sub.add_parser("driver", help="driver services", description="Run a subsystem driver as a ZeroMQ service")

@@ -82,7 +82,10 @@ class Client:
         # Without a live connection (server down, or CURVE refused) a DEALER blocks on send: bound that.
         self._socket.setsockopt(zmq.SNDTIMEO, max(1, int(timeout_s * 1000)))
         self._socket.connect(endpoint)
+        # Request ids: unique for this instance, so that a console that comes back under the same name is
+        # never answered from the server's record of its earlier requests.
         self._ids = itertools.count(1)
+        self._id_prefix = f"{self.name}-{uuid.uuid4().hex[:8]}"
 
     def close(self) -> None:
         self._socket.close()
@@ -97,7 +100,7 @@ class Client:
                 timeout_s: float | None = None) -> dict[str, Any]:
         """Send command ``name`` with the arguments ``args`` and return the reply body (``status`` is ``accepted`` or
         ``done``). Raises CommandError (refused or failed) or ServerTimeoutError."""
-        request_id = f"{self.name}-{next(self._ids)}"
+        request_id = f"{self._id_prefix}-{next(self._ids)}"
         frames = encode(Message(type="command", id=request_id, src=self.name, body={"command": name, **(args or {})}))
         wait_s = timeout_s if timeout_s is not None else SLOW_COMMANDS.get(name, self.timeout_s)
         for _attempt in range(self.retries + 1):

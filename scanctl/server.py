@@ -37,7 +37,14 @@ from urllib.parse import urlsplit
 
 import zmq
 
-from scanctl.errors import ConfigError, InvalidTransitionError, SafetyLimitError, ScanctlError, WireProtocolError
+from scanctl.errors import (
+    ConfigError,
+    InvalidTransitionError,
+    SafetyLimitError,
+    ScanctlError,
+    SequenceFormatError,
+    WireProtocolError,
+)
 from scanctl.executor import RunResult, Scanner
 from scanctl.interfaces import Acquisitions
 from scanctl.machine import JournalEntry, ScannerState
@@ -540,6 +547,8 @@ class ControlServer:
                 return self._reply(msg, "done", position_mm=position, state=self.scanner.state.name)
         except (InvalidTransitionError, SafetyLimitError) as exc:
             return self._error(msg, "rejected", str(exc), state=self.scanner.state.name)
+        except (ConfigError, SequenceFormatError) as exc:  # the file or value given is wrong: it names what
+            return self._error(msg, "bad_argument", str(exc), state=self.scanner.state.name)
         except ScanctlError as exc:
             return self._error(msg, "failed", f"{type(exc).__name__}: {exc}", state=self.scanner.state.name)
         raise AssertionError(f"no job {name!r}")

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scanctl import profile as profiles
-from scanctl.cli import main
+from scanctl.cli import _event_line, main
 from scanctl.client import Client, CommandError, run_remote
 from scanctl.errors import ConfigError
 from scanctl.rawdata import read_acquisitions
@@ -128,10 +128,60 @@ def test_cli_run_status_and_watch_over_the_wire(tmp_path, served, capsys):
     assert main(["move-table", "--connect", served.endpoint, "25"]) == 0
     watcher.join(timeout=10)
     out = capsys.readouterr().out
-    assert "move-table: done at 25.0 mm" in out
+    assert "move-table: done (at 25.0 mm; state IDLE)" in out
     assert "IDLE -> MOVING_TABLE (move_table)" in out and "MOVING_TABLE -> IDLE (table_stopped)" in out
     assert main(["pause", "--connect", served.endpoint]) == 1
     assert "cannot pause while IDLE" in capsys.readouterr().err
+
+
+def test_every_command_is_a_cli_verb_and_a_named_console_keeps_control(tmp_path, served, capsys):
+    """take-control, load, start, release-control as verbs: a console script holds control under its
+    --name across invocations; a verb without it takes control only for itself and gives it back."""
+    e = ["--connect", served.endpoint]
+    assert main(["take-control", *e, "--name", "script"]) == 0
+    assert "take-control: done (controller script)" in capsys.readouterr().out
+    assert main(["load", *e, str(GRE)]) == 1  # another client holds control
+    assert "load refused: 'script' has control" in capsys.readouterr().err
+    assert main(["load", *e, "--name", "script", str(GRE)]) == 0
+    out = capsys.readouterr().out
+    assert "load: done (" in out and "blocks" in out and "state READY" in out
+    with served.client().subscribe(data=True) as sub:
+        assert main(["start", *e, "--name", "script"]) == 0
+        assert "start: accepted (run " in capsys.readouterr().out
+        received = []
+        while not (received and received[-1].stream == "run" and received[-1].body["event"] == "end"):
+            msg = sub.recv(10)
+            assert msg is not None
+            received.append(msg)
+        while (msg := sub.recv(0.2)) is not None:  # the data stream's end travels apart from the events
+            received.append(msg)
+    assert served.client().status()["controller"] == "script"  # still held: the verbs did not give it back
+    # scanctl watch --data [--json]: a data message summarised (its arrays travel as binary frames)
+    data = [m for m in received if m.stream == "data" and "end" not in m.body]
+    lines = [json.loads(_event_line(m, as_json=True)) for m in data]
+    assert sum(line["body"]["acquisitions"]["index"]["shape"][0] for line in lines) == 128
+    assert lines[0]["body"]["acquisitions"]["data"]["dtype"] == "<c8" and lines[0]["run"] == data[0].run
+    assert [_event_line(m, as_json=False).split(" ", 3)[3] for m in data] == \
+        [f"{len(m.body['acquisitions']['index'])} acquisitions, {m.body['acquisitions']['data'].size} samples"
+         for m in data]
+    end = next(m for m in received if m.stream == "data" and "end" in m.body)
+    assert _event_line(end, as_json=False).endswith("end of data: 128 acquisitions in the run")
+    odd = Message(type="event", body={"x": np.arange(3)}, stream="state", seq=1)  # not a state body: as JSON
+    assert _event_line(odd, as_json=False).endswith('{"x": {"dtype": "<i8", "shape": [3]}}')
+    assert main(["release-control", *e, "--name", "script"]) == 0
+    assert main(["load", *e, "--upload", str(GRE)]) == 0  # a verb on its own takes control and gives it back
+    assert "state READY" in capsys.readouterr().out
+    assert served.client().status()["controller"] is None
+    assert main(["load", *e, "--upload", str(PROTOCOLS / "missing.toml")]) == 2  # not read here
+    assert "missing.toml: cannot read" in capsys.readouterr().err
+    assert main(["load", *e, str(PROTOCOLS / "missing.toml")]) == 2  # not read by the server
+    err = capsys.readouterr().err
+    assert "load refused: " in err and "missing.toml: cannot read protocol" in err and "Error:" not in err
+    broken = tmp_path / "broken.seq"
+    broken.write_text("[VERSION]\nmajor 1\nminor 4\nrevision 1\n\n[BLOCKS]\n1 1 0 0 0 0 0\n")
+    assert main(["load", *e, "--upload", str(broken)]) == 2
+    assert "broken.seq:7: " in capsys.readouterr().err
+    assert served.client().status()["state"] == "READY"  # the protocol loaded before is still there
 
 
 # -- control ----------------------------------------------------------------------------------------------------
