@@ -70,6 +70,7 @@ class RemoteDriver:
             socket.setsockopt(zmq.SNDTIMEO, max(1, int(self.liveness_s * 1000)))
             socket.connect(self.endpoint)
             self._socket = socket
+            self._last_heard = 0.0  # nothing heard on this connection yet
             if self._beat_thread is None:
                 self._beating.clear()
                 self._beat_thread = threading.Thread(target=self._beat, name=f"{self.kind}-proxy-heartbeat",
@@ -87,11 +88,12 @@ class RemoteDriver:
                 socket = self._socket
                 if socket is None:
                     continue
-                with contextlib.suppress(zmq.ZMQError):
-                    socket.send_multipart(encode(Message(type="heartbeat", id=f"hb-{next(self._ids)}")))
-                    while socket.poll(0):  # answers to earlier heartbeats (and late replies): nothing to do
+                with contextlib.suppress(zmq.ZMQError):  # not connected (NOBLOCK: never wait here)
+                    socket.send_multipart(encode(Message(type="heartbeat", id=f"hb-{next(self._ids)}")), zmq.NOBLOCK)
+                    while socket.poll(0):  # answers to earlier heartbeats (and late replies): it is alive
                         socket.recv_multipart(copy=False)
                         self._last_heard = time.monotonic()
+                        self._silent = False
             finally:
                 self._lock.release()
 
@@ -108,7 +110,11 @@ class RemoteDriver:
                 raise DriverTimeoutError(f"{self.kind} driver at {self.endpoint} unreachable for {self.liveness_s:g} s "
                                          f"(not running, or it refused this client's keys)") from None
             deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.call_timeout_s)
-            heard = time.monotonic()
+            # Silence counts from the last answer heard (heartbeats between calls included), not from this
+            # call: a driver that died during another subsystem's call is found out within the bound. A new
+            # connection, or a driver known silent (is it back?), gets the whole bound.
+            now = time.monotonic()
+            heard = now if self._silent else self._last_heard or now
             beat = self.liveness_s / 4
             while True:
                 now = time.monotonic()
@@ -123,7 +129,8 @@ class RemoteDriver:
                                              f"than {self.call_timeout_s:g} s")
                 if not socket.poll(int(beat * 1000)):
                     with contextlib.suppress(zmq.Again):  # unreachable: the liveness bound decides
-                        socket.send_multipart(encode(Message(type="heartbeat", id=f"hb-{next(self._ids)}")))
+                        socket.send_multipart(encode(Message(type="heartbeat", id=f"hb-{next(self._ids)}")),
+                                              zmq.NOBLOCK)
                     continue
                 frames = socket.recv_multipart(copy=False)
                 heard = self._last_heard = time.monotonic()
@@ -164,10 +171,10 @@ class RemoteDriver:
                 self._socket = None
 
     def status(self) -> Status:
+        if self._silent:  # known silent: UNKNOWN at once (the heartbeats find out when it answers again)
+            return Status(SubsystemState.UNKNOWN, 0.0, f"{self.kind} driver at {self.endpoint} is silent")
         try:
-            # A driver already known silent gets a short probe: status() must stay quick.
-            timeout = self.liveness_s / 4 if self._silent else self.liveness_s
-            return self.call("status", timeout_s=timeout)
+            return self.call("status", timeout_s=self.liveness_s)
         except DriverTimeoutError as exc:
             return Status(SubsystemState.UNKNOWN, 0.0, str(exc))
 

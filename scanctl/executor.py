@@ -13,6 +13,7 @@ point); :meth:`Scanner.emergency_stop` also makes every subsystem safe at once f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -20,7 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from scanctl.errors import DriverError, InterlockError, InvalidTransitionError, SafetyLimitError, ScanctlError
+from scanctl.errors import (
+    DriverError,
+    DriverTimeoutError,
+    InterlockError,
+    InvalidTransitionError,
+    SafetyLimitError,
+    ScanctlError,
+)
 from scanctl.interfaces import Acquisitions, GradientSystem, RFSystem, Status, SubsystemState, TableSystem
 from scanctl.machine import JournalEntry, ScannerMachine, ScannerState
 from scanctl.profile import SystemProfile
@@ -278,9 +286,15 @@ class Scanner:
                 outcome = "emergency_stop"
         except ScanctlError as exc:
             self._on_failure(exc)
-            self._collect(sink, counter)
-            return self._result("fault" if self.state is S.FAULT else "emergency_stop", seq, counter, t_wall,
-                                str(exc))
+            message = str(exc)
+            try:  # what the receiver completed before the fault (one whose state is UNKNOWN has none to give)
+                if self.rf.status().state is SubsystemState.UNKNOWN:
+                    raise DriverError(f"rf: {self.rf.status().message}")
+                self._collect(sink, counter)
+            except ScanctlError as lost:
+                log.error("rf: acquisitions after the last collected cannot be taken: %s", lost)
+                message += f"; acquisitions after the last collected are lost ({lost})"
+            return self._result("fault" if self.state is S.FAULT else "emergency_stop", seq, counter, t_wall, message)
         return self._result(outcome, seq, counter, t_wall, "")
 
     def _play(self, seq: Sequence, sink: Callable[[Acquisitions], None], counter: dict[str, int],
@@ -338,9 +352,13 @@ class Scanner:
         for sub in sequencers:
             try:
                 statuses[sub.kind] = sub.sync(t_s)
-            except ScanctlError:
-                # The others played on until the fault: take what they completed before it.
-                t_fault = sub.status().time_s
+            except ScanctlError as exc:
+                # The others played on until the fault: take what they completed before it (a silent
+                # subsystem is not asked where it stopped: the last time all were in step stands for it).
+                t_fault = self._synced_s
+                if not isinstance(exc, DriverTimeoutError):
+                    with contextlib.suppress(ScanctlError):
+                        t_fault = sub.status().time_s
                 for other in sequencers:
                     if other is not sub:
                         try:

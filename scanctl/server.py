@@ -631,17 +631,25 @@ class ControlServer:
             self.publish("progress", {"t_s": t_s, "total_s": total_s, "acquisitions": counter["acquisitions"]})
             self._telemetry()
 
-        result: RunResult | None = None
+        # Whatever happens, the run ends with its end event: the console that started it waits for that.
         try:
             result = self.scanner.run(table_position_mm=float(loaded.info["table_position_mm"]),
                                       on_acquisitions=on_acquisitions, on_progress=on_progress,
                                       patient_weight_kg=loaded.info["patient_weight_kg"], mode=loaded.info["mode"])
+        except ScanctlError as exc:  # refused before anything played (the table's state unknown, …)
+            result = RunResult("refused", counter["acquisitions"], 0.0, loaded.seq.duration_s, 0.0, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug in the run: nothing may be left playing
+            log.exception("%s: run %s failed", self.name, run_id)
+            self.scanner.emergency_stop(f"internal error in the run: {type(exc).__name__}: {exc}")
+            result = RunResult("emergency_stop", counter["acquisitions"], 0.0, loaded.seq.duration_s, 0.0,
+                               f"internal error: {type(exc).__name__}: {exc}")
         finally:
             with self._state_lock:
                 self._deferred.clear()
             # Tell data subscribers the stream of this run is complete (data and events travel apart).
             self.publish("data", {"end": True, "acquisitions": counter["acquisitions"]}, data=True)
         scan_wall_s = time.perf_counter() - t0
+        self._telemetry(force=True)  # the snapshot as the run ended (a subsystem lost in it shows as such)
         report = {
             "run": run_id, "outcome": result.outcome, "message": result.message,
             "acquisitions": counter["acquisitions"], "scan_time_s": result.scan_time_s,

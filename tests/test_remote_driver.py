@@ -32,8 +32,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_driver(kind: str, port: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "scanctl", "driver", "serve", kind,
+def start_driver(kind: str, port: int, url: str = "sim://") -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "scanctl", "driver", "serve", kind, "--url", url,
                              "--bind", f"tcp://127.0.0.1:{port}"], stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline() if proc.stdout else ""
     assert f"127.0.0.1:{port}" in line, line
@@ -86,6 +86,56 @@ def test_killed_driver_faults_the_scan_within_the_liveness_bound(tmp_path, gradi
     again = scanner.run()
     assert again.outcome == "completed" and again.acquisitions == 64
     scanner.close()
+
+
+def test_killed_rf_driver_ends_a_remote_run_in_fault_with_its_data_within_the_default_bound(tmp_path):
+    """Through the control server, as a console sees it: the RF driver (its own process, paced to wall-clock
+    time) is killed mid-scan; the run ends in FAULT within the default 1 s liveness bound, the console gets
+    the run's end and a valid raw data file holding every acquisition received; restart, reset, and the
+    next scan completes."""
+    from scanctl.client import Client, run_remote
+    from scanctl.server import ControlServer
+
+    port = free_port()
+    rf_url = "sim://?physics=0&realtime=1&buffer_s=0.2"
+    procs = [start_driver("rf", port, rf_url)]
+    server = ControlServer(PROFILE, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0", "tcp://127.0.0.1:0",
+                           {"rf": f"tcp://127.0.0.1:{port}", "gradient": "sim://?buffer_s=0.2"}, segment_s=0.1)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    killed_at: list[float] = []
+
+    def progress(t_s: float, total_s: float, acquisitions: int) -> None:
+        if t_s > 0.5 and not killed_at:
+            os.kill(procs[0].pid, signal.SIGKILL)
+            killed_at.append(time.time())
+
+    try:
+        with Client(server.endpoints["control"]) as client:
+            report = run_remote(client, GRE, tmp_path / "faulted", progress=progress, reconstruct=False,
+                                run_timeout_s=30)
+            assert killed_at and report.outcome == "fault", report.message
+            fault = report.journal[-1]
+            assert fault["dest"] == "FAULT" and "rf driver" in fault["reason"] and "silent" in fault["reason"]
+            assert fault["wall_time_s"] - killed_at[0] < 1.0 + 0.35  # the default bound, plus a heartbeat's slack
+            raw = read_acquisitions(tmp_path / "faulted" / "raw.h5")
+            assert 0 < len(raw.acquisitions) == report.acquisitions < 64
+            assert [a.index for a in raw.acquisitions] == list(range(report.acquisitions))
+            assert client.status()["subsystems"]["rf"]["state"] == "unknown"
+
+            procs.append(start_driver("rf", port, rf_url))
+            client.take_control()
+            assert client.reset()["state"] == "IDLE"
+            client.release_control()
+            again = run_remote(client, GRE, tmp_path / "again", reconstruct=False, run_timeout_s=30)
+            assert again.outcome == "completed" and again.acquisitions == 64
+    finally:
+        server.stop()
+        thread.join(timeout=10)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=10)
 
 
 def serve_in_thread(subsystem, **options):
