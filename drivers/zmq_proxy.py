@@ -103,18 +103,21 @@ class RemoteDriver:
             socket = self._open()
             request_id = f"{self.kind}-{next(self._ids)}"
             body = {"method": method, "args": to_wire(list(args)), "kwargs": to_wire(kwargs)}
-            try:
-                socket.send_multipart(encode(Message(type="call", id=request_id, body=body)), copy=False)
-            except zmq.Again:
-                self._silent = True
-                raise DriverTimeoutError(f"{self.kind} driver at {self.endpoint} unreachable for {self.liveness_s:g} s "
-                                         f"(not running, or it refused this client's keys)") from None
-            deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.call_timeout_s)
             # Silence counts from the last answer heard (heartbeats between calls included), not from this
             # call: a driver that died during another subsystem's call is found out within the bound. A new
             # connection, or a driver known silent (is it back?), gets the whole bound.
             now = time.monotonic()
             heard = now if self._silent else self._last_heard or now
+            # Without a connection (the process gone) the send waits: only as long as the bound has left.
+            socket.setsockopt(zmq.SNDTIMEO, max(1, int((heard + self.liveness_s - now) * 1000)))
+            try:
+                socket.send_multipart(encode(Message(type="call", id=request_id, body=body)), copy=False)
+            except zmq.Again:
+                self._silent = True
+                raise DriverTimeoutError(f"{self.kind} driver at {self.endpoint} unreachable, silent for "
+                                         f"{time.monotonic() - heard:.2f} s (not running, or it refused this "
+                                         f"client's keys)") from None
+            deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.call_timeout_s)
             beat = self.liveness_s / 4
             while True:
                 now = time.monotonic()
@@ -127,7 +130,7 @@ class RemoteDriver:
                         raise DriverTimeoutError(f"{self.kind} driver at {self.endpoint} is still silent")
                     raise DriverTimeoutError(f"{self.kind} driver at {self.endpoint}: {method} took longer "
                                              f"than {self.call_timeout_s:g} s")
-                if not socket.poll(int(beat * 1000)):
+                if not socket.poll(max(1, int(min(beat, heard + self.liveness_s - now) * 1000))):
                     with contextlib.suppress(zmq.Again):  # unreachable: the liveness bound decides
                         socket.send_multipart(encode(Message(type="heartbeat", id=f"hb-{next(self._ids)}")),
                                               zmq.NOBLOCK)

@@ -8,8 +8,10 @@ ADC data and notices gaps in the per-stream sequence numbers. :func:`run_remote`
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import math
 import os
 import time
 import uuid
@@ -22,7 +24,7 @@ from urllib.parse import urlsplit
 
 import zmq
 
-from scanctl.errors import ScanctlError, WireProtocolError
+from scanctl.errors import ConfigError, ScanctlError, WireProtocolError
 from scanctl.interfaces import Acquisition, AcquisitionBatch
 from scanctl.profile import DEFAULT_ENDPOINTS
 from scanctl.security import ClientCurve
@@ -69,6 +71,8 @@ class Client:
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, name: str | None = None, timeout_s: float = 2.0,
                  retries: int = 2, keys: ClientCurve | None = None, context: zmq.Context[Any] | None = None) -> None:
+        if not (math.isfinite(timeout_s) and timeout_s > 0):
+            raise ConfigError(f"timeout {timeout_s} s is not a positive number")
         self.endpoint = endpoint
         self.keys = keys
         self.name = name or f"client-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -81,7 +85,7 @@ class Client:
             keys.apply(self._socket)
         # Without a live connection (server down, or CURVE refused) a DEALER blocks on send: bound that.
         self._socket.setsockopt(zmq.SNDTIMEO, max(1, int(timeout_s * 1000)))
-        self._socket.connect(endpoint)
+        connect(self._socket, endpoint)
         # Request ids: unique for this instance, so that a console that comes back under the same name is
         # never answered from the server's record of its earlier requests.
         self._ids = itertools.count(1)
@@ -197,6 +201,15 @@ class Client:
         return sub
 
 
+def connect(socket: zmq.Socket[Any], endpoint: str) -> None:
+    """Connect ``socket`` to ``endpoint``; ConfigError naming it if ZeroMQ cannot (not an endpoint)."""
+    try:
+        socket.connect(endpoint)
+    except zmq.ZMQError as exc:
+        socket.close()
+        raise ConfigError(f"cannot connect to {endpoint!r}: {exc} (an endpoint is e.g. tcp://HOST:PORT)") from None
+
+
 def public_endpoint(endpoint: str, control: str) -> str:
     """``endpoint`` as the server reported it, reachable from here: a wildcard host (``0.0.0.0``, ``*``)
     becomes the host of the control endpoint the client connected to."""
@@ -237,8 +250,12 @@ class Subscription:
                 socket.setsockopt(zmq.SUBSCRIBE, prefix)
             if keys is not None:
                 keys.apply(socket)
-            socket.connect(endpoint)
             self._sockets.append(socket)
+            try:
+                connect(socket, endpoint)
+            except ConfigError:
+                self.close()
+                raise
             self._poller.register(socket, zmq.POLLIN)
         self._ready: deque[Message] = deque()
 
@@ -398,7 +415,13 @@ def run_remote(client: Client, source: str | os.PathLike[str], out_dir: str | os
             writer = RawDataWriter.open(out / "raw.h5", header_from_plain(loaded["header"]), seq=seq)
             try:
                 run_id = client.start()["run"]
-                end = _receive_run(sub, run_id, writer, acquisitions, progress, run_timeout_s, client.status)
+                try:
+                    end = _receive_run(sub, run_id, writer, acquisitions, progress, run_timeout_s, client.status)
+                except KeyboardInterrupt:  # Ctrl-C: the scan is aborted (made safe), what it acquired is kept
+                    log.warning("interrupted: aborting run %s", run_id)
+                    with contextlib.suppress(CommandError):  # (it may have ended meanwhile)
+                        client.abort()
+                    end = _receive_run(sub, run_id, writer, acquisitions, None, 60.0, client.status)
             finally:
                 writer.close()
             if sub.gaps:
@@ -408,7 +431,7 @@ def run_remote(client: Client, source: str | os.PathLike[str], out_dir: str | os
     finally:
         try:
             client.release_control()
-        except CommandError as exc:  # another client took control over meanwhile
+        except (CommandError, ServerTimeoutError) as exc:  # taken over meanwhile, or the server is gone
             log.warning("release_control: %s", exc)
     timings.update(end["timings"])
     if reconstruct and acquisitions:
@@ -444,7 +467,11 @@ def _receive_run(sub: Subscription, run_id: str, writer: Any, acquisitions: list
     while end is None or not data_done:
         now = time.monotonic()
         if now >= next_keepalive:
-            keepalive()
+            try:
+                keepalive()
+            except ServerTimeoutError as exc:
+                raise ServerTimeoutError(f"the server stopped answering during run {run_id} ({exc}); the "
+                                         f"acquisitions received so far are in the raw data file") from None
             next_keepalive = now + KEEPALIVE_S
         msg = sub.recv(max(0.0, min(deadline, next_keepalive) - time.monotonic()))
         if msg is None:

@@ -180,7 +180,7 @@ class Scanner:
     def move_table(self, position_mm: float, speed_mm_s: float | None = None) -> float:
         """Move the table while nothing plays (IDLE or READY only). Raises SafetyLimitError outside the
         profile's travel or speed limits and InterlockError while gradients or RF are on (nothing moves)."""
-        self._require_table_known()
+        self.require_known(("table",))
         if self.state in (S.IDLE, S.READY):  # elsewhere the state machine refuses, naming the state
             check_table_move(self.profile.safety.table, position_mm, speed_mm_s)
             require_amplifiers_off(self.status())
@@ -194,14 +194,20 @@ class Scanner:
         self._fire("table_stopped")
         return self.table.position_mm()
 
-    def _require_table_known(self) -> None:
-        """Refuse motion and scans while the table is UNKNOWN (its controller lost or reset: where it is
-        cannot be trusted): latch FAULT, so that ``reset`` reconnects and homes it, and raise DriverError."""
-        table = self.table.status()
-        if table.state is SubsystemState.UNKNOWN and self.state in (S.IDLE, S.READY):
-            exc = DriverError(f"the table's state is UNKNOWN: {table.message}")
-            self._on_failure(exc)
-            raise exc
+    def require_known(self, subsystems: tuple[str, ...] = ("gradient", "rf", "table")) -> None:
+        """Refuse motion and scans while a subsystem's state is UNKNOWN (its driver silent, its controller
+        lost or reset: what it is doing cannot be trusted): latch FAULT, so that ``reset`` reconnects it,
+        and raise DriverError naming it. Only from IDLE or READY (elsewhere the run's own checks act)."""
+        if self.state not in (S.IDLE, S.READY):
+            return
+        for sub in self._subsystems():
+            if sub.kind not in subsystems:
+                continue
+            status = sub.status()
+            if status.state is SubsystemState.UNKNOWN:
+                exc = DriverError(f"the {sub.kind}'s state is UNKNOWN: {status.message}")
+                self._on_failure(exc)
+                raise exc
 
     # -- requests from other threads ---------------------------------------------------------------------
     def request(self, what: str) -> None:
@@ -260,7 +266,7 @@ class Scanner:
         if seq is None or self._report is None:
             raise InvalidTransitionError(f"cannot start while {self.state.name}: no sequence prepared")
         sink = on_acquisitions or (lambda batch: None)
-        self._require_table_known()
+        self.require_known()
         limits = self.profile.safety
         check_table_move(limits.table, table_position_mm, None)
         supervisor = Supervisor(limits, gamma_hz_per_t=self.profile.gamma_hz_per_t,

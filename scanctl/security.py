@@ -12,6 +12,7 @@ Key files are those of :func:`zmq.auth.create_certificates`: ``NAME.key`` (publi
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from scanctl.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 SERVER_NAME = "server"
 CLIENT_NAME = "client"
@@ -151,10 +154,14 @@ def refuse_unauthenticated(endpoints: list[str | None], curve: ServerCurve | Non
     """Raise ConfigError if a network (non-loopback) endpoint would be served without CURVE or ``insecure``."""
     from scanctl.server import is_loopback
 
-    if curve is not None or insecure:
+    if curve is not None:
         return
     for endpoint in endpoints:
         if endpoint is not None and not is_loopback(endpoint):
+            if insecure:
+                log.warning("serving %s on %s without authentication (--insecure): anyone who reaches it may "
+                            "command it", what, endpoint)
+                continue
             raise ConfigError(f"{endpoint} is not a loopback address: refusing to serve {what} on a network "
                               f"without authentication; give CurveZMQ keys (--keys DIR --allow DIR; "
                               f"scanctl keys generate) or pass --insecure to do it anyway")

@@ -68,6 +68,8 @@ MAX_COMMAND_BYTES = 64 << 20
 #: Acquisitions per data message at most (a batch is packed in columns: six binary frames whatever its size).
 ACQUISITIONS_PER_MESSAGE = 1024
 REPLY_CACHE = 64  # replies remembered per client, for retries
+#: How often the worker looks at every subsystem between commands (s): a lost one latches FAULT.
+LIVENESS_CHECK_S = 0.25
 
 #: A controller silent for longer than this (s: no command, not even ``status``) may be taken over by
 #: another client's ``take_control`` without ``force``: a console that died does not hold the scanner.
@@ -510,9 +512,9 @@ class ControlServer:
         try:
             while True:
                 try:
-                    item = self._jobs.get(timeout=self.telemetry_period_s)
+                    item = self._jobs.get(timeout=LIVENESS_CHECK_S)
                 except queue.Empty:
-                    self._telemetry(force=True)
+                    self._watch_subsystems()
                     continue
                 if item is None:
                     return
@@ -666,12 +668,24 @@ class ControlServer:
         self.publish("run", {"event": "end", **report})
         return self._reply(msg, "done", **report)
 
-    def _telemetry(self, force: bool = False) -> None:
-        """Refresh the subsystems' statuses (for ``status``) and publish them, at most every 0.1 s in a run."""
-        now = time.monotonic()
-        if not force and now - self._last_telemetry < 0.1:
-            return
-        self._last_telemetry = now
+    def _watch_subsystems(self) -> None:
+        """Between commands: look at every subsystem each :data:`LIVENESS_CHECK_S`; one lost (UNKNOWN: its
+        driver silent) latches FAULT at once, as in a scan; telemetry is published every period, or sooner
+        when a subsystem's state changed."""
+        before = {kind: sub.get("state") for kind, sub in self._subsystems.items()}
+        statuses = self._refresh_statuses()
+        changed = {kind: sub["state"] for kind, sub in statuses.items()} != before
+        if "unknown" in (sub["state"] for sub in statuses.values()):
+            try:
+                self.scanner.require_known()
+            except ScanctlError as exc:
+                log.error("%s: %s", self.name, exc)
+        if changed or time.monotonic() - self._last_telemetry >= self.telemetry_period_s:
+            self._last_telemetry = time.monotonic()
+            self.publish("telemetry", {"subsystems": statuses})
+
+    def _refresh_statuses(self) -> dict[str, Any]:
+        """Every subsystem's status (for ``status``), asked now."""
         statuses: dict[str, Any] = {}
         for kind, sub in (("gradient", self.scanner.gradient), ("rf", self.scanner.rf), ("table", self.scanner.table)):
             try:
@@ -680,7 +694,15 @@ class ControlServer:
                 statuses[kind] = {"state": "unknown", "time_s": 0.0, "message": str(exc), "telemetry": {}}
         with self._state_lock:
             self._subsystems = statuses
-        self.publish("telemetry", {"subsystems": statuses})
+        return statuses
+
+    def _telemetry(self, force: bool = False) -> None:
+        """Refresh the subsystems' statuses (for ``status``) and publish them, at most every 0.1 s in a run."""
+        now = time.monotonic()
+        if not force and now - self._last_telemetry < 0.1:
+            return
+        self._last_telemetry = now
+        self.publish("telemetry", {"subsystems": self._refresh_statuses()})
 
 
 def _number(value: Any) -> bool:

@@ -138,6 +138,45 @@ def test_killed_rf_driver_ends_a_remote_run_in_fault_with_its_data_within_the_de
                 proc.wait(timeout=10)
 
 
+def test_a_driver_lost_while_idle_is_unknown_and_faults_the_scanner_within_the_default_bound():
+    """No scan running: the control server still watches its drivers; one killed is UNKNOWN and the scanner
+    in FAULT (nothing may start on it) within the default 1 s bound; restarted, a reset brings it back."""
+    from scanctl.client import Client
+    from scanctl.server import ControlServer
+
+    port = free_port()
+    procs = [start_driver("rf", port, "sim://?physics=0")]
+    server = ControlServer(PROFILE, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0", "tcp://127.0.0.1:0",
+                           {"rf": f"tcp://127.0.0.1:{port}"})
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with Client(server.endpoints["control"]) as client:
+            deadline = time.monotonic() + 10
+            while client.status()["state"] != "IDLE":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            time.sleep(0.5)
+            os.kill(procs[0].pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            while (snap := client.status())["state"] != "FAULT":
+                assert time.monotonic() - killed_at < 5, snap["subsystems"]["rf"]
+                time.sleep(0.02)
+            assert time.monotonic() - killed_at < 1.0 + 0.35  # the default bound, plus a check interval
+            assert snap["subsystems"]["rf"]["state"] == "unknown"
+            procs.append(start_driver("rf", port, "sim://?physics=0"))
+            client.take_control()
+            assert client.reset()["state"] == "IDLE"
+            assert client.status()["subsystems"]["rf"]["state"] != "unknown"
+    finally:
+        server.stop()
+        thread.join(timeout=10)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=10)
+
+
 def serve_in_thread(subsystem, **options):
     from scanctl.service import DriverService
 

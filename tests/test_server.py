@@ -184,6 +184,39 @@ def test_every_command_is_a_cli_verb_and_a_named_console_keeps_control(tmp_path,
     assert served.client().status()["state"] == "READY"  # the protocol loaded before is still there
 
 
+def test_ctrl_c_during_a_remote_run_aborts_the_scan_and_keeps_its_data(tmp_path):
+    """KeyboardInterrupt while run_remote waits (raised here from the progress callback): the scan is
+    aborted on the server (made safe, not left playing without a console) and the run's files are
+    written with what was acquired."""
+    paced = {"gradient": "sim://?realtime=1&buffer_s=0.2", "rf": "sim://?physics=0&realtime=1&buffer_s=0.2"}
+    served = Served(paced, segment_s=0.1)
+    interrupted: list[float] = []
+
+    def progress(t_s: float, total_s: float, acquisitions: int) -> None:
+        if t_s > 0.3 and not interrupted:
+            interrupted.append(t_s)
+            raise KeyboardInterrupt
+
+    try:
+        report = run_remote(served.client("console"), GRE, tmp_path, progress=progress, reconstruct=False)
+        assert interrupted and report.outcome == "aborted"
+        assert 0 < report.acquisitions < 128
+        assert len(read_acquisitions(tmp_path / "raw.h5").acquisitions) == report.acquisitions
+        assert json.loads((tmp_path / "report.json").read_text())["outcome"] == "aborted"
+        snap = served.client().status()
+        assert snap["state"] == "IDLE" and snap["controller"] is None
+    finally:
+        served.close()
+
+
+def test_a_client_with_a_bad_endpoint_or_timeout_says_so(tmp_path):
+    with pytest.raises(ConfigError, match="cannot connect to 'garbage'"):
+        Client("garbage")
+    with pytest.raises(ConfigError, match="timeout nan s"):
+        Client("tcp://127.0.0.1:1", timeout_s=float("nan"))
+    assert main(["status", "--connect", "garbage"]) == 2
+
+
 # -- control ----------------------------------------------------------------------------------------------------
 def test_only_one_client_has_control_and_refusals_name_it(served):
     a, b = served.client("console-a"), served.client("console-b")
