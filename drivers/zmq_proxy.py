@@ -104,10 +104,11 @@ class RemoteDriver:
             request_id = f"{self.kind}-{next(self._ids)}"
             body = {"method": method, "args": to_wire(list(args)), "kwargs": to_wire(kwargs)}
             # Silence counts from the last answer heard (heartbeats between calls included), not from this
-            # call: a driver that died during another subsystem's call is found out within the bound. A new
-            # connection, or a driver known silent (is it back?), gets the whole bound.
+            # call: a driver that died during another subsystem's call is found out within the bound, and one
+            # known silent fails at once (the heartbeats find out when it is back). A new connection, or
+            # connect(), gets the whole bound.
             now = time.monotonic()
-            heard = now if self._silent else self._last_heard or now
+            heard = self._last_heard or now
             # Without a connection (the process gone) the send waits: only as long as the bound has left.
             socket.setsockopt(zmq.SNDTIMEO, max(1, int((heard + self.liveness_s - now) * 1000)))
             try:
@@ -154,6 +155,8 @@ class RemoteDriver:
 
     # -- the common interface ----------------------------------------------------------------------------
     def connect(self, timeout_s: float = 5.0) -> None:
+        with self._lock:  # reaching it anew (after a restart, say): silence counts from now
+            self._last_heard = 0.0
         self.call("connect", timeout_s, timeout_s=timeout_s + self.liveness_s)
         for name, value in self.call("attributes", timeout_s=timeout_s).items():
             if name in ATTRIBUTES[self.kind]:

@@ -4,6 +4,7 @@ driver and a reset the next scan succeeds."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -88,29 +89,45 @@ def test_killed_driver_faults_the_scan_within_the_liveness_bound(tmp_path, gradi
     scanner.close()
 
 
+@contextlib.contextmanager
+def server_with_rf_driver(rf_url: str, overrides: dict[str, str] | None = None, **options):
+    """A control server on a thread whose RF subsystem is a driver service process serving ``rf_url``;
+    yields the server, the driver's port and the list of driver processes (a restarted one appended)."""
+    from scanctl.server import ControlServer
+
+    port = free_port()
+    procs = [start_driver("rf", port, rf_url)]
+    server = ControlServer(PROFILE, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0", "tcp://127.0.0.1:0",
+                           {"rf": f"tcp://127.0.0.1:{port}", **(overrides or {})}, **options)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server, port, procs
+    finally:
+        server.stop()
+        thread.join(timeout=10)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=10)
+
+
 def test_killed_rf_driver_ends_a_remote_run_in_fault_with_its_data_within_the_default_bound(tmp_path):
     """Through the control server, as a console sees it: the RF driver (its own process, paced to wall-clock
     time) is killed mid-scan; the run ends in FAULT within the default 1 s liveness bound, the console gets
     the run's end and a valid raw data file holding every acquisition received; restart, reset, and the
     next scan completes."""
     from scanctl.client import Client, run_remote
-    from scanctl.server import ControlServer
 
-    port = free_port()
     rf_url = "sim://?physics=0&realtime=1&buffer_s=0.2"
-    procs = [start_driver("rf", port, rf_url)]
-    server = ControlServer(PROFILE, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0", "tcp://127.0.0.1:0",
-                           {"rf": f"tcp://127.0.0.1:{port}", "gradient": "sim://?buffer_s=0.2"}, segment_s=0.1)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     killed_at: list[float] = []
+    with server_with_rf_driver(rf_url, {"gradient": "sim://?buffer_s=0.2"}, segment_s=0.1) as (server, port, procs):
 
-    def progress(t_s: float, total_s: float, acquisitions: int) -> None:
-        if t_s > 0.5 and not killed_at:
-            os.kill(procs[0].pid, signal.SIGKILL)
-            killed_at.append(time.time())
+        def progress(t_s: float, total_s: float, acquisitions: int) -> None:
+            if t_s > 0.5 and not killed_at:
+                os.kill(procs[0].pid, signal.SIGKILL)
+                killed_at.append(time.time())
 
-    try:
         with Client(server.endpoints["control"]) as client:
             report = run_remote(client, GRE, tmp_path / "faulted", progress=progress, reconstruct=False,
                                 run_timeout_s=30)
@@ -129,52 +146,31 @@ def test_killed_rf_driver_ends_a_remote_run_in_fault_with_its_data_within_the_de
             client.release_control()
             again = run_remote(client, GRE, tmp_path / "again", reconstruct=False, run_timeout_s=30)
             assert again.outcome == "completed" and again.acquisitions == 64
-    finally:
-        server.stop()
-        thread.join(timeout=10)
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=10)
 
 
 def test_a_driver_lost_while_idle_is_unknown_and_faults_the_scanner_within_the_default_bound():
     """No scan running: the control server still watches its drivers; one killed is UNKNOWN and the scanner
     in FAULT (nothing may start on it) within the default 1 s bound; restarted, a reset brings it back."""
     from scanctl.client import Client
-    from scanctl.server import ControlServer
 
-    port = free_port()
-    procs = [start_driver("rf", port, "sim://?physics=0")]
-    server = ControlServer(PROFILE, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0", "tcp://127.0.0.1:0",
-                           {"rf": f"tcp://127.0.0.1:{port}"})
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with Client(server.endpoints["control"]) as client:
-            deadline = time.monotonic() + 10
-            while client.status()["state"] != "IDLE":
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-            time.sleep(0.5)
-            os.kill(procs[0].pid, signal.SIGKILL)
-            killed_at = time.monotonic()
-            while (snap := client.status())["state"] != "FAULT":
-                assert time.monotonic() - killed_at < 5, snap["subsystems"]["rf"]
-                time.sleep(0.02)
-            assert time.monotonic() - killed_at < 1.0 + 0.35  # the default bound, plus a check interval
-            assert snap["subsystems"]["rf"]["state"] == "unknown"
-            procs.append(start_driver("rf", port, "sim://?physics=0"))
-            client.take_control()
-            assert client.reset()["state"] == "IDLE"
-            assert client.status()["subsystems"]["rf"]["state"] != "unknown"
-    finally:
-        server.stop()
-        thread.join(timeout=10)
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=10)
+    with server_with_rf_driver("sim://?physics=0") as (server, port, procs), \
+            Client(server.endpoints["control"]) as client:
+        deadline = time.monotonic() + 10
+        while client.status()["state"] != "IDLE":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)
+        os.kill(procs[0].pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        while (snap := client.status())["state"] != "FAULT":
+            assert time.monotonic() - killed_at < 5, snap["subsystems"]["rf"]
+            time.sleep(0.02)
+        assert time.monotonic() - killed_at < 1.0 + 0.35  # the default bound, plus a check interval
+        assert snap["subsystems"]["rf"]["state"] == "unknown"
+        procs.append(start_driver("rf", port, "sim://?physics=0"))
+        client.take_control()
+        assert client.reset()["state"] == "IDLE"
+        assert client.status()["subsystems"]["rf"]["state"] != "unknown"
 
 
 def serve_in_thread(subsystem, **options):
