@@ -3,11 +3,18 @@
 ``scanctl driver serve KIND --url URL --bind ENDPOINT`` runs one. Requests (``docs/wire-protocol.md``):
 
 - ``call`` ``{"method": NAME, "args": [...], "kwargs": {...}}`` -> ``reply`` ``{"result": ...}`` or
-  ``error`` ``{"code": "driver", "error": CLASS, "message": ...}``; only the methods of the
-  subsystem's interface can be called (``METHODS``), one at a time, in order, on a worker thread;
+  ``error`` ``{"code", "error": CLASS, "message", "method"}``; only the methods of the subsystem's
+  interface can be called (``METHODS``), one at a time, in order, on a worker thread. Every call is
+  answered: ``code`` ``driver`` for a scanctl error the driver raised (``error`` its class), ``malformed``
+  for a call that cannot be made (unknown method, arguments not a list/object, the wrong arguments,
+  arguments the driver refuses with TypeError/ValueError), ``internal`` (``error`` ``DriverError``) for
+  any other exception — a bug in the driver, or a result that cannot travel; the worker carries on;
 - ``heartbeat`` -> ``heartbeat``, answered at once even while a call runs, so a client can tell a
   busy driver from a dead one;
-- anything malformed -> ``error`` ``{"code": "malformed", ...}``; the service never stops for it.
+- anything malformed -> ``error`` ``{"code": "malformed", ...}`` (``re`` the request id whenever it can be
+  read); the service never stops for it.
+
+The protocol, for writing a driver service in another language: docs/driver-protocol.md.
 
 Programs, statuses and acquisitions travel as ``{"__type__": NAME, ...fields}`` with their arrays as
 binary frames (:func:`to_wire` / :func:`from_wire`).
@@ -15,6 +22,7 @@ binary frames (:func:`to_wire` / :func:`from_wire`).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import queue
 import threading
@@ -29,7 +37,7 @@ from scanctl.errors import ScanctlError, WireProtocolError
 from scanctl.interfaces import Status, SubsystemState
 from scanctl.program import ADCProgram, GradientProgram, RFProgram
 from scanctl.security import ServerCurve, refuse_unauthenticated
-from scanctl.wire import Message, decode, encode, error_reply, pack_acquisitions
+from scanctl.wire import Message, decode, encode, error_reply, pack_acquisitions, pack_body, request_id_of
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +45,11 @@ _COMMON = ("connect", "close", "status", "abort", "reset")
 _SEQUENCER = (*_COMMON, "arm", "start", "sync", "finish", "load")
 METHODS: dict[str, tuple[str, ...]] = {
     "gradient": _SEQUENCER,
-    "rf": (*_SEQUENCER, "acquisitions"),
+    "rf": (*_SEQUENCER, "acquisitions", "place"),
     "table": (*_COMMON, "home", "move_to", "wait_idle", "position_mm", "stop"),
 }
+#: Methods only a simulator offers (its scene): a driver without one answers ``malformed``.
+SIMULATOR_METHODS = frozenset({"place"})
 _SCANNING = ("arm", "start", "load", "sync")  # calls after which a silent scanner makes the service abort
 _SCAN_OVER = ("finish", "abort", "close", "reset", "connect")
 #: Attributes a proxy reads once when it connects.
@@ -137,6 +147,7 @@ class DriverService:
         self.client_timeout_s = client_timeout_s
         self._last_heard = time.monotonic()
         self._in_scan = False  # set by the worker after arm/start/load/sync, cleared by finish/abort/close/reset
+        self._signatures: dict[str, inspect.Signature | None] = {}  # of the subsystem's methods, by name
 
     def _bind(self, endpoint: str) -> str:
         try:
@@ -201,7 +212,7 @@ class DriverService:
         try:
             msg = decode(payload)
         except WireProtocolError as exc:
-            self._send(identity, error_reply(None, "malformed", str(exc), src=self.name))
+            self._send(identity, error_reply(request_id_of(payload), "malformed", str(exc), src=self.name))
             return
         if msg.type == "heartbeat":
             self._send(identity, Message(type="heartbeat", re=msg.id, src=self.name))
@@ -221,32 +232,96 @@ class DriverService:
                 if item is None:
                     return
                 identity, msg = item
-                self._replies.put((identity, self._call(msg)))
+                try:
+                    reply = self._call(msg)
+                except Exception as exc:  # noqa: BLE001 - _call answers everything; this only guards against its bugs
+                    log.exception("%s: call %r failed", self.name, msg.body.get("method"))
+                    reply = self._internal(msg, msg.body.get("method"), exc)
+                self._replies.put((identity, reply))
                 wake.send(b"")
         finally:
             wake.close()
 
     def _call(self, msg: Message) -> Message:
+        """The answer to one call: its reply, or an error naming the method. Never raises: whatever the driver
+        raises is answered, and the worker goes on to the next call."""
         method = msg.body.get("method")
         args, kwargs = msg.body.get("args", []), msg.body.get("kwargs", {})
         if method == "attributes":
-            values = {a: getattr(self.subsystem, a) for a in ATTRIBUTES[self.kind]}
-            return Message(type="reply", re=msg.id, src=self.name, body={"result": values})
-        if method not in METHODS[self.kind] or not isinstance(args, list) or not isinstance(kwargs, dict):
-            return error_reply(msg.id, "malformed", f"no method {method!r} on a {self.kind} driver", src=self.name)
+            try:
+                body = {"result": {a: to_wire(getattr(self.subsystem, a)) for a in ATTRIBUTES[self.kind]}}
+                pack_body(body, [])
+            except Exception as exc:  # noqa: BLE001 - answered, never fatal
+                return self._internal(msg, method, exc)
+            return Message(type="reply", re=msg.id, src=self.name, body=body)
+        if not isinstance(method, str) or method not in METHODS[self.kind]:
+            return self._malformed(msg, method, f"no method {method!r} on a {self.kind} driver (methods: "
+                                                f"{', '.join(('attributes', *METHODS[self.kind]))})")
+        if method in SIMULATOR_METHODS and not callable(getattr(self.subsystem, method, None)):
+            return self._malformed(msg, method, f"this {self.kind} driver offers no {method!r} (not a simulator)")
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            return self._malformed(msg, method, f"{method}: 'args' must be a list and 'kwargs' an object, got "
+                                                f"{type(args).__name__} and {type(kwargs).__name__}")
         try:
-            result = getattr(self.subsystem, method)(*from_wire(args), **from_wire(kwargs))
-            if method in _SCANNING:
-                self._in_scan = True
-            elif method in _SCAN_OVER:
-                self._in_scan = False
-            wired = pack_acquisitions(result) if method == "acquisitions" else to_wire(result)
-            return Message(type="reply", re=msg.id, src=self.name, body={"result": wired})
-        except ScanctlError as exc:
-            return Message(type="error", re=msg.id, src=self.name,
-                           body={"code": "driver", "error": type(exc).__name__, "message": str(exc)})
-        except (WireProtocolError, TypeError, ValueError) as exc:
-            return error_reply(msg.id, "malformed", f"{method}: {exc}", src=self.name)
+            args, kwargs = from_wire(args), from_wire(kwargs)
+            if not isinstance(kwargs, dict):  # a '__type__' object made of the keyword arguments
+                raise WireProtocolError("'kwargs' must be an object of arguments")
+            bound = getattr(self.subsystem, method)
+            self._check_arguments(method, bound, args, kwargs)
+        except (WireProtocolError, TypeError) as exc:
+            return self._malformed(msg, method, f"{method}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - the subsystem lacks the method, or its signature is broken
+            return self._internal(msg, method, exc)
+        try:
+            result = bound(*args, **kwargs)
+        except ScanctlError as exc:  # WireProtocolError too: the driver's own line (a serial link) broke
+            return self._driver_error(msg, method, exc)
+        except (TypeError, ValueError) as exc:  # arguments of the right number the driver cannot take
+            return self._malformed(msg, method, f"{method}: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a bug in the driver: answered, and the service keeps serving
+            return self._internal(msg, method, exc)
+        if method in _SCANNING:
+            self._in_scan = True
+        elif method in _SCAN_OVER:
+            self._in_scan = False
+        try:
+            body = {"result": pack_acquisitions(result) if method == "acquisitions" else to_wire(result)}
+            pack_body(body, [])  # raises here, naming the method, for a result that cannot travel
+        except Exception as exc:  # noqa: BLE001 - a result that cannot travel (the driver's bug)
+            return self._internal(msg, method, exc)
+        return Message(type="reply", re=msg.id, src=self.name, body=body)
+
+    def _check_arguments(self, method: str, bound: Any, args: list[Any], kwargs: dict[str, Any]) -> None:
+        """Raise TypeError naming what is wrong when ``args``/``kwargs`` do not fit the method's signature."""
+        if method not in self._signatures:
+            try:
+                self._signatures[method] = inspect.signature(bound)
+            except (TypeError, ValueError):  # no signature to check against (a builtin): the call will tell
+                self._signatures[method] = None
+        signature = self._signatures[method]
+        if signature is not None:
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"wrong arguments ({exc})") from None
+
+    def _driver_error(self, msg: Message, method: Any, exc: ScanctlError) -> Message:
+        return Message(type="error", re=msg.id, src=self.name,
+                       body={"code": "driver", "error": type(exc).__name__, "message": str(exc), "method": method})
+
+    def _malformed(self, msg: Message, method: Any, message: str) -> Message:
+        reply = error_reply(msg.id, "malformed", message, src=self.name)
+        reply.body.update(error="WireProtocolError", method=method if isinstance(method, str) else None)
+        return reply
+
+    def _internal(self, msg: Message, method: Any, exc: BaseException) -> Message:
+        """An exception that is no scanctl error (a driver bug): logged, and answered as a DriverError."""
+        name = method if isinstance(method, str) else None
+        log.error("%s: %s raised %s: %s", self.name, name, type(exc).__name__, exc, exc_info=exc)
+        reply = error_reply(msg.id, "internal", f"{self.kind} driver: {name}: {type(exc).__name__}: {exc}",
+                            src=self.name)
+        reply.body.update(error="DriverError", method=name)
+        return reply
 
     def _send_replies(self) -> None:
         while True:
@@ -258,6 +333,14 @@ class DriverService:
 
     def _send(self, identity: list[bytes], msg: Message) -> None:
         try:
-            self._socket.send_multipart([*identity, *encode(msg)], copy=False)
-        except (zmq.ZMQError, WireProtocolError) as exc:
+            frames = encode(msg)
+        except WireProtocolError as exc:  # a result that cannot travel: the caller still gets an answer
+            log.error("%s: %s to %s cannot be sent: %s", self.name, msg.type, msg.re, exc)
+            error = error_reply(msg.re, "internal", f"{self.kind} driver: the answer cannot be sent: {exc}",
+                                src=self.name)
+            error.body.update(error="DriverError", method=None)
+            frames = encode(error)
+        try:
+            self._socket.send_multipart([*identity, *frames], copy=False)
+        except zmq.ZMQError as exc:
             log.warning("%s: reply not sent: %s", self.name, exc)

@@ -9,6 +9,11 @@ Envelope keys: ``v`` (protocol version ``"MAJOR.MINOR"``; a different major is r
 (sender id), ``ts`` (sender's Unix time, s), ``stream``/``seq`` (event stream name and its sequence
 number), ``run`` (run id), ``body`` (an object). Everything that is not valid is a
 :class:`WireProtocolError` saying what is wrong; decoding never executes anything from the message.
+
+Version rule: a newer minor version (same major) only adds optional keys, so keys this side does not
+know are ignored in an envelope (or batch group) of a newer minor, and refused as malformed in one of
+this side's minor or an older one, which has no such keys. :func:`request_id_of` reads the request id of
+a message that could not be decoded, so that its ``malformed`` error can still say which request it answers.
 """
 
 from __future__ import annotations
@@ -124,10 +129,11 @@ def unbatch(msg: Message) -> list[list[Message]]:
     groups = msg.body.get("groups")
     if not isinstance(groups, list):
         raise WireProtocolError("batch body needs a list 'groups'")
+    newer = msg.v != VERSION_TEXT and _minor_of(msg.v) > VERSION[1]  # a newer minor's group keys are ignored
     out: list[list[Message]] = []
     for g, group in enumerate(groups):
         try:
-            kind, stream, seq, run, stamps, bodies = _group(group)
+            kind, stream, seq, run, stamps, bodies = _group(group, newer, msg.v)
         except WireProtocolError as exc:
             raise WireProtocolError(f"batch group {g}: {exc}") from None
         n = len(bodies)  # mapped, not a comprehension: this runs for every event a subscriber gets
@@ -139,12 +145,12 @@ def unbatch(msg: Message) -> list[list[Message]]:
 _GROUP_KEYS = {"type", "stream", "seq", "run", "ts", "dt_us", "bodies"}
 
 
-def _group(group: Any) -> tuple[str, str, int, str | None, list[float], list[dict[str, Any]]]:
+def _group(group: Any, newer: bool = False,
+           v: str = VERSION_TEXT) -> tuple[str, str, int, str | None, list[float], list[dict[str, Any]]]:
     if not isinstance(group, dict):
         raise WireProtocolError("not an object")
-    unknown = set(group) - _GROUP_KEYS
-    if unknown:
-        raise WireProtocolError(f"unknown keys: {', '.join(sorted(unknown))}")
+    if not newer and not group.keys() <= _GROUP_KEYS:
+        _refuse_unknown_keys("", group.keys() - _GROUP_KEYS, v)
     kind, stream, seq, run = group.get("type"), group.get("stream"), group.get("seq"), group.get("run")
     first, offsets, bodies = group.get("ts"), group.get("dt_us"), group.get("bodies")
     if not isinstance(kind, str) or not kind or len(kind) > 64:
@@ -183,10 +189,12 @@ def decode(frames: Sequence[bytes | memoryview | Any]) -> Message:
         raise WireProtocolError(f"envelope is not UTF-8 JSON: {exc}") from None
     if not isinstance(envelope, dict):
         raise WireProtocolError("envelope is not a JSON object")
-    _known_keys(envelope)
     v = envelope.get("v")
-    if not isinstance(v, str) or not _version_ok(v):
-        raise WireProtocolError(f"unsupported protocol version {v!r} (this side speaks {VERSION_TEXT})")
+    if type(v) is not str:
+        raise _unsupported(v)
+    minor = VERSION[1] if v == VERSION_TEXT else _minor_of(v)
+    if not envelope.keys() <= _ENVELOPE_KEYS and minor <= VERSION[1]:  # a newer minor's keys are ignored
+        _refuse_unknown_keys("envelope has ", envelope.keys() - _ENVELOPE_KEYS, v)
     body = envelope.get("body", {})
     if not isinstance(body, dict):
         raise WireProtocolError("envelope 'body' must be an object")
@@ -220,10 +228,27 @@ def _check_nesting(text: bytes) -> None:
         raise WireProtocolError(f"body nested more than {MAX_NESTING - 2} levels deep")
 
 
-def _known_keys(envelope: dict[str, Any]) -> None:
-    unknown = set(envelope) - _ENVELOPE_KEYS
-    if unknown:
-        raise WireProtocolError(f"envelope has unknown keys: {', '.join(sorted(unknown))}")
+def _refuse_unknown_keys(what: str, unknown: Any, v: Any) -> None:
+    raise WireProtocolError(f"{what}unknown keys: {', '.join(sorted(unknown))} (version {v} has no others; "
+                            f"only a newer minor version than {VERSION_TEXT} may add keys)")
+
+
+def request_id_of(frames: Sequence[bytes | memoryview | Any]) -> str | None:
+    """The request id (``id``) of a message :func:`decode` refused, read best-effort from its envelope: a
+    string ``id`` whenever frame 0 is still a JSON object within the size and nesting bounds (whatever its
+    version, other keys or binary frames), else None. Never raises. A receiver puts it as ``re`` in the
+    ``malformed`` error it answers, so the sender can tell which request was refused."""
+    try:
+        head = _buffer(frames[0])
+        if len(head) > MAX_ENVELOPE_BYTES:
+            return None
+        text = bytes(head)
+        _check_nesting(text)
+        envelope = json.loads(text.decode("utf-8"), parse_constant=_no_constant)
+    except Exception:  # noqa: BLE001 - best effort: anything unreadable has no id
+        return None
+    ident = envelope.get("id") if isinstance(envelope, dict) else None
+    return ident if type(ident) is str else None
 
 
 def _message(envelope: dict[str, Any], body: dict[str, Any], v: str, src: str | None = None) -> Message:
@@ -425,9 +450,19 @@ def _buffer(frame: Any) -> memoryview:
     raise WireProtocolError(f"frame of type {type(frame).__name__} is not bytes")
 
 
-def _version_ok(text: str) -> bool:
-    major, sep, minor = text.partition(".")
-    return bool(sep) and major.isdigit() and minor.isdigit() and int(major) == VERSION[0]
+_VERSION = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})")
+
+
+def _minor_of(v: str) -> int:
+    """The minor version of a ``"MAJOR.MINOR"`` text of this side's major; WireProtocolError for anything else."""
+    match = _VERSION.fullmatch(v)
+    if match is None or int(match[1]) != VERSION[0]:
+        raise _unsupported(v)
+    return int(match[2])
+
+
+def _unsupported(v: Any) -> WireProtocolError:
+    return WireProtocolError(f"unsupported protocol version {v!r} (this side speaks {VERSION_TEXT})")
 
 
 def _no_constant(name: str) -> Any:

@@ -25,6 +25,7 @@ from scanctl.wire import (
     pack_acquisitions,
     pack_body,
     reply_to,
+    request_id_of,
     to_plain,
     unbatch,
     unpack_acquisitions,
@@ -103,6 +104,16 @@ def envelope(**fields) -> bytes:
         ([b'{"v": "1.0", "type": "x", "body": NaN}'], "not UTF-8 JSON"),
         ([envelope(v="2.0")], r"unsupported protocol version '2.0' \(this side speaks 1.0\)"),
         ([envelope(v=1)], "unsupported protocol version 1"),
+        ([envelope(v="1")], "unsupported protocol version '1'"),
+        ([envelope(v="1.0.1")], "unsupported protocol version"),
+        ([envelope(v=" 1.0")], "unsupported protocol version"),
+        ([envelope(v="1.0\n")], "unsupported protocol version"),
+        ([envelope(v="\u00b2.0")], "unsupported protocol version"),  # a digit to str.isdigit, not to int()
+        ([envelope(v="1." + "1" * 5000)], "unsupported protocol version"),  # past int()'s digit limit
+        ([envelope(v="1" * 5000 + ".0")], "unsupported protocol version"),
+        ([envelope(v="2.0", extra=1)], "unsupported protocol version '2.0'"),  # the version is the reason
+        ([envelope(v="1.0", extra=1, more=2)], "unknown keys: extra, more"),
+        ([envelope(v="0.9", extra=1)], "unsupported protocol version '0.9'"),
         ([envelope(type="")], "'type' must be a non-empty string"),
         ([envelope(body=[])], "'body' must be an object"),
         ([envelope(extra=1)], "unknown keys: extra"),
@@ -130,6 +141,59 @@ def test_malformed_messages_are_refused_with_a_reason(frames, message):
 def test_random_frames_never_raise_anything_else(frames):
     with contextlib.suppress(WireProtocolError):
         decode(frames)
+    ident = request_id_of(frames)
+    assert ident is None or isinstance(ident, str)
+
+
+@pytest.mark.parametrize("v", ["1.1", "1.7", "1.10", "1.123456789"])
+def test_a_newer_minor_may_carry_envelope_keys_this_side_ignores(v):
+    """docs/wire-protocol.md: a newer minor only adds optional keys, so an older receiver ignores them."""
+    msg = decode([envelope(v=v, id="r-1", extra=1, trace={"span": [1, 2]}, body={"x": 1})])
+    assert (msg.v, msg.type, msg.id, msg.body) == (v, "command", "r-1", {"x": 1})
+    with pytest.raises(WireProtocolError, match="'seq' has the wrong type"):  # known keys are still checked
+        decode([envelope(v=v, extra=1, seq="7")])
+
+
+@pytest.mark.parametrize("v", ["1.0", "1.00"])
+def test_this_minor_or_an_older_one_has_no_unknown_keys(v):
+    with pytest.raises(WireProtocolError, match="envelope has unknown keys: extra \\(version 1.0+ has no others"):
+        decode([envelope(v=v, extra=1)])
+
+
+def test_a_newer_minor_batch_may_carry_group_keys_this_side_ignores():
+    group = {**GOOD_GROUP, "colour": "red"}
+    newer = decode([json.dumps({"v": "1.2", "type": "batch", "body": {"groups": [group]}}).encode()])
+    assert [[m.seq for m in g] for g in unbatch(newer)] == [[1]]
+    same = decode([json.dumps({"v": "1.0", "type": "batch", "body": {"groups": [group]}}).encode()])
+    with pytest.raises(WireProtocolError, match="batch group 0: unknown keys: colour"):
+        unbatch(same)
+
+
+@pytest.mark.parametrize(("frames", "ident"), [
+    ([envelope(v="2.0", id="r-7")], "r-7"),  # another version: refused, but its id is readable
+    ([envelope(id="r-7", extra=1)], "r-7"),
+    ([envelope(id="r-7", type="")], "r-7"),
+    ([envelope(id="r-7", body=[])], "r-7"),
+    ([envelope(id="r-7", body={"a": {"__nd__": 0, "dtype": "<f8", "shape": [2]}})], "r-7"),
+    ([envelope(id="r-7")] + [b""] * 70, "r-7"),  # too many frames
+    ([memoryview(envelope(v="9.9", id="r-8"))], "r-8"),
+    ([envelope(id=7)], None),  # an id of the wrong type is no id
+    ([envelope(re="r-7")], None),
+    ([b'{"v": "1.0", "id": "r-7"'], None),  # not JSON
+    ([b'["r-7"]'], None),
+    ([b'{"id": "r-7", "x": NaN}'], None),
+    ([b'{"id": "r-7", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"], None),  # too deep to read safely
+    ([b'{"id": "r-7", "x": "' + b" " * (1 << 20) + b'"}'], None),  # larger than any envelope
+    ([b"\xff"], None),
+    ([], None),
+    ([object()], None),
+])
+def test_the_id_of_a_refused_request_is_read_best_effort(frames, ident):
+    """A receiver answers a malformed request with ``re`` = its id whenever the id can still be read."""
+    assert request_id_of(frames) == ident
+    if ident is not None:  # each of them is refused, though
+        with pytest.raises(WireProtocolError):
+            decode(frames)
 
 
 def test_deep_nesting_is_refused():
