@@ -231,6 +231,11 @@ class ProxyRF(_RemoteSequencer):
     def acquisitions(self) -> AcquisitionBatch:
         return unpack_acquisitions(self.call("acquisitions"))
 
+    def place(self, scene: dict[str, str], timeout_s: float | None = None) -> None:
+        """A simulated RF system's scene (:meth:`scanctl.simulators.rf.SimulatedRF.place`); a service whose
+        driver offers no ``place`` (real hardware) answers WireProtocolError."""
+        self.call("place", scene, timeout_s=timeout_s)
+
 
 class ProxyTable(RemoteDriver):
     kind = "table"

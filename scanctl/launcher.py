@@ -8,6 +8,12 @@ said where it serves, and records it all in ``RUN_DIR/endpoints.json``::
     {"control": ..., "events": ..., "data": ...,
      "drivers": {KIND: {"endpoint": ..., "pid": ...}}, "server_pid": ...}
 
+Each driver's entry also holds the ``url`` it serves. The simulated gradient and RF systems of one world (by
+default both are in ``default``) share it across their processes: ``up`` gives both
+``world=tcp://127.0.0.1:PORT`` on a free port (the RF simulator listens there, the gradient simulator sends
+it what it plays; :mod:`scanctl.simulators.world`). A world the profile already gives as an endpoint is
+kept.
+
 Each process's output goes to ``RUN_DIR/logs/NAME.log``. ``down`` stops the server (SIGTERM, SIGKILL after
 the timeout), then the drivers, and removes the file.
 """
@@ -19,11 +25,13 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from scanctl import profile as profiles
 from scanctl.errors import ConfigError
@@ -39,6 +47,31 @@ def _with_option(url: str, key: str, value: str) -> str:
     if key in parse_url(url).options:
         return url
     return f"{url}{'&' if '?' in url else '?'}{key}={value}"
+
+
+def _set_option(url: str, key: str, value: str) -> str:
+    """``url`` with option ``key`` set to ``value`` (replaced if the URL has it)."""
+    parsed = parse_url(url)
+    options = {**parsed.options, key: value}
+    return f"{parsed.scheme}://{parsed.location}?{urlencode(options, safe=':/@,')}"
+
+
+def _free_port() -> int:
+    """A TCP port free on loopback now (the RF simulator binds it when the server connects it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def simulator_urls(subsystems: dict[str, str]) -> dict[str, str]:
+    """The URL each simulated subsystem of ``subsystems`` is served with in a process of its own: a gradient
+    and an RF simulator of the same world (a name: one process's) share a world on a free loopback port."""
+    urls = {kind: url for kind, url in subsystems.items() if parse_url(url).scheme == "sim"}
+    names = {kind: parse_url(urls[kind]).options.get("world", "default") for kind in SEQUENCERS if kind in urls}
+    if len(names) == 2 and len(set(names.values())) == 1 and "://" not in names["rf"]:
+        world = f"tcp://127.0.0.1:{_free_port()}"
+        urls.update({kind: _set_option(urls[kind], "world", world) for kind in SEQUENCERS})
+    return urls
 
 
 #: The processes :func:`up` started from this process, kept until :func:`down` stops them: a Popen dropped
@@ -157,16 +190,15 @@ def up(run_dir: str | Path, *, system: str | None = None, control: str | None = 
     procs: list[subprocess.Popen[bytes]] = []
     drivers: dict[str, dict[str, Any]] = {}
     try:
-        for kind, url in profile.subsystems.items():
-            if parse_url(url).scheme != "sim":
-                continue  # a real (or already remote) subsystem: the server talks to it as the profile says
+        # A real (or already remote) subsystem is left out: the server talks to it as the profile says.
+        for kind, url in simulator_urls(profile.subsystems).items():
             if realtime and kind in SEQUENCERS:
                 url = _with_option(url, "realtime", "1")
             proc, log_path = _spawn(kind, ["driver", "serve", kind, "--url", url, "--bind", "tcp://127.0.0.1:*",
                                            *system_args], logs)
             procs.append(proc)
             match = _wait_for(proc, log_path, _DRIVER_LINE, timeout_s, f"the {kind} driver")
-            drivers[kind] = {"endpoint": match.group(2), "pid": proc.pid}
+            drivers[kind] = {"endpoint": match.group(2), "pid": proc.pid, "url": url}
         proxies = [arg for kind, d in drivers.items() for arg in (f"--{kind}", d["endpoint"])]
         proc, log_path = _spawn("server", ["serve", *system_args, "--bind", control, "--events", events,
                                            "--data", data, *proxies], logs)

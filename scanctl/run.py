@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from scanctl.errors import SafetyLimitError
+from scanctl.errors import SafetyLimitError, WireProtocolError
 from scanctl.executor import RunResult, Scanner
 from scanctl.interfaces import Acquisition, Acquisitions
 from scanctl.profile import SystemProfile
@@ -90,6 +90,27 @@ def simulator_options(seq: Sequence, protocol: Protocol | None) -> dict[str, str
     return options
 
 
+#: How long a remote simulated RF system may take to place a scene (build the phantom's spins), s.
+PLACE_TIMEOUT_S = 120.0
+
+
+def place_scene(rf: Any, url: str, seq: Sequence, protocol: Protocol | None) -> bool:
+    """Give a simulated RF system served in another process (``scanctl up``: ``url`` is ``tcp://``) the scene
+    :func:`simulator_options` gives one in this process through its URL, by calling its ``place`` through
+    the driver service (:meth:`scanctl.simulators.rf.SimulatedRF.place`). Returns True if the subsystem took
+    it; a subsystem in this process (its URL has the scene) or a real one (its service offers no ``place``)
+    is left alone. Raises ConfigError for a scene the simulator refuses."""
+    place = getattr(rf, "place", None)  # a proxy (drivers.zmq_proxy.ProxyRF) offers it
+    if parse_url(url).scheme == "sim" or place is None:
+        return False
+    try:
+        place(simulator_options(seq, protocol), timeout_s=PLACE_TIMEOUT_S)
+    except WireProtocolError as exc:  # no place on the other side: a real RF system, imaging what is there
+        log.info("rf at %s takes no scene (not a simulator): %s", url, exc)
+        return False
+    return True
+
+
 def _with_options(url: str, extra: dict[str, str]) -> str:
     """``url`` with ``extra`` options added where the URL does not set them already."""
     parsed = parse_url(url)
@@ -141,6 +162,8 @@ def run_scan(
     if not message:  # refused by the prediction: nothing is connected, nothing moves
         scanner.connect()
     try:
+        if not message:
+            place_scene(scanner.rf, urls["rf"], seq, protocol)
         t0 = time.perf_counter()
         try:
             if not message:

@@ -55,7 +55,7 @@ from scanctl.run import load_source, protocol_info, sequence_info, subsystem_url
 from scanctl.safety.predict import predict
 from scanctl.security import ServerCurve, refuse_unauthenticated
 from scanctl.sequence.model import Sequence
-from scanctl.wire import VERSION_TEXT, Message, decode, encode, error_reply, pack_acquisitions, to_plain
+from scanctl.wire import VERSION_TEXT, Message, decode, encode, error_reply, pack_acquisitions, request_id_of, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ class ControlServer:
         try:
             msg = decode(payload)
         except WireProtocolError as exc:
-            self._send(identity, error_reply(None, "malformed", str(exc), src=self.name))
+            self._send(identity, error_reply(request_id_of(payload), "malformed", str(exc), src=self.name))
             return
         client = msg.src or identity[0].hex()
         if client == self._controller:
@@ -586,6 +586,9 @@ class ControlServer:
                 self.scanner.close()
                 self.scanner = self._make_scanner(urls)
                 self.scanner.connect()
+            from scanctl.run import place_scene
+
+            place_scene(self.scanner.rf, urls["rf"], seq, protocol)  # a simulated RF system in its own process
             journal_start = len(self.scanner.journal)
             try:
                 report = self.scanner.prepare(seq)

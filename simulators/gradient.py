@@ -10,6 +10,9 @@ heartbeat (see :mod:`scanctl.simulators.base`). The coil model is the profile's
 ``[safety.gradient_thermal]``; the URL options ``tau_s``, ``watts_at_max``, ``kelvin_per_watt`` and
 ``max_temp_c`` override it (a coil that differs from what the profile says).
 
+Every program it accepts goes to its world (``world``: a name in this process, or ``tcp://127.0.0.1:PORT``
+across processes, where the RF simulator listens; see :mod:`scanctl.simulators.world`).
+
 URL: ``sim://?buffer_s=2&tau_s=60&heating_k_per_w=...`` — see ``OPTIONS``.
 """
 
@@ -21,7 +24,7 @@ from typing import Any
 
 import numpy as np
 from scanctl.simulators.base import SimulatedSequencer
-from scanctl.simulators.world import World
+from scanctl.simulators.world import sender, world_option
 
 from scanctl.errors import SafetyLimitError
 from scanctl.profile import SystemProfile
@@ -30,7 +33,6 @@ from scanctl.registry import SubsystemURL, fault_spec, flag, positive_float
 from scanctl.safety.heating import SAMPLES_PER_STEP, STEP_S, step_power
 
 log = logging.getLogger(__name__)
-
 
 
 class SimulatedGradient(SimulatedSequencer):
@@ -46,7 +48,7 @@ class SimulatedGradient(SimulatedSequencer):
         "watts_at_max": positive_float,  # dissipation with all three axes at full amplitude
         "kelvin_per_watt": positive_float,  # steady-state temperature rise per watt
         "max_temp_c": positive_float,
-        "world": str,
+        "world": world_option,  # where the RF simulator takes the gradients from: a name or an endpoint
     }
 
     def __init__(self, url: str, profile: SystemProfile, *, buffer_s: float = 2.0,
@@ -68,11 +70,19 @@ class SimulatedGradient(SimulatedSequencer):
         self.overheat_k_per_s = overheat_k_per_s
         self._cooling_lost_s: float | None = None
         self._queue: deque[GradientProgram] = deque()
-        self._world = World.named(world)
+        self._world = sender(world)
 
     @classmethod
     def from_url(cls, url: SubsystemURL, options: dict[str, Any], profile: SystemProfile) -> SimulatedGradient:
         return cls(url.url, profile, **options)
+
+    def connect(self, timeout_s: float = 5.0) -> None:
+        self._world.open()
+        super().connect(timeout_s)
+
+    def close(self) -> None:
+        super().close()
+        self._world.close()
 
     def load(self, program: GradientProgram) -> None:
         with self._lock:

@@ -18,6 +18,15 @@ same world played and this system's RF; ``noise`` adds complex Gaussian noise of
 deviation; ``b0`` adds a global off-resonance (Hz). With ``physics=0`` the receiver returns noise only
 (timing and streaming tests, benchmarks of the control path).
 
+The gradients come from the world (``world``: a name in this process, or ``tcp://127.0.0.1:PORT`` across
+processes, where this simulator listens for the gradient simulator's programs; see
+:mod:`scanctl.simulators.world`).
+
+The scene — the object in the bore: ``phantom``, ``matrix``, ``fov`` and ``noise`` — follows the scan: in
+one process ``scanctl run`` and the control server add the protocol's to this URL (``scanctl.run``); a
+simulator in a process of its own (``scanctl up``) is given it by :meth:`SimulatedRF.place`, which the
+control server calls through its driver service (``place``, a simulator's own method).
+
 URL: ``sim://?noise=0.01&b0=0&phantom=shepp_logan&matrix=128&fov=0.256&physics=1`` — see ``OPTIONS``
 (``fov``: the phantom's field of view in m; ``scanctl run`` sets it to the sequence's).
 """
@@ -26,16 +35,18 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from scanctl.simulators.base import SimulatedSequencer
-from scanctl.simulators.world import World
+from scanctl.simulators.world import WorldReceiver, receiver, world_option
 
-from scanctl.interfaces import AcquisitionBatch
+from scanctl.errors import ConfigError, DriverError
+from scanctl.interfaces import AcquisitionBatch, SubsystemState
 from scanctl.profile import SystemProfile
 from scanctl.program import ADCProgram, GradientProgram, RFProgram
-from scanctl.registry import SubsystemURL, fault_spec, flag, nonnegative_float, positive_float
+from scanctl.registry import SubsystemURL, fault_spec, flag, nonnegative_float, parse_url, positive_float
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +90,10 @@ class SimulatedRF(SimulatedSequencer):
         "seed": int,
         "watts_per_ut2": positive_float,
         "reflection": nonnegative_float,
-        "world": str,
+        "world": world_option,  # where the gradients come from: a name, or the endpoint this simulator binds
     }
+    #: The options that describe the object in the bore (:meth:`place`), by attribute.
+    SCENE = {"phantom": "phantom_name", "matrix": "matrix", "fov": "fov_m", "noise": "noise_std"}
 
     def __init__(self, url: str, profile: SystemProfile, *, buffer_s: float = 2.0,
                  fault: tuple[str, float] | None = None, noise: float = 0.0, b0: float = 0.0, physics: bool = True,
@@ -106,7 +119,9 @@ class SimulatedRF(SimulatedSequencer):
         self._seed = seed
         self._queue: deque[tuple[RFProgram, ADCProgram]] = deque()
         self._done: list[AcquisitionBatch] = []
-        self._world = World.named(world)
+        self._world = receiver(world)
+        # The scene as built, from the URL or the defaults: what a place() without an option goes back to.
+        self._built_scene = {option: getattr(self, attr) for option, attr in self.SCENE.items()}
         self._spins: Any = None
         self._warned_no_gradient = False
         self.forward_power_w = 0.0
@@ -122,9 +137,53 @@ class SimulatedRF(SimulatedSequencer):
         return cls(url.url, profile, **options)
 
     def connect(self, timeout_s: float = 5.0) -> None:
+        self._world.open()  # first: an address it cannot bind leaves it unconnected
         super().connect(timeout_s)
         if self.physics and self._spins is None:
             self._spins = self._make_spins()
+
+    def close(self) -> None:
+        super().close()
+        self._world.close()
+
+    def place(self, scene: Mapping[str, str]) -> None:
+        """Place the object to image in the bore: ``scene`` holds options of :attr:`SCENE` as URL text
+        (``{"fov": "0.24", "noise": "0.01"}``, as :func:`scanctl.run.simulator_options` makes them). As in a
+        URL the scan's options are added to, an option this simulator's URL sets wins, and an option
+        ``scene`` does not give goes back to the URL's or the default. A scene that differs from the current
+        one rebuilds the phantom and restarts the noise (the simulator is then as if built with these
+        options); the same scene changes nothing. Raises ConfigError for an unknown option or a bad value,
+        DriverError while a scan is under way."""
+        unknown = sorted(set(scene) - set(self.SCENE))
+        if unknown:
+            raise ConfigError(f"rf: {', '.join(map(repr, unknown))} not scene options "
+                              f"(scene options: {', '.join(self.SCENE)})")
+        fixed = parse_url(self.url).options  # set by this simulator's URL: they stay
+        wanted = dict(self._built_scene)
+        for option, text in scene.items():
+            if option in fixed:
+                continue
+            try:
+                wanted[option] = self.OPTIONS[option](str(text))
+            except (ValueError, ConfigError) as exc:
+                raise ConfigError(f"rf: scene option {option}={text!r}: {exc}") from None
+        with self._lock:
+            if self._state in (SubsystemState.ON, SubsystemState.RUNNING):
+                raise DriverError(f"rf: cannot place a scene in state {self._state.name} (a scan is under way)")
+            current = {option: getattr(self, attr) for option, attr in self.SCENE.items()}
+            if wanted == current:
+                return
+            for option, attr in self.SCENE.items():
+                setattr(self, attr, wanted[option])
+            try:  # the new phantom (at once when connected, else on connect)
+                spins = self._make_spins() if self.physics and self._state is not SubsystemState.OFF else None
+            except BaseException:  # a phantom that cannot be made (a bad file): the old scene stays
+                for option, attr in self.SCENE.items():
+                    setattr(self, attr, current[option])
+                raise
+            self._spins = spins
+            self._rng = np.random.default_rng(self._seed)
+            log.info("rf: scene placed: %s", ", ".join(f"{k}={v}" for k, v in wanted.items()))
 
     def _make_spins(self) -> Any:
         from scanctl.simulators.physics import SpinSystem, load_phantom, shepp_logan
@@ -195,9 +254,13 @@ class SimulatedRF(SimulatedSequencer):
             self.forward_energy_j += energy_j
 
     def _receive(self, rf: RFProgram, adc: ADCProgram) -> None:
-        if adc.n_windows == 0 and not self.physics:
-            return
-        if self._spins is not None:
+        if self._spins is None:  # no physics: no gradients needed (those sent from another process dropped)
+            if isinstance(self._world, WorldReceiver):
+                self._world.take_gradient(rf.t0_s, wait_s=0)
+            if adc.n_windows == 0:
+                return
+            signals = [np.zeros((1, n), np.complex64) for n in adc.num_samples.tolist()]
+        else:
             gradient = self._world.take_gradient(rf.t0_s)
             if gradient is None:
                 if not self._warned_no_gradient:
@@ -207,8 +270,6 @@ class SimulatedRF(SimulatedSequencer):
                 empty = np.zeros(0)
                 gradient = GradientProgram(rf.t0_s, rf.t1_s, (empty, empty, empty), (empty, empty, empty))
             signals = self._spins.play(gradient, rf, adc)
-        else:
-            signals = [np.zeros((1, n), np.complex64) for n in adc.num_samples.tolist()]
         # The receiver delivers the windows in columns, all samples in one array (an AcquisitionBatch).
         windows = [np.asarray(signal, dtype=np.complex64).reshape(self.channels, -1) for signal in signals]
         data = np.concatenate(windows, axis=None) if windows else np.zeros(0, np.complex64)

@@ -564,6 +564,8 @@ def test_malformed_messages_get_a_clear_error(shared, frames, code, text):
         reply = raw.ask(frames)
         assert reply is not None and reply.type == "error" and reply.body["code"] == code
         assert text in reply.body["message"]
+        if frames[0].startswith(b"{") and b'"id": "x"' in frames[0]:  # its id could be read: it is answered
+            assert reply.re == "x"
     finally:
         raw.close()
     assert_serving(shared)
