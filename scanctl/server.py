@@ -269,6 +269,9 @@ class ControlServer:
             self._send(identity, error_reply(request_id_of(payload), "malformed", str(exc), src=self.name))
             return
         client = msg.src or identity[0].hex()
+        key = _user_id(payload[0])
+        if key is not None:  # CurveZMQ: a name is only as good as the key it comes with
+            client = f"{client}@{key[:8]}"
         if client == self._controller:
             self._controller_seen = time.monotonic()
         if msg.type != "command":
@@ -568,7 +571,13 @@ class ControlServer:
             else:
                 source = Path(str(msg.body["path"]))
                 source_name = str(source)
-            seq, protocol = load_source(source, self.profile)
+            try:
+                seq, protocol = load_source(source, self.profile)
+            except (ConfigError, SequenceFormatError) as exc:
+                if source_name == str(source):
+                    raise
+                # An upload is named as the client named it, not by the server's temporary copy.
+                raise ConfigError(str(exc).replace(str(source), f"{source_name} (uploaded)")) from None
             weight = msg.body.get("patient_weight_kg")
             if weight is None and protocol is not None:
                 weight = protocol.patient.weight_kg
@@ -706,6 +715,15 @@ class ControlServer:
             return
         self._last_telemetry = now
         self.publish("telemetry", {"subsystems": self._refresh_statuses()})
+
+
+def _user_id(frame: Any) -> str | None:
+    """The client's public key (Z85) as CurveZMQ authenticated it; None without CURVE."""
+    try:
+        user = frame.get("User-Id")
+    except (AttributeError, zmq.ZMQError):
+        return None
+    return user if isinstance(user, str) and user and user != "anonymous" else None
 
 
 def _number(value: Any) -> bool:

@@ -13,7 +13,7 @@ import pytest
 
 from scanctl import profile as profiles
 from scanctl.cli import main
-from scanctl.client import Client, ServerTimeoutError
+from scanctl.client import Client, CommandError, ServerTimeoutError
 from scanctl.errors import ConfigError, DriverTimeoutError
 from scanctl.registry import open_subsystem
 from scanctl.security import ClientCurve, ServerCurve, generate
@@ -78,6 +78,28 @@ def test_an_allowed_client_commands_and_subscribes_over_curve(curve_server, keys
         with client.subscribe() as events:  # the event socket requires CURVE too
             client.release_control()
             assert any(m.body.get("controller") is None for m in events if m.stream == "control")
+
+
+def test_with_keys_control_is_held_by_name_and_key(keys, tmp_path):
+    """Over CURVE a console is known by its name and its key: another allowed console that sends the
+    controller's name cannot command in its place."""
+    other = tmp_path / "other"
+    public, _ = generate(other, "client")
+    (keys["allow"] / "other.key").write_bytes(public.read_bytes())
+    (other / "server.key").write_bytes((keys["server"] / "server.key").read_bytes())
+    served = Served(ServerCurve.load(keys["server"], keys["allow"]))
+    try:
+        with Client(served.endpoint, name="console", keys=ClientCurve.load(keys["console"])) as owner, \
+                Client(served.endpoint, name="console", keys=ClientCurve.load(other)) as copycat:
+            holder = owner.take_control()["controller"]
+            assert holder.startswith("console@") and len(holder) == len("console@") + 8
+            with pytest.raises(CommandError, match="has control") as refused:
+                copycat.abort()
+            assert refused.value.code == "not_controller"
+            assert copycat.status()["controller"] == holder
+            assert owner.release_control()["controller"] is None  # the owner still commands
+    finally:
+        served.close()
 
 
 def test_a_client_with_an_unknown_key_is_refused(curve_server, keys):

@@ -180,7 +180,8 @@ def test_every_command_is_a_cli_verb_and_a_named_console_keeps_control(tmp_path,
     broken = tmp_path / "broken.seq"
     broken.write_text("[VERSION]\nmajor 1\nminor 4\nrevision 1\n\n[BLOCKS]\n1 1 0 0 0 0 0\n")
     assert main(["load", *e, "--upload", str(broken)]) == 2
-    assert "broken.seq:7: " in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "broken.seq (uploaded):7: " in err and "scanctl-load" not in err  # not the server's temporary copy
     assert served.client().status()["state"] == "READY"  # the protocol loaded before is still there
 
 
