@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence as Argv
 from pathlib import Path
@@ -169,10 +170,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         if args.system or any(getattr(args, kind) for kind in ("gradient", "rf", "table")):
             raise ScanctlError("--system and subsystem URLs belong to the server (scanctl serve) with --connect")
+        from scanctl.client import CommandError
+
         with Client(args.connect, keys=client_keys(args)) as client:
-            report = run_remote(client, args.file, out, upload=args.upload, progress=ProgressBar(),
-                                reconstruct=not args.no_recon, force=args.force,
-                                patient_weight_kg=args.patient_weight, mode=args.mode)
+            try:
+                report = run_remote(client, args.file, out, upload=args.upload, progress=ProgressBar(),
+                                    reconstruct=not args.no_recon, force=args.force,
+                                    patient_weight_kg=args.patient_weight, mode=args.mode)
+            except CommandError as exc:
+                print(f"scanctl: run refused: {exc}", file=sys.stderr)
+                return EXIT_UNREADABLE if exc.code == "bad_argument" else EXIT_LIMITS
     else:
         prof = profiles.load(args.system)
         overrides = {kind: url for kind in ("gradient", "rf", "table") if (url := getattr(args, kind)) is not None}
@@ -321,7 +328,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     with Client(args.connect, keys=client_keys(args)) as client:
         snap = client.status()
-        print(f"# {snap['server']}: {snap['state']}" + (f", run {snap['run']}" if snap["run"] else ""), flush=True)
+        print(f"# {snap['server']}: {snap['state']}" + (f", run {snap['run']}" if snap["run"] else ""), flush=True,
+              file=sys.stderr if args.json else sys.stdout)  # with --json, stdout holds one object a line
         seen = 0
         with client.subscribe(data=args.data) as sub:
             reported = 0
@@ -387,7 +395,8 @@ def cmd_command(args: argparse.Namespace) -> int:
             if name in ("take_control", "release_control", "emergency_stop"):
                 body = _send_command(client, name, args)
             else:
-                held = client.status()["controller"] == client.name
+                holder = client.status()["controller"] or ""
+                held = holder == client.name or holder.startswith(f"{client.name}@")  # (@KEY: with CurveZMQ)
                 if not held:
                     client.take_control(force=args.force)
                 try:
@@ -438,6 +447,24 @@ def _command_line(verb: str, body: dict[str, Any]) -> str:
     if "state" in body:
         details.append(f"state {body['state']}")
     return f"{verb}: {body['status']}" + (f" ({'; '.join(details)})" if details else "")
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def positive_count(text: str) -> int:
+    """An argparse type: a whole number, at least 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
 
 
 def endpoint_args(p: argparse.ArgumentParser) -> None:
@@ -506,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint_args(p)
     for kind in ("gradient", "rf", "table"):
         p.add_argument(f"--{kind}", metavar="URL", help=f"{kind} subsystem URL (default: the profile's)")
-    p.add_argument("--control-timeout", type=float, metavar="S",
+    p.add_argument("--control-timeout", type=seconds, metavar="S",
                    help="a controller silent this long (no command, not even status) may be taken over without "
                         "--force (default 30 s)")
     server_security_args(p)
@@ -520,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="the control server's state", description="Print the server's snapshot")
     connect_arg(p)
     p.add_argument("--json", action="store_true", help="print the snapshot as one JSON object")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer (default 2)")
+    p.add_argument("--timeout", type=seconds, default=2.0, help="seconds to wait for the answer (default 2)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("watch", help="print the control server's live events",
@@ -529,8 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     connect_arg(p)
     p.add_argument("--data", action="store_true", help="also the ADC data messages (summarised)")
     p.add_argument("--json", action="store_true", help="one JSON object per event")
-    p.add_argument("--count", type=int, help="stop after this many events")
-    p.add_argument("--timeout", type=float, help="stop after this many seconds without an event")
+    p.add_argument("--count", type=positive_count, help="stop after this many events")
+    p.add_argument("--timeout", type=seconds, help="stop after this many seconds without an event")
     p.set_defaults(func=cmd_watch)
 
     verbs = (("take-control", "take control of the scanner (for this --name)"),
@@ -572,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="sim://", help="the subsystem to serve (default: its simulator, sim://)")
     p.add_argument("--bind", default="tcp://127.0.0.1:*", help="endpoint (default: a free loopback port)")
     p.add_argument("--system", help="system profile the subsystem is built for")
-    p.add_argument("--client-timeout", type=float, default=3.0, metavar="S",
+    p.add_argument("--client-timeout", type=seconds, default=3.0, metavar="S",
                    help="abort a scan under way by itself when the scanner says nothing for S seconds (default 3)")
     server_security_args(p)
     p.set_defaults(func=cmd_driver_serve)
@@ -594,14 +621,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default="run", help="where endpoints.json and the logs go (default ./run)")
     endpoint_args(p)
     p.add_argument("--realtime", action="store_true", help="pace the simulators to wall-clock time")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each process (default 30)")
+    p.add_argument("--timeout", type=seconds, default=30.0, help="seconds to wait for each process (default 30)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="stop what scanctl up started",
                        description="SIGTERM every process in RUN_DIR/endpoints.json, SIGKILL after the timeout; "
                                    "remove the file.")
     p.add_argument("--run-dir", default="run", help="the directory given to scanctl up (default ./run)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds before SIGKILL (default 10)")
+    p.add_argument("--timeout", type=seconds, default=10.0, help="seconds before SIGKILL (default 10)")
     p.set_defaults(func=cmd_down)
 
     from scanctl import cli_bench

@@ -383,10 +383,10 @@ def run_remote(client: Client, source: str | os.PathLike[str], out_dir: str | os
 
     t_start = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     source = Path(source)
     client.take_control(force=force)
     try:
+        out.mkdir(parents=True, exist_ok=True)  # (once control is ours: a refusal leaves nothing behind)
         sub = client.subscribe(data=True)
         try:
             t0 = time.perf_counter()

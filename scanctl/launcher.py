@@ -174,9 +174,8 @@ def up(run_dir: str | Path, *, system: str | None = None, control: str | None = 
     run_dir = Path(run_dir)
     record_path = run_dir / ENDPOINTS_FILE
     if record_path.exists():
-        old = json.loads(record_path.read_text())
-        pids = [old.get("server_pid"), *(d.get("pid") for d in old.get("drivers", {}).values())]
-        if any(isinstance(pid, int) and _alive(pid) for pid in pids):
+        old_server, old_drivers = _recorded_pids(record_path)
+        if any(_alive(pid) for pid in (old_server, *old_drivers.values()) if pid is not None):
             raise ConfigError(f"{record_path}: already up (scanctl down --run-dir {run_dir} first)")
     if system is not None and Path(system).exists():
         system = str(Path(system).resolve())  # the processes may resolve paths elsewhere
@@ -216,22 +215,35 @@ def up(run_dir: str | Path, *, system: str | None = None, control: str | None = 
     return record
 
 
+def _recorded_pids(record_path: Path) -> tuple[int | None, dict[str, int | None]]:
+    """The server's and each driver's pid in ``endpoints.json`` (None where it holds none). Raises
+    ConfigError naming the file for one that is not such a record."""
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{record_path}: unreadable: {exc}") from None
+    drivers = record.get("drivers", {}) if isinstance(record, dict) else None
+    if not isinstance(drivers, dict) or not all(isinstance(d, dict) for d in drivers.values()):
+        raise ConfigError(f"{record_path}: not an endpoints record ({{\"control\": …, \"drivers\": {{KIND: "
+                          f"{{\"endpoint\", \"pid\"}}}}, \"server_pid\": …}}); remove it if nothing runs")
+
+    def pid(value: Any) -> int | None:
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+    return pid(record.get("server_pid")), {kind: pid(d.get("pid")) for kind, d in drivers.items()}
+
+
 def down(run_dir: str | Path, *, timeout_s: float = 10.0) -> list[str]:
     """Stop what :func:`up` started in ``run_dir`` (the server first, so it closes its drivers cleanly) and
     remove ``endpoints.json``. Returns the names of the processes that were still running."""
     record_path = Path(run_dir) / ENDPOINTS_FILE
-    try:
-        record = json.loads(record_path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{record_path}: not found (nothing was started with --run-dir {run_dir})") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{record_path}: unreadable: {exc}") from exc
+    if not record_path.exists():
+        raise ConfigError(f"{record_path}: not found (nothing was started with --run-dir {run_dir})")
+    server_pid, drivers = _recorded_pids(record_path)
     stopped = []
-    server_pid = record.get("server_pid")
-    if isinstance(server_pid, int) and _stop([server_pid], timeout_s):
+    if server_pid is not None and _stop([server_pid], timeout_s):
         stopped.append(f"server (pid {server_pid})")
-    drivers = {kind: d.get("pid") for kind, d in record.get("drivers", {}).items()}
-    signalled = _stop([pid for pid in drivers.values() if isinstance(pid, int)], timeout_s)
+    signalled = _stop([pid for pid in drivers.values() if pid is not None], timeout_s)
     stopped += [f"{kind} driver (pid {pid})" for kind, pid in drivers.items() if pid in signalled]
     record_path.unlink()
     _forget([server_pid, *drivers.values()])

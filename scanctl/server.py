@@ -177,6 +177,7 @@ class ControlServer:
         self._cache: dict[str, OrderedDict[str, Message]] = {}
         self._pending: set[tuple[str, str]] = set()
         self._busy: str | None = None  # the worker command queued or running (set and cleared on the loop thread)
+        self._run_ended = False  # the run's end is published (set by the worker, read on the loop thread)
         self._controller: str | None = None
         self._controller_since = 0.0
         self._controller_seen = 0.0  # monotonic time of the controller's last command
@@ -311,7 +312,9 @@ class ControlServer:
             raise Rejected("not_controller", f"{name} refused: {holder}; send take_control first",
                            controller=self._controller)
         if name in WORKER_COMMANDS or name == "start":
-            if self._busy is not None:
+            # A run whose end has been published is over for the console (the worker is only finishing
+            # up): what it sends next is queued behind it, not refused.
+            if self._busy is not None and not (self._busy == "start" and self._run_ended):
                 raise Rejected("rejected", f"cannot {name.replace('_', ' ')}: {self._busy} in progress "
                                            f"(state {self.scanner.state.name})", state=self.scanner.state.name)
             if name == "start":
@@ -389,7 +392,7 @@ class ControlServer:
         with self._state_lock:
             self._run_id = run_id
             self._progress = {"t_s": 0.0, "total_s": self._loaded.seq.duration_s, "acquisitions": 0}
-        self._busy = "start"
+        self._busy, self._run_ended = "start", False
         with self._state_lock:
             self._deferred.clear()
         self._jobs.put(("start", [], "", msg))
@@ -677,6 +680,7 @@ class ControlServer:
         with self._state_lock:
             self._last_report = report
             self._loaded = None  # the next start needs a new load (the executor needs a new prepare)
+        self._run_ended = True  # before the end goes out: a console may send its next command at once
         self.publish("run", {"event": "end", **report})
         return self._reply(msg, "done", **report)
 

@@ -116,6 +116,12 @@ def test_a_client_without_curve_is_refused(curve_server):
 def test_cli_verbs_take_client_keys(curve_server, keys, capsys):
     assert main(["status", "--connect", curve_server.endpoint, "--keys", str(keys["console"]), "--json"]) == 0
     assert '"state"' in capsys.readouterr().out
+    named = ["--connect", curve_server.endpoint, "--keys", str(keys["console"]), "--name", "rig"]
+    assert main(["take-control", *named]) == 0
+    assert main(["move-table", *named, "10"]) == 0  # held as rig@KEY: the verb keeps it
+    with Client(curve_server.endpoint, keys=ClientCurve.load(keys["console"])) as watcher:
+        assert watcher.status()["controller"].startswith("rig@")
+    assert main(["release-control", *named]) == 0
     assert main(["status", "--connect", curve_server.endpoint, "--timeout", "0.5"]) == 2
     assert "no answer" in capsys.readouterr().err
 

@@ -108,6 +108,25 @@ def test_remote_run_writes_what_an_in_process_run_writes(tmp_path, served):
     assert snap["last_report"]["outcome"] == "completed" and snap["controller"] is None
 
 
+def test_a_command_sent_as_soon_as_a_run_ends_is_taken(tmp_path, served):
+    """The run's end event is the console's signal that the scanner is free: a load sent the moment it
+    arrives is queued behind the worker's last steps, not refused as 'start in progress'."""
+    refresh = served.server._telemetry
+
+    def slow_refresh(force: bool = False) -> None:  # the worker's last steps take a while (remote drivers)
+        if force:
+            time.sleep(0.1)
+        refresh(force)
+
+    served.server._telemetry = slow_refresh  # type: ignore[method-assign]
+    client = served.client("console")
+    for i in range(3):
+        assert run_remote(client, GRE, tmp_path / str(i), reconstruct=False).outcome == "completed"
+        client.take_control()
+        assert client.load(GRE)["state"] == "READY"
+        client.release_control()
+
+
 def test_a_protocol_uploaded_as_text_runs_too(tmp_path, served):
     report = run_remote(served.client(), GRE, tmp_path, upload=True)
     assert report.outcome == "completed" and report.acquisitions == 128
@@ -208,6 +227,15 @@ def test_ctrl_c_during_a_remote_run_aborts_the_scan_and_keeps_its_data(tmp_path)
         assert snap["state"] == "IDLE" and snap["controller"] is None
     finally:
         served.close()
+
+
+@pytest.mark.parametrize("argv", [["watch", "--timeout", "nan"], ["watch", "--timeout", "-1"],
+                                  ["watch", "--count", "-1"], ["status", "--timeout", "inf"],
+                                  ["down", "--timeout", "nan"], ["serve", "--control-timeout", "0"]])
+def test_bad_seconds_and_counts_are_refused_on_the_command_line(argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2 and "is not a" in capsys.readouterr().err
 
 
 def test_a_client_with_a_bad_endpoint_or_timeout_says_so(tmp_path):
@@ -540,7 +568,7 @@ def test_random_command_bodies_get_a_reply_and_the_server_keeps_serving(shared, 
         assert reply is not None and reply.type in ("reply", "error")
         if body.get("command") != "status" and body.get("command") not in ("take_control", "sync"):
             assert reply.type == "error" and reply.body["code"] in ("unknown_command", "not_controller",
-                                                                    "bad_argument")
+                                                                    "bad_argument", "malformed")
     finally:
         raw.close()
     assert_serving(shared)

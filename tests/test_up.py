@@ -120,3 +120,19 @@ def test_a_scan_across_processes_equals_the_scan_in_one(tmp_path):
     finally:
         down(run_dir)
     assert "no simulated gradients" not in (run_dir / "logs" / "rf.log").read_text()
+
+
+def test_an_endpoints_file_that_is_not_a_record_is_named(tmp_path):
+    """up and down on a run directory whose endpoints.json is broken: one clear error naming the file."""
+    import pytest
+
+    from scanctl.errors import ConfigError
+
+    record = tmp_path / "endpoints.json"
+    for text in ("{bad", "[]", '{"drivers": []}', '{"drivers": {"rf": 3}}'):
+        record.write_text(text)
+        for call in (lambda: up(tmp_path), lambda: down(tmp_path)):
+            with pytest.raises(ConfigError, match="endpoints.json: (unreadable|not an endpoints record)"):
+                call()
+    record.write_text('{"server_pid": true, "drivers": {"rf": {"pid": -4}}}')  # no pid to signal: nothing runs
+    assert down(tmp_path) == [] and not record.exists()
