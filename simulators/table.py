@@ -235,10 +235,12 @@ class SimulatedTable:
             self._state = SubsystemState.FAULT
             self._message = f"motor stall at {self._position:.1f} mm (injected)"
             return
-        self._position = self._position_at(start, target, speed, elapsed)
         if self._clock_s >= t0 + self._move_duration(start, target, speed):  # the same sum as wait_idle's end
-            self._move = None
+            # At the target, exactly: a move too short for the clock to see (1e-296 mm takes 1e-148 s) too.
+            self._position, self._move = target, None
             self._state, self._message = SubsystemState.STANDBY, f"at {self._position:g} mm"
+        else:
+            self._position = self._position_at(start, target, speed, elapsed)
 
     def _halt(self) -> None:
         self._settle()
