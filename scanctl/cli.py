@@ -577,8 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
             how = "takes control, sends the command and gives control back (unless --name holds it already)"
         p = sub.add_parser(verb, help=text, description=f"{text[0].upper()}{text[1:]}: {how}.")
         connect_arg(p)
-        p.add_argument("--name", help="this client's id, under which control is held (default: a new one); "
-                                      "lets a console script take-control, load, start, … release-control")
+        p.add_argument("--name", required=verb in ("take-control", "release-control"),
+                       help="this client's id, under which control is held (default: a new one); lets a console "
+                            "script take-control, load, start, … release-control")
         if verb not in ("release-control", "emergency-stop"):
             p.add_argument("--force", action="store_true", help="take control from the client holding it")
         if verb == "load":
