@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 from scanctl.simulators.base import SimulatedSequencer
-from scanctl.simulators.world import WorldReceiver, receiver, world_option
+from scanctl.simulators.world import receiver, world_option
 
 from scanctl.errors import ConfigError, DriverError
 from scanctl.interfaces import AcquisitionBatch, SubsystemState
@@ -254,9 +254,8 @@ class SimulatedRF(SimulatedSequencer):
             self.forward_energy_j += energy_j
 
     def _receive(self, rf: RFProgram, adc: ADCProgram) -> None:
-        if self._spins is None:  # no physics: no gradients needed (those sent from another process dropped)
-            if isinstance(self._world, WorldReceiver):
-                self._world.take_gradient(rf.t0_s, wait_s=0)
+        if self._spins is None:  # no physics: no gradients needed (what the world holds for it is dropped)
+            self._world.take_gradient(rf.t0_s, wait_s=0)
             if adc.n_windows == 0:
                 return
             signals = [np.zeros((1, n), np.complex64) for n in adc.num_samples.tolist()]

@@ -68,8 +68,9 @@ class World:
         with self._mutex:
             self._gradients[program.t0_s] = program
 
-    def take_gradient(self, t0_s: float) -> GradientProgram | None:
-        """The gradient program that starts at ``t0_s`` (removed from the world), if one was posted."""
+    def take_gradient(self, t0_s: float, wait_s: float | None = None) -> GradientProgram | None:
+        """The gradient program that starts at ``t0_s`` (removed from the world), if one was posted (in one
+        process it was posted before: nothing to wait for, whatever ``wait_s``)."""
         with self._mutex:
             return self._gradients.pop(t0_s, None)
 
