@@ -122,7 +122,6 @@ class SpinSystem:
         self.seed = seed
         self._setup_classes(phantom)
         self._cache = PulseCache()
-        self._phasors: dict[tuple[int, bytes], ComplexArray] = {}
         self._graph = PhaseGraph(self.n_classes, self.isochromats, tolerance=tolerance,
                                  track_time=self._dfr_max > 0)
         self.stats = Stats()
@@ -183,7 +182,10 @@ class SpinSystem:
         return self._graph.n_states
 
     def reset(self) -> None:
-        """Back to equilibrium (``Mz`` = 1 everywhere) before the next scan; restarts the noise."""
+        """Back to equilibrium (``Mz`` = 1 everywhere) before the next scan; restarts the noise and empties
+        the read-out phasors (kept by moment rounded to 1e-6: one kept from an earlier scan agrees with one
+        computed afresh only to rounding, so a scan's data would depend on the scans before it)."""
+        self._phasors: dict[tuple[int, bytes], ComplexArray] = {}
         self._graph.reset()
         self._t: float | None = None  # time the states refer to
         self._m_pending = np.zeros(3)  # gradient moment from _t to the end of the last segment
