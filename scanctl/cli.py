@@ -190,8 +190,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{args.file}: refused before anything moved: {report.message}", file=sys.stderr)
     else:
         rate = f", {t['real_time_factor']:.2f}x real time" if "real_time_factor" in t else ""
+        played = f"{report.sequence['duration_s']:.3f} s"
+        if report.outcome != "completed" and "real_time_factor" in t:  # ended early: how far it played
+            played = f"{t['real_time_factor'] * t['scan_wall_s']:.3f} of {played}"
         print(f"{args.file}: {report.outcome}: {report.acquisitions} acquisitions, "
-              f"{report.sequence['duration_s']:.3f} s of sequence in {t.get('scan_wall_s', 0.0):.3f} s{rate}")
+              f"{played} of sequence in {t.get('scan_wall_s', 0.0):.3f} s{rate}")
         if report.message:
             print(f"  {report.message}")
     print(f"wrote {', '.join(str(out / name) for name in report.outputs.values())}")

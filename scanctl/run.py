@@ -200,7 +200,7 @@ def run_scan(
         scanner.close()
     timings["total_wall_s"] = time.perf_counter() - t_start
     if result is not None and timings.get("scan_wall_s"):
-        timings["real_time_factor"] = seq.duration_s / timings["scan_wall_s"]
+        timings["real_time_factor"] = result.scan_time_s / timings["scan_wall_s"]  # of what played
     report = RunReport(
         outcome=outcome,
         message=message,

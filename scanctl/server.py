@@ -671,7 +671,7 @@ class ControlServer:
             "run": run_id, "outcome": result.outcome, "message": result.message,
             "acquisitions": counter["acquisitions"], "scan_time_s": result.scan_time_s,
             "duration_s": result.duration_s, "segments": result.segments,
-            "timings": {"scan_wall_s": scan_wall_s, "real_time_factor": result.duration_s / scan_wall_s
+            "timings": {"scan_wall_s": scan_wall_s, "real_time_factor": result.scan_time_s / scan_wall_s
                         if scan_wall_s > 0 else 0.0},
             "telemetry": result.telemetry, "profile": self.profile.name, "subsystems": dict(self._urls),
             "journal": [asdict(e) for e in self.scanner.journal[self._journal_start:]],

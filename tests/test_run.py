@@ -71,10 +71,12 @@ def test_fault_mid_scan_keeps_valid_raw_data(tmp_path, capsys):
     code = main(["run", str(PROTOCOLS / "gre_2d.toml"), "--out", str(tmp_path), "--rf", "sim://?physics=0",
                  "--gradient", "sim://?fault=trip@0.7s"])
     assert code == 1
-    assert "fault" in capsys.readouterr().out
+    assert "fault: " in (out := capsys.readouterr().out) and "0.700 of 1.480 s of sequence" in out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["outcome"] == "fault" and "trip at 0.700000 s" in report["message"]
     assert report["journal"][-2]["dest"] == "FAULT"
+    played_s = report["timings"]["real_time_factor"] * report["timings"]["scan_wall_s"]  # of what played
+    assert played_s == pytest.approx(0.7, abs=0.2)
     raw = read_acquisitions(tmp_path / "raw.h5")
     starts = [a.start_s for a in raw.acquisitions]
     assert len(starts) == report["acquisitions"] > 0 and max(starts) < 0.7
