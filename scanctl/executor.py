@@ -294,8 +294,9 @@ class Scanner:
             self._on_failure(exc)
             message = str(exc)
             try:  # what the receiver completed before the fault (one whose state is UNKNOWN has none to give)
-                if self.rf.status().state is SubsystemState.UNKNOWN:
-                    raise DriverError(f"rf: {self.rf.status().message}")
+                rf = self.rf.status()
+                if rf.state is SubsystemState.UNKNOWN:
+                    raise DriverError(f"rf: {rf.message}")
                 self._collect(sink, counter)
             except ScanctlError as lost:
                 log.error("rf: acquisitions after the last collected cannot be taken: %s", lost)

@@ -36,6 +36,7 @@ from urllib.parse import urlencode
 from scanctl import profile as profiles
 from scanctl.errors import ConfigError
 from scanctl.registry import parse_url
+from scanctl.simulators.world import is_remote
 
 ENDPOINTS_FILE = "endpoints.json"
 SEQUENCERS = ("gradient", "rf")  # the simulators --realtime paces
@@ -68,7 +69,7 @@ def simulator_urls(subsystems: dict[str, str]) -> dict[str, str]:
     and an RF simulator of the same world (a name: one process's) share a world on a free loopback port."""
     urls = {kind: url for kind, url in subsystems.items() if parse_url(url).scheme == "sim"}
     names = {kind: parse_url(urls[kind]).options.get("world", "default") for kind in SEQUENCERS if kind in urls}
-    if len(names) == 2 and len(set(names.values())) == 1 and "://" not in names["rf"]:
+    if len(names) == 2 and len(set(names.values())) == 1 and not is_remote(names["rf"]):
         world = f"tcp://127.0.0.1:{_free_port()}"
         urls.update({kind: _set_option(urls[kind], "world", world) for kind in SEQUENCERS})
     return urls

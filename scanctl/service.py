@@ -37,7 +37,7 @@ from scanctl.errors import ScanctlError, WireProtocolError
 from scanctl.interfaces import Status, SubsystemState
 from scanctl.program import ADCProgram, GradientProgram, RFProgram
 from scanctl.security import ServerCurve, refuse_unauthenticated
-from scanctl.wire import Message, decode, encode, error_reply, pack_acquisitions, pack_body, request_id_of
+from scanctl.wire import Message, decode, encode, error_reply, pack_acquisitions, request_id_of
 
 log = logging.getLogger(__name__)
 
@@ -248,9 +248,8 @@ class DriverService:
         method = msg.body.get("method")
         args, kwargs = msg.body.get("args", []), msg.body.get("kwargs", {})
         if method == "attributes":
-            try:
+            try:  # (a value that cannot travel is answered by _send)
                 body = {"result": {a: to_wire(getattr(self.subsystem, a)) for a in ATTRIBUTES[self.kind]}}
-                pack_body(body, [])
             except Exception as exc:  # noqa: BLE001 - answered, never fatal
                 return self._internal(msg, method, exc)
             return Message(type="reply", re=msg.id, src=self.name, body=body)
@@ -284,9 +283,8 @@ class DriverService:
             self._in_scan = True
         elif method in _SCAN_OVER:
             self._in_scan = False
-        try:
+        try:  # (a result that cannot travel is answered by _send, which packs it once)
             body = {"result": pack_acquisitions(result) if method == "acquisitions" else to_wire(result)}
-            pack_body(body, [])  # raises here, naming the method, for a result that cannot travel
         except Exception as exc:  # noqa: BLE001 - a result that cannot travel (the driver's bug)
             return self._internal(msg, method, exc)
         return Message(type="reply", re=msg.id, src=self.name, body=body)
