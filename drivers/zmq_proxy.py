@@ -6,6 +6,11 @@ every ``liveness_s / 4``; a driver that answers nothing for ``liveness_s`` secon
 declared silent: the call raises :class:`DriverTimeoutError` and ``status()`` says UNKNOWN until it
 answers again. Errors raised by the remote driver are raised here with their own class.
 
+An abort that cannot be delivered (the driver silent: frozen by a GC pause or a stalled VM, or its line
+cut) is **owed**: it is resent the moment the driver is heard again (by the heartbeats between calls and
+before any other call), and retried until the driver confirms it, so a driver that wakes up still playing
+is made safe at once. Until then ``status()`` says UNKNOWN.
+
 URL options: ``liveness_s`` (s), ``call_timeout_s`` (the longest any one call may take, s); ``keys``
 (CurveZMQ: this client's ``.key_secret`` file or a directory holding it) and ``server_key`` (the driver
 service's public key; default ``server.key`` beside the client key) — see docs/server.md#security.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import threading
 import time
 from typing import Any
@@ -29,6 +35,8 @@ from scanctl.registry import SubsystemURL, positive_float
 from scanctl.security import ClientCurve
 from scanctl.service import ATTRIBUTES, error_class, from_wire, to_wire
 from scanctl.wire import Message, decode, encode, unpack_acquisitions
+
+log = logging.getLogger(__name__)
 
 
 class RemoteDriver:
@@ -50,6 +58,7 @@ class RemoteDriver:
         self._last_heard = 0.0
         self._silent = False
         self._abort_line: RemoteDriver | None = None
+        self._abort_owed = False  # an abort that did not reach the driver: resent until it is confirmed
         self._beating = threading.Event()  # set: the heartbeat thread is to stop
         self._beat_thread: threading.Thread | None = None
 
@@ -96,9 +105,16 @@ class RemoteDriver:
                         self._silent = False
             finally:
                 self._lock.release()
+            if self._abort_owed and not self._silent:
+                self._settle_abort()
 
     def call(self, method: str, *args: Any, timeout_s: float | None = None, **kwargs: Any) -> Any:
-        """Call ``method`` on the remote subsystem and return its result (or raise its error)."""
+        """Call ``method`` on the remote subsystem and return its result (or raise its error). While an abort
+        is owed, it is resent first, and any other call but ``close`` raises DriverTimeoutError until it is
+        confirmed: nothing is loaded, armed or started on a driver that may still be playing."""
+        if self._abort_owed and method not in ("abort", "close") and not self._settle_abort():
+            raise DriverTimeoutError(f"{self.kind} driver at {self.endpoint}: {method} refused: an abort is owed "
+                                     "and the driver has not confirmed it")
         with self._lock:
             socket = self._open()
             request_id = f"{self.kind}-{next(self._ids)}"
@@ -155,12 +171,19 @@ class RemoteDriver:
 
     # -- the common interface ----------------------------------------------------------------------------
     def connect(self, timeout_s: float = 5.0) -> None:
-        with self._lock:  # reaching it anew (after a restart, say): silence counts from now
-            self._last_heard = 0.0
+        self._reach_anew()
+        if self._abort_line is not None:
+            self._abort_line._reach_anew()
         self.call("connect", timeout_s, timeout_s=timeout_s + self.liveness_s)
         for name, value in self.call("attributes", timeout_s=timeout_s).items():
             if name in ATTRIBUTES[self.kind]:
                 setattr(self, name, value)
+
+    def _reach_anew(self) -> None:
+        """Reaching the driver anew (after a restart, say): silence counts from now."""
+        with self._lock:
+            self._last_heard = 0.0
+            self._silent = False
 
     def close(self) -> None:
         if self._abort_line is not None:
@@ -179,20 +202,37 @@ class RemoteDriver:
     def status(self) -> Status:
         if self._silent:  # known silent: UNKNOWN at once (the heartbeats find out when it answers again)
             return Status(SubsystemState.UNKNOWN, 0.0, f"{self.kind} driver at {self.endpoint} is silent")
-        try:
+        try:  # (an owed abort is settled first: until it is, UNKNOWN)
             return self.call("status", timeout_s=self.liveness_s)
         except DriverTimeoutError as exc:
             return Status(SubsystemState.UNKNOWN, 0.0, str(exc))
 
     def abort(self) -> None:
+        """Make the remote subsystem safe now. Raises DriverTimeoutError when the driver is silent or does not
+        confirm in time; the abort is then owed, and resent until the driver confirms it."""
+        self._abort_owed = True
         if self._silent:  # a silent driver cannot be reached: say so at once, do not wait again
-            raise DriverTimeoutError(f"{self.kind} driver at {self.endpoint} is silent: cannot abort")
+            raise DriverTimeoutError(f"{self.kind} driver at {self.endpoint} is silent: the abort is resent "
+                                     "the moment it answers")
         # On a connection of its own: an abort must not queue behind a call in flight (a sync waiting for
         # the hardware to play), and the service answers it at once (scanctl.service).
         if self._abort_line is None:
             self._abort_line = RemoteDriver(self.url, self.endpoint, liveness_s=self.liveness_s)
             self._abort_line.kind, self._abort_line.curve = self.kind, self.curve
         self._abort_line.call("abort")
+        self._abort_owed = False
+
+    def _settle_abort(self) -> bool:
+        """Resend an owed abort; True once the driver has confirmed it."""
+        try:
+            self.abort()
+        except DriverTimeoutError:
+            return False
+        except ScanctlError as exc:  # the driver answered, refusing: it is reachable, the refusal is its word
+            log.error("%s driver at %s: owed abort refused: %s", self.kind, self.endpoint, exc)
+            return False
+        log.warning("%s driver at %s: owed abort delivered and confirmed", self.kind, self.endpoint)
+        return True
 
     def reset(self) -> None:
         self.call("reset")

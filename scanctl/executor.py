@@ -119,9 +119,13 @@ class Scanner:
             tripped = [name for name, on in self.interlocks.items() if on]
             if tripped:
                 return f"interlocks not clear: {', '.join(tripped)}"
-            faulted = [s.kind for s in self._subsystems() if s.status().state is SubsystemState.FAULT]
+            states = {s.kind: s.status().state for s in self._subsystems()}
+            faulted = [kind for kind, state in states.items() if state is SubsystemState.FAULT]
             if faulted:
                 return f"subsystems still in FAULT: {', '.join(faulted)}"
+            unsafe = [f"{kind} {state.name}" for kind, state in states.items() if state is not SubsystemState.STANDBY]
+            if unsafe:  # still playing, moving, armed or not heard from: not safe to call IDLE
+                return f"subsystems not confirmed safe: {', '.join(unsafe)}"
         if trigger in ("start", "move_table", "prepare") and any(self.interlocks.values()):
             return f"interlocks active: {', '.join(name for name, on in self.interlocks.items() if on)}"
         if trigger == "start" and self._report is None:
@@ -238,7 +242,11 @@ class Scanner:
         """Leave FAULT or EMERGENCY_STOP (interlocks clear, subsystem faults cleared) -> IDLE.
 
         A subsystem that was lost (OFF or UNKNOWN, e.g. its driver process restarted) is connected again.
+        Every subsystem is made safe first, and the scanner stays latched (InvalidTransitionError naming
+        them) unless every one then confirms it is safe (STANDBY): a driver that froze through the fault's
+        abort and woke up still playing is never called IDLE.
         """
+        self._make_safe()
         for sub in self._subsystems():
             if sub.status().state in (SubsystemState.OFF, SubsystemState.UNKNOWN):
                 sub.connect()

@@ -113,9 +113,10 @@ class DriverService:
     """Serve ``subsystem`` (of ``kind``) on ``endpoint`` until :meth:`stop`.
 
     Heartbeats go both ways: the service answers the proxy's, and when a scan is under way on it (armed,
-    started, loading or syncing since the last finish/abort) and no client has said anything — not even
-    a heartbeat — for ``client_timeout_s``, it aborts the subsystem by itself: a scanner that died or lost
-    its network leaves no RF or gradient playing.
+    started, loading or syncing since the last finish/abort) and the scanner — the connection that made
+    that call — has said nothing, not even a heartbeat, for ``client_timeout_s``, it aborts the subsystem
+    by itself: a scanner that died or lost its network leaves no RF or gradient playing. Other clients'
+    traffic (a monitoring tool's heartbeats) never keeps a playing driver alive.
 
     With ``curve`` (:class:`scanctl.security.ServerCurve`) only CURVE clients with an allowed key get in;
     without it a non-loopback endpoint is refused (ConfigError) unless ``insecure``."""
@@ -145,8 +146,9 @@ class DriverService:
         self._stopping = threading.Event()
         self._worker = threading.Thread(target=self._work, name=f"{self.name}-worker", daemon=True)
         self.client_timeout_s = client_timeout_s
-        self._last_heard = time.monotonic()
+        self._last_heard = time.monotonic()  # from the scanner: the connection that made the scanning call
         self._in_scan = False  # set by the worker after arm/start/load/sync, cleared by finish/abort/close/reset
+        self._scanner: bytes | None = None  # the routing id of the connection that made the scan's calls
         self._signatures: dict[str, inspect.Signature | None] = {}  # of the subsystem's methods, by name
 
     def _bind(self, endpoint: str) -> str:
@@ -173,7 +175,6 @@ class DriverService:
                     self._wake.recv()
                     self._send_replies()
                 if self._socket in ready:
-                    self._last_heard = time.monotonic()
                     self._handle(self._socket.recv_multipart(copy=False))
                 self._send_replies()
                 self._watch_clients()
@@ -205,6 +206,8 @@ class DriverService:
         if len(frames) < 2:
             return  # not from a DEALER/REQ peer: nothing to answer
         identity = [bytes(frames[0].buffer)]
+        if identity[0] == self._scanner:
+            self._last_heard = time.monotonic()
         payload = frames[1:]
         if payload and len(payload[0]) == 0:  # a REQ peer's empty delimiter
             identity.append(b"")
@@ -217,7 +220,8 @@ class DriverService:
         if msg.type == "heartbeat":
             self._send(identity, Message(type="heartbeat", re=msg.id, src=self.name))
         elif msg.type == "call" and msg.body.get("method") == "abort":
-            self._send(identity, self._call(msg))  # at once, beside a call in flight (abort is thread-safe)
+            # at once, beside a call in flight (abort is thread-safe); from anyone: making safe is always allowed
+            self._send(identity, self._call(msg, identity[0]))
         elif msg.type == "call":
             self._calls.put((identity, msg))
         else:
@@ -233,7 +237,7 @@ class DriverService:
                     return
                 identity, msg = item
                 try:
-                    reply = self._call(msg)
+                    reply = self._call(msg, identity[0])
                 except Exception as exc:  # noqa: BLE001 - _call answers everything; this only guards against its bugs
                     log.exception("%s: call %r failed", self.name, msg.body.get("method"))
                     reply = self._internal(msg, msg.body.get("method"), exc)
@@ -242,9 +246,9 @@ class DriverService:
         finally:
             wake.close()
 
-    def _call(self, msg: Message) -> Message:
-        """The answer to one call: its reply, or an error naming the method. Never raises: whatever the driver
-        raises is answered, and the worker goes on to the next call."""
+    def _call(self, msg: Message, caller: bytes) -> Message:
+        """The answer to ``caller``'s call: its reply, or an error naming the method. Never raises: whatever
+        the driver raises is answered, and the worker goes on to the next call."""
         method = msg.body.get("method")
         args, kwargs = msg.body.get("args", []), msg.body.get("kwargs", {})
         if method == "attributes":
@@ -279,7 +283,9 @@ class DriverService:
             return self._malformed(msg, method, f"{method}: {type(exc).__name__}: {exc}")
         except Exception as exc:  # noqa: BLE001 - a bug in the driver: answered, and the service keeps serving
             return self._internal(msg, method, exc)
-        if method in _SCANNING:
+        if method in _SCANNING:  # the caller is the scanner: only its word keeps the scan going
+            if caller != self._scanner:
+                self._scanner, self._last_heard = caller, time.monotonic()
             self._in_scan = True
         elif method in _SCAN_OVER:
             self._in_scan = False

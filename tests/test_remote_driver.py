@@ -16,6 +16,7 @@ import time
 import pytest
 
 from scanctl import profile as profiles
+from scanctl.errors import DriverError, InvalidTransitionError, ScanctlError
 from scanctl.executor import Scanner
 from scanctl.interfaces import SubsystemState
 from scanctl.machine import ScannerState
@@ -221,5 +222,112 @@ def test_an_idle_but_alive_scanner_keeps_the_scan_going():
         assert gradient.status().state is SubsystemState.STANDBY
     finally:
         proxy.close()
+        service.stop()
+        thread.join(timeout=5)
+
+
+def test_a_driver_frozen_through_the_faults_abort_is_made_safe_when_it_wakes_and_reset_waits_for_it(gradient_driver):
+    """A gradient driver frozen (SIGSTOP: a GC pause, a stalled VM) for 1.5 s mid-scan: the scan faults, the
+    abort cannot reach it, and it wakes up still RUNNING. The proxy owes it the abort and delivers it the
+    moment the driver answers again; reset is refused while it is not confirmed safe, then IDLE, and the
+    next scan plays."""
+    port, procs = gradient_driver
+    url = f"tcp://127.0.0.1:{port}?liveness_s={LIVENESS_S}"
+    scanner = Scanner.from_profile(PROFILE, {"gradient": url, "rf": "sim://?physics=0"}, segment_s=0.25)
+    scanner.connect()
+    seq = pulseq_read.read(GRE)
+    scanner.prepare(seq)
+    frozen: list[threading.Timer] = []
+
+    def progress(t_s: float, total_s: float) -> None:
+        if t_s > 2.0 and not frozen:
+            os.kill(procs[0].pid, signal.SIGSTOP)
+            frozen.append(threading.Timer(1.5, os.kill, (procs[0].pid, signal.SIGCONT)))
+            frozen[0].start()
+
+    try:
+        result = scanner.run(on_progress=progress)
+        assert result.outcome == "fault" and scanner.state is ScannerState.FAULT
+        with pytest.raises(ScanctlError):  # still frozen: not confirmed safe, the scanner stays latched
+            scanner.reset()
+        assert scanner.state is ScannerState.FAULT
+        frozen[0].join()
+        deadline = time.monotonic() + 3.0  # the owed abort goes out with the first heartbeat answered
+        while scanner.gradient.status().state is not SubsystemState.STANDBY and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status = scanner.gradient.status()
+        assert status.state is SubsystemState.STANDBY and "aborted" in status.message
+        scanner.reset()
+        assert scanner.state is ScannerState.IDLE
+        assert {kind: s.state for kind, s in scanner.status().items()} == dict.fromkeys(
+            ("gradient", "rf", "table"), SubsystemState.STANDBY)
+        scanner.prepare(seq)
+        assert scanner.run().outcome == "completed"
+    finally:
+        if frozen:
+            frozen[0].cancel()
+            os.kill(procs[0].pid, signal.SIGCONT)
+        scanner.close()
+
+
+class _StuckGradient:
+    """A gradient whose abort does not take (a broken amplifier interface): it keeps RUNNING."""
+
+    def __init__(self, real):
+        self._real = real
+        self.kind = real.kind
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def abort(self) -> None:
+        pass
+
+    def status(self):
+        status = self._real.status()
+        return type(status)(SubsystemState.RUNNING, status.time_s, "playing", status.telemetry)
+
+
+def test_reset_refuses_idle_while_a_subsystem_is_not_confirmed_safe():
+    scanner = Scanner.from_profile(PROFILE, {"rf": "sim://?physics=0"})
+    scanner.connect()
+    scanner.gradient = _StuckGradient(scanner.gradient)
+    scanner._on_failure(DriverError("injected"))
+    assert scanner.state is ScannerState.FAULT
+    with pytest.raises(InvalidTransitionError, match="not confirmed safe: gradient RUNNING"):
+        scanner.reset()
+    assert scanner.state is ScannerState.FAULT
+    scanner.gradient = scanner.gradient._real
+    scanner.reset()
+    assert scanner.state is ScannerState.IDLE
+    scanner.close()
+
+
+def test_another_clients_heartbeats_do_not_keep_a_driver_whose_scanner_went_silent_playing():
+    """A monitoring tool heartbeating the driver service must not stand in for the dead scanner."""
+    import zmq
+
+    from scanctl.wire import Message, decode, encode
+
+    gradient, service, thread, proxy = armed_gradient_over_the_wire(client_timeout_s=0.5)
+    monitor = zmq.Context.instance().socket(zmq.DEALER)
+    monitor.setsockopt(zmq.LINGER, 0)
+    monitor.connect(service.endpoint)
+    try:
+        proxy._beating.set()  # the scanner dies: no call, no heartbeat any more
+        proxy._beat_thread.join()
+        silent_from = time.monotonic()
+        answered = 0
+        while gradient.status().state is SubsystemState.RUNNING and time.monotonic() - silent_from < 3.0:
+            monitor.send_multipart(encode(Message(type="heartbeat", id=f"mon-{answered}")))
+            if monitor.poll(200):
+                answered += decode(monitor.recv_multipart()).type == "heartbeat"
+            time.sleep(0.05)
+        assert answered > 3  # the monitor was heard and answered all along
+        status = gradient.status()
+        assert status.state is SubsystemState.STANDBY and "aborted" in status.message
+        assert time.monotonic() - silent_from < 1.5  # the 0.5 s bound and a poll or two, not the monitor's 3 s
+    finally:
+        monitor.close()
         service.stop()
         thread.join(timeout=5)
