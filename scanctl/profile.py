@@ -14,7 +14,7 @@ from pathlib import Path
 from scanctl.errors import ConfigError
 from scanctl.safety import limits as safety_limits
 from scanctl.safety.limits import SafetyLimits
-from scanctl.tomlcheck import Reader
+from scanctl.tomlcheck import Reader, load_text
 from scanctl.tomlcheck import parse as parse_toml
 
 AXES = ("x", "y", "z")
@@ -82,10 +82,7 @@ def load(name_or_path: str | Path | None = None) -> SystemProfile:
         name_or_path = "default"
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read system profile: {exc.strerror or exc}") from exc
+        text = load_text(path, "system profile")
         source = str(path)
     else:
         shipped = resources.files("scanctl.profiles") / f"{name_or_path}.toml"

@@ -14,14 +14,23 @@ from pathlib import Path
 from typing import Any
 
 from scanctl.errors import ConfigError
+from scanctl.files import read_bounded
+
+
+#: The largest configuration file read (bytes): a protocol or profile is a few kB.
+MAX_TOML_BYTES = 1 << 20
 
 
 def load_text(path: Path, what: str) -> str:
-    """The text of ``path``; ``what`` names the kind of file in the error. Raises :class:`ConfigError`."""
+    """The text of ``path``; ``what`` names the kind of file in the error. Raises :class:`ConfigError` for a
+    file that cannot be read, is not a regular file (a FIFO, a device), is over :data:`MAX_TOML_BYTES` or is
+    not UTF-8."""
     try:
-        return path.read_text(encoding="utf-8")
+        return read_bounded(path, MAX_TOML_BYTES).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: cannot read {what}: not UTF-8 text") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: it {exc}") from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from exc
 

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scanctl.errors import SequenceFormatError, SignatureError
+from scanctl.files import read_bounded
 from scanctl.sequence import shapes as shape_codec
 from scanctl.sequence._text import Section, Table, TextFile
 from scanctl.sequence.model import (
@@ -73,10 +74,9 @@ def read(path: str | os.PathLike[str], *, verify_signature: bool = True) -> Sequ
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise SequenceFormatError(path, None, f"file is {size} bytes, more than the {MAX_FILE_BYTES} accepted")
-        data = path.read_bytes()
+        data = read_bounded(path, MAX_FILE_BYTES)
+    except ValueError as exc:  # a FIFO, a device, a directory, or too large
+        raise SequenceFormatError(path, None, f"cannot read file: it {exc}") from None
     except OSError as exc:
         raise SequenceFormatError(path, None, f"cannot read file: {exc.strerror or exc}") from exc
     return parse(data, path=path, verify_signature=verify_signature)

@@ -22,6 +22,8 @@ one from ``.npz`` or ``.h5`` (format in ``docs/phantom.md``). Every problem with
 from __future__ import annotations
 
 import math
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scanctl.errors import ConfigError
+from scanctl.files import require_regular
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -37,6 +40,8 @@ FloatArray = npt.NDArray[np.float64]
 #: 2-5 mm slices (a time-bandwidth-4 sinc for 5 mm still excites ~1% at +-5 mm).
 DEFAULT_SLAB_M = 10e-3
 
+#: The most a phantom file may hold, or expand to (bytes): four float64 maps of 256^3 voxels are 512 MiB.
+MAX_PHANTOM_BYTES = 1 << 30
 MAPS = ("pd", "t1_s", "t2_s", "b0_offset_hz")
 
 
@@ -234,8 +239,14 @@ def load_phantom(path: str | Path) -> Phantom:
     """
     p = Path(path)
     source = str(p)
-    if not p.is_file():
-        raise ConfigError(f"{source}: phantom file not found")
+    try:
+        require_regular(p, MAX_PHANTOM_BYTES)
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: phantom file not found") from None
+    except ValueError as exc:  # a FIFO or a device (/dev/zero) would be read forever
+        raise ConfigError(f"{source}: cannot read phantom: it {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read phantom: {exc.strerror or exc}") from None
     suffix = p.suffix.lower()
     if suffix == ".npz":
         raw = _read_npz(p)
@@ -255,10 +266,16 @@ def load_phantom(path: str | Path) -> Phantom:
 
 def _read_npz(path: Path) -> dict[str, Any]:
     try:
+        with zipfile.ZipFile(path) as archive:  # what it expands to, before expanding anything
+            expanded = sum(member.file_size for member in archive.infolist())
+        if expanded > MAX_PHANTOM_BYTES:
+            raise ConfigError(f"{path}: cannot read as .npz: it expands to {expanded} bytes, more than the "
+                              f"{MAX_PHANTOM_BYTES} accepted")
         with np.load(path, allow_pickle=False) as data:
             return {key: np.asarray(data[key]) for key in data.files}
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read as .npz ({exc})") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
+        # a corrupt or truncated archive, a member that is no array (pickled objects are never loaded)
+        raise ConfigError(f"{path}: cannot read as .npz ({type(exc).__name__}: {exc})") from None
 
 
 def _read_h5(path: Path) -> dict[str, Any]:
@@ -269,9 +286,14 @@ def _read_h5(path: Path) -> dict[str, Any]:
                           "it); or save the phantom as .npz") from exc
     try:
         with h5py.File(path, "r") as f:
-            out: dict[str, Any] = {key: np.asarray(f[key]) for key in f if isinstance(f[key], h5py.Dataset)}
+            datasets = [key for key in f if isinstance(f[key], h5py.Dataset)]
+            expanded = sum(f[key].size * f[key].dtype.itemsize for key in datasets)
+            if expanded > MAX_PHANTOM_BYTES:  # a small compressed file can expand to any size
+                raise ConfigError(f"{path}: cannot read as HDF5: its datasets hold {expanded} bytes, more than "
+                                  f"the {MAX_PHANTOM_BYTES} accepted")
+            out: dict[str, Any] = {key: np.asarray(f[key]) for key in datasets}
             if "voxel_size_m" not in out and "voxel_size_m" in f.attrs:
                 out["voxel_size_m"] = np.asarray(f.attrs["voxel_size_m"])
             return out
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read as HDF5 ({exc})") from exc
+    except (OSError, ValueError, TypeError) as exc:  # corrupt, or datasets of no numeric type
+        raise ConfigError(f"{path}: cannot read as HDF5 ({type(exc).__name__}: {exc})") from None
