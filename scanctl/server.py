@@ -28,7 +28,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,6 +50,7 @@ from scanctl.machine import JournalEntry, ScannerState
 from scanctl.profile import DEFAULT_ENDPOINTS, SystemProfile
 from scanctl.protocol import Protocol
 from scanctl.publisher import Publisher
+from scanctl.reply_cache import ReplyCache, fingerprint
 from scanctl.run import load_source, protocol_info, sequence_info, subsystem_urls
 from scanctl.safety.predict import predict
 from scanctl.security import ServerCurve, refuse_unauthenticated
@@ -67,7 +67,9 @@ DEFAULT_DATA = DEFAULT_ENDPOINTS["data"]
 MAX_COMMAND_BYTES = 64 << 20
 #: Acquisitions per data message at most (a batch is packed in columns: six binary frames whatever its size).
 ACQUISITIONS_PER_MESSAGE = 1024
-REPLY_CACHE = 64  # replies remembered per client, for retries
+#: Commands whose replies are not kept for retries: they change nothing, so a retry simply runs again (and
+#: a status reply, a whole snapshot, is the largest there is).
+UNCACHED_COMMANDS = frozenset({"status", "sync"})
 #: How often the worker looks at every subsystem between commands (s): a lost one latches FAULT.
 LIVENESS_CHECK_S = 0.25
 
@@ -174,8 +176,7 @@ class ControlServer:
         self._stopping = threading.Event()
         self._jobs: queue.Queue[tuple[str, list[bytes], str, Message] | None] = queue.Queue()
         self._replies: queue.Queue[tuple[list[bytes], str, Message, str]] = queue.Queue()
-        self._cache: dict[str, OrderedDict[str, Message]] = {}
-        self._pending: set[tuple[str, str]] = set()
+        self._cache = ReplyCache()
         self._busy: str | None = None  # the worker command queued or running (set and cleared on the loop thread)
         self._run_ended = False  # the run's end is published (set by the worker, read on the loop thread)
         self._controller: str | None = None
@@ -279,14 +280,19 @@ class ControlServer:
             self._send(identity, error_reply(msg.id, "malformed", f"unknown message type {msg.type!r} (expected "
                                                                   f"'command')", src=self.name))
             return
-        if msg.id is not None:
-            cache = self._cache.get(client)
-            cached = cache.get(msg.id) if cache is not None else None
-            if cached is not None:
-                self._send(identity, cached)
+        print_ = None
+        if msg.id is not None and msg.body.get("command") not in UNCACHED_COMMANDS:
+            print_ = fingerprint(msg.body)
+            seen = self._cache.seen(client, msg.id, print_)
+            if seen is False:
+                self._send(identity, self._error(msg, "bad_argument", f"request id {msg.id!r} was already used by "
+                                                                      "this client for a different command"))
                 return
-            if (client, msg.id) in self._pending:
+            if seen is True:
                 return  # a retry of a command still running: its reply follows
+            if seen is not None:
+                self._send_frames(identity, seen)  # a retry of a command answered: the same reply, not run again
+                return
         try:
             reply = self._command(client, identity, msg)
         except Rejected as exc:
@@ -298,9 +304,13 @@ class ControlServer:
         except Exception as exc:  # noqa: BLE001 - a server bug answers this client and keeps serving the others
             log.exception("%s: command %r failed", self.name, msg.body.get("command"))
             reply = self._error(msg, "internal", f"{type(exc).__name__}: {exc}")
-        if reply is not None:
-            self._remember(client, msg.id, reply)
-            self._send(identity, reply)
+        if reply is None:  # queued for the worker: its reply follows
+            if print_ is not None and msg.id is not None:
+                self._cache.running(client, msg.id, print_)
+            return
+        frames = self._send(identity, reply)
+        if print_ is not None and msg.id is not None and frames is not None:
+            self._cache.remember(client, msg.id, print_, frames)
 
     def _command(self, client: str, identity: list[bytes], msg: Message) -> Message | None:
         name = msg.body.get("command")
@@ -321,8 +331,6 @@ class ControlServer:
                 return self._start(msg)
             self._check_args(name, msg.body)
             self._busy = name
-            if msg.id is not None:
-                self._pending.add((client, msg.id))
             self._jobs.put((name, identity, client, msg))
             return None
         handler: Callable[[str, Message], dict[str, Any]] = getattr(self, f"_cmd_{name}", self._run_request)
@@ -435,16 +443,6 @@ class ControlServer:
         reply.body.update({"command": request.body.get("command"), **to_plain(extra)})
         return reply
 
-    def _remember(self, client: str, request_id: str | None, reply: Message) -> None:
-        if request_id is None:
-            return
-        cache = self._cache.setdefault(client, OrderedDict())
-        cache[request_id] = reply
-        while len(cache) > REPLY_CACHE:
-            cache.popitem(last=False)
-        if len(self._cache) > 1024:  # forget the clients not heard from longest
-            self._cache.pop(next(iter(self._cache)))
-
     def _send_replies(self) -> None:
         while True:
             try:
@@ -455,15 +453,24 @@ class ControlServer:
                 self._busy = None
             if not identity:
                 continue  # a job of the server's own (connect, the run behind an accepted start)
-            if reply.re is not None:
-                self._pending.discard((client, reply.re))
-                self._remember(client, reply.re, reply)
-            self._send(identity, reply)
+            frames = self._send(identity, reply)
+            if reply.re is not None and frames is not None:
+                self._cache.remember(client, reply.re, None, frames)
 
-    def _send(self, identity: list[bytes], msg: Message) -> None:
+    def _send(self, identity: list[bytes], msg: Message) -> list[bytes] | None:
+        """Send ``msg``; its frames as sent (for the reply cache), or None when it could not be encoded."""
         try:
-            self._commands.send_multipart([*identity, *encode(msg)], copy=False)
-        except (zmq.ZMQError, WireProtocolError) as exc:
+            frames = [bytes(frame) for frame in encode(msg)]
+        except WireProtocolError as exc:
+            log.error("%s: reply to %s cannot be encoded: %s", self.name, msg.re, exc)
+            return None
+        self._send_frames(identity, frames)
+        return frames
+
+    def _send_frames(self, identity: list[bytes], frames: list[bytes]) -> None:
+        try:
+            self._commands.send_multipart([*identity, *frames], copy=False)
+        except zmq.ZMQError as exc:
             log.warning("%s: reply not sent: %s", self.name, exc)
 
     # -- events (any thread) ---------------------------------------------------------------------------------

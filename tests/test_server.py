@@ -612,3 +612,67 @@ def test_a_message_over_the_size_limit_is_dropped_and_the_server_keeps_serving(s
 def test_a_network_bind_without_authentication_is_refused():
     with pytest.raises(ConfigError, match="not a loopback address"):
         ControlServer(PROFILE, "tcp://0.0.0.0:0", LOOPBACK)
+
+
+def test_a_request_id_reused_for_another_command_is_refused_not_answered_with_the_first_reply(shared):
+    raw = Raw(shared.endpoint)
+    try:
+        def ask(command: str, **body: Any) -> Message:
+            reply = raw.ask([encode(Message(type="command", id="same-id", src="reuser",
+                                            body={"command": command, **body}))[0]])
+            assert reply is not None
+            return reply
+
+        first = ask("take_control")
+        assert first.type == "reply" and first.body["controller"] == "reuser"
+        assert ask("take_control").body == first.body  # a retry: the same reply
+        reused = ask("move_table", position_mm=10.0)
+        assert reused.type == "error" and reused.body["code"] == "bad_argument"
+        assert "same-id" in reused.body["message"] and "different command" in reused.body["message"]
+        assert shared.server.scanner.table.position_mm() == 0.0  # nothing moved
+    finally:
+        raw.socket.send_multipart(encode(Message(type="command", id="rel", src="reuser",
+                                                 body={"command": "release_control"})))
+        raw.socket.poll(5000)
+        raw.close()
+
+
+def test_the_reply_cache_is_bounded_however_many_clients_a_peer_makes_up(shared):
+    """65,536 requests under 1,024 made-up names grew the server by 553 MB: status replies are not kept at
+    all, and the replies that are kept are bounded in number and bytes over all clients together."""
+    from scanctl import reply_cache
+
+    raw = Raw(shared.endpoint)
+    cache = shared.server._cache
+    try:
+        requests = [Message(type="command", id=f"s{i}", src=f"made-up-{i % 1024}", body={"command": "status"})
+                    for i in range(4096)]  # status: never kept
+        # refused commands are kept (a retry must get the same refusal): bounded
+        requests += [Message(type="command", id=f"r{i}", src=f"made-up-{i % 1024}",
+                             body={"command": "reset", "pad": "x" * 2000}) for i in range(6000)]
+        for start in range(0, len(requests), 200):  # in windows: within the sockets' high-water marks
+            window = requests[start:start + 200]
+            for request in window:
+                raw.socket.send_multipart(encode(request))
+            for _ in window:
+                assert raw.socket.poll(10_000)
+                raw.socket.recv_multipart()
+        assert len(cache) <= reply_cache.MAX_ENTRIES and cache.bytes <= reply_cache.MAX_BYTES
+        assert len(cache) >= 1000  # it does keep replies
+    finally:
+        raw.close()
+    assert_serving(shared)
+
+
+def test_loading_a_fifo_is_refused_and_the_worker_stays_free(tmp_path, served):
+    import os
+
+    fifo = tmp_path / "pipe.toml"
+    os.mkfifo(fifo)
+    c = served.client("fifo")
+    wait_state(c, "IDLE")
+    c.take_control()
+    with pytest.raises(CommandError) as refused:
+        c.load(fifo)
+    assert refused.value.code == "bad_argument" and "FIFO" in str(refused.value)
+    assert c.load(GRE)["state"] == "READY"  # the worker is not wedged
