@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import zmq
 
 from scanctl.errors import ConfigError, ScanctlError, WireProtocolError
@@ -180,6 +181,38 @@ class Client:
 
     def move_table(self, position_mm: float, speed_mm_s: float | None = None) -> dict[str, Any]:
         return self.command("move_table", {"position_mm": position_mm, "speed_mm_s": speed_mm_s})
+
+    def runs(self) -> list[dict[str, Any]]:
+        """The runs the server keeps a copy of (id and file sizes), oldest first."""
+        return list(self.command("runs")["runs"])
+
+    def fetch(self, run_id: str, out: str | os.PathLike[str]) -> list[Path]:
+        """Copy the server's files of run ``run_id`` (raw.h5, sequence.seq, report.json, those it has) into
+        the folder ``out`` (created; files are created exclusively, never overwritten). Returns their paths.
+        Raises CommandError for an unknown run, ScanctlError for a file that exists or cannot be written."""
+        folder = Path(out)
+        listed = {run["run"]: run["files"] for run in self.runs()}
+        if run_id not in listed:
+            raise CommandError("bad_argument", f"no run {run_id!r} on the server at {self.endpoint}", {})
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name in listed[run_id]:
+            path = folder / name
+            try:
+                with open(path, "xb") as f:
+                    offset, size = 0, None
+                    while size is None or offset < size:
+                        piece = self.command("fetch", {"run": run_id, "file": name, "offset": offset})
+                        data = np.asarray(piece["data"], dtype=np.uint8)
+                        size = int(piece["size"])
+                        if data.size == 0 and offset < size:
+                            raise ScanctlError(f"{name} of {run_id} ended at {offset} of {size} bytes")
+                        f.write(data.tobytes())
+                        offset += data.size
+            except OSError as exc:
+                raise ScanctlError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            written.append(path)
+        return written
 
     def subscribe(self, *, data: bool = False, events: bool = True, timeout_s: float = 5.0) -> Subscription:
         """A subscription to this server's events (and ADC data), ready: every message published after

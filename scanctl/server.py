@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import zmq
 
 from scanctl.errors import (
@@ -50,7 +51,9 @@ from scanctl.machine import JournalEntry, ScannerState
 from scanctl.profile import DEFAULT_ENDPOINTS, SystemProfile
 from scanctl.protocol import Protocol
 from scanctl.publisher import Publisher
+from scanctl.rawdata import RawHeader
 from scanctl.reply_cache import ReplyCache, fingerprint
+from scanctl.run_store import MAX_CHUNK_BYTES, RunStore
 from scanctl.run import load_source, protocol_info, sequence_info, subsystem_urls
 from scanctl.safety.predict import predict
 from scanctl.security import ServerCurve, refuse_unauthenticated
@@ -69,7 +72,7 @@ MAX_COMMAND_BYTES = 64 << 20
 ACQUISITIONS_PER_MESSAGE = 1024
 #: Commands whose replies are not kept for retries: they change nothing, so a retry simply runs again (and
 #: a status reply, a whole snapshot, is the largest there is).
-UNCACHED_COMMANDS = frozenset({"status", "sync"})
+UNCACHED_COMMANDS = frozenset({"status", "sync", "runs", "fetch"})
 #: How often the worker looks at every subsystem between commands (s): a lost one latches FAULT.
 LIVENESS_CHECK_S = 0.25
 
@@ -78,7 +81,7 @@ LIVENESS_CHECK_S = 0.25
 CONTROL_TIMEOUT_S = 30.0
 #: Commands anyone may send; every other command needs control. The emergency stop is a button anyone in
 #: the room may press: an observer's console can send it too (releasing it needs control).
-OPEN_COMMANDS = frozenset({"status", "take_control", "sync", "emergency_stop"})
+OPEN_COMMANDS = frozenset({"status", "take_control", "sync", "emergency_stop", "runs", "fetch"})
 RUN_REQUESTS = ("pause", "resume", "stop", "abort")
 #: Commands that run on the worker thread (they drive the state machine); the reply follows when done.
 WORKER_COMMANDS = frozenset({"load", "reset", "move_table"})
@@ -102,6 +105,8 @@ class _Loaded:
     protocol: Protocol | None
     source: str
     info: dict[str, Any]
+    sequence_text: str
+    header: RawHeader
 
 
 def bind_socket(socket: zmq.Socket[Any], endpoint: str) -> str:
@@ -140,7 +145,8 @@ class ControlServer:
                  events_endpoint: str = DEFAULT_EVENTS, data_endpoint: str | None = None,
                  overrides: dict[str, str] | None = None, *, name: str = "scanctl-server", segment_s: float = 0.5,
                  telemetry_period_s: float = 1.0, insecure: bool = False, curve: ServerCurve | None = None,
-                 context: zmq.Context[Any] | None = None, control_timeout_s: float = CONTROL_TIMEOUT_S) -> None:
+                 context: zmq.Context[Any] | None = None, control_timeout_s: float = CONTROL_TIMEOUT_S,
+                 data_dir: str | Path | None = None) -> None:
         refuse_unauthenticated([control_endpoint, events_endpoint, data_endpoint], curve, insecure, "the scanner")
         self.curve = curve
         self.profile = profile
@@ -151,6 +157,7 @@ class ControlServer:
         if not (math.isfinite(control_timeout_s) and control_timeout_s > 0):
             raise ConfigError(f"control timeout {control_timeout_s} s is not a positive number")
         self.control_timeout_s = control_timeout_s
+        self.store = RunStore(data_dir)  # the server's own copy of every run (scanctl/run_store.py)
         self._context = context or zmq.Context.instance()
         self._commands = self._socket(zmq.ROUTER)
         self._commands.setsockopt(zmq.MAXMSGSIZE, MAX_COMMAND_BYTES)
@@ -384,6 +391,27 @@ class ControlServer:
             self.publish("control", {"controller": client, "previous": previous, "lapsed": lapsed})
         self._controller_seen = time.monotonic()
         return {"controller": client}
+
+    def _cmd_runs(self, client: str, msg: Message) -> dict[str, Any]:
+        return {"runs": self.store.runs(), "dir": str(self.store.root)}
+
+    def _cmd_fetch(self, client: str, msg: Message) -> dict[str, Any]:
+        """A piece of a stored run's file: ``run``, ``file`` (raw.h5, sequence.seq, report.json), ``offset``
+        and ``length`` (bytes); the reply's ``data`` is a uint8 array (a binary frame) and ``size`` the
+        file's size."""
+        body = msg.body
+        try:
+            data, size = self.store.read(body.get("run"), body.get("file", "raw.h5"), body.get("offset", 0),
+                                         body.get("length", MAX_CHUNK_BYTES))
+        except ValueError as exc:
+            raise Rejected("bad_argument", f"fetch: {exc}") from None
+        except FileNotFoundError:
+            raise Rejected("bad_argument", f"fetch: no file {body.get('file', 'raw.h5')!r} of run "
+                                           f"{body.get('run')!r} on this server") from None
+        except OSError as exc:
+            raise Rejected("failed", f"fetch: {exc.strerror or exc}") from None
+        return {"run": body["run"], "file": body.get("file", "raw.h5"), "offset": body.get("offset", 0),
+                "size": size, "data": np.frombuffer(data, dtype=np.uint8)}
 
     def _cmd_release_control(self, client: str, msg: Message) -> dict[str, Any]:
         self._controller = None
@@ -628,7 +656,7 @@ class ControlServer:
                 "table_position_mm": protocol.table_position_mm if protocol is not None else 0.0,
                 "patient_weight_kg": weight, "mode": safety.mode, "safety": safety.to_json()}
         with self._state_lock:
-            self._loaded = _Loaded(seq, protocol, source_name, info)
+            self._loaded = _Loaded(seq, protocol, source_name, info, seq_text, header)
             self._journal_start = journal_start
         return self._reply(msg, "done", state=self.scanner.state.name, check=report.to_json(),
                            sequence_text=seq_text, header_xml=header.to_xml(), header=header, profile=self.profile.name,
@@ -640,10 +668,12 @@ class ControlServer:
         run_id = self._run_id
         counter = {"acquisitions": 0}
         t0 = time.perf_counter()
+        stored = self.store.start(run_id, loaded.header, loaded.seq, loaded.sequence_text)
         self.publish("run", {"event": "start", "run": run_id, "sequence": loaded.info["sequence"],
-                             "protocol": loaded.info["protocol"]})
+                             "protocol": loaded.info["protocol"], "stored": stored.info()})
 
         def on_acquisitions(batch: Acquisitions) -> None:
+            stored.extend(batch)  # first: whatever happens to the consoles, the server keeps its copy
             for i in range(0, len(batch), ACQUISITIONS_PER_MESSAGE):
                 chunk = batch[i:i + ACQUISITIONS_PER_MESSAGE]
                 self.publish("data", {"acquisitions": pack_acquisitions(chunk)}, data=True)
@@ -684,6 +714,8 @@ class ControlServer:
             "journal": [asdict(e) for e in self.scanner.journal[self._journal_start:]],
             "sequence": loaded.info["sequence"], "protocol": loaded.info["protocol"],
         }
+        stored.finish(report)
+        report["stored"] = stored.info()
         with self._state_lock:
             self._last_report = report
             self._loaded = None  # the next start needs a new load (the executor needs a new prepare)

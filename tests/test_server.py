@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from scanctl import profile as profiles
 from scanctl.cli import _event_line, main
 from scanctl.client import Client, CommandError, run_remote
-from scanctl.errors import ConfigError
+from scanctl.errors import ConfigError, ScanctlError
 from scanctl.rawdata import read_acquisitions
 from scanctl.run import run_scan
 from scanctl.server import ControlServer
@@ -676,3 +676,54 @@ def test_loading_a_fifo_is_refused_and_the_worker_stays_free(tmp_path, served):
         c.load(fifo)
     assert refused.value.code == "bad_argument" and "FIFO" in str(refused.value)
     assert c.load(GRE)["state"] == "READY"  # the worker is not wedged
+
+
+def test_a_console_killed_mid_scan_loses_nothing_the_server_keeps_and_serves_the_run(tmp_path):
+    """SIGKILL of ``scanctl run --connect`` mid-scan: the scan plays on, and the server's own copy of the
+    run holds every acquisition, fetched later by another console (issue 13, defect 6)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from scanctl.rawdata import read_acquisitions
+
+    store = tmp_path / "server-runs"
+    s = Served({"gradient": "sim://?realtime=1&buffer_s=0.2", "rf": "sim://?physics=0&realtime=1&buffer_s=0.2"},
+               segment_s=0.1, data_dir=store)
+    try:
+        console = subprocess.Popen([sys.executable, "-m", "scanctl", "run", "--connect", s.endpoint, str(GRE),
+                                    "--out", str(tmp_path / "console")], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        watcher = s.client("watcher")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            progress = watcher.status().get("progress") or {}
+            if progress.get("acquisitions", 0) >= 16:
+                break
+            time.sleep(0.02)
+        os.kill(console.pid, signal.SIGKILL)
+        console.wait(timeout=10)
+        killed_at = watcher.status()["progress"]["acquisitions"]
+        assert 16 <= killed_at < 128  # killed mid-scan
+        snap = wait_state(watcher, "IDLE", timeout_s=30)
+        report = snap["last_report"]
+        assert report["outcome"] == "completed" and report["acquisitions"] == 128
+        assert report["stored"]["acquisitions"] == 128 and report["stored"]["error"] is None
+        run_id = report["run"]
+        assert [r["run"] for r in watcher.runs()] == [run_id]
+        fetched = watcher.fetch(run_id, tmp_path / "fetched")
+        assert sorted(p.name for p in fetched) == ["raw.h5", "report.json", "sequence.seq"]
+        raw = read_acquisitions(tmp_path / "fetched" / "raw.h5")
+        assert len(raw.acquisitions) == 128
+        assert [a.index for a in raw.acquisitions] == list(range(128))
+        assert (tmp_path / "fetched" / "raw.h5").read_bytes() == (store / run_id / "raw.h5").read_bytes()
+        assert json.loads((tmp_path / "fetched" / "report.json").read_text())["run"] == run_id
+        with pytest.raises(CommandError, match="not a run id"):
+            watcher.command("fetch", {"run": "../../etc", "file": "raw.h5"})
+        with pytest.raises(CommandError, match="not a file of a run"):
+            watcher.command("fetch", {"run": run_id, "file": "../x"})
+        with pytest.raises(ScanctlError, match="exists"):
+            watcher.fetch(run_id, tmp_path / "fetched")  # never overwritten
+    finally:
+        s.close()
