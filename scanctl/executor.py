@@ -199,8 +199,9 @@ class Scanner:
         return self.table.position_mm()
 
     def require_known(self, subsystems: tuple[str, ...] = ("gradient", "rf", "table")) -> None:
-        """Refuse motion and scans while a subsystem's state is UNKNOWN (its driver silent, its controller
-        lost or reset: what it is doing cannot be trusted): latch FAULT, so that ``reset`` reconnects it,
+        """Refuse motion and scans while a subsystem's state is UNKNOWN or OFF (its driver silent or restarted,
+        its controller lost or reset: what it is doing cannot be trusted): latch FAULT, so that ``reset``
+        reconnects it,
         and raise DriverError naming it. Only from IDLE or READY (elsewhere the run's own checks act)."""
         if self.state not in (S.IDLE, S.READY):
             return
@@ -208,8 +209,8 @@ class Scanner:
             if sub.kind not in subsystems:
                 continue
             status = sub.status()
-            if status.state is SubsystemState.UNKNOWN:
-                exc = DriverError(f"the {sub.kind}'s state is UNKNOWN: {status.message}")
+            if status.state in (SubsystemState.UNKNOWN, SubsystemState.OFF):  # OFF: lost since connect (restarted)
+                exc = DriverError(f"the {sub.kind}'s state is {status.state.name}: {status.message}")
                 self._on_failure(exc)
                 raise exc
 

@@ -115,6 +115,8 @@ def _is_scanctl(pid: int) -> bool:
 
 def _spawn(name: str, argv: list[str], logs: Path) -> tuple[subprocess.Popen[bytes], Path]:
     log_path = logs / f"{name}.log"
+    if log_path.exists():  # a process started again (restart): its predecessor's log is kept beside it
+        log_path.replace(logs / f"{name}.{time.strftime('%Y%m%d-%H%M%S')}.log")
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen([sys.executable, "-m", "scanctl", *argv], stdout=log_file, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -210,6 +212,44 @@ def up(run_dir: str | Path, *, system: str | None = None, control: str | None = 
         raise
     record = {"control": match.group(1), "events": match.group(2), "data": match.group(3), "drivers": drivers,
               "server_pid": proc.pid}
+    if system is not None:
+        record["system"] = system  # for restart()
+    tmp = record_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(record_path)
+    return record
+
+
+def restart(run_dir: str | Path, kind: str, *, timeout_s: float = 30.0) -> dict[str, Any]:
+    """Restart the ``kind`` driver that :func:`up` started in ``run_dir``, as it was recorded: the same URL
+    (its ``world=`` too, so the RF simulator keeps receiving the gradients) on the same endpoint (so the
+    server's proxy reaches it again; a ``reset`` reconnects it). The old process is stopped first if it
+    still runs. Returns the updated record. Raises ConfigError naming the file or the kind."""
+    run_dir = Path(run_dir)
+    record_path = run_dir / ENDPOINTS_FILE
+    if not record_path.exists():
+        raise ConfigError(f"{record_path}: not found (nothing was started with --run-dir {run_dir})")
+    _recorded_pids(record_path)  # checks the record's shape
+    record = json.loads(record_path.read_text())
+    driver = record["drivers"].get(kind)
+    if not isinstance(driver, dict) or not all(isinstance(driver.get(k), str) for k in ("endpoint", "url")):
+        known = ", ".join(sorted(record["drivers"])) or "none"
+        raise ConfigError(f"{record_path}: no {kind} driver recorded (recorded: {known})")
+    pid = driver.get("pid")
+    if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0:
+        _stop([pid], 5.0)
+        _forget([pid])
+    system = record.get("system")
+    system_args = ["--system", system] if isinstance(system, str) else []
+    proc, log_path = _spawn(kind, ["driver", "serve", kind, "--url", driver["url"], "--bind", driver["endpoint"],
+                                   *system_args], run_dir / "logs")
+    try:
+        _wait_for(proc, log_path, _DRIVER_LINE, timeout_s, f"the {kind} driver")
+    except BaseException:
+        _stop([proc.pid], 5.0)
+        _forget([proc.pid])
+        raise
+    driver["pid"] = proc.pid
     tmp = record_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(record_path)

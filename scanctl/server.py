@@ -730,7 +730,7 @@ class ControlServer:
         before = {kind: sub.get("state") for kind, sub in self._subsystems.items()}
         statuses = self._refresh_statuses()
         changed = {kind: sub["state"] for kind, sub in statuses.items()} != before
-        if "unknown" in (sub["state"] for sub in statuses.values()):
+        if {"unknown", "off"} & {sub["state"] for sub in statuses.values()}:
             try:
                 self.scanner.require_known()
             except ScanctlError as exc:

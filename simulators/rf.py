@@ -182,7 +182,6 @@ class SimulatedRF(SimulatedSequencer):
                     setattr(self, attr, current[option])
                 raise
             self._spins = spins
-            self._rng = np.random.default_rng(self._seed)
             log.info("rf: scene placed: %s", ", ".join(f"{k}={v}" for k, v in wanted.items()))
 
     def _make_spins(self) -> Any:
@@ -208,6 +207,7 @@ class SimulatedRF(SimulatedSequencer):
         super().arm()
         self.forward_energy_j = 0.0
         self._done.clear()
+        self._rng = np.random.default_rng(self._seed)  # every scan's noise from its seed: the same scan, the same data
         if self._spins is not None:
             self._spins.reset()
 
@@ -261,6 +261,10 @@ class SimulatedRF(SimulatedSequencer):
             signals = [np.zeros((1, n), np.complex64) for n in adc.num_samples.tolist()]
         else:
             gradient = self._world.take_gradient(rf.t0_s)
+            if gradient is None and self._world.heard:  # the sender went away: fail now, not wait a scan long
+                self._trip(f"no gradient program for {rf.t0_s:.6f} s came from world {self._world.name} although "
+                           "a gradient simulator sent there before: it stopped sending (restarted without "
+                           "this world= option?)")
             if gradient is None:
                 if not self._warned_no_gradient:
                     log.warning("rf: no simulated gradients in world %r: receiving without spatial encoding",

@@ -78,6 +78,11 @@ class World:
         with self._mutex:
             self._gradients.clear()
 
+    @property
+    def heard(self) -> bool:
+        """In one process a program is posted before it is taken: a missing one was never sent."""
+        return False
+
 
 def world_option(text: str) -> str:
     """The ``world`` URL option: a name, ``tcp://HOST:PORT`` on a loopback host, or ``ipc://PATH``.
@@ -234,6 +239,12 @@ class WorldReceiver:
         with self._mutex:
             self._drain()
             self._gradients.clear()
+
+    @property
+    def heard(self) -> bool:
+        """Whether a gradient simulator has sent here since :meth:`open`: once one has, a program that does
+        not come means it stopped sending (restarted without this world, say), not that there is none."""
+        return self._heard
 
     def take_gradient(self, t0_s: float, wait_s: float | None = None) -> GradientProgram | None:
         """The gradient program that starts at ``t0_s`` (removed from the world), waiting up to ``wait_s``

@@ -50,7 +50,7 @@ def test_up_run_down(tmp_path, capsys):
     record = json.loads((run_dir / "endpoints.json").read_text())
     pids = [record["server_pid"], *(d["pid"] for d in record["drivers"].values())]
     try:
-        assert set(record) == {"control", "events", "data", "drivers", "server_pid"}
+        assert set(record) == {"control", "events", "data", "drivers", "server_pid", "system"}
         assert set(record["drivers"]) == {"gradient", "rf", "table"}
         assert len(set(pids)) == 4 and os.getpid() not in pids and all(_alive(pid) for pid in pids)
         for d in record["drivers"].values():
@@ -106,7 +106,7 @@ def test_a_scan_across_processes_equals_the_scan_in_one(tmp_path):
     try:
         urls = {kind: d["url"] for kind, d in record["drivers"].items()}
         assert "world=tcp://127.0.0.1:" in urls["rf"] and urls["gradient"] == urls["rf"]
-        for i, protocol in enumerate((GRE, small, GRE)):  # and back: the scene of gre_2d again
+        for i, protocol in enumerate((GRE, small, small, GRE)):  # the noisy scan twice; back to gre_2d
             one, apart = tmp_path / "one" / protocol.stem, tmp_path / "apart" / str(i)
             if not one.exists():
                 assert run_scan(protocol, profiles.load(str(profile)), one).outcome == "completed"
@@ -136,3 +136,79 @@ def test_an_endpoints_file_that_is_not_a_record_is_named(tmp_path):
                 call()
     record.write_text('{"server_pid": true, "drivers": {"rf": {"pid": -4}}}')  # no pid to signal: nothing runs
     assert down(tmp_path) == [] and not record.exists()
+
+
+def _killed(pid: int) -> None:
+    import signal
+    import time
+
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def reset_after_the_fault(endpoint: str) -> None:
+    """Wait for the server to latch FAULT for a driver it lost (OFF: restarted), then reset it."""
+    import time
+
+    from scanctl.client import Client
+
+    with Client(endpoint, name="t") as c:
+        c.take_control()
+        deadline = time.monotonic() + 10
+        while c.status()["state"] != "FAULT" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert c.reset()["state"] == "IDLE"
+        c.release_control()
+
+
+def test_a_lost_gradient_driver_restarted_with_its_world_or_without_it(tmp_path):
+    """restart() brings one driver back as up() recorded it (its world included): after a reset the next
+    scan gives the image it gave before. A gradient driver started by hand without its world= option makes
+    the RF simulator fail at once with a message saying so, not wait 120 s for programs that never come."""
+    import subprocess
+    import sys
+    import time
+
+    from scanctl.client import Client, run_remote
+    from scanctl.launcher import restart
+
+    def scan(out: str):
+        with Client(record["control"], name="console") as console:
+            return run_remote(console, GRE, tmp_path / out, reconstruct=False)
+
+    profile = tmp_path / "profile.toml"
+    profile.write_text(PROFILE.replace('rf = "sim://?physics=0"', 'rf = "sim://?matrix=32"'))
+    run_dir = tmp_path / "run"
+    record = up(run_dir, system=str(profile), control="tcp://127.0.0.1:0", events="tcp://127.0.0.1:0",
+                data="tcp://127.0.0.1:0")
+    try:
+        assert scan("first").outcome == "completed"
+        gradient = record["drivers"]["gradient"]
+        _killed(gradient["pid"])
+        again = restart(run_dir, "gradient")
+        assert again["drivers"]["gradient"]["pid"] != gradient["pid"]
+        assert again["drivers"]["gradient"]["endpoint"] == gradient["endpoint"]
+        reset_after_the_fault(record["control"])
+        assert scan("second").outcome == "completed"
+        a = read_acquisitions(tmp_path / "first" / "raw.h5")
+        b = read_acquisitions(tmp_path / "second" / "raw.h5")
+        assert np.array_equal(np.stack([x.data for x in a.acquisitions]), np.stack([x.data for x in b.acquisitions]))
+
+        # By hand, without the world: the first segment's RF faults at once, naming the cause.
+        _killed(again["drivers"]["gradient"]["pid"])
+        by_hand = subprocess.Popen([sys.executable, "-m", "scanctl", "driver", "serve", "gradient", "--url", "sim://",
+                                    "--bind", gradient["endpoint"]], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        try:
+            reset_after_the_fault(record["control"])
+            t0 = time.monotonic()
+            third = scan("third")
+            assert time.monotonic() - t0 < 20
+            assert third.outcome == "fault" and "stopped sending" in third.message, third
+        finally:
+            by_hand.terminate()
+            by_hand.wait(timeout=10)
+    finally:
+        down(run_dir)
