@@ -195,17 +195,23 @@ def test_place_a_scene_as_the_url_would():
         rf.close()
 
 
-def test_a_new_scene_rebuilds_the_phantom_and_restarts_the_noise():
+def test_a_new_scene_rebuilds_the_phantom_and_every_scan_restarts_the_noise():
     rf = open_subsystem("rf", "sim://", PROFILE)
     assert isinstance(rf, SimulatedRF)
     rf.connect()
     rf.place({"matrix": "16", "fov": "0.1", "noise": "0.1"})
     spins = rf._spins
     assert spins is not None and rf.matrix == 16
+    rf.arm()
     first = rf._rng.standard_normal(4)
+    rf.abort()
     rf.place({"matrix": "16", "fov": "0.1", "noise": "0.1"})  # the same scene: nothing changes
     assert rf._spins is spins
+    rf.arm()  # the same scene scanned again: the same noise
+    assert np.array_equal(rf._rng.standard_normal(4), first)
+    rf.abort()
     rf.place({"matrix": "16", "fov": "0.12", "noise": "0.1"})
+    rf.arm()
     assert rf._spins is not spins and np.array_equal(rf._rng.standard_normal(4), first)
     rf.close()
 
