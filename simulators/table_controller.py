@@ -200,10 +200,10 @@ class TableController:
         self.table.stop()
         self._stuck_moving = False
         where = fmt(self.table.position_mm())
-        self._host_lost = (f"no command from the host for {silent_s:.2f} s (watchdog {self.watchdog_s:g} s): "
-                           f"stopped at {where} mm")
+        # Short (the position has a field of its own): an ST reply carrying it must fit in a line.
+        self._host_lost = f"stopped: no command from the host for {silent_s:.2f} s (watchdog {self.watchdog_s:g} s)"
         self.counts["watchdog_trips"] += 1
-        log.warning("table controller: %s", self._host_lost)
+        log.warning("table controller: %s at %s mm", self._host_lost, where)
         self._event("FAULT", BOOT=str(self.boot), CODE="F04", POS=where, MSG=self._host_lost)
 
     def _moving(self) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -62,6 +63,12 @@ DOC_LINES = [  # docs/table-serial.md, byte for byte
     b"<19 OK ST=MOVING POS=120.250 HOMED=1 T=2.405000 BOOT=3 CODE=F00 MSG=moving to 350 mm*3903",
     b"<20 ERR E10 LIMIT MSG=target 1200 mm outside -1000 to 1000 mm*5D78", b"!RESET BOOT=4*1C2C",
     b"!FAULT BOOT=3 CODE=F01 POS=212.500 MSG=motor stall at 212.5 mm*F6B4",
+    b">24 WD 0.500*940E",
+    b"<24 OK WD=0.500*C8F5",
+    b">25 HB*13DB",
+    b"<25 OK*9025",
+    b"!FAULT BOOT=3 CODE=F04 POS=212.500 MSG=stopped: no command from the host for 0.51 s (watchdog 0.5 s)*DD82",
+    b"<26 ERR E13 RANGE MSG=watchdog 20 s outside 0.1 to 10 s*C577",
 ]
 
 
@@ -311,10 +318,20 @@ def test_loop_url_hears_only_its_own_echo_and_times_out_cleanly():
 @pytest.mark.parametrize(("url", "match"), [
     ("serial://", "no device"), ("socket://nohost", "HOST:PORT"), ("serial:///dev/null?retries=99", "0 to 20"),
     ("serial:///dev/null?speed=3", "unknown option"),
+    ("serial:///dev/null?watchdog_s=0.05", "0.1 to 10 s"), ("serial:///dev/null?watchdog_s=nan", "0.1 to 10 s"),
+    ("serial:///dev/null?timeout_s=0.3&watchdog_s=0.5", r"twice the longer of timeout_s and heartbeat_s \(0.6 s"),
+    ("serial:///dev/null?heartbeat_s=0.3&watchdog_s=0.5", r"twice the longer of timeout_s and heartbeat_s \(0.6 s"),
+    ("serial:///dev/null?timeout_s=6", r"watchdog_s=12 must be .* to 10 s"),
 ])
 def test_bad_serial_urls(url, match):
     with pytest.raises(ConfigError, match=match):
         open_subsystem("table", url, PROFILE)
+
+
+def test_the_watchdog_the_driver_sets_leaves_room_for_a_lost_reply():
+    assert open_table("serial:///dev/null").watchdog_s == 0.5
+    assert open_table("serial:///dev/null?timeout_s=0.3").watchdog_s == 0.6  # twice the longest quiet line
+    assert open_table("serial:///dev/null?timeout_s=0.3&watchdog_s=2").watchdog_s == 2.0
 
 
 def test_a_missing_device_is_a_clear_driver_error():
@@ -645,6 +662,17 @@ def test_a_second_host_cannot_open_a_serial_port_in_use(pty_sim, capsys):
     second.close()
 
 
+def test_a_second_host_on_a_tcp_bridge_takes_the_line_and_the_first_one_knows(bridged):
+    _, first, url = bridged  # the simulator's bridge hands the port to the newest client
+    second = open_table(url, timeout_s=0.05, retries=1)
+    second.connect()
+    with pytest.raises(DriverError, match="failed"):
+        first.position_mm()
+    assert first.status().state is SubsystemState.UNKNOWN  # no longer heartbeating, not moving anything
+    assert second.status().state is SubsystemState.STANDBY
+    second.close()
+
+
 # -- the host-link watchdog: the controller itself ------------------------------------------------------------
 @pytest.fixture
 def clocked():
@@ -728,6 +756,7 @@ def test_host_heartbeats_keep_a_long_move_going_while_nobody_polls():
         counts = sim.controller.counts
         assert counts["heartbeats"] >= 10 and counts["watchdog_trips"] == 0
         table.close()
+        assert not any(t.name.startswith("table heartbeat") for t in threading.enumerate())  # close() ends it
 
 
 def test_a_host_without_heartbeats_has_its_move_stopped_by_the_power_up_watchdog():
