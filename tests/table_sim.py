@@ -11,7 +11,7 @@ import time
 
 from scanctl.simulators.table_controller import PtyTransport, TableController, build_controller, serve
 
-from scanctl.table_protocol import EVENT, Line, LineSplitter, decode, frame
+from scanctl.table_protocol import Line, LineSplitter, decode, frame
 
 SPEEDUP = 20.0  # the simulated axis runs this much faster than the wall clock in tests
 
@@ -109,12 +109,11 @@ class ClockedController:
         table = open_subsystem("table", f"sim://?{options}", profiles.load())
         table.follow_clock(self.clock)
         self.controller = TableController(table, wall_clock=self.clock)
-        self.events: list[Line] = []
         self._seq = 0
         self.output()  # the power-up !RESET
 
     def command(self, text: str) -> Line:
-        """Send ``>SEQ text`` and return the controller's reply (events go to :attr:`events`)."""
+        """Send ``>SEQ text`` and return the controller's reply (anything else it sent is dropped)."""
         self._seq += 1
         self.controller.receive(frame(f">{self._seq} {text}"))
         replies = [line for line in self.output() if line.seq == self._seq]
@@ -133,6 +132,5 @@ class ClockedController:
         self.clock.advance(seconds)
 
     def output(self) -> list[Line]:
-        lines = [decode(raw) for raw in LineSplitter().feed(self.controller.due_output())]
-        self.events += [line for line in lines if line.kind == EVENT]
-        return lines
+        """Every line the controller has sent since the last look, decoded."""
+        return [decode(raw) for raw in LineSplitter().feed(self.controller.due_output())]

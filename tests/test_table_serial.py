@@ -777,6 +777,30 @@ def test_a_host_without_heartbeats_has_its_move_stopped_by_the_power_up_watchdog
             port.close()
 
 
+def test_a_host_that_gives_up_on_its_controller_stops_its_heartbeat_and_so_the_move():
+    with ThreadSim("speed_mm_s=100&accel_mm_s2=1000", speedup=1.0) as sim:
+        table = open_table(sim.url)
+        table.connect()
+        table.home()
+        table.move_to(900.0)
+        time.sleep(0.2)
+        sim.controller.faults = WireFaults(drop=1.0)  # the controller hears the host, the host hears nothing
+        with pytest.raises(DriverTimeoutError):
+            table.wait_idle(timeout_s=30)
+        assert table.status().state is SubsystemState.UNKNOWN  # given up (its one probe goes unanswered)
+        time.sleep(1.0)  # no heartbeat from a host that has given up: the controller's watchdog stops the move
+        assert sim.controller.counts["watchdog_trips"] == 1
+        where = sim.true_position_mm()
+        time.sleep(0.3)
+        assert sim.true_position_mm() == where < 900.0
+        sim.controller.faults = WireFaults()
+        table.reset()  # identifies the controller afresh and acknowledges F04, in one go
+        status = table.status()
+        assert (status.state, status.telemetry["homed"]) == (SubsystemState.STANDBY, 1.0)
+        assert status.telemetry["position_mm"] == float(fmt(where))
+        table.close()
+
+
 def test_a_host_that_finds_the_table_moving_on_connect_stops_it():
     import serial
 
