@@ -3,7 +3,13 @@
 URLs: ``serial:///dev/ttyUSB0`` (a serial device), ``socket://HOST:PORT`` (a serial-over-TCP bridge) and
 ``loop://`` (pyserial's loopback, for tests), each opened with ``serial.serial_for_url``. Options:
 ``timeout_s`` (wait for one reply, s), ``retries`` (attempts after the first), ``poll_s`` (status polling
-while moving, s), ``stuck_s`` (no motion for this long while MOVING is a stuck axis, s), ``baud``.
+while moving, s), ``stuck_s`` (no motion for this long while MOVING is a stuck axis, s), ``heartbeat_s``
+(the longest the line stays quiet while connected, s), ``watchdog_s`` (the controller's host-link watchdog
+this driver sets, s), ``baud``.
+
+One host at a time: a serial device is opened exclusively (pyserial's ``exclusive=True``, an advisory
+``flock``), so a second host opening it gets a clear :class:`DriverError`; a TCP bridge decides for itself
+(``loop://`` is private to its opener).
 
 Robustness, as the field demands:
 
@@ -15,6 +21,10 @@ Robustness, as the field demands:
   a MOVE whose reply was lost is never run twice.
 - A position is only ever one the controller sent in a valid, checksummed reply; a move is confirmed by
   querying where the axis ended.
+- A move is never left running unwatched: the driver keeps the line busy (``HB`` when it has nothing else to
+  say, every ``heartbeat_s``) while it trusts the controller, and the controller stops any move of a host
+  silent for ``watchdog_s`` (fault F04). A host that gives up on its controller stops its heartbeat; one
+  that connects to a table moving for nobody stops it.
 - A controller that stops answering, reboots (its boot counter changes, or it forgets its homing), or whose
   port fails leaves the table UNKNOWN: motion is refused until the controller answers again as the same
   boot (``status()`` probes it), or until ``connect()``/``reset()`` identifies it afresh.
@@ -23,6 +33,7 @@ Robustness, as the field demands:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import random
 import threading
@@ -33,13 +44,28 @@ from scanctl.errors import ConfigError, DriverError, DriverTimeoutError, SafetyL
 from scanctl.interfaces import Status, SubsystemState
 from scanctl.profile import SystemProfile
 from scanctl.registry import SubsystemURL, positive_float
-from scanctl.table_protocol import COMMAND, EVENT, REPLY, SEQ_MAX, FrameError, Line, LineSplitter, decode, fmt
+from scanctl.table_protocol import (
+    COMMAND,
+    EVENT,
+    REPLY,
+    SEQ_MAX,
+    WATCHDOG_MAX_S,
+    WATCHDOG_MIN_S,
+    FrameError,
+    Line,
+    LineSplitter,
+    decode,
+    fmt,
+)
 
 log = logging.getLogger(__name__)
 
 READ_SLICE_S = 0.01  # the port's read timeout: how often a waiting reader looks at its deadline
 POSITION_TOLERANCE_MM = 0.005  # a move has reached its target when the reported position is this close
 STATES = {"IDLE": SubsystemState.STANDBY, "MOVING": SubsystemState.MOVING, "FAULT": SubsystemState.FAULT}
+DEFAULT_WATCHDOG_S = 0.5  # the controller's host-link watchdog the driver sets: below its 0.8 s to give up
+# A lock held by another opener: flock's EWOULDBLOCK (pyserial's exclusive=True), or EBUSY (TIOCEXCL).
+IN_USE_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY})
 
 
 class SerialLink:
@@ -57,6 +83,7 @@ class SerialLink:
         self.retries = retries
         self.on_event = on_event
         self.counts = {"retries": 0, "discarded": 0, "stale": 0}
+        self.last_write_s = time.monotonic()  # when a command last went out (the heartbeat fills the gaps)
         self._splitter = LineSplitter()
         self._lines: list[bytes] = []
         self._seq = random.randint(1, SEQ_MAX)  # a fresh start, unlike the controller's last remembered one
@@ -132,6 +159,7 @@ class SerialLink:
 
     def _write(self, data: bytes) -> None:
         try:
+            self.last_write_s = time.monotonic()
             self.port.write(data)
             self.port.flush()
         except Exception as exc:  # noqa: BLE001 - the boundary: any port failure is one typed error
@@ -145,21 +173,42 @@ def _count(text: str) -> int:
     return value
 
 
+def _watchdog(text: str) -> float:
+    value = float(text)
+    if not WATCHDOG_MIN_S <= value <= WATCHDOG_MAX_S:  # also refuses nan
+        raise ValueError(f"must be from {WATCHDOG_MIN_S:g} to {WATCHDOG_MAX_S:g} s")
+    return value
+
+
 class SerialTable:
     """The table driver for the serial controller (see the module docstring)."""
 
     kind = "table"
     OPTIONS = {"timeout_s": positive_float, "retries": _count, "poll_s": positive_float, "stuck_s": positive_float,
-               "baud": int}
+               "heartbeat_s": positive_float, "watchdog_s": _watchdog, "baud": int}
 
     def __init__(self, url: str, port_url: str, *, timeout_s: float = 0.2, retries: int = 3, poll_s: float = 0.02,
-                 stuck_s: float = 1.0, baud: int = 115200) -> None:
+                 stuck_s: float = 1.0, heartbeat_s: float = 0.1, watchdog_s: float | None = None,
+                 baud: int = 115200) -> None:
+        """``watchdog_s`` None: 0.5 s, or twice the longer of ``timeout_s`` and ``heartbeat_s`` if that is more.
+        Raises ConfigError when ``watchdog_s`` leaves no room for a lost reply or a late heartbeat."""
+        # While the driver awaits a reply it sends nothing, for up to timeout_s; between commands it sends a
+        # heartbeat after heartbeat_s. Either gap must fit twice into the controller's watchdog, or one lost
+        # reply on a noisy line would stop the table.
+        shortest_s = 2 * max(timeout_s, heartbeat_s)
+        watchdog_s = max(DEFAULT_WATCHDOG_S, shortest_s) if watchdog_s is None else watchdog_s
+        if not shortest_s <= watchdog_s <= WATCHDOG_MAX_S:
+            raise ConfigError(f"table URL {url!r}: watchdog_s={watchdog_s:g} must be from twice the longer of "
+                              f"timeout_s and heartbeat_s ({shortest_s:g} s: the line may be quiet half that long) "
+                              f"to {WATCHDOG_MAX_S:g} s")
         self.url = url
         self.port_url = port_url
         self.timeout_s = timeout_s
         self.retries = retries
         self.poll_s = poll_s
         self.stuck_s = stuck_s
+        self.heartbeat_s = heartbeat_s
+        self.watchdog_s = watchdog_s
         self.baud = baud
         self.min_position_mm = 0.0  # read from the controller on connect
         self.max_position_mm = 0.0
@@ -174,6 +223,8 @@ class SerialTable:
         self._homed_seen = False  # the controller said HOMED=1 and nothing since should have cleared it
         self._target: float | None = None  # the move (or homing) this driver started, until confirmed
         self._last_time_s = 0.0
+        self._heartbeat: threading.Thread | None = None
+        self._heartbeat_stop = threading.Event()
 
     @classmethod
     def from_url(cls, url: SubsystemURL, options: dict[str, Any], profile: SystemProfile) -> SerialTable:
@@ -214,6 +265,7 @@ class SerialTable:
                         raise DriverTimeoutError(f"table: no valid reply to ID from the controller on "
                                                  f"{self.port_url} ({attempts} attempts in {now - t0:.2g} s)") from exc
             limits = self._ok(self._request("LIM"), "LIM")
+            self._set_watchdog()
             try:
                 boot = ident.integer("BOOT")
                 self.min_position_mm = limits.number("MIN")
@@ -225,9 +277,14 @@ class SerialTable:
             self._fault, self._homed_seen, self._target = None, False, None
             log.info("table: %s firmware %s serial %s, boot %d, on %s", ident.fields.get("ID"),
                      ident.fields.get("FW"), ident.fields.get("SN"), boot, self.port_url)
-            self._query_status()
+            if self._query_status().state is SubsystemState.MOVING:
+                # A move this host did not start (its host gone, a host before a restart): nobody watches it.
+                log.warning("table: the table on %s was moving for no host: stopping it", self.port_url)
+                self.stop()
+            self._start_heartbeat()
 
     def close(self) -> None:
+        self._stop_heartbeat()
         with self._lock:
             if self._link is None:
                 return
@@ -262,12 +319,14 @@ class SerialTable:
                 log.error("table: abort could not stop the table: %s", exc)
 
     def reset(self) -> None:
-        """Clear a latched fault (the controller's or a stuck axis; homing is lost); a controller that was
-        lost is identified afresh. Raises DriverError if the fault cannot be cleared."""
+        """Clear a latched fault (the controller's or a stuck axis; homing is lost but for F04); a controller
+        that was lost is identified afresh, and its fault (F04, most likely) cleared. Raises DriverError if the
+        fault cannot be cleared."""
         with self._lock:
             if self._lost is not None:
                 self.connect()
-                return
+                if self._query_status().state is not SubsystemState.FAULT:
+                    return
             self._fault = None
             self._homed_seen = False
             self._ok(self._request("CLR"), "CLR")
@@ -332,10 +391,17 @@ class SerialTable:
     def _open(self) -> None:
         import serial  # pyserial
 
+        # A device is locked against a second host; socket:// is a TCP bridge's business (it serves one client
+        # at a time), loop:// is private to its opener: pyserial would silently ignore the flag for both.
+        device = "://" not in self.port_url
+        extra = {"exclusive": True} if device else {}
         try:
             self._port = serial.serial_for_url(self.port_url, baudrate=self.baud, timeout=READ_SLICE_S,
-                                               write_timeout=max(self.timeout_s, 0.5))
+                                               write_timeout=max(self.timeout_s, 0.5), **extra)
         except (serial.SerialException, OSError, ValueError) as exc:
+            if device and getattr(exc, "errno", None) in IN_USE_ERRNOS:
+                raise DriverError(f"table: serial port {self.port_url} is in use by another host (it is opened "
+                                  f"exclusively): close that one first") from exc
             raise DriverError(f"table: cannot open serial port {self.port_url}: {exc}") from exc
         self._link = SerialLink(self._port, self.port_url, timeout_s=self.timeout_s, retries=self.retries,
                                 on_event=self._on_event)
@@ -344,6 +410,51 @@ class SerialTable:
         with contextlib.suppress(Exception):  # pyserial may raise anything from a dead port's close
             self._port.close()
         self._port = self._link = None
+
+    def _set_watchdog(self) -> None:
+        """Set the controller's host-link watchdog to ``watchdog_s``. Raises DriverError when it refuses:
+        a controller that would keep moving for a silent host is not one to move a patient with."""
+        reply = self._request("WD", fmt(self.watchdog_s))
+        if reply.word != "OK":
+            raise DriverError(f"table: the controller on {self.port_url} refused its host-link watchdog "
+                              f"(WD {fmt(self.watchdog_s)}): {' '.join(reply.args)} {reply.fields.get('MSG', '')}"
+                              .rstrip())
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is not None and self._heartbeat.is_alive():
+            return
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat = threading.Thread(target=self._beat, args=(self._heartbeat_stop,), daemon=True,
+                                           name=f"table heartbeat {self.port_url}")
+        self._heartbeat.start()
+
+    def _stop_heartbeat(self) -> None:
+        """Stop the heartbeat thread (not holding the lock: it may be waiting for it)."""
+        thread, self._heartbeat = self._heartbeat, None
+        self._heartbeat_stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=(1 + self.retries) * self.timeout_s + 1.0)  # at most one HB in flight
+
+    def _beat(self, stop: threading.Event) -> None:
+        """The heartbeat thread: an ``HB`` whenever the line has been quiet for ``heartbeat_s``."""
+        wait_s = self.heartbeat_s
+        while not stop.wait(wait_s):
+            with self._lock:
+                wait_s = self._beat_once()
+
+    def _beat_once(self) -> float:
+        """One look at the line (lock held): send ``HB`` if it is due; the seconds until the next look. No
+        heartbeat while the controller is not trusted: a host that has given up on its controller lets the
+        controller's watchdog stop whatever it was doing."""
+        link = self._link
+        if link is None or self._lost is not None:
+            return self.heartbeat_s
+        quiet_s = time.monotonic() - link.last_write_s
+        if quiet_s < self.heartbeat_s:
+            return self.heartbeat_s - quiet_s
+        with contextlib.suppress(ScanctlError):  # _request has marked the controller lost, and logged why
+            self._ok(self._request("HB"), "HB")
+        return self.heartbeat_s
 
     def _request(self, verb: str, *args: str, retries: int | None = None) -> Line:
         """One command through the link; a controller that does not answer (or a port that fails) is lost."""

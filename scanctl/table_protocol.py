@@ -42,6 +42,7 @@ ERRORS = {
     "E10": "LIMIT",  # target outside the travel limits
     "E11": "SPEED",  # speed outside 0 < v <= VMAX
     "E12": "CANNOT_CLEAR",  # CLR while the fault's cause is still there
+    "E13": "RANGE",  # a setting outside its range (WD)
 }
 # Fault codes (``ST`` reply ``CODE=``, ``!FAULT`` and ``!LIMIT`` events).
 FAULTS = {
@@ -49,7 +50,14 @@ FAULTS = {
     "F01": "STALL",  # the motor stalled: position lost
     "F02": "LIMIT_SWITCH",  # an end-of-travel switch was hit
     "F03": "DRIVE",  # the motor drive reported an error
+    "F04": "HOST_LOST",  # the host-link watchdog expired during a move: the axis was stopped (position kept)
 }
+
+# The host-link watchdog (``WD`` command, seconds): while the axis moves, the controller stops it and latches
+# F04 when no valid command has come from the host for this long. Power-up value, and the range a host may set.
+WATCHDOG_POWER_UP_S = 1.0
+WATCHDOG_MIN_S = 0.1
+WATCHDOG_MAX_S = 10.0
 
 
 class FrameError(WireProtocolError):

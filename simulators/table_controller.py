@@ -6,6 +6,10 @@ whose device path the driver opens as a serial port, or a TCP port as a serial-o
 one. The axis is a :class:`~scanctl.simulators.table.SimulatedTable` running on the wall clock (times
 ``speedup``), so moves take real time. Faults on the wire (:class:`WireFaults`) garble, drop and delay
 what the controller sends, reboot it, or stick its axis. SIGUSR1 reboots it at once.
+
+Like a real motion controller it watches its host link: while the axis moves, a host that has sent no
+valid command for ``watchdog_s`` (the ``WD`` command; 1 s at power-up) has the move stopped and fault F04
+latched, so a move never goes on with nobody watching it (docs/table-serial.md, "The host-link watchdog").
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from scanctl.table_protocol import (
     ERRORS,
     EVENT,
     REPLY,
+    WATCHDOG_MAX_S,
+    WATCHDOG_MIN_S,
+    WATCHDOG_POWER_UP_S,
     FrameError,
     Line,
     LineSplitter,
@@ -102,7 +109,9 @@ class TableController:
         self.table = table
         self.faults = faults or WireFaults()
         self.boot = boot
-        self.counts = {"commands": 0, "discarded": 0, "duplicates": 0, "garbled": 0, "dropped": 0, "moves": 0}
+        self.counts = {"commands": 0, "discarded": 0, "duplicates": 0, "garbled": 0, "dropped": 0, "moves": 0,
+                       "heartbeats": 0, "watchdog_trips": 0}
+        self.watchdog_s = WATCHDOG_POWER_UP_S  # the host-link watchdog (s): the host sets it with WD
         self._rng = random.Random(seed)
         self._now = wall_clock
         self._splitter = LineSplitter()
@@ -111,12 +120,18 @@ class TableController:
         self._stuck = False  # the axis is stuck (from the stuck_at move on)
         self._stuck_moving = False  # a move was accepted on the stuck axis and not stopped
         self._fault_reported = False
+        self._heard = self._now()  # when the last valid command came from the host (wall clock, s)
+        self._host_lost: str | None = None  # fault F04, latched by the watchdog until CLR
         table.connect()
         self._event("RESET", BOOT=str(self.boot))
 
     # -- the line --------------------------------------------------------------------------------------------
     def receive(self, data: bytes) -> None:
-        """Bytes from the host: execute every valid command line; discard anything else silently."""
+        """Bytes from the host: execute every valid command line; discard anything else silently.
+
+        The watchdog is looked at first: commands that queued up on the line while this controller was not
+        running (frozen, starved) were read only now and say nothing about whether the host is there now."""
+        self._watch()
         for raw in self._splitter.feed(data):
             try:
                 line = decode(raw)
@@ -127,6 +142,7 @@ class TableController:
                 self.counts["discarded"] += 1
                 continue
             self.counts["commands"] += 1
+            self._heard = self._now()
             payload = line.payload().split(" ", 1)[-1]
             if self._last is not None and self._last[0] == line.seq and self._last[1] == payload:
                 # A retry of the command just executed: answer again, do not execute twice.
@@ -141,7 +157,8 @@ class TableController:
                 self.reboot()
 
     def poll(self) -> None:
-        """Look at the axis: report a fault once when it latches."""
+        """Look at the axis and the host link: report a fault once when it latches."""
+        self._watch()
         status = self.table.status()
         if status.state is SubsystemState.FAULT:
             if not self._fault_reported:
@@ -169,8 +186,28 @@ class TableController:
         self.table.power_cycle()
         self._last = None
         self._stuck_moving = False
+        self._host_lost = None
+        self.watchdog_s, self._heard = WATCHDOG_POWER_UP_S, self._now()
         self._splitter.clear()
         self._event("RESET", BOOT=str(self.boot))
+
+    def _watch(self) -> None:
+        """The host-link watchdog: a move whose host has been silent for longer than ``watchdog_s`` is
+        stopped (as STOP stops it) and fault F04 latched, reported with a ``!FAULT`` event."""
+        silent_s = self._now() - self._heard
+        if silent_s <= self.watchdog_s or not self._moving():
+            return
+        self.table.stop()
+        self._stuck_moving = False
+        where = fmt(self.table.position_mm())
+        # Short (the position has a field of its own): an ST reply carrying it must fit in a line.
+        self._host_lost = f"stopped: no command from the host for {silent_s:.2f} s (watchdog {self.watchdog_s:g} s)"
+        self.counts["watchdog_trips"] += 1
+        log.warning("table controller: %s at %s mm", self._host_lost, where)
+        self._event("FAULT", BOOT=str(self.boot), CODE="F04", POS=where, MSG=self._host_lost)
+
+    def _moving(self) -> bool:
+        return self._stuck_moving or self.table.status().state is SubsystemState.MOVING
 
     # -- commands ----------------------------------------------------------------------------------------------
     def _execute(self, cmd: Line) -> Line:
@@ -204,11 +241,14 @@ class TableController:
         _no_args(args)
         status = self.table.status()
         state = {SubsystemState.MOVING: "MOVING", SubsystemState.FAULT: "FAULT"}.get(status.state, "IDLE")
+        code, message = ("F01" if state == "FAULT" else "F00"), status.message
         if self._stuck_moving:
             state = "MOVING"
+        if self._host_lost is not None:
+            state, code, message = "FAULT", "F04", self._host_lost
         return self._ok(seq, ST=state, POS=fmt(status.telemetry["position_mm"]),
                         HOMED=str(int(status.telemetry["homed"])), T=f"{status.time_s:.6f}", BOOT=str(self.boot),
-                        CODE="F01" if state == "FAULT" else "F00", MSG=clean_text(status.message))
+                        CODE=code, MSG=clean_text(message))
 
     def _cmd_pos(self, seq: int, args: tuple[str, ...]) -> Line:
         _no_args(args)
@@ -255,12 +295,30 @@ class TableController:
 
     def _cmd_clr(self, seq: int, args: tuple[str, ...]) -> Line:
         _no_args(args)
+        self._host_lost = None  # acknowledged; the axis was stopped under control, so it keeps its homing
         self.table.reset()
         if self.table.status().state is SubsystemState.FAULT:
             return self._error(seq, "E12", self.table.status().message)
         return self._ok(seq)
 
+    def _cmd_hb(self, seq: int, args: tuple[str, ...]) -> Line:
+        _no_args(args)  # receiving it has fed the watchdog: nothing else to do
+        self.counts["heartbeats"] += 1
+        return self._ok(seq)
+
+    def _cmd_wd(self, seq: int, args: tuple[str, ...]) -> Line:
+        if len(args) != 1:
+            raise ValueError("WD SECONDS")
+        timeout_s = _number(args[0])
+        if not WATCHDOG_MIN_S <= timeout_s <= WATCHDOG_MAX_S:
+            return self._error(seq, "E13", f"watchdog {timeout_s:g} s outside {WATCHDOG_MIN_S:g} to "
+                                            f"{WATCHDOG_MAX_S:g} s")
+        self.watchdog_s = timeout_s
+        return self._ok(seq, WD=fmt(timeout_s))
+
     def _refuse_motion(self, seq: int) -> Line | None:
+        if self._host_lost is not None:
+            return self._error(seq, "E05", self._host_lost)
         status = self.table.status()
         if status.state is SubsystemState.FAULT:
             return self._error(seq, "E05", status.message)

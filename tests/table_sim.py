@@ -11,6 +11,8 @@ import time
 
 from scanctl.simulators.table_controller import PtyTransport, TableController, build_controller, serve
 
+from scanctl.table_protocol import Line, LineSplitter, decode, frame
+
 SPEEDUP = 20.0  # the simulated axis runs this much faster than the wall clock in tests
 
 
@@ -80,3 +82,55 @@ class ThreadSim:
     def true_position_mm(self) -> float:
         """Where the simulated axis really is."""
         return self.controller.table.position_mm()
+
+
+class ManualClock:
+    """A wall clock the test moves by hand (seconds)."""
+
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    def advance(self, seconds: float) -> None:
+        self.now_s += seconds
+
+
+class ClockedController:
+    """The controller's firmware on a hand-moved clock, spoken to line by line (no transport, no thread):
+    for exact timing of its watchdog."""
+
+    def __init__(self, options: str = "speed_mm_s=100&accel_mm_s2=1000") -> None:
+        from scanctl import profile as profiles
+        from scanctl.registry import open_subsystem
+
+        self.clock = ManualClock()
+        table = open_subsystem("table", f"sim://?{options}", profiles.load())
+        table.follow_clock(self.clock)
+        self.controller = TableController(table, wall_clock=self.clock)
+        self._seq = 0
+        self.output()  # the power-up !RESET
+
+    def command(self, text: str) -> Line:
+        """Send ``>SEQ text`` and return the controller's reply (anything else it sent is dropped)."""
+        self._seq += 1
+        self.controller.receive(frame(f">{self._seq} {text}"))
+        replies = [line for line in self.output() if line.seq == self._seq]
+        assert len(replies) == 1, replies
+        return replies[0]
+
+    def advance(self, seconds: float, step_s: float = 0.01) -> None:
+        """Let ``seconds`` pass with the controller's loop turning every ``step_s`` (it looks at its axis)."""
+        end = self.clock.now_s + seconds
+        while self.clock.now_s < end:
+            self.clock.advance(min(step_s, end - self.clock.now_s))
+            self.controller.poll()
+
+    def stall(self, seconds: float) -> None:
+        """Let ``seconds`` pass with the controller's loop not turning (a frozen controller)."""
+        self.clock.advance(seconds)
+
+    def output(self) -> list[Line]:
+        """Every line the controller has sent since the last look, decoded."""
+        return [decode(raw) for raw in LineSplitter().feed(self.controller.due_output())]

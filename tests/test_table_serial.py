@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -28,8 +29,19 @@ from scanctl.interfaces import SubsystemState, TableSystem
 from scanctl.machine import ScannerState
 from scanctl.registry import open_subsystem
 from scanctl.sequence import pulseq_read
-from scanctl.table_protocol import EVENT, REPLY, FrameError, Line, LineSplitter, crc16, decode, frame
-from tests.table_sim import ThreadSim, start_sim, stop_sim
+from scanctl.table_protocol import (
+    EVENT,
+    REPLY,
+    WATCHDOG_POWER_UP_S,
+    FrameError,
+    Line,
+    LineSplitter,
+    crc16,
+    decode,
+    fmt,
+    frame,
+)
+from tests.table_sim import ClockedController, ThreadSim, start_sim, stop_sim
 from tests.test_cli import GRE
 
 ROOT = Path(__file__).parents[1]
@@ -51,6 +63,12 @@ DOC_LINES = [  # docs/table-serial.md, byte for byte
     b"<19 OK ST=MOVING POS=120.250 HOMED=1 T=2.405000 BOOT=3 CODE=F00 MSG=moving to 350 mm*3903",
     b"<20 ERR E10 LIMIT MSG=target 1200 mm outside -1000 to 1000 mm*5D78", b"!RESET BOOT=4*1C2C",
     b"!FAULT BOOT=3 CODE=F01 POS=212.500 MSG=motor stall at 212.5 mm*F6B4",
+    b">24 WD 0.500*940E",
+    b"<24 OK WD=0.500*C8F5",
+    b">25 HB*13DB",
+    b"<25 OK*9025",
+    b"!FAULT BOOT=3 CODE=F04 POS=212.500 MSG=stopped: no command from the host for 0.51 s (watchdog 0.5 s)*DD82",
+    b"<26 ERR E13 RANGE MSG=watchdog 20 s outside 0.1 to 10 s*C577",
 ]
 
 
@@ -300,10 +318,20 @@ def test_loop_url_hears_only_its_own_echo_and_times_out_cleanly():
 @pytest.mark.parametrize(("url", "match"), [
     ("serial://", "no device"), ("socket://nohost", "HOST:PORT"), ("serial:///dev/null?retries=99", "0 to 20"),
     ("serial:///dev/null?speed=3", "unknown option"),
+    ("serial:///dev/null?watchdog_s=0.05", "0.1 to 10 s"), ("serial:///dev/null?watchdog_s=nan", "0.1 to 10 s"),
+    ("serial:///dev/null?timeout_s=0.3&watchdog_s=0.5", r"twice the longer of timeout_s and heartbeat_s \(0.6 s"),
+    ("serial:///dev/null?heartbeat_s=0.3&watchdog_s=0.5", r"twice the longer of timeout_s and heartbeat_s \(0.6 s"),
+    ("serial:///dev/null?timeout_s=6", r"watchdog_s=12 must be .* to 10 s"),
 ])
 def test_bad_serial_urls(url, match):
     with pytest.raises(ConfigError, match=match):
         open_subsystem("table", url, PROFILE)
+
+
+def test_the_watchdog_the_driver_sets_leaves_room_for_a_lost_reply():
+    assert open_table("serial:///dev/null").watchdog_s == 0.5
+    assert open_table("serial:///dev/null?timeout_s=0.3").watchdog_s == 0.6  # twice the longest quiet line
+    assert open_table("serial:///dev/null?timeout_s=0.3&watchdog_s=2").watchdog_s == 2.0
 
 
 def test_a_missing_device_is_a_clear_driver_error():
@@ -612,3 +640,222 @@ def test_shipped_rig_profiles_load_and_name_registered_subsystems(name, capsys):
     assert prof.subsystems["table"].split(":")[0] in ("serial", "socket")
     assert main(["check", str(ROOT / "protocols" / "gre_2d.toml"), "--system", str(path)]) == 0
     assert "OK against profile" in capsys.readouterr().out
+
+
+# -- one host at a time ---------------------------------------------------------------------------------------
+def test_a_second_host_cannot_open_a_serial_port_in_use(pty_sim, capsys):
+    device = pty_sim.removeprefix("serial://")
+    first = open_table(pty_sim)
+    first.connect()
+    second = open_table(pty_sim)
+    with pytest.raises(DriverError, match=rf"serial port {device} is in use by another host"):
+        second.connect()
+    assert second.status().state is SubsystemState.OFF
+    # The bench CLI is a host like any other: one line, exit 1, naming the port.
+    assert main(["table", "--url", pty_sim, "status"]) == 1
+    err = capsys.readouterr().err
+    assert f"serial port {device} is in use by another host" in err and "Traceback" not in err
+    assert first.status().state is SubsystemState.STANDBY  # the host that has it is undisturbed
+    first.close()
+    second.connect()  # free again once its host has closed it
+    assert second.status().state is SubsystemState.STANDBY
+    second.close()
+
+
+def test_a_second_host_on_a_tcp_bridge_takes_the_line_and_the_first_one_knows(bridged):
+    _, first, url = bridged  # the simulator's bridge hands the port to the newest client
+    second = open_table(url, timeout_s=0.05, retries=1)
+    second.connect()
+    with pytest.raises(DriverError, match="failed"):
+        first.position_mm()
+    assert first.status().state is SubsystemState.UNKNOWN  # no longer heartbeating, not moving anything
+    assert second.status().state is SubsystemState.STANDBY
+    second.close()
+
+
+# -- the host-link watchdog: the controller itself ------------------------------------------------------------
+@pytest.fixture
+def clocked():
+    ctl = ClockedController()
+    assert ctl.command("HOME").word == "OK"
+    ctl.advance(0.1)
+    assert ctl.command("ST").fields["ST"] == "IDLE"
+    return ctl
+
+
+def test_controller_watchdog_stops_a_move_when_its_host_falls_silent(clocked):
+    assert clocked.command("WD 0.500").fields["WD"] == "0.500"
+    assert clocked.command("MOVE 900.000 100.000").word == "OK"
+    clocked.advance(0.49)  # silent, but not for long enough
+    assert clocked.controller.table.status().state is SubsystemState.MOVING
+    clocked.advance(0.02)  # 0.51 s without a word from the host: stopped, latched
+    where = clocked.controller.table.position_mm()
+    assert 40.0 < where < 60.0
+    [event] = [e for e in clocked.output() if e.word == "FAULT"]
+    assert event.fields["CODE"] == "F04" and event.number("POS") == float(f"{where:.3f}")
+    clocked.advance(5.0)  # and it stays stopped
+    status = clocked.command("ST")
+    assert (status.fields["ST"], status.fields["CODE"], status.number("POS")) == ("FAULT", "F04", float(f"{where:.3f}"))
+    assert "no command from the host" in status.fields["MSG"]
+    refused = clocked.command("MOVE 900.000")
+    assert refused.word == "ERR" and refused.args == ("E05", "FAULT")
+    assert clocked.command("STOP").word == "OK" and clocked.command("ST").fields["ST"] == "FAULT"  # still latched
+    assert clocked.command("CLR").word == "OK"  # acknowledged: the position was kept, so is the homing
+    status = clocked.command("ST")
+    assert (status.fields["ST"], status.fields["CODE"], status.fields["HOMED"]) == ("IDLE", "F00", "1")
+    assert clocked.command("MOVE 100.000").word == "OK"
+
+
+def test_controller_watchdog_is_fed_by_every_command_and_heartbeats_keep_a_long_move_going(clocked):
+    assert clocked.command("WD 0.200").word == "OK"
+    assert clocked.command("MOVE 500.000 100.000").word == "OK"
+    for _ in range(40):  # 6 s of heartbeats, 0.15 s apart: the whole move
+        clocked.advance(0.15)
+        assert clocked.command("HB").word == "OK"
+    assert clocked.command("ST").fields["ST"] == "IDLE" and clocked.controller.table.position_mm() == 500.0
+    assert clocked.controller.counts["heartbeats"] == 40 and clocked.controller.counts["watchdog_trips"] == 0
+    clocked.advance(30.0)  # a silent host while nothing moves: nothing to stop
+    status = clocked.command("ST")
+    assert status.fields["ST"] == "IDLE" and status.fields["CODE"] == "F00"
+
+
+def test_commands_that_queued_while_the_controller_stalled_do_not_rescue_its_move(clocked):
+    assert clocked.command("WD 0.500").word == "OK"
+    assert clocked.command("MOVE 900.000 100.000").word == "OK"
+    clocked.advance(0.2)
+    clocked.stall(1.0)  # frozen: the host's polls and heartbeats queue up on the line meanwhile
+    status = clocked.command("ST")  # the first of them, read as the controller runs again
+    assert status.fields["ST"] == "FAULT" and status.fields["CODE"] == "F04"
+    assert status.number("POS") < 900.0
+
+
+def test_controller_watchdog_settings():
+    ctl = ClockedController()
+    assert ctl.controller.watchdog_s == WATCHDOG_POWER_UP_S == 1.0
+    for bad in ("WD 0.050", "WD 10.001", "WD -1.000"):
+        reply = ctl.command(bad)
+        assert reply.word == "ERR" and reply.args == ("E13", "RANGE")
+    assert ctl.command("WD").args == ("E01", "SYNTAX") and ctl.command("WD abc").args == ("E01", "SYNTAX")
+    assert ctl.command("WD 2.500").fields["WD"] == "2.500" and ctl.controller.watchdog_s == 2.5
+    assert ctl.command("HB").word == "OK" and ctl.command("HB 1").args == ("E01", "SYNTAX")
+    ctl.controller.reboot()  # the setting is the host's, for this boot only
+    assert ctl.controller.watchdog_s == 1.0
+
+
+# -- the host-link watchdog: host and controller over a real line ---------------------------------------------
+def test_host_heartbeats_keep_a_long_move_going_while_nobody_polls():
+    with ThreadSim("speed_mm_s=100&accel_mm_s2=1000", speedup=1.0) as sim:
+        table = open_table(sim.url)
+        table.connect()
+        table.home()
+        assert sim.controller.watchdog_s == 0.5  # the driver's watchdog_s, set on connect
+        table.move_to(250.0)  # 2.6 s at 100 mm/s
+        time.sleep(2.0)  # the host's caller looks away; its driver's heartbeats do not
+        assert sim.controller.table.status().state is SubsystemState.MOVING
+        assert table.wait_idle(timeout_s=10).telemetry["position_mm"] == 250.0 == sim.true_position_mm()
+        counts = sim.controller.counts
+        assert counts["heartbeats"] >= 10 and counts["watchdog_trips"] == 0
+        table.close()
+        assert not any(t.name.startswith("table heartbeat") for t in threading.enumerate())  # close() ends it
+
+
+def test_a_host_without_heartbeats_has_its_move_stopped_by_the_power_up_watchdog():
+    import serial
+
+    with ThreadSim("speed_mm_s=100&accel_mm_s2=1000", speedup=1.0) as sim:
+        port = serial.serial_for_url(sim.url.removeprefix("serial://"), timeout=0.01)
+        link = SerialLink(port, "raw", timeout_s=0.2, retries=3)
+        try:
+            assert link.request("HOME").word == "OK"
+            time.sleep(0.1)
+            assert link.request("MOVE", "500.000").word == "OK"
+            time.sleep(1.5)  # silent for longer than the controller's power-up watchdog
+            status = link.request("ST")
+            assert (status.fields["ST"], status.fields["CODE"]) == ("FAULT", "F04")
+            assert status.number("POS") < 200.0 and f"{sim.true_position_mm():.3f}" == status.fields["POS"]
+        finally:
+            port.close()
+
+
+def test_a_host_that_gives_up_on_its_controller_stops_its_heartbeat_and_so_the_move():
+    with ThreadSim("speed_mm_s=100&accel_mm_s2=1000", speedup=1.0) as sim:
+        table = open_table(sim.url)
+        table.connect()
+        table.home()
+        table.move_to(900.0)
+        time.sleep(0.2)
+        sim.controller.faults = WireFaults(drop=1.0)  # the controller hears the host, the host hears nothing
+        with pytest.raises(DriverTimeoutError):
+            table.wait_idle(timeout_s=30)
+        assert table.status().state is SubsystemState.UNKNOWN  # given up (its one probe goes unanswered)
+        time.sleep(1.0)  # no heartbeat from a host that has given up: the controller's watchdog stops the move
+        assert sim.controller.counts["watchdog_trips"] == 1
+        where = sim.true_position_mm()
+        time.sleep(0.3)
+        assert sim.true_position_mm() == where < 900.0
+        sim.controller.faults = WireFaults()
+        table.reset()  # identifies the controller afresh and acknowledges F04, in one go
+        status = table.status()
+        assert (status.state, status.telemetry["homed"]) == (SubsystemState.STANDBY, 1.0)
+        assert status.telemetry["position_mm"] == float(fmt(where))
+        table.close()
+
+
+def test_a_host_that_finds_the_table_moving_on_connect_stops_it():
+    import serial
+
+    with ThreadSim("speed_mm_s=100&accel_mm_s2=1000", speedup=1.0) as sim:
+        port = serial.serial_for_url(sim.url.removeprefix("serial://"), timeout=0.01)
+        link = SerialLink(port, "raw", timeout_s=0.2, retries=3)
+        assert link.request("HOME").word == "OK"
+        time.sleep(0.1)
+        assert link.request("MOVE", "500.000").word == "OK"
+        time.sleep(0.2)
+        port.close()  # a host gone, its move still running
+        table = open_table(sim.url)
+        table.connect()  # nobody here started that move: stopped, not taken over
+        status = table.status()
+        where = status.telemetry["position_mm"]
+        assert status.state is SubsystemState.STANDBY and 0.0 < where < 100.0
+        time.sleep(0.3)
+        assert table.position_mm() == where and f"{sim.true_position_mm():.3f}" == fmt(where)
+        assert sim.controller.counts["watchdog_trips"] == 0  # stopped by the host, before the watchdog
+        table.close()
+
+
+def test_a_frozen_controller_stops_its_move_when_it_runs_again_instead_of_completing_it():
+    proc, url = start_sim("speed_mm_s=100&accel_mm_s2=1000", speedup=1.0)  # 900 mm take 9 s
+    table = open_table(url)  # gives up after 4 x 0.2 s; watchdog 0.5 s
+    try:
+        table.connect()
+        table.home()
+        table.move_to(900.0)
+        time.sleep(0.3)
+        os.kill(proc.pid, signal.SIGSTOP)  # the controller freezes mid-move
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(DriverError):  # the host gives up on it
+                table.wait_idle(timeout_s=30)
+            assert time.monotonic() - t0 < 1.5
+            assert table.status().state is SubsystemState.UNKNOWN
+            time.sleep(0.5)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        status = table.status()  # the same controller answers again: it stopped, it did not move on
+        assert status.state is SubsystemState.FAULT and "no command from the host" in status.message
+        where = status.telemetry["position_mm"]
+        assert 0.0 < where < 400.0
+        time.sleep(0.5)
+        assert table.status().telemetry["position_mm"] == where
+        table.close()
+        table = open_table(url)  # a host that starts afresh sees the same: stopped, short of the target
+        table.connect()
+        status = table.status()
+        assert status.state is SubsystemState.FAULT and status.telemetry["position_mm"] == where
+        table.reset()  # acknowledged: the position is known, the homing kept
+        status = table.status()
+        assert status.state is SubsystemState.STANDBY and status.telemetry["homed"] == 1.0
+        assert status.telemetry["position_mm"] == where
+    finally:
+        table.close()
+        stop_sim(proc)
