@@ -250,8 +250,8 @@ class Scanner:
         self._make_safe()
         for sub in self._subsystems():
             if sub.status().state in (SubsystemState.OFF, SubsystemState.UNKNOWN):
-                sub.connect()
-            else:
+                sub.connect()  # reached anew; a fault it latched while lost (a table's host-link stop) is cleared too
+            if sub.status().state is not SubsystemState.STANDBY:
                 sub.reset()
         self._fire("reset")
         self._report = None
