@@ -2,7 +2,7 @@
 look local. Chosen by a ``tcp://HOST:PORT`` (or ``ipc://PATH``) URL in the system profile.
 
 Every method is one request on a DEALER socket. While waiting for a reply the proxy sends heartbeats
-every ``liveness_s / 4``; a driver that answers nothing for ``liveness_s`` seconds (default 1) is
+every ``liveness_s / 5``; a driver that answers nothing for ``liveness_s`` seconds (default 0.5) is
 declared silent: the call raises :class:`DriverTimeoutError` and ``status()`` says UNKNOWN until it
 answers again. Errors raised by the remote driver are raised here with their own class.
 
@@ -38,6 +38,13 @@ from scanctl.wire import Message, decode, encode, unpack_acquisitions
 
 log = logging.getLogger(__name__)
 
+#: The default liveness bound (s): a driver silent this long is declared lost. With the server's check
+#: every 0.1 s this puts FAULT within about 0.6 s of a driver's death, under 1 s with margin on a loaded
+#: machine (benchmarks/bench_liveness.py), while a live driver answers heartbeats within milliseconds.
+LIVENESS_S = 0.5
+#: Heartbeats sent per liveness bound: one lost or late heartbeat never makes a live driver look silent.
+HEARTBEATS_PER_BOUND = 5
+
 
 class RemoteDriver:
     """The client side of one driver service."""
@@ -45,7 +52,7 @@ class RemoteDriver:
     kind = "subsystem"
     OPTIONS = {"liveness_s": positive_float, "call_timeout_s": positive_float, "keys": str, "server_key": str}
 
-    def __init__(self, url: str, endpoint: str, *, liveness_s: float = 1.0, call_timeout_s: float = 120.0,
+    def __init__(self, url: str, endpoint: str, *, liveness_s: float = LIVENESS_S, call_timeout_s: float = 120.0,
                  keys: str | None = None, server_key: str | None = None) -> None:
         self.url = url
         self.endpoint = endpoint
@@ -88,9 +95,9 @@ class RemoteDriver:
         return self._socket
 
     def _beat(self) -> None:
-        """Between calls, heartbeat the service every ``liveness_s / 4`` (a call in flight does it itself), so
+        """Between calls, heartbeat the service every ``liveness_s / 5`` (a call in flight does it itself), so
         that it knows its scanner is alive while the scanner talks to other subsystems."""
-        while not self._beating.wait(self.liveness_s / 4):
+        while not self._beating.wait(self.liveness_s / HEARTBEATS_PER_BOUND):
             if not self._lock.acquire(blocking=False):
                 continue
             try:
@@ -135,10 +142,10 @@ class RemoteDriver:
                                          f"{time.monotonic() - heard:.2f} s (not running, or it refused this "
                                          f"client's keys)") from None
             deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.call_timeout_s)
-            beat = self.liveness_s / 4
+            beat = self.liveness_s / HEARTBEATS_PER_BOUND
             while True:
                 now = time.monotonic()
-                if now - heard > self.liveness_s:
+                if now - heard > self.liveness_s and not socket.poll(0):  # (an answer waiting is one heard)
                     self._silent = True
                     raise DriverTimeoutError(f"{self.kind} driver at {self.endpoint} silent for "
                                              f"{now - heard:.2f} s during {method}")

@@ -74,7 +74,7 @@ ACQUISITIONS_PER_MESSAGE = 1024
 #: a status reply, a whole snapshot, is the largest there is).
 UNCACHED_COMMANDS = frozenset({"status", "sync", "runs", "fetch"})
 #: How often the worker looks at every subsystem between commands (s): a lost one latches FAULT.
-LIVENESS_CHECK_S = 0.25
+LIVENESS_CHECK_S = 0.1
 
 #: A controller silent for longer than this (s: no command, not even ``status``) may be taken over by
 #: another client's ``take_control`` without ``force``: a console that died does not hold the scanner.
