@@ -53,8 +53,8 @@ from scanctl.protocol import Protocol
 from scanctl.publisher import Publisher
 from scanctl.rawdata import RawHeader
 from scanctl.reply_cache import ReplyCache, fingerprint
-from scanctl.run_store import MAX_CHUNK_BYTES, RunStore
 from scanctl.run import load_source, protocol_info, sequence_info, subsystem_urls
+from scanctl.run_store import MAX_CHUNK_BYTES, RunStore
 from scanctl.safety.predict import predict
 from scanctl.security import ServerCurve, refuse_unauthenticated
 from scanctl.sequence.model import Sequence
@@ -315,9 +315,9 @@ class ControlServer:
             if print_ is not None and msg.id is not None:
                 self._cache.running(client, msg.id, print_)
             return
-        frames = self._send(identity, reply)
-        if print_ is not None and msg.id is not None and frames is not None:
-            self._cache.remember(client, msg.id, print_, frames)
+        sent = self._send(identity, reply)
+        if print_ is not None and msg.id is not None and sent is not None:
+            self._cache.remember(client, msg.id, print_, sent)
 
     def _command(self, client: str, identity: list[bytes], msg: Message) -> Message | None:
         name = msg.body.get("command")

@@ -16,7 +16,6 @@ from typing import Any
 from scanctl.errors import ConfigError
 from scanctl.files import read_bounded
 
-
 #: The largest configuration file read (bytes): a protocol or profile is a few kB.
 MAX_TOML_BYTES = 1 << 20
 

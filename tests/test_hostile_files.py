@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scanctl.simulators.physics.phantom import MAX_PHANTOM_BYTES, load_phantom
 
 from scanctl.errors import ConfigError, SequenceFormatError
 from scanctl.files import read_bounded
 from scanctl.protocol import load_protocol
 from scanctl.sequence.pulseq_read import read as read_seq
-from scanctl.simulators.physics.phantom import MAX_PHANTOM_BYTES, load_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 
