@@ -39,6 +39,8 @@ from scanctl.safety.lowpass import ROW, lane_order, scan_lanes
 from scanctl.sequence.model import FloatArray, IntArray, Sequence
 from scanctl.sequence.waveforms import AxisWaveform, axis_waveform
 
+#: Samples marked at once when finding the runs (a mask of one byte each).
+MASK_SAMPLES = 1 << 22
 #: Runs per chunk: bounds the memory of a prediction (about 1.5 kB a run while a chunk is worked).
 CHUNK_RUNS = 1 << 16
 #: A run is evaluated inside when its bound exceeds its ends' values by more than this (relative): below
@@ -158,20 +160,26 @@ class _Tracker:
 def _run_starts(waves: list[AxisWaveform], n: int, dt: float, per_bin: int) -> IntArray:
     """The first sample of each run of constant slew on all three axes, ascending, within ``[0, n)``: 0,
     the two samples after each breakpoint (the first one's slew may straddle the breakpoint), and with an
-    envelope the first two samples of each interval."""
-    parts = [np.zeros(1, dtype=np.int64)]
-    for wave in waves:
-        k = np.ceil(wave.t_s / dt - 0.5).astype(np.int64)  # the first sample at or after each breakpoint
-        parts += [k, k + 1]
-    if per_bin:
-        edges = np.arange(0, n, per_bin, dtype=np.int64)
-        parts += [edges, edges + 1]
-    starts = np.sort(np.concatenate(parts))  # sort + mask: np.unique is far slower on millions of ints
-    keep = np.empty(starts.size, dtype=bool)
-    keep[0] = True
-    np.not_equal(starts[1:], starts[:-1], out=keep[1:])
-    starts = starts[keep]
-    return starts[(starts >= 0) & (starts < n)]
+    envelope the first two samples of each interval. Marked in a mask window by window (a sort of millions
+    of candidates would take longer; the window bounds the mask's memory)."""
+    firsts = [np.ceil(w.t_s / dt - 0.5).astype(np.int64) for w in waves]  # first sample at/after each breakpoint
+    found = []
+    for w0 in range(0, n, MASK_SAMPLES):
+        w1 = min(n, w0 + MASK_SAMPLES)
+        mark = np.zeros(w1 - w0 + 1, dtype=bool)
+        if w0 == 0:
+            mark[0] = True
+        for k in firsts:
+            lo, hi = np.searchsorted(k, (w0 - 1, w1), side="left")
+            part = k[lo:hi] - w0
+            mark[part[part >= 0]] = True
+            mark[part + 1] = True
+        if per_bin:
+            edges = np.arange(-(-w0 // per_bin) * per_bin, w1, per_bin) - w0
+            mark[edges] = True
+            mark[edges + 1] = True
+        found.append(np.flatnonzero(mark[:-1]) + w0)
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
 
 def _slews(waves: list[AxisWaveform], starts: IntArray, stop: int, dt: float) -> FloatArray:
@@ -225,27 +233,26 @@ def _refine(model: _Model, tracker: _Tracker, starts: IntArray, length: IntArray
     ``|y|`` of its two ends, each filter being monotone in between — exceeds what is already known there
     (the envelope interval's maximum, or without an envelope the peak; or an axis's peak). Intervals whose
     bound is below are left: nothing inside them can change the result."""
-    live = np.flatnonzero((length >= 2) & ~pad)
-    # the filters before each run: at the previous run's end, the previous place in the lane layout
     rows = order.size // ROW
-    previous = np.where(live >= rows, live - rows, live + (ROW - 1) * rows - 1)  # step j − 1, or row i − 1's last
-    before = y[:, previous]
-    before[:, order[live] == 0] = y0[:, None]
+    # the filters before each run: the previous run's end, the previous place in the lane layout (step
+    # j − 1 of the same row, or the last step of the row before), so a shifted view, not a gather
+    lanes = y.reshape(9, ROW, rows)
+    before = np.empty_like(lanes)
+    before[:, 1:] = lanes[:, :-1]
+    before[:, 0, 1:] = lanes[:, -1, :-1]
+    before[:, 0, 0] = y0
+    before = before.reshape(9, -1)
+    bound_stim, bound = model.responses(np.maximum(np.abs(y), np.abs(before)))
+    live = _exceeds(tracker, bound_stim, bound, (starts[order] - 1 + length)) & (length >= 2) & ~pad
+    live = np.flatnonzero(live)
     src = np.arange(live.size)  # the run each interval belongs to (an index into live)
     lo, hi = np.zeros(live.size, dtype=np.int64), length[live]  # offsets from the sample before the run
-    y_lo, y_hi = before, y[:, live]
-    x = x[:, live]
+    y_lo, y_hi = before[:, live], y[:, live]
+    before, x = y_lo, x[:, live]
     base = starts[order[live]] - 1  # the sample before each run
     while src.size:
         bound_stim, bound = model.responses(np.maximum(np.abs(y_lo), np.abs(y_hi)))
-        if tracker.per_bin:
-            known = tracker.envelope[(base[src] + hi) // tracker.per_bin]  # the run and its ends: one interval
-        else:
-            known = tracker.peak
-        keep = bound > known * (1 + _SLACK)
-        for axis in range(3):
-            keep |= bound_stim[axis] > tracker.axis_peaks[axis] * (1 + _SLACK)
-        keep &= hi - lo >= 2
+        keep = _exceeds(tracker, bound_stim, bound, base[src] + hi) & (hi - lo >= 2)
         src, lo, hi, y_lo, y_hi = src[keep], lo[keep], hi[keep], y_lo[:, keep], y_hi[:, keep]
         if not src.size:
             return
@@ -256,3 +263,14 @@ def _refine(model: _Model, tracker: _Tracker, starts: IntArray, length: IntArray
         tracker.add(base[src] + mid, stim, combined)
         src, lo, hi = np.concatenate((src, src)), np.concatenate((lo, mid)), np.concatenate((mid, hi))
         y_lo, y_hi = np.concatenate((y_lo, y_mid), axis=1), np.concatenate((y_mid, y_hi), axis=1)
+
+
+def _exceeds(tracker: _Tracker, bound_stim: FloatArray, bound: FloatArray, end_k: IntArray) -> Any:
+    """Where a bound exceeds what is known: the maximum of the envelope interval holding the sample
+    ``end_k`` (a run and the sample before it lie in one), or without an envelope the peak; or an axis's
+    peak."""
+    known = tracker.envelope[end_k // tracker.per_bin] if tracker.per_bin else tracker.peak
+    keep = bound > known * (1 + _SLACK)
+    for axis in range(3):
+        keep |= bound_stim[axis] > tracker.axis_peaks[axis] * (1 + _SLACK)
+    return keep
