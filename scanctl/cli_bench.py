@@ -66,7 +66,6 @@ def add_parsers(sub: Any) -> None:
 
 def cmd_table(args: argparse.Namespace) -> int:
     from scanctl.interfaces import SubsystemState
-
     from scanctl.registry import open_subsystem
 
     if args.system:

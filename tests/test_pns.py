@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.signal import lfilter
 from pypulseq.Sequence.calc_pns import calc_pns
 from pypulseq.utils.safe_pns_prediction import safe_example_hw
+from scipy.signal import lfilter
 
 from scanctl import profile as profiles
 from scanctl.safety import pns as pns_module

@@ -228,3 +228,16 @@ def profiles_protocol_sequence(path: str, prof):  # type: ignore[no-untyped-def]
     from scanctl.protocol import load_protocol
 
     return load_protocol(path).build_sequence(prof)
+
+
+def test_check_imports_nothing_it_does_not_need(tmp_path):
+    """`scanctl check` (read, checks, SAR, PNS, heating) starts lean: no scipy (the filters are numpy), no
+    ZeroMQ, state machine, plotting or raw-data libraries."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from scanctl.cli import main; code = main(['check', 'protocols/gre_2d.toml']); "
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'scipy', 'zmq', 'transitions', "
+            "'matplotlib', 'ismrmrd', 'h5py', 'pypulseq'}); print(code, heavy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "0 []"
