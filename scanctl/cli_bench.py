@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scanctl import profile as profiles
 from scanctl.errors import ConfigError, DriverError, SafetyLimitError
-from scanctl.interfaces import Status, SubsystemState
+
+if TYPE_CHECKING:  # imported where used: the parser is built for every command, `check` included
+    from scanctl.interfaces import Status
 
 EXIT_OK, EXIT_FAILED = 0, 1
 WIRE_SIMULATORS = "scanctl.wire_simulators"
@@ -64,6 +65,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
+    from scanctl.interfaces import SubsystemState
     from scanctl.registry import open_subsystem
 
     if args.system:
@@ -108,6 +110,8 @@ def status_line(status: Status, url: str) -> str:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
+    from importlib.metadata import entry_points
+
     found = [ep for ep in entry_points(group=WIRE_SIMULATORS) if ep.name == args.sim_kind]
     if not found:
         raise ConfigError(f"no wire simulator for {args.sim_kind!r}")

@@ -177,8 +177,8 @@ def test_unknown_mode_is_bad_input(capsys):
 
 
 def test_pns_skips_a_long_delay_that_shares_its_block_with_a_spoiler_exactly(tmp_path):
-    """MPRAGE-like: a spoiler and a 0.25 s delay in one block. The zero stretch after the spoiler is not
-    sampled, and the peak and the envelope still agree with pypulseq's calc_pns."""
+    """MPRAGE-like: a spoiler and a 0.25 s delay in one block. The zero stretch after the spoiler is one run
+    of constant (zero) slew, not sampled, and the peak and the envelope still agree with pypulseq's calc_pns."""
     import numpy as np
     from pypulseq.Sequence.calc_pns import calc_pns
     from pypulseq.utils.safe_pns_prediction import safe_example_hw
@@ -192,8 +192,10 @@ def test_pns_skips_a_long_delay_that_shares_its_block_with_a_spoiler_exactly(tmp
     seq.write(str(tmp_path / "spoil.seq"))
     ours_seq = pulseq_read.read(tmp_path / "spoil.seq")
     safe = profiles.load("safe-example").safety.pns
-    spans = pns_module._spans(ours_seq, 10**6, 1e-5, 10, 3.0)
-    assert sum(k1 - k0 for k0, k1, quiet in spans if quiet) > 15_000  # most of the 25,000 samples of delay
+    from scanctl.sequence.waveforms import axis_waveform
+
+    runs = pns_module._run_starts([axis_waveform(ours_seq, a) for a in range(3)], 10**6, 1e-5, 0)
+    assert runs.size < 3_000  # the 25,000 samples of delay are one run, not visited sample by sample
     _, norm, _, _ = calc_pns(seq, safe_example_hw(), do_plots=False)
     ours = pns_module.predict_pns(ours_seq, safe, seq.system.gamma, envelope_s=1e-4)
     assert ours.peak_percent == pytest.approx(100 * norm.max(), rel=1e-4)
@@ -226,3 +228,16 @@ def profiles_protocol_sequence(path: str, prof):  # type: ignore[no-untyped-def]
     from scanctl.protocol import load_protocol
 
     return load_protocol(path).build_sequence(prof)
+
+
+def test_check_imports_nothing_it_does_not_need(tmp_path):
+    """`scanctl check` (read, checks, SAR, PNS, heating) starts lean: no scipy (the filters are numpy), no
+    ZeroMQ, state machine, plotting or raw-data libraries."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from scanctl.cli import main; code = main(['check', 'protocols/gre_2d.toml']); "
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'scipy', 'zmq', 'transitions', "
+            "'matplotlib', 'ismrmrd', 'h5py', 'pypulseq'}); print(code, heavy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "0 []"

@@ -113,7 +113,8 @@ def predict(seq: Sequence, profile: SystemProfile, patient_weight_kg: float | No
                 rf.peak_power_w, "RF peak forward power", "W")
 
     # -- PNS ----------------------------------------------------------------------------------------------
-    pns: PNSPrediction = predict_pns(seq, limits.pns, profile.gamma_hz_per_t)
+    # the peak only: the per-ms curve costs more and only a report draws it (write_report computes it)
+    pns: PNSPrediction = predict_pns(seq, limits.pns, profile.gamma_hz_per_t, envelope_s=None)
     pns_limit = limits.pns.limit_percent[mode]
     pns_json = {"peak_percent": pns.peak_percent, "limit_percent": pns_limit, "time_s": pns.peak_time_s,
                 "block": int(ids[pns.peak_block]) if ids.size else None,
@@ -165,7 +166,7 @@ def write_report(prediction: SafetyPrediction, seq: Sequence, profile: SystemPro
     fig.suptitle(f"SAR, {prediction.patient_weight_kg:g} kg, {mode.replace('_', '-')} mode")
     written.append(_save(fig, out / "sar.png"))
 
-    pns: PNSPrediction = c["pns"]
+    pns = predict_pns(seq, limits.pns, profile.gamma_hz_per_t, envelope_s=1e-3)
     fig, ax = plt.subplots(figsize=(9, 3.5))
     ax.plot(pns.t_s, pns.percent, "k", linewidth=0.7, label="SAFE response (max per ms)")
     ax.axhline(limits.pns.limit_percent[mode], color="r", linestyle="--", label=f"{mode.replace('_', '-')} limit")
