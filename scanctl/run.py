@@ -245,6 +245,8 @@ def run_scan(
     timings["total_wall_s"] = time.perf_counter() - t_start
     if result is not None and timings.get("scan_wall_s"):
         timings["real_time_factor"] = result.scan_time_s / timings["scan_wall_s"]  # of what played
+    if failures:  # the report says what is missing, as the error does
+        message = "; ".join([message, *map(str, failures)] if message else map(str, failures))
     report = RunReport(
         outcome=outcome,
         message=message,
