@@ -181,8 +181,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"scanctl: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_LIMITS
     except BaseException:
-        if numbered:
-            remove_if_empty(out)  # a run refused as bad input leaves no empty numbered directory
+        if numbered:  # a run refused as bad input leaves no empty numbered directory (nor out/<name>)
+            remove_if_empty(out)
+            remove_if_empty(out.parent)
         raise
     if isinstance(report, int):  # refused by the server, or lost during the run (printed)
         return report
@@ -553,7 +554,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="scanctl", description="MR scanner control plane")
+    parser: argparse.ArgumentParser = _Parser(prog="scanctl", description="MR scanner control plane")
     parser.add_argument("--version", action="version", version=f"scanctl {_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log progress to stderr (-vv: also the state machine library's own log)")
@@ -571,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "report. Exit 0: completed; 1: refused or ended early; 2: bad input.")
     p.add_argument("file", help="protocol .toml or Pulseq .seq file")
     p.add_argument("--system", help="system profile: a shipped name (e.g. 'default') or a TOML path")
-    p.add_argument("--out", help="output directory (default: out/<name>)")
+    p.add_argument("--out", help="output directory, new or empty (default: the next numbered one, out/<name>/NNN)")
     for kind in ("gradient", "rf", "table"):
         p.add_argument(f"--{kind}", metavar="URL", help=f"{kind} subsystem URL (default: the profile's)")
     p.add_argument("--no-recon", action="store_true", help="skip the image reconstruction")

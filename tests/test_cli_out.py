@@ -94,6 +94,8 @@ def test_without_out_every_run_gets_the_next_numbered_directory(tmp_path, monkey
     assert main(["run", str(bad)]) == 2
     one_error_line(capsys.readouterr().err)
     assert sorted(p.name for p in (tmp_path / "out" / "gre_2d").iterdir()) == ["001", "002"]
+    assert main(["run", str(tmp_path / "nope.toml")]) == 2
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gre_2d"]
 
 
 def test_numbers_are_never_reused_and_a_taken_name_is_skipped(tmp_path):
