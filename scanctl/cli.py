@@ -7,13 +7,14 @@ Exit codes: 0 success (and, for ``check``, within limits); 1 readable but limits
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import sys
 from collections.abc import Sequence as Argv
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -162,29 +163,30 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from scanctl.run import ProgressBar, run_scan
+    from scanctl.outputs import OutputError, OutputExistsError, claim_dir, new_series_dir, remove_if_empty
+    from scanctl.rawdata import RawDataError
+    from scanctl.run import RunOutputError
 
-    out = Path(args.out) if args.out else Path("out") / Path(args.file).stem
-    if args.connect:
-        from scanctl.client import Client, run_remote
-
-        if args.system or any(getattr(args, kind) for kind in ("gradient", "rf", "table")):
-            raise ScanctlError("--system and subsystem URLs belong to the server (scanctl serve) with --connect")
-        from scanctl.client import CommandError
-
-        with Client(args.connect, keys=client_keys(args)) as client:
-            try:
-                report = run_remote(client, args.file, out, upload=args.upload, progress=ProgressBar(),
-                                    reconstruct=not args.no_recon, force=args.force,
-                                    patient_weight_kg=args.patient_weight, mode=args.mode)
-            except CommandError as exc:
-                print(f"scanctl: run refused: {exc}", file=sys.stderr)
-                return EXIT_UNREADABLE if exc.code == "bad_argument" else EXIT_LIMITS
-    else:
-        prof = profiles.load(args.system)
-        overrides = {kind: url for kind in ("gradient", "rf", "table") if (url := getattr(args, kind)) is not None}
-        report = run_scan(args.file, prof, out, overrides=overrides, progress=ProgressBar(),
-                          reconstruct=not args.no_recon, patient_weight_kg=args.patient_weight, mode=args.mode)
+    if args.connect and (args.system or any(getattr(args, kind) for kind in ("gradient", "rf", "table"))):
+        raise ScanctlError("--system and subsystem URLs belong to the server (scanctl serve) with --connect")
+    # Never over earlier data: --out must be new or empty; by default each run gets the next numbered
+    # directory, as a console numbers its series (docs/cli.md).
+    numbered = not args.out
+    out = new_series_dir(Path("out") / Path(args.file).stem) if numbered else claim_dir(args.out)
+    try:
+        report = _run(args, out)
+    except OutputExistsError:
+        raise
+    except (OutputError, RawDataError, RunOutputError) as exc:  # the run's files, not its input: exit 1
+        print(f"scanctl: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_LIMITS
+    except BaseException:
+        if numbered:  # a run refused as bad input leaves no empty numbered directory (nor out/<name>)
+            remove_if_empty(out)
+            remove_if_empty(out.parent)
+        raise
+    if isinstance(report, int):  # refused by the server, or lost during the run (printed)
+        return report
     t = report.timings
     if report.outcome == "refused":
         print(f"{args.file}: refused before anything moved: {report.message}", file=sys.stderr)
@@ -197,8 +199,34 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{played} of sequence in {t.get('scan_wall_s', 0.0):.3f} s{rate}")
         if report.message:
             print(f"  {report.message}")
-    print(f"wrote {', '.join(str(out / name) for name in report.outputs.values())}")
+    print(f"wrote into {out}: {', '.join(report.outputs.values())}")
     return EXIT_OK if report.ok else EXIT_LIMITS
+
+
+def _run(args: argparse.Namespace, out: Path) -> Any:
+    """``scanctl run`` into ``out``, in this process or on the server ``--connect`` names: the RunReport,
+    or the exit code when the server refused the run or stopped answering during it (the line printed)."""
+    from scanctl.run import ProgressBar, run_scan
+
+    if not args.connect:
+        prof = profiles.load(args.system)
+        overrides = {kind: url for kind in ("gradient", "rf", "table") if (url := getattr(args, kind)) is not None}
+        return run_scan(args.file, prof, out, overrides=overrides, progress=ProgressBar(),
+                        reconstruct=not args.no_recon, patient_weight_kg=args.patient_weight, mode=args.mode)
+    from scanctl.client import Client, CommandError, ServerLostError, run_remote
+
+    with Client(args.connect, keys=client_keys(args)) as client:
+        try:
+            return run_remote(client, args.file, out, upload=args.upload, progress=ProgressBar(),
+                              reconstruct=not args.no_recon, force=args.force,
+                              patient_weight_kg=args.patient_weight, mode=args.mode)
+        except CommandError as exc:
+            print(f"scanctl: run refused: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_UNREADABLE if exc.code == "bad_argument" else EXIT_LIMITS
+        except ServerLostError as exc:  # it answered before: not a key or endpoint problem, the run ended early
+            print(f"scanctl: error: the control server at {args.connect} stopped answering during run "
+                  f"{exc.run_id}; the acquisitions received so far are in {exc.raw_path}", file=sys.stderr)
+            return EXIT_LIMITS
 
 
 def client_keys(args: argparse.Namespace) -> ClientCurve | None:
@@ -500,9 +528,36 @@ def client_security_args(p: argparse.ArgumentParser) -> None:
                                                         "(default server.key beside the client key)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line on stderr (``scanctl: error: ...``, exit 2) like every other
+    bad input; ``-h`` still prints the usage. Subcommand parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog.removeprefix("scanctl").strip()
+        self.exit(EXIT_UNREADABLE, f"scanctl: error: {f'{where}: ' if where else ''}{_one_line(message)} "
+                                   f"(see {self.prog} --help)\n")
+
+
+def _one_line(text: object) -> str:
+    """``text`` on one line: an error that carries several (a child's log tail, a parser's message)
+    keeps every line, joined with `` | ``."""
+    return " | ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("scanctl")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scanctl", description="MR scanner control plane")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    parser: argparse.ArgumentParser = _Parser(prog="scanctl", description="MR scanner control plane")
+    parser.add_argument("--version", action="version", version=f"scanctl {_version()}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log progress to stderr (-vv: also the state machine library's own log)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def seq_command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -517,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "report. Exit 0: completed; 1: refused or ended early; 2: bad input.")
     p.add_argument("file", help="protocol .toml or Pulseq .seq file")
     p.add_argument("--system", help="system profile: a shipped name (e.g. 'default') or a TOML path")
-    p.add_argument("--out", help="output directory (default: out/<name>)")
+    p.add_argument("--out", help="output directory, new or empty (default: the next numbered one, out/<name>/NNN)")
     for kind in ("gradient", "rf", "table"):
         p.add_argument(f"--{kind}", metavar="URL", help=f"{kind} subsystem URL (default: the profile's)")
     p.add_argument("--no-recon", action="store_true", help="skip the image reconstruction")
@@ -663,24 +718,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit code when whoever reads stdout stops reading (``scanctl status --json | head -c 10``): as a tool
+#: killed by SIGPIPE shows in a shell (128 + 13), but exiting by itself, so a run in progress ends safe.
+EXIT_BROKEN_PIPE = 141
+
+
+def configure_logging(verbosity: int) -> None:
+    """Logging to stderr: warnings only; ``-v`` (1) scanctl's progress (INFO); ``-vv`` (2) scanctl's debug
+    log and the ``transitions`` library's own INFO log (every callback it runs), kept at WARNING below."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("scanctl").setLevel(
+        logging.NOTSET if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG)
+    logging.getLogger("transitions").setLevel(logging.INFO if verbosity >= 2 else logging.WARNING)
+
+
 def main(argv: Argv[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at interpreter exit
         return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except ScanctlError as exc:
-        print(f"scanctl: error: {exc}", file=sys.stderr)
+        print(f"scanctl: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_UNREADABLE
     except OSError as exc:
-        target = getattr(exc, "filename", None) or ""
-        print(f"scanctl: error: {target}: {exc.strerror or exc}", file=sys.stderr)
+        target = getattr(exc, "filename", None)
+        print(f"scanctl: error: {f'{target}: ' if target else ''}{_one_line(exc.strerror or exc)}", file=sys.stderr)
         return EXIT_UNREADABLE
     except KeyboardInterrupt:
         print("scanctl: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: what is left in its buffer cannot be written, and Python would say so
+    (a traceback) when it flushes at exit."""
+    import os
+
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover

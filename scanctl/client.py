@@ -60,6 +60,17 @@ class ServerTimeoutError(ScanctlError, TimeoutError):
     """The server did not answer within the timeout, retries included."""
 
 
+class ServerLostError(ServerTimeoutError):
+    """The server stopped answering during run ``run_id`` (it had answered: not a key or endpoint problem);
+    what was received is in ``raw_path``."""
+
+    def __init__(self, run_id: str, raw_path: str | os.PathLike[str]) -> None:
+        self.run_id = run_id
+        self.raw_path = os.fspath(raw_path)
+        super().__init__(f"the control server stopped answering during run {run_id}; the acquisitions received "
+                         f"so far are in {self.raw_path}")
+
+
 class Client:
     """Commands to the control server at ``endpoint``.
 
@@ -409,7 +420,9 @@ def run_remote(client: Client, source: str | os.PathLike[str], out_dir: str | os
     """Run ``source`` on the server and write ``sequence.seq``, ``raw.h5``, the image and
     ``report.json`` into ``out_dir`` as :func:`scanctl.run.run_scan` does in-process. Takes control (and
     releases it). ``upload`` sends the file's content instead of its path. Returns the RunReport.
-    Raises CommandError (e.g. another client has control), ServerTimeoutError."""
+    Raises CommandError (e.g. another client has control), ServerTimeoutError (ServerLostError: it stopped
+    answering during the run), OutputError (``out_dir`` is not new or empty, a file cannot be written)."""
+    from scanctl.outputs import claim_dir, write_new
     from scanctl.rawdata import RawDataWriter
     from scanctl.run import RunReport, versions, write_image, write_report
     from scanctl.sequence.pulseq_read import parse
@@ -418,8 +431,9 @@ def run_remote(client: Client, source: str | os.PathLike[str], out_dir: str | os
     out = Path(out_dir)
     source = Path(source)
     client.take_control(force=force)
+    lost = False
     try:
-        out.mkdir(parents=True, exist_ok=True)  # (once control is ours: a refusal leaves nothing behind)
+        claim_dir(out)  # new or empty (once control is ours: a refusal leaves nothing behind)
         sub = client.subscribe(data=True)
         try:
             t0 = time.perf_counter()
@@ -441,7 +455,7 @@ def run_remote(client: Client, source: str | os.PathLike[str], out_dir: str | os
                 return report
             timings = {"prepare_s": time.perf_counter() - t0}
             seq_path = out / "sequence.seq"
-            seq_path.write_text(loaded["sequence_text"], encoding="utf-8")
+            write_new(seq_path, loaded["sequence_text"].encode("utf-8"))
             seq = parse(seq_path.read_bytes(), path=seq_path)
             outputs = {"sequence": seq_path.name, "raw": "raw.h5"}
             acquisitions: list[Acquisition] = []
@@ -461,11 +475,15 @@ def run_remote(client: Client, source: str | os.PathLike[str], out_dir: str | os
                 log.error("events or data lost in transit: %s", sub.gaps)
         finally:
             sub.close()
+    except ServerLostError:
+        lost = True  # nobody to give control back to: asking would only wait out the timeout, then warn
+        raise
     finally:
-        try:
-            client.release_control()
-        except (CommandError, ServerTimeoutError) as exc:  # taken over meanwhile, or the server is gone
-            log.warning("release_control: %s", exc)
+        if not lost:
+            try:
+                client.release_control()
+            except (CommandError, ServerTimeoutError) as exc:  # taken over meanwhile, or the server is gone
+                log.warning("release_control: %s", exc)
     timings.update(end["timings"])
     if reconstruct and acquisitions:
         outputs.update(write_image(out, acquisitions, seq, timings))
@@ -502,9 +520,8 @@ def _receive_run(sub: Subscription, run_id: str, writer: Any, acquisitions: list
         if now >= next_keepalive:
             try:
                 keepalive()
-            except ServerTimeoutError as exc:
-                raise ServerTimeoutError(f"the server stopped answering during run {run_id} ({exc}); the "
-                                         f"acquisitions received so far are in the raw data file") from None
+            except ServerTimeoutError:
+                raise ServerLostError(run_id, writer.path) from None
             next_keepalive = now + KEEPALIVE_S
         msg = sub.recv(max(0.0, min(deadline, next_keepalive) - time.monotonic()))
         if msg is None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +122,22 @@ class RawDataError(ScanctlError):
         self.path = None if path is None else str(path)
         self.message = message
         super().__init__(f"{self.path or '<raw data>'}: {message}")
+
+
+_ERRNO = re.compile(r"errno = (\d+)")
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, in a few words: the system's message for the errno HDF5 reports ("No space left on
+    device") rather than its multi-line error stack, else the first line of the error."""
+    number = getattr(exc, "errno", None)
+    if not isinstance(number, int) or number <= 0:
+        found = _ERRNO.search(str(exc))
+        number = int(found.group(1)) if found else None
+    if number:
+        return os.strerror(number)
+    first = str(exc).strip().splitlines()
+    return first[0] if first else type(exc).__name__
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -522,7 +540,8 @@ class RawDataWriter:
 
     @classmethod
     def open(cls, path: str | Path, header: RawHeader, *, seq: Sequence | None = None) -> RawDataWriter:
-        """Create (or truncate) ``path`` and write the XML header.
+        """Create ``path`` as a new file and write the XML header. A file (or a symlink) already at
+        ``path`` is refused, never truncated or written through (``O_EXCL``).
 
         ``seq``, the sequence being acquired, supplies what an acquisition does not carry: ``LIN`` /
         ``PAR`` for a sequence without those labels (:func:`sequence_labels`), and the sample at the
@@ -533,9 +552,9 @@ class RawDataWriter:
         xml = header.to_xml()
         try:
             # No HDF5 file lock, so the file can be read (by a monitor, or this process) while it is written.
-            file = h5py.File(path, "w", locking=False)
+            file = h5py.File(path, "x", locking=False)
         except OSError as exc:
-            raise RawDataError(path, f"cannot create raw data file: {exc}") from exc
+            raise RawDataError(path, f"cannot create raw data file: {_reason(exc)}") from exc
         try:
             group = file.create_group(_DATASET)
             # A variable-length ASCII string, as the ISMRMRD libraries write it (UTF-8 bytes pass through).
@@ -545,7 +564,7 @@ class RawDataWriter:
             file.flush()
         except Exception as exc:
             file.close()
-            raise RawDataError(path, f"cannot write raw data file: {exc}") from exc
+            raise RawDataError(path, f"cannot write raw data file: {_reason(exc)}") from exc
         log.debug("raw data: writing %s", path)
         return cls(path, file, data, header, _encoding(seq) if seq is not None else None)
 
@@ -580,7 +599,7 @@ class RawDataWriter:
             self._data.id.write(h5s.create_simple((len(batch),)), fspace, records, self._mtype)
             self._file.flush()
         except Exception as exc:
-            raise RawDataError(self.path, f"cannot write acquisition {batch[0].index}: {exc}") from exc
+            raise RawDataError(self.path, f"cannot write acquisition {batch[0].index}: {_reason(exc)}") from exc
         self._count += len(batch)
 
     def _records(self, batch: list[Acquisition]) -> npt.NDArray[Any]:
@@ -685,13 +704,18 @@ class RawDataWriter:
         file, self._file = self._file, None
         if file is None:
             return
+        failure: Exception | None = None
         try:
             self._mark_last()
             file.flush()
         except Exception as exc:
-            raise RawDataError(self.path, f"cannot finish raw data file: {exc}") from exc
-        finally:
+            failure = exc
+        try:  # after a failed write (a full disk) HDF5 may refuse to close too: still one RawDataError
             file.close()
+        except Exception as exc:
+            failure = failure or exc
+        if failure is not None:
+            raise RawDataError(self.path, f"cannot finish raw data file: {_reason(failure)}") from failure
         log.debug("raw data: closed %s (%d acquisitions)", self.path, self._count)
 
     def _mark_last(self) -> None:
