@@ -967,3 +967,41 @@ def test_windows_line_ends_and_byte_order_mark() -> None:
         np.testing.assert_allclose(seq.block_duration_s, [0, 1.2e-3, 0.4e-3, 3.5e-3, 5e-3, 0.1e-3], atol=1e-12)
         assert labels(seq, "LABELSET") == {0: [("OFF", 1)]}
         assert seq.extensions.specs["DELAYS"].columns["hint"].tolist() == ["TE"]
+
+
+RASTER_KEYS = ("GradientRasterTime", "RadiofrequencyRasterTime", "AdcRasterTime", "BlockDurationRaster")
+
+
+def _without(text: str, keys: tuple[str, ...]) -> str:
+    return "".join(line for line in text.splitlines(keepends=True) if line.split(" ", 1)[0] not in keys)
+
+
+@pytest.mark.parametrize("text", [FILE_14, FILE_151], ids=["1.4", "1.5.1"])
+@pytest.mark.parametrize("key", RASTER_KEYS)
+def test_format_14_and_later_require_every_raster_definition(tmp_path: Path, text: str, key: str) -> None:
+    """The specification requires the four raster definitions from 1.4 on: a missing one is an error naming
+    the file, the [DEFINITIONS] line and the key, never a silent default."""
+    path = tmp_path / "norasters.seq"
+    path.write_text(_without(text, (key,)))
+    with pytest.raises(SequenceFormatError, match=key) as info:
+        read(path)
+    assert info.value.path == str(path)
+    assert info.value.line == path.read_text().splitlines().index("[DEFINITIONS]") + 1
+    assert all(other not in info.value.message for other in RASTER_KEYS if other != key)
+
+
+def test_missing_raster_definitions_are_all_named(tmp_path: Path) -> None:
+    path = tmp_path / "none.seq"
+    path.write_text(_without(FILE_14, RASTER_KEYS))
+    with pytest.raises(SequenceFormatError) as info:
+        read(path)
+    assert all(key in info.value.message for key in RASTER_KEYS)
+    assert str(path) in str(info.value)
+
+
+def test_format_13_keeps_the_default_rasters(tmp_path: Path) -> None:
+    path = tmp_path / "v13.seq"
+    path.write_text(_without(FILE_13, RASTER_KEYS))
+    seq = read(path)
+    assert (seq.rasters.gradient_s, seq.rasters.rf_s, seq.rasters.adc_s, seq.rasters.block_duration_s) == (
+        1e-5, 1e-6, 1e-7, 1e-5)

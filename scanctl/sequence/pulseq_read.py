@@ -133,6 +133,8 @@ class _Reader:
             raise self.fail(None, "no [VERSION] section")
         version = self._version(by_name["[VERSION]"])
         self.minor = min(max(version[1], 3), 5)
+        if "[BLOCKS]" not in by_name:  # before the definitions: a file cut short says so, not what it lacks
+            raise self.fail(None, "no [BLOCKS] section")
         self.defs_section = by_name.get("[DEFINITIONS]")
         definitions = self._definitions(self.defs_section)
         rasters = self._rasters(definitions, by_name.get("[DEFINITIONS]"))
@@ -147,8 +149,6 @@ class _Reader:
         adc = self._adc(by_name.get("[ADC]"), shape_rows)
         ext_specs = [s for s in sections if s.header.startswith("extension")]
         extensions = self._extensions(by_name.get("[EXTENSIONS]"), ext_specs, definitions)
-        if "[BLOCKS]" not in by_name:
-            raise self.fail(None, "no [BLOCKS] section")
         delays = by_name.get("[DELAYS]")
         if delays is not None and self.minor >= 4:
             raise self.fail(delays.line, "[DELAYS] is not allowed in format 1.4 and later")
@@ -218,11 +218,14 @@ class _Reader:
             "adc_s": "AdcRasterTime",
             "block_duration_s": "BlockDurationRaster",
         }
+        missing = [key for key in names.values() if key not in defs]
+        if missing and self.minor >= 4:  # from 1.4 on the spec requires every raster; 1.3 files keep defaults
+            raise self.fail(None if sec is None else sec.line,
+                            f"format 1.{self.minor} requires the definition{'s' if len(missing) > 1 else ''} "
+                            f"{', '.join(missing)} in [DEFINITIONS] (missing)")
         values: dict[str, float] = {}
         for attr, key in names.items():
             if key not in defs:
-                if self.minor >= 4:
-                    log.info("%s: no %s definition, using the default", self.text.path, key)
                 continue
             try:
                 value = float(defs[key])
