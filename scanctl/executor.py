@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -457,7 +458,7 @@ class Scanner:
         return RunResult(
             outcome=outcome,
             acquisitions=counter["acquisitions"],
-            scan_time_s=max(status["gradient"].time_s, status["rf"].time_s),
+            scan_time_s=_played_s(status, self._synced_s),
             duration_s=seq.duration_s,
             wall_time_s=time.perf_counter() - t_wall,
             message=message,
@@ -465,6 +466,13 @@ class Scanner:
             telemetry={k: dict(v.telemetry) for k, v in status.items()},
             sar_w_per_kg=dict(self.supervisor.max_sar_w_per_kg) if self.supervisor is not None else {},
         )
+
+
+def _played_s(status: dict[str, Status], synced_s: float) -> float:
+    """How far the sequencers played (s): the later clock; a clock that is not finite (a faulty report, which
+    the supervisor trips on) counts for nothing, and without any the last time all were in step stands."""
+    clocks = [status[kind].time_s for kind in ("gradient", "rf") if math.isfinite(status[kind].time_s)]
+    return max(clocks) if clocks else synced_s
 
 
 def table_report(status: Status) -> str:

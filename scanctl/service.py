@@ -273,6 +273,8 @@ class DriverService:
             self._check_arguments(method, bound, args, kwargs)
         except (WireProtocolError, TypeError) as exc:
             return self._malformed(msg, method, f"{method}: {exc}")
+        except ScanctlError as exc:  # an argument refused as it is made (a program with a NaN): as the driver would
+            return self._driver_error(msg, method, exc)
         except Exception as exc:  # noqa: BLE001 - the subsystem lacks the method, or its signature is broken
             return self._internal(msg, method, exc)
         try:

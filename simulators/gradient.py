@@ -28,11 +28,21 @@ from scanctl.simulators.world import sender, world_option
 
 from scanctl.errors import SafetyLimitError
 from scanctl.profile import SystemProfile
-from scanctl.program import GradientProgram
+from scanctl.program import GradientProgram, breakpoint_slew
 from scanctl.registry import SubsystemURL, fault_spec, flag, positive_float
 from scanctl.safety.heating import SAMPLES_PER_STEP, STEP_S, step_power
 
 log = logging.getLogger(__name__)
+
+#: A step (two breakpoints less than a picosecond apart) may change the gradient by at most this fraction of
+#: the amplitude limit (rounding where two blocks meet; the sequence checks allow 1e-5 of the sequence's
+#: largest gradient there, see scanctl.sequence.checks); a larger step is an infinite slew.
+STEP_TOLERANCE = 1e-5
+
+
+def _worst(values: np.ndarray, over: np.ndarray) -> int:
+    """The index (among ``over``) of the largest of ``values``, a NaN counting as the largest."""
+    return int(over[np.argmax(np.nan_to_num(values[over], nan=np.inf))])
 
 
 class SimulatedGradient(SimulatedSequencer):
@@ -85,6 +95,9 @@ class SimulatedGradient(SimulatedSequencer):
         self._world.close()
 
     def load(self, program: GradientProgram) -> None:
+        """Queue ``program``. Raises SafetyLimitError for a non-finite value or a waveform beyond the
+        amplitude or slew limits (nothing is queued), DriverError/BufferFullError as every sequencer."""
+        program.validate()
         with self._lock:
             self._accept_program(program.t0_s, program.t1_s)
             self._check_limits(program)
@@ -93,21 +106,26 @@ class SimulatedGradient(SimulatedSequencer):
             self._world.post_gradient(program)
 
     def _check_limits(self, program: GradientProgram) -> None:
+        # Written so that a NaN fails (``not value <= limit``), whatever slipped past validation.
         for axis, name in enumerate("xyz"):
             t, g = program.t_s[axis], program.g_hz_per_m[axis]
             if g.size == 0:
                 continue
-            peak = float(np.abs(g).max())
-            if peak > self.max_gradient_hz_per_m[axis] * (1 + 1e-9):
-                at = float(t[int(np.argmax(np.abs(g)))])
-                raise SafetyLimitError(f"gradient: {name} amplitude {peak:.6g} Hz/m at {at:.6f} s exceeds the "
-                                       f"amplifier limit {self.max_gradient_hz_per_m[axis]:.6g} Hz/m")
-            dt = np.diff(t)
-            slew = np.divide(np.abs(np.diff(g)), dt, out=np.zeros_like(dt), where=dt > 1e-12)
-            if slew.size and slew.max() > self.max_slew_hz_per_m_per_s[axis] * (1 + 1e-6):
-                at = float(t[int(np.argmax(slew))])
-                raise SafetyLimitError(f"gradient: {name} slew {slew.max():.6g} Hz/m/s at {at:.6f} s exceeds the "
-                                       f"amplifier limit {self.max_slew_hz_per_m_per_s[axis]:.6g} Hz/m/s")
+            limit = self.max_gradient_hz_per_m[axis]
+            amplitude = np.abs(g)
+            over = np.flatnonzero(~(amplitude <= limit * (1 + 1e-9)))
+            if over.size:
+                i = _worst(amplitude, over)
+                raise SafetyLimitError(f"gradient: {name} amplitude {amplitude[i]:.6g} Hz/m at {t[i]:.6f} s exceeds "
+                                       f"the amplifier limit {limit:.6g} Hz/m")
+            slew = breakpoint_slew(t, g, STEP_TOLERANCE * limit)
+            max_slew = self.max_slew_hz_per_m_per_s[axis]
+            over = np.flatnonzero(~(slew <= max_slew * (1 + 1e-6)))
+            if over.size:
+                i = _worst(slew, over)
+                raise SafetyLimitError(f"gradient: {name} slew {slew[i]:.6g} Hz/m/s at {t[i]:.6f} s exceeds the "
+                                       f"amplifier limit {max_slew:.6g} Hz/m/s (a change of "
+                                       f"{abs(g[i + 1] - g[i]):.6g} Hz/m in {t[i + 1] - t[i]:.3g} s)")
 
     def _play_until(self, t_s: float) -> None:
         """Advance the thermal model over ``[playhead, t_s)`` on the grid of scanctl.safety.heating (10 ms)."""
@@ -133,7 +151,7 @@ class SimulatedGradient(SimulatedSequencer):
         for step, (p, d, e) in enumerate(zip(power.tolist(), decay.tolist(), extra.tolist(), strict=True)):
             steady = self.ambient_c + p * self.kelvin_per_watt
             temp = steady + (temp - steady) * d + e
-            if temp > self.max_temp_c:
+            if not temp <= self.max_temp_c:  # a NaN temperature trips too
                 self.temperature_c, self.power_w = temp, p
                 self._playhead_s = float(edges[step + 1])  # the fault happens within this step
                 self._trip(f"coil over-temperature {temp:.1f} °C > {self.max_temp_c:.1f} °C")

@@ -212,6 +212,10 @@ class SimulatedRF(SimulatedSequencer):
             self._spins.reset()
 
     def load(self, rf: RFProgram, adc: ADCProgram) -> None:
+        """Queue one segment's pulses and receive windows. Raises SafetyLimitError for a non-finite value
+        in either (nothing is queued), DriverError/BufferFullError as every sequencer."""
+        rf.validate()
+        adc.validate()
         with self._lock:
             self._accept_program(rf.t0_s, rf.t1_s)
             self._queue.append((rf, adc))

@@ -6,12 +6,16 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import hypothesis.strategies as st
 import numpy as np
 import pypulseq as pp
 import pytest
+from hypothesis import given, settings
 
 from scanctl import profile as profiles
+from scanctl.safety.predict import predict
 from scanctl.sequence import checks
+from scanctl.sequence.model import ADCEvents, GradEvents, RFEvents
 from scanctl.sequence.pulseq_read import parse
 from tests import pulseq_factory
 from tests.seqtext import pulseq_text
@@ -181,3 +185,65 @@ def test_real_sequences_pass_and_report_pypulseq_peaks(factory_reports, name):
     for axis, w in zip("xyz", waves[:3], strict=True):
         expected = float(np.abs(w[1]).max()) if w.size else 0.0
         assert report.max_gradient_hz_per_m[axis] == pytest.approx(expected, rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize("dt_rasters", [0.0, 1e-8, 5e-8])  # 0, 1e-13 and 5e-13 s with the 10 µs raster
+def test_a_step_in_no_time_is_refused(dt_rasters):
+    """A gradient that steps to 95 % of the limit between two samples (almost) at one time is an infinite
+    slew: it is refused, however short the interval (the interval is never skipped as too short to count)."""
+    amp = 0.95 * DEFAULT.max_gradient_hz_per_m()[0]
+    grads = [(3, amp, 0, 0, 3, 4, 0)]
+    shapes = {**SHAPES, 3: [0.0, 0.0, 1.0, 1.0, 0.0], 4: [0.0, 10.0, 10.0 + dt_rasters, 30.0, 70.0]}
+    r = run_check(BLOCKS + [(4, 70, 0, 3, 0, 0, 0, 0)], gradients=grads, shapes=shapes)
+    assert not r.ok
+    (v,) = [v for v in r.violations if v.block == 4]
+    assert v.kind == "gradient_continuity" and "steps within its event (infinite slew)" in v.message
+
+
+FLOAT_COLUMNS = [(table, f.name) for table, cls in (("rf", RFEvents), ("grad", GradEvents), ("adc", ADCEvents))
+                 for f in dataclasses.fields(cls) if f.type == "FloatArray"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(column=st.sampled_from(FLOAT_COLUMNS), value=st.sampled_from([math.nan, math.inf, -math.inf]))
+def test_a_non_finite_number_in_any_event_is_a_violation(column, value):
+    """Fail closed: a sequence made in code (the reader refuses such files) with NaN or infinity in any
+    column of a played event is refused, the violation naming the table and column."""
+    text = pulseq_text(BLOCKS, rf=RF, traps=TRAPS, adc=ADC, shapes=SHAPES)
+    seq = parse(text.encode(), path="test.seq")
+    table, name = column
+    events = getattr(seq, table)
+    spoiled = getattr(events, name).copy()
+    spoiled[0] = value
+    seq = dataclasses.replace(seq, **{table: dataclasses.replace(events, **{name: spoiled})})
+    r = checks.check(seq, DEFAULT)
+    assert not r.ok and r.violation_counts.get("non_finite") == 1
+    (v,) = [v for v in r.violations if v.kind == "non_finite"]
+    assert f"event {name} is not finite" in v.message and v.block is not None
+
+
+def test_a_non_finite_shape_sample_is_a_violation():
+    text = pulseq_text(BLOCKS, rf=RF, traps=TRAPS, adc=ADC, shapes=SHAPES)
+    seq = parse(text.encode(), path="test.seq")
+    samples = seq.shapes.samples.copy()
+    samples[seq.shapes.offsets[0] + 5] = math.nan  # shape 1: the RF pulse's magnitude
+    seq = dataclasses.replace(seq, shapes=dataclasses.replace(seq.shapes, samples=samples))
+    r = checks.check(seq, DEFAULT)
+    assert r.violation_counts == {"non_finite": 1}
+    assert r.violations[0].block == 1 and "RF event mag_shape (a sample) is not finite" in r.violations[0].message
+
+
+@pytest.mark.parametrize(("table", "name", "expected"), [
+    ("rf", "amplitude_hz", {"sar_wb", "sar_head", "rf_peak"}),
+    ("grad", "amplitude_hz_per_m", {"pns", "gradient_heating"}),
+])
+def test_the_safety_prediction_of_a_non_finite_sequence_fails_closed(table, name, expected):
+    """SAR, RF peak power, PNS and coil heating computed from a NaN are violations, never a pass."""
+    seq = parse(pulseq_text(BLOCKS, rf=RF, traps=TRAPS, adc=ADC, shapes=SHAPES).encode(), path="test.seq")
+    events = getattr(seq, table)
+    spoiled = getattr(events, name).copy()
+    spoiled[0] = math.nan
+    seq = dataclasses.replace(seq, **{table: dataclasses.replace(events, **{name: spoiled})})
+    with np.errstate(invalid="ignore"):
+        kinds_found = {v.kind for v in predict(seq, DEFAULT, 70.0).violations}
+    assert expected <= kinds_found

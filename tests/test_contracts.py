@@ -10,6 +10,7 @@ proxy driver, over ZeroMQ, to the serial driver, over a pty, to the controller s
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import numpy as np
@@ -173,6 +174,62 @@ def test_gradient_refuses_programs_beyond_its_limits(url):
     with pytest.raises(SafetyLimitError, match=r"x slew .* exceeds"):
         sub.load(too_fast)
     assert sub.status().telemetry["buffered_s"] == 0.0  # nothing refused was queued
+
+
+def _spoiled(program, field, index, value):
+    """A copy of ``program`` with ``value`` written in place at ``field[index]`` (``index``: an array index,
+    or ``(axis, i)`` for the per-axis tuples): past the check a program gets when it is made, as a program
+    whose arrays were changed after it was made, or one sent by another client, arrives."""
+    bad = copy.deepcopy(program)
+    target = getattr(bad, field)
+    if isinstance(index, tuple):
+        target, index = target[index[0]], index[1]
+    target[index] = value
+    return bad
+
+
+@pytest.mark.parametrize("url", IMPLEMENTATIONS)
+def test_gradient_refuses_non_finite_values_and_steps(url):
+    """Fail closed: a NaN sample and a step in no time (infinite slew) are refused, naming what is wrong."""
+    sub = _open("gradient", url)
+    sub.connect()
+    sub.arm()
+    limit = PROFILE.max_gradient_hz_per_m()[0]
+    t = np.array([0.0, 1e-3, 2e-3, 3e-3])
+    good = GradientProgram(0.0, 3e-3, (t, np.zeros(0), np.zeros(0)),
+                           (np.array([0.0, 0.1, 0.1, 0.0]) * limit, np.zeros(0), np.zeros(0)))
+    with pytest.raises(SafetyLimitError, match=r"g_hz_per_m\[x\]\[2\] is nan"):
+        sub.load(_spoiled(good, "g_hz_per_m", (0, 2), np.nan))
+    with pytest.raises(SafetyLimitError, match=r"t_s\[x\]\[1\] is inf"):
+        sub.load(_spoiled(good, "t_s", (0, 1), np.inf))
+    # A step to 95 % of the amplitude limit in 1e-13 s: an infinite slew, not an interval too short to count.
+    t = np.array([0.0, 1e-3, 1e-3 + 1e-13, 3e-3, 5e-3])
+    step = GradientProgram(0.0, 5e-3, (t, np.zeros(0), np.zeros(0)),
+                           (np.array([0.0, 0.0, 0.95, 0.95, 0.0]) * limit, np.zeros(0), np.zeros(0)))
+    with pytest.raises(SafetyLimitError, match=r"x slew inf Hz/m/s at 0\.001000 s exceeds"):
+        sub.load(step)
+    assert sub.status().telemetry["buffered_s"] == 0.0  # nothing refused was queued
+    # Where two blocks meet at one time the values agree to rounding: that is no step.
+    seam = GradientProgram(0.0, 5e-3, (t, np.zeros(0), np.zeros(0)),
+                           (np.array([0.0, 0.0, 1e-9, 1e-9, 0.0]) * limit, np.zeros(0), np.zeros(0)))
+    sub.load(seam)
+    assert sub.status().telemetry["buffered_s"] == pytest.approx(5e-3)
+
+
+@pytest.mark.parametrize("url", IMPLEMENTATIONS)
+def test_rf_refuses_non_finite_values(url, segments):
+    sub = _open("rf", url)
+    sub.connect()
+    sub.arm()
+    seg = next(s for s in segments if s.rf.n_pulses and s.adc.n_windows)
+    with pytest.raises(SafetyLimitError, match=r"RFProgram: b1_hz\[3\] is \(nan"):
+        sub.load(_spoiled(seg.rf, "b1_hz", 3, complex(np.nan, 0.0)), seg.adc)
+    with pytest.raises(SafetyLimitError, match=r"RFProgram: freq_hz\[0\] is -inf"):
+        sub.load(_spoiled(seg.rf, "freq_hz", 0, -np.inf), seg.adc)
+    with pytest.raises(SafetyLimitError, match=r"ADCProgram: dwell_s\[1\] is nan"):
+        sub.load(seg.rf, _spoiled(seg.adc, "dwell_s", 1, np.nan))
+    assert sub.status().telemetry["buffered_s"] == 0.0
+    sub.load(seg.rf, seg.adc)  # the same segment, unspoiled, is taken
 
 
 @pytest.mark.parametrize("url", IMPLEMENTATIONS)

@@ -143,7 +143,7 @@ def test_the_error_names_the_method_and_the_exception(gradient):
     assert error.type == "error" and error.re is not None
     assert error.body["code"] == "internal" and error.body["error"] == "DriverError"
     assert error.body["method"] == "load"
-    assert error.body["message"] == "gradient driver: load: AttributeError: 'dict' object has no attribute 't0_s'"
+    assert error.body["message"] == "gradient driver: load: AttributeError: 'dict' object has no attribute 'validate'"
     gradient.alive()
 
 

@@ -5,6 +5,7 @@ scan (after every sync of the simulators' virtual clock), whatever the commands,
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 
 import hypothesis.strategies as st
@@ -19,6 +20,7 @@ from scanctl.executor import Scanner
 from scanctl.interfaces import Status, SubsystemState
 from scanctl.machine import LATCHED, RESTING
 from scanctl.machine import ScannerState as S
+from scanctl.program import compile_segments
 from scanctl.run import load_source
 from scanctl.safety.interlocks import read_inputs
 from scanctl.safety.supervisor import ASSUMED_WEIGHT_KG, EnergyLog, Supervisor, SupervisorTrip
@@ -167,6 +169,100 @@ def test_supervisor_heartbeats_and_inputs():
     assert read_inputs(door) == {"door_open": True, "coil_absent": False}
     with pytest.raises(SupervisorTrip, match="interlock door open"):
         sup.observe(2.0, door)
+
+
+# -- fail closed: a reading that is not a finite number is a trip ----------------------------------------------
+READINGS = {
+    G: {"coil_temperature_c": 35.0, "power_w": 1000.0, "buffered_s": 0.5},
+    RF: {"forward_energy_j": 10.0, "forward_power_w": 100.0, "reflected_power_w": 1.0, "peak_forward_power_w": 2e4,
+         "door_closed": 1.0, "coil_present": 1.0, "buffered_s": 0.5},
+    T: {"position_mm": 0.0, "homed": 1.0},
+}
+NON_FINITE = (math.nan, math.inf, -math.inf)
+
+
+def full_statuses(t_s: float) -> dict[str, Status]:
+    return {kind: Status(SubsystemState.STANDBY if kind == T else SubsystemState.RUNNING, t_s, "", dict(readings))
+            for kind, readings in READINGS.items()}
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_non_finite_reading_trips_the_supervisor(data):
+    """Whatever reading it is — coil temperature, RF energy or power, table position, an interlock input, a
+    sequencer's clock, or a reading the supervisor has no limit for — NaN or infinity trips, naming it."""
+    kind = data.draw(st.sampled_from([G, RF, T]))
+    key = data.draw(st.sampled_from([*READINGS[kind], "time_s", "some_new_reading_v"] if kind != T
+                                    else [*READINGS[kind], "some_new_reading_v"]))
+    value = data.draw(st.sampled_from(NON_FINITE))
+    sup = Supervisor(LIMITS, gamma_hz_per_t=PROFILE.gamma_hz_per_t, patient_weight_kg=70.0, horizon_s=0.25)
+    sup.observe(0.5, full_statuses(0.5))  # all well
+    now = full_statuses(1.0)
+    if key == "time_s":
+        now[kind] = Status(SubsystemState.RUNNING, value, "", now[kind].telemetry)
+    else:
+        now[kind].telemetry[key] = value
+    with pytest.raises(SupervisorTrip) as info:
+        sup.observe(1.0, now)
+    assert info.value.limit == f"telemetry.{kind}.{key}"
+    assert f"{kind} reports {key} = {value!r}" in str(info.value)
+
+
+@pytest.mark.parametrize("t_s", NON_FINITE)
+def test_a_non_finite_check_time_trips(t_s):
+    sup = Supervisor(LIMITS, gamma_hz_per_t=PROFILE.gamma_hz_per_t, patient_weight_kg=70.0)
+    with pytest.raises(SupervisorTrip, match="check time .* is not finite"):
+        sup.observe(t_s, full_statuses(1.0))
+
+
+def test_a_nan_interlock_input_counts_as_tripped():
+    for value in (math.nan, 0.0):
+        door = full_statuses(1.0)
+        door[RF].telemetry["door_closed"] = value
+        assert read_inputs(door)["door_open"] is True
+    assert read_inputs(full_statuses(1.0)) == {"door_open": False, "coil_absent": False}
+
+
+def test_a_nan_rf_program_trips_before_it_is_loaded():
+    """The supervisor's own comparisons fail closed too (``not energy <= budget``), whatever reached them."""
+    sup = Supervisor(LIMITS, gamma_hz_per_t=PROFILE.gamma_hz_per_t, patient_weight_kg=70.0)
+    segment = next(s for s in compile_segments(GRE, larmor_hz=PROFILE.gamma_hz_per_t * PROFILE.b0_t) if s.rf.n_pulses)
+    spoiled = copy.deepcopy(segment.rf)  # past the check a program gets when it is made
+    spoiled.b1_hz[0] = complex(math.nan, 0.0)
+    with pytest.raises(SupervisorTrip) as info:
+        sup.before_load(spoiled)
+    assert info.value.limit.startswith("sar.")
+    sup.before_load(segment.rf)  # the same segment unspoiled is fine
+
+
+def _reports_nan_from(sub, key: str, t_s: float) -> None:
+    """From scan time ``t_s`` on, ``sub`` reports ``key`` (a telemetry reading, or its clock ``time_s``) as NaN."""
+    real_status = sub.status
+
+    def status() -> Status:
+        st_ = real_status()
+        if st_.time_s < t_s:
+            return st_
+        if key == "time_s":
+            return Status(st_.state, math.nan, st_.message, st_.telemetry)
+        return Status(st_.state, st_.time_s, st_.message, {**st_.telemetry, key: math.nan})
+
+    sub.status = status
+
+
+@pytest.mark.parametrize(("kind", "key"), [
+    (G, "coil_temperature_c"), (RF, "forward_energy_j"), (RF, "peak_forward_power_w"), (G, "time_s"),
+    (RF, "time_s"),
+])
+def test_a_nan_reading_mid_scan_stops_the_scan_safe(kind, key):
+    scanner = make_scanner()
+    _reports_nan_from(getattr(scanner, "gradient" if kind == G else "rf"), key, 1.0)
+    scanner.prepare(TSE)
+    result = scanner.run(patient_weight_kg=70.0)
+    assert result.outcome == "fault" and scanner.state is S.FAULT and amplifiers_off(scanner)
+    assert f"{kind} reports {key} = nan" in result.message and "(supervisor)" in result.message
+    assert f"{kind} reports {key}" in fault_entry(scanner)
+    assert 1.0 <= result.scan_time_s < 2.0
 
 
 # -- the supervisor in the scanner, driven by injected faults --------------------------------------------------

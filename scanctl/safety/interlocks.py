@@ -5,7 +5,7 @@ safe at once.
 The inputs come from the subsystems' telemetry: a subsystem wired to the door switch or the coil plug
 reports ``door_closed`` / ``coil_present`` (1 or 0; the RF simulator does, see
 :mod:`scanctl.simulators.rf`). A 0 trips the interlock named in :data:`INPUTS`; a subsystem that does not
-report an input leaves its interlock clear.
+report an input leaves its interlock clear; a reading that is not a number >= 0.5 (NaN included) trips it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def read_inputs(statuses: Mapping[str, Status]) -> dict[str, bool]:
     for status in statuses.values():
         for key, name in INPUTS.items():
             if key in status.telemetry:
-                tripped[name] = tripped.get(name, False) or status.telemetry[key] < 0.5
+                # Fail closed: only a reading of 1 (>= 0.5) is clear; 0, NaN or anything else trips.
+                tripped[name] = tripped.get(name, False) or not status.telemetry[key] >= 0.5
     return tripped
 
 

@@ -93,7 +93,7 @@ def predict(seq: Sequence, profile: SystemProfile, patient_weight_kg: float | No
             value, limit = peak.value / masses[region], table[mode] * factor
             entry[name] = {"window_s": window, "peak_w_per_kg": value, "limit_w_per_kg": limit,
                            "time_s": peak.start_s, "block": int(ids[peak.block]) if ids.size else None}
-            if value > limit:
+            if not value <= limit:  # (every comparison here fails closed: a NaN is a violation)
                 violate(kind, peak.block, peak.start_s, value, limit,
                         f"{region.replace('_', '-')} SAR over {window:g} s", "W/kg")
         sar[region] = entry
@@ -105,10 +105,10 @@ def predict(seq: Sequence, profile: SystemProfile, patient_weight_kg: float | No
     peak_pulse = int(np.argmax(pulses.peak_power_w)) if pulses.peak_power_w.size else 0
     rf_amp = {"duty_cycle_peak": duty.value, "duty_cycle_limit": rf.max_duty_cycle, "window_s": duty.window_s,
               "duty_cycle_time_s": duty.start_s, "peak_power_w": peak_power, "peak_power_limit_w": rf.peak_power_w}
-    if duty.value > rf.max_duty_cycle:
+    if not duty.value <= rf.max_duty_cycle:
         violate("rf_duty", duty.block, duty.start_s, duty.value, rf.max_duty_cycle,
                 f"RF duty cycle over {duty.window_s:g} s", "")
-    if peak_power > rf.peak_power_w:
+    if not peak_power <= rf.peak_power_w:
         violate("rf_peak", int(pulses.block[peak_pulse]), float(pulses.start_s[peak_pulse]), peak_power,
                 rf.peak_power_w, "RF peak forward power", "W")
 
@@ -119,7 +119,7 @@ def predict(seq: Sequence, profile: SystemProfile, patient_weight_kg: float | No
     pns_json = {"peak_percent": pns.peak_percent, "limit_percent": pns_limit, "time_s": pns.peak_time_s,
                 "block": int(ids[pns.peak_block]) if ids.size else None,
                 "axis_peak_percent": dict(zip("xyz", pns.axis_peak_percent, strict=True))}
-    if pns.peak_percent > pns_limit:
+    if not pns.peak_percent <= pns_limit:
         violate("pns", pns.peak_block, pns.peak_time_s, pns.peak_percent, pns_limit,
                 "PNS (SAFE model, % of the stimulation threshold)", "%")
 
@@ -130,7 +130,7 @@ def predict(seq: Sequence, profile: SystemProfile, patient_weight_kg: float | No
                                       "time_s": heating.peak_time_s,
                                       "block": int(ids[heating.peak_block]) if ids.size else None},
                     "rf_amplifier": rf_amp}
-    if heating.peak_c > coil.max_temp_c:
+    if not heating.peak_c <= coil.max_temp_c:
         violate("gradient_heating", heating.peak_block, heating.peak_time_s, heating.peak_c, coil.max_temp_c,
                 "gradient coil temperature", "°C")
     curves = {"pulses": pulses, "masses": masses, "pns": pns, "heating": heating}

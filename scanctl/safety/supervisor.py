@@ -188,7 +188,7 @@ class Supervisor:
             start = rf.t1_s - lim.window_s
             total = self.energy.energy_in(start, self._t_s) + self._gain * energy
             total += sum(self._gain * e * _overlap(t0, t1, start, rf.t1_s) for t0, t1, e in self._pending)
-            if total > lim.budget_j():
+            if not total <= lim.budget_j():  # (a NaN energy fails too: every comparison here is written so)
                 raise SupervisorTrip(lim.name, lim.sar(total), lim.limit_w_per_kg, self._t_s,
                                      f"{lim.label} would reach {lim.sar(total):.3g} W/kg by {rf.t1_s:.3f} s with "
                                      f"the next segment (limit {lim.limit_w_per_kg:g} W/kg, {self.note()})")
@@ -199,6 +199,7 @@ class Supervisor:
         """Take the subsystems' telemetry at scan time ``t_s`` and check every limit, looking ``horizon_s``
         ahead. Raises SupervisorTrip for the first one that is (or could by the next check be) crossed."""
         self.checks += 1
+        self._check_finite(t_s, statuses)
         dt = max(0.0, t_s - self._t_s)
         self._check_interlocks(t_s, statuses)
         self._check_heartbeats(t_s, statuses)
@@ -207,6 +208,20 @@ class Supervisor:
         self._check_sar(t_s)
         self._check_rf_peak(t_s, statuses.get("rf"))
         self._check_temperature(t_s, statuses.get("gradient"))
+
+    def _check_finite(self, t_s: float, statuses: Mapping[str, Status]) -> None:
+        """Fail closed: a non-finite check time, sequencer clock or telemetry reading is a trip (``telemetry``),
+        whatever it measures: nothing else here can be trusted to compare against it."""
+        if not math.isfinite(t_s):
+            raise SupervisorTrip("telemetry", t_s, math.nan, self._t_s, f"the check time {t_s} s is not finite")
+        for kind, status in statuses.items():
+            readings = dict(status.telemetry)
+            if kind in SEQUENCERS:
+                readings["time_s"] = status.time_s
+            for key, value in readings.items():
+                if not _finite(value):
+                    raise SupervisorTrip(f"telemetry.{kind}.{key}", math.nan, math.nan, t_s,
+                                         f"{kind} reports {key} = {value!r}: a reading must be a finite number")
 
     def sar_now(self, t_s: float | None = None) -> dict[str, float]:
         """The measured SAR (W/kg) on every window ending at ``t_s`` (default: the last check)."""
@@ -237,11 +252,11 @@ class Supervisor:
             now = self.energy.energy_in(t_s - lim.window_s, t_s)
             sar = lim.sar(now)
             self.max_sar_w_per_kg[lim.name] = max(self.max_sar_w_per_kg[lim.name], sar)
-            if sar > lim.limit_w_per_kg:
+            if not sar <= lim.limit_w_per_kg:
                 raise SupervisorTrip(lim.name, sar, lim.limit_w_per_kg, t_s, f"{lim.label} is {sar:.3g} W/kg "
                                      f"(limit {lim.limit_w_per_kg:g} W/kg, {self.note()})")
             ahead = self.energy.energy_in(t_s + self.horizon_s - lim.window_s, t_s) + worst
-            if ahead > lim.budget_j():
+            if not ahead <= lim.budget_j():
                 raise SupervisorTrip(lim.name, lim.sar(ahead), lim.limit_w_per_kg, t_s,
                                      f"{lim.label} could reach {lim.sar(ahead):.3g} W/kg before the next check "
                                      f"(measured {sar:.3g} W/kg, limit {lim.limit_w_per_kg:g} W/kg, {self.note()})")
@@ -250,7 +265,7 @@ class Supervisor:
         if rf is None:
             return
         peak = rf.telemetry.get("peak_forward_power_w", 0.0)
-        if peak > self.limits.rf.peak_power_w:
+        if not peak <= self.limits.rf.peak_power_w:
             raise SupervisorTrip("rf.peak_power", peak, self.limits.rf.peak_power_w, t_s,
                                  f"RF peak forward power {peak:.4g} W exceeds {self.limits.rf.peak_power_w:g} W")
 
@@ -268,7 +283,7 @@ class Supervisor:
             by_rate = temp + max(0.0, rate) * self.horizon_s
         self._temperature = (t_s, temp)
         ahead = max(by_model, by_rate)
-        if ahead >= thermal.max_temp_c:
+        if not ahead < thermal.max_temp_c:
             raise SupervisorTrip("coil_temperature", ahead, thermal.max_temp_c, t_s,
                                  f"gradient coil temperature {temp:.1f} °C could reach {ahead:.1f} °C before the next "
                                  f"check (limit {thermal.max_temp_c:g} °C)")
@@ -281,7 +296,7 @@ class Supervisor:
                                      f"{kind} heartbeat lost ({status.message or 'state UNKNOWN'})")
             if kind in SEQUENCERS:  # on the scan timebase: how far its last report lags the scan
                 age = t_s - status.time_s
-                if age + self.horizon_s > max_age:
+                if not age + self.horizon_s <= max_age:
                     raise SupervisorTrip(f"heartbeat.{kind}", age, max_age, t_s,
                                          f"{kind} heartbeat is {age:.3f} s old and could pass {max_age:g} s before "
                                          f"the next check")
@@ -301,7 +316,7 @@ class Supervisor:
             raise SupervisorTrip("table.travel", position, limits.max_mm if position > 0 else limits.min_mm, t_s,
                                  f"the table at {position:g} mm is outside its travel {limits.min_mm:g} to "
                                  f"{limits.max_mm:g} mm")
-        if abs(position - self.scan_position_mm) > TABLE_TOLERANCE_MM:
+        if not abs(position - self.scan_position_mm) <= TABLE_TOLERANCE_MM:
             raise SupervisorTrip("table.moved", position, self.scan_position_mm, t_s,
                                  f"the table moved to {position:g} mm while scanning at {self.scan_position_mm:g} mm")
 
@@ -309,6 +324,14 @@ class Supervisor:
         for name, tripped in read_inputs(statuses).items():
             if tripped:
                 raise SupervisorTrip(f"interlock.{name}", 1.0, 0.0, t_s, f"interlock {name.replace('_', ' ')}")
+
+
+def _finite(value: object) -> bool:
+    """A reading is a finite real number (a bool or an int counts; text, None or NaN does not)."""
+    try:
+        return math.isfinite(value)  # type: ignore[arg-type]
+    except TypeError:
+        return False
 
 
 def _overlap(t0: float, t1: float, start: float, end: float) -> float:

@@ -97,6 +97,7 @@ class _Collector:
 def check(seq: Sequence, profile: SystemProfile) -> CheckReport:
     """Check ``seq`` against ``profile``; never raises for a readable sequence."""
     c = _Collector(seq)
+    _check_finite(c)
     _check_rasters_against_profile(c, profile)
     _check_event_rasters(c)
     _check_dead_times_and_block_ends(c, profile)
@@ -127,7 +128,7 @@ def check(seq: Sequence, profile: SystemProfile) -> CheckReport:
 
 def _misaligned(values: FloatArray, raster: float) -> np.ndarray:
     q = values / raster
-    return np.abs(q - np.round(q)) >= _RASTER_TOL
+    return ~(np.abs(q - np.round(q)) < _RASTER_TOL)  # a NaN is misaligned: every comparison here fails closed
 
 
 def _first_blocks(column: IntArray, bad_rows: IntArray) -> IntArray:
@@ -141,6 +142,49 @@ def _first_blocks(column: IntArray, bad_rows: IntArray) -> IntArray:
     return out
 
 
+def _first_played(columns: tuple[IntArray, ...], rows: IntArray) -> IntArray:
+    """For each event row in ``rows``, the first block index at which any of ``columns`` (the block table's
+    columns that refer to the event table) plays it; -1 for an event no block plays."""
+    never = np.iinfo(np.int64).max
+    firsts = np.stack([_first_blocks(col, rows) for col in columns])
+    first = np.where(firsts >= 0, firsts, never).min(axis=0)
+    return np.where(first < never, first, -1)
+
+
+def _check_finite(c: _Collector) -> None:
+    """Fail closed: every number an event plays must be finite — its own columns and the samples of its
+    shapes — and every block duration. A non-finite one is a ``non_finite`` violation naming the event table
+    and column, at the first block that plays the event. The reader refuses such files; this catches a
+    sequence made in code."""
+    seq = c.seq
+    b = seq.blocks
+    samples = seq.shapes.samples
+    bad_shapes = np.unique(np.searchsorted(seq.shapes.offsets, np.flatnonzero(~np.isfinite(samples)), side="right") - 1)
+    tables = (("RF", seq.rf, (b.rf,)), ("gradient", seq.grad, tuple(b.grad.T)), ("ADC", seq.adc, (b.adc,)))
+    for label, table, columns in tables:
+        for name, values in vars(table).items():
+            if not isinstance(values, np.ndarray):
+                continue
+            if values.dtype.kind == "f":
+                bad, what = ~np.isfinite(values), name
+            elif name.endswith("shape") and bad_shapes.size:
+                bad, what = np.isin(values, bad_shapes), f"{name} (a sample)"
+            else:
+                continue
+            rows = np.flatnonzero(bad)
+            if rows.size == 0:
+                continue
+            first = _first_played(columns, rows)
+            played = first >= 0  # an event no block plays cannot harm
+            blocks = first[played]
+            value = values[rows[played]] if values.dtype.kind == "f" else np.full(blocks.size, np.nan)
+            c.add("non_finite", blocks, seq.block_start_s[blocks], value, np.nan,
+                  f"block {{block}}: {label} event {what} is not finite ({{value}})")
+    dur = seq.block_duration_s
+    bad = np.flatnonzero(~np.isfinite(dur))
+    c.add("non_finite", bad, np.zeros(bad.size), dur[bad], np.nan, "block {block}: duration {value} s is not finite")
+
+
 def _check_rasters_against_profile(c: _Collector, profile: SystemProfile) -> None:
     r, t = c.seq.rasters, profile.timing
     pairs = (
@@ -150,7 +194,7 @@ def _check_rasters_against_profile(c: _Collector, profile: SystemProfile) -> Non
         ("block duration", r.block_duration_s, t.block_duration_raster_s),
     )
     for name, mine, scanner in pairs:
-        if scanner > 0 and _misaligned(np.array([mine]), scanner)[0] or mine < scanner * (1 - _RASTER_TOL):
+        if scanner > 0 and _misaligned(np.array([mine]), scanner)[0] or not mine >= scanner * (1 - _RASTER_TOL):
             c.add("raster", np.array([-1]), np.array([0.0]), np.array([mine]), scanner,
                   f"sequence {name} raster {{value:.9g}} s is not a whole multiple of the scanner's {{limit:.9g}} s")
 
@@ -176,9 +220,8 @@ def _check_event_rasters(c: _Collector) -> None:
         rows = np.flatnonzero(bad)
         if rows.size == 0:
             continue
-        firsts = np.stack([_first_blocks(col, rows) for col in columns])
-        first = np.where(firsts >= 0, firsts, np.iinfo(np.int64).max).min(axis=0)
-        played = first < np.iinfo(np.int64).max
+        first = _first_played(columns, rows)
+        played = first >= 0
         rows, blocks = rows[played], first[played]
         order = np.argsort(blocks, kind="stable")
         rows, blocks = rows[order], blocks[order]
@@ -194,12 +237,12 @@ def _check_dead_times_and_block_ends(c: _Collector, profile: SystemProfile) -> N
     b = seq.blocks
     for name, label in (("rf", "RF pulse"), ("gx", "x gradient"), ("gy", "y gradient"), ("gz", "z gradient"),
                         ("adc", "ADC window")):
-        over = np.flatnonzero(ends[name] > dur + _EPS_S)
+        over = np.flatnonzero(~(ends[name] <= dur + _EPS_S))
         c.add("event_beyond_block", over, start[over], ends[name][over], dur[over],
               f"block {{block}}: {label} ends at {{value:.9g}} s, after the block's duration {{limit:.9g}} s")
     has_rf = np.flatnonzero(b.rf >= 0)
     rf_delay = seq.rf.delay_s[b.rf[has_rf]]
-    bad = has_rf[rf_delay < t.rf_dead_time_s - _EPS_S]
+    bad = has_rf[~(rf_delay >= t.rf_dead_time_s - _EPS_S)]
     c.add("rf_dead_time", bad, start[bad], seq.rf.delay_s[b.rf[bad]], t.rf_dead_time_s,
           "block {block}: RF delay {value:.9g} s is shorter than the RF dead time {limit:.9g} s")
     rf_end = ends["rf"][has_rf] + t.rf_ringdown_time_s
@@ -208,7 +251,7 @@ def _check_dead_times_and_block_ends(c: _Collector, profile: SystemProfile) -> N
           "block {block}: RF pulse plus ringdown ends at {value:.9g} s, after the block's duration {limit:.9g} s")
     has_adc = np.flatnonzero(b.adc >= 0)
     adc_delay = seq.adc.delay_s[b.adc[has_adc]]
-    bad = has_adc[adc_delay < t.adc_dead_time_s - _EPS_S]
+    bad = has_adc[~(adc_delay >= t.adc_dead_time_s - _EPS_S)]
     c.add("adc_dead_time", bad, start[bad], seq.adc.delay_s[b.adc[bad]], t.adc_dead_time_s,
           "block {block}: ADC delay {value:.9g} s is shorter than the ADC dead time {limit:.9g} s")
     adc_end = ends["adc"][has_adc] + t.adc_dead_time_s
@@ -235,7 +278,7 @@ def _check_soft_delays(c: _Collector) -> None:
     for n in np.unique(num).tolist():
         sel = np.flatnonzero(num == n)
         ref = default[sel[0]]
-        bad = sel[np.abs(default[sel] - ref) > 1e-7]
+        bad = sel[~(np.abs(default[sel] - ref) <= 1e-7)]
         c.add("soft_delay", blocks[bad], start[bad], default[bad], np.full(bad.size, ref),
               "block {block}: soft delay default {value:.9g} s is inconsistent with the earlier {limit:.9g} s "
               f"for delay number {n}")
@@ -264,7 +307,7 @@ def _check_gradients(c: _Collector, profile: SystemProfile) -> tuple[dict[str, f
             ("slew_rate", ex.max_slew, ex.max_slew_t_s, max_s[axis], 1e-6,
              f"block {{block}}: {name} slew rate {{value:.6g}} Hz/m/s exceeds the limit {{limit:.6g}} Hz/m/s"),
         ):
-            bad_row = used & (peaks > limit * (1 + tol))
+            bad_row = used & ~(peaks <= limit * (1 + tol))
             if not bad_row.any():
                 continue
             blocks = np.flatnonzero(has & bad_row[safe])
@@ -282,7 +325,7 @@ def _check_continuity(c: _Collector) -> None:
     tol = 1e-5 * max(float(np.abs(g_rel).max()), 1.0) if g_rel.size else 1.0
     tol = max(tol, 1.0)
     # Within events: two breakpoints at the same time with different values are a step.
-    steps = np.flatnonzero((np.diff(t_rel) <= 1e-12) & (np.abs(np.diff(g_rel)) > tol))
+    steps = np.flatnonzero((np.diff(t_rel) <= 1e-12) & ~(np.abs(np.diff(g_rel)) <= tol))
     same_event = np.searchsorted(offsets, steps, side="right") == np.searchsorted(offsets, steps + 1, side="right")
     step_rows = np.unique(np.searchsorted(offsets, steps[same_event], side="right") - 1)
     nonempty = offsets[1:] > offsets[:-1]
@@ -294,7 +337,7 @@ def _check_continuity(c: _Collector) -> None:
     first_t = np.append(np.where(nonempty, t_rel[first_i], 0.0), 0.0)
     last_t = np.append(np.where(nonempty, t_rel[last_i], np.inf), np.inf)
     begin_val = np.where(first_t <= 1e-12, first_val, 0.0)
-    late_row = (first_t > 1e-12) & (np.abs(first_val) > tol)
+    late_row = (first_t > 1e-12) & ~(np.abs(first_val) <= tol)
     dur = seq.block_duration_s
     start = seq.block_start_s[:-1]
     # Only blocks that take time or play a gradient take part in boundaries (label-only blocks do not).
@@ -313,13 +356,13 @@ def _check_continuity(c: _Collector) -> None:
         late = np.flatnonzero(late_row[rows])
         c.add("gradient_continuity", late, start[late] + first_t[rows[late]], first_val[rows[late]], 0.0,
               f"block {{block}}: {name} gradient starts at {{value:.6g}} Hz/m after a delay (must start at 0)")
-        early = np.flatnonzero(~reaches_end & (np.abs(last_val[rows]) > tol))
+        early = np.flatnonzero(~reaches_end & ~(np.abs(last_val[rows]) <= tol))
         c.add("gradient_continuity", early, start[early] + last_t[rows[early]], last_val[rows[early]], 0.0,
               f"block {{block}}: {name} gradient ends at {{value:.6g}} Hz/m before the block ends (must end at 0)")
         begin = begin_val[rows]
         left = np.concatenate(([0.0], end_val[active]))
         right = np.concatenate((begin[active], [0.0]))
-        jump = np.flatnonzero(np.abs(right - left) > tol)
+        jump = np.flatnonzero(~(np.abs(right - left) <= tol))
         blocks = np.where(jump < active.size, active[np.minimum(jump, active.size - 1)], active[-1])
         times = np.where(jump < active.size, start[blocks], seq.duration_s)
         c.add("gradient_continuity", blocks, times, right[jump] - left[jump], tol,
