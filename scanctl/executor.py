@@ -328,7 +328,9 @@ class Scanner:
             outcome = self._safe_point(sink, counter, playhead)
             if outcome is not None:
                 return outcome
-            target = segment.t1_s - buffer_s
+            # Play ahead only as far as the buffer must drain for this segment, and never past what is
+            # loaded (its start): a subsystem asked to play beyond its program would fall silent.
+            target = min(segment.t1_s - buffer_s, segment.t0_s)
             if target > playhead:
                 playhead = self._sync(target)
                 self._collect(sink, counter)

@@ -24,6 +24,7 @@ import numpy.typing as npt
 from scanctl.errors import SafetyLimitError
 from scanctl.sequence.labels import label_values
 from scanctl.sequence.model import TIME_DEFAULT, FloatArray, IntArray, Sequence
+from scanctl.sequence.timing import block_event_ends
 from scanctl.sequence.waveforms import axis_waveform
 
 ComplexArray = npt.NDArray[np.complex128]
@@ -203,7 +204,9 @@ class ADCProgram(Validated):
 
 @dataclass(frozen=True)
 class Segment:
-    """Blocks ``block_start:block_stop`` compiled for every subsystem, from ``t0_s`` to ``t1_s``."""
+    """Blocks ``block_start:block_stop`` compiled for every subsystem, from ``t0_s`` to ``t1_s``. A piece of a
+    block cut in time (see :func:`compile_segments`) after the one holding its events has no blocks
+    (``block_start == block_stop``) and empty programs."""
 
     number: int
     block_start: int
@@ -239,23 +242,52 @@ def compile_segments(
     """Compile ``seq`` into consecutive segments (lazily: one segment is built when asked for).
 
     ``larmor_hz`` converts the ppm frequency and phase offsets of Pulseq 1.5 into Hz and radians.
+
+    A block longer than ``max_duration_s`` (a long delay, a TR fill) is cut in time, so that no segment is
+    longer than ``max_duration_s`` unless the block's own events are: its events go in the first piece, which
+    lasts ``max_duration_s`` or until its events end if they last longer, and the rest of the block follows
+    as idle segments (no blocks: ``block_start == block_stop``, empty programs) of at most ``max_duration_s``.
+    The executor then keeps loading, playing and hearing the subsystems through a delay of any length,
+    instead of handing them one program longer than their buffer.
     """
     bounds = segment_bounds(seq, max_duration_s, max_blocks)
     adc_blocks = np.flatnonzero(seq.blocks.adc >= 0)
     labels = label_values(seq)
-    for number, (a, b) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)):
+    busy = _events_end_s(seq)
+    number = 0
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
         t0, t1 = float(seq.block_start_s[a]), float(seq.block_start_s[b])
+        pieces = [t0, t1] if t1 - t0 <= max_duration_s else _cut(t0, t1, float(busy[a]), max_duration_s)
         blocks = np.arange(a, b)
-        yield Segment(
-            number=number,
-            block_start=a,
-            block_stop=b,
-            t0_s=t0,
-            t1_s=t1,
-            gradient=_gradient(seq, blocks, t0, t1),
-            rf=_rf(seq, blocks, t0, t1, larmor_hz),
-            adc=_adc(seq, blocks, t0, t1, larmor_hz, adc_blocks, labels),
-        )
+        for k, (p0, p1) in enumerate(zip(pieces[:-1], pieces[1:], strict=True)):
+            mine = blocks if k == 0 else blocks[:0]  # the events are all in the first piece
+            yield Segment(
+                number=number,
+                block_start=a if k == 0 else b,
+                block_stop=b,
+                t0_s=p0,
+                t1_s=p1,
+                gradient=_gradient(seq, mine, p0, p1),
+                rf=_rf(seq, mine, p0, p1, larmor_hz),
+                adc=_adc(seq, mine, p0, p1, larmor_hz, adc_blocks, labels),
+            )
+            number += 1
+
+
+def _events_end_s(seq: Sequence) -> FloatArray:
+    """Per block, when its last event (RF, gradient or ADC, delay included) ends, s from the block's start."""
+    ends = block_event_ends(seq)
+    return np.maximum.reduce([ends[name] for name in ("rf", "gx", "gy", "gz", "adc")])
+
+
+def _cut(t0: float, t1: float, busy_s: float, max_duration_s: float) -> list[float]:
+    """The boundaries (s) that cut one long block ``[t0, t1]`` whose events end ``busy_s`` after ``t0``: a
+    first piece holding the events, then idle pieces of equal length, at most ``max_duration_s`` each."""
+    first = min(t1, t0 + max(max_duration_s, busy_s))
+    n = int(np.ceil((t1 - first) / max_duration_s - 1e-9))
+    idle = np.linspace(first, t1, n + 1) if n > 0 else np.array([t1])
+    idle[-1] = t1  # end exactly where the next block starts
+    return [t0, *idle.tolist()]
 
 
 def _gradient(seq: Sequence, blocks: IntArray, t0: float, t1: float) -> GradientProgram:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
+import pypulseq as pp
 import pytest
 
 from scanctl import profile as profiles
@@ -11,7 +13,10 @@ from scanctl.errors import InvalidTransitionError, SafetyLimitError
 from scanctl.executor import Scanner
 from scanctl.interfaces import SubsystemState
 from scanctl.machine import ScannerState as S
+from scanctl.program import compile_segments
+from scanctl.safety.supervisor import Supervisor
 from scanctl.sequence import pulseq_read
+from tests import pulseq_factory
 from tests.test_cli import GRE, SEQ1
 
 PROFILE = profiles.load()
@@ -151,3 +156,76 @@ def test_table_cannot_move_while_scanning():
     assert scanner.run(table_position_mm=50, on_progress=progress).outcome == "completed"
     assert refused and scanner.table.position_mm() == 50
     assert scanner.move_table(120.0) == 120.0  # idle again: allowed
+
+
+# -- long delays (the HASTE case: a 1.5 s TR fill and a 5 s delay at the end) ------------------------------------
+@pytest.fixture(scope="module")
+def long_delays(tmp_path_factory):
+    """A Pulseq file (pypulseq) with delay blocks longer than a segment and than the subsystems' 2 s buffer:
+    three FIDs, each followed by a 1.5 s TR fill; a 1.2 s block whose only event is a short gradient at its
+    start; a 5 s delay at the end."""
+    system = pulseq_factory.default_system()
+    seq = pp.Sequence(system)
+    rf = pp.make_block_pulse(flip_angle=np.deg2rad(10), duration=0.5e-3, delay=system.rf_dead_time, system=system)
+    adc = pp.make_adc(num_samples=64, duration=3.2e-3, delay=system.adc_dead_time, system=system)
+    gx = pp.make_trapezoid(channel="x", area=500.0, duration=1e-3, system=system)
+    for _ in range(3):
+        seq.add_block(rf)
+        seq.add_block(adc)
+        seq.add_block(pp.make_delay(1.5))
+    seq.add_block(gx, pp.make_delay(1.2))
+    seq.add_block(pp.make_delay(5.0))
+    path = tmp_path_factory.mktemp("long_delays") / "long_delays.seq"
+    seq.write(str(path))
+    return pulseq_read.read(path)
+
+
+def test_long_delays_are_cut_into_segments_the_buffer_holds(long_delays):
+    segments = list(compile_segments(long_delays, larmor_hz=1.0, max_duration_s=0.5))
+    assert max(s.duration_s for s in segments) <= 0.5 + 1e-9
+    assert all(a.t1_s == b.t0_s for a, b in zip(segments, segments[1:], strict=False))
+    assert segments[-1].t1_s == long_delays.duration_s
+    # Every event is played once: the gradient in the first piece of its 1.2 s block, none in the idle pieces.
+    assert sum(s.adc.n_windows for s in segments) == 3 and sum(s.rf.n_pulses for s in segments) == 3
+    with_gradient = [s for s in segments if s.gradient.t_s[0].size]
+    assert len(with_gradient) == 1 and with_gradient[0].block_stop - with_gradient[0].block_start == 1
+    assert all(s.gradient.t_s[0].size == 0 for s in segments if s.block_start == s.block_stop)
+
+
+def _record_checks(monkeypatch):
+    """Every supervisor check: (scan time, each sequencer's clock as it reported it)."""
+    checks = []
+    observe = Supervisor.observe
+
+    def recording(self, t_s, statuses):
+        checks.append((t_s, {k: statuses[k].time_s for k in ("gradient", "rf")}))
+        return observe(self, t_s, statuses)
+
+    monkeypatch.setattr(Supervisor, "observe", recording)
+    return checks
+
+
+def test_long_delays_play_through_and_the_subsystems_are_heard_all_along(long_delays, monkeypatch):
+    """The HASTE regression: a delay block longer than the buffer made the executor play past what was
+    loaded, the subsystems' clocks stopped at the end of their program, and the supervisor faulted a sound
+    run ("gradient heartbeat is 1.000 s old") at 2.0 of 7.0 s."""
+    checks = _record_checks(monkeypatch)
+    scanner = make_scanner()
+    scanner.prepare(long_delays)
+    result = scanner.run()
+    assert result.outcome == "completed", result.message
+    assert result.acquisitions == 3 and result.scan_time_s == pytest.approx(long_delays.duration_s)
+    # Heard all along: a check at least every horizon, each sequencer's clock where the scan is.
+    times = [t for t, _ in checks]
+    assert times[-1] == pytest.approx(long_delays.duration_s)
+    assert max(b - a for a, b in zip([0.0, *times], times, strict=False)) <= scanner.supervisor.horizon_s + 1e-9
+    assert all(clock == pytest.approx(t) for t, clocks in checks for clock in clocks.values())
+
+
+@pytest.mark.parametrize("when_s", [2.5, 6.0])  # inside the 1.5 s TR fill, inside the 5 s delay
+def test_a_subsystem_silent_during_a_long_delay_is_caught(long_delays, when_s):
+    scanner = make_scanner(gradient=f"sim://?fault=silent@{when_s}")
+    scanner.prepare(long_delays)
+    result = scanner.run()
+    assert result.outcome == "fault" and "gradient heartbeat" in result.message and all_safe(scanner)
+    assert when_s < result.scan_time_s <= when_s + PROFILE.safety.heartbeat_max_age_s
