@@ -522,7 +522,7 @@ class SerialTable:
         """The move has ended: it must have ended where it was sent (as the controller says)."""
         target, self._target = self._target, None
         position = status.telemetry["position_mm"]
-        if target is not None and abs(position - target) > POSITION_TOLERANCE_MM:
+        if target is not None and not abs(position - target) <= POSITION_TOLERANCE_MM:  # (a NaN fails too)
             raise SubsystemFault(f"table: the move ended at {position:g} mm, not at its target {target:g} mm")
         return status
 
