@@ -197,7 +197,9 @@ def test_every_command_is_a_cli_verb_and_a_named_console_keeps_control(tmp_path,
     err = capsys.readouterr().err
     assert "load refused: " in err and "missing.toml: cannot read protocol" in err and "Error:" not in err
     broken = tmp_path / "broken.seq"
-    broken.write_text("[VERSION]\nmajor 1\nminor 4\nrevision 1\n\n[BLOCKS]\n1 1 0 0 0 0 0\n")
+    broken.write_text("[VERSION]\nmajor 1\nminor 4\nrevision 1\n\n[BLOCKS]\n1 1 0 0 0 0 0\n\n[DEFINITIONS]\n"
+                      "AdcRasterTime 1e-07\nBlockDurationRaster 1e-05\nGradientRasterTime 1e-05\n"
+                      "RadiofrequencyRasterTime 1e-06\n")  # (1.4 requires the rasters: the error is the block's)
     assert main(["load", *e, "--upload", str(broken)]) == 2
     err = capsys.readouterr().err
     assert "broken.seq (uploaded):7: " in err and "scanctl-load" not in err  # not the server's temporary copy
