@@ -260,8 +260,13 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from scanctl.launcher import up
+    from scanctl.launcher import restart, up
 
+    if args.restart is not None:
+        driver = restart(args.run_dir, args.restart, timeout_s=args.timeout)["drivers"][args.restart]
+        print(f"up: {args.restart} driver restarted on {driver['endpoint']} (pid {driver['pid']}); reset the "
+              f"scanner to reconnect it (scanctl reset)")
+        return EXIT_OK
     control, events, data = endpoints_of(args, profiles.load(args.system))
     record = up(args.run_dir, system=args.system, control=control, events=events, data=data,
                 realtime=args.realtime, timeout_s=args.timeout)
@@ -314,7 +319,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {kind: url for kind in ("gradient", "rf", "table") if (url := getattr(args, kind)) is not None}
     control, events, data = endpoints_of(args, prof)
     server = ControlServer(prof, control, events, None if data == "events" else data, overrides,
-                           insecure=args.insecure, curve=server_curve(args),
+                           insecure=args.insecure, curve=server_curve(args), data_dir=args.data_dir,
                            **({} if args.control_timeout is None else {"control_timeout_s": args.control_timeout}))
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     e = server.endpoints
@@ -355,27 +360,47 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from scanctl.client import Client
+    from scanctl.client import Client, ServerTimeoutError
 
     with Client(args.connect, keys=client_keys(args)) as client:
         snap = client.status()
         print(f"# {snap['server']}: {snap['state']}" + (f", run {snap['run']}" if snap["run"] else ""), flush=True,
               file=sys.stderr if args.json else sys.stdout)  # with --json, stdout holds one object a line
-        seen = 0
-        with client.subscribe(data=args.data) as sub:
-            reported = 0
-            while args.count is None or seen < args.count:
-                msg = sub.recv(args.timeout)
-                if msg is None:
-                    break
-                if msg.stream in ("sync", "data_sync"):
-                    continue
-                seen += 1
-                for gap in sub.gaps[reported:]:
-                    print(f"scanctl: gap on {gap.stream}: expected seq {gap.expected}, got {gap.got}", file=sys.stderr)
-                reported = len(sub.gaps)
-                print(_event_line(msg, args.json), flush=True)
+        try:  # the server answered: from here on, one that stops answering went away
+            _watch(client, args)
+        except ServerTimeoutError:
+            print(f"scanctl: error: the control server at {args.connect} stopped answering", file=sys.stderr)
+            return EXIT_LIMITS
     return EXIT_OK
+
+
+#: How long ``watch`` waits without an event before it asks whether the server is still there (s): the
+#: server publishes telemetry every second.
+WATCH_PROBE_S = 3.0
+
+
+def _watch(client: Any, args: argparse.Namespace) -> None:
+    """Print events until ``--count`` or ``--timeout``; raises ServerTimeoutError when the server is gone."""
+    seen = 0
+    with client.subscribe(data=args.data) as sub:
+        reported, quiet_s = 0, 0.0
+        while args.count is None or seen < args.count:
+            wait_s = WATCH_PROBE_S if args.timeout is None else min(WATCH_PROBE_S, args.timeout - quiet_s)
+            msg = sub.recv(wait_s)
+            if msg is None:
+                quiet_s += wait_s
+                if args.timeout is not None and quiet_s >= args.timeout:
+                    return
+                client.command("status", timeout_s=2.0)  # quiet this long: is it there?
+                continue
+            quiet_s = 0.0
+            if msg.stream in ("sync", "data_sync"):
+                continue
+            seen += 1
+            for gap in sub.gaps[reported:]:
+                print(f"scanctl: gap on {gap.stream}: expected seq {gap.expected}, got {gap.got}", file=sys.stderr)
+            reported = len(sub.gaps)
+            print(_event_line(msg, args.json), flush=True)
 
 
 def _event_line(msg: Message, as_json: bool) -> str:
@@ -594,6 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control-timeout", type=seconds, metavar="S",
                    help="a controller silent this long (no command, not even status) may be taken over without "
                         "--force (default 30 s)")
+    p.add_argument("--data-dir", metavar="DIR", help="where the server keeps its copy of every run (default "
+                   "$SCANCTL_DATA_DIR, else $XDG_DATA_HOME/scanctl/runs, else ~/.local/share/scanctl/runs)")
     server_security_args(p)
     p.set_defaults(func=cmd_serve)
 
@@ -681,6 +708,9 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint_args(p)
     p.add_argument("--realtime", action="store_true", help="pace the simulators to wall-clock time")
     p.add_argument("--timeout", type=seconds, default=30.0, help="seconds to wait for each process (default 30)")
+    p.add_argument("--restart", choices=("gradient", "rf", "table"), metavar="KIND",
+                   help="restart only this driver of a running up, as recorded (same URL, world and endpoint); "
+                        "then reset the scanner")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="stop what scanctl up started",
@@ -690,9 +720,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=seconds, default=10.0, help="seconds before SIGKILL (default 10)")
     p.set_defaults(func=cmd_down)
 
-    from scanctl import cli_bench
+    from scanctl import cli_bench, cli_runs
 
     cli_bench.add_parsers(sub)  # table, sim: bench work on rigs
+    cli_runs.add_parsers(sub, connect_arg)  # runs, fetch: the server's copies of runs
 
     p = seq_command("check", "check a sequence's (or a protocol's) timing and a scanner's limits")
     p.add_argument("--system", help="system profile: a shipped name (e.g. 'default') or a TOML path")

@@ -14,6 +14,9 @@ default both are in ``default``) share it across their processes: ``up`` gives b
 it what it plays; :mod:`scanctl.simulators.world`). A world the profile already gives as an endpoint is
 kept.
 
+The server keeps its copy of every run in ``RUN_DIR/runs`` (``scanctl runs``, ``scanctl fetch``).
+:func:`restart` starts one lost driver again as recorded (``scanctl up --restart KIND``).
+
 Each process's output goes to ``RUN_DIR/logs/NAME.log``. ``down`` stops the server (SIGTERM, SIGKILL after
 the timeout), then the drivers, and removes the file.
 """
@@ -203,7 +206,8 @@ def up(run_dir: str | Path, *, system: str | None = None, control: str | None = 
             drivers[kind] = {"endpoint": match.group(2), "pid": proc.pid, "url": url}
         proxies = [arg for kind, d in drivers.items() for arg in (f"--{kind}", d["endpoint"])]
         proc, log_path = _spawn("server", ["serve", *system_args, "--bind", control, "--events", events,
-                                           "--data", data, *proxies], logs)
+                                           "--data", data, "--data-dir", str((run_dir / "runs").resolve()),
+                                           *proxies], logs)
         procs.append(proc)
         match = _wait_for(proc, log_path, _SERVER_LINE, timeout_s, "the control server")
     except BaseException:

@@ -727,5 +727,35 @@ def test_a_console_killed_mid_scan_loses_nothing_the_server_keeps_and_serves_the
             watcher.command("fetch", {"run": run_id, "file": "../x"})
         with pytest.raises(ScanctlError, match="exists"):
             watcher.fetch(run_id, tmp_path / "fetched")  # never overwritten
+        assert main(["runs", "--connect", s.endpoint]) == 0
+        assert main(["fetch", run_id, "--connect", s.endpoint, "--out", str(tmp_path / "by-cli")]) == 0
+        assert (tmp_path / "by-cli" / "raw.h5").read_bytes() == (store / run_id / "raw.h5").read_bytes()
     finally:
         s.close()
+
+
+def test_watch_notices_a_server_that_went_away(tmp_path):
+    """``scanctl watch`` on a server killed under it: one line saying so and exit 1, within seconds (it
+    waited for events for ever)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    server = subprocess.Popen([sys.executable, "-m", "scanctl", "serve", "--bind", "tcp://127.0.0.1:0", "--events",
+                               "tcp://127.0.0.1:0", "--data", "tcp://127.0.0.1:0", "--rf", "sim://?physics=0",
+                               "--data-dir", str(tmp_path / "runs")], stdout=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline() if server.stdout else ""
+        endpoint = line.split("commands on ")[1].split(",")[0]
+        watch = subprocess.Popen([sys.executable, "-m", "scanctl", "watch", "--connect", endpoint],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert watch.stdout is not None and watch.stdout.readline().startswith("#")
+        os.kill(server.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        _, err = watch.communicate(timeout=30)
+        assert watch.returncode == 1 and time.monotonic() - t0 < 15, err
+        assert err.strip().splitlines() == [f"scanctl: error: the control server at {endpoint} stopped answering"]
+    finally:
+        server.kill()
+        server.wait(timeout=10)

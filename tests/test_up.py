@@ -172,7 +172,6 @@ def test_a_lost_gradient_driver_restarted_with_its_world_or_without_it(tmp_path)
     import time
 
     from scanctl.client import Client, run_remote
-    from scanctl.launcher import restart
 
     def scan(out: str):
         with Client(record["control"], name="console") as console:
@@ -187,7 +186,8 @@ def test_a_lost_gradient_driver_restarted_with_its_world_or_without_it(tmp_path)
         assert scan("first").outcome == "completed"
         gradient = record["drivers"]["gradient"]
         _killed(gradient["pid"])
-        again = restart(run_dir, "gradient")
+        assert main(["up", "--run-dir", str(run_dir), "--restart", "gradient"]) == 0
+        again = json.loads((run_dir / "endpoints.json").read_text())
         assert again["drivers"]["gradient"]["pid"] != gradient["pid"]
         assert again["drivers"]["gradient"]["endpoint"] == gradient["endpoint"]
         reset_after_the_fault(record["control"])
