@@ -261,7 +261,10 @@ def decode(frames: Sequence[bytes | memoryview | Any]) -> Message:
         raise WireProtocolError("envelope 'body' must be an object")
     if len(raw) == 1 and b'"__' not in head:  # no array or special float in it: the body as parsed
         return _message(envelope, body, v)
-    return _message(envelope, _unpack(body, raw[1:], set()), v)
+    body = _unpack(body, raw[1:], set())
+    if not isinstance(body, dict):  # the body itself was an array reference or a special float
+        raise WireProtocolError(f"envelope 'body' must be an object, not an encoded {type(body).__name__}")
+    return _message(envelope, body, v)
 
 
 #: Deepest nesting of the envelope's text: the envelope, its body and 32 levels inside the body.

@@ -407,6 +407,8 @@ ENORMOUS = "9" * 4300  # as many digits as int() takes from text; arithmetic on 
     ([envelope(body={"a": nd([1], dtype="<M8")}), b"x" * 8], "not a numeric dtype"),
     ([envelope(body={"a": nd([1], dtype=["f8"])}), b"x" * 8], "not a numeric dtype"),
     ([envelope(body={"a": nd([1], dtype="<f8" + " " * 10_000)}), b"x" * 8], "not a numeric dtype"),
+    ([envelope(body={"__float__": "nan"})], "'body' must be an object"),  # a float body killed the server
+    ([envelope(body=nd([1])), b"x" * 8], "'body' must be an object"),
     ([envelope(body={"a": {"__float__": "nan", "b": 1}})], "bad special float"),
     ([envelope(body={"a": {"__float__": ["nan"] * 10_000}})], "bad special float"),
     ([envelope(v="1." + "9" * 20)], "unsupported protocol version"),
@@ -509,9 +511,13 @@ groups = st.lists(st.sampled_from(["type", "stream", "seq", "run", "ts", "dt_us"
 good_refs = st.builds(lambda i, d, s: obj([("__nd__", str(i)), ("dtype", json.dumps(d)), ("shape", json.dumps(s))]),
                      st.integers(0, 3), st.sampled_from(["<f8", "|u1", "|b1", "<c16", "<i4", ">f4"]),
                      st.lists(st.sampled_from([0, 1, 2, 3, 8, 24]), max_size=3))
-plausible = {"id": strings, "re": strings, "src": strings, "stream": strings, "run": strings, "ts": numbers,
-             "seq": numbers, "body": st.lists(st.tuples(st.text(max_size=4), st.one_of(good_refs, nd_refs, json_texts)),
-                                              max_size=4).map(obj)}
+plausible = {"id": strings, "re": strings, "src": strings, "stream": strings, "run": strings,
+             "ts": st.one_of(numbers, st.floats(0, 1e10).map(repr)),
+             "seq": st.one_of(numbers, st.integers(0, 99).map(str)),
+             "body": st.one_of(st.lists(st.tuples(st.text(max_size=4), st.one_of(good_refs, nd_refs, json_texts)),
+                                        max_size=4).map(obj),
+                               good_refs, st.sampled_from(["nan", "inf", "x"]).map(
+                                   lambda s: obj([("__float__", json.dumps(s))])))}
 envelopes = st.one_of(
     st.lists(st.tuples(st.sampled_from(KEYS[:10] + ["extra"]), json_texts), max_size=10).map(obj),
     st.lists(st.sampled_from(sorted(plausible)), unique=True).flatmap(  # the right JSON types, hostile values
