@@ -283,6 +283,7 @@ class Dealer:
         self.socket = zmq.Context.instance().socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, 0)
+        self.socket.setsockopt(zmq.RCVHWM, 0)  # no answer dropped here, however many wait to be drained
         self.socket.connect(endpoint)
         self.answers = 0
         self.malformed = 0
@@ -353,9 +354,11 @@ def services() -> Iterator[dict[str, Any]]:
             down(run_dir)
 
 
-def campaign(record: dict[str, Any], *, requests: int, calls: int, events: int, seed: int = 13) -> dict[str, Any]:
-    """Fuzz every ROUTER of ``record`` (a ``scanctl up`` record) and a subscriber; returns the figures."""
-    fuzzer = Fuzzer(seed)
+def campaign(record: dict[str, Any], *, requests: int, calls: int, events: int, seed: int = 13,
+             srcs: int = 1024) -> dict[str, Any]:
+    """Fuzz the server's ROUTER with ``requests`` messages, each driver service's of ``record`` (a ``scanctl
+    up`` record) with ``calls`` and a subscriber with ``events``; returns the figures."""
+    fuzzer = Fuzzer(seed, srcs)
     pids = {"server": record["server_pid"], **{kind: d["pid"] for kind, d in record["drivers"].items()}}
     with Client(record["control"], timeout_s=5.0) as client:
         client.status()
