@@ -164,9 +164,9 @@ class RemoteDriver:
                 self._silent = False
                 try:
                     reply = decode(frames)
-                except WireProtocolError as exc:  # only the driver talks to this socket: it broke the protocol
+                except Exception as exc:  # noqa: BLE001 - only the driver talks to this socket: it broke the protocol
                     raise WireProtocolError(f"{self.kind} driver at {self.endpoint} sent an undecodable message "
-                                            f"during {method}: {exc}") from None
+                                            f"during {method}: {type(exc).__name__}: {exc}") from None
                 if reply.re != request_id:
                     continue  # a heartbeat, or a late reply to an abandoned request
                 if reply.type == "error":

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 
 from scanctl import profile as profiles
-from scanctl.errors import ScanctlError, SequenceFormatError, WireProtocolError
+from scanctl.errors import ScanctlError, SequenceFormatError
 from scanctl.sequence.model import Sequence
 
 if TYPE_CHECKING:
@@ -410,7 +410,7 @@ def _event_line(msg: Message, as_json: bool) -> str:
         return json.dumps({f.name: getattr(msg, f.name) for f in fields(msg)}, default=_array_summary)
     try:
         text = _event_text(msg.stream, msg.body)
-    except (KeyError, TypeError, ValueError, AttributeError, WireProtocolError):  # not the body its stream has
+    except Exception:  # noqa: BLE001 - not the body its stream has (any error: an event never ends watch)
         text = json.dumps(msg.body, default=_array_summary)
     return f"{msg.ts:.3f} {msg.stream}#{msg.seq} {msg.run or '-'} {text}"
 

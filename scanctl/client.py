@@ -128,10 +128,11 @@ class Client:
             while (left := deadline - time.monotonic()) > 0:
                 if not self._socket.poll(int(left * 1000) + 1):
                     break
+                frames = self._socket.recv_multipart(copy=False)
                 try:
-                    reply = decode(self._socket.recv_multipart(copy=False))
-                except WireProtocolError as exc:
-                    log.warning("%s: malformed reply ignored: %s", self.name, exc)
+                    reply = decode(frames)
+                except Exception as exc:  # noqa: BLE001 - not only WireProtocolError: a bad reply ends no client
+                    log.warning("%s: malformed reply ignored: %s: %s", self.name, type(exc).__name__, exc)
                     continue
                 if reply.re != request_id:
                     continue  # the late answer to an earlier attempt or request
@@ -277,12 +278,14 @@ class Gap:
 
 class Subscription:
     """SUB sockets on the server's event (and data) endpoints; every message's ``seq`` is checked per
-    ``(src, stream)`` and each gap recorded in :attr:`gaps` (and logged)."""
+    ``(src, stream)`` and each gap recorded in :attr:`gaps` (and logged). A message that cannot be decoded
+    is skipped, counted in :attr:`malformed` (and logged)."""
 
     def __init__(self, endpoints: list[str], *, prefixes: tuple[bytes, ...] = (b"",),
                  context: zmq.Context[Any] | None = None, keys: ClientCurve | None = None) -> None:
         context = context or zmq.Context.instance()
         self.gaps: list[Gap] = []
+        self.malformed = 0  # messages skipped because they could not be decoded
         self._last: dict[tuple[str, str], int] = {}
         self._sockets: list[zmq.Socket[Any]] = []
         self._poller = zmq.Poller()
@@ -324,10 +327,13 @@ class Subscription:
             ready = dict(self._poller.poll(None if left is None else int(left * 1000)))
             for socket in self._sockets:
                 if socket in ready:
+                    frames = socket.recv_multipart(copy=False)
                     try:
-                        groups = unbatch(decode(socket.recv_multipart(copy=False)))
-                    except WireProtocolError as exc:
-                        log.warning("malformed event skipped: %s", exc)
+                        groups = unbatch(decode(frames))
+                    except Exception as exc:  # noqa: BLE001 - not only WireProtocolError: no event ends a subscriber
+                        self.malformed += 1
+                        log.warning("malformed event skipped (%d so far): %s: %s", self.malformed,
+                                    type(exc).__name__, exc)
                         continue
                     for group in groups:  # one stream's consecutive numbers: checked at the first
                         self._check(group[0], group[-1])

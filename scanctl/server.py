@@ -58,7 +58,16 @@ from scanctl.run_store import MAX_CHUNK_BYTES, RunStore
 from scanctl.safety.predict import predict
 from scanctl.security import ServerCurve, refuse_unauthenticated
 from scanctl.sequence.model import Sequence
-from scanctl.wire import VERSION_TEXT, Message, decode, encode, error_reply, pack_acquisitions, request_id_of, to_plain
+from scanctl.wire import (
+    VERSION_TEXT,
+    Message,
+    decode,
+    encode,
+    error_reply,
+    malformed_reply,
+    pack_acquisitions,
+    to_plain,
+)
 
 log = logging.getLogger(__name__)
 
@@ -274,8 +283,8 @@ class ControlServer:
             payload = payload[1:]
         try:
             msg = decode(payload)
-        except WireProtocolError as exc:
-            self._send(identity, error_reply(request_id_of(payload), "malformed", str(exc), src=self.name))
+        except Exception as exc:  # noqa: BLE001 - not only WireProtocolError: no message may end the server
+            self._send(identity, malformed_reply(payload, exc, src=self.name))
             return
         client = msg.src or identity[0].hex()
         key = _user_id(payload[0])

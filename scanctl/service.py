@@ -37,7 +37,7 @@ from scanctl.errors import ScanctlError, WireProtocolError
 from scanctl.interfaces import Status, SubsystemState
 from scanctl.program import ADCProgram, GradientProgram, RFProgram
 from scanctl.security import ServerCurve, refuse_unauthenticated
-from scanctl.wire import Message, decode, encode, error_reply, pack_acquisitions, request_id_of
+from scanctl.wire import Message, decode, encode, error_reply, malformed_reply, pack_acquisitions
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +214,8 @@ class DriverService:
             payload = payload[1:]
         try:
             msg = decode(payload)
-        except WireProtocolError as exc:
-            self._send(identity, error_reply(request_id_of(payload), "malformed", str(exc), src=self.name))
+        except Exception as exc:  # noqa: BLE001 - not only WireProtocolError: no message may end the service
+            self._send(identity, malformed_reply(payload, exc, src=self.name))
             return
         if msg.type == "heartbeat":
             self._send(identity, Message(type="heartbeat", re=msg.id, src=self.name))

@@ -10,6 +10,15 @@ Envelope keys: ``v`` (protocol version ``"MAJOR.MINOR"``; a different major is r
 number), ``run`` (run id), ``body`` (an object). Everything that is not valid is a
 :class:`WireProtocolError` saying what is wrong; decoding never executes anything from the message.
 
+:func:`decode`, :func:`unbatch` and :func:`request_id_of` raise nothing but WireProtocolError (the last not
+even that) whatever bytes arrive: any local process can send them, and a receiver that catches
+WireProtocolError must never die of a message. So every value is checked for its exact type (a JSON
+``true`` is no integer) and its range before anything is computed from it: times (finite, 0 to
+:data:`MAX_TS_S`), sequence numbers (0 to 2**63 - 1), texts (at most :data:`MAX_TEXT_CHARS`), array
+shapes (sizes whose product is bounded, matching the frame's length exactly) and dtypes (a short
+``[<>|=]KIND SIZE`` text of a bool, integer, float or complex type); what a refusal says of the message's
+own values is shortened (a huge value is not echoed back).
+
 Version rule: a newer minor version (same major) only adds optional keys, so keys this side does not
 know are ignored in an envelope (or batch group) of a newer minor, and refused as malformed in one of
 this side's minor or an older one, which has no such keys. :func:`request_id_of` reads the request id of
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import math
 import re
 import time
@@ -33,11 +43,22 @@ import numpy as np
 from scanctl.errors import WireProtocolError
 from scanctl.interfaces import Acquisition, AcquisitionBatch
 
+log = logging.getLogger(__name__)
 VERSION = (1, 0)
 VERSION_TEXT = f"{VERSION[0]}.{VERSION[1]}"
 MAX_ENVELOPE_BYTES = 1 << 20
 MAX_FRAMES = 64
 MAX_PAYLOAD_BYTES = 1 << 30
+#: Longest ``id``, ``re``, ``src``, ``stream``, ``run`` (characters): a name, not a payload.
+MAX_TEXT_CHARS = 256
+#: Latest send time ``ts`` taken (Unix s, in the year 2286); the earliest is 0.
+MAX_TS_S = 1e10
+#: Highest sequence number (a signed 64-bit integer holds it in any language).
+MAX_SEQ = 2**63 - 1
+#: Most dimensions of an array.
+MAX_DIMS = 8
+#: Most messages in one ``batch`` (a publisher sends at most this many, scanctl.publisher.BATCH_MAX).
+MAX_BATCH_MESSAGES = 512
 #: The type of a message that carries several messages without binary frames (see :func:`encode_batch`).
 BATCH = "batch"
 _DTYPE_KINDS = "biufc"  # bool, integers, floats, complex: no objects, strings or records on the wire
@@ -123,20 +144,25 @@ def encode_batch(groups: Sequence[Group], src: str | None = None) -> bytes:
 def unbatch(msg: Message) -> list[list[Message]]:
     """The messages a ``batch`` message carries, in order, one list per group (one stream's consecutive
     sequence numbers; ``src`` and ``v`` those of the batch), or ``[[msg]]`` for any other message.
-    Raises WireProtocolError naming the malformed group."""
+    Raises WireProtocolError naming the malformed group (and nothing else, whatever the message holds)."""
     if msg.type != BATCH:
         return [[msg]]
-    groups = msg.body.get("groups")
+    groups = msg.body.get("groups") if isinstance(msg.body, dict) else None
     if not isinstance(groups, list):
         raise WireProtocolError("batch body needs a list 'groups'")
     newer = msg.v != VERSION_TEXT and _minor_of(msg.v) > VERSION[1]  # a newer minor's group keys are ignored
     out: list[list[Message]] = []
+    total = 0
     for g, group in enumerate(groups):
         try:
             kind, stream, seq, run, stamps, bodies = _group(group, newer, msg.v)
         except WireProtocolError as exc:
             raise WireProtocolError(f"batch group {g}: {exc}") from None
-        n = len(bodies)  # mapped, not a comprehension: this runs for every event a subscriber gets
+        n = len(bodies)
+        total += n
+        if total > MAX_BATCH_MESSAGES:  # a publisher never sends more: refused before any is made
+            raise WireProtocolError(f"batch carries more than {MAX_BATCH_MESSAGES} messages")
+        # mapped, not a comprehension: this runs for every event a subscriber gets
         out.append(list(map(Message, repeat(kind, n), bodies, repeat(None, n), repeat(None, n), repeat(msg.src, n),
                             stamps, repeat(stream, n), range(seq, seq + n), repeat(run, n), repeat(msg.v, n))))
     return out
@@ -153,19 +179,51 @@ def _group(group: Any, newer: bool = False,
         _refuse_unknown_keys("", group.keys() - _GROUP_KEYS, v)
     kind, stream, seq, run = group.get("type"), group.get("stream"), group.get("seq"), group.get("run")
     first, offsets, bodies = group.get("ts"), group.get("dt_us"), group.get("bodies")
-    if not isinstance(kind, str) or not kind or len(kind) > 64:
+    if type(kind) is not str or not kind or len(kind) > 64:
         raise WireProtocolError("'type' must be a non-empty string")
     if type(stream) is not str or (run is not None and type(run) is not str):
         raise WireProtocolError("'stream' (and 'run', if given) must be strings")
+    for key, value in (("'stream'", stream), ("'run'", run)):
+        if value is not None and len(value) > MAX_TEXT_CHARS:
+            raise _bad_text(key, value)
     if type(seq) is not int:
         raise WireProtocolError("'seq' must be an integer")
     if not isinstance(bodies, list) or set(map(type, bodies)) != {dict}:
         raise WireProtocolError("'bodies' must be a non-empty list of objects")
+    _check_seq("'seq'", seq, len(bodies))
     if type(first) is not float and type(first) is not int:
         raise WireProtocolError("'ts' must be a time (a number)")
+    _check_ts("'ts'", first)
     if not isinstance(offsets, list) or len(offsets) != len(bodies) or set(map(type, offsets)) != {int}:
         raise WireProtocolError("'dt_us' must be a list of integers, one per body")
+    earliest, latest = min(offsets), max(offsets)
+    # Compared as integers first: a float of a 400-digit offset overflows.
+    if earliest < -_MAX_DT_US or latest > _MAX_DT_US or first + earliest * 1e-6 < 0 or first + latest * 1e-6 > MAX_TS_S:
+        raise WireProtocolError(f"'dt_us' puts a message's time outside 0 to {MAX_TS_S:g} s")
     return kind, stream, seq, run, [first + dt * 1e-6 for dt in offsets], bodies
+
+
+_MAX_DT_US = int(MAX_TS_S * 1e6)
+
+
+def _bad_text(what: str, value: Any) -> WireProtocolError:
+    """The error for ``value``, which is not a string of at most :data:`MAX_TEXT_CHARS` characters."""
+    if type(value) is not str:
+        return WireProtocolError(f"{what} has the wrong type ({type(value).__name__})")
+    return WireProtocolError(f"{what} is longer than {MAX_TEXT_CHARS} characters ({len(value)})")
+
+
+def _check_seq(what: str, seq: int, count: int = 1) -> None:
+    """WireProtocolError unless the integer ``seq`` and the ``count - 1`` numbers after it are sequence numbers."""
+    if not 0 <= seq <= MAX_SEQ - (count - 1):
+        raise WireProtocolError(f"{what} must be a sequence number from 0 to {MAX_SEQ} (got {_show(seq)})")
+
+
+def _check_ts(what: str, ts: float) -> None:
+    """WireProtocolError unless the number ``ts`` (int or float: compared exactly, never converted) is a time
+    from 0 to :data:`MAX_TS_S` (Unix s). NaN cannot arrive (JSON has none); infinity (``1e999``) fails here."""
+    if not 0 <= ts <= MAX_TS_S:
+        raise WireProtocolError(f"{what} must be a time from 0 to {MAX_TS_S:g} s (Unix time), got {_show(ts)}")
 
 
 def dumps_envelope(envelope: dict[str, Any]) -> bytes:
@@ -173,7 +231,10 @@ def dumps_envelope(envelope: dict[str, Any]) -> bytes:
 
 
 def decode(frames: Sequence[bytes | memoryview | Any]) -> Message:
-    """Decode frames (``bytes`` or pyzmq ``Frame``s). Raises WireProtocolError naming what is wrong."""
+    """Decode frames (``bytes`` or pyzmq ``Frame``s). Raises WireProtocolError naming what is wrong, and no
+    other exception whatever the frames hold."""
+    if not isinstance(frames, Sequence):
+        raise WireProtocolError(f"a message is a sequence of frames, not a {type(frames).__name__}")
     if not frames:
         raise WireProtocolError("empty message")
     if len(frames) > MAX_FRAMES + 1:
@@ -200,7 +261,10 @@ def decode(frames: Sequence[bytes | memoryview | Any]) -> Message:
         raise WireProtocolError("envelope 'body' must be an object")
     if len(raw) == 1 and b'"__' not in head:  # no array or special float in it: the body as parsed
         return _message(envelope, body, v)
-    return _message(envelope, _unpack(body, raw[1:], set()), v)
+    body = _unpack(body, raw[1:], set())
+    if not isinstance(body, dict):  # the body itself was an array reference or a special float
+        raise WireProtocolError(f"envelope 'body' must be an object, not an encoded {type(body).__name__}")
+    return _message(envelope, body, v)
 
 
 #: Deepest nesting of the envelope's text: the envelope, its body and 32 levels inside the body.
@@ -229,8 +293,24 @@ def _check_nesting(text: bytes) -> None:
 
 
 def _refuse_unknown_keys(what: str, unknown: Any, v: Any) -> None:
-    raise WireProtocolError(f"{what}unknown keys: {', '.join(sorted(unknown))} (version {v} has no others; "
+    names = sorted(unknown)
+    shown = ", ".join(_clip(name) for name in names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    raise WireProtocolError(f"{what}unknown keys: {shown} (version {_clip(str(v))} has no others; "
                             f"only a newer minor version than {VERSION_TEXT} may add keys)")
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` for an error message, cut to about ``limit`` characters: a refusal names the value
+    without echoing a megabyte of it."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer past Python's int-to-text digit limit
+        return f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else "<unprintable>"
+    return text if len(text) <= limit else f"{text[:limit - 15]}...({len(text)} characters)"
 
 
 def request_id_of(frames: Sequence[bytes | memoryview | Any]) -> str | None:
@@ -248,24 +328,27 @@ def request_id_of(frames: Sequence[bytes | memoryview | Any]) -> str | None:
     except Exception:  # noqa: BLE001 - best effort: anything unreadable has no id
         return None
     ident = envelope.get("id") if isinstance(envelope, dict) else None
-    return ident if type(ident) is str else None
+    return ident if type(ident) is str and len(ident) <= MAX_TEXT_CHARS else None
 
 
 def _message(envelope: dict[str, Any], body: dict[str, Any], v: str, src: str | None = None) -> Message:
     """The message of a checked envelope (keys known, version accepted) and its decoded body."""
     kind = envelope.get("type")
-    if not isinstance(kind, str) or not kind or len(kind) > 64:
-        raise WireProtocolError("envelope 'type' must be a non-empty string")
+    if type(kind) is not str or not kind or len(kind) > 64:
+        raise WireProtocolError("envelope 'type' must be a non-empty string of at most 64 characters")
     get = envelope.get
     ident, re, sender, stream, run, seq, ts = (get("id"), get("re"), get("src", src), get("stream"), get("run"),
                                                get("seq"), get("ts", 0.0))
     for key, value in (("id", ident), ("re", re), ("src", sender), ("stream", stream), ("run", run)):
-        if value is not None and type(value) is not str:
-            raise WireProtocolError(f"envelope {key!r} has the wrong type ({type(value).__name__})")
-    if seq is not None and type(seq) is not int:
-        raise WireProtocolError(f"envelope 'seq' has the wrong type ({type(seq).__name__})")
+        if value is not None and (type(value) is not str or len(value) > MAX_TEXT_CHARS):
+            raise _bad_text(f"envelope {key!r}", value)
+    if seq is not None:
+        if type(seq) is not int:
+            raise WireProtocolError(f"envelope 'seq' has the wrong type ({type(seq).__name__})")
+        _check_seq("envelope 'seq'", seq)
     if type(ts) is not float and type(ts) is not int:
         raise WireProtocolError(f"envelope 'ts' has the wrong type ({type(ts).__name__})")
+    _check_ts("envelope 'ts'", ts)
     return Message(kind, body, ident, re, sender, float(ts), stream, seq, run, v)
 
 
@@ -278,6 +361,20 @@ def reply_to(request: Message, type: str = "reply", body: dict[str, Any] | None 
 def error_reply(request_id: str | None, code: str, message: str, src: str | None = None) -> Message:
     """The error every malformed or refused request gets: ``{"code", "message"}``."""
     return Message(type="error", body={"code": code, "message": message}, re=request_id, src=src)
+
+
+def malformed_reply(frames: Sequence[bytes | memoryview | Any], exc: Exception, src: str | None = None) -> Message:
+    """The ``malformed`` error answering ``frames``, which :func:`decode` refused with ``exc`` (``re``: their
+    request id, if it can be read). A receive loop catches every exception of decode, not only
+    WireProtocolError, and answers with this: anything else is a decoder bug, logged here with its
+    traceback, and no message may end a server for it."""
+    if isinstance(exc, WireProtocolError):
+        reason = str(exc)
+    else:
+        log.error("%s: decoding a message raised %s (a decoder bug): answered as malformed", src,
+                  type(exc).__name__, exc_info=exc)
+        reason = f"undecodable message ({type(exc).__name__})"
+    return error_reply(request_id_of(frames), "malformed", reason, src=src)
 
 
 # -- acquisitions --------------------------------------------------------------------------------------------
@@ -319,20 +416,22 @@ def check_acquisitions(batch: Any) -> int:
     one array, ``batch["data"]``) needs no more. Raises WireProtocolError naming what does not fit."""
     if not isinstance(batch, dict):
         raise WireProtocolError("acquisitions must be an object of columns")
-    for key, kind in (("index", "i"), ("block", "i"), ("start_s", "f"), ("dwell_s", "f"), ("shape", "i"),
-                      ("data", "c")):
+    for key, kind, ndim in (("index", "i", 1), ("block", "i", 1), ("start_s", "f", 1), ("dwell_s", "f", 1),
+                            ("shape", "i", 2), ("data", "c", 1)):
         column = batch.get(key)
-        if not isinstance(column, np.ndarray) or column.dtype.kind != kind:
-            raise WireProtocolError(f"acquisitions: {key!r} must be an array of kind {kind!r}")
+        if not isinstance(column, np.ndarray) or column.dtype.kind != kind or column.ndim != ndim:
+            raise WireProtocolError(f"acquisitions: {key!r} must be an array of kind {kind!r}, {ndim}-dimensional")
     n = len(batch["index"])
     if any(len(batch[key]) != n for key in ("block", "start_s", "dwell_s")) or batch["shape"].shape != (n, 2):
         raise WireProtocolError(f"acquisitions: columns disagree on the count ({n} indices)")
-    shape = batch["shape"]
-    if (shape < 0).any():
-        raise WireProtocolError("acquisitions: negative channel or sample count")
-    needed = int((shape[:, 0] * shape[:, 1]).sum())
-    if needed != batch["data"].size:
-        raise WireProtocolError(f"acquisitions: shapes need {needed} samples, data has {batch['data'].size}")
+    shape, size = batch["shape"], batch["data"].size
+    if (shape < 0).any() or (shape > np.iinfo(np.int32).max).any():
+        raise WireProtocolError("acquisitions: a channel or sample count is negative or past 2**31 - 1")
+    sizes = shape[:, 0].astype(np.int64) * shape[:, 1]  # exact: each factor is below 2**31
+    # The sum in floating point first: once it is known to be near the data's size, the int64 sum cannot wrap.
+    if float(sizes.sum(dtype=np.float64)) > 2.0 * size + 1.0 or int(sizes.sum()) != size:
+        raise WireProtocolError(f"acquisitions: shapes need {float(sizes.sum(dtype=np.float64)):.0f} samples, "
+                                f"data has {size}")
     labels, unlabelled = batch.get("labels", {}), batch.get("unlabelled", {})
     if not isinstance(labels, dict) or not isinstance(unlabelled, dict) or not set(unlabelled) <= set(labels):
         raise WireProtocolError("acquisitions: 'labels' and 'unlabelled' must be objects of columns")
@@ -375,8 +474,8 @@ def _pack(value: Any, frames: list[bytes | memoryview]) -> Any:
     if kind is float:
         return value if math.isfinite(value) else {"__float__": repr(value)}
     if kind is dict:
-        if "__nd__" in value:
-            raise WireProtocolError("'__nd__' is reserved")
+        if "__nd__" in value or "__float__" in value:
+            raise WireProtocolError("'__nd__' and '__float__' are reserved keys")
         return {k if type(k) is str else str(k): _pack(v, frames) for k, v in value.items()}
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in _DTYPE_KINDS:
@@ -405,8 +504,9 @@ def _unpack(value: Any, frames: list[memoryview], used: set[int]) -> Any:
             return _array(value, frames, used)
         if "__float__" in value:
             text = value["__float__"]
-            if text not in ("nan", "inf", "-inf"):
-                raise WireProtocolError(f"bad special float {text!r}")
+            if len(value) != 1 or type(text) is not str or text not in ("nan", "inf", "-inf"):
+                raise WireProtocolError(f"bad special float {_show(value)} (only {{'__float__': 'nan' | 'inf' | "
+                                        f"'-inf'}})")
             return float(text)
         return {k: _unpack(v, frames, used) for k, v in value.items()}
     if isinstance(value, list):
@@ -415,23 +515,12 @@ def _unpack(value: Any, frames: list[memoryview], used: set[int]) -> Any:
 
 
 def _array(ref: dict[str, Any], frames: list[memoryview], used: set[int]) -> np.ndarray:
-    index, dtype_text, shape = ref.get("__nd__"), ref.get("dtype"), ref.get("shape")
-    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(frames) or index in used:
-        raise WireProtocolError(f"array refers to binary frame {index!r}, which is missing or already used")
+    index, shape = ref.get("__nd__"), ref.get("shape")
+    if type(index) is not int or not 0 <= index < len(frames) or index in used:
+        raise WireProtocolError(f"array refers to binary frame {_show(index)}, which is missing or already used")
     used.add(index)
-    dtype = _DTYPES.get(dtype_text) if isinstance(dtype_text, str) else None
-    if dtype is None:
-        try:
-            dtype = np.dtype(dtype_text) if isinstance(dtype_text, str) and len(dtype_text) <= 8 else None
-        except TypeError:
-            dtype = None
-        if dtype is not None and dtype.kind in _DTYPE_KINDS and len(_DTYPES) < 64 and isinstance(dtype_text, str):
-            _DTYPES[dtype_text] = dtype
-    if dtype is None or dtype.kind not in _DTYPE_KINDS:
-        raise WireProtocolError(f"array dtype {dtype_text!r} is not a numeric dtype")
-    if not isinstance(shape, list) or len(shape) > 8 or not all(isinstance(n, int) and n >= 0 for n in shape):
-        raise WireProtocolError(f"array shape {shape!r} is not a list of sizes")
-    count = math.prod(shape)
+    dtype = _dtype(ref.get("dtype"))
+    count = _count(shape)
     frame = frames[index]
     if count * dtype.itemsize != len(frame):
         raise WireProtocolError(f"array of shape {shape} and dtype {dtype.str} needs {count * dtype.itemsize} bytes, "
@@ -439,15 +528,55 @@ def _array(ref: dict[str, Any], frames: list[memoryview], used: set[int]) -> np.
     return np.frombuffer(frame, dtype=dtype, count=count).reshape(shape)
 
 
+#: A dtype as numpy's ``dtype.str`` writes one of a bool, integer, float or complex type: ``<f8``, ``|u1``.
+_DTYPE_TEXT = re.compile(r"[<>|=]?[biufc][1-9][0-9]?")
+
+
+def _dtype(text: Any) -> np.dtype[Any]:
+    """The numeric dtype ``text`` names (e.g. ``"<f8"``); WireProtocolError for anything else."""
+    dtype = _DTYPES.get(text) if type(text) is str else None
+    if dtype is not None:
+        return dtype
+    if type(text) is not str or _DTYPE_TEXT.fullmatch(text) is None:
+        raise WireProtocolError(f"array dtype {_show(text)} is not a numeric dtype")
+    try:
+        dtype = np.dtype(text)
+    except (TypeError, ValueError):  # a size the kind has not ("f3", "b2")
+        raise WireProtocolError(f"array dtype {text!r} is not a numeric dtype") from None
+    if dtype.kind not in _DTYPE_KINDS:
+        raise WireProtocolError(f"array dtype {text!r} is not a numeric dtype")
+    if len(_DTYPES) < 64:
+        _DTYPES[text] = dtype
+    return dtype
+
+
+def _count(shape: Any) -> int:
+    """The element count of an array of ``shape``, a list of at most :data:`MAX_DIMS` integers from 0 whose
+    product — taking a 0 as 1, since numpy still needs the others to fit — is at most
+    :data:`MAX_PAYLOAD_BYTES`. WireProtocolError for anything else (``true`` is no size)."""
+    if type(shape) is not list or len(shape) > MAX_DIMS:
+        raise WireProtocolError(f"array shape {_show(shape)} is not a list of at most {MAX_DIMS} sizes")
+    count = bound = 1
+    for n in shape:
+        if type(n) is not int or not 0 <= n <= MAX_PAYLOAD_BYTES:
+            raise WireProtocolError(f"array shape {_show(shape)} is not a list of sizes (integers from 0)")
+        count *= n
+        bound *= n or 1
+        if bound > MAX_PAYLOAD_BYTES:
+            raise WireProtocolError(f"array shape {_show(shape)} is larger than {MAX_PAYLOAD_BYTES} elements")
+    return count
+
+
 def _buffer(frame: Any) -> memoryview:
+    """``frame``'s bytes as a flat byte view (not copied); WireProtocolError for what holds no such bytes."""
     if isinstance(frame, (bytes, bytearray)):
         return memoryview(frame)
-    if isinstance(frame, memoryview):
-        return frame.cast("B") if frame.format != "B" else frame
-    buffer = getattr(frame, "buffer", None)  # a pyzmq Frame received with copy=False
-    if buffer is not None:
-        return memoryview(buffer)
-    raise WireProtocolError(f"frame of type {type(frame).__name__} is not bytes")
+    source = frame if isinstance(frame, memoryview) else getattr(frame, "buffer", None)  # a pyzmq Frame
+    try:
+        view = memoryview(source)  # (TypeError for None and anything else that is no buffer)
+        return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+    except (TypeError, ValueError):  # a strided view cannot be cast to flat bytes
+        raise WireProtocolError(f"frame of type {type(frame).__name__} is not bytes") from None
 
 
 _VERSION = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})")
@@ -455,14 +584,14 @@ _VERSION = re.compile(r"([0-9]{1,9})\.([0-9]{1,9})")
 
 def _minor_of(v: str) -> int:
     """The minor version of a ``"MAJOR.MINOR"`` text of this side's major; WireProtocolError for anything else."""
-    match = _VERSION.fullmatch(v)
+    match = _VERSION.fullmatch(v) if type(v) is str else None
     if match is None or int(match[1]) != VERSION[0]:
         raise _unsupported(v)
     return int(match[2])
 
 
 def _unsupported(v: Any) -> WireProtocolError:
-    return WireProtocolError(f"unsupported protocol version {v!r} (this side speaks {VERSION_TEXT})")
+    return WireProtocolError(f"unsupported protocol version {_show(v)} (this side speaks {VERSION_TEXT})")
 
 
 def _no_constant(name: str) -> Any:

@@ -9,7 +9,7 @@ import math
 import hypothesis.strategies as st
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, event, given, settings
 from hypothesis.extra import numpy as hnp
 
 from scanctl.errors import WireProtocolError
@@ -359,3 +359,229 @@ def test_malformed_batches_are_refused_with_a_reason(groups, reason):
     frame = json.dumps({"v": "1.0", "type": "batch", "body": {"groups": groups}}).encode()
     with pytest.raises(WireProtocolError, match=reason):
         unbatch(decode([frame]))
+
+
+# -- hostile input: nothing but WireProtocolError, whatever arrives (issue 13, defect 1) ----------------------
+def envelope_text(**raw: str) -> bytes:
+    """An envelope whose values are given as raw JSON text (numbers json.dumps cannot write, e.g. 5000 digits)."""
+    fields = {"v": '"1.0"', "type": '"command"', **raw}
+    return ("{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in fields.items()) + "}").encode()
+
+
+def batch_of(**group) -> bytes:
+    return json.dumps({"v": "1.0", "type": "batch", "body": {"groups": [{**GOOD_GROUP, **group}]}}).encode()
+
+
+def nd(shape, dtype="<f8", index=0) -> dict:
+    return {"__nd__": index, "dtype": dtype, "shape": shape}
+
+
+HUGE = 10 ** 400  # a float() of it overflows
+ENORMOUS = "9" * 4300  # as many digits as int() takes from text; arithmetic on it makes ints str() refuses
+
+
+@pytest.mark.parametrize(("frames", "reason"), [
+    # The three messages of issue 13 that ended a control server / driver service:
+    ([envelope_text(ts="9" * 401)], "'ts' must be a time"),
+    ([envelope(body={"a": nd([True])}), b"x" * 8], "array shape"),
+    ([envelope(body={"a": nd([2 ** 64, 0])}), b""], "array shape"),
+    # ... and their relatives:
+    ([envelope_text(ts="1e999")], "'ts' must be a time"),  # json reads it as inf
+    ([envelope_text(ts="-1")], "'ts' must be a time"),
+    ([envelope(ts=1e300)], "'ts' must be a time"),
+    ([envelope(ts=True)], "'ts' has the wrong type"),
+    ([envelope(seq=2 ** 64)], "'seq' must be"),
+    ([envelope(seq=-1)], "'seq' must be"),
+    ([envelope(seq=False)], "'seq' has the wrong type"),
+    ([envelope(src="s" * 100_000)], "'src' is longer than"),
+    ([envelope(id="i" * 100_000)], "'id' is longer than"),
+    ([envelope(body={"a": nd([1], index=True)}), b"x" * 8], "binary frame True"),
+    ([envelope_text(body='{"a":{"__nd__":0,"dtype":"<f8","shape":[' + ",".join([ENORMOUS] * 8) + "]}}"), b""],
+     "array shape"),
+    ([envelope(body={"a": nd([2 ** 20] * 8)}), b""], "array shape"),  # each size fine, the product is not
+    ([envelope(body={"a": nd([2 ** 31, 2 ** 31, 0])}), b""], "array shape"),
+    ([envelope(body={"a": nd([1.0])}), b"x" * 8], "array shape"),
+    ([envelope(body={"a": nd([1] * 9)}), b"x" * 8], "array shape"),
+    ([envelope(body={"a": nd([1], dtype="(2)f8")}), b"x" * 16], "not a numeric dtype"),
+    ([envelope(body={"a": nd([1], dtype="f8,i4")}), b"x" * 12], "not a numeric dtype"),
+    ([envelope(body={"a": nd([1], dtype="<M8")}), b"x" * 8], "not a numeric dtype"),
+    ([envelope(body={"a": nd([1], dtype=["f8"])}), b"x" * 8], "not a numeric dtype"),
+    ([envelope(body={"a": nd([1], dtype="<f8" + " " * 10_000)}), b"x" * 8], "not a numeric dtype"),
+    ([envelope(body={"__float__": "nan"})], "'body' must be an object"),  # a float body killed the server
+    ([envelope(body=nd([1])), b"x" * 8], "'body' must be an object"),
+    ([envelope(body={"a": {"__float__": "nan", "b": 1}})], "bad special float"),
+    ([envelope(body={"a": {"__float__": ["nan"] * 10_000}})], "bad special float"),
+    ([envelope(v="1." + "9" * 20)], "unsupported protocol version"),
+    ([envelope(v="2" * 100_000)], "unsupported protocol version"),
+    ([memoryview(np.zeros((2, 3), np.uint8)[:, ::2])], "not bytes"),  # a view no byte string can be made of
+])
+def test_hostile_messages_are_refused_as_malformed(frames, reason):
+    """Every one of these raised OverflowError, TypeError or ValueError (or was taken) before: a receiver that
+    catches WireProtocolError died of it. The reason is bounded too: a refused message's text is not echoed."""
+    with pytest.raises(WireProtocolError, match=reason) as caught:
+        decode(frames)
+    assert len(str(caught.value)) < 400
+
+
+@pytest.mark.parametrize(("group", "reason"), [
+    ({"ts": HUGE}, "'ts' must be a time"),  # killed `scanctl watch`
+    ({"ts": 1e300}, "'ts' must be a time"),
+    ({"ts": -5.0}, "'ts' must be a time"),
+    ({"dt_us": [HUGE]}, "'dt_us'"),
+    ({"dt_us": [-2 * 10 ** 6]}, "'dt_us'"),  # before 1970
+    ({"dt_us": [True]}, "'dt_us' must be a list of integers"),
+    ({"seq": 2 ** 63 - 1, "dt_us": [0, 1], "bodies": [{}, {}]}, "'seq' must be"),  # the second's passes 2**63 - 1
+    ({"seq": -3}, "'seq' must be"),
+    ({"stream": "s" * 10_000}, "'stream'"),
+    ({"run": "r" * 10_000}, "'run'"),
+    ({"dt_us": [0] * 513, "bodies": [{}] * 513}, "more than 512 messages"),
+])
+def test_hostile_batches_are_refused_as_malformed(group, reason):
+    with pytest.raises(WireProtocolError, match=reason):
+        unbatch(decode([batch_of(**group)]))
+
+
+def test_a_batch_of_more_messages_than_a_publisher_sends_is_refused():
+    groups = [{**GOOD_GROUP, "seq": 1 + 300 * i, "dt_us": [0] * 300, "bodies": [{}] * 300} for i in range(2)]
+    with pytest.raises(WireProtocolError, match="more than 512 messages"):
+        unbatch(decode([json.dumps({"v": "1.0", "type": "batch", "body": {"groups": groups}}).encode()]))
+
+
+def test_unbatch_and_request_id_of_take_anything():
+    for msg in (Message(type="batch", body=[]), Message(type="batch", body={"groups": [GOOD_GROUP]}, v=1),
+                Message(type="batch", body={"groups": [GOOD_GROUP]}, v="9.0")):
+        with pytest.raises(WireProtocolError):
+            unbatch(msg)
+    assert request_id_of([envelope(id="r" * 100_000)]) is None  # too long to be a request id: not echoed
+    assert request_id_of(5) is None and request_id_of([5]) is None
+
+
+@pytest.mark.parametrize("change", [
+    lambda b: b.update(index=np.array(3)),  # 0-d: len() of it raised TypeError
+    lambda b: b.update(data=b["data"].reshape(3, 4)),
+    lambda b: b.update(shape=np.array([[2 ** 62, 4], [2 ** 62, 4], [3, 4]])),  # products wrap around to 0 + 0 + 12
+    lambda b: b.update(shape=np.array([[1, 2 ** 63 - 1], [1, 2 ** 63 - 1], [1, 14]])),  # the sum wraps around to 12
+])
+def test_acquisition_batches_that_would_overflow_are_refused(change):
+    batch = pack_acquisitions([Acquisition(i, i, 0.0, 1e-5, np.ones((1, 4), np.complex64)) for i in range(3)])
+    change(batch)
+    with pytest.raises(WireProtocolError):
+        unpack_acquisitions(batch)
+
+
+# Raw JSON text of hostile values: numbers json.dumps cannot write or float() cannot take, and the structures a
+# receiver looks into (array references, special floats, batch groups).
+numbers = st.one_of(
+    st.integers().map(str), st.integers(-2 ** 70, 2 ** 70).map(str),
+    st.integers(1, 5000).map(lambda n: "9" * n), st.integers(1, 600).map(lambda n: "-1" + "0" * n),
+    st.sampled_from(["1e999", "-1e999", "1e-999", "-0", "0.0", "1E400", "18446744073709551616", "4.5e15"]),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr))
+strings = st.one_of(st.text(max_size=12), st.sampled_from(["1.0", "1.1", "2.0", "nan", "inf", "-inf", "<f8", "|b1",
+                                                            "<c16", "f16", "(2)f8", "f8,i4", "O", "<U4", "S0",
+                                                            "M8", "batch", "event", "command", "\ud800"]),
+                    st.integers(1, 3000).map(lambda n: "x" * n)).map(json.dumps)
+atoms = st.one_of(numbers, strings, st.sampled_from(["true", "false", "null"]))
+
+
+def obj(pairs) -> str:
+    return "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in pairs) + "}"
+
+
+def arr(items) -> str:
+    return "[" + ",".join(items) + "]"
+
+
+KEYS = ["v", "type", "id", "re", "src", "ts", "stream", "seq", "run", "body", "groups", "dt_us", "bodies",
+        "__nd__", "__float__", "dtype", "shape", "__type__"]
+sizes = st.one_of(st.integers(0, 4).map(str), numbers, st.sampled_from(["true", "false", "null", "[]", "{}"]))
+nd_refs = st.builds(lambda i, d, s: obj([("__nd__", i), ("dtype", d), ("shape", s)]),
+                    st.one_of(st.integers(-1, 4).map(str), atoms), strings,
+                    st.one_of(st.lists(sizes, max_size=9).map(arr), atoms))
+json_texts = st.recursive(
+    st.one_of(atoms, nd_refs, strings.map(lambda s: obj([("__float__", s)]))),
+    lambda inner: st.one_of(st.lists(inner, max_size=4).map(arr),
+                            st.lists(st.tuples(st.one_of(st.sampled_from(KEYS), st.text(max_size=4)), inner),
+                                     max_size=5).map(obj)),
+    max_leaves=25)
+groups = st.lists(st.sampled_from(["type", "stream", "seq", "run", "ts", "dt_us", "bodies", "x"]), unique=True).flatmap(
+    lambda keys: st.tuples(*[st.one_of(json_texts, st.just({"type": '"event"', "stream": '"s"', "seq": "1",
+                                                            "run": '"r"', "ts": "1.5", "dt_us": "[0]",
+                                                            "bodies": "[{}]", "x": "1"}[k])) for k in keys])
+    .map(lambda values, keys=keys: obj(zip(keys, values, strict=True))))
+good_refs = st.builds(lambda i, d, s: obj([("__nd__", str(i)), ("dtype", json.dumps(d)), ("shape", json.dumps(s))]),
+                     st.integers(0, 3), st.sampled_from(["<f8", "|u1", "|b1", "<c16", "<i4", ">f4"]),
+                     st.lists(st.sampled_from([0, 1, 2, 3, 8, 24]), max_size=3))
+plausible = {"id": strings, "re": strings, "src": strings, "stream": strings, "run": strings,
+             "ts": st.one_of(numbers, st.floats(0, 1e10).map(repr)),
+             "seq": st.one_of(numbers, st.integers(0, 99).map(str)),
+             "body": st.one_of(st.lists(st.tuples(st.text(max_size=4), st.one_of(good_refs, nd_refs, json_texts)),
+                                        max_size=4).map(obj),
+                               good_refs, st.sampled_from(["nan", "inf", "x"]).map(
+                                   lambda s: obj([("__float__", json.dumps(s))])))}
+envelopes = st.one_of(
+    st.lists(st.tuples(st.sampled_from(KEYS[:10] + ["extra"]), json_texts), max_size=10).map(obj),
+    st.lists(st.sampled_from(sorted(plausible)), unique=True).flatmap(  # the right JSON types, hostile values
+        lambda keys: st.tuples(*[plausible[k] for k in keys]).map(
+            lambda values, keys=keys: obj([("v", '"1.0"'), ("type", '"event"'), *zip(keys, values, strict=True)]))),
+    st.builds(lambda v, t, rest: obj([("v", v), ("type", t), *rest]),
+              st.sampled_from(['"1.0"', '"1.1"', '"1.00"']), st.sampled_from(['"command"', '"batch"', '"call"']),
+              st.lists(st.tuples(st.sampled_from(KEYS[2:10]), json_texts), max_size=6)),
+    st.builds(lambda v, gs: obj([("v", v), ("type", '"batch"'), ("body", obj([("groups", arr(gs))]))]),
+              st.sampled_from(['"1.0"', '"1.2"']), st.lists(st.one_of(groups, json_texts), max_size=3)))
+frame_lists = st.lists(st.one_of(st.binary(max_size=32), st.sampled_from([b"", b"x" * 8, b"y" * 16, b"z" * 24])),
+                       max_size=4)
+
+
+def check_anything(frames) -> None:
+    """The property every receiver relies on: a Message whose fields are what the protocol says, or
+    WireProtocolError — never another exception — from decode, unbatch and request_id_of alike."""
+    ident = request_id_of(frames)
+    assert ident is None or (isinstance(ident, str) and len(ident) <= 256)
+    try:
+        msg = decode(frames)
+    except WireProtocolError as exc:
+        assert len(str(exc)) < 1000  # the message's own text is never echoed at length
+        event(f"refused: {str(exc).split(' ')[0]}")
+        return
+    event(f"decoded: {msg.type}" if msg.type == "batch" else "decoded")
+    for m in [m for group in _unbatched(msg) for m in group]:  # (a message unbatch refuses is checked as such)
+        assert type(m.type) is str and 0 < len(m.type) <= 64 and isinstance(m.body, dict)
+        assert type(m.ts) is float and 0 <= m.ts <= 1e10
+        assert m.seq is None or (type(m.seq) is int and 0 <= m.seq < 2 ** 63)
+        for text in (m.id, m.re, m.src, m.stream, m.run):
+            assert text is None or (type(text) is str and len(text) <= 256)
+
+
+def _unbatched(msg: Message) -> list[list[Message]]:
+    try:
+        groups = unbatch(msg)
+    except WireProtocolError:
+        return [[msg]]
+    if msg.type == "batch":
+        event("unbatched")
+    return groups
+
+
+@settings(max_examples=400, deadline=None)
+@given(head=envelopes, frames=frame_lists)
+def test_hostile_envelopes_give_a_message_or_wire_protocol_error(head, frames):
+    check_anything([head.encode("utf-8", "surrogatepass"), *frames])
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.dictionaries(st.text(max_size=8).filter(lambda k: k not in ("__nd__", "__float__")), bodies,
+                            max_size=4),
+       cuts=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 4), st.binary(max_size=3)), min_size=1,
+                     max_size=4),
+       drop=st.booleans())
+def test_mutated_messages_give_a_message_or_wire_protocol_error(body, cuts, drop):
+    """A valid message with bytes replaced, inserted or cut anywhere, in the envelope or the binary frames."""
+    frames = [bytearray(f) for f in encode(Message(type="event", body=body, id="r-1", src="s", stream="state",
+                                                   seq=3, run="r"))]
+    for at, length, new in cuts:
+        frame = frames[at % len(frames)]
+        where = (at // len(frames)) % (len(frame) + 1)
+        frame[where:where + length] = new
+    if drop and len(frames) > 1:
+        frames.pop()
+    check_anything([bytes(f) for f in frames])
