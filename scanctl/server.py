@@ -250,7 +250,10 @@ class ControlServer:
                             frames = self._commands.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
-                        self._handle(frames)
+                        try:
+                            self._handle(frames)
+                        except Exception:  # noqa: BLE001 - a bug in answering one message never ends the server
+                            log.exception("%s: a message could not be handled", self.name)
                 self._send_replies()
         finally:
             self._shutdown()
@@ -297,7 +300,8 @@ class ControlServer:
                                                                   f"'command')", src=self.name))
             return
         print_ = None
-        if msg.id is not None and msg.body.get("command") not in UNCACHED_COMMANDS:
+        command = msg.body.get("command")
+        if msg.id is not None and not (isinstance(command, str) and command in UNCACHED_COMMANDS):
             print_ = fingerprint(msg.body)
             seen = self._cache.seen(client, msg.id, print_)
             if seen is False:
