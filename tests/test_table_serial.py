@@ -755,8 +755,10 @@ def test_host_heartbeats_keep_a_long_move_going_while_nobody_polls():
         assert table.wait_idle(timeout_s=10).telemetry["position_mm"] == 250.0 == sim.true_position_mm()
         counts = sim.controller.counts
         assert counts["heartbeats"] >= 10 and counts["watchdog_trips"] == 0
+        beating = table._heartbeat
+        assert beating is not None and beating.is_alive()
         table.close()
-        assert not any(t.name.startswith("table heartbeat") for t in threading.enumerate())  # close() ends it
+        assert not beating.is_alive() and table._heartbeat is None  # close() ends it (other tests' may run on)
 
 
 def test_a_host_without_heartbeats_has_its_move_stopped_by_the_power_up_watchdog():
