@@ -36,7 +36,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from itertools import repeat
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -573,7 +573,7 @@ def _buffer(frame: Any) -> memoryview:
         return memoryview(frame)
     source = frame if isinstance(frame, memoryview) else getattr(frame, "buffer", None)  # a pyzmq Frame
     try:
-        view = memoryview(source)  # (TypeError for None and anything else that is no buffer)
+        view = memoryview(cast(Any, source))  # (TypeError for None and anything else that is no buffer)
         return view if view.format == "B" and view.ndim == 1 else view.cast("B")
     except (TypeError, ValueError):  # a strided view cannot be cast to flat bytes
         raise WireProtocolError(f"frame of type {type(frame).__name__} is not bytes") from None

@@ -765,7 +765,8 @@ def test_watch_notices_a_server_that_went_away(tmp_path):
 def test_a_command_that_is_no_name_is_refused_and_the_server_keeps_serving(shared, command):
     raw = Raw(shared.endpoint)
     try:
-        reply = raw.ask([json.dumps({"v": "1.0", "type": "command", "id": "odd", "body": {"command": command}}).encode()])
+        text = json.dumps({"v": "1.0", "type": "command", "id": "odd", "body": {"command": command}})
+        reply = raw.ask([text.encode()])
         assert reply is not None and reply.type == "error" and reply.body["code"] == "unknown_command"
         assert reply.re == "odd"
     finally:
