@@ -28,7 +28,7 @@ from typing import Any
 import zmq
 
 from scanctl.errors import DriverTimeoutError, ScanctlError, WireProtocolError
-from scanctl.interfaces import AcquisitionBatch, Status, SubsystemState
+from scanctl.interfaces import AcquisitionBatch, Scene, Status, SubsystemState
 from scanctl.profile import SystemProfile
 from scanctl.program import ADCProgram, GradientProgram, RFProgram
 from scanctl.registry import SubsystemURL, positive_float
@@ -278,7 +278,7 @@ class ProxyRF(_RemoteSequencer):
     def acquisitions(self) -> AcquisitionBatch:
         return unpack_acquisitions(self.call("acquisitions"))
 
-    def place(self, scene: dict[str, str], timeout_s: float | None = None) -> None:
+    def place(self, scene: Scene, timeout_s: float | None = None) -> None:
         """A simulated RF system's scene (:meth:`scanctl.simulators.rf.SimulatedRF.place`); a service whose
         driver offers no ``place`` (real hardware) answers WireProtocolError."""
         self.call("place", scene, timeout_s=timeout_s)

@@ -242,6 +242,30 @@ class RFSystem(Sequencer, Protocol):
         driver never writes to them again (the control server sends them from their memory, zero-copy)."""
 
 
+@dataclass(frozen=True)
+class Scene:
+    """The object in the bore, for a simulated RF system: what a scan images. ``phantom`` a shipped phantom's
+    name or a phantom file's path, ``matrix`` its grid (voxels per side), ``fov_m`` the field of view it
+    fills (m), ``noise_std`` the receiver noise; None leaves the simulator's own setting (its URL's, or its
+    default)."""
+
+    phantom: str | None = None
+    matrix: int | None = None
+    fov_m: float | None = None
+    noise_std: float | None = None
+
+
+@runtime_checkable
+class SceneSystem(Protocol):
+    """An optional capability of an RF system: a simulator's world is placed by a runtime call, never through
+    its URL, and placing it never reconnects or re-homes anything. A real RF system has no ``place`` (its
+    driver service answers ``malformed``): it images what is there."""
+
+    def place(self, scene: Scene) -> None:
+        """Make ``scene`` the object imaged from the next scan on. Raises ConfigError for a scene that cannot
+        be made (the old one stays), DriverError while a scan is under way."""
+
+
 @runtime_checkable
 class TableSystem(Subsystem, Protocol):
     """The patient table: one axis, positions in mm from the home position, along the bore."""

@@ -31,11 +31,10 @@ import numpy as np
 
 from scanctl.errors import SafetyLimitError, ScanctlError, WireProtocolError
 from scanctl.executor import RunResult, Scanner
-from scanctl.interfaces import Acquisition, Acquisitions
+from scanctl.interfaces import Acquisition, Acquisitions, Scene, SceneSystem
 from scanctl.outputs import OutputError, claim_dir, created, write_new
 from scanctl.profile import SystemProfile
 from scanctl.protocol import Protocol, load_protocol
-from scanctl.registry import parse_url
 from scanctl.sequence import pulseq_write
 from scanctl.sequence.model import Sequence
 
@@ -88,57 +87,32 @@ def load_source(path: str | os.PathLike[str], profile: SystemProfile) -> tuple[S
     return protocol.build_sequence(profile), protocol
 
 
-def simulator_options(seq: Sequence, protocol: Protocol | None) -> dict[str, str]:
-    """Options for a simulated RF system that follow the scan: the phantom fills the sequence's field of
-    view, at the protocol's phantom and noise settings."""
-    options: dict[str, str] = {}
+def scene_for(seq: Sequence, protocol: Protocol | None) -> Scene:
+    """The object a simulated RF system images for this scan: the phantom fills the sequence's field of
+    view, at the protocol's phantom and noise settings (None where the protocol says nothing)."""
     fov = seq.definition_floats("FOV")
-    if fov:
-        options["fov"] = f"{max(fov[:2]):.9g}"
-    if protocol is not None:
-        if protocol.phantom is not None:
-            if protocol.phantom.file is not None:
-                options["phantom"] = str(protocol.phantom.file)
-            elif protocol.phantom.name is not None:
-                options["phantom"] = protocol.phantom.name
-            if protocol.phantom.matrix is not None:
-                options["matrix"] = str(protocol.phantom.matrix)
-        if protocol.noise_std is not None:
-            options["noise"] = f"{protocol.noise_std:.9g}"
-    return options
+    phantom = protocol.phantom if protocol is not None else None
+    return Scene(
+        phantom=None if phantom is None else str(phantom.file) if phantom.file is not None else phantom.name,
+        matrix=None if phantom is None else phantom.matrix,
+        fov_m=max(fov[:2]) if fov else None,
+        noise_std=protocol.noise_std if protocol is not None else None,
+    )
 
 
-#: How long a remote simulated RF system may take to place a scene (build the phantom's spins), s.
-PLACE_TIMEOUT_S = 120.0
-
-
-def place_scene(rf: Any, url: str, seq: Sequence, protocol: Protocol | None) -> bool:
-    """Give a simulated RF system served in another process (``scanctl up``: ``url`` is ``tcp://``) the scene
-    :func:`simulator_options` gives one in this process through its URL, by calling its ``place`` through
-    the driver service (:meth:`scanctl.simulators.rf.SimulatedRF.place`). Returns True if the subsystem took
-    it; a subsystem in this process (its URL has the scene) or a real one (its service offers no ``place``)
-    is left alone. Raises ConfigError for a scene the simulator refuses."""
-    place = getattr(rf, "place", None)  # a proxy (drivers.zmq_proxy.ProxyRF) offers it
-    if parse_url(url).scheme == "sim" or place is None:
+def place_scene(rf: Any, scene: Scene) -> bool:
+    """Give a simulated RF system — in this process, or served in another (``scanctl up``) through its
+    driver service — the scene to image, by calling its ``place`` (:class:`scanctl.interfaces.SceneSystem`).
+    Returns True if it took it; a real RF system (no ``place``, or a driver service that offers none) is
+    left alone. Raises ConfigError for a scene the simulator refuses (the old one stays)."""
+    if not isinstance(rf, SceneSystem):
         return False
     try:
-        place(simulator_options(seq, protocol), timeout_s=PLACE_TIMEOUT_S)
+        rf.place(scene)
     except WireProtocolError as exc:  # no place on the other side: a real RF system, imaging what is there
-        log.info("rf at %s takes no scene (not a simulator): %s", url, exc)
+        log.info("rf takes no scene (not a simulator): %s", exc)
         return False
     return True
-
-
-def _with_options(url: str, extra: dict[str, str]) -> str:
-    """``url`` with ``extra`` options added where the URL does not set them already."""
-    parsed = parse_url(url)
-    if parsed.scheme != "sim":
-        return url
-    add = {k: v for k, v in extra.items() if k not in parsed.options}
-    if not add:
-        return url
-    sep = "&" if "?" in url else "?"
-    return url + sep + "&".join(f"{k}={v}" for k, v in add.items())
 
 
 def run_scan(
@@ -172,7 +146,7 @@ def run_scan(
     if patient_weight_kg is None and protocol is not None:
         patient_weight_kg = protocol.patient.weight_kg
     safety = predict(seq, profile, patient_weight_kg, mode)
-    urls = subsystem_urls(profile, overrides, seq, protocol)
+    urls = subsystem_urls(profile, overrides)
     scanner = Scanner.from_profile(profile, urls)
     seq_path = out / "sequence.seq"
     md5 = write_sequence(seq, seq_path)
@@ -186,7 +160,7 @@ def run_scan(
         scanner.connect()
     try:
         if not message:
-            place_scene(scanner.rf, urls["rf"], seq, protocol)
+            place_scene(scanner.rf, scene_for(seq, protocol))
         t0 = time.perf_counter()
         try:
             if not message:
@@ -320,13 +294,10 @@ def write_sequence(seq: Sequence, path: Path) -> str:
         raise OutputError(path, exc.strerror or str(exc)) from exc
 
 
-def subsystem_urls(profile: SystemProfile, overrides: dict[str, str] | None, seq: Sequence,
-                   protocol: Protocol | None) -> dict[str, str]:
-    """The URL of each subsystem for a scan of ``seq``: the profile's, replaced by ``overrides``, with a
-    simulated RF system following the scan (:func:`simulator_options`)."""
-    urls = {**profile.subsystems, **(overrides or {})}
-    urls["rf"] = _with_options(urls["rf"], simulator_options(seq, protocol))
-    return urls
+def subsystem_urls(profile: SystemProfile, overrides: dict[str, str] | None) -> dict[str, str]:
+    """The URL of each subsystem: the profile's, replaced by ``overrides``. (What a scan images is no URL
+    option: it is placed at run time, :func:`place_scene`.)"""
+    return {**profile.subsystems, **(overrides or {})}
 
 
 def protocol_info(source: str | os.PathLike[str], protocol: Protocol | None) -> dict[str, Any]:

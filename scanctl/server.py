@@ -53,7 +53,7 @@ from scanctl.protocol import Protocol
 from scanctl.publisher import Publisher
 from scanctl.rawdata import RawHeader
 from scanctl.reply_cache import ReplyCache, fingerprint
-from scanctl.run import load_source, protocol_info, sequence_info, subsystem_urls
+from scanctl.run import load_source, place_scene, protocol_info, scene_for, sequence_info
 from scanctl.run_store import MAX_CHUNK_BYTES, RunStore
 from scanctl.safety.predict import predict
 from scanctl.security import ServerCurve, refuse_unauthenticated
@@ -640,15 +640,8 @@ class ControlServer:
                     self._loaded = None
                 self.publish("safety", {"kind": "refused", "message": refusal, **safety.to_json()})
                 return self._error(msg, "rejected", refusal, state=self.scanner.state.name)
-            urls = subsystem_urls(self.profile, self.overrides, seq, protocol)
-            if urls != self._urls:
-                # A simulated RF system follows the scan (phantom, field of view): rebuild it for this one.
-                self.scanner.close()
-                self.scanner = self._make_scanner(urls)
-                self.scanner.connect()
-            from scanctl.run import place_scene
-
-            place_scene(self.scanner.rf, urls["rf"], seq, protocol)  # a simulated RF system in its own process
+            # What a simulated RF system images follows the scan: placed at run time, nothing reconnected.
+            place_scene(self.scanner.rf, scene_for(seq, protocol))
             journal_start = len(self.scanner.journal)
             try:
                 report = self.scanner.prepare(seq)

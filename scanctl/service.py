@@ -34,7 +34,7 @@ import zmq
 
 from scanctl import errors
 from scanctl.errors import ScanctlError, WireProtocolError
-from scanctl.interfaces import Status, SubsystemState
+from scanctl.interfaces import Scene, Status, SubsystemState
 from scanctl.program import ADCProgram, GradientProgram, RFProgram
 from scanctl.security import ServerCurve, refuse_unauthenticated
 from scanctl.wire import Message, decode, encode, error_reply, malformed_reply, pack_acquisitions
@@ -64,6 +64,7 @@ _TYPES: dict[str, Any] = {
     "RFProgram": lambda d: RFProgram(**d),
     "ADCProgram": lambda d: ADCProgram(**d),
     "Status": lambda d: Status(SubsystemState(d["state"]), d["time_s"], d["message"], d["telemetry"]),
+    "Scene": lambda d: Scene(**d),
 }
 
 

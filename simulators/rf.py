@@ -22,20 +22,20 @@ The gradients come from the world (``world``: a name in this process, or ``tcp:/
 processes, where this simulator listens for the gradient simulator's programs; see
 :mod:`scanctl.simulators.world`).
 
-The scene — the object in the bore: ``phantom``, ``matrix``, ``fov`` and ``noise`` — follows the scan: in
-one process ``scanctl run`` and the control server add the protocol's to this URL (``scanctl.run``); a
-simulator in a process of its own (``scanctl up``) is given it by :meth:`SimulatedRF.place`, which the
-control server calls through its driver service (``place``, a simulator's own method).
+The scene — the object in the bore: ``phantom``, ``matrix``, ``fov`` and ``noise`` — follows the scan:
+``scanctl run`` and the control server give it by a runtime call, :meth:`SimulatedRF.place` with a
+:class:`scanctl.interfaces.Scene` (in this process, or through the driver service of a simulator in its
+own process: ``place``, a simulator's own method), never through the URL; placing it never reconnects
+anything. Options the URL sets itself win over the scene's (a rig that images one fixed phantom).
 
 URL: ``sim://?noise=0.01&b0=0&phantom=shepp_logan&matrix=128&fov=0.256&physics=1`` — see ``OPTIONS``
-(``fov``: the phantom's field of view in m; ``scanctl run`` sets it to the sequence's).
+(``fov``: the phantom's field of view in m; a scan's scene sets it to the sequence's).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -43,7 +43,7 @@ from scanctl.simulators.base import SimulatedSequencer
 from scanctl.simulators.world import receiver, world_option
 
 from scanctl.errors import ConfigError, DriverError
-from scanctl.interfaces import AcquisitionBatch, SubsystemState
+from scanctl.interfaces import AcquisitionBatch, Scene, SubsystemState
 from scanctl.profile import SystemProfile
 from scanctl.program import ADCProgram, GradientProgram, RFProgram
 from scanctl.registry import SubsystemURL, fault_spec, flag, nonnegative_float, parse_url, positive_float
@@ -146,27 +146,23 @@ class SimulatedRF(SimulatedSequencer):
         super().close()
         self._world.close()
 
-    def place(self, scene: Mapping[str, str]) -> None:
-        """Place the object to image in the bore: ``scene`` holds options of :attr:`SCENE` as URL text
-        (``{"fov": "0.24", "noise": "0.01"}``, as :func:`scanctl.run.simulator_options` makes them). As in a
-        URL the scan's options are added to, an option this simulator's URL sets wins, and an option
-        ``scene`` does not give goes back to the URL's or the default. A scene that differs from the current
-        one rebuilds the phantom and restarts the noise (the simulator is then as if built with these
-        options); the same scene changes nothing. Raises ConfigError for an unknown option or a bad value,
-        DriverError while a scan is under way."""
-        unknown = sorted(set(scene) - set(self.SCENE))
-        if unknown:
-            raise ConfigError(f"rf: {', '.join(map(repr, unknown))} not scene options "
-                              f"(scene options: {', '.join(self.SCENE)})")
+    def place(self, scene: Scene) -> None:
+        """Place the object to image in the bore (:class:`scanctl.interfaces.Scene`). As for a URL's own
+        options, an option this simulator's URL sets wins, and a field ``scene`` leaves None goes back to the
+        URL's or the default. A scene that differs from the current one rebuilds the phantom (the simulator
+        is then as if built with these options); the same scene changes nothing. Raises ConfigError for a
+        bad value or a phantom that cannot be made (the old scene stays), DriverError while a scan is under
+        way."""
         fixed = parse_url(self.url).options  # set by this simulator's URL: they stay
         wanted = dict(self._built_scene)
-        for option, text in scene.items():
-            if option in fixed:
+        given = {"phantom": scene.phantom, "matrix": scene.matrix, "fov": scene.fov_m, "noise": scene.noise_std}
+        for option, value in given.items():
+            if value is None or option in fixed:
                 continue
             try:
-                wanted[option] = self.OPTIONS[option](str(text))
+                wanted[option] = self.OPTIONS[option](str(value))
             except (ValueError, ConfigError) as exc:
-                raise ConfigError(f"rf: scene option {option}={text!r}: {exc}") from None
+                raise ConfigError(f"rf: scene {option}={value!r}: {exc}") from None
         with self._lock:
             if self._state in (SubsystemState.ON, SubsystemState.RUNNING):
                 raise DriverError(f"rf: cannot place a scene in state {self._state.name} (a scan is under way)")

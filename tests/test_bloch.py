@@ -428,7 +428,7 @@ def test_a_scans_data_do_not_depend_on_the_scans_before_it(tmp_path):
 
     from scanctl import profile as profiles
     from scanctl.executor import Scanner
-    from scanctl.run import load_source, subsystem_urls
+    from scanctl.run import load_source, place_scene, scene_for
 
     profile = profiles.load()
     gre = Path(__file__).parents[1] / "protocols" / "gre_2d.toml"
@@ -443,10 +443,10 @@ def test_a_scans_data_do_not_depend_on_the_scans_before_it(tmp_path):
         return np.array(got)
 
     seq, protocol = load_source(gre, profile)
-    urls = subsystem_urls(profile, {}, seq, protocol)
-    scanners = [Scanner.from_profile(profile, urls) for _ in range(2)]
+    scanners = [Scanner.from_profile(profile) for _ in range(2)]
     for scanner in scanners:
         scanner.connect()
+        assert place_scene(scanner.rf, scene_for(seq, protocol))
     fresh = scan(scanners[0], gre)
     scan(scanners[1], nearby)
     assert np.array_equal(scan(scanners[1], gre), fresh)

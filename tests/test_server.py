@@ -407,23 +407,17 @@ def test_a_retry_with_the_same_request_id_is_answered_not_repeated(served):
 # -- runs controlled from outside ------------------------------------------------------------------------------
 def test_abort_mid_run_keeps_the_data_so_far(tmp_path, segmented):
     gate, reached = threading.Event(), threading.Event()
-    original = ControlServer._make_scanner
+    rf = segmented.server.scanner.rf  # the server's scanner, kept for every load (the scene is placed, not built)
+    take = rf.acquisitions
 
-    def hold_after_first_data(self: ControlServer, urls: dict[str, str]) -> Any:
-        scanner = original(self, urls)
-        take = scanner.rf.acquisitions
+    def acquisitions() -> Any:
+        batch = take()
+        if batch and not reached.is_set():
+            reached.set()
+            assert gate.wait(10)  # hold the run loop here until the abort is in
+        return batch
 
-        def acquisitions() -> Any:
-            batch = take()
-            if batch and not reached.is_set():
-                reached.set()
-                assert gate.wait(10)  # hold the run loop here until the abort is in
-            return batch
-
-        scanner.rf.acquisitions = acquisitions
-        return scanner
-
-    segmented.server._make_scanner = hold_after_first_data.__get__(segmented.server)
+    rf.acquisitions = acquisitions
     console = segmented.client("console")
     result: dict[str, Any] = {}
     runner = threading.Thread(target=lambda: result.update(report=run_remote(console, GRE, tmp_path)))
@@ -772,3 +766,31 @@ def test_a_command_that_is_no_name_is_refused_and_the_server_keeps_serving(share
     finally:
         raw.close()
     assert_serving(shared)
+
+
+def test_loading_another_scene_places_it_and_never_reconnects_or_rehomes(tmp_path, served):
+    """The scene (phantom, field of view, noise) is a runtime call on the RF simulator: a load with another
+    field of view re-homed the table before (the whole scanner was rebuilt and reconnected), which on a rig
+    with a real serial table moves the physical table."""
+    c = served.client("scene")
+    wait_state(c, "IDLE")
+    c.take_control()
+    scanner = served.server.scanner
+    calls: list[str] = []
+    for sub in (scanner.gradient, scanner.rf, scanner.table):
+        for name in ("connect", "close", "home") if sub is scanner.table else ("connect", "close"):
+            method = getattr(sub, name)
+
+            def counted(*args: Any, _method: Any = method, _name: str = f"{sub.kind}.{name}", **kwargs: Any) -> Any:
+                calls.append(_name)
+                return _method(*args, **kwargs)
+
+            setattr(sub, name, counted)
+    c.load(GRE)
+    assert scanner.rf.fov_m == 0.256
+    other = tmp_path / "gre_other_fov.toml"
+    other.write_text(GRE.read_text().replace("fov_m = 0.256", "fov_m = 0.3")
+                     .replace('name = "shepp_logan"', 'name = "shepp_logan"\nmatrix = 64'))
+    c.load(other)
+    assert served.server.scanner is scanner and calls == []
+    assert (scanner.rf.fov_m, scanner.rf.matrix) == (0.3, 64)

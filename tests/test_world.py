@@ -17,6 +17,7 @@ from scanctl.simulators.world import World, WorldReceiver, WorldSender, receiver
 
 from scanctl import profile as profiles
 from scanctl.errors import ConfigError, DriverError
+from scanctl.interfaces import Scene
 from scanctl.program import GradientProgram
 from scanctl.registry import open_subsystem
 
@@ -180,17 +181,17 @@ def test_place_a_scene_as_the_url_would():
     rf = open_subsystem("rf", "sim://?physics=0&noise=0.5", PROFILE)
     rf.connect()
     try:
-        rf.place({"fov": "0.2", "matrix": "64", "noise": "0.01", "phantom": "shepp_logan"})
+        rf.place(Scene(fov_m=0.2, matrix=64, noise_std=0.01, phantom="shepp_logan"))
         assert (rf.fov_m, rf.matrix, rf.noise_std, rf.phantom_name) == (0.2, 64, 0.5, "shepp_logan")  # URL wins
-        rf.place({})  # nothing given: back to the URL's and the defaults
+        rf.place(Scene())  # nothing given: back to the URL's and the defaults
         assert (rf.fov_m, rf.matrix, rf.noise_std) == (0.256, 128, 0.5)
-        with pytest.raises(ConfigError, match="'b0'"):
-            rf.place({"b0": "3"})
-        with pytest.raises(ConfigError, match="fov='-1'"):
-            rf.place({"fov": "-1"})
+        with pytest.raises(ConfigError, match="fov=-1"):
+            rf.place(Scene(fov_m=-1))
+        with pytest.raises(ConfigError, match="matrix=0"):
+            rf.place(Scene(matrix=0))
         rf.arm()
         with pytest.raises(DriverError, match="scan is under way"):
-            rf.place({"fov": "0.3"})
+            rf.place(Scene(fov_m=0.3))
     finally:
         rf.close()
 
@@ -199,18 +200,18 @@ def test_a_new_scene_rebuilds_the_phantom_and_every_scan_restarts_the_noise():
     rf = open_subsystem("rf", "sim://", PROFILE)
     assert isinstance(rf, SimulatedRF)
     rf.connect()
-    rf.place({"matrix": "16", "fov": "0.1", "noise": "0.1"})
+    rf.place(Scene(matrix=16, fov_m=0.1, noise_std=0.1))
     spins = rf._spins
     assert spins is not None and rf.matrix == 16
     rf.arm()
     first = rf._rng.standard_normal(4)
     rf.abort()
-    rf.place({"matrix": "16", "fov": "0.1", "noise": "0.1"})  # the same scene: nothing changes
+    rf.place(Scene(matrix=16, fov_m=0.1, noise_std=0.1))  # the same scene: nothing changes
     assert rf._spins is spins
     rf.arm()  # the same scene scanned again: the same noise
     assert np.array_equal(rf._rng.standard_normal(4), first)
     rf.abort()
-    rf.place({"matrix": "16", "fov": "0.12", "noise": "0.1"})
+    rf.place(Scene(matrix=16, fov_m=0.12, noise_std=0.1))
     rf.arm()
     assert rf._spins is not spins and np.array_equal(rf._rng.standard_normal(4), first)
     rf.close()
@@ -222,7 +223,7 @@ def test_a_scene_that_cannot_be_made_leaves_the_old_one():
     try:
         spins = rf._spins
         with pytest.raises(ConfigError, match="phantom file not found"):
-            rf.place({"phantom": "/nonexistent/phantom.npz", "fov": "0.3"})
+            rf.place(Scene(phantom="/nonexistent/phantom.npz", fov_m=0.3))
         assert (rf.phantom_name, rf.fov_m, rf._spins) == ("shepp_logan", 0.256, spins)
     finally:
         rf.close()
