@@ -225,7 +225,7 @@ def _run(args: argparse.Namespace, out: Path) -> Any:
             return EXIT_UNREADABLE if exc.code == "bad_argument" else EXIT_LIMITS
         except ServerLostError as exc:  # it answered before: not a key or endpoint problem, the run ended early
             print(f"scanctl: error: the control server at {args.connect} stopped answering during run "
-                  f"{exc.run_id}; the acquisitions received so far are in {exc.raw_path}", file=sys.stderr)
+                  f"{exc.run_id}; the acquisitions received so far are in {out / 'raw.h5'}", file=sys.stderr)
             return EXIT_LIMITS
 
 

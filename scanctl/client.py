@@ -26,7 +26,7 @@ import numpy as np
 import zmq
 
 from scanctl.errors import ConfigError, ScanctlError, WireProtocolError
-from scanctl.interfaces import Acquisition, AcquisitionBatch
+from scanctl.interfaces import AcquisitionBatch
 from scanctl.profile import DEFAULT_ENDPOINTS
 from scanctl.security import ClientCurve
 from scanctl.wire import Message, decode, encode, unbatch, unpack_acquisitions
@@ -62,13 +62,11 @@ class ServerTimeoutError(ScanctlError, TimeoutError):
 
 class ServerLostError(ServerTimeoutError):
     """The server stopped answering during run ``run_id`` (it had answered: not a key or endpoint problem);
-    what was received is in ``raw_path``."""
+    what was received is in the run's raw data file, and the server keeps its own copy of the run."""
 
-    def __init__(self, run_id: str, raw_path: str | os.PathLike[str]) -> None:
+    def __init__(self, run_id: str) -> None:
         self.run_id = run_id
-        self.raw_path = os.fspath(raw_path)
-        super().__init__(f"the control server stopped answering during run {run_id}; the acquisitions received "
-                         f"so far are in {self.raw_path}")
+        super().__init__(f"the control server stopped answering during run {run_id}")
 
 
 class Client:
@@ -423,64 +421,20 @@ def run_remote(client: Client, source: str | os.PathLike[str], out_dir: str | os
                upload: bool = False, progress: Callable[[float, float, int], None] | None = None,
                reconstruct: bool = True, force: bool = False, run_timeout_s: float = 3600.0,
                patient_weight_kg: float | None = None, mode: str = "normal") -> Any:
-    """Run ``source`` on the server and write ``sequence.seq``, ``raw.h5``, the image and
-    ``report.json`` into ``out_dir`` as :func:`scanctl.run.run_scan` does in-process. Takes control (and
-    releases it). ``upload`` sends the file's content instead of its path. Returns the RunReport.
-    Raises CommandError (e.g. another client has control), ServerTimeoutError (ServerLostError: it stopped
-    answering during the run), OutputError (``out_dir`` is not new or empty, a file cannot be written)."""
-    from scanctl.outputs import claim_dir, write_new
-    from scanctl.rawdata import RawDataWriter
-    from scanctl.run import RunReport, versions, write_image, write_report
-    from scanctl.sequence.pulseq_read import parse
+    """Run ``source`` on the server and write ``sequence.seq``, ``raw.h5``, the image and ``report.json``
+    into ``out_dir`` through the same :class:`scanctl.session.ScanSession` as an in-process run
+    (:class:`RemotePort`). Takes control (and releases it). ``upload`` sends the file's content instead of
+    its path. Returns the RunReport. Raises CommandError (e.g. another client has control),
+    ServerTimeoutError (ServerLostError: it stopped answering during the run), OutputError (``out_dir`` is
+    not new or empty, a file cannot be written)."""
+    from scanctl.session import ScanSession
 
-    t_start = time.perf_counter()
-    out = Path(out_dir)
-    source = Path(source)
-    client.take_control(force=force)
+    client.take_control(force=force)  # first: a refusal leaves nothing behind
     lost = False
     try:
-        claim_dir(out)  # new or empty (once control is ours: a refusal leaves nothing behind)
-        sub = client.subscribe(data=True)
-        try:
-            t0 = time.perf_counter()
-            try:
-                if upload:
-                    fmt = "seq" if source.suffix.lower() == ".seq" else "toml"
-                    loaded = client.load(text=source.read_text(encoding="utf-8"), format=fmt, name=source.name,
-                                         patient_weight_kg=patient_weight_kg, mode=mode)
-                else:
-                    loaded = client.load(source.resolve(), patient_weight_kg=patient_weight_kg, mode=mode)
-            except CommandError as exc:
-                if exc.code != "rejected" or "refused before anything moved" not in str(exc):
-                    raise
-                report = RunReport(outcome="refused", message=str(exc), protocol={"source": str(source)},
-                                   sequence={}, profile="", subsystems={}, acquisitions=0,
-                                   timings={"total_wall_s": time.perf_counter() - t_start}, journal=[],
-                                   telemetry={}, outputs={}, versions=versions())
-                write_report(out, report)
-                return report
-            timings = {"prepare_s": time.perf_counter() - t0}
-            seq_path = out / "sequence.seq"
-            write_new(seq_path, loaded["sequence_text"].encode("utf-8"))
-            seq = parse(seq_path.read_bytes(), path=seq_path)
-            outputs = {"sequence": seq_path.name, "raw": "raw.h5"}
-            acquisitions: list[Acquisition] = []
-            writer = RawDataWriter.open(out / "raw.h5", header_from_plain(loaded["header"]), seq=seq)
-            try:
-                run_id = client.start()["run"]
-                try:
-                    end = _receive_run(sub, run_id, writer, acquisitions, progress, run_timeout_s, client.status)
-                except KeyboardInterrupt:  # Ctrl-C: the scan is aborted (made safe), what it acquired is kept
-                    log.warning("interrupted: aborting run %s", run_id)
-                    with contextlib.suppress(CommandError):  # (it may have ended meanwhile)
-                        client.abort()
-                    end = _receive_run(sub, run_id, writer, acquisitions, None, 60.0, client.status)
-            finally:
-                writer.close()
-            if sub.gaps:
-                log.error("events or data lost in transit: %s", sub.gaps)
-        finally:
-            sub.close()
+        with RemotePort(client, upload=upload, run_timeout_s=run_timeout_s) as port:
+            return ScanSession(port).scan(source, out_dir, reconstruct=reconstruct, progress=progress,
+                                          patient_weight_kg=patient_weight_kg, mode=mode)
     except ServerLostError:
         lost = True  # nobody to give control back to: asking would only wait out the timeout, then warn
         raise
@@ -490,20 +444,72 @@ def run_remote(client: Client, source: str | os.PathLike[str], out_dir: str | os
                 client.release_control()
             except (CommandError, ServerTimeoutError) as exc:  # taken over meanwhile, or the server is gone
                 log.warning("release_control: %s", exc)
-    timings.update(end["timings"])
-    if reconstruct and acquisitions:
-        outputs.update(write_image(out, acquisitions, seq, timings))
-    timings["total_wall_s"] = time.perf_counter() - t_start
-    message = end["message"]
-    if len(acquisitions) != end["acquisitions"]:
-        message = (f"{message}; " if message else "") + (f"received {len(acquisitions)} of the "
-                                                         f"{end['acquisitions']} acquisitions the server sent")
-    report = RunReport(outcome=end["outcome"], message=message, protocol=loaded["protocol"],
-                       sequence=loaded["sequence"], profile=loaded["profile"], subsystems=loaded["subsystems"],
-                       acquisitions=len(acquisitions), timings=timings, journal=end["journal"],
-                       telemetry=end["telemetry"], outputs=outputs, versions=versions())
-    write_report(out, report)
-    return report
+
+
+class RemotePort:
+    """The scanner behind the control server, as a :class:`scanctl.session.ScannerPort`: ``load`` is the
+    server's ``load`` (a refusal before anything moved is :class:`scanctl.session.Refused`, told by the
+    reply's ``outcome``, not its text); ``run`` is ``start``, then the run's data and events until its end.
+    Subscribes (events and data, synchronised) on entering; the caller holds control. Ctrl-C during the run
+    aborts it on the server (made safe) and takes what it acquired."""
+
+    def __init__(self, client: Client, *, upload: bool = False, run_timeout_s: float = 3600.0) -> None:
+        self.client = client
+        self.upload = upload
+        self.run_timeout_s = run_timeout_s
+        self._sub: Subscription | None = None
+
+    def __enter__(self) -> RemotePort:
+        self._sub = self.client.subscribe(data=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._sub is not None:
+            if self._sub.gaps:
+                log.error("events or data lost in transit: %s", self._sub.gaps)
+            self._sub.close()
+            self._sub = None
+
+    def load(self, source: str | os.PathLike[str], *, name: str | None = None,
+             patient_weight_kg: float | None = None, mode: str = "normal") -> Any:
+        from scanctl.sequence.pulseq_read import parse
+        from scanctl.session import Loaded, Refused
+
+        source = Path(source)
+        t0 = time.perf_counter()
+        try:
+            if self.upload:
+                fmt = "seq" if source.suffix.lower() == ".seq" else "toml"
+                loaded = self.client.load(text=source.read_text(encoding="utf-8"), format=fmt,
+                                          name=name or source.name, patient_weight_kg=patient_weight_kg, mode=mode)
+            else:
+                loaded = self.client.load(source.resolve(), patient_weight_kg=patient_weight_kg, mode=mode)
+        except CommandError as exc:
+            if exc.body.get("outcome") == "refused":
+                raise Refused(str(exc), {"protocol": {"source": str(source)},
+                                         "safety": exc.body.get("safety") or {}}) from None
+            raise
+        text = loaded["sequence_text"].encode("utf-8")
+        report = {key: loaded[key] for key in ("protocol", "sequence", "profile", "subsystems", "safety")}
+        return Loaded(parse(text, path="sequence.seq"), text, header_from_plain(loaded["header"]), report,
+                      loaded["check"], {"prepare_s": time.perf_counter() - t0})
+
+    def run(self, sink: Callable[[AcquisitionBatch], None], progress: Callable[[float, float], None] | None) -> Any:
+        from scanctl.session import Ended
+
+        sub = self._sub
+        assert sub is not None, "enter the port first"
+        run_id = self.client.start()["run"]
+        try:
+            end = _receive_run(sub, run_id, sink, progress, self.run_timeout_s, self.client.status)
+        except KeyboardInterrupt:  # Ctrl-C: the scan is aborted (made safe), what it acquired is kept
+            log.warning("interrupted: aborting run %s", run_id)
+            with contextlib.suppress(CommandError):  # (it may have ended meanwhile)
+                self.client.abort()
+            end = _receive_run(sub, run_id, sink, None, 60.0, self.client.status)
+        timings = {k: v for k, v in end["timings"].items() if k in ("scan_wall_s", "real_time_factor")}
+        return Ended(end["outcome"], end["message"], end["acquisitions"], end["scan_time_s"], end["duration_s"],
+                     end["segments"], end["telemetry"], end["journal"], timings, run_id)
 
 
 #: How often a console holding control during a run sends a command (``status``) so that its control does
@@ -511,12 +517,12 @@ def run_remote(client: Client, source: str | os.PathLike[str], out_dir: str | os
 KEEPALIVE_S = 5.0
 
 
-def _receive_run(sub: Subscription, run_id: str, writer: Any, acquisitions: list[Acquisition],
-                 progress: Callable[[float, float, int], None] | None, timeout_s: float,
+def _receive_run(sub: Subscription, run_id: str, sink: Callable[[AcquisitionBatch], None],
+                 progress: Callable[[float, float], None] | None, timeout_s: float,
                  keepalive: Callable[[], Any]) -> dict[str, Any]:
-    """Take the run's data into ``writer`` until both the run's end event and the end of its data
-    stream have arrived, calling ``keepalive`` (a command: control does not lapse) every
-    :data:`KEEPALIVE_S`. Returns the end event's body."""
+    """Give ``sink`` the run's data until both the run's end event and the end of its data stream have
+    arrived, calling ``keepalive`` (a command: control does not lapse) every :data:`KEEPALIVE_S`. Returns
+    the end event's body."""
     end: dict[str, Any] | None = None
     data_done = False
     deadline = time.monotonic() + timeout_s
@@ -527,7 +533,7 @@ def _receive_run(sub: Subscription, run_id: str, writer: Any, acquisitions: list
             try:
                 keepalive()
             except ServerTimeoutError:
-                raise ServerLostError(run_id, writer.path) from None
+                raise ServerLostError(run_id) from None
             next_keepalive = now + KEEPALIVE_S
         msg = sub.recv(max(0.0, min(deadline, next_keepalive) - time.monotonic()))
         if msg is None:
@@ -540,11 +546,9 @@ def _receive_run(sub: Subscription, run_id: str, writer: Any, acquisitions: list
             if msg.body.get("end"):
                 data_done = True
             else:
-                batch = acquisitions_of(msg)
-                writer.extend(batch)
-                acquisitions.extend(batch)
+                sink(acquisitions_of(msg))
         elif msg.stream == "progress" and progress is not None:
-            progress(float(msg.body["t_s"]), float(msg.body["total_s"]), len(acquisitions))
+            progress(float(msg.body["t_s"]), float(msg.body["total_s"]))
         elif msg.stream == "run" and msg.body.get("event") == "end":
             end = msg.body
     return end

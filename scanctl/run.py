@@ -29,13 +29,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from scanctl.errors import SafetyLimitError, ScanctlError, WireProtocolError
-from scanctl.executor import RunResult, Scanner
-from scanctl.interfaces import Acquisition, Acquisitions, Scene, SceneSystem
-from scanctl.outputs import OutputError, claim_dir, created, write_new
+from scanctl.errors import ScanctlError, WireProtocolError
+from scanctl.interfaces import Acquisition, Scene, SceneSystem
+from scanctl.outputs import write_new
 from scanctl.profile import SystemProfile
 from scanctl.protocol import Protocol, load_protocol
-from scanctl.sequence import pulseq_write
 from scanctl.sequence.model import Sequence
 
 log = logging.getLogger(__name__)
@@ -59,6 +57,10 @@ class RunReport:
     versions: dict[str, str] = field(default_factory=dict)
     #: The safety prediction the scan was judged by: ``sar``, ``pns``, ``heating`` (docs/safety.md).
     safety: dict[str, Any] = field(default_factory=dict)
+    run: str = ""  # the control server's run id (a run in this process has none)
+    scan_time_s: float = 0.0  # how far the sequence played
+    duration_s: float = 0.0  # the whole sequence
+    segments: int = 0  # programs played per subsystem
 
     @property
     def ok(self) -> bool:
@@ -126,133 +128,34 @@ def run_scan(
     patient_weight_kg: float | None = None,
     mode: str = "normal",
 ) -> RunReport:
-    """Run ``source`` (a protocol TOML or a Pulseq file) and write the outputs into ``out_dir``, which must
-    be new or empty (:func:`scanctl.outputs.claim_dir`): ``raw.h5`` (ISMRMRD), ``image.npy`` and
-    ``image.png`` (when reconstructed), ``sequence.seq``, ``report.json``. Raises ConfigError /
-    SequenceFormatError for bad input (nothing has moved), OutputError if ``out_dir`` holds files already or
-    ``sequence.seq`` cannot be written (nothing has moved), RunOutputError if the scan ran but some of its
-    files could not be written (a full disk: a raw data write that fails stops the scan, safe).
+    """Run ``source`` (a protocol TOML or a Pulseq file) on the profile's subsystems in this process
+    (``overrides`` replacing URLs), through one :class:`scanctl.session.ScanSession`, and write the outputs
+    into ``out_dir``, which must be new or empty (:func:`scanctl.outputs.claim_dir`): ``raw.h5`` (ISMRMRD),
+    ``image.npy`` and ``image.png`` (when reconstructed), ``sequence.seq``, ``report.json``. Raises
+    ConfigError / SequenceFormatError for bad input (nothing has moved), OutputError if ``out_dir`` holds
+    files already or ``sequence.seq`` cannot be written (nothing has moved), RunOutputError if the scan ran
+    but some of its files could not be written (a full disk: a raw data write that fails stops the scan,
+    safe).
 
     SAR, PNS and heating are predicted first for the patient (``patient_weight_kg``, else the protocol's)
     in ``mode``; a sequence that would break a limit is refused before anything connects or moves.
     Ctrl-C (SIGINT, when called in the main thread) during the scan aborts it (made safe, outcome
     ``aborted``) and the outputs are written as for any run that ends early."""
-    from scanctl.rawdata import RawDataError, RawDataWriter, header_for
-    from scanctl.safety.predict import predict
+    from scanctl.session import LocalPort, ScanSession
 
-    t_start = time.perf_counter()
-    out = claim_dir(out_dir)
-    seq, protocol = load_source(source, profile)
-    if patient_weight_kg is None and protocol is not None:
-        patient_weight_kg = protocol.patient.weight_kg
-    safety = predict(seq, profile, patient_weight_kg, mode)
-    urls = subsystem_urls(profile, overrides)
-    scanner = Scanner.from_profile(profile, urls)
-    seq_path = out / "sequence.seq"
-    md5 = write_sequence(seq, seq_path)
-    outputs = {"sequence": seq_path.name}
-    acquisitions: list[Acquisition] = []
-    failures: list[ScanctlError] = []  # files that could not be written, each error naming its file
-    timings: dict[str, float] = {}
-    result: RunResult | None = None
-    outcome, message = "refused", "; ".join(v.message for v in safety.violations[:5])
-    if not message:  # refused by the prediction: nothing is connected, nothing moves
-        scanner.connect()
-    try:
-        if not message:
-            place_scene(scanner.rf, scene_for(seq, protocol))
-        t0 = time.perf_counter()
-        try:
-            if not message:
-                scanner.prepare(seq)
-        except SafetyLimitError as exc:
-            message = str(exc)
-        timings["prepare_s"] = time.perf_counter() - t0
-        if not message:
-            raw_path = out / "raw.h5"
-            writer = RawDataWriter.open(raw_path, header_for(seq, profile, protocol, channels=scanner.rf.channels),
-                                        seq=seq)
-            outputs["raw"] = raw_path.name
-
-            def keep(batch: Acquisitions) -> None:
-                acquisitions.extend(batch)
-                if failures:  # the file failed already: the batch is kept for the image only
-                    return
-                try:
-                    writer.extend(batch)
-                except RawDataError as exc:  # raised on: the executor stops the scan (safe), keeping what it has
-                    failures.append(exc)
-                    raise
-
-            interrupt = _Interrupt(scanner)
-
-            def on_progress(t_s: float, total_s: float) -> None:
-                interrupt.poll()
-                if progress is not None:
-                    progress(t_s, total_s, len(acquisitions))
-
-            t0 = time.perf_counter()
-            try:
-                position = protocol.table_position_mm if protocol is not None else 0.0
-                with interrupt.armed():
-                    result = scanner.run(table_position_mm=position, on_acquisitions=keep, on_progress=on_progress,
-                                         patient_weight_kg=patient_weight_kg, mode=safety.mode)
-            finally:
-                try:
-                    writer.close()
-                except RawDataError as exc:
-                    if not failures:  # (after a failed write its close fails too: the first error says it)
-                        failures.append(exc)
-            timings["scan_wall_s"] = time.perf_counter() - t0
-            outcome, message = result.outcome, result.message
-            if interrupt.requested and outcome == "aborted":
-                message = message or "interrupted (Ctrl-C): aborted, the data acquired so far is kept"
-            if reconstruct and acquisitions:
-                try:
-                    outputs.update(write_image(out, acquisitions, seq, timings))
-                except KeyboardInterrupt:  # Ctrl-C while reconstructing: the report is still written
-                    message = (f"{message}; " if message else "") + "image not reconstructed (interrupted)"
-                except OutputError as exc:
-                    failures.append(exc)
-    finally:
-        scanner.close()
-    timings["total_wall_s"] = time.perf_counter() - t_start
-    if result is not None and timings.get("scan_wall_s"):
-        timings["real_time_factor"] = result.scan_time_s / timings["scan_wall_s"]  # of what played
-    if failures:  # the report says what is missing, as the error does
-        message = "; ".join([message, *map(str, failures)] if message else map(str, failures))
-    report = RunReport(
-        outcome=outcome,
-        message=message,
-        protocol=protocol_info(source, protocol),
-        sequence=sequence_info(seq, md5, seq_path.name),
-        profile=profile.name,
-        subsystems=urls,
-        acquisitions=len(acquisitions),
-        timings=timings,
-        journal=[asdict(e) for e in scanner.journal],
-        telemetry=result.telemetry if result is not None else {},
-        outputs=outputs,
-        versions=versions(),
-        safety=safety.to_json(),
-    )
-    try:
-        write_report(out, report)
-    except OutputError as exc:
-        failures.append(exc)
-    if failures:
-        raise RunOutputError(report, failures)
-    return report
+    with LocalPort(profile, overrides) as port:
+        return ScanSession(port).scan(source, out_dir, reconstruct=reconstruct, progress=progress,
+                                      patient_weight_kg=patient_weight_kg, mode=mode)
 
 
-class _Interrupt:
+class Interrupt:
     """Ctrl-C (SIGINT) during a scan asks the scanner to abort at its next safe point (made safe, the data
     so far kept) instead of tearing the run apart; a second Ctrl-C interrupts at once (KeyboardInterrupt;
     closing the scanner makes every subsystem safe). The signal handler only sets a flag: the request is
     made from the run loop (:meth:`poll`, called with each progress step), because the scanner's request
     lock is not re-entrant and the handler runs on the thread that may hold it."""
 
-    def __init__(self, scanner: Scanner) -> None:
+    def __init__(self, scanner: Any) -> None:
         self.scanner = scanner
         self.signalled = False
         self.requested = False
@@ -281,17 +184,6 @@ class _Interrupt:
             self.requested = True
             log.warning("interrupted: aborting the scan (Ctrl-C again to stop at once)")
             self.scanner.request("abort")
-
-
-def write_sequence(seq: Sequence, path: Path) -> str:
-    """Write ``seq`` as the new Pulseq file ``path``; returns its MD5 signature. Raises OutputError."""
-    with created(path):  # claimed exclusively first (nothing at the path is followed or truncated) ...
-        pass
-    try:  # ... then filled: the file is ours, in the run's own directory
-        return pulseq_write.write(seq, path)
-    except OSError as exc:
-        path.unlink(missing_ok=True)
-        raise OutputError(path, exc.strerror or str(exc)) from exc
 
 
 def subsystem_urls(profile: SystemProfile, overrides: dict[str, str] | None) -> dict[str, str]:

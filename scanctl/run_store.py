@@ -2,10 +2,10 @@
 
 A console streams a run's data over ZeroMQ and writes its own files; if it dies mid-scan (killed, its
 machine lost) the scan goes on, and without a copy on the server the rest of it would be stored nowhere.
-So the server writes each run into ``DATA_DIR/<run id>/`` — ``sequence.seq`` when it starts, ``raw.h5``
-(ISMRMRD) as the data arrive, ``report.json`` when it ends — and a console fetches them later by run id
-(the ``runs`` and ``fetch`` commands; ``scanctl fetch``). Files are created exclusively: nothing already
-stored is ever overwritten.
+So the server's scan session (:mod:`scanctl.session`) writes each run into ``DATA_DIR/<run id>/`` —
+``sequence.seq`` when it starts, ``raw.h5`` (ISMRMRD) as the data arrive, ``report.json`` when it ends —
+and a console fetches them later by run id (the ``runs`` and ``fetch`` commands; ``scanctl fetch``).
+Files are created exclusively: nothing already stored is ever overwritten.
 
 The default directory is ``$SCANCTL_DATA_DIR``, else ``$XDG_DATA_HOME/scanctl/runs``, else
 ``~/.local/share/scanctl/runs``.
@@ -13,18 +13,10 @@ The default directory is ``$SCANCTL_DATA_DIR``, else ``$XDG_DATA_HOME/scanctl/ru
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import re
 from pathlib import Path
 from typing import Any
-
-from scanctl.interfaces import Acquisitions
-from scanctl.rawdata import RawDataWriter, RawHeader
-from scanctl.sequence.model import Sequence
-
-log = logging.getLogger(__name__)
 
 #: The files a stored run has; nothing else in a run's folder can be fetched.
 FILES = ("raw.h5", "sequence.seq", "report.json")
@@ -48,65 +40,11 @@ def check_run_id(run_id: Any) -> str:
     return run_id
 
 
-class StoredRun:
-    """One run being written: its raw data as it arrives; errors writing are kept, never raised, so a full
-    disk on the server never stops a scan (the console's stream goes on)."""
-
-    def __init__(self, folder: Path, header: RawHeader, seq: Sequence, sequence_text: str) -> None:
-        self.folder = folder
-        self.error: str | None = None
-        self.acquisitions = 0
-        self._writer: RawDataWriter | None = None
-        try:
-            folder.mkdir(parents=True, exist_ok=False)  # a new folder for every run: nothing overwritten
-            with open(folder / "sequence.seq", "x", encoding="utf-8") as f:
-                f.write(sequence_text)
-            self._writer = RawDataWriter.open(folder / "raw.h5", header, seq=seq)
-        except (OSError, ValueError) as exc:
-            self._fail(exc)
-
-    def _fail(self, exc: BaseException) -> None:
-        if self.error is None:
-            self.error = f"{self.folder}: {type(exc).__name__}: {exc}"
-            log.error("run store: %s (the scan goes on; its data still stream to the console)", self.error)
-
-    def extend(self, batch: Acquisitions) -> None:
-        if self._writer is None or self.error is not None:
-            return
-        try:
-            self._writer.extend(batch)
-            self.acquisitions += len(batch)
-        except (OSError, ValueError) as exc:
-            self._fail(exc)
-
-    def finish(self, report: dict[str, Any]) -> None:
-        """Close the raw data and write the report (with where the run is stored)."""
-        if self._writer is not None:
-            try:
-                self._writer.close()
-            except (OSError, ValueError) as exc:
-                self._fail(exc)
-        try:
-            with open(self.folder / "report.json", "x", encoding="utf-8") as f:
-                json.dump(report, f, indent=2, default=str)
-                f.write("\n")
-        except (OSError, ValueError) as exc:
-            self._fail(exc)
-
-    def info(self) -> dict[str, Any]:
-        """What the run's report says of its copy on the server."""
-        return {"dir": str(self.folder), "acquisitions": self.acquisitions, "error": self.error}
-
-
 class RunStore:
     """Runs kept under ``root`` (created when the first run starts)."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root) if root is not None else default_data_dir()
-
-    def start(self, run_id: str, header: RawHeader, seq: Sequence, sequence_text: str) -> StoredRun:
-        """A new run's copy (a store that cannot write loses only its own copy: see :class:`StoredRun`)."""
-        return StoredRun(self.root / check_run_id(run_id), header, seq, sequence_text)
 
     def runs(self) -> list[dict[str, Any]]:
         """The runs kept, oldest first: id and the size of each file."""

@@ -45,19 +45,16 @@ from scanctl.errors import (
     SequenceFormatError,
     WireProtocolError,
 )
-from scanctl.executor import RunResult, Scanner
+from scanctl.executor import Scanner
 from scanctl.interfaces import Acquisitions
 from scanctl.machine import JournalEntry, ScannerState
 from scanctl.profile import DEFAULT_ENDPOINTS, SystemProfile
-from scanctl.protocol import Protocol
 from scanctl.publisher import Publisher
-from scanctl.rawdata import RawHeader
 from scanctl.reply_cache import ReplyCache, fingerprint
-from scanctl.run import load_source, place_scene, protocol_info, scene_for, sequence_info
+from scanctl.run import RunOutputError, RunReport, subsystem_urls
 from scanctl.run_store import MAX_CHUNK_BYTES, RunStore
-from scanctl.safety.predict import predict
 from scanctl.security import ServerCurve, refuse_unauthenticated
-from scanctl.sequence.model import Sequence
+from scanctl.session import LocalPort, Refused, ScanSession
 from scanctl.wire import (
     VERSION_TEXT,
     Message,
@@ -110,12 +107,9 @@ class Rejected(ScanctlError):
 
 @dataclass
 class _Loaded:
-    seq: Sequence
-    protocol: Protocol | None
     source: str
+    duration_s: float
     info: dict[str, Any]
-    sequence_text: str
-    header: RawHeader
 
 
 def bind_socket(socket: zmq.Socket[Any], endpoint: str) -> str:
@@ -205,10 +199,13 @@ class ControlServer:
         self._subsystems: dict[str, Any] = {}
         self._last_report: dict[str, Any] | None = None
         self._loaded: _Loaded | None = None
-        self._urls: dict[str, str] = {}
         self._last_telemetry = 0.0
-        self._journal_start = 0
-        self.scanner = self._make_scanner({**profile.subsystems, **self.overrides})
+        self._urls = subsystem_urls(profile, self.overrides)
+        self.scanner = Scanner.from_profile(profile, self._urls, segment_s=segment_s)
+        self.scanner.machine.listeners.append(self._on_journal)
+        # One scan session over this scanner (kept for every load: nothing reconnected or re-homed).
+        self._port = LocalPort(profile, self.overrides, scanner=self.scanner, run_id=lambda: self._run_id)
+        self._session = ScanSession(self._port)
         self._worker = threading.Thread(target=self._work, name=f"{name}-worker", daemon=True)
 
     def _socket(self, kind: int) -> zmq.Socket[Any]:
@@ -221,12 +218,6 @@ class ControlServer:
     def _close_sockets(self) -> None:
         for socket in {self._commands, self._events, self._data}:
             socket.close()
-
-    def _make_scanner(self, urls: dict[str, str]) -> Scanner:
-        scanner = Scanner.from_profile(self.profile, urls, segment_s=self.segment_s)
-        scanner.machine.listeners.append(self._on_journal)
-        self._urls = dict(urls)
-        return scanner
 
     # -- serving -------------------------------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -440,7 +431,7 @@ class ControlServer:
         run_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         with self._state_lock:
             self._run_id = run_id
-            self._progress = {"t_s": 0.0, "total_s": self._loaded.seq.duration_s, "acquisitions": 0}
+            self._progress = {"t_s": 0.0, "total_s": self._loaded.duration_s, "acquisitions": 0}
         self._busy, self._run_ended = "start", False
         with self._state_lock:
             self._deferred.clear()
@@ -614,6 +605,7 @@ class ControlServer:
         if state not in (S.IDLE, S.READY):
             raise InvalidTransitionError(f"cannot load while {state.name} "
                                          f"(allowed: {', '.join(self.scanner.machine.allowed())})")
+        weight, mode = msg.body.get("patient_weight_kg"), str(msg.body.get("mode", "normal"))
         with tempfile.TemporaryDirectory(prefix="scanctl-load-") as tmp:
             if "text" in msg.body and msg.body["text"] is not None:
                 source_name = str(msg.body.get("name") or f"upload.{msg.body['format']}")
@@ -623,105 +615,70 @@ class ControlServer:
                 source = Path(str(msg.body["path"]))
                 source_name = str(source)
             try:
-                seq, protocol = load_source(source, self.profile)
+                loaded = self._session.load(source, name=source_name, patient_weight_kg=weight, mode=mode)
+            except Refused as exc:  # nothing moved: typed, so a console never matches the text
+                with self._state_lock:
+                    self._loaded = None
+                safety = exc.report.get("safety", {})
+                self.publish("safety", {"kind": "refused", "message": str(exc), **safety})
+                return self._error(msg, "rejected", str(exc), state=self.scanner.state.name, outcome="refused",
+                                   safety=safety)
             except (ConfigError, SequenceFormatError) as exc:
                 if source_name == str(source):
                     raise
                 # An upload is named as the client named it, not by the server's temporary copy.
                 raise ConfigError(str(exc).replace(str(source), f"{source_name} (uploaded)")) from None
-            weight = msg.body.get("patient_weight_kg")
-            if weight is None and protocol is not None:
-                weight = protocol.patient.weight_kg
-            safety = predict(seq, self.profile, weight, str(msg.body.get("mode", "normal")))
-            if not safety.ok:  # nothing is touched: the scanner is not even prepared
-                refusal = ("sequence refused before anything moved (safety prediction): "
-                           + "; ".join(v.message for v in safety.violations[:5]))
-                with self._state_lock:
-                    self._loaded = None
-                self.publish("safety", {"kind": "refused", "message": refusal, **safety.to_json()})
-                return self._error(msg, "rejected", refusal, state=self.scanner.state.name)
-            # What a simulated RF system images follows the scan: placed at run time, nothing reconnected.
-            place_scene(self.scanner.rf, scene_for(seq, protocol))
-            journal_start = len(self.scanner.journal)
-            try:
-                report = self.scanner.prepare(seq)
-            except SafetyLimitError as exc:
-                with self._state_lock:
-                    self._loaded = None
-                self.publish("safety", {"kind": "refused", "message": str(exc)})
-                return self._error(msg, "rejected", str(exc), state=self.scanner.state.name)
-            from scanctl.rawdata import header_for
-            from scanctl.sequence import pulseq_write
-
-            seq_path = Path(tmp) / "sequence.seq"
-            md5 = pulseq_write.write(seq, seq_path)
-            seq_text = seq_path.read_text(encoding="utf-8")
-        header = header_for(seq, self.profile, protocol, channels=self.scanner.rf.channels)
-        info = {"protocol": protocol_info(source_name, protocol),
-                "sequence": sequence_info(seq, md5, "sequence.seq"),
-                "table_position_mm": protocol.table_position_mm if protocol is not None else 0.0,
-                "patient_weight_kg": weight, "mode": safety.mode, "safety": safety.to_json()}
+        info = {**loaded.report, **self._port.plan}
+        del info["duration_s"]
         with self._state_lock:
-            self._loaded = _Loaded(seq, protocol, source_name, info, seq_text, header)
-            self._journal_start = journal_start
-        return self._reply(msg, "done", state=self.scanner.state.name, check=report.to_json(),
-                           sequence_text=seq_text, header_xml=header.to_xml(), header=header, profile=self.profile.name,
-                           subsystems=dict(self._urls), **info)
+            self._loaded = _Loaded(source_name, loaded.seq.duration_s, info)
+        return self._reply(msg, "done", state=self.scanner.state.name, check=loaded.check,
+                           sequence_text=loaded.sequence_text.decode("utf-8"), header_xml=loaded.header.to_xml(),
+                           header=loaded.header, **info)
 
     def _run(self, msg: Message) -> Message:
+        """Play what was loaded through the scan session, which writes the server's own copy of the run
+        (DATA_DIR/<run id>); every batch is published as it comes. Whatever happens, the run ends with its
+        end event: the console that started it waits for that."""
         loaded = self._loaded
         assert loaded is not None
         run_id = self._run_id
-        counter = {"acquisitions": 0}
-        t0 = time.perf_counter()
-        stored = self.store.start(run_id, loaded.header, loaded.seq, loaded.sequence_text)
+        folder = self.store.root / run_id
+        sent = 0
         self.publish("run", {"event": "start", "run": run_id, "sequence": loaded.info["sequence"],
-                             "protocol": loaded.info["protocol"], "stored": stored.info()})
+                             "protocol": loaded.info["protocol"], "dir": str(folder)})
 
-        def on_acquisitions(batch: Acquisitions) -> None:
-            stored.extend(batch)  # first: whatever happens to the consoles, the server keeps its copy
+        def publish_data(batch: Acquisitions) -> None:
+            nonlocal sent
             for i in range(0, len(batch), ACQUISITIONS_PER_MESSAGE):
                 chunk = batch[i:i + ACQUISITIONS_PER_MESSAGE]
                 self.publish("data", {"acquisitions": pack_acquisitions(chunk)}, data=True)
-            counter["acquisitions"] += len(batch)
+            sent += len(batch)
 
-        def on_progress(t_s: float, total_s: float) -> None:
+        def on_progress(t_s: float, total_s: float, acquisitions: int) -> None:
+            progress = {"t_s": t_s, "total_s": total_s, "acquisitions": sent}
             with self._state_lock:
-                self._progress = {"t_s": t_s, "total_s": total_s, "acquisitions": counter["acquisitions"]}
-            self.publish("progress", {"t_s": t_s, "total_s": total_s, "acquisitions": counter["acquisitions"]})
+                self._progress = progress
+            self.publish("progress", progress)
             self._telemetry()
 
-        # Whatever happens, the run ends with its end event: the console that started it waits for that.
         try:
-            result = self.scanner.run(table_position_mm=float(loaded.info["table_position_mm"]),
-                                      on_acquisitions=on_acquisitions, on_progress=on_progress,
-                                      patient_weight_kg=loaded.info["patient_weight_kg"], mode=loaded.info["mode"])
-        except ScanctlError as exc:  # refused before anything played (the table's state unknown, …)
-            result = RunResult("refused", counter["acquisitions"], 0.0, loaded.seq.duration_s, 0.0, str(exc))
-        except Exception as exc:  # noqa: BLE001 - a bug in the run: nothing may be left playing
-            log.exception("%s: run %s failed", self.name, run_id)
-            self.scanner.emergency_stop(f"internal error in the run: {type(exc).__name__}: {exc}")
-            result = RunResult("emergency_stop", counter["acquisitions"], 0.0, loaded.seq.duration_s, 0.0,
-                               f"internal error: {type(exc).__name__}: {exc}")
+            report = asdict(self._session.run(folder, reconstruct=False, progress=on_progress, also=publish_data))
+        except RunOutputError as exc:  # the scan ended safe; files of the server's copy are missing (named)
+            report = asdict(exc.report)
+        except ScanctlError as exc:  # before anything played (the run's folder cannot be made, …)
+            log.error("%s: run %s not started: %s", self.name, run_id, exc)
+            report = asdict(RunReport(outcome="refused", message=str(exc), acquisitions=0, timings={}, journal=[],
+                                      telemetry={}, outputs={}, protocol=loaded.info["protocol"],
+                                      sequence=loaded.info["sequence"], profile=self.profile.name,
+                                      subsystems=dict(self._urls), duration_s=loaded.duration_s))
         finally:
             with self._state_lock:
                 self._deferred.clear()
             # Tell data subscribers the stream of this run is complete (data and events travel apart).
-            self.publish("data", {"end": True, "acquisitions": counter["acquisitions"]}, data=True)
-        scan_wall_s = time.perf_counter() - t0
+            self.publish("data", {"end": True, "acquisitions": sent}, data=True)
+        report["run"] = run_id
         self._telemetry(force=True)  # the snapshot as the run ended (a subsystem lost in it shows as such)
-        report = {
-            "run": run_id, "outcome": result.outcome, "message": result.message,
-            "acquisitions": counter["acquisitions"], "scan_time_s": result.scan_time_s,
-            "duration_s": result.duration_s, "segments": result.segments,
-            "timings": {"scan_wall_s": scan_wall_s, "real_time_factor": result.scan_time_s / scan_wall_s
-                        if scan_wall_s > 0 else 0.0},
-            "telemetry": result.telemetry, "profile": self.profile.name, "subsystems": dict(self._urls),
-            "journal": [asdict(e) for e in self.scanner.journal[self._journal_start:]],
-            "sequence": loaded.info["sequence"], "protocol": loaded.info["protocol"],
-        }
-        stored.finish(report)
-        report["stored"] = stored.info()
         with self._state_lock:
             self._last_report = report
             self._loaded = None  # the next start needs a new load (the executor needs a new prepare)

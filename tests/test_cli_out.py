@@ -204,7 +204,7 @@ def test_ctrl_c_aborts_an_in_process_scan_and_still_writes_its_report_and_image(
     assert len(read_acquisitions(out / "raw.h5").acquisitions) == report["acquisitions"]
     assert (out / "image.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"aborted: {report['acquisitions']} acquisitions" in stdout
-    assert report["journal"][-1]["dest"] == "DISCONNECTED"  # made safe and closed, not left RUNNING
+    assert report["journal"][-1]["dest"] == "IDLE"  # made safe (ABORTING -> IDLE), not left RUNNING
 
 
 @pytest.fixture
@@ -326,4 +326,4 @@ def test_a_full_disk_names_the_file_and_keeps_the_scan_safe(small_disk, tmp_path
     if (out / "report.json").exists():
         report = json.loads((out / "report.json").read_text())
         assert report["outcome"] == "fault" and "No space left on device" in report["message"]
-        assert report["journal"][-1]["dest"] == "DISCONNECTED"
+        assert report["journal"][-1]["dest"] == "IDLE"

@@ -27,11 +27,16 @@ _SIGNATURE_COMMENT = (
 
 def write(seq: Sequence, path: str | os.PathLike[str]) -> str:
     """Write ``seq`` to ``path``; returns the MD5 signature written."""
-    body = dumps_body(seq).encode("ascii")
-    digest = hashlib.md5(body).hexdigest()
-    data = body + f"\n[SIGNATURE]\n{_SIGNATURE_COMMENT}Type md5\nHash {digest}\n".encode("ascii")
+    data, digest = dumps(seq)
     Path(path).write_bytes(data)
     return digest
+
+
+def dumps(seq: Sequence) -> tuple[bytes, str]:
+    """The signed Pulseq file of ``seq`` and its MD5 signature."""
+    body = dumps_body(seq).encode("ascii")
+    digest = hashlib.md5(body).hexdigest()
+    return body + f"\n[SIGNATURE]\n{_SIGNATURE_COMMENT}Type md5\nHash {digest}\n".encode("ascii"), digest
 
 
 def dumps_body(seq: Sequence) -> str:

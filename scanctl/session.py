@@ -1,0 +1,324 @@
+"""One scan session: load → check and predict → prepare → run → raw data → recon → report.
+
+Every way a scan is run goes through :class:`ScanSession` — ``scanctl run`` in this process, ``scanctl run
+--connect`` on a console, and the control server for its own copy of every run — over a **scanner port**
+(:class:`ScannerPort`): :class:`LocalPort`, a scanner in this process, or ``scanctl.client.RemotePort``,
+one behind the control server. A port loads (raising :class:`Refused`, a typed outcome, when the safety
+prediction or the sequence checks refuse before anything moved) and plays (streaming every acquisition
+to the session's sink, returning how it :class:`Ended`); the session writes the files of a run into a
+directory of its own (:mod:`scanctl.outputs`: every file new, nothing earlier written over) —
+``sequence.seq``, ``raw.h5`` (ISMRMRD, written as the data arrive), ``image.npy``/``image.png``
+(reconstructed from what ``raw.h5`` holds, not from a second copy in memory) and ``report.json``.
+
+A raw data write that fails (a full disk) stops the scan safely; the image and report are still
+attempted and :class:`~scanctl.run.RunOutputError` names every file that could not be written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from scanctl.errors import SafetyLimitError, ScanctlError
+from scanctl.executor import RunResult, Scanner
+from scanctl.interfaces import Acquisitions
+from scanctl.outputs import OutputError, claim_dir, write_new
+from scanctl.profile import SystemProfile
+from scanctl.rawdata import RawHeader
+from scanctl.run import (
+    Interrupt,
+    RunOutputError,
+    RunReport,
+    load_source,
+    place_scene,
+    protocol_info,
+    scene_for,
+    sequence_info,
+    subsystem_urls,
+    versions,
+    write_image,
+    write_report,
+)
+from scanctl.sequence import pulseq_write
+from scanctl.sequence.model import Sequence
+
+log = logging.getLogger(__name__)
+
+#: ``progress(t_s, total_s, acquisitions)``: how far the scan has played and how many acquisitions are in.
+Progress = Callable[[float, float, int], None]
+
+
+@dataclass
+class Loaded:
+    """A sequence loaded, checked and prepared: the scanner is READY to play it."""
+
+    seq: Sequence
+    sequence_text: bytes  # the signed Pulseq file, as sequence.seq
+    header: RawHeader  # of the raw data
+    report: dict[str, Any]  # the report's entries known at load: protocol, sequence, profile, subsystems, safety
+    check: dict[str, Any] = field(default_factory=dict)  # the sequence checks (as scanctl check --json)
+    timings: dict[str, float] = field(default_factory=dict)  # prepare_s
+
+
+@dataclass
+class Ended:
+    """How a scan ended, as the scanner tells it."""
+
+    outcome: str  # completed, stopped, aborted, fault, emergency_stop, refused
+    message: str
+    acquisitions: int  # what the scanner produced (a console may have received fewer)
+    scan_time_s: float
+    duration_s: float
+    segments: int
+    telemetry: dict[str, dict[str, float]]
+    journal: list[dict[str, Any]]
+    timings: dict[str, float]  # scan_wall_s, real_time_factor
+    run: str = ""
+
+
+class Refused(ScanctlError):
+    """A scan refused before anything moved (the safety prediction or the sequence checks); ``report`` holds
+    the report's entries known (protocol, sequence, safety …), ``sequence_text`` the Pulseq file if built."""
+
+    def __init__(self, message: str, report: dict[str, Any], sequence_text: bytes | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+        self.sequence_text = sequence_text
+
+
+class ScannerPort(Protocol):
+    """What a :class:`ScanSession` drives."""
+
+    def load(self, source: str | os.PathLike[str], *, name: str | None = None,
+             patient_weight_kg: float | None = None, mode: str = "normal") -> Loaded:
+        """Load, check, predict and prepare ``source`` (``name``: how the report names it). Raises Refused,
+        ConfigError / SequenceFormatError for bad input."""
+
+    def run(self, sink: Callable[[Acquisitions], None], progress: Callable[[float, float], None] | None) -> Ended:
+        """Play what was loaded, giving ``sink`` every batch of acquisitions as it arrives."""
+
+
+class ScanSession:
+    """Scans through ``port``, writing each run's files (see the module docstring)."""
+
+    def __init__(self, port: ScannerPort) -> None:
+        self.port = port
+        self.loaded: Loaded | None = None
+
+    def load(self, source: str | os.PathLike[str], *, name: str | None = None,
+             patient_weight_kg: float | None = None, mode: str = "normal") -> Loaded:
+        """Load ``source`` for the next :meth:`run`. Raises Refused (nothing moved) or the port's errors."""
+        self.loaded = None
+        self.loaded = self.port.load(source, name=name, patient_weight_kg=patient_weight_kg, mode=mode)
+        return self.loaded
+
+    def scan(self, source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, reconstruct: bool = True,
+             progress: Progress | None = None, patient_weight_kg: float | None = None,
+             mode: str = "normal") -> RunReport:
+        """Load and run ``source`` into ``out_dir`` (new or empty). A refused scan writes its report (and
+        sequence) and returns it (outcome ``refused``). Raises OutputError before anything moved when
+        ``out_dir`` holds files, RunOutputError when some file of the run could not be written."""
+        t_start = time.perf_counter()
+        out = claim_dir(out_dir)
+        try:
+            self.load(source, patient_weight_kg=patient_weight_kg, mode=mode)
+        except Refused as exc:
+            return self.refused(out, exc, source, t_start)
+        return self.run(out, reconstruct=reconstruct, progress=progress, t_start=t_start)
+
+    def refused(self, out: Path, exc: Refused, source: str | os.PathLike[str], t_start: float) -> RunReport:
+        """The report (and sequence, if built) of a scan refused before anything moved, written into ``out``."""
+        outputs: dict[str, str] = {}
+        if exc.sequence_text is not None:
+            write_new(out / "sequence.seq", exc.sequence_text)
+            outputs["sequence"] = "sequence.seq"
+        entries = {"protocol": {"source": str(source)}, "sequence": {}, "profile": "", "subsystems": {},
+                   "journal": [], **exc.report}
+        report = RunReport(outcome="refused", message=str(exc), acquisitions=0, telemetry={}, outputs=outputs,
+                           timings={"total_wall_s": time.perf_counter() - t_start}, versions=versions(), **entries)
+        write_report(out, report)
+        return report
+
+    def run(self, out_dir: str | os.PathLike[str], *, reconstruct: bool = True, progress: Progress | None = None,
+            also: Callable[[Acquisitions], None] | None = None, t_start: float | None = None) -> RunReport:
+        """Play what was loaded, writing the run's files into ``out_dir`` (new or empty); ``also`` gets every
+        batch too (the control server publishes them), before it is written. Returns the report (written as
+        report.json). Raises OutputError before anything moved when ``out_dir`` cannot be had, RunOutputError
+        when some file of the run could not be written (the scan itself ended safe)."""
+        from scanctl.rawdata import RawDataError, RawDataWriter, read_acquisitions
+
+        loaded = self.loaded
+        if loaded is None:
+            raise ScanctlError("nothing loaded: load a protocol or Pulseq file first")
+        self.loaded = None  # one run per load, as the executor needs a new prepare
+        t_start = time.perf_counter() if t_start is None else t_start
+        out = claim_dir(out_dir)
+        write_new(out / "sequence.seq", loaded.sequence_text)
+        outputs = {"sequence": "sequence.seq"}
+        writer = RawDataWriter.open(out / "raw.h5", loaded.header, seq=loaded.seq)
+        outputs["raw"] = "raw.h5"
+        failures: list[ScanctlError] = []
+        count = 0
+
+        def sink(batch: Acquisitions) -> None:
+            nonlocal count
+            if also is not None:
+                also(batch)
+            if failures:
+                return
+            try:
+                writer.extend(batch)
+            except RawDataError as exc:  # raised on: the scanner stops the scan (safe), keeping what it has
+                failures.append(exc)
+                raise
+            count += len(batch)
+
+        def played(t_s: float, total_s: float) -> None:
+            if progress is not None:
+                progress(t_s, total_s, count)
+
+        try:
+            ended = self.port.run(sink, played)
+        finally:
+            try:
+                writer.close()
+            except RawDataError as exc:
+                if not failures:  # (after a failed write its close fails too: the first error says it)
+                    failures.append(exc)
+        timings = {**loaded.timings, **ended.timings}
+        message = ended.message
+        if ended.acquisitions != count and not failures:
+            message = (f"{message}; " if message else "") + (f"received {count} of the {ended.acquisitions} "
+                                                             "acquisitions the scanner sent")
+        if reconstruct and count and not failures:
+            try:
+                raw = read_acquisitions(out / "raw.h5")  # what was streamed to disk: no second copy in memory
+                outputs.update(write_image(out, raw.acquisitions, loaded.seq, timings))
+            except KeyboardInterrupt:  # Ctrl-C while reconstructing: the report is still written
+                message = (f"{message}; " if message else "") + "image not reconstructed (interrupted)"
+            except (OutputError, RawDataError) as exc:
+                failures.append(exc)
+        timings["total_wall_s"] = time.perf_counter() - t_start
+        if failures:  # the report says what is missing, as the error does
+            message = "; ".join([message, *map(str, failures)] if message else map(str, failures))
+        report = RunReport(outcome=ended.outcome, message=message, acquisitions=count, timings=timings,
+                           journal=ended.journal, telemetry=ended.telemetry, outputs=outputs, versions=versions(),
+                           run=ended.run, scan_time_s=ended.scan_time_s, duration_s=ended.duration_s,
+                           segments=ended.segments, **loaded.report)
+        try:
+            write_report(out, report)
+        except OutputError as exc:
+            failures.append(exc)
+        if failures:
+            raise RunOutputError(report, failures)
+        return report
+
+
+class LocalPort:
+    """A scanner in this process. Given a connected ``scanner`` it uses that one for every scan (the control
+    server's, long-lived: loading never reconnects or re-homes anything); without one it builds the
+    profile's subsystems (``overrides`` replacing URLs) at the first load and closes them in :meth:`close`."""
+
+    def __init__(self, profile: SystemProfile, overrides: dict[str, str] | None = None, *,
+                 scanner: Scanner | None = None, run_id: Callable[[], str] | None = None) -> None:
+        self.profile = profile
+        self.urls = subsystem_urls(profile, overrides)
+        self.scanner = scanner
+        self._owned = scanner is None
+        self._run_id = run_id or (lambda: "")
+        self._journal_start = 0
+        self._plan: dict[str, Any] = {}
+
+    def __enter__(self) -> LocalPort:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the subsystems this port built (safe to call twice)."""
+        if self._owned and self.scanner is not None:
+            self.scanner.close()
+
+    def load(self, source: str | os.PathLike[str], *, name: str | None = None,
+             patient_weight_kg: float | None = None, mode: str = "normal") -> Loaded:
+        from scanctl.rawdata import header_for
+        from scanctl.safety.predict import predict
+
+        t0 = time.perf_counter()
+        seq, protocol = load_source(source, self.profile)
+        if patient_weight_kg is None and protocol is not None:
+            patient_weight_kg = protocol.patient.weight_kg
+        safety = predict(seq, self.profile, patient_weight_kg, mode)
+        text, md5 = pulseq_write.dumps(seq)
+        report: dict[str, Any] = {"protocol": protocol_info(name or source, protocol),
+                  "sequence": sequence_info(seq, md5, "sequence.seq"), "profile": self.profile.name,
+                  "subsystems": dict(self.urls), "safety": safety.to_json()}
+        if not safety.ok:  # nothing is connected, nothing moves
+            raise Refused("sequence refused before anything moved (safety prediction): "
+                          + "; ".join(v.message for v in safety.violations[:5]), report, text)
+        if self.scanner is None:
+            self.scanner = Scanner.from_profile(self.profile, self.urls)
+            self.scanner.connect()
+        scanner = self.scanner
+        self._journal_start = 0 if self._owned else len(scanner.journal)
+        place_scene(scanner.rf, scene_for(seq, protocol))  # what a simulated RF system images
+        try:
+            check = scanner.prepare(seq)
+        except SafetyLimitError as exc:
+            report["journal"] = self._journal()
+            raise Refused(str(exc), report, text) from None
+        self._plan = {"table_position_mm": protocol.table_position_mm if protocol is not None else 0.0,
+                      "patient_weight_kg": patient_weight_kg, "mode": safety.mode, "duration_s": seq.duration_s}
+        return Loaded(seq, text, header_for(seq, self.profile, protocol, channels=scanner.rf.channels), report,
+                      check.to_json(), {"prepare_s": time.perf_counter() - t0})
+
+    @property
+    def plan(self) -> dict[str, Any]:
+        """The loaded scan's table position, patient weight and SAR mode."""
+        return dict(self._plan)
+
+    def _journal(self) -> list[dict[str, Any]]:
+        assert self.scanner is not None
+        return [asdict(e) for e in self.scanner.journal[self._journal_start:]]
+
+    def run(self, sink: Callable[[Acquisitions], None], progress: Callable[[float, float], None] | None) -> Ended:
+        """Play; Ctrl-C (in the main thread) aborts at the next safe point. Never raises for the scan itself:
+        a run refused up front ends ``refused``, a bug in it ``emergency_stop`` (every subsystem made safe)."""
+        scanner, plan = self.scanner, self._plan
+        assert scanner is not None and plan, "load first"
+        interrupt = Interrupt(scanner)
+
+        def on_progress(t_s: float, total_s: float) -> None:
+            interrupt.poll()
+            if progress is not None:
+                progress(t_s, total_s)
+
+        t0 = time.perf_counter()
+        try:
+            with interrupt.armed():
+                result = scanner.run(table_position_mm=float(plan["table_position_mm"]), on_acquisitions=sink,
+                                     on_progress=on_progress, patient_weight_kg=plan["patient_weight_kg"],
+                                     mode=plan["mode"])
+        except ScanctlError as exc:  # refused before anything played (the table's state unknown, …)
+            result = RunResult("refused", 0, 0.0, plan["duration_s"], 0.0, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug in the run: nothing may be left playing
+            log.exception("run failed")
+            scanner.emergency_stop(f"internal error in the run: {type(exc).__name__}: {exc}")
+            result = RunResult("emergency_stop", 0, 0.0, plan["duration_s"], 0.0,
+                               f"internal error: {type(exc).__name__}: {exc}")
+        wall_s = time.perf_counter() - t0
+        self._plan = {}
+        message = result.message
+        if interrupt.requested and result.outcome == "aborted":
+            message = message or "interrupted (Ctrl-C): aborted, the data acquired so far is kept"
+        timings = {"scan_wall_s": wall_s}
+        if wall_s > 0 and result.outcome != "refused":
+            timings["real_time_factor"] = result.scan_time_s / wall_s  # of what played
+        return Ended(result.outcome, message, result.acquisitions, result.scan_time_s, result.duration_s,
+                     result.segments, result.telemetry, self._journal(), timings, self._run_id())
