@@ -38,8 +38,7 @@ from urllib.parse import urlencode
 
 from scanctl import profile as profiles
 from scanctl.errors import ConfigError
-from scanctl.registry import parse_url
-from scanctl.simulators.world import is_remote
+from scanctl.registry import is_remote, parse_url
 
 ENDPOINTS_FILE = "endpoints.json"
 SEQUENCERS = ("gradient", "rf")  # the simulators --realtime paces

@@ -86,6 +86,13 @@ def open_subsystem(kind: str, url: str, profile: SystemProfile) -> Any:
     return factory.from_url(parsed, options, profile)
 
 
+def is_remote(world: str) -> bool:
+    """True for a ``world`` option (``sim://?world=...``) that is an endpoint (``tcp://HOST:PORT``,
+    ``ipc://PATH``): a world across processes; False for a name, a world inside one process. Here, not in
+    :mod:`scanctl.simulators.world`, because the launcher asks too and the core imports no simulator."""
+    return "://" in world
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0 or value != value or value == float("inf"):

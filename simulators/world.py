@@ -28,6 +28,7 @@ import zmq
 
 from scanctl.errors import ConfigError, WireProtocolError
 from scanctl.program import GradientProgram
+from scanctl.registry import is_remote
 from scanctl.wire import Message, decode, encode
 
 log = logging.getLogger(__name__)
@@ -109,11 +110,6 @@ def world_option(text: str) -> str:
         raise ValueError(f"{parts.hostname} is not a loopback address: a world is unauthenticated, keep it on "
                          f"this host (tcp://127.0.0.1:PORT or ipc://PATH)")
     return text
-
-
-def is_remote(spec: str) -> bool:
-    """True for a world across processes (an endpoint), False for a named world in this process."""
-    return "://" in spec
 
 
 def sender(spec: str) -> World | WorldSender:

@@ -8,7 +8,7 @@ from scanctl.simulators.table import SimulatedTable
 
 from scanctl import profile as profiles
 from scanctl.errors import ConfigError
-from scanctl.registry import available, open_subsystem, parse_url
+from scanctl.registry import available, is_remote, open_subsystem, parse_url
 
 PROFILE = profiles.load()
 
@@ -46,3 +46,9 @@ def test_bad_urls_are_config_errors(kind, url, message):
 def test_parse_url_keeps_location_and_options():
     parsed = parse_url("tcp://10.0.0.5:5601/gradient?timeout_s=2")
     assert (parsed.scheme, parsed.location, parsed.options) == ("tcp", "10.0.0.5:5601/gradient", {"timeout_s": "2"})
+
+
+@pytest.mark.parametrize(("world", "remote"), [("default", False), ("scan-1", False), ("tcp://127.0.0.1:5600", True),
+                                               ("ipc:///tmp/scanctl-world", True)])
+def test_a_world_is_remote_when_it_is_an_endpoint(world, remote):
+    assert is_remote(world) is remote
