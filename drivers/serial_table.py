@@ -38,12 +38,12 @@ import logging
 import random
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from scanctl.errors import ConfigError, DriverError, DriverTimeoutError, SafetyLimitError, ScanctlError, SubsystemFault
 from scanctl.interfaces import Status, SubsystemState
 from scanctl.profile import SystemProfile
-from scanctl.registry import SubsystemURL, positive_float
+from scanctl.registry import Converter, SubsystemURL, positive_float
 from scanctl.table_protocol import (
     COMMAND,
     EVENT,
@@ -184,8 +184,9 @@ class SerialTable:
     """The table driver for the serial controller (see the module docstring)."""
 
     kind = "table"
-    OPTIONS = {"timeout_s": positive_float, "retries": _count, "poll_s": positive_float, "stuck_s": positive_float,
-               "heartbeat_s": positive_float, "watchdog_s": _watchdog, "baud": int}
+    OPTIONS: ClassVar[dict[str, Converter]] = {
+        "timeout_s": positive_float, "retries": _count, "poll_s": positive_float, "stuck_s": positive_float,
+        "heartbeat_s": positive_float, "watchdog_s": _watchdog, "baud": int}
 
     def __init__(self, url: str, port_url: str, *, timeout_s: float = 0.2, retries: int = 3, poll_s: float = 0.02,
                  stuck_s: float = 1.0, heartbeat_s: float = 0.1, watchdog_s: float | None = None,
@@ -394,10 +395,10 @@ class SerialTable:
         # A device is locked against a second host; socket:// is a TCP bridge's business (it serves one client
         # at a time), loop:// is private to its opener: pyserial would silently ignore the flag for both.
         device = "://" not in self.port_url
-        extra = {"exclusive": True} if device else {}
-        try:
+        try:  # exclusive=None is pyserial's default (no lock)
             self._port = serial.serial_for_url(self.port_url, baudrate=self.baud, timeout=READ_SLICE_S,
-                                               write_timeout=max(self.timeout_s, 0.5), **extra)
+                                               write_timeout=max(self.timeout_s, 0.5),
+                                               exclusive=True if device else None)
         except (serial.SerialException, OSError, ValueError) as exc:
             if device and getattr(exc, "errno", None) in IN_USE_ERRNOS:
                 raise DriverError(f"table: serial port {self.port_url} is in use by another host (it is opened "

@@ -23,7 +23,7 @@ import itertools
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import zmq
 
@@ -31,7 +31,7 @@ from scanctl.errors import DriverTimeoutError, ScanctlError, WireProtocolError
 from scanctl.interfaces import AcquisitionBatch, Scene, Status, SubsystemState
 from scanctl.profile import SystemProfile
 from scanctl.program import ADCProgram, GradientProgram, RFProgram
-from scanctl.registry import SubsystemURL, positive_float
+from scanctl.registry import Converter, SubsystemURL, positive_float
 from scanctl.security import ClientCurve
 from scanctl.service import ATTRIBUTES, error_class, from_wire, to_wire
 from scanctl.wire import Message, decode, encode, unpack_acquisitions
@@ -50,7 +50,8 @@ class RemoteDriver:
     """The client side of one driver service."""
 
     kind = "subsystem"
-    OPTIONS = {"liveness_s": positive_float, "call_timeout_s": positive_float, "keys": str, "server_key": str}
+    OPTIONS: ClassVar[dict[str, Converter]] = {"liveness_s": positive_float, "call_timeout_s": positive_float,
+                                                "keys": str, "server_key": str}
 
     def __init__(self, url: str, endpoint: str, *, liveness_s: float = LIVENESS_S, call_timeout_s: float = 120.0,
                  keys: str | None = None, server_key: str | None = None) -> None:
@@ -70,7 +71,7 @@ class RemoteDriver:
         self._beat_thread: threading.Thread | None = None
 
     @classmethod
-    def from_url(cls, url: SubsystemURL, options: dict[str, Any], profile: SystemProfile) -> RemoteDriver:
+    def from_url(cls, url: SubsystemURL, options: dict[str, Any], profile: SystemProfile) -> Self:
         endpoint = url.url.split("?", 1)[0]
         return cls(url.url, endpoint, **options)
 

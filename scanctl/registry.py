@@ -7,6 +7,12 @@ driver or simulator: new ones register an entry point.
 
 URL options are ``?key=value&key=value``; each implementation declares the options it accepts
 (``OPTIONS``: name -> converter) and anything else is a :class:`ConfigError`.
+
+Typing: :func:`open_subsystem` returns the interface of its kind (:data:`INTERFACES`), so mypy checks what
+callers do with a subsystem against the Protocols. The class an entry point names is out of mypy's sight
+here: ``drivers/__init__.py`` and ``simulators/__init__.py`` assign each class their entry points name to a
+``Factory`` of its interface, which makes mypy check that it meets the Protocol, and tests/test_registry.py
+checks every registered class at run time.
 """
 
 from __future__ import annotations
@@ -14,14 +20,22 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Protocol, cast
+from typing import Any, Literal, Protocol, TypeVar, cast, overload
 from urllib.parse import parse_qsl, urlsplit
 
 from scanctl.errors import ConfigError
+from scanctl.interfaces import GradientSystem, RFSystem, Subsystem, TableSystem
 from scanctl.profile import SystemProfile
 
-KINDS = ("gradient", "rf", "table")
+#: The interface each kind of subsystem meets (``dict[str, type]``: mypy takes ``type[Subsystem]`` for a
+#: concrete class, never a Protocol).
+INTERFACES: dict[str, type] = {"gradient": GradientSystem, "rf": RFSystem, "table": TableSystem}
+KINDS = tuple(INTERFACES)
 GROUP = "scanctl.subsystems"
+
+#: A URL option's converter: the option's text to its value; raises ValueError (or ConfigError) saying why not.
+Converter = Callable[[str], Any]
+S_co = TypeVar("S_co", bound=Subsystem, covariant=True)
 
 
 @dataclass(frozen=True)
@@ -34,11 +48,14 @@ class SubsystemURL:
     options: dict[str, str]
 
 
-class Factory(Protocol):
-    OPTIONS: Mapping[str, Callable[[str], Any]]
+class Factory(Protocol[S_co]):
+    """What an entry point of :data:`GROUP` names (a class): the URL options it accepts, and how it is built
+    from a URL (without I/O) into a subsystem of interface ``S_co``."""
 
-    @classmethod
-    def from_url(cls, url: SubsystemURL, options: dict[str, Any], profile: SystemProfile) -> Any: ...
+    @property
+    def OPTIONS(self) -> Mapping[str, Converter]: ...
+
+    def from_url(self, url: SubsystemURL, options: dict[str, Any], profile: SystemProfile) -> S_co: ...
 
 
 def parse_url(url: str) -> SubsystemURL:
@@ -63,8 +80,19 @@ def available(kind: str) -> list[str]:
     return sorted(ep.name.split(".", 1)[1] for ep in entry_points(group=GROUP) if ep.name.startswith(f"{kind}."))
 
 
-def open_subsystem(kind: str, url: str, profile: SystemProfile) -> Any:
-    """Build (without connecting) the ``kind`` subsystem that ``url`` names. Raises ConfigError."""
+@overload
+def open_subsystem(kind: Literal["gradient"], url: str, profile: SystemProfile) -> GradientSystem: ...
+@overload
+def open_subsystem(kind: Literal["rf"], url: str, profile: SystemProfile) -> RFSystem: ...
+@overload
+def open_subsystem(kind: Literal["table"], url: str, profile: SystemProfile) -> TableSystem: ...
+@overload
+def open_subsystem(kind: str, url: str, profile: SystemProfile) -> Subsystem: ...
+
+
+def open_subsystem(kind: str, url: str, profile: SystemProfile) -> Subsystem:
+    """Build (without connecting) the ``kind`` subsystem that ``url`` names: a subsystem of the interface
+    ``INTERFACES[kind]``. Raises ConfigError."""
     if kind not in KINDS:
         raise ConfigError(f"unknown subsystem kind {kind!r} (known: {', '.join(KINDS)})")
     parsed = parse_url(url)
@@ -72,7 +100,10 @@ def open_subsystem(kind: str, url: str, profile: SystemProfile) -> Any:
     if not matches:
         known = ", ".join(f"{s}://" for s in available(kind)) or "none"
         raise ConfigError(f"{kind} URL {url!r}: unknown scheme {parsed.scheme!r} (registered: {known})")
-    factory = cast(Factory, matches[0].load())
+    # The one place a subsystem's type is taken on trust: mypy cannot follow an entry point to its class.
+    # drivers/__init__.py and simulators/__init__.py assign each registered class to a Factory of its interface
+    # (checked by mypy), and tests/test_registry.py checks every registered class against INTERFACES[kind].
+    factory = cast(Factory[Subsystem], matches[0].load())
     options: dict[str, Any] = {}
     for key, raw in parsed.options.items():
         convert = factory.OPTIONS.get(key)

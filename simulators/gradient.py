@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from scanctl.simulators.base import SimulatedSequencer
@@ -29,7 +29,7 @@ from scanctl.simulators.world import sender, world_option
 from scanctl.errors import SafetyLimitError
 from scanctl.profile import SystemProfile
 from scanctl.program import GradientProgram, breakpoint_slew
-from scanctl.registry import SubsystemURL, fault_spec, flag, positive_float
+from scanctl.registry import Converter, SubsystemURL, fault_spec, flag, positive_float
 from scanctl.safety.heating import SAMPLES_PER_STEP, STEP_S, step_power
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class SimulatedGradient(SimulatedSequencer):
     """Gradient simulator. Temperatures in °C, powers in W (of the coil model, not a real coil)."""
 
     kind = "gradient"
-    OPTIONS = {
+    OPTIONS: ClassVar[dict[str, Converter]] = {
         "buffer_s": positive_float,
         "realtime": flag,
         "fault": fault_spec(("trip", "overtemp", "cooling", "silent")),

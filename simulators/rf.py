@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from scanctl.simulators.base import SimulatedSequencer
@@ -46,7 +46,7 @@ from scanctl.errors import ConfigError, DriverError
 from scanctl.interfaces import AcquisitionBatch, Scene, SubsystemState
 from scanctl.profile import SystemProfile
 from scanctl.program import ADCProgram, GradientProgram, RFProgram
-from scanctl.registry import SubsystemURL, fault_spec, flag, nonnegative_float, parse_url, positive_float
+from scanctl.registry import Converter, SubsystemURL, fault_spec, flag, nonnegative_float, parse_url, positive_float
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class SimulatedRF(SimulatedSequencer):
     """RF transmit/receive simulator."""
 
     kind = "rf"
-    OPTIONS = {
+    OPTIONS: ClassVar[dict[str, Converter]] = {
         "buffer_s": positive_float,
         "fault": fault_spec(("reflected", "trip", "spike", "silent")),
         "spike_w": positive_float,

@@ -19,12 +19,12 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from scanctl.errors import ConfigError, DriverError, DriverTimeoutError, SafetyLimitError, SubsystemFault
 from scanctl.interfaces import Status, SubsystemState
 from scanctl.profile import SystemProfile
-from scanctl.registry import SubsystemURL, fault_spec, positive_float
+from scanctl.registry import Converter, SubsystemURL, fault_spec, positive_float
 
 
 def _float(text: str) -> float:
@@ -38,7 +38,7 @@ class SimulatedTable:
     """Table simulator; positions in mm from home, speeds in mm/s."""
 
     kind = "table"
-    OPTIONS = {
+    OPTIONS: ClassVar[dict[str, Converter]] = {
         "min_mm": _float,
         "max_mm": _float,
         "speed_mm_s": positive_float,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
+
 import pytest
 from scanctl.simulators.gradient import SimulatedGradient
 from scanctl.simulators.table import SimulatedTable
 
 from scanctl import profile as profiles
 from scanctl.errors import ConfigError
-from scanctl.registry import available, is_remote, open_subsystem, parse_url
+from scanctl.registry import GROUP, INTERFACES, KINDS, available, is_remote, open_subsystem, parse_url
 
 PROFILE = profiles.load()
 
@@ -46,6 +48,29 @@ def test_bad_urls_are_config_errors(kind, url, message):
 def test_parse_url_keeps_location_and_options():
     parsed = parse_url("tcp://10.0.0.5:5601/gradient?timeout_s=2")
     assert (parsed.scheme, parsed.location, parsed.options) == ("tcp", "10.0.0.5:5601/gradient", {"timeout_s": "2"})
+
+
+#: A URL of each registered scheme that builds (construction does no I/O: nothing need be there).
+SAMPLE_URLS = {"sim": "sim://", "tcp": "tcp://127.0.0.1:1", "ipc": "ipc:///nonexistent/scanctl",
+               "serial": "serial:///dev/nonexistent", "socket": "socket://127.0.0.1:1", "loop": "loop://"}
+
+
+def _registered() -> list[tuple[str, str]]:
+    return sorted((kind, scheme) for kind, _, scheme in (ep.name.partition(".") for ep in entry_points(group=GROUP)))
+
+
+def test_every_kind_has_an_interface_and_implementations():
+    assert set(INTERFACES) == set(KINDS) == {kind for kind, _ in _registered()}
+
+
+@pytest.mark.parametrize(("kind", "scheme"), _registered())
+def test_every_registered_class_meets_its_interface(kind, scheme):
+    """The entry points are out of mypy's sight (the registry casts what they name): each class they name is
+    checked here, built from a URL of its scheme, against the runtime-checkable Protocol of its kind."""
+    assert scheme in SAMPLE_URLS, f"add a sample URL for the scheme {scheme}:// to SAMPLE_URLS"
+    subsystem = open_subsystem(kind, SAMPLE_URLS[scheme], PROFILE)
+    assert isinstance(subsystem, INTERFACES[kind]), f"{kind}.{scheme}: {type(subsystem).__name__}"
+    assert subsystem.kind == kind and subsystem.url == SAMPLE_URLS[scheme]
 
 
 @pytest.mark.parametrize(("world", "remote"), [("default", False), ("scan-1", False), ("tcp://127.0.0.1:5600", True),

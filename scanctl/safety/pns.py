@@ -237,7 +237,7 @@ def _refine(model: _Model, tracker: _Tracker, starts: IntArray, length: IntArray
     # the filters before each run: the previous run's end, the previous place in the lane layout (step
     # j − 1 of the same row, or the last step of the row before), so a shifted view, not a gather
     lanes = y.reshape(9, ROW, rows)
-    before = np.empty_like(lanes)
+    before: FloatArray = np.empty_like(lanes)  # (9, ROW, rows), flattened to (9, n) below
     before[:, 1:] = lanes[:, :-1]
     before[:, 0, 1:] = lanes[:, -1, :-1]
     before[:, 0, 0] = y0
