@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.pulseq
 
 from scanctl.simulators.physics import SpinSystem, shepp_logan  # noqa: E402
 
-from scanctl.program import compile_segments  # noqa: E402
+from scanctl.engine.segments import compile_segments  # noqa: E402
 from scanctl.sequence import pulseq_read  # noqa: E402
 from tests import pulseq_factory  # noqa: E402
 

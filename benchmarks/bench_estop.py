@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from scanctl import profile as profiles
-from scanctl.executor import Scanner
-from scanctl.interfaces import Status, SubsystemState
-from scanctl.run import load_source
+from scanctl.config import profile as profiles
+from scanctl.engine.executor import Scanner
+from scanctl.engine.run import load_source
+from scanctl.hw.interfaces import Status, SubsystemState
 
 PROTOCOL = str(Path(__file__).parents[1] / "protocols" / "gre_2d.toml")
 LOOPBACK = "tcp://127.0.0.1:0"
@@ -92,7 +92,7 @@ def in_process(repeats: int, physics: bool) -> list[float]:
 
 # -- the control server in its own process -------------------------------------------------------------------
 def serve(physics: bool, endpoints: Any, stop: Any) -> None:
-    from scanctl.server import ControlServer
+    from scanctl.services.server import ControlServer
 
     server = ControlServer(profiles.load(), LOOPBACK, LOOPBACK, overrides=sim_urls(physics), segment_s=0.25)
     endpoints.put(server.endpoints["control"])
@@ -102,7 +102,7 @@ def serve(physics: bool, endpoints: Any, stop: Any) -> None:
 
 def reset(client: Any) -> None:
     """Reset once the server's worker has wound the stopped run up ("start in progress" until then)."""
-    from scanctl.client import CommandError
+    from scanctl.services.client import CommandError
 
     deadline = time.monotonic() + 10
     while True:
@@ -116,7 +116,7 @@ def reset(client: Any) -> None:
 
 
 def control_server(repeats: int, physics: bool) -> list[float]:
-    from scanctl.client import Client
+    from scanctl.services.client import Client
 
     ctx = mp.get_context("spawn")
     endpoints, stop = ctx.Queue(), ctx.Event()
@@ -149,8 +149,8 @@ def control_server(repeats: int, physics: bool) -> list[float]:
 
 # -- each subsystem behind a driver service in its own process --------------------------------------------------
 def driver(kind: str, url: str, endpoints: Any, stop: Any) -> None:
-    from scanctl.registry import open_subsystem
-    from scanctl.service import DriverService
+    from scanctl.hw.registry import open_subsystem
+    from scanctl.services.driver_service import DriverService
 
     service = DriverService(kind, open_subsystem(kind, url, profiles.load()), LOOPBACK)
     endpoints.put((kind, service.endpoint))

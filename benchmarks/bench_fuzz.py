@@ -30,9 +30,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.test_fuzz_campaign
 
-from scanctl.client import Client  # noqa: E402
-from scanctl.launcher import _alive, down, up  # noqa: E402
-from scanctl.wire import Message, encode  # noqa: E402
+from scanctl.services.client import Client  # noqa: E402
+from scanctl.services.launcher import _alive, down, up  # noqa: E402
+from scanctl.transport.wire import Message, encode  # noqa: E402
 from tests.test_fuzz_campaign import LOOPBACK, Dealer, campaign, rss_mb, summary  # noqa: E402
 
 RSS_GROWTH_LIMIT_MB = 50.0
@@ -75,7 +75,7 @@ def main() -> int:
     parser.add_argument("--load", default=str(GRE), help="protocol loaded first (default protocols/gre_2d.toml; "
                                                          "'': none)")
     args = parser.parse_args()
-    logging.getLogger("scanctl.client").setLevel(logging.ERROR)  # one warning per skipped event otherwise
+    logging.getLogger("scanctl.services.client").setLevel(logging.ERROR)  # one warning per skipped event otherwise
     requests, calls, events = args.messages // 2, args.messages // 10, args.messages // 5
     with tempfile.TemporaryDirectory() as run_dir:
         record = up(run_dir, control=LOOPBACK, events=LOOPBACK, data=LOOPBACK)

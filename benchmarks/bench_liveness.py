@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from scanctl.client import Client, CommandError, Subscription
-from scanctl.launcher import down, restart, up
+from scanctl.services.client import Client, CommandError, Subscription
+from scanctl.services.launcher import down, restart, up
 
 PROTOCOL = str(Path(__file__).parents[1] / "protocols" / "gre_2d.toml")
 TARGET_S = 1.0

@@ -39,7 +39,7 @@ TARGET_PEAK_MB = 300.0
 
 _SCANCTL = """
 import json, resource, sys, time
-from scanctl import profile
+from scanctl.config import profile
 from scanctl.sequence import checks, pulseq_read
 system = profile.load("default")
 t0 = time.perf_counter()

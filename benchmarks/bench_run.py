@@ -7,7 +7,7 @@
 2. The pypulseq-generated 256,000-block 3D GRE (``benchmarks/make_gre3d.py``, cached in
    ``.bench-cache/``) with physics off: timing, streaming and raw data only.
 
-Each scan runs through ``scanctl.run.run_scan``, exactly what ``scanctl run`` does; the wall time is the
+Each scan runs through ``scanctl.engine.run.run_scan``, exactly what ``scanctl run`` does; the wall time is the
 scan itself (``timings.scan_wall_s`` of the report: arming, streaming, acquisition, raw data).
 Targets (issue 3): >= 1x real time with physics at 128 x 128, >= 50x without.
 """
@@ -25,8 +25,8 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 from bench_read_check import _ensure_file  # noqa: E402
 
-from scanctl import profile as profiles  # noqa: E402
-from scanctl.run import run_scan  # noqa: E402
+from scanctl.config import profile as profiles  # noqa: E402
+from scanctl.engine.run import run_scan  # noqa: E402
 
 TARGET_PHYSICS = 1.0
 TARGET_NO_PHYSICS = 50.0

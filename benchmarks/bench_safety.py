@@ -15,7 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
-from scanctl import profile as profiles
+from scanctl.config import profile as profiles
 from scanctl.safety.predict import predict
 from scanctl.sequence import pulseq_read
 

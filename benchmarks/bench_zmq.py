@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import zmq
 
-from scanctl import profile as profiles
-from scanctl.client import Client, Subscription, acquisitions_of, run_remote
-from scanctl.interfaces import Acquisition, AcquisitionBatch
-from scanctl.server import ControlServer
-from scanctl.wire import Message, check_acquisitions, encode, pack_acquisitions
+from scanctl.config import profile as profiles
+from scanctl.hw.interfaces import Acquisition, AcquisitionBatch
+from scanctl.services.client import Client, Subscription, acquisitions_of, run_remote
+from scanctl.services.server import ControlServer
+from scanctl.transport.wire import Message, check_acquisitions, encode, pack_acquisitions
 
 LOOPBACK = "tcp://127.0.0.1:0"
 GRE = str(Path(__file__).parents[1] / "protocols" / "gre_2d.toml")
@@ -76,7 +76,7 @@ def data_worker(control: str, data: str, messages: int, objects: bool, ready: An
             if msg is None:
                 break
             if msg.stream == "data":
-                if objects:  # one Acquisition per ADC window, as scanctl.client.run_remote uses them
+                if objects:  # one Acquisition per ADC window, as scanctl.services.client.run_remote uses them
                     batch = acquisitions_of(msg)
                     acquisitions += len(batch)
                     nbytes += sum(a.data.nbytes for a in batch)
@@ -191,8 +191,8 @@ def data_raw(ctx: Any, batch: AcquisitionBatch, messages: int) -> float:
 
 def scans(repeat: int) -> tuple[float, float]:
     """Median wall time of gre_2d in-process and across processes (scanctl up), outputs written alike."""
-    from scanctl.launcher import down, up
-    from scanctl.run import run_scan
+    from scanctl.engine.run import run_scan
+    from scanctl.services.launcher import down, up
 
     profile = profiles.load(None)
     with tempfile.TemporaryDirectory() as tmp:

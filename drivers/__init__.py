@@ -6,8 +6,8 @@ if TYPE_CHECKING:  # mypy checks here that each class an entry point names meets
     from scanctl.drivers.serial_table import SerialTable
     from scanctl.drivers.zmq_proxy import ProxyGradient, ProxyRF, ProxyTable
 
-    from scanctl.interfaces import GradientSystem, RFSystem, TableSystem
-    from scanctl.registry import Factory
+    from scanctl.hw.interfaces import GradientSystem, RFSystem, TableSystem
+    from scanctl.hw.registry import Factory
 
     _proxy_gradient: Factory[GradientSystem] = ProxyGradient
     _proxy_rf: Factory[RFSystem] = ProxyRF

@@ -40,11 +40,11 @@ import threading
 import time
 from typing import Any, ClassVar
 
+from scanctl.config.profile import SystemProfile
 from scanctl.errors import ConfigError, DriverError, DriverTimeoutError, SafetyLimitError, ScanctlError, SubsystemFault
-from scanctl.interfaces import Status, SubsystemState
-from scanctl.profile import SystemProfile
-from scanctl.registry import Converter, SubsystemURL, positive_float
-from scanctl.table_protocol import (
+from scanctl.hw.interfaces import Status, SubsystemState
+from scanctl.hw.registry import Converter, SubsystemURL, positive_float
+from scanctl.transport.table_protocol import (
     COMMAND,
     EVENT,
     REPLY,

@@ -27,14 +27,14 @@ from typing import Any, ClassVar, Self
 
 import zmq
 
+from scanctl.config.profile import SystemProfile
 from scanctl.errors import DriverTimeoutError, ScanctlError, WireProtocolError
-from scanctl.interfaces import AcquisitionBatch, Scene, Status, SubsystemState
-from scanctl.profile import SystemProfile
-from scanctl.program import ADCProgram, GradientProgram, RFProgram
-from scanctl.registry import Converter, SubsystemURL, positive_float
-from scanctl.security import ClientCurve
-from scanctl.service import ATTRIBUTES, error_class, from_wire, to_wire
-from scanctl.wire import Message, decode, encode, unpack_acquisitions
+from scanctl.hw.interfaces import AcquisitionBatch, Scene, Status, SubsystemState
+from scanctl.hw.program import ADCProgram, GradientProgram, RFProgram
+from scanctl.hw.registry import Converter, SubsystemURL, positive_float
+from scanctl.services.driver_service import ATTRIBUTES, error_class, from_wire, to_wire
+from scanctl.transport.security import ClientCurve
+from scanctl.transport.wire import Message, decode, encode, unpack_acquisitions
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class RemoteDriver:
             raise DriverTimeoutError(f"{self.kind} driver at {self.endpoint} is silent: the abort is resent "
                                      "the moment it answers")
         # On a connection of its own: an abort must not queue behind a call in flight (a sync waiting for
-        # the hardware to play), and the service answers it at once (scanctl.service).
+        # the hardware to play), and the service answers it at once (scanctl.services.driver_service).
         if self._abort_line is None:
             self._abort_line = RemoteDriver(self.url, self.endpoint, liveness_s=self.liveness_s)
             self._abort_line.kind, self._abort_line.curve = self.kind, self.curve

@@ -18,19 +18,19 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
-from scanctl import profile as profiles
+from scanctl.config import profile as profiles
 from scanctl.errors import ScanctlError, SequenceFormatError
 from scanctl.sequence.model import Sequence
 
 if TYPE_CHECKING:
-    from scanctl.client import Client
-    from scanctl.security import ClientCurve, ServerCurve
-    from scanctl.wire import Message
+    from scanctl.services.client import Client
+    from scanctl.transport.security import ClientCurve, ServerCurve
+    from scanctl.transport.wire import Message
 
 log = logging.getLogger("scanctl")
 
 EXIT_OK, EXIT_LIMITS, EXIT_UNREADABLE = 0, 1, 2
-# The control server's default endpoints (scanctl.server has the same; not imported here to keep startup light).
+# The control server's default endpoints (scanctl.services.server has the same; not imported: a light startup).
 DEFAULT_CONTROL = profiles.DEFAULT_ENDPOINTS["control"]
 
 
@@ -39,7 +39,7 @@ def _load_sequence(args: argparse.Namespace, profile: profiles.SystemProfile | N
     from scanctl.sequence.pulseq_read import read
 
     if Path(args.file).suffix.lower() == ".toml":
-        from scanctl.protocol import load_protocol
+        from scanctl.config.protocol import load_protocol
 
         return load_protocol(args.file).build_sequence(profile or profiles.load())
     try:
@@ -95,7 +95,7 @@ def _protocol_weight(path: str) -> float | None:
     """The patient weight a protocol file gives (None for a Pulseq file)."""
     if Path(path).suffix.lower() != ".toml":
         return None
-    from scanctl.protocol import load_protocol
+    from scanctl.config.protocol import load_protocol
 
     return load_protocol(path).patient.weight_kg
 
@@ -163,9 +163,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from scanctl.outputs import OutputError, OutputExistsError, claim_dir, new_series_dir, remove_if_empty
-    from scanctl.rawdata import RawDataError
-    from scanctl.run import RunOutputError
+    from scanctl.data.outputs import OutputError, OutputExistsError, claim_dir, new_series_dir, remove_if_empty
+    from scanctl.data.rawdata import RawDataError
+    from scanctl.engine.run import RunOutputError
 
     if args.connect and (args.system or any(getattr(args, kind) for kind in ("gradient", "rf", "table"))):
         raise ScanctlError("--system and subsystem URLs belong to the server (scanctl serve) with --connect")
@@ -206,14 +206,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, out: Path) -> Any:
     """``scanctl run`` into ``out``, in this process or on the server ``--connect`` names: the RunReport,
     or the exit code when the server refused the run or stopped answering during it (the line printed)."""
-    from scanctl.run import ProgressBar, run_scan
+    from scanctl.engine.run import ProgressBar, run_scan
 
     if not args.connect:
         prof = profiles.load(args.system)
         overrides = {kind: url for kind in ("gradient", "rf", "table") if (url := getattr(args, kind)) is not None}
         return run_scan(args.file, prof, out, overrides=overrides, progress=ProgressBar(),
                         reconstruct=not args.no_recon, patient_weight_kg=args.patient_weight, mode=args.mode)
-    from scanctl.client import Client, CommandError, ServerLostError, run_remote
+    from scanctl.services.client import Client, CommandError, ServerLostError, run_remote
 
     with Client(args.connect, keys=client_keys(args)) as client:
         try:
@@ -231,7 +231,7 @@ def _run(args: argparse.Namespace, out: Path) -> Any:
 
 def client_keys(args: argparse.Namespace) -> ClientCurve | None:
     """The CurveZMQ keys of ``--keys``/``--server-key`` (None without ``--keys``)."""
-    from scanctl.security import ClientCurve
+    from scanctl.transport.security import ClientCurve
 
     if getattr(args, "keys", None) is None:
         if getattr(args, "server_key", None) is not None:
@@ -242,7 +242,7 @@ def client_keys(args: argparse.Namespace) -> ClientCurve | None:
 
 def server_curve(args: argparse.Namespace) -> ServerCurve | None:
     """The CurveZMQ server keys of ``--keys``/``--allow`` (None without ``--keys``)."""
-    from scanctl.security import ServerCurve
+    from scanctl.transport.security import ServerCurve
 
     if args.keys is None:
         if args.allow is not None:
@@ -252,7 +252,7 @@ def server_curve(args: argparse.Namespace) -> ServerCurve | None:
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
-    from scanctl.security import generate
+    from scanctl.transport.security import generate
 
     public, secret = generate(args.dir, args.name)
     print(f"wrote {public} (public: give it to the other side) and {secret} (secret: keep it here)")
@@ -260,7 +260,7 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from scanctl.launcher import restart, up
+    from scanctl.services.launcher import restart, up
 
     if args.restart is not None:
         driver = restart(args.run_dir, args.restart, timeout_s=args.timeout)["drivers"][args.restart]
@@ -278,7 +278,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from scanctl.launcher import down
+    from scanctl.services.launcher import down
 
     stopped = down(args.run_dir, timeout_s=args.timeout)
     print(f"down: stopped {', '.join(stopped) if stopped else 'nothing (no process was still running)'}")
@@ -288,8 +288,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_driver_serve(args: argparse.Namespace) -> int:
     import signal
 
-    from scanctl.registry import open_subsystem
-    from scanctl.service import DriverService
+    from scanctl.hw.registry import open_subsystem
+    from scanctl.services.driver_service import DriverService
 
     prof = profiles.load(args.system)
     subsystem = open_subsystem(args.kind, args.url, prof)
@@ -313,7 +313,7 @@ def cmd_driver_serve(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
-    from scanctl.server import ControlServer
+    from scanctl.services.server import ControlServer
 
     prof = profiles.load(args.system)
     overrides = {kind: url for kind in ("gradient", "rf", "table") if (url := getattr(args, kind)) is not None}
@@ -333,7 +333,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from scanctl.client import Client
+    from scanctl.services.client import Client
 
     with Client(args.connect, timeout_s=args.timeout, retries=0, keys=client_keys(args)) as client:
         snap = client.status()
@@ -360,7 +360,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from scanctl.client import Client, ServerTimeoutError
+    from scanctl.services.client import Client, ServerTimeoutError
 
     with Client(args.connect, keys=client_keys(args)) as client:
         snap = client.status()
@@ -417,7 +417,7 @@ def _event_line(msg: Message, as_json: bool) -> str:
 
 def _event_text(stream: str | None, b: dict[str, Any]) -> str:
     """An event's body in a few words, by its stream (a body of another shape raises)."""
-    from scanctl.wire import check_acquisitions
+    from scanctl.transport.wire import check_acquisitions
 
     if stream == "state":
         return f"{b['source']} -> {b['dest']} ({b['trigger']})" + (f": {b['reason']}" if b.get("reason") else "")
@@ -443,7 +443,7 @@ def _array_summary(value: object) -> object:
 def cmd_command(args: argparse.Namespace) -> int:
     """One command verb (load, start, abort, …): take control, send it, give control back — unless this
     client (``--name``) held control already, or the verb is about control itself or needs none."""
-    from scanctl.client import Client, CommandError
+    from scanctl.services.client import Client, CommandError
 
     name = args.command.replace("-", "_")
     with Client(args.connect, name=args.name, keys=client_keys(args)) as client:

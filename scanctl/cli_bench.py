@@ -12,11 +12,11 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from scanctl import profile as profiles
+from scanctl.config import profile as profiles
 from scanctl.errors import ConfigError, DriverError, SafetyLimitError
 
 if TYPE_CHECKING:  # imported where used: the parser is built for every command, `check` included
-    from scanctl.interfaces import Status
+    from scanctl.hw.interfaces import Status
 
 EXIT_OK, EXIT_FAILED = 0, 1
 WIRE_SIMULATORS = "scanctl.wire_simulators"
@@ -65,8 +65,8 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from scanctl.interfaces import SubsystemState
-    from scanctl.registry import open_subsystem
+    from scanctl.hw.interfaces import SubsystemState
+    from scanctl.hw.registry import open_subsystem
 
     if args.system:
         prof = profiles.load(args.system)

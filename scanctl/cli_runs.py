@@ -33,7 +33,7 @@ def add_parsers(sub: Any, connect_arg: Callable[[argparse.ArgumentParser], None]
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from scanctl.cli import client_keys
-    from scanctl.client import Client
+    from scanctl.services.client import Client
 
     with Client(args.connect, keys=client_keys(args)) as client:
         body = client.command("runs")
@@ -49,7 +49,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     from scanctl.cli import client_keys
-    from scanctl.client import Client
+    from scanctl.services.client import Client
 
     out = Path(args.out) if args.out else Path(args.run)
     with Client(args.connect, keys=client_keys(args)) as client:

@@ -7,8 +7,8 @@ if TYPE_CHECKING:  # mypy checks here that each class an entry point names meets
     from scanctl.simulators.rf import SimulatedRF
     from scanctl.simulators.table import SimulatedTable
 
-    from scanctl.interfaces import GradientSystem, RFSystem, TableSystem
-    from scanctl.registry import Factory
+    from scanctl.hw.interfaces import GradientSystem, RFSystem, TableSystem
+    from scanctl.hw.registry import Factory
 
     _gradient: Factory[GradientSystem] = SimulatedGradient
     _rf: Factory[RFSystem] = SimulatedRF

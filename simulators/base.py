@@ -21,7 +21,7 @@ import threading
 import time
 
 from scanctl.errors import BufferFullError, DriverError, SubsystemFault
-from scanctl.interfaces import Status, SubsystemState
+from scanctl.hw.interfaces import Status, SubsystemState
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ import numpy as np
 from scanctl.simulators.base import SimulatedSequencer
 from scanctl.simulators.world import sender, world_option
 
+from scanctl.config.profile import SystemProfile
 from scanctl.errors import SafetyLimitError
-from scanctl.profile import SystemProfile
-from scanctl.program import GradientProgram, breakpoint_slew
-from scanctl.registry import Converter, SubsystemURL, fault_spec, flag, positive_float
+from scanctl.hw.program import GradientProgram, breakpoint_slew
+from scanctl.hw.registry import Converter, SubsystemURL, fault_spec, flag, positive_float
 from scanctl.safety.heating import SAMPLES_PER_STEP, STEP_S, step_power
 
 log = logging.getLogger(__name__)

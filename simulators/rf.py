@@ -24,7 +24,7 @@ processes, where this simulator listens for the gradient simulator's programs; s
 
 The scene — the object in the bore: ``phantom``, ``matrix``, ``fov`` and ``noise`` — follows the scan:
 ``scanctl run`` and the control server give it by a runtime call, :meth:`SimulatedRF.place` with a
-:class:`scanctl.interfaces.Scene` (in this process, or through the driver service of a simulator in its
+:class:`scanctl.hw.interfaces.Scene` (in this process, or through the driver service of a simulator in its
 own process: ``place``, a simulator's own method), never through the URL; placing it never reconnects
 anything. Options the URL sets itself win over the scene's (a rig that images one fixed phantom).
 
@@ -42,11 +42,11 @@ import numpy as np
 from scanctl.simulators.base import SimulatedSequencer
 from scanctl.simulators.world import receiver, world_option
 
+from scanctl.config.profile import SystemProfile
 from scanctl.errors import ConfigError, DriverError
-from scanctl.interfaces import AcquisitionBatch, Scene, SubsystemState
-from scanctl.profile import SystemProfile
-from scanctl.program import ADCProgram, GradientProgram, RFProgram
-from scanctl.registry import Converter, SubsystemURL, fault_spec, flag, nonnegative_float, parse_url, positive_float
+from scanctl.hw.interfaces import AcquisitionBatch, Scene, SubsystemState
+from scanctl.hw.program import ADCProgram, GradientProgram, RFProgram
+from scanctl.hw.registry import Converter, SubsystemURL, fault_spec, flag, nonnegative_float, parse_url, positive_float
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class SimulatedRF(SimulatedSequencer):
         self._world.close()
 
     def place(self, scene: Scene) -> None:
-        """Place the object to image in the bore (:class:`scanctl.interfaces.Scene`). As for a URL's own
+        """Place the object to image in the bore (:class:`scanctl.hw.interfaces.Scene`). As for a URL's own
         options, an option this simulator's URL sets wins, and a field ``scene`` leaves None goes back to the
         URL's or the default. A scene that differs from the current one rebuilds the phantom (the simulator
         is then as if built with these options); the same scene changes nothing. Raises ConfigError for a

@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from scanctl.config.profile import SystemProfile
 from scanctl.errors import ConfigError, DriverError, DriverTimeoutError, SafetyLimitError, SubsystemFault
-from scanctl.interfaces import Status, SubsystemState
-from scanctl.profile import SystemProfile
-from scanctl.registry import Converter, SubsystemURL, fault_spec, positive_float
+from scanctl.hw.interfaces import Status, SubsystemState
+from scanctl.hw.registry import Converter, SubsystemURL, fault_spec, positive_float
 
 
 def _float(text: str) -> float:

@@ -31,11 +31,11 @@ from typing import Any
 
 from scanctl.simulators.table import SimulatedTable
 
+from scanctl.config.profile import SystemProfile
 from scanctl.errors import ConfigError
-from scanctl.interfaces import SubsystemState
-from scanctl.profile import SystemProfile
-from scanctl.registry import open_subsystem, parse_url
-from scanctl.table_protocol import (
+from scanctl.hw.interfaces import SubsystemState
+from scanctl.hw.registry import open_subsystem, parse_url
+from scanctl.transport.table_protocol import (
     COMMAND,
     ERRORS,
     EVENT,
@@ -451,7 +451,7 @@ def build_controller(url: str = "sim://", faults: str = "", *, seed: int | None 
                      boot: int = 1, profile: SystemProfile | None = None) -> TableController:
     """A controller driving the table simulator ``url`` (``sim://?max_mm=…``, its options as in the system
     profile) in real time, ``speedup`` times faster than the wall clock. Raises ConfigError."""
-    from scanctl import profile as profiles
+    from scanctl.config import profile as profiles
 
     if parse_url(url).scheme != "sim":
         raise ConfigError(f"the table controller simulator drives a simulated table (sim://…), not {url!r}")

@@ -27,9 +27,9 @@ from urllib.parse import urlsplit
 import zmq
 
 from scanctl.errors import ConfigError, WireProtocolError
-from scanctl.program import GradientProgram
-from scanctl.registry import is_remote
-from scanctl.wire import Message, decode, encode
+from scanctl.hw.program import GradientProgram
+from scanctl.hw.registry import is_remote
+from scanctl.transport.wire import Message, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class WorldSender:
                     self._warned = True
 
     def post_gradient(self, program: GradientProgram) -> None:
-        from scanctl.service import to_wire
+        from scanctl.services.driver_service import to_wire
 
         self._send(Message(type=_GRADIENT, src="gradient", body={"program": to_wire(program)}))
 
@@ -263,7 +263,7 @@ class WorldReceiver:
 
     def _drain(self) -> None:
         """Apply everything that has arrived, in order."""
-        from scanctl.service import from_wire
+        from scanctl.services.driver_service import from_wire
 
         socket = self._socket
         if socket is None:

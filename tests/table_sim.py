@@ -11,7 +11,7 @@ import time
 
 from scanctl.simulators.table_controller import PtyTransport, TableController, build_controller, serve
 
-from scanctl.table_protocol import Line, LineSplitter, decode, frame
+from scanctl.transport.table_protocol import Line, LineSplitter, decode, frame
 
 SPEEDUP = 20.0  # the simulated axis runs this much faster than the wall clock in tests
 
@@ -102,8 +102,8 @@ class ClockedController:
     for exact timing of its watchdog."""
 
     def __init__(self, options: str = "speed_mm_s=100&accel_mm_s2=1000") -> None:
-        from scanctl import profile as profiles
-        from scanctl.registry import open_subsystem
+        from scanctl.config import profile as profiles
+        from scanctl.hw.registry import open_subsystem
 
         self.clock = ManualClock()
         table = open_subsystem("table", f"sim://?{options}", profiles.load())

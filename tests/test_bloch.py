@@ -11,8 +11,9 @@ import pytest
 from scanctl.simulators.physics import Phantom, SpinSystem, shepp_logan
 from scanctl.simulators.physics.pulse import Rotation, compose, sample_rotations
 
+from scanctl.engine.segments import compile_segments
 from scanctl.errors import ConfigError
-from scanctl.program import ADCProgram, GradientProgram, RFProgram, compile_segments
+from scanctl.hw.program import ADCProgram, GradientProgram, RFProgram
 from scanctl.sequence import pulseq_read
 from tests.pulseq_factory import default_system
 
@@ -426,9 +427,9 @@ def test_a_scans_data_do_not_depend_on_the_scans_before_it(tmp_path):
     moment within 1e-6 made them differ by up to 6e-8, relative)."""
     from pathlib import Path
 
-    from scanctl import profile as profiles
-    from scanctl.executor import Scanner
-    from scanctl.run import load_source, place_scene, scene_for
+    from scanctl.config import profile as profiles
+    from scanctl.engine.executor import Scanner
+    from scanctl.engine.run import load_source, place_scene, scene_for
 
     profile = profiles.load()
     gre = Path(__file__).parents[1] / "protocols" / "gre_2d.toml"

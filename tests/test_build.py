@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from scanctl import profile as profiles
+from scanctl.config import profile as profiles
 from scanctl.errors import ConfigError
 from scanctl.sequence import pulseq_read, pulseq_write
 from scanctl.sequence.build import (

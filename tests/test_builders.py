@@ -11,7 +11,7 @@ import numpy as np
 import pypulseq as pp
 import pytest
 
-from scanctl import profile as profiles
+from scanctl.config import profile as profiles
 from scanctl.sequence import pulseq_write
 from scanctl.sequence.build import rf_spoil_phases
 from scanctl.sequence.builders import BUILDERS, ParameterError, build

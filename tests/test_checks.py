@@ -12,7 +12,7 @@ import pypulseq as pp
 import pytest
 from hypothesis import given, settings
 
-from scanctl import profile as profiles
+from scanctl.config import profile as profiles
 from scanctl.safety.predict import predict
 from scanctl.sequence import checks
 from scanctl.sequence.model import ADCEvents, GradEvents, RFEvents

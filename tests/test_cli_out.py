@@ -22,13 +22,13 @@ import h5py
 import pytest
 import zmq
 
-from scanctl import profile as profiles
 from scanctl.cli import main
-from scanctl.client import Client
-from scanctl.outputs import OutputError, OutputExistsError, new_series_dir, write_new
-from scanctl.rawdata import RawDataError, RawDataWriter, header_for, read_acquisitions
-from scanctl.run import load_source, run_scan
-from scanctl.server import ControlServer
+from scanctl.config import profile as profiles
+from scanctl.data.outputs import OutputError, OutputExistsError, new_series_dir, write_new
+from scanctl.data.rawdata import RawDataError, RawDataWriter, header_for, read_acquisitions
+from scanctl.engine.run import load_source, run_scan
+from scanctl.services.client import Client
+from scanctl.services.server import ControlServer
 
 ROOT = Path(__file__).parents[1]
 GRE = ROOT / "protocols" / "gre_2d.toml"
@@ -71,7 +71,7 @@ def test_a_refused_run_never_sits_beside_older_raw_data(tmp_path, capsys):
     out = tmp_path / "scan"
     assert main(["run", str(SEQ), "--out", str(out), *FAST]) == 0
     weak = tmp_path / "weak.toml"
-    weak.write_text((Path(profiles.__file__).parent / "profiles" / "default.toml").read_text()
+    weak.write_text((Path(profiles.__file__).parents[1] / "profiles" / "default.toml").read_text()
                     .replace("x = 40.0, y = 40.0, z = 40.0", "x = 5.0, y = 5.0, z = 5.0"))
     capsys.readouterr()
     assert main(["run", str(SEQ), "--system", str(weak), "--out", str(out)]) == 2
@@ -174,7 +174,7 @@ def test_a_failed_up_is_one_line(tmp_path):
 
 def test_v_shows_scanctls_progress_and_vv_the_state_machine_librarys(tmp_path):
     once = scanctl("-v", "run", GRE, "--out", tmp_path / "v", *FAST, "--no-recon")
-    assert once.returncode == 0 and "INFO scanctl.machine: scanner POSITIONING -> RUNNING" in once.stderr
+    assert once.returncode == 0 and "INFO scanctl.engine.machine: scanner POSITIONING -> RUNNING" in once.stderr
     assert "transitions" not in once.stderr
     twice = scanctl("-vv", "run", GRE, "--out", tmp_path / "vv", *FAST, "--no-recon")
     assert twice.returncode == 0 and "INFO transitions." in twice.stderr
@@ -248,7 +248,7 @@ def test_a_second_remote_run_into_the_same_out_is_refused(server, tmp_path, caps
 
 
 def test_a_run_connect_whose_server_dies_exits_1_without_a_key_hint(tmp_path, monkeypatch, capsys):
-    import scanctl.client as client_module
+    import scanctl.services.client as client_module
 
     monkeypatch.setattr(client_module, "KEEPALIVE_S", 0.2)
     proc = subprocess.Popen([sys.executable, "-m", "scanctl", "serve", "--bind", LOOPBACK, "--events", LOOPBACK,

@@ -16,13 +16,14 @@ import threading
 import numpy as np
 import pytest
 
-from scanctl import profile as profiles
+from scanctl.config import profile as profiles
+from scanctl.engine.segments import compile_segments
 from scanctl.errors import BufferFullError, DriverError, SafetyLimitError, SubsystemFault
-from scanctl.interfaces import GradientSystem, RFSystem, SubsystemState, TableSystem
-from scanctl.program import GradientProgram, compile_segments
-from scanctl.registry import open_subsystem
+from scanctl.hw.interfaces import GradientSystem, RFSystem, SubsystemState, TableSystem
+from scanctl.hw.program import GradientProgram
+from scanctl.hw.registry import open_subsystem
 from scanctl.sequence import pulseq_read
-from scanctl.service import DriverService
+from scanctl.services.driver_service import DriverService
 from tests.table_sim import start_sim, stop_sim
 from tests.test_cli import GRE
 

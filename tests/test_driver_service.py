@@ -1,6 +1,6 @@
-"""A driver service (scanctl.service) over real ZeroMQ sockets on loopback: every call is answered — a call the
-driver chokes on (any exception), a malformed call, a message of another version — and the worker that runs
-calls survives it, so the next call is answered at once (docs/driver-protocol.md)."""
+"""A driver service (scanctl.services.driver_service) over real ZeroMQ sockets on loopback: every call is
+answered — a call the driver chokes on (any exception), a malformed call, a message of another version —
+and the worker that runs calls survives it, so the next call is answered at once (docs/driver-protocol.md)."""
 
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ import zmq
 from hypothesis import HealthCheck, event, given, settings
 
 from drivers.zmq_proxy import ProxyGradient, ProxyTable
-from scanctl import profile as profiles
+from scanctl.config import profile as profiles
 from scanctl.errors import DriverError, WireProtocolError
-from scanctl.interfaces import SubsystemState
-from scanctl.registry import open_subsystem
-from scanctl.service import METHODS, DriverService
-from scanctl.wire import Message, decode
+from scanctl.hw.interfaces import SubsystemState
+from scanctl.hw.registry import open_subsystem
+from scanctl.services.driver_service import METHODS, DriverService
+from scanctl.transport.wire import Message, decode
 
 PROFILE = profiles.load()
 ANSWER_S = 1.0  # a call the simulator does at once is answered well within this

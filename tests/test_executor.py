@@ -1,4 +1,4 @@
-"""scanctl.executor: running a sequence on the simulators, and every way a run can end."""
+"""scanctl.engine.executor: running a sequence on the simulators, and every way a run can end."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import numpy as np
 import pypulseq as pp
 import pytest
 
-from scanctl import profile as profiles
+from scanctl.config import profile as profiles
+from scanctl.engine.executor import Scanner
+from scanctl.engine.machine import ScannerState as S
+from scanctl.engine.segments import compile_segments
 from scanctl.errors import InvalidTransitionError, SafetyLimitError
-from scanctl.executor import Scanner
-from scanctl.interfaces import SubsystemState
-from scanctl.machine import ScannerState as S
-from scanctl.program import compile_segments
+from scanctl.hw.interfaces import SubsystemState
 from scanctl.safety.supervisor import Supervisor
 from scanctl.sequence import pulseq_read
 from tests import pulseq_factory

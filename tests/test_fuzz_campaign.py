@@ -27,13 +27,13 @@ import numpy as np
 import pytest
 import zmq
 
-from scanctl import profile as profiles
 from scanctl.cli import _event_line, main
-from scanctl.client import Client, Subscription
+from scanctl.config import profile as profiles
 from scanctl.errors import WireProtocolError
-from scanctl.interfaces import Acquisition
-from scanctl.launcher import _alive, down, up
-from scanctl.wire import Message, decode, encode, pack_acquisitions
+from scanctl.hw.interfaces import Acquisition
+from scanctl.services.client import Client, Subscription
+from scanctl.services.launcher import _alive, down, up
+from scanctl.transport.wire import Message, decode, encode, pack_acquisitions
 
 LOOPBACK = "tcp://127.0.0.1:0"
 
@@ -577,8 +577,8 @@ BUG = [json.dumps({"v": "1.0", "type": "command", "id": "bug-1", "src": "BUG", "
 
 
 def test_the_control_server_answers_a_decoder_bug_malformed_and_serves_on(monkeypatch):
-    from scanctl import server as server_module
-    from scanctl.server import ControlServer
+    from scanctl.services import server as server_module
+    from scanctl.services.server import ControlServer
 
     monkeypatch.setattr(server_module, "decode", broken_decode(server_module.decode))
     server = ControlServer(profiles.load(), LOOPBACK, LOOPBACK, LOOPBACK, {"rf": "sim://?physics=0"})
@@ -599,9 +599,9 @@ def test_the_control_server_answers_a_decoder_bug_malformed_and_serves_on(monkey
 
 
 def test_a_driver_service_answers_a_decoder_bug_malformed_and_serves_on(monkeypatch):
-    from scanctl import service as service_module
-    from scanctl.registry import open_subsystem
-    from scanctl.service import DriverService
+    from scanctl.hw.registry import open_subsystem
+    from scanctl.services import driver_service as service_module
+    from scanctl.services.driver_service import DriverService
 
     monkeypatch.setattr(service_module, "decode", broken_decode(service_module.decode))
     service = DriverService("table", open_subsystem("table", "sim://", profiles.load()), "tcp://127.0.0.1:0")
@@ -622,7 +622,7 @@ def test_a_driver_service_answers_a_decoder_bug_malformed_and_serves_on(monkeypa
 def test_a_client_and_a_subscriber_skip_what_the_decoder_chokes_on(monkeypatch):
     """The client ignores an undecodable reply and takes the real one; a subscription skips and counts an
     undecodable event and hands out the next."""
-    from scanctl import client as client_module
+    from scanctl.services import client as client_module
 
     monkeypatch.setattr(client_module, "decode", broken_decode(client_module.decode))
     context = zmq.Context.instance()

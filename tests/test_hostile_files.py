@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from scanctl.simulators.physics.phantom import MAX_PHANTOM_BYTES, load_phantom
 
+from scanctl.config.files import read_bounded
+from scanctl.config.protocol import load_protocol
 from scanctl.errors import ConfigError, SequenceFormatError
-from scanctl.files import read_bounded
-from scanctl.protocol import load_protocol
 from scanctl.sequence.pulseq_read import read as read_seq
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def test_read_bounded_refuses_what_is_no_regular_file_or_too_big(tmp_path: Path,
 
 
 def test_protocol_profile_and_pulseq_readers_name_the_file(tmp_path: Path, fifo: Path) -> None:
-    from scanctl.profile import load as load_profile
+    from scanctl.config.profile import load as load_profile
 
     with pytest.raises(ConfigError, match=r"pipe\.toml: cannot read protocol: it is a FIFO"):
         load_protocol(fifo)

@@ -8,12 +8,12 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from scanctl import profile as profiles
+from scanctl.config import profile as profiles
+from scanctl.engine.executor import Scanner
+from scanctl.engine.machine import LATCHED, RESTING, TRANSITIONS, ScannerMachine
+from scanctl.engine.machine import ScannerState as S
 from scanctl.errors import InvalidTransitionError, SafetyLimitError, ScanctlError
-from scanctl.executor import Scanner
-from scanctl.interfaces import SubsystemState
-from scanctl.machine import LATCHED, RESTING, TRANSITIONS, ScannerMachine
-from scanctl.machine import ScannerState as S
+from scanctl.hw.interfaces import SubsystemState
 from scanctl.sequence import pulseq_read
 from tests.test_cli import GRE, SEQ1
 

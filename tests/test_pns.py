@@ -14,7 +14,7 @@ from pypulseq.Sequence.calc_pns import calc_pns
 from pypulseq.utils.safe_pns_prediction import safe_example_hw
 from scipy.signal import lfilter
 
-from scanctl import profile as profiles
+from scanctl.config import profile as profiles
 from scanctl.safety import pns as pns_module
 from scanctl.safety.pns import predict_pns
 from scanctl.sequence import pulseq_read

@@ -1,4 +1,4 @@
-"""scanctl.profile: the shipped default and every way a profile can be wrong."""
+"""scanctl.config.profile: the shipped default and every way a profile can be wrong."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from scanctl import profile as profiles
+from scanctl.config import profile as profiles
 from scanctl.errors import ConfigError
 
-SHIPPED = Path(profiles.__file__).parent / "profiles" / "default.toml"
+SHIPPED = Path(profiles.__file__).parents[1] / "profiles" / "default.toml"
 
 
 def test_default_profile_values_and_units():
@@ -99,7 +99,7 @@ limit_percent = { normal = 70.0 }
 
 
 def test_safety_limits_default_and_from_the_profile(tmp_path):
-    from scanctl.safety.limits import DEFAULT_PNS, EXAMPLE_PNS, SafetyLimits
+    from scanctl.config.limits import DEFAULT_PNS, EXAMPLE_PNS, SafetyLimits
 
     default = profiles.load(None).safety
     assert default == SafetyLimits() and default.pns.x.tau1_ms == 0.2

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from scanctl import profile as profiles
+from scanctl.config import profile as profiles
+from scanctl.engine.segments import compile_segments
 from scanctl.errors import SafetyLimitError
-from scanctl.program import breakpoint_slew, compile_segments
-from scanctl.registry import open_subsystem
+from scanctl.hw.program import breakpoint_slew
+from scanctl.hw.registry import open_subsystem
 from scanctl.sequence import pulseq_read
 from tests.test_cli import GRE
 

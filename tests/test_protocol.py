@@ -1,4 +1,4 @@
-"""scanctl.protocol: the shipped protocols, the documented format and every way a protocol can be wrong."""
+"""scanctl.config.protocol: the shipped protocols, the documented format and every way a protocol can be wrong."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scanctl import profile as profiles
+from scanctl.config import profile as profiles
+from scanctl.config.protocol import KEYS, TABLES, load_protocol
 from scanctl.errors import ConfigError, SequenceFormatError
-from scanctl.protocol import KEYS, TABLES, load_protocol
 from scanctl.sequence.builders import BUILDERS
 from scanctl.sequence.checks import check
 from tests.test_builders import measure

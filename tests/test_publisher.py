@@ -1,4 +1,4 @@
-"""scanctl.publisher: per-stream sequence numbers, order kept, bursts coalesced into batches, data
+"""scanctl.transport.publisher: per-stream sequence numbers, order kept, bursts coalesced into batches, data
 sent at once in its own messages, nothing lost on close."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import zmq
 
 from scanctl.errors import WireProtocolError
-from scanctl.publisher import BATCH_MAX, Publisher
-from scanctl.wire import decode, unbatch
+from scanctl.transport.publisher import BATCH_MAX, Publisher
+from scanctl.transport.wire import decode, unbatch
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ def test_a_batch_too_big_for_one_envelope_is_split(sockets):
 def test_a_subscription_hands_out_a_burst_in_order_and_its_iteration_ends_when_quiet():
     """Subscription.messages: every message of a burst, in order, gap-free; the iteration ends once the
     idle timeout passes with nothing new."""
-    from scanctl.client import Subscription
+    from scanctl.services.client import Subscription
 
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)

@@ -18,9 +18,7 @@ import ismrmrd
 import numpy as np
 import pytest
 
-from scanctl.errors import ScanctlError
-from scanctl.interfaces import Acquisition
-from scanctl.rawdata import (
+from scanctl.data.rawdata import (
     LABEL_COUNTERS,
     EncodingLimit,
     RawDataError,
@@ -32,6 +30,8 @@ from scanctl.rawdata import (
     read_acquisitions,
     sequence_labels,
 )
+from scanctl.errors import ScanctlError
+from scanctl.hw.interfaces import Acquisition
 
 NX, NY = 32, 24
 
@@ -296,8 +296,8 @@ _CHILD = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from scanctl.interfaces import Acquisition
-    from scanctl.rawdata import RawDataWriter, RawHeader
+    from scanctl.hw.interfaces import Acquisition
+    from scanctl.data.rawdata import RawDataWriter, RawHeader
 
     path, count = sys.argv[1], int(sys.argv[2])
     header = RawHeader(protocol_name="crash", fov_m=(0.2, 0.2, 0.005), encoded_matrix=(64, 512, 1),
@@ -513,7 +513,7 @@ def test_epi_navigators_do_not_count_and_centre_samples_follow_the_trajectory(se
 def test_header_for_a_profile_and_protocol(sequences):
     from types import SimpleNamespace
 
-    from scanctl import profile as profiles
+    from scanctl.config import profile as profiles
 
     prof = profiles.load()
     protocol = SimpleNamespace(name="GRE head", sequence_params=SimpleNamespace(flip_angle_deg=12.0),

@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from scanctl import profile as profiles
-from scanctl.program import GradientProgram
-from scanctl.registry import open_subsystem
-from scanctl.run import run_scan
+from scanctl.config import profile as profiles
+from scanctl.engine.run import run_scan
+from scanctl.hw.program import GradientProgram
+from scanctl.hw.registry import open_subsystem
 
 GRE = "protocols/gre_2d.toml"
 

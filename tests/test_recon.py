@@ -15,9 +15,8 @@ import ismrmrd
 import numpy as np
 import pytest
 
-from scanctl.interfaces import Acquisition
-from scanctl.rawdata import EncodingLimit, RawDataWriter, RawHeader, read_acquisitions, sequence_labels
-from scanctl.recon import (
+from scanctl.data.rawdata import EncodingLimit, RawDataWriter, RawHeader, read_acquisitions, sequence_labels
+from scanctl.data.recon import (
     ReconError,
     mosaic,
     reconstruct,
@@ -27,6 +26,7 @@ from scanctl.recon import (
     save_png,
     to_uint8,
 )
+from scanctl.hw.interfaces import Acquisition
 
 N = 64
 

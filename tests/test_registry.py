@@ -1,4 +1,4 @@
-"""scanctl.registry: subsystems chosen by URL, with clear errors for anything unknown."""
+"""scanctl.hw.registry: subsystems chosen by URL, with clear errors for anything unknown."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from scanctl.simulators.gradient import SimulatedGradient
 from scanctl.simulators.table import SimulatedTable
 
-from scanctl import profile as profiles
+from scanctl.config import profile as profiles
 from scanctl.errors import ConfigError
-from scanctl.registry import GROUP, INTERFACES, KINDS, available, is_remote, open_subsystem, parse_url
+from scanctl.hw.registry import GROUP, INTERFACES, KINDS, available, is_remote, open_subsystem, parse_url
 
 PROFILE = profiles.load()
 

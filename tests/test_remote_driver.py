@@ -15,12 +15,12 @@ import time
 
 import pytest
 
-from scanctl import profile as profiles
+from scanctl.config import profile as profiles
+from scanctl.data.rawdata import RawDataWriter, header_for, read_acquisitions
+from scanctl.engine.executor import Scanner
+from scanctl.engine.machine import ScannerState
 from scanctl.errors import DriverError, InvalidTransitionError, ScanctlError
-from scanctl.executor import Scanner
-from scanctl.interfaces import SubsystemState
-from scanctl.machine import ScannerState
-from scanctl.rawdata import RawDataWriter, header_for, read_acquisitions
+from scanctl.hw.interfaces import SubsystemState
 from scanctl.sequence import pulseq_read
 from tests.test_cli import GRE
 
@@ -94,7 +94,7 @@ def test_killed_driver_faults_the_scan_within_the_liveness_bound(tmp_path, gradi
 def server_with_rf_driver(rf_url: str, overrides: dict[str, str] | None = None, **options):
     """A control server on a thread whose RF subsystem is a driver service process serving ``rf_url``;
     yields the server, the driver's port and the list of driver processes (a restarted one appended)."""
-    from scanctl.server import ControlServer
+    from scanctl.services.server import ControlServer
 
     port = free_port()
     procs = [start_driver("rf", port, rf_url)]
@@ -118,7 +118,7 @@ def test_killed_rf_driver_ends_a_remote_run_in_fault_with_its_data_within_the_de
     time) is killed mid-scan; the run ends in FAULT within the default 1 s liveness bound, the console gets
     the run's end and a valid raw data file holding every acquisition received; restart, reset, and the
     next scan completes."""
-    from scanctl.client import Client, run_remote
+    from scanctl.services.client import Client, run_remote
 
     rf_url = "sim://?physics=0&realtime=1&buffer_s=0.2"
     killed_at: list[float] = []
@@ -152,7 +152,7 @@ def test_killed_rf_driver_ends_a_remote_run_in_fault_with_its_data_within_the_de
 def test_a_driver_lost_while_idle_is_unknown_and_faults_the_scanner_within_the_default_bound():
     """No scan running: the control server still watches its drivers; one killed is UNKNOWN and the scanner
     in FAULT (nothing may start on it) within the default 1 s bound; restarted, a reset brings it back."""
-    from scanctl.client import Client
+    from scanctl.services.client import Client
 
     with server_with_rf_driver("sim://?physics=0") as (server, port, procs), \
             Client(server.endpoints["control"]) as client:
@@ -175,7 +175,7 @@ def test_a_driver_lost_while_idle_is_unknown_and_faults_the_scanner_within_the_d
 
 
 def serve_in_thread(subsystem, **options):
-    from scanctl.service import DriverService
+    from scanctl.services.driver_service import DriverService
 
     service = DriverService(subsystem.kind, subsystem, "tcp://127.0.0.1:0", **options)
     thread = threading.Thread(target=service.serve_forever, daemon=True)
@@ -185,7 +185,7 @@ def serve_in_thread(subsystem, **options):
 
 def armed_gradient_over_the_wire(client_timeout_s: float):
     from drivers.zmq_proxy import ProxyGradient
-    from scanctl.registry import open_subsystem
+    from scanctl.hw.registry import open_subsystem
 
     gradient = open_subsystem("gradient", "sim://", PROFILE)
     service, thread = serve_in_thread(gradient, client_timeout_s=client_timeout_s)
@@ -307,7 +307,7 @@ def test_another_clients_heartbeats_do_not_keep_a_driver_whose_scanner_went_sile
     """A monitoring tool heartbeating the driver service must not stand in for the dead scanner."""
     import zmq
 
-    from scanctl.wire import Message, decode, encode
+    from scanctl.transport.wire import Message, decode, encode
 
     gradient, service, thread, proxy = armed_gradient_over_the_wire(client_timeout_s=0.5)
     monitor = zmq.Context.instance().socket(zmq.DEALER)

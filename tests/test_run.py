@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from scanctl.simulators.physics import shepp_logan
 
-from scanctl import profile as profiles
 from scanctl.cli import main
-from scanctl.protocol import load_protocol
-from scanctl.rawdata import read_acquisitions
-from scanctl.run import run_scan
+from scanctl.config import profile as profiles
+from scanctl.config.protocol import load_protocol
+from scanctl.data.rawdata import read_acquisitions
+from scanctl.engine.run import run_scan
 
 PROTOCOLS = Path(__file__).parents[1] / "protocols"
 PROFILE = profiles.load()
@@ -86,7 +86,7 @@ def test_fault_mid_scan_keeps_valid_raw_data(tmp_path, capsys):
 
 def test_sequence_beyond_the_scanner_is_refused_before_anything_moves(tmp_path, capsys):
     weak = tmp_path / "weak.toml"
-    text = (Path(profiles.__file__).parent / "profiles" / "default.toml").read_text()
+    text = (Path(profiles.__file__).parents[1] / "profiles" / "default.toml").read_text()
     weak.write_text(text.replace("x = 40.0, y = 40.0, z = 40.0", "x = 5.0, y = 5.0, z = 5.0"))
     seq = Path(__file__).parent / "data" / "pulseq-matlab" / "tests_legacy_approved_gre.seq"
     code = main(["run", str(seq), "--system", str(weak), "--out", str(tmp_path / "out")])

@@ -10,10 +10,10 @@ import pypulseq as pp
 import pytest
 from scanctl.simulators.gradient import SimulatedGradient
 
-from scanctl import profile as profiles
 from scanctl.cli import main
-from scanctl.program import compile_segments
-from scanctl.run import run_scan
+from scanctl.config import profile as profiles
+from scanctl.engine.run import run_scan
+from scanctl.engine.segments import compile_segments
 from scanctl.safety.heating import predict_heating
 from scanctl.safety.predict import predict
 from scanctl.sequence import pulseq_read
@@ -126,7 +126,7 @@ def test_reports_and_bad_input(heavy, tmp_path, capsys):
 
 
 def test_a_remote_run_is_refused_by_the_server_before_anything_moves(heavy, tmp_path):
-    from scanctl.client import run_remote
+    from scanctl.services.client import run_remote
     from tests.test_server import FAST, Served
 
     path, _ = heavy
@@ -225,7 +225,7 @@ def test_every_limit_kind_names_its_limit_value_margin_and_place(heavy, tmp_path
 
 
 def profiles_protocol_sequence(path: str, prof):  # type: ignore[no-untyped-def]
-    from scanctl.protocol import load_protocol
+    from scanctl.config.protocol import load_protocol
 
     return load_protocol(path).build_sequence(prof)
 

@@ -14,14 +14,14 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from scanctl import profile as profiles
+from scanctl.config import profile as profiles
+from scanctl.engine.executor import Scanner
+from scanctl.engine.machine import LATCHED, RESTING
+from scanctl.engine.machine import ScannerState as S
+from scanctl.engine.run import load_source
+from scanctl.engine.segments import compile_segments
 from scanctl.errors import DriverError, InterlockError, InvalidTransitionError, SafetyLimitError, ScanctlError
-from scanctl.executor import Scanner
-from scanctl.interfaces import Status, SubsystemState
-from scanctl.machine import LATCHED, RESTING
-from scanctl.machine import ScannerState as S
-from scanctl.program import compile_segments
-from scanctl.run import load_source
+from scanctl.hw.interfaces import Status, SubsystemState
 from scanctl.safety.interlocks import read_inputs
 from scanctl.safety.supervisor import ASSUMED_WEIGHT_KG, EnergyLog, Supervisor, SupervisorTrip
 

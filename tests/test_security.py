@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from scanctl import profile as profiles
 from scanctl.cli import main
-from scanctl.client import Client, CommandError, ServerTimeoutError
+from scanctl.config import profile as profiles
 from scanctl.errors import ConfigError, DriverTimeoutError
-from scanctl.registry import open_subsystem
-from scanctl.security import ClientCurve, ServerCurve, generate
-from scanctl.server import ControlServer
-from scanctl.service import DriverService
+from scanctl.hw.registry import open_subsystem
+from scanctl.services.client import Client, CommandError, ServerTimeoutError
+from scanctl.services.driver_service import DriverService
+from scanctl.services.server import ControlServer
+from scanctl.transport.security import ClientCurve, ServerCurve, generate
 
 PROFILE = profiles.load()
 LOOPBACK = "tcp://127.0.0.1:0"

@@ -20,14 +20,14 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scanctl import profile as profiles
 from scanctl.cli import _event_line, main
-from scanctl.client import Client, CommandError, run_remote
+from scanctl.config import profile as profiles
+from scanctl.data.rawdata import read_acquisitions
+from scanctl.engine.run import run_scan
 from scanctl.errors import ConfigError, ScanctlError
-from scanctl.rawdata import read_acquisitions
-from scanctl.run import run_scan
-from scanctl.server import ControlServer
-from scanctl.wire import MAX_ENVELOPE_BYTES, Message, decode, encode
+from scanctl.services.client import Client, CommandError, run_remote
+from scanctl.services.server import ControlServer
+from scanctl.transport.wire import MAX_ENVELOPE_BYTES, Message, decode, encode
 
 PROTOCOLS = Path(__file__).parents[1] / "protocols"
 GRE = PROTOCOLS / "gre_2d.toml"
@@ -305,7 +305,7 @@ def test_a_silent_controller_lapses_one_that_talks_keeps_control():
 def test_a_remote_run_keeps_its_control_alive(tmp_path, monkeypatch):
     """run_remote sends a command every KEEPALIVE_S while the scan plays (here paced to wall-clock time,
     1.5 s, four times the control timeout): nobody can take control from it without force."""
-    import scanctl.client as client_module
+    import scanctl.services.client as client_module
 
     monkeypatch.setattr(client_module, "KEEPALIVE_S", 0.1)
     served = Served({"gradient": "sim://?realtime=1", "rf": "sim://?physics=0&realtime=1"}, control_timeout_s=0.4)
@@ -636,7 +636,7 @@ def test_a_request_id_reused_for_another_command_is_refused_not_answered_with_th
 def test_the_reply_cache_is_bounded_however_many_clients_a_peer_makes_up(shared):
     """65,536 requests under 1,024 made-up names grew the server by 553 MB: status replies are not kept at
     all, and the replies that are kept are bounded in number and bytes over all clients together."""
-    from scanctl import reply_cache
+    from scanctl.services import reply_cache
 
     raw = Raw(shared.endpoint)
     cache = shared.server._cache

@@ -20,15 +20,15 @@ from hypothesis import strategies as st
 from scanctl.drivers.serial_table import SerialLink, SerialTable
 from scanctl.simulators.table_controller import WireFaults
 
-from scanctl import profile as profiles
 from scanctl.cli import main
+from scanctl.config import profile as profiles
+from scanctl.engine.executor import Scanner
+from scanctl.engine.machine import ScannerState
 from scanctl.errors import ConfigError, DriverError, DriverTimeoutError, InvalidTransitionError, SubsystemFault
-from scanctl.executor import Scanner
-from scanctl.interfaces import SubsystemState, TableSystem
-from scanctl.machine import ScannerState
-from scanctl.registry import open_subsystem
+from scanctl.hw.interfaces import SubsystemState, TableSystem
+from scanctl.hw.registry import open_subsystem
 from scanctl.sequence import pulseq_read
-from scanctl.table_protocol import (
+from scanctl.transport.table_protocol import (
     EVENT,
     REPLY,
     WATCHDOG_POWER_UP_S,
@@ -615,7 +615,7 @@ def test_scanctl_run_with_the_table_on_the_serial_simulator(tmp_path, pty_sim, c
 
 def test_run_with_a_noisy_line_positions_right_or_faults_clearly(tmp_path):
     with ThreadSim("", "garble=0.2,drop=0.2", seed=5) as sim:
-        from scanctl.run import run_scan
+        from scanctl.engine.run import run_scan
 
         url = sim.url + "?timeout_s=0.05&retries=6"
         report = run_scan(rig_protocol(tmp_path, -80.0), PROFILE, tmp_path / "out",

@@ -60,7 +60,7 @@ def test_files_are_named_as_installed():
         ("drivers.zmq_proxy", "drivers/zmq_proxy.py"): "scanctl.drivers.zmq_proxy",
         ("simulators", "simulators/__init__.py"): "scanctl.simulators",
         ("simulators.physics.bloch", "simulators/physics/bloch.py"): "scanctl.simulators.physics.bloch",
-        ("scanctl.run", "scanctl/run.py"): "scanctl.run",
+        ("scanctl.engine.run", "scanctl/engine/run.py"): "scanctl.engine.run",
         ("check", "tools/check.py"): "check",
     }
     for (module, path), name in cases.items():

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from scanctl import profile as profiles
 from scanctl.cli import main
-from scanctl.launcher import _alive, down, simulator_urls, up
-from scanctl.rawdata import read_acquisitions
-from scanctl.run import run_scan
+from scanctl.config import profile as profiles
+from scanctl.data.rawdata import read_acquisitions
+from scanctl.engine.run import run_scan
+from scanctl.services.launcher import _alive, down, simulator_urls, up
 
 GRE = Path(__file__).parents[1] / "protocols" / "gre_2d.toml"
 PROFILE = """
@@ -152,7 +152,7 @@ def reset_after_the_fault(endpoint: str) -> None:
     """Wait for the server to latch FAULT for a driver it lost (OFF: restarted), then reset it."""
     import time
 
-    from scanctl.client import Client
+    from scanctl.services.client import Client
 
     with Client(endpoint, name="t") as c:
         c.take_control()
@@ -171,7 +171,7 @@ def test_a_lost_gradient_driver_restarted_with_its_world_or_without_it(tmp_path)
     import sys
     import time
 
-    from scanctl.client import Client, run_remote
+    from scanctl.services.client import Client, run_remote
 
     def scan(out: str):
         with Client(record["control"], name="console") as console:

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from scanctl import profile as profiles
+from scanctl.config import profile as profiles
 from scanctl.sequence import checks, waveforms
 from scanctl.sequence.pulseq_read import parse
 from tests.seqtext import pulseq_text

@@ -1,4 +1,4 @@
-"""scanctl.wire: envelopes and binary frames round-trip, and every malformed message is refused cleanly."""
+"""scanctl.transport.wire: envelopes and binary frames round-trip, and every malformed message is refused cleanly."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from hypothesis import assume, event, given, settings
 from hypothesis.extra import numpy as hnp
 
 from scanctl.errors import WireProtocolError
-from scanctl.interfaces import Acquisition, AcquisitionBatch, Status, SubsystemState
-from scanctl.program import GradientProgram
-from scanctl.wire import (
+from scanctl.hw.interfaces import Acquisition, AcquisitionBatch, Status, SubsystemState
+from scanctl.hw.program import GradientProgram
+from scanctl.transport.wire import (
     Group,
     Message,
     decode,

@@ -15,11 +15,11 @@ import pytest
 from scanctl.simulators.rf import SimulatedRF
 from scanctl.simulators.world import World, WorldReceiver, WorldSender, receiver, sender
 
-from scanctl import profile as profiles
+from scanctl.config import profile as profiles
 from scanctl.errors import ConfigError, DriverError
-from scanctl.interfaces import Scene
-from scanctl.program import GradientProgram
-from scanctl.registry import open_subsystem
+from scanctl.hw.interfaces import Scene
+from scanctl.hw.program import GradientProgram
+from scanctl.hw.registry import open_subsystem
 
 PROFILE = profiles.load()
 
@@ -94,7 +94,7 @@ def test_take_waits_a_bounded_time_and_once_only_while_no_sender_is_heard():
 SEND_LATER = textwrap.dedent("""
     import sys, time
     import numpy as np
-    from scanctl.program import GradientProgram
+    from scanctl.hw.program import GradientProgram
     from scanctl.simulators.world import WorldSender
     time.sleep(0.2)
     t = np.array([4.0, 4.001, 4.002]); g = np.array([0.0, 1000.0, 0.0])
@@ -107,9 +107,9 @@ SEND_LATER = textwrap.dedent("""
 GRADIENT_PROCESS = textwrap.dedent("""
     import sys
     import numpy as np
-    from scanctl import profile
-    from scanctl.program import GradientProgram
-    from scanctl.registry import open_subsystem
+    from scanctl.config import profile
+    from scanctl.hw.program import GradientProgram
+    from scanctl.hw.registry import open_subsystem
     gradient = open_subsystem("gradient", "sim://?world=" + sys.argv[1], profile.load())
     gradient.connect()
     gradient.arm()

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scanctl.profile import SystemProfile
-from scanctl.safety.limits import GradientThermal
+from scanctl.config.limits import GradientThermal
+from scanctl.config.profile import SystemProfile
 from scanctl.safety.lowpass import low_pass
 from scanctl.sequence.model import FloatArray, Sequence
 from scanctl.sequence.waveforms import axis_waveform

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from scanctl.errors import InterlockError, SafetyLimitError, ScanctlError
-from scanctl.interfaces import Status, SubsystemState
+from scanctl.hw.interfaces import Status, SubsystemState
 
 log = logging.getLogger(__name__)
 

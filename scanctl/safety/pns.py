@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from scanctl.safety.limits import PNSAxis, PNSSafety
+from scanctl.config.limits import PNSAxis, PNSSafety
 from scanctl.safety.lowpass import ROW, lane_order, scan_lanes
 from scanctl.sequence.model import FloatArray, IntArray, Sequence
 from scanctl.sequence.waveforms import AxisWaveform, axis_waveform

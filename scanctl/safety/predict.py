@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from scanctl.config.limits import MODES
+from scanctl.config.profile import SystemProfile
 from scanctl.errors import ConfigError
-from scanctl.profile import SystemProfile
 from scanctl.safety.heating import HeatingPrediction, predict_heating
-from scanctl.safety.limits import MODES
 from scanctl.safety.pns import PNSPrediction, predict_pns
 from scanctl.safety.sar import RFPulses, WindowPeak, window_curve, window_peak
 from scanctl.safety.supervisor import ASSUMED_WEIGHT_KG

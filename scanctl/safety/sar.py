@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scanctl.program import b1_squared_integrals, rf_event_samples
-from scanctl.safety.limits import RFSafety
+from scanctl.config.limits import RFSafety
+from scanctl.hw.program import b1_squared_integrals
 from scanctl.sequence.model import FloatArray, IntArray, Sequence
+from scanctl.sequence.rf_samples import rf_event_samples
 
 
 @dataclass(frozen=True)

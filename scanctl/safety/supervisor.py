@@ -34,11 +34,11 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from scanctl.config.limits import SafetyLimits
 from scanctl.errors import SafetyLimitError
-from scanctl.interfaces import Status, SubsystemState
-from scanctl.program import RFProgram
+from scanctl.hw.interfaces import Status, SubsystemState
+from scanctl.hw.program import RFProgram
 from scanctl.safety.interlocks import read_inputs
-from scanctl.safety.limits import SafetyLimits
 
 #: The patient weight assumed when none is given (kg): see the module docstring.
 ASSUMED_WEIGHT_KG = 40.0
@@ -127,7 +127,7 @@ class SarLimit:
 
 
 class Supervisor:
-    """Watches one run. ``limits`` is the profile's :class:`~scanctl.safety.limits.SafetyLimits`; ``mode``
+    """Watches one run. ``limits`` is the profile's :class:`~scanctl.config.limits.SafetyLimits`; ``mode``
     one of ``limits.MODES`` (``normal``, ``first_level``); ``scan_position_mm`` where the table must stay.
 
     Raises SafetyLimitError at construction for an unknown mode or a weight that is not positive.

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scanctl.config.profile import AXES, SystemProfile
 from scanctl.errors import ConfigError
-from scanctl.profile import AXES, SystemProfile
 from scanctl.sequence.model import (
     TIME_DEFAULT,
     ADCEvents,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from scanctl.profile import AXES, SystemProfile
+from scanctl.config.profile import AXES, SystemProfile
 from scanctl.sequence.model import FloatArray, IntArray, Sequence
 from scanctl.sequence.timing import block_event_ends
 from scanctl.sequence.waveforms import event_extremes, physical_gradients

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from scanctl.config.files import read_bounded
 from scanctl.errors import SequenceFormatError, SignatureError
-from scanctl.files import read_bounded
 from scanctl.sequence import shapes as shape_codec
 from scanctl.sequence._text import Section, Table, TextFile
 from scanctl.sequence.model import (

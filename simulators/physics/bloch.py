@@ -44,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scanctl.errors import ConfigError
-from scanctl.program import ADCProgram, GradientProgram, RFProgram
+from scanctl.hw.program import ADCProgram, GradientProgram, RFProgram
 
 from .graph import PhaseGraph
 from .moments import Moments

@@ -1,4 +1,4 @@
-"""Exact gradient moments of a piecewise-linear :class:`~scanctl.program.GradientProgram`.
+"""Exact gradient moments of a piecewise-linear :class:`~scanctl.hw.program.GradientProgram`.
 
 The phase a spin at ``r`` gathers from the gradients between ``t_a`` and ``t_b`` is
 ``2π r · (m(t_b) - m(t_a))`` with ``m(t) = ∫ g dt`` (cycles per metre when ``g`` is in Hz/m). The
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from scanctl.program import GradientProgram
+from scanctl.hw.program import GradientProgram
 
 FloatArray = npt.NDArray[np.float64]
 

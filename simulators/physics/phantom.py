@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from scanctl.config.files import require_regular
 from scanctl.errors import ConfigError
-from scanctl.files import require_regular
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -1,6 +1,6 @@
 """Built-in sequence builders, by protocol type name (see docs/protocol.md).
 
-Each builder takes a :class:`~scanctl.profile.SystemProfile` and its parameters and returns a
+Each builder takes a :class:`~scanctl.config.profile.SystemProfile` and its parameters and returns a
 :class:`~scanctl.sequence.model.Sequence` that passes :func:`scanctl.sequence.checks.check` against
 that profile.
 """
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from scanctl.profile import SystemProfile
+from scanctl.config.profile import SystemProfile
 from scanctl.sequence.builders.common import ParameterError, Params
 from scanctl.sequence.builders.epi_2d import EpiParams, epi_2d
 from scanctl.sequence.builders.gre_2d import GreParams, gre_2d

@@ -2,7 +2,7 @@
 excitation, the read-out dwell and the TE/TR bookkeeping.
 
 Parameters are dataclass fields whose metadata declares unit, range and meaning: one declaration serves
-the Python API (constructing the dataclass validates it), protocol files (``scanctl.protocol``) and the
+the Python API (constructing the dataclass validates it), protocol files (``scanctl.config.protocol``) and the
 documentation test. Every problem is a :class:`ParameterError` naming the parameter.
 """
 
@@ -17,6 +17,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from scanctl.config.tomlcheck import Reader
 from scanctl.errors import ConfigError
 from scanctl.sequence.build import (
     RF,
@@ -28,7 +29,6 @@ from scanctl.sequence.build import (
     sinc_pulse,
     valid_dwell,
 )
-from scanctl.tomlcheck import Reader
 
 log = logging.getLogger(__name__)
 

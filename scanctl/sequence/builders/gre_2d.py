@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from scanctl.profile import SystemProfile
+from scanctl.config.profile import SystemProfile
 from scanctl.sequence.build import Label, SequenceBuilder, System, common_duration, readout, rf_spoil_phases, trapezoid
 from scanctl.sequence.build import slice_rephase_area as rephase
 from scanctl.sequence.builders.common import (

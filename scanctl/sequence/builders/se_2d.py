@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from scanctl.profile import SystemProfile
+from scanctl.config.profile import SystemProfile
 from scanctl.sequence.build import Label, SequenceBuilder, System, common_duration, readout, trapezoid
 from scanctl.sequence.build import slice_rephase_area as rephase
 from scanctl.sequence.builders.common import (

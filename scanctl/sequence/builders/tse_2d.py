@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from scanctl.profile import SystemProfile
+from scanctl.config.profile import SystemProfile
 from scanctl.sequence.build import Label, SequenceBuilder, System, common_duration, readout, trapezoid
 from scanctl.sequence.build import slice_rephase_area as rephase
 from scanctl.sequence.builders.common import (

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from scanctl.tomlcheck import Reader
+from scanctl.config.tomlcheck import Reader
 
 #: The IEC 60601-2-33 operating modes, as profiles and reports spell them (the CLI says ``first-level``).
 MODES = ("normal", "first_level")

@@ -20,12 +20,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Literal, Protocol, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast, overload
 from urllib.parse import parse_qsl, urlsplit
 
 from scanctl.errors import ConfigError
-from scanctl.interfaces import GradientSystem, RFSystem, Subsystem, TableSystem
-from scanctl.profile import SystemProfile
+from scanctl.hw.interfaces import GradientSystem, RFSystem, Subsystem, TableSystem
+
+if TYPE_CHECKING:  # a type only: the hardware layer imports no configuration
+    from scanctl.config.profile import SystemProfile
 
 #: The interface each kind of subsystem meets (``dict[str, type]``: mypy takes ``type[Subsystem]`` for a
 #: concrete class, never a Protocol).

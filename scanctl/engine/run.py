@@ -1,12 +1,12 @@
 """``scanctl run``: a protocol (or a Pulseq file) through the scanner, to raw data, image and report.
 
-The steps, each in its own module: load the protocol and build its sequence (:mod:`scanctl.protocol`),
-open the subsystems the system profile names (:mod:`scanctl.registry`), check and prepare
-(:mod:`scanctl.executor`), play while streaming every acquisition into the ISMRMRD file
-(:mod:`scanctl.rawdata`), reconstruct (:mod:`scanctl.recon`) and write the report. An aborted or
+The steps, each in its own module: load the protocol and build its sequence (:mod:`scanctl.config.protocol`),
+open the subsystems the system profile names (:mod:`scanctl.hw.registry`), check and prepare
+(:mod:`scanctl.engine.executor`), play while streaming every acquisition into the ISMRMRD file
+(:mod:`scanctl.data.rawdata`), reconstruct (:mod:`scanctl.data.recon`) and write the report. An aborted or
 faulted run still leaves a valid raw data file with everything acquired, and its report. Ctrl-C (SIGINT)
 during the scan aborts it the same way. Every file is new, in a directory of the run's own
-(:mod:`scanctl.outputs`): nothing earlier is ever written over.
+(:mod:`scanctl.data.outputs`): nothing earlier is ever written over.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from scanctl.config.profile import SystemProfile
+from scanctl.config.protocol import Protocol, load_protocol
+from scanctl.data.outputs import write_new
 from scanctl.errors import ScanctlError, WireProtocolError
-from scanctl.interfaces import Acquisition, Scene, SceneSystem
-from scanctl.outputs import write_new
-from scanctl.profile import SystemProfile
-from scanctl.protocol import Protocol, load_protocol
+from scanctl.hw.interfaces import Acquisition, Scene, SceneSystem
 from scanctl.sequence.model import Sequence
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def scene_for(seq: Sequence, protocol: Protocol | None) -> Scene:
 
 def place_scene(rf: Any, scene: Scene) -> bool:
     """Give a simulated RF system — in this process, or served in another (``scanctl up``) through its
-    driver service — the scene to image, by calling its ``place`` (:class:`scanctl.interfaces.SceneSystem`).
+    driver service — the scene to image, by calling its ``place`` (:class:`scanctl.hw.interfaces.SceneSystem`).
     Returns True if it took it; a real RF system (no ``place``, or a driver service that offers none) is
     left alone. Raises ConfigError for a scene the simulator refuses (the old one stays)."""
     if not isinstance(rf, SceneSystem):
@@ -129,8 +129,8 @@ def run_scan(
     mode: str = "normal",
 ) -> RunReport:
     """Run ``source`` (a protocol TOML or a Pulseq file) on the profile's subsystems in this process
-    (``overrides`` replacing URLs), through one :class:`scanctl.session.ScanSession`, and write the outputs
-    into ``out_dir``, which must be new or empty (:func:`scanctl.outputs.claim_dir`): ``raw.h5`` (ISMRMRD),
+    (``overrides`` replacing URLs), through one :class:`scanctl.engine.session.ScanSession`, and write the outputs
+    into ``out_dir``, which must be new or empty (:func:`scanctl.data.outputs.claim_dir`): ``raw.h5`` (ISMRMRD),
     ``image.npy`` and ``image.png`` (when reconstructed), ``sequence.seq``, ``report.json``. Raises
     ConfigError / SequenceFormatError for bad input (nothing has moved), OutputError if ``out_dir`` holds
     files already or ``sequence.seq`` cannot be written (nothing has moved), RunOutputError if the scan ran
@@ -141,7 +141,7 @@ def run_scan(
     in ``mode``; a sequence that would break a limit is refused before anything connects or moves.
     Ctrl-C (SIGINT, when called in the main thread) during the scan aborts it (made safe, outcome
     ``aborted``) and the outputs are written as for any run that ends early."""
-    from scanctl.session import LocalPort, ScanSession
+    from scanctl.engine.session import LocalPort, ScanSession
 
     with LocalPort(profile, overrides) as port:
         return ScanSession(port).scan(source, out_dir, reconstruct=reconstruct, progress=progress,
@@ -206,8 +206,8 @@ def sequence_info(seq: Sequence, md5: str, file: str) -> dict[str, Any]:
 def write_image(out: Path, acquisitions: list[Acquisition], seq: Sequence, timings: dict[str, float]) -> dict[str, str]:
     """Reconstruct ``acquisitions`` and write ``image.npy`` and ``image.png`` into ``out``; adds
     ``recon_s`` to ``timings`` and returns the report's output entries."""
-    from scanctl.recon import png_bytes
-    from scanctl.recon import reconstruct as recon
+    from scanctl.data.recon import png_bytes
+    from scanctl.data.recon import reconstruct as recon
 
     t0 = time.perf_counter()
     image = recon(acquisitions, seq)

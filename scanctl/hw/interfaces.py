@@ -6,7 +6,7 @@ no I/O: :meth:`Subsystem.connect` does. Every method raises only :class:`~scanct
 subclasses (a foreign error is raised ``from`` at the boundary).
 
 Timing: programs are on the scan's single timebase, seconds from the start of the sequence. The
-executor loads :mod:`scanctl.program` segments ahead of time, within each subsystem's buffer, and calls
+executor loads segments (:mod:`scanctl.engine.segments`) ahead of time, within each subsystem's buffer, and calls
 ``sync(t_s)`` to wait until the subsystem has played everything before ``t_s``: a simulator computes it
 on its virtual clock, a real system waits for its hardware to get there.
 """
@@ -21,7 +21,7 @@ from typing import Any, Protocol, overload, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from scanctl.program import ADCProgram, GradientProgram, RFProgram
+from scanctl.hw.program import ADCProgram, GradientProgram, RFProgram
 
 
 class SubsystemState(enum.Enum):
@@ -67,7 +67,7 @@ class AcquisitionBatch(Sequence[Acquisition]):
     (float64), ``shape`` (int64 ``(n, 2)``: channels, samples), ``data`` (complex64, every acquisition's
     samples one after the other), ``labels`` (name → int64 column) and ``unlabelled`` (name → bool column,
     only for a label some acquisitions lack). The columns are taken as they are (the sender of a wire batch
-    is checked by :func:`scanctl.wire.check_acquisitions` first).
+    is checked by :func:`scanctl.transport.wire.check_acquisitions` first).
 
     It is a sequence of :class:`Acquisition`: the objects (their ``data`` views of the column) are made
     when first asked for, so a batch that is only forwarded — published, sent on by a driver service —

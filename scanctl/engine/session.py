@@ -2,16 +2,16 @@
 
 Every way a scan is run goes through :class:`ScanSession` — ``scanctl run`` in this process, ``scanctl run
 --connect`` on a console, and the control server for its own copy of every run — over a **scanner port**
-(:class:`ScannerPort`): :class:`LocalPort`, a scanner in this process, or ``scanctl.client.RemotePort``,
+(:class:`ScannerPort`): :class:`LocalPort`, a scanner in this process, or ``scanctl.services.client.RemotePort``,
 one behind the control server. A port loads (raising :class:`Refused`, a typed outcome, when the safety
 prediction or the sequence checks refuse before anything moved) and plays (streaming every acquisition
 to the session's sink, returning how it :class:`Ended`); the session writes the files of a run into a
-directory of its own (:mod:`scanctl.outputs`: every file new, nothing earlier written over) —
+directory of its own (:mod:`scanctl.data.outputs`: every file new, nothing earlier written over) —
 ``sequence.seq``, ``raw.h5`` (ISMRMRD, written as the data arrive), ``image.npy``/``image.png``
 (reconstructed from what ``raw.h5`` holds, not from a second copy in memory) and ``report.json``.
 
 A raw data write that fails (a full disk) stops the scan safely; the image and report are still
-attempted and :class:`~scanctl.run.RunOutputError` names every file that could not be written.
+attempted and :class:`~scanctl.engine.run.RunOutputError` names every file that could not be written.
 """
 
 from __future__ import annotations
@@ -24,13 +24,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from scanctl.errors import SafetyLimitError, ScanctlError
-from scanctl.executor import RunResult, Scanner
-from scanctl.interfaces import Acquisitions
-from scanctl.outputs import OutputError, claim_dir, write_new
-from scanctl.profile import SystemProfile
-from scanctl.rawdata import RawHeader
-from scanctl.run import (
+from scanctl.config.profile import SystemProfile
+from scanctl.data.outputs import OutputError, claim_dir, write_new
+from scanctl.data.rawdata import RawHeader
+from scanctl.engine.executor import RunResult, Scanner
+from scanctl.engine.run import (
     Interrupt,
     RunOutputError,
     RunReport,
@@ -44,6 +42,8 @@ from scanctl.run import (
     write_image,
     write_report,
 )
+from scanctl.errors import SafetyLimitError, ScanctlError
+from scanctl.hw.interfaces import Acquisitions
 from scanctl.sequence import pulseq_write
 from scanctl.sequence.model import Sequence
 
@@ -150,7 +150,7 @@ class ScanSession:
         batch too (the control server publishes them), before it is written. Returns the report (written as
         report.json). Raises OutputError before anything moved when ``out_dir`` cannot be had, RunOutputError
         when some file of the run could not be written (the scan itself ended safe)."""
-        from scanctl.rawdata import RawDataError, RawDataWriter, read_acquisitions
+        from scanctl.data.rawdata import RawDataError, RawDataWriter, read_acquisitions
 
         loaded = self.loaded
         if loaded is None:
@@ -247,7 +247,7 @@ class LocalPort:
 
     def load(self, source: str | os.PathLike[str], *, name: str | None = None,
              patient_weight_kg: float | None = None, mode: str = "normal") -> Loaded:
-        from scanctl.rawdata import header_for
+        from scanctl.data.rawdata import header_for
         from scanctl.safety.predict import predict
 
         t0 = time.perf_counter()

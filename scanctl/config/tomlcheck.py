@@ -13,8 +13,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from scanctl.config.files import read_bounded
 from scanctl.errors import ConfigError
-from scanctl.files import read_bounded
 
 #: The largest configuration file read (bytes): a protocol or profile is a few kB.
 MAX_TOML_BYTES = 1 << 20

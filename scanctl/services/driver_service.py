@@ -34,10 +34,10 @@ import zmq
 
 from scanctl import errors
 from scanctl.errors import ScanctlError, WireProtocolError
-from scanctl.interfaces import Scene, Status, SubsystemState
-from scanctl.program import ADCProgram, GradientProgram, RFProgram
-from scanctl.security import ServerCurve, refuse_unauthenticated
-from scanctl.wire import Message, decode, encode, error_reply, malformed_reply, pack_acquisitions
+from scanctl.hw.interfaces import Scene, Status, SubsystemState
+from scanctl.hw.program import ADCProgram, GradientProgram, RFProgram
+from scanctl.transport.security import ServerCurve, refuse_unauthenticated
+from scanctl.transport.wire import Message, decode, encode, error_reply, malformed_reply, pack_acquisitions
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class DriverService:
     by itself: a scanner that died or lost its network leaves no RF or gradient playing. Other clients'
     traffic (a monitoring tool's heartbeats) never keeps a playing driver alive.
 
-    With ``curve`` (:class:`scanctl.security.ServerCurve`) only CURVE clients with an allowed key get in;
+    With ``curve`` (:class:`scanctl.transport.security.ServerCurve`) only CURVE clients with an allowed key get in;
     without it a non-loopback endpoint is refused (ConfigError) unless ``insecure``."""
 
     def __init__(self, kind: str, subsystem: Any, endpoint: str, *, name: str | None = None,

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scanctl.config.profile import SystemProfile
+from scanctl.config.tomlcheck import Reader, load_text, parse
 from scanctl.errors import ConfigError
-from scanctl.profile import SystemProfile
 from scanctl.sequence.builders import BUILDERS, ParameterError, Params
 from scanctl.sequence.model import Sequence
-from scanctl.tomlcheck import Reader, load_text, parse
 
 #: Phantoms the simulators ship, by name.
 PHANTOMS = ("shepp_logan",)

@@ -30,7 +30,7 @@ from typing import Any
 
 import zmq
 
-from scanctl.wire import MAX_ENVELOPE_BYTES, VERSION_TEXT, Group, dumps_envelope, encode_batch, pack_body
+from scanctl.transport.wire import MAX_ENVELOPE_BYTES, VERSION_TEXT, Group, dumps_envelope, encode_batch, pack_body
 
 log = logging.getLogger(__name__)
 

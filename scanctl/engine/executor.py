@@ -22,6 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from scanctl.config.profile import SystemProfile
+from scanctl.engine.machine import JournalEntry, ScannerMachine, ScannerState
+from scanctl.engine.segments import compile_segments
 from scanctl.errors import (
     DriverError,
     DriverTimeoutError,
@@ -30,11 +33,8 @@ from scanctl.errors import (
     SafetyLimitError,
     ScanctlError,
 )
-from scanctl.interfaces import Acquisitions, GradientSystem, RFSystem, Status, SubsystemState, TableSystem
-from scanctl.machine import JournalEntry, ScannerMachine, ScannerState
-from scanctl.profile import SystemProfile
-from scanctl.program import compile_segments
-from scanctl.registry import open_subsystem
+from scanctl.hw.interfaces import Acquisitions, GradientSystem, RFSystem, Status, SubsystemState, TableSystem
+from scanctl.hw.registry import open_subsystem
 from scanctl.safety.interlocks import check_table_move, make_safe, read_inputs, require_amplifiers_off
 from scanctl.safety.supervisor import Supervisor
 from scanctl.sequence.checks import CheckReport, check

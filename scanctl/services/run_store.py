@@ -2,7 +2,7 @@
 
 A console streams a run's data over ZeroMQ and writes its own files; if it dies mid-scan (killed, its
 machine lost) the scan goes on, and without a copy on the server the rest of it would be stored nowhere.
-So the server's scan session (:mod:`scanctl.session`) writes each run into ``DATA_DIR/<run id>/`` —
+So the server's scan session (:mod:`scanctl.engine.session`) writes each run into ``DATA_DIR/<run id>/`` —
 ``sequence.seq`` when it starts, ``raw.h5`` (ISMRMRD) as the data arrive, ``report.json`` when it ends —
 and a console fetches them later by run id (the ``runs`` and ``fetch`` commands; ``scanctl fetch``).
 Files are created exclusively: nothing already stored is ever overwritten.

@@ -38,15 +38,15 @@ from ismrmrd import constants as C
 from ismrmrd import xsd
 from ismrmrd.hdf5 import acquisition_dtype, acquisition_header_dtype
 
+from scanctl.config.profile import SystemProfile
 from scanctl.errors import ScanctlError
-from scanctl.interfaces import Acquisition
-from scanctl.profile import SystemProfile
+from scanctl.hw.interfaces import Acquisition
 from scanctl.sequence.labels import label_values
 from scanctl.sequence.model import IntArray, Sequence
 from scanctl.sequence.waveforms import kspace_at
 
 if TYPE_CHECKING:
-    from scanctl.protocol import Protocol
+    from scanctl.config.protocol import Protocol
 
 log = logging.getLogger(__name__)
 

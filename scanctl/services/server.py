@@ -32,11 +32,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import zmq
 
+from scanctl.config.profile import DEFAULT_ENDPOINTS, SystemProfile
+from scanctl.engine.executor import Scanner
+from scanctl.engine.machine import JournalEntry, ScannerState
+from scanctl.engine.run import RunOutputError, RunReport, subsystem_urls
+from scanctl.engine.session import LocalPort, Refused, ScanSession
 from scanctl.errors import (
     ConfigError,
     InvalidTransitionError,
@@ -45,17 +49,12 @@ from scanctl.errors import (
     SequenceFormatError,
     WireProtocolError,
 )
-from scanctl.executor import Scanner
-from scanctl.interfaces import Acquisitions
-from scanctl.machine import JournalEntry, ScannerState
-from scanctl.profile import DEFAULT_ENDPOINTS, SystemProfile
-from scanctl.publisher import Publisher
-from scanctl.reply_cache import ReplyCache, fingerprint
-from scanctl.run import RunOutputError, RunReport, subsystem_urls
-from scanctl.run_store import MAX_CHUNK_BYTES, RunStore
-from scanctl.security import ServerCurve, refuse_unauthenticated
-from scanctl.session import LocalPort, Refused, ScanSession
-from scanctl.wire import (
+from scanctl.hw.interfaces import Acquisitions
+from scanctl.services.reply_cache import ReplyCache, fingerprint
+from scanctl.services.run_store import MAX_CHUNK_BYTES, RunStore
+from scanctl.transport.publisher import Publisher
+from scanctl.transport.security import ServerCurve, refuse_unauthenticated
+from scanctl.transport.wire import (
     VERSION_TEXT,
     Message,
     decode,
@@ -125,20 +124,12 @@ def bind_socket(socket: zmq.Socket[Any], endpoint: str) -> str:
         raise ConfigError(f"cannot bind {endpoint}: {exc}") from exc
 
 
-def is_loopback(endpoint: str) -> bool:
-    """True for ``inproc://``, ``ipc://`` and TCP endpoints on a loopback address."""
-    if not endpoint.startswith("tcp://"):
-        return True
-    host = urlsplit(endpoint).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
 class ControlServer:
     """The scanner ``profile`` describes, served on ``control_endpoint`` (commands) and
     ``events_endpoint`` (events; also ADC data unless ``data_endpoint`` is given).
 
     ``overrides`` replaces subsystem URLs per kind. Endpoints ending in ``:0`` take a free port (see
-    :attr:`endpoints`). With ``curve`` (:class:`scanctl.security.ServerCurve`) every socket requires
+    :attr:`endpoints`). With ``curve`` (:class:`scanctl.transport.security.ServerCurve`) every socket requires
     CurveZMQ and admits only the allowed client keys; without it a TCP endpoint that is not on loopback is
     refused with ConfigError unless ``insecure``. Construction binds the sockets;
     :meth:`serve_forever` connects the scanner and serves until :meth:`stop`.
@@ -160,7 +151,7 @@ class ControlServer:
         if not (math.isfinite(control_timeout_s) and control_timeout_s > 0):
             raise ConfigError(f"control timeout {control_timeout_s} s is not a positive number")
         self.control_timeout_s = control_timeout_s
-        self.store = RunStore(data_dir)  # the server's own copy of every run (scanctl/run_store.py)
+        self.store = RunStore(data_dir)  # the server's own copy of every run (scanctl/services/run_store.py)
         self._context = context or zmq.Context.instance()
         self._commands = self._socket(zmq.ROUTER)
         self._commands.setsockopt(zmq.MAXMSGSIZE, MAX_COMMAND_BYTES)
@@ -508,7 +499,7 @@ class ControlServer:
     # -- events (any thread) ---------------------------------------------------------------------------------
     def publish(self, stream: str, body: dict[str, Any], *, data: bool = False) -> None:
         """Publish ``body`` on ``stream`` (the data socket if ``data``) with the next sequence number
-        (:class:`scanctl.publisher.Publisher`)."""
+        (:class:`scanctl.transport.publisher.Publisher`)."""
         self._publisher.publish(stream, body, run=self._run_id, data=data)
 
     def _on_journal(self, entry: JournalEntry) -> None:
@@ -743,4 +734,4 @@ def serve(profile: SystemProfile, control: str = DEFAULT_CONTROL, events: str = 
     return ControlServer(profile, control, events, data, overrides, insecure=insecure)
 
 
-__all__ = ["ControlServer", "Rejected", "bind_socket", "is_loopback", "serve"]
+__all__ = ["ControlServer", "Rejected", "bind_socket", "serve"]

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from scanctl import profile as profiles
+from scanctl.config import profile as profiles
 from scanctl.errors import ConfigError
-from scanctl.registry import is_remote, parse_url
+from scanctl.hw.registry import is_remote, parse_url
 
 ENDPOINTS_FILE = "endpoints.json"
 SEQUENCERS = ("gradient", "rf")  # the simulators --realtime paces

@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import zmq
 import zmq.auth
@@ -152,8 +153,6 @@ def _authenticator(context: zmq.Context[Any]) -> ThreadAuthenticator:
 def refuse_unauthenticated(endpoints: list[str | None], curve: ServerCurve | None, insecure: bool,
                            what: str) -> None:
     """Raise ConfigError if a network (non-loopback) endpoint would be served without CURVE or ``insecure``."""
-    from scanctl.server import is_loopback
-
     if curve is not None:
         return
     for endpoint in endpoints:
@@ -165,3 +164,11 @@ def refuse_unauthenticated(endpoints: list[str | None], curve: ServerCurve | Non
             raise ConfigError(f"{endpoint} is not a loopback address: refusing to serve {what} on a network "
                               f"without authentication; give CurveZMQ keys (--keys DIR --allow DIR; "
                               f"scanctl keys generate) or pass --insecure to do it anyway")
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True for ``inproc://``, ``ipc://`` and TCP endpoints on a loopback address."""
+    if not endpoint.startswith("tcp://"):
+        return True
+    host = urlsplit(endpoint).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from scanctl.config import limits as safety_limits
+from scanctl.config.limits import SafetyLimits
+from scanctl.config.tomlcheck import Reader, load_text
+from scanctl.config.tomlcheck import parse as parse_toml
 from scanctl.errors import ConfigError
-from scanctl.safety import limits as safety_limits
-from scanctl.safety.limits import SafetyLimits
-from scanctl.tomlcheck import Reader, load_text
-from scanctl.tomlcheck import parse as parse_toml
 
 AXES = ("x", "y", "z")
 DEFAULT_SUBSYSTEMS = {"gradient": "sim://", "rf": "sim://", "table": "sim://"}
@@ -55,7 +55,7 @@ class SystemProfile:
     gradient: GradientLimits
     timing: TimingLimits
     source: str
-    #: URL of each subsystem (see scanctl/registry.py); the default is all simulators.
+    #: URL of each subsystem (see scanctl/hw/registry.py); the default is all simulators.
     subsystems: dict[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_SUBSYSTEMS))
     #: The control server's ``control``, ``events`` and ``data`` endpoints.
     endpoints: dict[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_ENDPOINTS))

@@ -1,9 +1,9 @@
 """Cartesian reconstruction and image files.
 
 :func:`reconstruct` turns acquisitions (from the receiver, or read back with
-:func:`scanctl.rawdata.read_acquisitions`) into magnitude images: every line goes to its place in
+:func:`scanctl.data.rawdata.read_acquisitions`) into magnitude images: every line goes to its place in
 k-space by its ``LIN`` (and ``PAR``) label — or, for a sequence without those labels, by its k-space
-trajectory (:func:`scanctl.rawdata.sequence_labels`) — repeated lines (``AVG``, or the same line
+trajectory (:func:`scanctl.data.rawdata.sequence_labels`) — repeated lines (``AVG``, or the same line
 acquired twice) are averaged, lines never acquired stay zero (an aborted scan still gives an image),
 and an inverse FFT per channel is combined by root sum of squares.
 
@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from scanctl.data.rawdata import RawData, RawHeader, centre_samples, sequence_labels
 from scanctl.errors import ScanctlError
-from scanctl.interfaces import Acquisition
-from scanctl.rawdata import RawData, RawHeader, centre_samples, sequence_labels
+from scanctl.hw.interfaces import Acquisition
 from scanctl.sequence.model import IntArray, Sequence
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def reconstruct(acquisitions: Iterable[Acquisition], seq: Sequence | None = None
 
 
 def reconstruct_raw(raw: RawData, seq: Sequence | None = None) -> FloatImage:
-    """:func:`reconstruct` of a file read with :func:`scanctl.rawdata.read_acquisitions` (its header
+    """:func:`reconstruct` of a file read with :func:`scanctl.data.rawdata.read_acquisitions` (its header
     and centre samples)."""
     return reconstruct(raw.acquisitions, seq, header=raw.header, centres=raw.centre_samples.tolist())
 

@@ -41,7 +41,7 @@ from typing import Any, cast
 import numpy as np
 
 from scanctl.errors import WireProtocolError
-from scanctl.interfaces import Acquisition, AcquisitionBatch
+from scanctl.hw.interfaces import Acquisition, AcquisitionBatch
 
 log = logging.getLogger(__name__)
 VERSION = (1, 0)
@@ -57,7 +57,7 @@ MAX_TS_S = 1e10
 MAX_SEQ = 2**63 - 1
 #: Most dimensions of an array.
 MAX_DIMS = 8
-#: Most messages in one ``batch`` (a publisher sends at most this many, scanctl.publisher.BATCH_MAX).
+#: Most messages in one ``batch`` (a publisher sends at most this many, scanctl.transport.publisher.BATCH_MAX).
 MAX_BATCH_MESSAGES = 512
 #: The type of a message that carries several messages without binary frames (see :func:`encode_batch`).
 BATCH = "batch"

@@ -1,4 +1,4 @@
-"""The Python client of the control server (:mod:`scanctl.server`; protocol in docs/server.md).
+"""The Python client of the control server (:mod:`scanctl.services.server`; protocol in docs/server.md).
 
 :class:`Client` sends commands on a DEALER socket: each has a request id, a timeout and retries (a retry
 reuses the id, so the server never runs a command twice). :class:`Subscription` receives events and
@@ -25,11 +25,11 @@ from urllib.parse import urlsplit
 import numpy as np
 import zmq
 
+from scanctl.config.profile import DEFAULT_ENDPOINTS
 from scanctl.errors import ConfigError, ScanctlError, WireProtocolError
-from scanctl.interfaces import AcquisitionBatch
-from scanctl.profile import DEFAULT_ENDPOINTS
-from scanctl.security import ClientCurve
-from scanctl.wire import Message, decode, encode, unbatch, unpack_acquisitions
+from scanctl.hw.interfaces import AcquisitionBatch
+from scanctl.transport.security import ClientCurve
+from scanctl.transport.wire import Message, decode, encode, unbatch, unpack_acquisitions
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Client:
 
     ``timeout_s`` is how long one attempt waits for its reply; ``retries`` how many times it is sent
     again (same request id) before :class:`ServerTimeoutError`. ``keys``
-    (:class:`scanctl.security.ClientCurve`): connect with CurveZMQ, as a server with keys requires (its
+    (:class:`scanctl.transport.security.ClientCurve`): connect with CurveZMQ, as a server with keys requires (its
     subscriptions too); a refused key shows as no answer (ServerTimeoutError). Not thread-safe: one client
     per thread.
     """
@@ -404,7 +404,7 @@ def acquisitions_of(msg: Message) -> AcquisitionBatch:
 def header_from_plain(plain: dict[str, Any]) -> Any:
     """The RawHeader a ``load`` reply's ``header`` describes (its fields as JSON; floats are exact, where
     the XML header's unit conversions are not)."""
-    from scanctl.rawdata import EncodingLimit, RawHeader
+    from scanctl.data.rawdata import EncodingLimit, RawHeader
 
     values = dict(plain)
     for key in ("fov_m", "encoded_matrix", "recon_matrix", "tr_s", "te_s", "flip_angle_deg"):
@@ -422,12 +422,12 @@ def run_remote(client: Client, source: str | os.PathLike[str], out_dir: str | os
                reconstruct: bool = True, force: bool = False, run_timeout_s: float = 3600.0,
                patient_weight_kg: float | None = None, mode: str = "normal") -> Any:
     """Run ``source`` on the server and write ``sequence.seq``, ``raw.h5``, the image and ``report.json``
-    into ``out_dir`` through the same :class:`scanctl.session.ScanSession` as an in-process run
+    into ``out_dir`` through the same :class:`scanctl.engine.session.ScanSession` as an in-process run
     (:class:`RemotePort`). Takes control (and releases it). ``upload`` sends the file's content instead of
     its path. Returns the RunReport. Raises CommandError (e.g. another client has control),
     ServerTimeoutError (ServerLostError: it stopped answering during the run), OutputError (``out_dir`` is
     not new or empty, a file cannot be written)."""
-    from scanctl.session import ScanSession
+    from scanctl.engine.session import ScanSession
 
     client.take_control(force=force)  # first: a refusal leaves nothing behind
     lost = False
@@ -447,8 +447,8 @@ def run_remote(client: Client, source: str | os.PathLike[str], out_dir: str | os
 
 
 class RemotePort:
-    """The scanner behind the control server, as a :class:`scanctl.session.ScannerPort`: ``load`` is the
-    server's ``load`` (a refusal before anything moved is :class:`scanctl.session.Refused`, told by the
+    """The scanner behind the control server, as a :class:`scanctl.engine.session.ScannerPort`: ``load`` is the
+    server's ``load`` (a refusal before anything moved is :class:`scanctl.engine.session.Refused`, told by the
     reply's ``outcome``, not its text); ``run`` is ``start``, then the run's data and events until its end.
     Subscribes (events and data, synchronised) on entering; the caller holds control. Ctrl-C during the run
     aborts it on the server (made safe) and takes what it acquired."""
@@ -472,8 +472,8 @@ class RemotePort:
 
     def load(self, source: str | os.PathLike[str], *, name: str | None = None,
              patient_weight_kg: float | None = None, mode: str = "normal") -> Any:
+        from scanctl.engine.session import Loaded, Refused
         from scanctl.sequence.pulseq_read import parse
-        from scanctl.session import Loaded, Refused
 
         source = Path(source)
         t0 = time.perf_counter()
@@ -495,7 +495,7 @@ class RemotePort:
                       loaded["check"], {"prepare_s": time.perf_counter() - t0})
 
     def run(self, sink: Callable[[AcquisitionBatch], None], progress: Callable[[float, float], None] | None) -> Any:
-        from scanctl.session import Ended
+        from scanctl.engine.session import Ended
 
         sub = self._sub
         assert sub is not None, "enter the port first"
