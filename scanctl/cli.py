@@ -20,6 +20,7 @@ import numpy as np
 
 from scanctl.config import profile as profiles
 from scanctl.errors import ScanctlError, SequenceFormatError
+from scanctl.hw.registry import KINDS
 from scanctl.sequence.model import Sequence
 
 if TYPE_CHECKING:
@@ -167,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from scanctl.data.rawdata import RawDataError
     from scanctl.engine.run import RunOutputError
 
-    if args.connect and (args.system or any(getattr(args, kind) for kind in ("gradient", "rf", "table"))):
+    if args.connect and (args.system or any(getattr(args, kind) for kind in KINDS)):
         raise ScanctlError("--system and subsystem URLs belong to the server (scanctl serve) with --connect")
     # Never over earlier data: --out must be new or empty; by default each run gets the next numbered
     # directory, as a console numbers its series (docs/cli.md).
@@ -192,7 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{args.file}: refused before anything moved: {report.message}", file=sys.stderr)
     else:
         rate = f", {t['real_time_factor']:.2f}x real time" if "real_time_factor" in t else ""
-        played = f"{report.sequence['duration_s']:.3f} s"
+        played = f"{report.sequence.get('duration_s', report.duration_s):.3f} s"
         if report.outcome != "completed" and "real_time_factor" in t:  # ended early: how far it played
             played = f"{t['real_time_factor'] * t['scan_wall_s']:.3f} of {played}"
         print(f"{args.file}: {report.outcome}: {report.acquisitions} acquisitions, "
@@ -210,7 +211,7 @@ def _run(args: argparse.Namespace, out: Path) -> Any:
 
     if not args.connect:
         prof = profiles.load(args.system)
-        overrides = {kind: url for kind in ("gradient", "rf", "table") if (url := getattr(args, kind)) is not None}
+        overrides = {kind: url for kind in KINDS if (url := getattr(args, kind)) is not None}
         return run_scan(args.file, prof, out, overrides=overrides, progress=ProgressBar(),
                         reconstruct=not args.no_recon, patient_weight_kg=args.patient_weight, mode=args.mode)
     from scanctl.services.client import Client, CommandError, ServerLostError, run_remote
@@ -316,7 +317,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from scanctl.services.server import ControlServer
 
     prof = profiles.load(args.system)
-    overrides = {kind: url for kind in ("gradient", "rf", "table") if (url := getattr(args, kind)) is not None}
+    overrides = {kind: url for kind in KINDS if (url := getattr(args, kind)) is not None}
     control, events, data = endpoints_of(args, prof)
     server = ControlServer(prof, control, events, None if data == "events" else data, overrides,
                            insecure=args.insecure, curve=server_curve(args), data_dir=args.data_dir,
@@ -598,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="protocol .toml or Pulseq .seq file")
     p.add_argument("--system", help="system profile: a shipped name (e.g. 'default') or a TOML path")
     p.add_argument("--out", help="output directory, new or empty (default: the next numbered one, out/<name>/NNN)")
-    for kind in ("gradient", "rf", "table"):
+    for kind in KINDS:
         p.add_argument(f"--{kind}", metavar="URL", help=f"{kind} subsystem URL (default: the profile's)")
     p.add_argument("--no-recon", action="store_true", help="skip the image reconstruction")
     safety_args(p)
@@ -614,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "docs/server.md. Loopback only unless --insecure.")
     p.add_argument("--system", help="system profile: a shipped name (e.g. 'default') or a TOML path")
     endpoint_args(p)
-    for kind in ("gradient", "rf", "table"):
+    for kind in KINDS:
         p.add_argument(f"--{kind}", metavar="URL", help=f"{kind} subsystem URL (default: the profile's)")
     p.add_argument("--control-timeout", type=seconds, metavar="S",
                    help="a controller silent this long (no command, not even status) may be taken over without "
@@ -681,7 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("driver", help="driver services", description="Run a subsystem driver as a ZeroMQ service")
     driver = p.add_subparsers(dest="driver_command", required=True)
     p = driver.add_parser("serve", help="serve one subsystem (simulated or real) on a ZeroMQ endpoint")
-    p.add_argument("kind", choices=("gradient", "rf", "table"))
+    p.add_argument("kind", choices=KINDS)
     p.add_argument("--url", default="sim://", help="the subsystem to serve (default: its simulator, sim://)")
     p.add_argument("--bind", default="tcp://127.0.0.1:*", help="endpoint (default: a free loopback port)")
     p.add_argument("--system", help="system profile the subsystem is built for")
@@ -708,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint_args(p)
     p.add_argument("--realtime", action="store_true", help="pace the simulators to wall-clock time")
     p.add_argument("--timeout", type=seconds, default=30.0, help="seconds to wait for each process (default 30)")
-    p.add_argument("--restart", choices=("gradient", "rf", "table"), metavar="KIND",
+    p.add_argument("--restart", choices=KINDS, metavar="KIND",
                    help="restart only this driver of a running up, as recorded (same URL, world and endpoint); "
                         "then reset the scanner")
     p.set_defaults(func=cmd_up)

@@ -49,8 +49,9 @@ class SubsystemFault(DriverError):
     """A subsystem reported a fault (amplifier trip, over-temperature, ...) while running."""
 
 
-class DriverTimeoutError(DriverError):
-    """A subsystem did not answer or finish within the time allowed."""
+class DriverTimeoutError(DriverError, TimeoutError):
+    """A subsystem did not answer or finish within the time allowed (a ``TimeoutError`` too, as the driver
+    interfaces promise)."""
 
 
 class BufferFullError(DriverError):

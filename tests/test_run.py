@@ -104,3 +104,19 @@ def test_bad_protocol_is_one_line_exit_2(tmp_path, capsys):
     assert main(["run", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{bad}: sequence.te_s:" in err and "minimum" in err
+
+
+def test_a_subsystem_that_cannot_be_reached_ends_the_run_with_a_report(tmp_path, capsys):
+    """connect() sat outside the run's try/finally: a failed connect closed nothing and wrote no report."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "out"
+    code = main(["run", str(PROTOCOLS / "gre_2d.toml"), "--out", str(out), "--rf", "sim://?physics=0",
+                 "--gradient", f"tcp://127.0.0.1:{port}?liveness_s=0.2"])
+    assert code == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["outcome"] == "fault" and "gradient driver" in report["message"], report["message"]
+    assert report["acquisitions"] == 0 and "raw" not in report["outputs"]

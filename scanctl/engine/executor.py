@@ -34,7 +34,7 @@ from scanctl.errors import (
     ScanctlError,
 )
 from scanctl.hw.interfaces import Acquisitions, GradientSystem, RFSystem, Status, SubsystemState, TableSystem
-from scanctl.hw.registry import open_subsystem
+from scanctl.hw.registry import KINDS, open_subsystem
 from scanctl.safety.interlocks import check_table_move, make_safe, read_inputs, require_amplifiers_off
 from scanctl.safety.supervisor import Supervisor
 from scanctl.sequence.checks import CheckReport, check
@@ -199,7 +199,7 @@ class Scanner:
         self._fire("table_stopped")
         return self.table.position_mm()
 
-    def require_known(self, subsystems: tuple[str, ...] = ("gradient", "rf", "table")) -> None:
+    def require_known(self, subsystems: tuple[str, ...] = KINDS) -> None:
         """Refuse motion and scans while a subsystem's state is UNKNOWN or OFF (its driver silent or restarted,
         its controller lost or reset: what it is doing cannot be trusted): latch FAULT, so that ``reset``
         reconnects it,

@@ -42,7 +42,7 @@ from scanctl.engine.run import (
     write_image,
     write_report,
 )
-from scanctl.errors import SafetyLimitError, ScanctlError
+from scanctl.errors import DriverError, SafetyLimitError, ScanctlError
 from scanctl.hw.interfaces import Acquisitions
 from scanctl.sequence import pulseq_write
 from scanctl.sequence.model import Sequence
@@ -128,19 +128,24 @@ class ScanSession:
         try:
             self.load(source, patient_weight_kg=patient_weight_kg, mode=mode)
         except Refused as exc:
-            return self.refused(out, exc, source, t_start)
+            return self.unplayed(out, "refused", exc, source, t_start, exc.report, exc.sequence_text)
+        except DriverError as exc:  # a subsystem could not be reached or connected: nothing played, made safe
+            return self.unplayed(out, "fault", exc, source, t_start)
         return self.run(out, reconstruct=reconstruct, progress=progress, t_start=t_start)
 
-    def refused(self, out: Path, exc: Refused, source: str | os.PathLike[str], t_start: float) -> RunReport:
-        """The report (and sequence, if built) of a scan refused before anything moved, written into ``out``."""
+    def unplayed(self, out: Path, outcome: str, exc: ScanctlError, source: str | os.PathLike[str], t_start: float,
+                 entries: dict[str, Any] | None = None, sequence_text: bytes | None = None) -> RunReport:
+        """The report (and sequence, if built) of a scan that ended before anything played — refused by the
+        checks, or a subsystem that could not be reached — written into ``out``."""
         outputs: dict[str, str] = {}
-        if exc.sequence_text is not None:
-            write_new(out / "sequence.seq", exc.sequence_text)
+        if sequence_text is not None:
+            write_new(out / "sequence.seq", sequence_text)
             outputs["sequence"] = "sequence.seq"
-        entries = {"protocol": {"source": str(source)}, "sequence": {}, "profile": "", "subsystems": {},
-                   "journal": [], **exc.report}
-        report = RunReport(outcome="refused", message=str(exc), acquisitions=0, telemetry={}, outputs=outputs,
-                           timings={"total_wall_s": time.perf_counter() - t_start}, versions=versions(), **entries)
+        known = {"protocol": {"source": str(source)}, "sequence": {}, "profile": "", "subsystems": {},
+                 "journal": [], **(entries or {})}
+        message = str(exc) if outcome == "refused" else f"{type(exc).__name__}: {exc}"
+        report = RunReport(outcome=outcome, message=message, acquisitions=0, telemetry={}, outputs=outputs,
+                           timings={"total_wall_s": time.perf_counter() - t_start}, versions=versions(), **known)
         write_report(out, report)
         return report
 
