@@ -554,8 +554,11 @@ def test_random_frames_get_an_error_reply_and_the_server_keeps_serving(shared, f
     assert_serving(shared)
 
 
+RESERVED = ("__nd__", "__float__")  # keys the wire keeps for itself: the encoder refuses them
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=st.dictionaries(st.text(max_size=10), st.one_of(st.none(), st.integers(), st.text(max_size=20),
+@given(body=st.dictionaries(st.text(max_size=10).filter(lambda key: key not in RESERVED), st.one_of(st.none(), st.integers(), st.text(max_size=20),
                                                              st.lists(st.integers(), max_size=3)), max_size=4))
 def test_random_command_bodies_get_a_reply_and_the_server_keeps_serving(shared, body):
     raw = Raw(shared.endpoint)

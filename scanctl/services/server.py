@@ -24,23 +24,20 @@ from __future__ import annotations
 import logging
 import math
 import queue
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zmq
 
 from scanctl.config.profile import DEFAULT_ENDPOINTS, SystemProfile
 from scanctl.engine.executor import Scanner
 from scanctl.engine.machine import JournalEntry, ScannerState
-from scanctl.engine.run import RunOutputError, RunReport, subsystem_urls
-from scanctl.engine.session import LocalPort, Refused, ScanSession
+from scanctl.engine.run import subsystem_urls
+from scanctl.engine.session import Loaded, LocalPort, ScanSession
 from scanctl.errors import (
     ConfigError,
     InvalidTransitionError,
@@ -49,9 +46,10 @@ from scanctl.errors import (
     SequenceFormatError,
     WireProtocolError,
 )
-from scanctl.hw.interfaces import Acquisitions
+from scanctl.services.commands import COMMANDS, RUN_STATES, Rejected, play
+from scanctl.services.lease import Lease
 from scanctl.services.reply_cache import ReplyCache, fingerprint
-from scanctl.services.run_store import MAX_CHUNK_BYTES, RunStore
+from scanctl.services.run_store import RunStore
 from scanctl.transport.publisher import Publisher
 from scanctl.transport.security import ServerCurve, refuse_unauthenticated
 from scanctl.transport.wire import (
@@ -61,7 +59,6 @@ from scanctl.transport.wire import (
     encode,
     error_reply,
     malformed_reply,
-    pack_acquisitions,
     to_plain,
 )
 
@@ -73,35 +70,12 @@ DEFAULT_EVENTS = DEFAULT_ENDPOINTS["events"]
 DEFAULT_DATA = DEFAULT_ENDPOINTS["data"]
 #: Largest command message accepted (bytes); a bigger one makes ZeroMQ drop the connection.
 MAX_COMMAND_BYTES = 64 << 20
-#: Acquisitions per data message at most (a batch is packed in columns: six binary frames whatever its size).
-ACQUISITIONS_PER_MESSAGE = 1024
-#: Commands whose replies are not kept for retries: they change nothing, so a retry simply runs again (and
-#: a status reply, a whole snapshot, is the largest there is).
-UNCACHED_COMMANDS = frozenset({"status", "sync", "runs", "fetch"})
 #: How often the worker looks at every subsystem between commands (s): a lost one latches FAULT.
 LIVENESS_CHECK_S = 0.1
 
 #: A controller silent for longer than this (s: no command, not even ``status``) may be taken over by
 #: another client's ``take_control`` without ``force``: a console that died does not hold the scanner.
 CONTROL_TIMEOUT_S = 30.0
-#: Commands anyone may send; every other command needs control. The emergency stop is a button anyone in
-#: the room may press: an observer's console can send it too (releasing it needs control).
-OPEN_COMMANDS = frozenset({"status", "take_control", "sync", "emergency_stop", "runs", "fetch"})
-RUN_REQUESTS = ("pause", "resume", "stop", "abort")
-#: Commands that run on the worker thread (they drive the state machine); the reply follows when done.
-WORKER_COMMANDS = frozenset({"load", "reset", "move_table"})
-COMMANDS = frozenset({*OPEN_COMMANDS, "release_control", "load", "start", *RUN_REQUESTS, "emergency_stop",
-                      "release_emergency_stop", "reset", "move_table"})
-_RUN_STATES = frozenset({S.POSITIONING, S.RUNNING, S.PAUSING, S.PAUSED, S.STOPPING, S.ABORTING})
-
-
-class Rejected(ScanctlError):
-    """A command the server will not carry out; ``code`` goes into the error reply."""
-
-    def __init__(self, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.extra = extra
 
 
 @dataclass
@@ -178,25 +152,23 @@ class ControlServer:
         self._jobs: queue.Queue[tuple[str, list[bytes], str, Message] | None] = queue.Queue()
         self._replies: queue.Queue[tuple[list[bytes], str, Message, str]] = queue.Queue()
         self._cache = ReplyCache()
-        self._busy: str | None = None  # the worker command queued or running (set and cleared on the loop thread)
+        self.busy: str | None = None  # the worker command queued or running (set and cleared on the loop thread)
         self._run_ended = False  # the run's end is published (set by the worker, read on the loop thread)
-        self._controller: str | None = None
-        self._controller_since = 0.0
-        self._controller_seen = 0.0  # monotonic time of the controller's last command
-        self._deferred: list[str] = []  # run requests that arrived before the run loop began
-        self._state_lock = threading.Lock()  # guards the snapshot below (worker writes, loop reads)
-        self._run_id = ""
+        self.lease = Lease(control_timeout_s)  # who controls the scanner (scanctl/services/lease.py)
+        self.deferred: list[str] = []  # run requests that arrived before the run loop began
+        self.state_lock = threading.Lock()  # guards the snapshot below (worker writes, loop reads)
+        self.run_id = ""
         self._progress: dict[str, float] = {}
         self._subsystems: dict[str, Any] = {}
         self._last_report: dict[str, Any] | None = None
-        self._loaded: _Loaded | None = None
+        self.loaded: _Loaded | None = None
         self._last_telemetry = 0.0
-        self._urls = subsystem_urls(profile, self.overrides)
-        self.scanner = Scanner.from_profile(profile, self._urls, segment_s=segment_s)
+        self.urls = subsystem_urls(profile, self.overrides)
+        self.scanner = Scanner.from_profile(profile, self.urls, segment_s=segment_s)
         self.scanner.machine.listeners.append(self._on_journal)
         # One scan session over this scanner (kept for every load: nothing reconnected or re-homed).
-        self._port = LocalPort(profile, self.overrides, scanner=self.scanner, run_id=lambda: self._run_id)
-        self._session = ScanSession(self._port)
+        self._port = LocalPort(profile, self.overrides, scanner=self.scanner, run_id=lambda: self.run_id)
+        self.session = ScanSession(self._port)
         self._worker = threading.Thread(target=self._work, name=f"{name}-worker", daemon=True)
 
     def _socket(self, kind: int) -> zmq.Socket[Any]:
@@ -245,7 +217,7 @@ class ControlServer:
         self._stopping.set()
 
     def _shutdown(self) -> None:
-        if self.scanner.state in _RUN_STATES:
+        if self.scanner.state in RUN_STATES:
             self.scanner.request("abort")
         self._jobs.put(None)
         self._worker.join(timeout=30)
@@ -275,15 +247,15 @@ class ControlServer:
         key = _user_id(payload[0])
         if key is not None:  # CurveZMQ: a name is only as good as the key it comes with
             client = f"{client}@{key[:8]}"
-        if client == self._controller:
-            self._controller_seen = time.monotonic()
+        self.lease.heard(client)
         if msg.type != "command":
             self._send(identity, error_reply(msg.id, "malformed", f"unknown message type {msg.type!r} (expected "
                                                                   f"'command')", src=self.name))
             return
         print_ = None
         command = msg.body.get("command")
-        if msg.id is not None and not (isinstance(command, str) and command in UNCACHED_COMMANDS):
+        known = COMMANDS.get(command) if isinstance(command, str) else None
+        if msg.id is not None and (known is None or known.cached):
             print_ = fingerprint(msg.body)
             seen = self._cache.seen(client, msg.id, print_)
             if seen is False:
@@ -315,146 +287,72 @@ class ControlServer:
             self._cache.remember(client, msg.id, print_, sent)
 
     def _command(self, client: str, identity: list[bytes], msg: Message) -> Message | None:
+        """Dispatch by :data:`scanctl.services.commands.COMMANDS`: None when queued for the worker (its reply
+        follows)."""
         name = msg.body.get("command")
-        if not isinstance(name, str) or name not in COMMANDS:
-            known = ", ".join(sorted(COMMANDS))
-            raise Rejected("unknown_command", f"unknown command {name!r} (commands: {known})")
-        if name not in OPEN_COMMANDS and self._controller != client:
-            holder = f"{self._controller!r} has control" if self._controller else "nobody has control"
+        command = COMMANDS.get(name) if isinstance(name, str) else None
+        if command is None:
+            raise Rejected("unknown_command", f"unknown command {name!r} (commands: {', '.join(sorted(COMMANDS))})")
+        if not command.open and self.lease.holder != client:
+            holder = f"{self.lease.holder!r} has control" if self.lease.holder else "nobody has control"
             raise Rejected("not_controller", f"{name} refused: {holder}; send take_control first",
-                           controller=self._controller)
-        if name in WORKER_COMMANDS or name == "start":
-            # A run whose end has been published is over for the console (the worker is only finishing
-            # up): what it sends next is queued behind it, not refused.
-            if self._busy is not None and not (self._busy == "start" and self._run_ended):
-                raise Rejected("rejected", f"cannot {name.replace('_', ' ')}: {self._busy} in progress "
-                                           f"(state {self.scanner.state.name})", state=self.scanner.state.name)
-            if name == "start":
-                return self._start(msg)
-            self._check_args(name, msg.body)
-            self._busy = name
-            self._jobs.put((name, identity, client, msg))
+                           controller=self.lease.holder)
+        # A run whose end has been published is over for the console (the worker is only finishing up): what
+        # it sends next is queued behind it, not refused.
+        if command.exclusive and self.busy is not None and not (self.busy == "start" and self._run_ended):
+            raise Rejected("rejected", f"cannot {command.name.replace('_', ' ')}: {self.busy} in progress "
+                                       f"(state {self.scanner.state.name})", state=self.scanner.state.name)
+        if command.worker:
+            if command.check is not None:
+                command.check(msg.body)
+            self.busy = command.name
+            self._jobs.put((command.name, identity, client, msg))
             return None
-        handler: Callable[[str, Message], dict[str, Any]] = getattr(self, f"_cmd_{name}", self._run_request)
-        body = handler(client, msg)
+        body = command.handler(self, client, msg)
         return self._reply(msg, body.pop("status", "done"), **body)
 
-    @staticmethod
-    def _check_args(name: str, body: dict[str, Any]) -> None:
-        if name == "load":
-            path, text = body.get("path"), body.get("text")
-            if (path is None) == (text is None) or not isinstance(path or text, str):
-                raise Rejected("bad_argument", "load needs 'path' (a file on the server) or 'text' (its content)")
-            if text is not None and body.get("format") not in ("toml", "seq"):
-                raise Rejected("bad_argument", "load with 'text' needs 'format': 'toml' or 'seq'")
-            weight, mode = body.get("patient_weight_kg"), body.get("mode", "normal")
-            if not (weight is None or _number(weight)) or mode not in ("normal", "first-level", "first_level"):
-                raise Rejected("bad_argument", "load takes an optional number 'patient_weight_kg' and 'mode' "
-                                               "'normal' or 'first-level'")
-        if name == "move_table":
-            position, speed = body.get("position_mm"), body.get("speed_mm_s")
-            if not _number(position) or not (speed is None or _number(speed)):
-                raise Rejected("bad_argument", "move_table needs a number 'position_mm' (and optional 'speed_mm_s')")
+    # -- what the commands use (scanctl/services/commands.py) ---------------------------------------------------
+    @property
+    def separate_data(self) -> bool:
+        """Whether ADC data have a socket of their own (else they travel on the events socket)."""
+        return self._data is not self._events
 
-    def _cmd_status(self, client: str, msg: Message) -> dict[str, Any]:
-        return {"snapshot": self.snapshot()}
+    def begin_run(self, run_id: str, duration_s: float) -> None:
+        """Queue the run behind an accepted ``start`` (loop thread)."""
+        with self.state_lock:
+            self.run_id = run_id
+            self._progress = {"t_s": 0.0, "total_s": duration_s, "acquisitions": 0}
+            self.deferred.clear()
+        self.busy, self._run_ended = "start", False
+        self._jobs.put(("start", [], "", Message(type="command", body={"command": "start"})))
 
-    def _cmd_sync(self, client: str, msg: Message) -> dict[str, Any]:
-        token = msg.body.get("token")
-        if not isinstance(token, str):
-            raise Rejected("bad_argument", "sync needs a string 'token'")
-        self.publish("sync", {"token": token})
-        if self._data is not self._events:
-            self.publish("data_sync", {"token": token}, data=True)
-        return {}
+    def progressed(self, progress: dict[str, float]) -> None:
+        """A run's progress (worker): kept for ``status``, published, telemetry at most every 0.1 s."""
+        with self.state_lock:
+            self._progress = progress
+        self.publish("progress", progress)
+        self._telemetry()
 
-    def _cmd_take_control(self, client: str, msg: Message) -> dict[str, Any]:
-        lapsed = False
-        if self._controller not in (None, client):
-            silent = time.monotonic() - self._controller_seen
-            lapsed = silent > self.control_timeout_s
-            if msg.body.get("force") is not True and not lapsed:
-                since = time.strftime("%H:%M:%S", time.localtime(self._controller_since))
-                raise Rejected("not_controller", f"{self._controller!r} has control (since {since}, last heard "
-                                                 f"{silent:.1f} s ago; it lapses after {self.control_timeout_s:g} "
-                                                 f"s of silence); take_control with force to take it over",
-                               controller=self._controller)
-            log.warning("%s: %s takes control over from %s (%s)", self.name, client, self._controller,
-                        f"silent for {silent:.1f} s" if lapsed else "forced")
-        if self._controller != client:
-            previous, self._controller, self._controller_since = self._controller, client, time.time()
-            self.publish("control", {"controller": client, "previous": previous, "lapsed": lapsed})
-        self._controller_seen = time.monotonic()
-        return {"controller": client}
+    def end_run(self, report: dict[str, Any]) -> None:
+        """A run ended (worker): its report kept for ``status`` and published as the ``end`` event."""
+        self._telemetry(force=True)  # the snapshot as the run ended (a subsystem lost in it shows as such)
+        with self.state_lock:
+            self._last_report = report
+            self.loaded = None  # the next start needs a new load (the executor needs a new prepare)
+        self._run_ended = True  # before the end goes out: a console may send its next command at once
+        self.publish("run", {"event": "end", **report})
 
-    def _cmd_runs(self, client: str, msg: Message) -> dict[str, Any]:
-        return {"runs": self.store.runs(), "dir": str(self.store.root)}
+    def forget_loaded(self) -> None:
+        with self.state_lock:
+            self.loaded = None
 
-    def _cmd_fetch(self, client: str, msg: Message) -> dict[str, Any]:
-        """A piece of a stored run's file: ``run``, ``file`` (raw.h5, sequence.seq, report.json), ``offset``
-        and ``length`` (bytes); the reply's ``data`` is a uint8 array (a binary frame) and ``size`` the
-        file's size."""
-        body = msg.body
-        try:
-            data, size = self.store.read(body.get("run"), body.get("file", "raw.h5"), body.get("offset", 0),
-                                         body.get("length", MAX_CHUNK_BYTES))
-        except ValueError as exc:
-            raise Rejected("bad_argument", f"fetch: {exc}") from None
-        except FileNotFoundError:
-            raise Rejected("bad_argument", f"fetch: no file {body.get('file', 'raw.h5')!r} of run "
-                                           f"{body.get('run')!r} on this server") from None
-        except OSError as exc:
-            raise Rejected("failed", f"fetch: {exc.strerror or exc}") from None
-        return {"run": body["run"], "file": body.get("file", "raw.h5"), "offset": body.get("offset", 0),
-                "size": size, "data": np.frombuffer(data, dtype=np.uint8)}
-
-    def _cmd_release_control(self, client: str, msg: Message) -> dict[str, Any]:
-        self._controller = None
-        self.publish("control", {"controller": None, "previous": client})
-        return {"controller": None}
-
-    def _start(self, msg: Message) -> Message:
-        state = self.scanner.state
-        if state is not S.READY or self._loaded is None:
-            raise Rejected("rejected", f"cannot start while {state.name}" + (": load a protocol first"
-                                                                              if state is S.IDLE else ""),
-                           state=state.name)
-        run_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        with self._state_lock:
-            self._run_id = run_id
-            self._progress = {"t_s": 0.0, "total_s": self._loaded.duration_s, "acquisitions": 0}
-        self._busy, self._run_ended = "start", False
-        with self._state_lock:
-            self._deferred.clear()
-        self._jobs.put(("start", [], "", msg))
-        return self._reply(msg, "accepted", run=run_id)
-
-    def _run_request(self, client: str, msg: Message) -> dict[str, Any]:
-        """pause, resume, stop, abort: honoured by the run loop at its next safe point."""
-        what = str(msg.body["command"])
-        with self._state_lock:  # atomic with the worker handing deferred requests over (_on_journal)
-            state = self.scanner.state
-            if self._busy == "start" and state in (S.READY, S.POSITIONING):
-                self._deferred.append(what)  # the run loop has not begun: hand it over when it does
-                return {"status": "accepted", "state": state.name}
-            if state not in _RUN_STATES or what not in self.scanner.machine.allowed():
-                allowed = ", ".join(self.scanner.machine.allowed())
-                why = "no scan is running" if state not in _RUN_STATES else f"allowed: {allowed}"
-                raise Rejected("rejected", f"cannot {what} while {state.name} ({why})", state=state.name)
-            self.scanner.request(what)
-        return {"status": "accepted", "state": state.name}
-
-    def _cmd_emergency_stop(self, client: str, msg: Message) -> dict[str, Any]:
-        reason = msg.body.get("reason")
-        # The state change to EMERGENCY_STOP publishes the safety event (_on_journal).
-        self.scanner.emergency_stop(reason if isinstance(reason, str) else f"emergency stop by {client}")
-        return {"state": self.scanner.state.name}
-
-    def _cmd_release_emergency_stop(self, client: str, msg: Message) -> dict[str, Any]:
-        self.scanner.release_emergency_stop()
-        self.publish("safety", {"kind": "emergency_stop_released", "message": f"released by {client}",
-                                "interlocks": dict(self.scanner.interlocks)})
-        return {"state": self.scanner.state.name}
+    def keep_loaded(self, source: str, loaded: Loaded) -> dict[str, Any]:
+        """Remember what was loaded (for ``start`` and ``status``); returns the load reply's report entries."""
+        info = {**loaded.report, **self._port.plan}
+        duration_s = info.pop("duration_s")
+        with self.state_lock:
+            self.loaded = _Loaded(source, duration_s, info)
+        return info
 
     # -- replies ---------------------------------------------------------------------------------------------
     def _reply(self, request: Message, status: str, **body: Any) -> Message:
@@ -472,8 +370,8 @@ class ControlServer:
                 identity, client, reply, job = self._replies.get_nowait()
             except queue.Empty:
                 return
-            if self._busy == job:
-                self._busy = None
+            if self.busy == job:
+                self.busy = None
             if not identity:
                 continue  # a job of the server's own (connect, the run behind an accepted start)
             frames = self._send(identity, reply)
@@ -500,7 +398,7 @@ class ControlServer:
     def publish(self, stream: str, body: dict[str, Any], *, data: bool = False) -> None:
         """Publish ``body`` on ``stream`` (the data socket if ``data``) with the next sequence number
         (:class:`scanctl.transport.publisher.Publisher`)."""
-        self._publisher.publish(stream, body, run=self._run_id, data=data)
+        self._publisher.publish(stream, body, run=self.run_id, data=data)
 
     def _on_journal(self, entry: JournalEntry) -> None:
         body = asdict(entry)
@@ -509,29 +407,28 @@ class ControlServer:
         if entry.dest in ("FAULT", "EMERGENCY_STOP"):
             self.publish("safety", {"kind": entry.dest.lower(), "message": entry.reason, "trigger": entry.trigger})
         if entry.trigger == "positioned":
-            with self._state_lock:
+            with self.state_lock:
                 # The run loop has begun and cleared its queue: now it takes the requests that came early.
-                for what in self._deferred:
+                for what in self.deferred:
                     self.scanner.request(what)
-                self._deferred.clear()
+                self.deferred.clear()
 
     def snapshot(self) -> dict[str, Any]:
         """The current state for a late joiner (the ``status`` reply)."""
-        with self._state_lock:
-            loaded = None if self._loaded is None else {"source": self._loaded.source, **self._loaded.info}
+        with self.state_lock:
+            loaded = None if self.loaded is None else {"source": self.loaded.source, **self.loaded.info}
             snapshot = {
                 "server": self.name,
                 "version": VERSION_TEXT,
                 "state": self.scanner.state.name,
                 "allowed": self.scanner.machine.allowed(),
-                "controller": self._controller,
-                "controller_silent_s": (round(time.monotonic() - self._controller_seen, 3)
-                                        if self._controller is not None else None),
-                "busy": self._busy,
-                "run": self._run_id,
+                "controller": self.lease.holder,
+                "controller_silent_s": None if (silent := self.lease.silent_s()) is None else round(silent, 3),
+                "busy": self.busy,
+                "run": self.run_id,
                 "progress": dict(self._progress),
                 "subsystems": dict(self._subsystems),
-                "urls": dict(self._urls),
+                "urls": dict(self.urls),
                 "interlocks": dict(self.scanner.interlocks),
                 "loaded": loaded,
                 "last_report": self._last_report,
@@ -567,115 +464,21 @@ class ControlServer:
             wake.close()
 
     def _job(self, name: str, msg: Message) -> Message:
+        """A command (or a job of the server's own: connect, the run behind a start) on the worker thread."""
         try:
             if name == "connect":
                 self.scanner.connect()
                 return self._reply(msg, "done", state=self.scanner.state.name)
-            if name == "load":
-                return self._load(msg)
-            if name == "start":
-                return self._run(msg)
-            if name == "reset":
-                self.scanner.reset()
-                return self._reply(msg, "done", state=self.scanner.state.name)
-            if name == "move_table":
-                speed = msg.body.get("speed_mm_s")
-                position = self.scanner.move_table(float(msg.body["position_mm"]),
-                                                   None if speed is None else float(speed))
-                return self._reply(msg, "done", position_mm=position, state=self.scanner.state.name)
+            handler = play if name == "start" else COMMANDS[name].handler
+            return self._reply(msg, "done", **handler(self, "", msg))
+        except Rejected as exc:
+            return self._error(msg, exc.code, str(exc), **exc.extra)
         except (InvalidTransitionError, SafetyLimitError) as exc:
             return self._error(msg, "rejected", str(exc), state=self.scanner.state.name)
         except (ConfigError, SequenceFormatError) as exc:  # the file or value given is wrong: it names what
             return self._error(msg, "bad_argument", str(exc), state=self.scanner.state.name)
         except ScanctlError as exc:
             return self._error(msg, "failed", f"{type(exc).__name__}: {exc}", state=self.scanner.state.name)
-        raise AssertionError(f"no job {name!r}")
-
-    def _load(self, msg: Message) -> Message:
-        state = self.scanner.state
-        if state not in (S.IDLE, S.READY):
-            raise InvalidTransitionError(f"cannot load while {state.name} "
-                                         f"(allowed: {', '.join(self.scanner.machine.allowed())})")
-        weight, mode = msg.body.get("patient_weight_kg"), str(msg.body.get("mode", "normal"))
-        with tempfile.TemporaryDirectory(prefix="scanctl-load-") as tmp:
-            if "text" in msg.body and msg.body["text"] is not None:
-                source_name = str(msg.body.get("name") or f"upload.{msg.body['format']}")
-                source = Path(tmp) / f"{Path(source_name).stem}.{msg.body['format']}"
-                source.write_text(str(msg.body["text"]), encoding="utf-8")
-            else:
-                source = Path(str(msg.body["path"]))
-                source_name = str(source)
-            try:
-                loaded = self._session.load(source, name=source_name, patient_weight_kg=weight, mode=mode)
-            except Refused as exc:  # nothing moved: typed, so a console never matches the text
-                with self._state_lock:
-                    self._loaded = None
-                safety = exc.report.get("safety", {})
-                self.publish("safety", {"kind": "refused", "message": str(exc), **safety})
-                return self._error(msg, "rejected", str(exc), state=self.scanner.state.name, outcome="refused",
-                                   safety=safety)
-            except (ConfigError, SequenceFormatError) as exc:
-                if source_name == str(source):
-                    raise
-                # An upload is named as the client named it, not by the server's temporary copy.
-                raise ConfigError(str(exc).replace(str(source), f"{source_name} (uploaded)")) from None
-        info = {**loaded.report, **self._port.plan}
-        del info["duration_s"]
-        with self._state_lock:
-            self._loaded = _Loaded(source_name, loaded.seq.duration_s, info)
-        return self._reply(msg, "done", state=self.scanner.state.name, check=loaded.check,
-                           sequence_text=loaded.sequence_text.decode("utf-8"), header_xml=loaded.header.to_xml(),
-                           header=loaded.header, **info)
-
-    def _run(self, msg: Message) -> Message:
-        """Play what was loaded through the scan session, which writes the server's own copy of the run
-        (DATA_DIR/<run id>); every batch is published as it comes. Whatever happens, the run ends with its
-        end event: the console that started it waits for that."""
-        loaded = self._loaded
-        assert loaded is not None
-        run_id = self._run_id
-        folder = self.store.root / run_id
-        sent = 0
-        self.publish("run", {"event": "start", "run": run_id, "sequence": loaded.info["sequence"],
-                             "protocol": loaded.info["protocol"], "dir": str(folder)})
-
-        def publish_data(batch: Acquisitions) -> None:
-            nonlocal sent
-            for i in range(0, len(batch), ACQUISITIONS_PER_MESSAGE):
-                chunk = batch[i:i + ACQUISITIONS_PER_MESSAGE]
-                self.publish("data", {"acquisitions": pack_acquisitions(chunk)}, data=True)
-            sent += len(batch)
-
-        def on_progress(t_s: float, total_s: float, acquisitions: int) -> None:
-            progress = {"t_s": t_s, "total_s": total_s, "acquisitions": sent}
-            with self._state_lock:
-                self._progress = progress
-            self.publish("progress", progress)
-            self._telemetry()
-
-        try:
-            report = asdict(self._session.run(folder, reconstruct=False, progress=on_progress, also=publish_data))
-        except RunOutputError as exc:  # the scan ended safe; files of the server's copy are missing (named)
-            report = asdict(exc.report)
-        except ScanctlError as exc:  # before anything played (the run's folder cannot be made, …)
-            log.error("%s: run %s not started: %s", self.name, run_id, exc)
-            report = asdict(RunReport(outcome="refused", message=str(exc), acquisitions=0, timings={}, journal=[],
-                                      telemetry={}, outputs={}, protocol=loaded.info["protocol"],
-                                      sequence=loaded.info["sequence"], profile=self.profile.name,
-                                      subsystems=dict(self._urls), duration_s=loaded.duration_s))
-        finally:
-            with self._state_lock:
-                self._deferred.clear()
-            # Tell data subscribers the stream of this run is complete (data and events travel apart).
-            self.publish("data", {"end": True, "acquisitions": sent}, data=True)
-        report["run"] = run_id
-        self._telemetry(force=True)  # the snapshot as the run ended (a subsystem lost in it shows as such)
-        with self._state_lock:
-            self._last_report = report
-            self._loaded = None  # the next start needs a new load (the executor needs a new prepare)
-        self._run_ended = True  # before the end goes out: a console may send its next command at once
-        self.publish("run", {"event": "end", **report})
-        return self._reply(msg, "done", **report)
 
     def _watch_subsystems(self) -> None:
         """Between commands: look at every subsystem each :data:`LIVENESS_CHECK_S`; one lost (UNKNOWN: its
@@ -701,7 +504,7 @@ class ControlServer:
                 statuses[kind] = to_plain(sub.status())
             except ScanctlError as exc:
                 statuses[kind] = {"state": "unknown", "time_s": 0.0, "message": str(exc), "telemetry": {}}
-        with self._state_lock:
+        with self.state_lock:
             self._subsystems = statuses
         return statuses
 
