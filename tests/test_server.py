@@ -558,8 +558,9 @@ RESERVED = ("__nd__", "__float__")  # keys the wire keeps for itself: the encode
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=st.dictionaries(st.text(max_size=10).filter(lambda key: key not in RESERVED), st.one_of(st.none(), st.integers(), st.text(max_size=20),
-                                                             st.lists(st.integers(), max_size=3)), max_size=4))
+@given(body=st.dictionaries(st.text(max_size=10).filter(lambda key: key not in RESERVED),
+                            st.one_of(st.none(), st.integers(), st.text(max_size=20),
+                                      st.lists(st.integers(), max_size=3)), max_size=4))
 def test_random_command_bodies_get_a_reply_and_the_server_keeps_serving(shared, body):
     raw = Raw(shared.endpoint)
     try:
