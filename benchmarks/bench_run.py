@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 from bench_read_check import _ensure_file  # noqa: E402
 
 from scanctl.config import profile as profiles  # noqa: E402
-from scanctl.engine.run import run_scan  # noqa: E402
+from scanctl.engine.session import run_scan  # noqa: E402
 
 TARGET_PHYSICS = 1.0
 TARGET_NO_PHYSICS = 50.0

@@ -191,7 +191,7 @@ def data_raw(ctx: Any, batch: AcquisitionBatch, messages: int) -> float:
 
 def scans(repeat: int) -> tuple[float, float]:
     """Median wall time of gre_2d in-process and across processes (scanctl up), outputs written alike."""
-    from scanctl.engine.run import run_scan
+    from scanctl.engine.session import run_scan
     from scanctl.services.launcher import down, up
 
     profile = profiles.load(None)

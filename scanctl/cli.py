@@ -207,7 +207,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, out: Path) -> Any:
     """``scanctl run`` into ``out``, in this process or on the server ``--connect`` names: the RunReport,
     or the exit code when the server refused the run or stopped answering during it (the line printed)."""
-    from scanctl.engine.run import ProgressBar, run_scan
+    from scanctl.engine.run import ProgressBar
+    from scanctl.engine.session import run_scan
 
     if not args.connect:
         prof = profiles.load(args.system)
@@ -724,7 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     from scanctl import cli_bench, cli_runs
 
     cli_bench.add_parsers(sub)  # table, sim: bench work on rigs
-    cli_runs.add_parsers(sub, connect_arg)  # runs, fetch: the server's copies of runs
+    cli_runs.add_parsers(sub, connect_arg, client_keys)  # runs, fetch: the server's copies of runs
 
     p = seq_command("check", "check a sequence's (or a protocol's) timing and a scanner's limits")
     p.add_argument("--system", help="system profile: a shipped name (e.g. 'default') or a TOML path")

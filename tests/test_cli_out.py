@@ -26,7 +26,8 @@ from scanctl.cli import main
 from scanctl.config import profile as profiles
 from scanctl.data.outputs import OutputError, OutputExistsError, new_series_dir, write_new
 from scanctl.data.rawdata import RawDataError, RawDataWriter, header_for, read_acquisitions
-from scanctl.engine.run import load_source, run_scan
+from scanctl.engine.run import load_source
+from scanctl.engine.session import run_scan
 from scanctl.services.client import Client
 from scanctl.services.server import ControlServer
 

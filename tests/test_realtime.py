@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from scanctl.config import profile as profiles
-from scanctl.engine.run import run_scan
+from scanctl.engine.session import run_scan
 from scanctl.hw.program import GradientProgram
 from scanctl.hw.registry import open_subsystem
 

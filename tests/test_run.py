@@ -14,7 +14,7 @@ from scanctl.cli import main
 from scanctl.config import profile as profiles
 from scanctl.config.protocol import load_protocol
 from scanctl.data.rawdata import read_acquisitions
-from scanctl.engine.run import run_scan
+from scanctl.engine.session import run_scan
 
 PROTOCOLS = Path(__file__).parents[1] / "protocols"
 PROFILE = profiles.load()

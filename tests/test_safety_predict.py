@@ -12,8 +12,8 @@ from scanctl.simulators.gradient import SimulatedGradient
 
 from scanctl.cli import main
 from scanctl.config import profile as profiles
-from scanctl.engine.run import run_scan
 from scanctl.engine.segments import compile_segments
+from scanctl.engine.session import run_scan
 from scanctl.safety.heating import predict_heating
 from scanctl.safety.predict import predict
 from scanctl.sequence import pulseq_read

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from scanctl.cli import _event_line, main
 from scanctl.config import profile as profiles
 from scanctl.data.rawdata import read_acquisitions
-from scanctl.engine.run import run_scan
+from scanctl.engine.session import run_scan
 from scanctl.errors import ConfigError, ScanctlError
 from scanctl.services.client import Client, CommandError, run_remote
 from scanctl.services.server import ControlServer

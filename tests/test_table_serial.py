@@ -615,7 +615,7 @@ def test_scanctl_run_with_the_table_on_the_serial_simulator(tmp_path, pty_sim, c
 
 def test_run_with_a_noisy_line_positions_right_or_faults_clearly(tmp_path):
     with ThreadSim("", "garble=0.2,drop=0.2", seed=5) as sim:
-        from scanctl.engine.run import run_scan
+        from scanctl.engine.session import run_scan
 
         url = sim.url + "?timeout_s=0.05&retries=6"
         report = run_scan(rig_protocol(tmp_path, -80.0), PROFILE, tmp_path / "out",

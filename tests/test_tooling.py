@@ -11,8 +11,6 @@ import tomllib
 from pathlib import Path
 from types import ModuleType
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 CHECK = ROOT / "tools" / "check.py"
 #: Every module of the installed package (its folders: pyproject.toml's [tool.setuptools] packages and package-dir).
@@ -39,7 +37,16 @@ def test_ruff_passes():
     run_check("ruff")
 
 
-@pytest.mark.slow  # a cold mypy cache (a fresh clone, as in CI) takes 10-30 s
+def test_no_module_imports_itself_round_a_loop():
+    assert run_check("cycles").splitlines()[0] == "0 import cycles"
+
+
+def test_a_cycle_is_found():
+    loops = _load_check().loops
+    assert loops({"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}) == [["a", "b", "c"]]
+    assert loops({"a": ["b"], "b": [], "c": ["c"]}) == []  # a chain, and a module importing itself, loop nothing
+
+
 def test_mypy_passes_on_every_package():
     out = run_check("mypy")
     assert f"no issues found in {len(PACKAGE_FILES) + 1} source files" in out, out  # + tools/check.py

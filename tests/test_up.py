@@ -13,7 +13,7 @@ import numpy as np
 from scanctl.cli import main
 from scanctl.config import profile as profiles
 from scanctl.data.rawdata import read_acquisitions
-from scanctl.engine.run import run_scan
+from scanctl.engine.session import run_scan
 from scanctl.services.launcher import _alive, down, simulator_urls, up
 
 GRE = Path(__file__).parents[1] / "protocols" / "gre_2d.toml"

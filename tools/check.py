@@ -124,7 +124,74 @@ def run_imports(args: list[str]) -> int:
         return lint_imports(config_filename=str(PYPROJECT), no_cache=True, no_logo=True, verbose="--verbose" in args)
 
 
-CHECKS: dict[str, Callable[[list[str]], int]] = {"ruff": run_ruff, "mypy": run_mypy, "imports": run_imports}
+def import_cycles() -> list[list[str]]:
+    """Every group of modules that import each other, directly or round a loop (imports made for type
+    checking only do not count): Tarjan's strongly connected components of the installed layout's graph."""
+    import grimp
+
+    with installed_layout() as base, contextlib.chdir(base):
+        sys.path.insert(0, str(base))
+        try:
+            graph = grimp.build_graph("scanctl", exclude_type_checking_imports=True)
+        finally:
+            sys.path.remove(str(base))
+        edges = {m: sorted(graph.find_modules_directly_imported_by(m)) for m in sorted(graph.modules)}
+    return loops(edges)
+
+
+def loops(edges: dict[str, list[str]]) -> list[list[str]]:
+    """The groups of more than one node of ``edges`` (node -> the nodes it points at) that reach each other."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+    for root in edges:  # iterative, so the depth of the graph never meets Python's recursion limit
+        if root in index:
+            continue
+        work = [(root, iter(edges[root]))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(edges[child])))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                group = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    group.append(member)
+                    if member == node:
+                        break
+                if len(group) > 1:
+                    groups.append(sorted(group))
+    return groups
+
+
+def run_cycles(args: list[str]) -> int:
+    """No import cycles between modules (issue 14's figure: 0)."""
+    groups = import_cycles()
+    print(f"{len(groups)} import cycles")
+    for group in groups:
+        print("  " + " <-> ".join(group))
+    return 1 if groups else 0
+
+
+CHECKS: dict[str, Callable[[list[str]], int]] = {"ruff": run_ruff, "mypy": run_mypy, "imports": run_imports,
+                                                 "cycles": run_cycles}
 
 
 def main(argv: list[str]) -> int:

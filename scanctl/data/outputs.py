@@ -6,7 +6,7 @@ caller names (it must be new or empty), or by default the next numbered director
 at its path, or a symlink planted there, is refused, never truncated or written through. A file that cannot
 be written raises :class:`OutputError` naming it and saying why (``No space left on device``).
 
-Both :func:`scanctl.engine.run.run_scan` and :func:`scanctl.services.client.run_remote` write through here.
+The scan session (:mod:`scanctl.engine.session`) writes every run through here.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
-"""``scanctl run``: a protocol (or a Pulseq file) through the scanner, to raw data, image and report.
-
-The steps, each in its own module: load the protocol and build its sequence (:mod:`scanctl.config.protocol`),
-open the subsystems the system profile names (:mod:`scanctl.hw.registry`), check and prepare
-(:mod:`scanctl.engine.executor`), play while streaming every acquisition into the ISMRMRD file
-(:mod:`scanctl.data.rawdata`), reconstruct (:mod:`scanctl.data.recon`) and write the report. An aborted or
-faulted run still leaves a valid raw data file with everything acquired, and its report. Ctrl-C (SIGINT)
-during the scan aborts it the same way. Every file is new, in a directory of the run's own
+"""A run's report and outputs: what ``report.json`` holds (:class:`RunReport`), the image written beside the
+raw data, the sequence a run plays (a protocol's, or a Pulseq file's) and the scene a simulated RF system
+images for it, and Ctrl-C during a scan (:class:`Interrupt`). The run itself goes through the scan session
+(:mod:`scanctl.engine.session`, ``run_scan``): every file new, in a directory of the run's own
 (:mod:`scanctl.data.outputs`): nothing earlier is ever written over.
 """
 
@@ -20,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
@@ -115,37 +111,6 @@ def place_scene(rf: Any, scene: Scene) -> bool:
         log.info("rf takes no scene (not a simulator): %s", exc)
         return False
     return True
-
-
-def run_scan(
-    source: str | os.PathLike[str],
-    profile: SystemProfile,
-    out_dir: str | os.PathLike[str],
-    *,
-    overrides: dict[str, str] | None = None,
-    progress: Callable[[float, float, int], None] | None = None,
-    reconstruct: bool = True,
-    patient_weight_kg: float | None = None,
-    mode: str = "normal",
-) -> RunReport:
-    """Run ``source`` (a protocol TOML or a Pulseq file) on the profile's subsystems in this process
-    (``overrides`` replacing URLs), through one :class:`scanctl.engine.session.ScanSession`, and write the outputs
-    into ``out_dir``, which must be new or empty (:func:`scanctl.data.outputs.claim_dir`): ``raw.h5`` (ISMRMRD),
-    ``image.npy`` and ``image.png`` (when reconstructed), ``sequence.seq``, ``report.json``. Raises
-    ConfigError / SequenceFormatError for bad input (nothing has moved), OutputError if ``out_dir`` holds
-    files already or ``sequence.seq`` cannot be written (nothing has moved), RunOutputError if the scan ran
-    but some of its files could not be written (a full disk: a raw data write that fails stops the scan,
-    safe).
-
-    SAR, PNS and heating are predicted first for the patient (``patient_weight_kg``, else the protocol's)
-    in ``mode``; a sequence that would break a limit is refused before anything connects or moves.
-    Ctrl-C (SIGINT, when called in the main thread) during the scan aborts it (made safe, outcome
-    ``aborted``) and the outputs are written as for any run that ends early."""
-    from scanctl.engine.session import LocalPort, ScanSession
-
-    with LocalPort(profile, overrides) as port:
-        return ScanSession(port).scan(source, out_dir, reconstruct=reconstruct, progress=progress,
-                                      patient_weight_kg=patient_weight_kg, mode=mode)
 
 
 class Interrupt:

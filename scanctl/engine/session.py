@@ -224,6 +224,35 @@ class ScanSession:
         return report
 
 
+def run_scan(
+    source: str | os.PathLike[str],
+    profile: SystemProfile,
+    out_dir: str | os.PathLike[str],
+    *,
+    overrides: dict[str, str] | None = None,
+    progress: Callable[[float, float, int], None] | None = None,
+    reconstruct: bool = True,
+    patient_weight_kg: float | None = None,
+    mode: str = "normal",
+) -> RunReport:
+    """Run ``source`` (a protocol TOML or a Pulseq file) on the profile's subsystems in this process
+    (``overrides`` replacing URLs), through one :class:`scanctl.engine.session.ScanSession`, and write the outputs
+    into ``out_dir``, which must be new or empty (:func:`scanctl.data.outputs.claim_dir`): ``raw.h5`` (ISMRMRD),
+    ``image.npy`` and ``image.png`` (when reconstructed), ``sequence.seq``, ``report.json``. Raises
+    ConfigError / SequenceFormatError for bad input (nothing has moved), OutputError if ``out_dir`` holds
+    files already or ``sequence.seq`` cannot be written (nothing has moved), RunOutputError if the scan ran
+    but some of its files could not be written (a full disk: a raw data write that fails stops the scan,
+    safe).
+
+    SAR, PNS and heating are predicted first for the patient (``patient_weight_kg``, else the protocol's)
+    in ``mode``; a sequence that would break a limit is refused before anything connects or moves.
+    Ctrl-C (SIGINT, when called in the main thread) during the scan aborts it (made safe, outcome
+    ``aborted``) and the outputs are written as for any run that ends early."""
+    with LocalPort(profile, overrides) as port:
+        return ScanSession(port).scan(source, out_dir, reconstruct=reconstruct, progress=progress,
+                                      patient_weight_kg=patient_weight_kg, mode=mode)
+
+
 class LocalPort:
     """A scanner in this process. Given a connected ``scanner`` it uses that one for every scan (the control
     server's, long-lived: loading never reconnects or re-homes anything); without one it builds the
