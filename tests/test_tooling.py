@@ -38,7 +38,7 @@ def test_ruff_passes():
 
 
 def test_no_module_imports_itself_round_a_loop():
-    assert run_check("cycles").splitlines()[0] == "0 import cycles"
+    assert "0 import cycles" in run_check("cycles").splitlines()
 
 
 def test_a_cycle_is_found():
