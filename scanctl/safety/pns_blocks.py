@@ -50,7 +50,7 @@ MAX_TYPE_SAMPLES = 1 << 20
 CHUNK = 1 << 15
 #: Samples per segment when a block is looked into, and the sizes it is halved through.
 SEGMENT = 8
-_SIZES = (8, 4, 2)
+_SIZES = tuple(SEGMENT >> i for i in range(SEGMENT.bit_length() - 1))
 #: How close (in rasters) a raster sample centre may be to an event's end for the end's value to hold.
 _EDGE = 1e-9
 #: A bound within this (relative) of what is known cannot change the result.
@@ -185,14 +185,23 @@ def _last_breakpoint(seq: Sequence, rows: IntArray, offsets: IntArray, t_rel: Fl
         first, last = offsets[r], offsets[r + 1] - 1
         if (t_rel[first] < -eps).any() or (t_rel[last] > dur[has] + eps).any():
             return None
-        t_end = starts[has] + t_rel[last]  # as AxisWaveform: block start + time in the block
-        if not _gaps_fit(starts[has] + t_rel[first], g_rel[first], t_end, g_rel[last], dt):
+        v_begin, v_end = g_rel[first], g_rel[last]
+        # only the gaps with a non-zero end need a look (none when every event starts and ends at 0)
+        live = np.flatnonzero((v_end[:-1] != 0) | (v_begin[1:] != 0))
+        look = np.zeros(has.size, dtype=bool)
+        look[[0, -1]] = True
+        look[live] = look[live + 1] = True
+        pick = np.flatnonzero(look)
+        t_end = starts[has[pick]] + t_rel[last[pick]]  # as AxisWaveform: block start + time in the block
+        t_begin = starts[has[pick]] + t_rel[first[pick]]
+        if not _gaps_fit(t_begin, v_begin[pick], t_end, v_end[pick], dt, np.diff(pick) == 1):
             return None
         ends.append(float(t_end[-1]))
     return max(ends) if ends else None
 
 
-def _gaps_fit(t_begin: FloatArray, v_begin: FloatArray, t_end: FloatArray, v_end: FloatArray, dt: float) -> bool:
+def _gaps_fit(t_begin: FloatArray, v_begin: FloatArray, t_end: FloatArray, v_end: FloatArray, dt: float,
+              adjacent: Any = True) -> bool:
     """Whether the per-sample model's waveform on one axis is, at every raster sample, what each block plays
     from its own event (``v`` at ``t``: each event's first and last breakpoints, in play order). Between two
     events it interpolates from one's last value to the next's first, and is 0 before the first and after the
@@ -200,10 +209,11 @@ def _gaps_fit(t_begin: FloatArray, v_begin: FloatArray, t_end: FloatArray, v_end
     it. The same where a gap's ends are both 0; else no sample may be inside a gap (more than _EDGE from
     its ends), nor at a step from one event to the next (its value would depend on rounding), nor on the
     wrong side of the first or last breakpoint when that is not 0. (At an end of a gap the model's value
-    is the end's, up to rounding: the waveform is continuous there.)"""
+    is the end's, up to rounding: the waveform is continuous there.) ``adjacent``: which neighbours in the
+    arrays are neighbours in play order (the others are not gaps)."""
     eps = _EDGE * dt
     t1, v1, t2, v2 = t_end[:-1], v_end[:-1], t_begin[1:], v_begin[1:]
-    live = (v1 != 0) | (v2 != 0)
+    live = ((v1 != 0) | (v2 != 0)) & adjacent
     inside = np.floor((t2 - eps) / dt - 0.5) >= np.ceil((t1 + eps) / dt - 0.5)
     near = np.floor((t2 + eps) / dt - 0.5) >= np.ceil((t1 - eps) / dt - 0.5)
     step = (v1 != v2) & (t2 - t1 <= 4 * np.spacing(np.abs(t2)))  # a step from one block to the next
@@ -230,6 +240,8 @@ class _Axis:
     length: IntArray
     off: IntArray
     h: FloatArray
+    run: IntArray  # per type sample: its run of constant slew
+    slack: FloatArray  # per type: how far the samples' slews in a run may differ (rounding), T/m/s
     h_max: FloatArray
     h_end: FloatArray
     g_first: FloatArray
@@ -269,6 +281,13 @@ class _Axis:
         np.subtract(g[1:], g[:-1], out=slew[1:])
         slew *= conv
         slew[off[:-1]] = 0.0  # a type's first slew is the block's x0, added per block
+        # runs of constant slew (to 1e-9 of the type's largest: the samples' rounding), inside which every
+        # filter moves monotonically; each type's first two samples start runs (the first's slew is the block's)
+        slack = 1e-9 * np.maximum.reduceat(np.abs(slew), off[:-1])
+        change = np.ones(g.size, dtype=bool)
+        change[1:] = np.abs(slew[1:] - slew[:-1]) > np.repeat(slack, length)[1:]
+        change[np.minimum(off[:-1] + 1, g.size - 1)] = True
+        run = np.cumsum(change)
         x = np.stack((slew, np.abs(slew), slew)) * alpha[:, None]
         gap = np.repeat(lam[:, None], g.size, axis=1)
         gap[:, off[:-1]] = np.inf  # each type from rest (capped: 2e-16 of the type before leaks)
@@ -284,7 +303,7 @@ class _Axis:
         seg_max = np.maximum.reduceat(response, seg_first)
         beta_pow = np.exp(-lam[:, None] * np.arange(int(length.max()) + 1))
         h_max = np.maximum.reduceat(np.abs(h), off[:-1], axis=1)
-        return cls(inverse, length, off, h, h_max, h[:, ends], g[off[:-1]], g[ends], seg_off, rise,
+        return cls(inverse, length, off, h, run, slack, h_max, h[:, ends], g[off[:-1]], g[ends], seg_off, rise,
                    weight @ h_max, seg_max, beta_pow, decay, alpha[:, None] * decay / np.exp(-lam)[:, None],
                    lam, alpha, weight, conv)
 
@@ -468,9 +487,10 @@ def _first_of_each(cand: _Candidates, live: IntArray, which: tuple[int, ...]) ->
     key = np.zeros(live.size, dtype=np.int64)
     for a in which:
         key = key * (int(cand.types[a].max()) + 1) + cand.types[a][live]
-    if int(key.max()) >= (1 << 62) // live.size:
+    if int(key.max()) >= 1 << 62:
         return live
-    order = np.argsort(key * live.size + np.arange(live.size))  # by types, then in time (live is in time)
+    # by types, then in time (live is in time): a stable sort, radix on small keys
+    order = np.argsort(key.astype(np.uint16) if int(key.max()) < 1 << 16 else key, kind="stable")
     b = live[order]
     same = key[order][1:] == key[order][:-1]
     for a in which:
@@ -518,19 +538,49 @@ def _look_into(cand: _Candidates, axes: list[_Axis], live: IntArray, which: tupl
     seg = _Segments.of(cand.length[live])
     kinds = [(axes[a], cand.types[a][live], cand.z[3 * a:3 * a + 3][:, live]) for a in which]
     stim = np.empty((len(which), seg.owner.size))
+    place = seg.number * live.size + seg.owner  # in a (segment number, block) table
     for i, (ax, t, z) in enumerate(kinds):
         zpart = np.abs(z) * ax.weight[:, None]
-        np.add(ax.seg_max[ax.seg_off[t][seg.owner] + seg.number],
-               _dot_decay(zpart[:, seg.owner], ax.beta_pow[:, seg.j0]), out=stim[i])
+        decayed = np.empty((int(seg.number.max()) + 1, live.size))  # Σ w·|z|·β^j0 per segment number
+        for g, row in enumerate(decayed):
+            np.dot(ax.beta_pow[:, g * SEGMENT], zpart, out=row)
+        np.add(ax.seg_max[ax.seg_off[t][seg.owner] + seg.number], decayed.reshape(-1)[place], out=stim[i])
     seg = seg.take(_beats(stim, which, both, result))
     if not seg.owner.size:
         return
-    k0 = cand.k[live][seg.owner] + seg.j0
+    # exact at both ends of each segment, then bisected while a bound on its inside beats what is known
+    length = cand.length[live]
+    j1 = np.minimum(seg.j0 + SEGMENT, length[seg.owner] - 1)
+    k = cand.k[live]
     y0s = [np.abs(_values(ax, t, z, seg.owner, seg.j0)) for ax, t, z in kinds]
-    stim = _weighted(kinds, y0s)
-    bound = _bounds(kinds, y0s, seg.owner, seg.j0, seg.length, SEGMENT)
-    result.add(k0, stim, which, _norm(stim) if both else None)
-    _halve(cand, live, kinds, seg, bound, y0s, which, both, result)
+    y1s = [np.abs(_values(ax, t, z, seg.owner, j1)) for ax, t, z in kinds]
+    for j, ys in ((seg.j0, y0s), (j1, y1s)):
+        stim = _weighted(kinds, ys)
+        result.add(k[seg.owner] + j, stim, which, _norm(stim) if both else None)
+    owner, j0, size = seg.owner, seg.j0, SEGMENT
+    while True:
+        for keep in (np.flatnonzero(j1 - j0 > 1), None):  # those with samples inside, then those that beat
+            if keep is None:
+                keep = np.flatnonzero(_beats(_inside_bounds(kinds, y0s, y1s, owner, j0, j1, size), which, both, result))
+            if not keep.size:
+                return
+            owner, j0, j1 = owner[keep], j0[keep], j1[keep]
+            y0s, y1s = [y[:, keep] for y in y0s], [y[:, keep] for y in y1s]
+        size //= 2
+        split = np.flatnonzero(j0 + size < j1)
+        mid = j0[split] + size
+        ys = [np.abs(_values(ax, t, z, owner[split], mid)) for ax, t, z in kinds]
+        stim = _weighted(kinds, ys)
+        result.samples_evaluated += int(split.size)
+        result.add(k[owner[split]] + mid, stim, which, _norm(stim) if both else None)
+        right = [y[:, split] for y in y1s]  # the right halves: from the middle to the end
+        left = j1.copy()
+        left[split] = mid
+        for y1, y in zip(y1s, ys, strict=True):
+            y1[:, split] = y  # the left halves end at the middle
+        owner, j0, j1 = np.concatenate((owner, owner[split])), np.concatenate((j0, mid)), np.concatenate((left, j1[split]))
+        y0s = [np.concatenate((y0, y), axis=1) for y0, y in zip(y0s, ys, strict=True)]
+        y1s = [np.concatenate((y1, r), axis=1) for y1, r in zip(y1s, right, strict=True)]
 
 
 def _values(ax: _Axis, t: IntArray, z: FloatArray, owner: IntArray, j: IntArray) -> FloatArray:
@@ -548,60 +598,27 @@ def _weighted(kinds: list[tuple[_Axis, IntArray, FloatArray]], ys: list[FloatArr
     return out
 
 
-def _bounds(kinds: list[tuple[_Axis, IntArray, FloatArray]], y0s: list[FloatArray], owner: IntArray, j0: IntArray,
-            length: IntArray, size: int) -> FloatArray:
-    """Each axis's bound over sub-segments of ``size`` (at most; ``length`` samples each) starting at ``j0``
-    where the filters' ``|y|`` are ``y0s``: ``|y(j)| ≤ |y(j0)| + |z|·β^j0·(1 − β^(length−1)) + the type's
-    largest change of ``h`` from ``j0`` in the sub-segment."""
+def _inside_bounds(kinds: list[tuple[_Axis, IntArray, FloatArray]], y0s: list[FloatArray], y1s: list[FloatArray],
+                   owner: IntArray, j0: IntArray, j1: IntArray, size: int) -> FloatArray:
+    """Each axis's bound on the samples strictly between ``j0`` and ``j1`` (inside a sub-segment of ``size``
+    from ``j0``), where the filters' ``|y|`` are ``y0s`` and ``y1s``: within one run of constant slew each
+    filter is monotone, so ``|y| ≤ max(|y(j0)|, |y(j1)|)`` (plus the rounding slack); else ``|y(j)| ≤
+    |y(j0)| + |z|·β^j0·(1 − β^(j1−j0)) + the type's largest change of ``h`` from ``j0`` in the sub-segment."""
     out = np.empty((len(y0s), owner.size))
-    for i, ((ax, t, z), y0) in enumerate(zip(kinds, y0s, strict=True)):
+    for i, ((ax, t, z), y0, y1) in enumerate(zip(kinds, y0s, y1s, strict=True)):
         offsets, rise = ax.rise[size]
         ts = t[owner]
+        base = ax.off[ts]
         y = np.abs(z[:, owner])
         y *= ax.beta_pow[:, j0]
-        y *= 1.0 - ax.beta_pow[:, length - 1]
+        y *= 1.0 - ax.beta_pow[:, j1 - j0]
         y += rise[:, offsets[ts] + j0 // size]
         y += y0
+        mono = ax.run[base + j0 + 1] == ax.run[base + j1]
+        if mono.any():
+            y[:, mono] = np.maximum(y0[:, mono], y1[:, mono]) + ax.slack[ts[mono]]
         w = ax.weight
         out[i] = w[0] * y[0] + w[1] * y[1] + w[2] * y[2]
-    return out
-
-
-def _halve(cand: _Candidates, live: IntArray, kinds: list[tuple[_Axis, IntArray, FloatArray]], seg: _Segments,
-           bound: FloatArray, y0s: list[FloatArray], which: tuple[int, ...], both: bool, result: BlockPeak) -> None:
-    """Bisect the segments whose bound beats what is known: the value at each one's middle sample exactly,
-    each half bounded from its first sample, down to single samples."""
-    owner, j0, length = seg.owner, seg.j0, seg.length
-    size = SEGMENT
-    while size > 1:
-        keep = np.flatnonzero(_beats(bound, which, both, result) & (length > 1))
-        if not keep.size:
-            return
-        owner, j0, length = owner[keep], j0[keep], length[keep]
-        y0s = [y[:, keep] for y in y0s]
-        size //= 2
-        split = np.flatnonzero(length > size)
-        mid = j0[split] + size
-        ys = [np.abs(_values(ax, t, z, owner[split], mid)) for ax, t, z in kinds]
-        stim = _weighted(kinds, ys)
-        result.samples_evaluated += int(split.size)
-        result.add(cand.k[live][owner[split]] + mid, stim, which, _norm(stim) if both else None)
-        if size == 1:  # every sample of what was left is known now
-            return
-        owner = np.concatenate((owner, owner[split]))
-        j0 = np.concatenate((j0, mid))
-        right = length[split] - size
-        length = np.minimum(length, size)
-        length = np.concatenate((length, right))
-        y0s = [np.concatenate((y0, y), axis=1) for y0, y in zip(y0s, ys, strict=True)]
-        bound = _bounds(kinds, y0s, owner, j0, length, size)
-
-
-def _dot_decay(zpart: FloatArray, decay: FloatArray) -> FloatArray:
-    """Σ over the three filters of ``zpart·decay`` (each ``(3, N)``)."""
-    out = zpart[0] * decay[0]
-    out += zpart[1] * decay[1]
-    out += zpart[2] * decay[2]
     return out
 
 
