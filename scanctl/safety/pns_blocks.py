@@ -578,7 +578,8 @@ def _look_into(cand: _Candidates, axes: list[_Axis], live: IntArray, which: tupl
         left[split] = mid
         for y1, y in zip(y1s, ys, strict=True):
             y1[:, split] = y  # the left halves end at the middle
-        owner, j0, j1 = np.concatenate((owner, owner[split])), np.concatenate((j0, mid)), np.concatenate((left, j1[split]))
+        owner, j0 = np.concatenate((owner, owner[split])), np.concatenate((j0, mid))
+        j1 = np.concatenate((left, j1[split]))
         y0s = [np.concatenate((y0, y), axis=1) for y0, y in zip(y0s, ys, strict=True)]
         y1s = [np.concatenate((y1, r), axis=1) for y1, r in zip(y1s, right, strict=True)]
 
