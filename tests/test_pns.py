@@ -227,9 +227,10 @@ def test_closed_form_is_the_per_sample_model_on_random_waveforms(waves, per_bin)
 from scanctl.safety import pns_blocks  # noqa: E402
 
 
-def block_peak(seq, pns=SAFE.safety.pns, gamma=42.576e6):  # type: ignore[no-untyped-def]
+def block_peak(seq, pns=SAFE.safety.pns, gamma=42.576e6, always=True):  # type: ignore[no-untyped-def]
+    """predict_blocks, by default even where the runs would be quicker (small test sequences)."""
     model = pns_module._Model((pns.x, pns.y, pns.z), seq.rasters.gradient_s, gamma)
-    return pns_blocks.predict_blocks(seq, model.lam, model.weight, model.to_t_per_m_per_s)
+    return pns_blocks.predict_blocks(seq, model.lam, model.weight, model.to_t_per_m_per_s, always=always)
 
 
 def assert_blocks_match(seq, pns=SAFE.safety.pns, gamma=42.576e6, rtol=1e-9, required=True):  # type: ignore[no-untyped-def]
@@ -247,8 +248,11 @@ def assert_blocks_match(seq, pns=SAFE.safety.pns, gamma=42.576e6, rtol=1e-9, req
         if peak > 1e-6:
             assert per_sample_value(waves, dt, pns, gamma, found.peak_k) == pytest.approx(found.peak, rel=rtol)
         assert np.allclose(found.axis_peaks, axis_peaks, rtol=rtol, atol=1e-12)
-    by_blocks = predict_pns(seq, pns, gamma, envelope_s=None)
+    by_blocks = pns_module._block_prediction(found, seq) if found is not None else None
     by_runs = pns_module.predict_waveforms(waves, dt, seq.block_start_s, pns, gamma, envelope_s=None)
+    assert predict_pns(seq, pns, gamma, envelope_s=None).peak_percent == pytest.approx(by_runs.peak_percent, rel=rtol)
+    if by_blocks is None:
+        return found
     assert by_blocks.peak_percent == pytest.approx(by_runs.peak_percent, rel=rtol)
     assert by_blocks.peak_block == by_runs.peak_block or peak == pytest.approx(
         per_sample_value(waves, dt, pns, gamma, round(by_runs.peak_time_s / dt - 0.5)), rel=rtol)
@@ -270,6 +274,22 @@ def test_block_by_block_is_the_per_sample_model_on_sequences(tmp_path, make, pro
     assert_blocks_match(ours, profiles.load(profile).safety.pns)
 
 
+def test_few_long_distinct_blocks_are_left_to_the_runs(tmp_path):
+    """An MPRAGE-like sequence: long blocks, each played few times: its types would hold more samples than
+    the runs it has, so predict_pns plays it run by run (the block-by-block answer is the same)."""
+    import pypulseq as pp
+
+    system = factory.default_system()
+    seq = pp.Sequence(system)
+    for i in range(6):
+        seq.add_block(pp.make_trapezoid("x", area=1000 + 300 * i, duration=4e-3, system=system))
+        seq.add_block(pp.make_trapezoid("y", area=-800 - 100 * i, duration=6e-3, system=system))
+    seq.write(str(tmp_path / "long.seq"))
+    ours = pulseq_read.read(tmp_path / "long.seq")
+    assert block_peak(ours, always=False) is None
+    assert_blocks_match(ours)
+
+
 def test_repeated_blocks_are_looked_into_once(tmp_path, monkeypatch):
     """A 3D GRE plays its read-out gradient the same in every TR: in the steady state those blocks are the
     same block again (on the x axis), and are searched once, not 480 times; the peaks are the same as when
@@ -280,6 +300,7 @@ def test_repeated_blocks_are_looked_into_once(tmp_path, monkeypatch):
     once = assert_blocks_match(ours)
     monkeypatch.setattr(pns_blocks, "_first_of_each", lambda cand, live, which: live)
     every = block_peak(ours)
+    assert block_peak(ours, always=False) is not None  # the runs would take longer here
     assert every.blocks_searched > once.blocks_searched + 400
     assert (every.peak, every.peak_k) == (once.peak, once.peak_k) and np.allclose(every.axis_peaks, once.axis_peaks,
                                                                                  rtol=1e-12)

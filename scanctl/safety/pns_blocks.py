@@ -85,22 +85,29 @@ class BlockPeak:
                     self.peak, self.peak_k = top, at
 
 
-def predict_blocks(seq: Sequence, lam: FloatArray, weight: FloatArray, to_t_per_m_per_s: float) -> BlockPeak | None:
+def predict_blocks(seq: Sequence, lam: FloatArray, weight: FloatArray, to_t_per_m_per_s: float, *,
+                   always: bool = False) -> BlockPeak | None:
     """The SAFE peak of ``seq``'s physical gradients for the nine filters' decay per raster sample ``lam``
     (``−ln β``, axis-major) and the weights of their ``|y|`` (% per T/m/s); ``to_t_per_m_per_s`` turns a
     change of the gradient (Hz/m) between two samples into a slew (T/m/s). None when the sequence does not
-    fit the block structure (see the module's documentation)."""
+    fit the block structure (see the module's documentation), or (unless ``always``) when its types hold
+    more samples than a quarter of its gradient breakpoints: then the runs are the quicker way."""
     layout = _Layout.of(seq)
     if layout is None:
         return None
+    types = [_Types.of(layout, a) for a in range(3)]
+    if any(t is None for t in types):
+        return None
+    # worth it only when the types' samples are few beside the runs of constant slew the run-by-run closed
+    # form would play (about two per breakpoint): not for a sequence of few, long, distinct blocks
+    counts = np.append(np.diff(layout.offsets), 0)
+    breakpoints = sum(int(counts[layout.rows[:, a]].sum()) for a in range(3))
+    stored = sum(int(t.stored.sum()) for t in types)  # type: ignore[union-attr]
+    if stored > MAX_TYPE_SAMPLES or (4 * stored > breakpoints and not always):
+        return None
     beta, alpha = np.exp(-lam), -np.expm1(-lam)
-    axes = []
-    for a in range(3):
-        axis = _Axis.of(layout, a, lam[3 * a:3 * a + 3], alpha[3 * a:3 * a + 3], weight[3 * a:3 * a + 3],
-                        to_t_per_m_per_s)
-        if axis is None:
-            return None
-        axes.append(axis)
+    axes = [_Axis.of(layout, t, lam[3 * a:3 * a + 3], alpha[3 * a:3 * a + 3],  # type: ignore[arg-type]
+                     weight[3 * a:3 * a + 3], to_t_per_m_per_s) for a, t in enumerate(types)]
     return _search(*_scan(layout, axes, beta, alpha), axes)
 
 
@@ -229,6 +236,26 @@ def _gaps_fit(t_begin: FloatArray, v_begin: FloatArray, t_end: FloatArray, v_end
 
 # -- one axis's types and the filters' state at each block --------------------------------------------------
 
+class _Types:
+    """One axis's block types: each block's (``inverse``), and per type its gradient row (-1: none), number
+    of samples, phase and the samples stored for it (a type without an event plays zeros: one sample stands
+    for all, a long delay is not laid out sample by sample)."""
+
+    def __init__(self, inverse: IntArray, row: IntArray, length: IntArray, phase: IntArray) -> None:
+        self.inverse, self.row, self.length, self.phase = inverse, row, length, phase
+        self.stored = np.where(row >= 0, length, 1)
+
+    @classmethod
+    def of(cls, lay: _Layout, axis: int) -> _Types | None:
+        top = int(lay.length.max()) + 1
+        key = _dense(((lay.rows[:, axis] + 1) * top + lay.length) * lay.phases + lay.phase)
+        if key is None:
+            return None
+        inverse, unique = key
+        rest = unique // lay.phases
+        return cls(inverse, rest // top - 1, rest % top, unique % lay.phases)
+
+
 @dataclass
 class _Axis:
     """One axis: each block's type (``type_of``), the types' samples (CSR ``off``: the filters' response from
@@ -238,6 +265,7 @@ class _Axis:
 
     type_of: IntArray
     length: IntArray
+    top: IntArray  # per type, its last stored sample (0 for a type without an event: one sample stands for all)
     off: IntArray
     h: FloatArray
     run: IntArray  # per type sample: its run of constant slew
@@ -262,20 +290,11 @@ class _Axis:
     bound: FloatArray | None = None
 
     @classmethod
-    def of(cls, lay: _Layout, axis: int, lam: FloatArray, alpha: FloatArray, weight: FloatArray,
-           conv: float) -> _Axis | None:
-        key = _dense(((lay.rows[:, axis] + 1) * (int(lay.length.max()) + 1) + lay.length) * lay.phases + lay.phase)
-        if key is None:
-            return None
-        inverse, unique = key
-        phase = unique % lay.phases
-        rest = unique // lay.phases
-        length = rest % (int(lay.length.max()) + 1)
-        row = rest // (int(lay.length.max()) + 1) - 1
-        if int(length.sum()) > MAX_TYPE_SAMPLES:
-            return None
-        off = np.concatenate(([0], np.cumsum(length)))
-        g = _sample_types(lay, row, length, phase, off)
+    def of(cls, lay: _Layout, types: _Types, lam: FloatArray, alpha: FloatArray, weight: FloatArray,
+           conv: float) -> _Axis:
+        inverse, row, length, phase, stored = types.inverse, types.row, types.length, types.phase, types.stored
+        off = np.concatenate(([0], np.cumsum(stored)))
+        g = _sample_types(lay, row, stored, phase, off)
         slew = np.empty(g.size)
         slew[0] = 0.0
         np.subtract(g[1:], g[:-1], out=slew[1:])
@@ -285,7 +304,7 @@ class _Axis:
         # filter moves monotonically; each type's first two samples start runs (the first's slew is the block's)
         slack = 1e-9 * np.maximum.reduceat(np.abs(slew), off[:-1])
         change = np.ones(g.size, dtype=bool)
-        change[1:] = np.abs(slew[1:] - slew[:-1]) > np.repeat(slack, length)[1:]
+        change[1:] = np.abs(slew[1:] - slew[:-1]) > np.repeat(slack, stored)[1:]
         change[np.minimum(off[:-1] + 1, g.size - 1)] = True
         run = np.cumsum(change)
         x = np.stack((slew, np.abs(slew), slew)) * alpha[:, None]
@@ -293,18 +312,18 @@ class _Axis:
         gap[:, off[:-1]] = np.inf  # each type from rest (capped: 2e-16 of the type before leaks)
         h = decay_scan(gap, x, np.zeros(3))
         ends = off[1:] - 1
-        nseg = -(-length // SEGMENT)
+        nseg = -(-stored // SEGMENT)
         seg_off = np.concatenate(([0], np.cumsum(nseg)))
-        j = np.arange(g.size) - np.repeat(off[:-1], length)
-        rise = {size: _rise(h, j, off, length, size) for size in _SIZES}
+        j = np.arange(g.size) - np.repeat(off[:-1], stored)
+        rise = {size: _rise(h, j, off, stored, size) for size in _SIZES}
         decay = np.exp(-lam[:, None] * length)  # over the type's samples, and its first sample's input's
         seg_first = np.flatnonzero(j % SEGMENT == 0)
         response = np.abs(h[0]) * weight[0] + np.abs(h[1]) * weight[1] + np.abs(h[2]) * weight[2]
         seg_max = np.maximum.reduceat(response, seg_first)
         beta_pow = np.exp(-lam[:, None] * np.arange(int(length.max()) + 1))
         h_max = np.maximum.reduceat(np.abs(h), off[:-1], axis=1)
-        return cls(inverse, length, off, h, run, slack, h_max, h[:, ends], g[off[:-1]], g[ends], seg_off, rise,
-                   weight @ h_max, seg_max, beta_pow, decay, alpha[:, None] * decay / np.exp(-lam)[:, None],
+        return cls(inverse, length, stored - 1, off, h, run, slack, h_max, h[:, ends], g[off[:-1]], g[ends],
+                   seg_off, rise, weight @ h_max, seg_max, beta_pow, decay, alpha[:, None] * decay / np.exp(-lam)[:, None],
                    lam, alpha, weight, conv)
 
 
@@ -388,8 +407,10 @@ def _scan(lay: _Layout, axes: list[_Axis], beta: FloatArray, alpha: FloatArray) 
             np.abs(y[f:f + 3], out=y[f:f + 3])
             stim[a] = w[0] * y[f] + w[1] * y[f + 1] + w[2] * y[f + 2]
             bound[a] = w[0] * np.abs(z[f]) + w[1] * np.abs(z[f + 1]) + w[2] * np.abs(z[f + 2])
-            bound[a] += ax.h_weighted[ax.type_of[blocks]]
+        result.add(lay.k[blocks], bound, (0, 1, 2), _norm(bound))  # the first samples: y = z there
         result.add(lay.k[blocks] + lay.length[blocks] - 1, stim, (0, 1, 2), _norm(stim))
+        for a, ax in enumerate(axes):
+            bound[a] += ax.h_weighted[ax.type_of[blocks]]
         live = _beats(bound, (0, 1, 2), True, result) & ~pad & (lay.length[blocks] > 1)
         live = np.flatnonzero(live)
         found.append((blocks[live], z[:, live], bound[:, live]))
@@ -544,7 +565,9 @@ def _look_into(cand: _Candidates, axes: list[_Axis], live: IntArray, which: tupl
         decayed = np.empty((int(seg.number.max()) + 1, live.size))  # Σ w·|z|·β^j0 per segment number
         for g, row in enumerate(decayed):
             np.dot(ax.beta_pow[:, g * SEGMENT], zpart, out=row)
-        np.add(ax.seg_max[ax.seg_off[t][seg.owner] + seg.number], decayed.reshape(-1)[place], out=stim[i])
+        ts = t[seg.owner]
+        np.add(ax.seg_max[ax.seg_off[ts] + np.minimum(seg.number, ax.top[ts] // SEGMENT)],
+               decayed.reshape(-1)[place], out=stim[i])
     seg = seg.take(_beats(stim, which, both, result))
     if not seg.owner.size:
         return
@@ -587,7 +610,8 @@ def _look_into(cand: _Candidates, axes: list[_Axis], live: IntArray, which: tupl
 def _values(ax: _Axis, t: IntArray, z: FloatArray, owner: IntArray, j: IntArray) -> FloatArray:
     """The three filters' values ``(3, n)`` at sample ``j`` of the candidates ``owner`` (indices into ``t``
     and ``z``, the candidates' types and states on this axis)."""
-    return z[:, owner] * ax.beta_pow[:, j] + ax.h[:, ax.off[t[owner]] + j]
+    ts = t[owner]
+    return z[:, owner] * ax.beta_pow[:, j] + ax.h[:, ax.off[ts] + np.minimum(j, ax.top[ts])]
 
 
 def _weighted(kinds: list[tuple[_Axis, IntArray, FloatArray]], ys: list[FloatArray]) -> FloatArray:
@@ -609,13 +633,13 @@ def _inside_bounds(kinds: list[tuple[_Axis, IntArray, FloatArray]], y0s: list[Fl
     for i, ((ax, t, z), y0, y1) in enumerate(zip(kinds, y0s, y1s, strict=True)):
         offsets, rise = ax.rise[size]
         ts = t[owner]
-        base = ax.off[ts]
+        base, top = ax.off[ts], ax.top[ts]
         y = np.abs(z[:, owner])
         y *= ax.beta_pow[:, j0]
         y *= 1.0 - ax.beta_pow[:, j1 - j0]
-        y += rise[:, offsets[ts] + j0 // size]
+        y += rise[:, offsets[ts] + np.minimum(j0, top) // size]
         y += y0
-        mono = ax.run[base + j0 + 1] == ax.run[base + j1]
+        mono = ax.run[base + np.minimum(j0 + 1, top)] == ax.run[base + np.minimum(j1, top)]
         if mono.any():
             y[:, mono] = np.maximum(y0[:, mono], y1[:, mono]) + ax.slack[ts[mono]]
         w = ax.weight
