@@ -323,8 +323,8 @@ class _Axis:
         beta_pow = np.exp(-lam[:, None] * np.arange(int(length.max()) + 1))
         h_max = np.maximum.reduceat(np.abs(h), off[:-1], axis=1)
         return cls(inverse, length, stored - 1, off, h, run, slack, h_max, h[:, ends], g[off[:-1]], g[ends],
-                   seg_off, rise, weight @ h_max, seg_max, beta_pow, decay, alpha[:, None] * decay / np.exp(-lam)[:, None],
-                   lam, alpha, weight, conv)
+                   seg_off, rise, weight @ h_max, seg_max, beta_pow, decay,
+                   alpha[:, None] * decay / np.exp(-lam)[:, None], lam, alpha, weight, conv)
 
 
 def _rise(h: FloatArray, j: IntArray, off: IntArray, length: IntArray, size: int) -> tuple[IntArray, FloatArray]:
