@@ -17,10 +17,9 @@ import numpy as np
 from scanctl.errors import ConfigError
 from scanctl.profile import SystemProfile
 from scanctl.safety.heating import HeatingPrediction, predict_heating
-from scanctl.safety.limits import MODES
+from scanctl.safety.limits import ASSUMED_WEIGHT_KG, MODES
 from scanctl.safety.pns import PNSPrediction, predict_pns
 from scanctl.safety.sar import RFPulses, WindowPeak, window_curve, window_peak
-from scanctl.safety.supervisor import ASSUMED_WEIGHT_KG
 from scanctl.sequence.checks import Violation
 from scanctl.sequence.model import Sequence
 

@@ -38,10 +38,8 @@ from scanctl.errors import SafetyLimitError
 from scanctl.interfaces import Status, SubsystemState
 from scanctl.program import RFProgram
 from scanctl.safety.interlocks import read_inputs
-from scanctl.safety.limits import SafetyLimits
+from scanctl.safety.limits import ASSUMED_WEIGHT_KG, SafetyLimits
 
-#: The patient weight assumed when none is given (kg): see the module docstring.
-ASSUMED_WEIGHT_KG = 40.0
 #: How far the table may be from the scan position while scanning (mm): encoder jitter, not motion.
 TABLE_TOLERANCE_MM = 0.5
 SEQUENCERS = ("gradient", "rf")
