@@ -20,15 +20,19 @@ its first and last samples. An upper bound for every sample of a block: each ``|
 bound beats what is known (the peak, or an axis's peak) are looked into: blocks of the same types whose
 states agree to 1e-13 of the response are the same block played again (a steady state repeats exactly)
 and are looked into once, at their first occurrence; each remaining block is cut into segments of
-:data:`SEGMENT` samples, each evaluated exactly at its first sample and bounded inside (``|y(j) − y(j0)| ≤
-|z|·β^j0·(1 − β^(S−1)) + max |h_t(j) − h_t(j0)|``); only segments whose bound still beats what is known
-are evaluated sample by sample. The peak, its sample and each axis's peak are the per-sample model's (up
-to rounding, and to 1e-13 of the response for repeated blocks).
+:data:`SEGMENT` samples. A segment is first bounded by its types' largest response from rest in it plus
+the state's decay to it; where that beats what is known, it is evaluated exactly at both ends and bisected
+while a bound on its inside still beats it: inside a run of constant slew each filter is monotone, so
+``max(|y(j0)|, |y(j1)|)`` bounds it there, else ``|y(j)| ≤ |y(j0)| + |z|·β^j0·(1 − β^(j1−j0)) + max |h_t(j) −
+h_t(j0)|``. The peak, its sample and each axis's peak are the per-sample model's (up to rounding, and to
+1e-13 of the response for repeated blocks).
 
-Sequences this does not fit — a non-finite gradient, a step inside an event, an event outside its block,
-a gradient that does not return to zero where the waveform between two blocks' events would be
-interpolated across raster samples, a raster sample centred on a block boundary, block starts off a
-grid shared with the gradient raster, or too many distinct types — are left to the run-by-run closed form
+A type without an event stores one sample (``h`` is 0 throughout), so long delays cost nothing. Sequences
+this does not fit — a non-finite gradient, a step inside an event, an event outside its block, a gradient
+that does not return to zero where the waveform between two blocks' events would be interpolated across
+raster samples, a raster sample centred on a block boundary, block starts off a grid shared with the
+gradient raster, too many distinct types' samples, or (unless asked) more of them than a quarter of the
+gradient breakpoints, where runs are quicker — are left to the run-by-run closed form
 (:func:`scanctl.safety.pns.predict_waveforms`): :func:`predict_blocks` returns None for them.
 """
 
@@ -398,7 +402,7 @@ def _scan(lay: _Layout, axes: list[_Axis], beta: FloatArray, alpha: FloatArray) 
         order = lane_order(size)
         pad = order >= size
         blocks = c0 + np.minimum(order, size - 1)
-        y, z, x0_last = _chunk(lay, axes, blocks, pad, state, beta, alpha)
+        y, z = _chunk(lay, axes, blocks, pad, state, beta, alpha)
         state = y[:, (size - 1) % ROW * (order.size // ROW) + (size - 1) // ROW].copy()
         stim = np.empty((3, order.size))
         bound = np.empty((3, order.size))
@@ -421,7 +425,7 @@ def _scan(lay: _Layout, axes: list[_Axis], beta: FloatArray, alpha: FloatArray) 
 
 
 def _chunk(lay: _Layout, axes: list[_Axis], blocks: IntArray, pad: Any, state: FloatArray, beta: FloatArray,
-           alpha: FloatArray) -> tuple[FloatArray, FloatArray, None]:
+           alpha: FloatArray) -> tuple[FloatArray, FloatArray]:
     """One chunk's blocks (``blocks`` in the lane layout, ``pad``: places past the end) from the filters'
     ``state`` before it: their end states ``y`` and the states ``z`` at their first samples, ``(9, places)``."""
     rows = blocks.size // ROW
@@ -456,7 +460,7 @@ def _chunk(lay: _Layout, axes: list[_Axis], blocks: IntArray, pad: Any, state: F
         z[f] += alpha[f] * x0s[a]
         z[f + 1] += alpha[f + 1] * np.abs(x0s[a])
         z[f + 2] += alpha[f + 2] * x0s[a]
-    return y.reshape(9, -1), z, None
+    return y.reshape(9, -1), z
 
 
 @dataclass
