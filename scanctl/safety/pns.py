@@ -256,11 +256,11 @@ def _refine(model: _Model, tracker: _Tracker, starts: IntArray, length: IntArray
     # the filters before each run: the previous run's end, the previous place in the lane layout (step
     # j − 1 of the same row, or the last step of the row before), so a shifted view, not a gather
     lanes = y.reshape(9, ROW, rows)
-    before = np.empty_like(lanes)
-    before[:, 1:] = lanes[:, :-1]
-    before[:, 0, 1:] = lanes[:, -1, :-1]
-    before[:, 0, 0] = y0
-    before = before.reshape(9, -1)
+    shifted = np.empty_like(lanes)
+    shifted[:, 1:] = lanes[:, :-1]
+    shifted[:, 0, 1:] = lanes[:, -1, :-1]
+    shifted[:, 0, 0] = y0
+    before: FloatArray = shifted.reshape(9, -1)
     bound_stim, bound = model.responses(np.maximum(np.abs(y), np.abs(before)))
     live = _exceeds(tracker, bound_stim, bound, (starts[order] - 1 + length)) & (length >= 2) & ~pad
     live = np.flatnonzero(live)

@@ -99,19 +99,20 @@ def predict_blocks(seq: Sequence, lam: FloatArray, weight: FloatArray, to_t_per_
     layout = _Layout.of(seq)
     if layout is None:
         return None
-    types = [_Types.of(layout, a) for a in range(3)]
-    if any(t is None for t in types):
+    found = [_Types.of(layout, a) for a in range(3)]
+    types = [t for t in found if t is not None]
+    if len(types) < 3:
         return None
     # worth it only when the types' samples are few beside the runs of constant slew the run-by-run closed
     # form would play (about two per breakpoint): not for a sequence of few, long, distinct blocks
     counts = np.append(np.diff(layout.offsets), 0)
     breakpoints = sum(int(counts[layout.rows[:, a]].sum()) for a in range(3))
-    stored = sum(int(t.stored.sum()) for t in types)  # type: ignore[union-attr]
+    stored = sum(int(t.stored.sum()) for t in types)
     if stored > MAX_TYPE_SAMPLES or (4 * stored > breakpoints and not always):
         return None
     beta, alpha = np.exp(-lam), -np.expm1(-lam)
-    axes = [_Axis.of(layout, t, lam[3 * a:3 * a + 3], alpha[3 * a:3 * a + 3],  # type: ignore[arg-type]
-                     weight[3 * a:3 * a + 3], to_t_per_m_per_s) for a, t in enumerate(types)]
+    axes = [_Axis.of(layout, t, lam[3 * a:3 * a + 3], alpha[3 * a:3 * a + 3], weight[3 * a:3 * a + 3],
+                     to_t_per_m_per_s) for a, t in enumerate(types)]
     return _search(*_scan(layout, axes, beta, alpha), axes)
 
 
@@ -456,10 +457,10 @@ def _chunk(lay: _Layout, axes: list[_Axis], blocks: IntArray, pad: Any, state: F
     z = before.reshape(9, -1)
     z *= beta[:, None]
     for a in range(3):
-        f = 3 * a
-        z[f] += alpha[f] * x0s[a]
-        z[f + 1] += alpha[f + 1] * np.abs(x0s[a])
-        z[f + 2] += alpha[f + 2] * x0s[a]
+        i = 3 * a
+        z[i] += alpha[i] * x0s[a]
+        z[i + 1] += alpha[i + 1] * np.abs(x0s[a])
+        z[i + 2] += alpha[i + 2] * x0s[a]
     return y.reshape(9, -1), z
 
 
