@@ -322,6 +322,20 @@ def _with_block_raster(tmp_path, raster):  # type: ignore[no-untyped-def]
     return pulseq_read.read(tmp_path / "r.seq")
 
 
+def test_padding_of_the_lane_layout_is_no_block(tmp_path):
+    """One block of two samples: the scan's lane layout pads it to 16 places; a padding place holds the
+    block's end, but its state at a "first sample" is no block's and must not count (it did: 5.39 % for a
+    3.13 % peak, found by the random sequences)."""
+    import pypulseq as pp
+
+    system = pp.Opts(max_grad=40, grad_unit="mT/m", max_slew=180, slew_unit="T/m/s")
+    seq = pp.Sequence(system)
+    seq.add_block(pp.make_trapezoid("x", amplitude=50000, rise_time=1e-5, flat_time=0, fall_time=1e-5,
+                                    system=system))
+    seq.write(str(tmp_path / "p.seq"))
+    assert_blocks_match(pulseq_read.read(tmp_path / "p.seq"))
+
+
 def test_blocks_between_raster_points(tmp_path):
     assert_blocks_match(_with_block_raster(tmp_path, 1e-6))
 
@@ -439,7 +453,7 @@ def block_sequences(draw):  # type: ignore[no-untyped-def]
     return seq
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(block_sequences())
 def test_block_by_block_is_the_per_sample_model_on_random_sequences(tmp_path_factory, seq):
     """On the gradient raster, with gradients that start and end at 0, the blocks always fit; on a finer

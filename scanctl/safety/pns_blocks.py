@@ -412,7 +412,8 @@ def _scan(lay: _Layout, axes: list[_Axis], beta: FloatArray, alpha: FloatArray) 
             np.abs(y[f:f + 3], out=y[f:f + 3])
             stim[a] = w[0] * y[f] + w[1] * y[f + 1] + w[2] * y[f + 2]
             bound[a] = w[0] * np.abs(z[f]) + w[1] * np.abs(z[f + 1]) + w[2] * np.abs(z[f + 2])
-        result.add(lay.k[blocks], bound, (0, 1, 2), _norm(bound))  # the first samples: y = z there
+        real = np.flatnonzero(~pad)  # a padding place's z is not any block's (its x0 is its block's)
+        result.add(lay.k[blocks[real]], bound[:, real], (0, 1, 2), _norm(bound[:, real]))  # first samples: y = z
         result.add(lay.k[blocks] + lay.length[blocks] - 1, stim, (0, 1, 2), _norm(stim))
         for a, ax in enumerate(axes):
             bound[a] += ax.h_weighted[ax.type_of[blocks]]
