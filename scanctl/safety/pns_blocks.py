@@ -328,7 +328,8 @@ class _Axis:
         beta_pow = np.exp(-lam[:, None] * np.arange(int(length.max()) + 1))
         h_max = np.maximum.reduceat(np.abs(h), off[:-1], axis=1)
         return cls(inverse, length, stored - 1, off, h, run, slack, h_max, h[:, ends], g[off[:-1]], g[ends],
-                   seg_off, rise, weight @ h_max, seg_max, beta_pow, decay,
+                   seg_off, rise, weight[0] * h_max[0] + weight[1] * h_max[1] + weight[2] * h_max[2], seg_max,
+                   beta_pow, decay,
                    alpha[:, None] * decay / np.exp(-lam)[:, None], lam, alpha, weight, conv)
 
 
@@ -570,7 +571,10 @@ def _look_into(cand: _Candidates, axes: list[_Axis], live: IntArray, which: tupl
         zpart = np.abs(z) * ax.weight[:, None]
         decayed = np.empty((int(seg.number.max()) + 1, live.size))  # Σ w·|z|·β^j0 per segment number
         for g, row in enumerate(decayed):
-            np.dot(ax.beta_pow[:, g * SEGMENT], zpart, out=row)
+            b = ax.beta_pow[:, g * SEGMENT]  # three terms by hand: a BLAS call would wake its threads
+            np.multiply(zpart[0], b[0], out=row)
+            row += zpart[1] * b[1]
+            row += zpart[2] * b[2]
         ts = t[seg.owner]
         np.add(ax.seg_max[ax.seg_off[ts] + np.minimum(seg.number, ax.top[ts] // SEGMENT)],
                decayed.reshape(-1)[place], out=stim[i])
