@@ -14,6 +14,11 @@ from typing import Any
 
 from scanctl.config.tomlcheck import Reader
 
+#: The patient weight assumed when none is given (kg), by the supervisor and the prediction: a light adult,
+#: so that SAR is judged conservatively (scanctl.safety.supervisor's docstring). Here, not in the supervisor,
+#: so that ``scanctl check`` need not import the supervisor.
+ASSUMED_WEIGHT_KG = 40.0
+
 #: The IEC 60601-2-33 operating modes, as profiles and reports spell them (the CLI says ``first-level``).
 MODES = ("normal", "first_level")
 

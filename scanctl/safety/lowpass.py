@@ -23,6 +23,7 @@ from scanctl.sequence.model import FloatArray
 #: Elements per row of the scan, and the largest gap (decay exponent) one step keeps.
 ROW = 16
 GAP_CAP = 36.0
+_FLOOR = float(np.exp(-GAP_CAP))
 
 
 def decay_scan(gap: FloatArray, b: FloatArray, y0: FloatArray) -> FloatArray:
@@ -75,6 +76,47 @@ def scan_lanes(gap: FloatArray, b: FloatArray, y0: FloatArray) -> FloatArray:
         before = start
     acc += shrink * before[:, None, :]
     return acc
+
+
+def product_scan(decay: FloatArray, b: FloatArray, y0: FloatArray) -> FloatArray:
+    """Solve ``y[f, r] = decay[f, r]·y[f, r-1] + b[f, r]`` from ``y[f, -1] = y0[f]`` on arrays in the lane
+    layout ``(F, ROW, rows)`` (:func:`lane_order`), with the decay given as a factor in ``[0, 1]`` (floored
+    at ``exp(-GAP_CAP)``, as :func:`scan_lanes` caps the gap) rather than an exponent: no exponential is
+    taken. Within a row ``y_r = P_r·(y_before + Σ_{i≤r} b_i/P_i)`` with ``P`` the row's running product of
+    the decays; the rows' starting states by the same recurrence over the rows' ends. Returns the values in
+    the same layout."""
+    filters, _, rows = b.shape
+    p = np.maximum(decay, _FLOOR)
+    for j in range(1, ROW):  # the running products: vector steps over all rows
+        p[:, j] *= p[:, j - 1]
+    acc = np.divide(b, p)
+    for j in range(1, ROW):
+        acc[:, j] += acc[:, j - 1]
+    start = np.asarray(y0, dtype=np.float64).reshape(filters, 1)
+    if rows > 1:
+        last = p[:, -1, :]
+        ends = _product_scan_flat(last, last * acc[:, -1, :], start[:, 0])
+        before = np.concatenate((start, ends[:, :-1]), axis=1)
+    else:
+        before = start
+    acc += before[:, None, :]
+    acc *= p
+    return acc
+
+
+def _product_scan_flat(decay: FloatArray, b: FloatArray, y0: FloatArray) -> FloatArray:
+    """:func:`product_scan` on ``(F, R)`` arrays in their natural order."""
+    filters, n = b.shape
+    rows = -(-n // ROW)
+    order = lane_order(n)
+    pad = order >= n
+    order[pad] = n - 1
+    d = np.take(decay, order, axis=1)
+    d[:, pad] = 1.0
+    x = np.take(b, order, axis=1)
+    x[:, pad] = 0.0
+    y = product_scan(d.reshape(filters, ROW, rows), x.reshape(filters, ROW, rows), y0)
+    return y.transpose(0, 2, 1).reshape(filters, rows * ROW)[:, :n]
 
 
 def low_pass(x: FloatArray, gain: float, decay: float, state: Any) -> tuple[FloatArray, Any]:

@@ -66,7 +66,17 @@ def predict_pns(seq: Sequence, pns: PNSSafety, gamma_hz_per_t: float, *,
                 envelope_s: float | None = 1e-3) -> PNSPrediction:
     """The SAFE PNS response of ``seq``'s physical gradients with the coil parameters ``pns``; with
     ``envelope_s`` (s) also its maximum per interval of that length, else ``t_s`` and ``percent`` are empty.
-    A non-finite gradient gives an infinite peak (a violation, never a pass)."""
+    A non-finite gradient gives an infinite peak (a violation, never a pass).
+
+    Without an envelope the peak is found block by block (:mod:`scanctl.safety.pns_blocks`) when the
+    sequence fits that, else (and with an envelope) run by run over the whole waveform."""
+    if envelope_s is None:
+        from scanctl.safety.pns_blocks import predict_blocks
+
+        model = _Model((pns.x, pns.y, pns.z), seq.rasters.gradient_s, gamma_hz_per_t)
+        found = predict_blocks(seq, model.lam, model.weight, model.to_t_per_m_per_s)
+        if found is not None:
+            return _block_prediction(found, seq)
     waves = [axis_waveform(seq, axis) for axis in range(3)]
     return predict_waveforms(waves, seq.rasters.gradient_s, seq.block_start_s, pns, gamma_hz_per_t,
                              envelope_s=envelope_s)
@@ -94,6 +104,15 @@ def predict_waveforms(waves: list[AxisWaveform], dt: float, block_start_s: Float
                          peak_block=max(block, 0),
                          axis_peak_percent=(float(tracker.axis_peaks[0]), float(tracker.axis_peaks[1]),
                                             float(tracker.axis_peaks[2])))
+
+
+def _block_prediction(found: Any, seq: Sequence) -> PNSPrediction:
+    """The :class:`PNSPrediction` (no envelope) of :func:`scanctl.safety.pns_blocks.predict_blocks`'s peak."""
+    peak_time = (found.peak_k + 0.5) * seq.rasters.gradient_s
+    block = int(np.searchsorted(seq.block_start_s, peak_time, side="right") - 1)
+    axis = found.axis_peaks
+    return PNSPrediction(t_s=np.zeros(0), percent=np.zeros(0), peak_percent=float(found.peak), peak_time_s=peak_time,
+                         peak_block=max(block, 0), axis_peak_percent=(float(axis[0]), float(axis[1]), float(axis[2])))
 
 
 class _Model:
@@ -237,11 +256,11 @@ def _refine(model: _Model, tracker: _Tracker, starts: IntArray, length: IntArray
     # the filters before each run: the previous run's end, the previous place in the lane layout (step
     # j − 1 of the same row, or the last step of the row before), so a shifted view, not a gather
     lanes = y.reshape(9, ROW, rows)
-    before: FloatArray = np.empty_like(lanes)  # (9, ROW, rows), flattened to (9, n) below
-    before[:, 1:] = lanes[:, :-1]
-    before[:, 0, 1:] = lanes[:, -1, :-1]
-    before[:, 0, 0] = y0
-    before = before.reshape(9, -1)
+    shifted = np.empty_like(lanes)
+    shifted[:, 1:] = lanes[:, :-1]
+    shifted[:, 0, 1:] = lanes[:, -1, :-1]
+    shifted[:, 0, 0] = y0
+    before: FloatArray = shifted.reshape(9, -1)
     bound_stim, bound = model.responses(np.maximum(np.abs(y), np.abs(before)))
     live = _exceeds(tracker, bound_stim, bound, (starts[order] - 1 + length)) & (length >= 2) & ~pad
     live = np.flatnonzero(live)

@@ -14,13 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from scanctl.config.limits import MODES
+from scanctl.config.limits import ASSUMED_WEIGHT_KG, MODES
 from scanctl.config.profile import SystemProfile
 from scanctl.errors import ConfigError
 from scanctl.safety.heating import HeatingPrediction, predict_heating
 from scanctl.safety.pns import PNSPrediction, predict_pns
 from scanctl.safety.sar import RFPulses, WindowPeak, window_curve, window_peak
-from scanctl.safety.supervisor import ASSUMED_WEIGHT_KG
 from scanctl.sequence.checks import Violation
 from scanctl.sequence.model import Sequence
 

@@ -34,14 +34,12 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from scanctl.config.limits import SafetyLimits
+from scanctl.config.limits import ASSUMED_WEIGHT_KG, SafetyLimits
 from scanctl.errors import SafetyLimitError
 from scanctl.hw.interfaces import Status, SubsystemState
 from scanctl.hw.program import RFProgram
 from scanctl.safety.interlocks import read_inputs
 
-#: The patient weight assumed when none is given (kg): see the module docstring.
-ASSUMED_WEIGHT_KG = 40.0
 #: How far the table may be from the scan position while scanning (mm): encoder jitter, not motion.
 TABLE_TOLERANCE_MM = 0.5
 SEQUENCERS = ("gradient", "rf")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,12 +148,15 @@ class TextFile:
                     f"[{_section_name(section)}] row has {int(row_counts[i])} fields, expected {expected}",
                     is_line=True,
                 )
-        # Blank out comment lines and word columns, then convert every number in one call.
+        # Blank out comment lines and word columns, then convert every number in one call. Comment lines
+        # before the first row or after the last (a writer's notes on the next section) are left out instead:
+        # no copy of the section.
         blank_starts: list[npt.NDArray[np.int64]] = []
         blank_ends: list[npt.NDArray[np.int64]] = []
-        comment_lines = np.flatnonzero(comment)
-        if comment_lines.size:
-            line_ends = np.concatenate((line_starts[1:], [raw.size]))
+        line_ends = np.concatenate((line_starts[1:], [raw.size]))
+        lo, hi = (int(line_starts[data_lines[0]]), int(line_ends[data_lines[-1]])) if rows else (0, raw.size)
+        comment_lines = np.flatnonzero(comment[data_lines[0]:data_lines[-1]]) + data_lines[0] if rows else []
+        if len(comment_lines):
             blank_starts.append(line_starts[comment_lines])
             blank_ends.append(line_ends[comment_lines])
         words: list[list[str]] = []
@@ -174,15 +177,15 @@ class TextFile:
         elif word_columns:
             words = [[] for _ in word_columns]
         if blank_starts:
-            clean = raw.copy()
-            _blank(clean, np.concatenate(blank_starts), np.concatenate(blank_ends))
-            text = clean.tobytes()
+            clean = raw[lo:hi].copy()
+            _blank(clean, np.concatenate(blank_starts) - lo, np.concatenate(blank_ends) - lo)
+            text, start, end = clean.tobytes(), 0, hi - lo
         else:
-            text = self.data[section.start : section.end]
+            text, start, end = self.data, section.start + lo, section.start + hi
         n_numeric = ncols - len(word_columns)
         dtype = np.int64 if integer else np.float64
         try:
-            values = _parse_numbers(text, dtype)
+            values = _parse_numbers(text, start, end, dtype)
         except ValueError:
             values = np.zeros(0, dtype=dtype)
         if values.size != rows * n_numeric:
@@ -298,22 +301,37 @@ def _header_starts(data: bytes) -> list[int]:
     return sorted(starts)
 
 
-def _parse_numbers(text: bytes, dtype: type[np.int64] | type[np.float64]) -> npt.NDArray[Any]:
-    """All whitespace-separated numbers in ``text``; big texts are cut at line ends and converted on
-    several threads (numpy's conversion releases the GIL). Raises ValueError on a non-number."""
-    parts = _cpu_count() if len(text) >= _PARALLEL_BYTES else 1
-    cuts = [0]
+def _parse_numbers(text: bytes, start: int, end: int, dtype: type[np.int64] | type[np.float64]) -> npt.NDArray[Any]:
+    """All whitespace-separated numbers in ``text[start:end]``; big texts are cut at line ends and converted
+    on several threads (numpy's conversion releases the GIL), each piece sliced from ``text`` once. Raises
+    ValueError on a non-number."""
+    parts = _cpu_count() if end - start >= _PARALLEL_BYTES else 1
+    cuts = [start]
     for k in range(1, parts):
-        nl = text.find(b"\n", max(len(text) * k // parts, cuts[-1]))
+        nl = text.find(b"\n", max(start + (end - start) * k // parts, cuts[-1]), end)
         if nl < 0:
             break
         cuts.append(nl + 1)
-    cuts.append(len(text))
-    pieces = [text[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
-    if len(pieces) == 1:
-        return np.fromstring(text, dtype=dtype, sep=" ")
-    with ThreadPoolExecutor(len(pieces)) as pool:
-        arrays = list(pool.map(lambda piece: np.fromstring(piece, dtype=dtype, sep=" "), pieces))
+    cuts.append(end)
+    if len(cuts) == 2:
+        return np.fromstring(text[start:end], dtype=dtype, sep=" ")
+    arrays: list[Any] = [None] * (len(cuts) - 1)
+
+    def convert(i: int) -> None:
+        try:
+            arrays[i] = np.fromstring(text[cuts[i]:cuts[i + 1]], dtype=dtype, sep=" ")
+        except ValueError as exc:
+            arrays[i] = exc
+
+    workers = [threading.Thread(target=convert, args=(i,)) for i in range(1, len(arrays))]
+    for w in workers:
+        w.start()
+    convert(0)
+    for w in workers:
+        w.join()
+    failed = [a for a in arrays if isinstance(a, ValueError)]
+    if failed:
+        raise failed[0]
     return np.concatenate(arrays)
 
 

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +106,9 @@ class _Reader:
     # -- top level ----------------------------------------------------------------------------------
     def run(self) -> Sequence:
         data = self.text.data
-        if not data.strip():
+        if not data or data.isspace():
             raise self.fail(None, "file is empty")
+        self._digest = _Digest(data) if self.verify_signature else None  # hashed while the tables are read
         if data.startswith((b"\xff\xfe", b"\xfe\xff")):
             raise self.fail(1, "file is UTF-16 text: Pulseq files are ASCII (save it as ASCII or UTF-8)")
         control = _first_control_byte(data)
@@ -260,11 +262,12 @@ class _Reader:
             cut = data.rfind(_SIGNATURE)
             if cut < 0:  # "[SIGNATURE]" is the first line: nothing was signed
                 cut = 0
-            signed = data[:cut]
-            actual = hashlib.md5(signed).hexdigest()
-            if actual != value.lower() and b"\r\n" in signed:
+            digest = self._digest if self._digest is not None else _Digest(data)
+            actual = digest.result()
+            if actual != value.lower() and data.find(b"\r\n", 0, cut) >= 0:
                 # pypulseq on Windows writes CRLF line ends but hashes the text as read back (LF line ends);
                 # the "\r\n" before [SIGNATURE] belongs to the signature.
+                signed = data[:cut]
                 unix = signed[:-1] if signed.endswith(b"\r") else signed
                 if hashlib.md5(unix.replace(b"\r\n", b"\n")).hexdigest() == value.lower():
                     actual = value.lower()
@@ -295,7 +298,7 @@ class _Reader:
         if stray is not None:
             pos = stray.start()
             raise self.text.error(pos, f"[SHAPES] expected 'shape_id N', got {_shown(data, pos, first)}")
-        line = self.text.line_of(first)
+        line = sec.line + 1 + data.count(b"\n", sec.start, first)  # not from the file's start: it is long
         entries: list[tuple[int, int, int, int, int, int]] = []  # id, line, num line, num, values start, end
         seen: dict[int, int] = {}
         total = 0
@@ -827,6 +830,24 @@ class _Reader:
         return out
 
 
+class _Digest:
+    """The MD5 hex digest of a file's signed part (all before the last ``\n[SIGNATURE]``), computed on a
+    thread while the file is parsed (hashlib releases the GIL); :meth:`result` waits for it."""
+
+    def __init__(self, data: bytes) -> None:
+        cut = max(data.rfind(_SIGNATURE), 0)
+        self._value = ""
+        self._thread = threading.Thread(target=self._hash, args=(memoryview(data)[:cut],), daemon=True)
+        self._thread.start()
+
+    def _hash(self, signed: memoryview) -> None:
+        self._value = hashlib.md5(signed).hexdigest()
+
+    def result(self) -> str:
+        self._thread.join()
+        return self._value
+
+
 class _Spec:
     def __init__(self, spec: ExtensionSpec, row_of: dict[int, int]) -> None:
         self.spec = spec
@@ -858,9 +879,10 @@ class _IdIndex:
 
 
 def _first_control_byte(data: bytes) -> re.Match[bytes] | None:
-    """Where the first control byte other than whitespace is (``bytes.translate`` screens 16 MB pieces
-    several times faster than the regular expression, which then only runs on a piece that has one)."""
-    step = 1 << 24
+    """Where the first control byte other than whitespace is (``bytes.translate`` screens 1 MB pieces
+    several times faster than the regular expression, which then only runs on a piece that has one; pieces
+    this small reuse the same memory, where whole-file copies would each be fresh pages to fault in)."""
+    step = 1 << 20
     for start in range(0, len(data), step):
         piece = data[start : start + step]
         if len(piece.translate(None, _CONTROL_BYTES)) != len(piece):
