@@ -566,3 +566,32 @@ class SafetyModel(RuleBasedStateMachine):
 TestSafety = SafetyModel.TestCase
 TestSafety.settings = settings(max_examples=80, stateful_step_count=12, deadline=None,
                                suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_a_coolant_failure_carried_into_a_run_whose_gradient_is_silent_is_stopped_before_the_limit():
+    """Found by the safety state machine: a coolant failure heated the coil through a whole run (finished
+    below the limit), and the next run's gradient system went silent at once, so its temperature reading
+    stayed that of the start while the coil heated at 25 K/s; the coil passed 70 °C before the heartbeat
+    check stopped the scan. The supervisor now remembers the fastest rise it saw (until a reset), ages a
+    stale reading from its own time, and checks before anything plays."""
+    scanner = make_scanner(gradient="sim://?overheat_k_per_s=25")
+    hottest: list[float] = []
+    sync = scanner.gradient.sync
+
+    def watched(t_s, timeout_s=10.0):
+        try:
+            return sync(t_s, timeout_s)
+        finally:
+            hottest.append(scanner.gradient.temperature_c)
+
+    scanner.gradient.sync = watched
+    scanner.prepare(GRE)
+    scanner.gradient._fault_plan = ("cooling", 0.0)
+    first = scanner.run()
+    assert first.outcome == "completed" and 40.0 < scanner.gradient.temperature_c < 70.0, first.message
+    scanner.prepare(GRE)
+    scanner.gradient._fault_plan = ("silent", 0.0)
+    second = scanner.run()
+    assert second.outcome == "fault" and "coil temperature" in second.message, second.message
+    assert max(hottest) < LIMITS.gradient_thermal.max_temp_c
+    scanner.close()

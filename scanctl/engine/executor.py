@@ -86,6 +86,7 @@ class Scanner:
         self._estop_pending: str | None = None
         #: The safety supervisor of the current (or last) run: see scanctl.safety.supervisor.
         self.supervisor: Supervisor | None = None
+        self._coil_rate_k_per_s = 0.0  # the gradient coil's fastest rise seen since the last reset (K/s)
         self._synced_s = 0.0
 
     @classmethod
@@ -251,11 +252,11 @@ class Scanner:
         self._make_safe()
         for sub in self._subsystems():
             if sub.status().state in (SubsystemState.OFF, SubsystemState.UNKNOWN):
-                sub.connect()  # reached anew; a fault it latched while lost (a table's host-link stop) is cleared too
-            if sub.status().state is not SubsystemState.STANDBY:
-                sub.reset()
+                sub.connect()  # reached anew: then reset like the others (a fault it latched while lost, a
+            sub.reset()        # table's host-link stop, is cleared in the same reset; a coolant fault too)
         self._fire("reset")
         self._report = None
+        self._coil_rate_k_per_s = 0.0
         if self.table.status().telemetry.get("homed", 1.0) == 0.0:
             self.table.home()
 
@@ -280,7 +281,8 @@ class Scanner:
         limits = self.profile.safety
         check_table_move(limits.table, table_position_mm, None)
         supervisor = Supervisor(limits, gamma_hz_per_t=self.profile.gamma_hz_per_t,
-                                patient_weight_kg=patient_weight_kg, mode=mode, scan_position_mm=table_position_mm)
+                                patient_weight_kg=patient_weight_kg, mode=mode, scan_position_mm=table_position_mm,
+                                coil_rate_k_per_s=self._coil_rate_k_per_s)
         supervisor.horizon_s = min(self.segment_s, self.gradient.buffer_s, self.rf.buffer_s,
                                    supervisor.max_interval_s())
         t_wall = time.perf_counter()
@@ -297,6 +299,9 @@ class Scanner:
             self._fire("positioned", table_report(table))
             for sub in (self.gradient, self.rf):
                 sub.start()
+            # Checked before anything plays: a coil already too hot for the first segment (or a subsystem
+            # already silent) stops the scan here, not one segment later.
+            supervisor.observe(0.0, {**self.status(), "table": self.table.status()})
             outcome = self._play(seq, sink, counter, on_progress)
             if self.state is S.EMERGENCY_STOP:  # pressed as the run ended: latched instead of the end
                 outcome = "emergency_stop"
@@ -312,6 +317,8 @@ class Scanner:
                 log.error("rf: acquisitions after the last collected cannot be taken: %s", lost)
                 message += f"; acquisitions after the last collected are lost ({lost})"
             return self._result("fault" if self.state is S.FAULT else "emergency_stop", seq, counter, t_wall, message)
+        finally:  # the coil's fastest rise is remembered for the next run, until a reset
+            self._coil_rate_k_per_s = supervisor.coil_rate_k_per_s
         return self._result(outcome, seq, counter, t_wall, "")
 
     def _play(self, seq: Sequence, sink: Callable[[Acquisitions], None], counter: dict[str, int],

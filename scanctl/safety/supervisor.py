@@ -132,7 +132,8 @@ class Supervisor:
     """
 
     def __init__(self, limits: SafetyLimits, *, gamma_hz_per_t: float, patient_weight_kg: float | None = None,
-                 mode: str = "normal", scan_position_mm: float = 0.0, horizon_s: float = 0.5) -> None:
+                 mode: str = "normal", scan_position_mm: float = 0.0, horizon_s: float = 0.5,
+                 coil_rate_k_per_s: float = 0.0) -> None:
         sar = limits.sar
         if mode not in sar.whole_body_w_per_kg or mode not in sar.head_w_per_kg:
             raise SafetyLimitError(f"unknown operating mode {mode!r} (known: {', '.join(sar.whole_body_w_per_kg)})")
@@ -162,7 +163,11 @@ class Supervisor:
         self._gain = 1.0  # measured / programmed energy, as last seen (>= 1: never assume the amplifier weaker)
         self._t_s = 0.0
         self._energy_seen_j = 0.0  # the RF energy counter counts from arm(), before the run starts
-        self._temperature: tuple[float, float] | None = None  # (t_s, °C) at the last check
+        self._temperature: tuple[float, float] | None = None  # (t_s, °C) of the last reading
+        #: The fastest rise of the coil temperature seen (K/s), this run or (given) an earlier one since the
+        #: last reset: a reading that is stale (a silent gradient system) or the first of a run is assumed to
+        #: rise at least this fast (a coolant failure heats faster than full gradient power).
+        self.coil_rate_k_per_s = coil_rate_k_per_s
         self.max_sar_w_per_kg: dict[str, float] = {lim.name: 0.0 for lim in self.sar_limits}
         self.checks = 0
 
@@ -272,14 +277,18 @@ class Supervisor:
             return
         thermal = self.limits.gradient_thermal
         temp = gradient.telemetry["coil_temperature_c"]
+        # The reading is as old as the gradient's last report (a silent system's is older than this check):
+        # the worst case runs from then, through the next check.
+        read_s = min(t_s, gradient.time_s)
+        span_s = t_s - read_s + self.horizon_s
         # Worst case by the next check: full gradient power on the RC model, or the last rate of rise.
         hottest = thermal.ambient_c + thermal.watts_at_max * thermal.kelvin_per_watt
-        by_model = hottest + (temp - hottest) * math.exp(-self.horizon_s / thermal.tau_s)
-        by_rate = temp
-        if self._temperature is not None and t_s > self._temperature[0]:
-            rate = (temp - self._temperature[1]) / (t_s - self._temperature[0])
-            by_rate = temp + max(0.0, rate) * self.horizon_s
-        self._temperature = (t_s, temp)
+        by_model = hottest + (temp - hottest) * math.exp(-span_s / thermal.tau_s)
+        if self._temperature is not None and read_s > self._temperature[0]:
+            rate = (temp - self._temperature[1]) / (read_s - self._temperature[0])
+            self.coil_rate_k_per_s = max(self.coil_rate_k_per_s, rate)
+        by_rate = temp + max(0.0, self.coil_rate_k_per_s) * span_s
+        self._temperature = (read_s, temp)
         ahead = max(by_model, by_rate)
         if not ahead < thermal.max_temp_c:
             raise SupervisorTrip("coil_temperature", ahead, thermal.max_temp_c, t_s,
