@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 
 import hypothesis.strategies as st
@@ -33,8 +34,8 @@ ON = (SubsystemState.ON, SubsystemState.RUNNING)
 G, RF, T = "gradient", "rf", "table"
 
 
-def make_scanner(**urls: str) -> Scanner:
-    scanner = Scanner.from_profile(PROFILE, {"rf": "sim://?physics=0", **urls}, segment_s=0.5)
+def make_scanner(profile: profiles.SystemProfile = PROFILE, **urls: str) -> Scanner:
+    scanner = Scanner.from_profile(profile, {"rf": "sim://?physics=0", **urls}, segment_s=0.5)
     scanner.connect()
     return scanner
 
@@ -414,6 +415,14 @@ FAULTS = [None, ("rf", "spike"), ("rf", "silent"), ("rf", "trip"), ("gradient", 
           ("gradient", "overtemp"), ("gradient", "cooling"), ("rf", "door"), ("table", "stall")]
 
 
+#: The coolant failure the state machine injects heats the coil this fast beyond the thermal model (K/s); its
+#: profile says so (``max_rise_k_per_s``): a failure that begins between two checks is then still caught
+#: before the limit, whatever the coil's temperature when it begins.
+COOLANT_K_PER_S = 25.0
+COOLANT_PROFILE = dataclasses.replace(PROFILE, safety=dataclasses.replace(
+    LIMITS, gradient_thermal=dataclasses.replace(LIMITS.gradient_thermal, max_rise_k_per_s=COOLANT_K_PER_S)))
+
+
 class SafetyModel(RuleBasedStateMachine):
     """Random commands, patients and injected faults against the scanner on simulators (virtual clock). The
     invariants are checked after every step *and* after every sync while a scan plays, on the simulators'
@@ -421,7 +430,7 @@ class SafetyModel(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.scanner = scanner = make_scanner(gradient="sim://?overheat_k_per_s=25")
+        self.scanner = scanner = make_scanner(COOLANT_PROFILE, gradient=f"sim://?overheat_k_per_s={COOLANT_K_PER_S}")
         self.weight_kg = ASSUMED_WEIGHT_KG
         self.mode = "normal"
         self.position = 0.0

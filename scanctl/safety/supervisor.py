@@ -283,7 +283,7 @@ class Supervisor:
         span_s = t_s - read_s + self.horizon_s
         # Worst case by the next check: full gradient power on the RC model, or the last rate of rise.
         hottest = thermal.ambient_c + thermal.watts_at_max * thermal.kelvin_per_watt
-        by_model = hottest + (temp - hottest) * math.exp(-span_s / thermal.tau_s)
+        by_model = hottest + (temp - hottest) * math.exp(-span_s / thermal.tau_s) + thermal.max_rise_k_per_s * span_s
         if self._temperature is not None and read_s > self._temperature[0]:
             rate = (temp - self._temperature[1]) / (read_s - self._temperature[0])
             self.coil_rate_k_per_s = max(self.coil_rate_k_per_s, rate)
