@@ -140,7 +140,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "tau1_ms": (1e-3, 1e3), "tau2_ms": (1e-3, 1e3), "tau3_ms": (1e-3, 1e3), "a1": (0.0, 1.0), "a2": (0.0, 1.0),
     "a3": (0.0, 1.0), "stim_limit_t_per_m_per_s": (0.1, 1e4), "stim_thresh_t_per_m_per_s": (0.1, 1e4),
     "g_scale": (0.0, 1.0), "tau_s": (1e-3, 1e5), "watts_at_max": (0.0, 1e7), "kelvin_per_watt": (0.0, 10.0),
-    "ambient_c": (-50.0, 60.0), "max_temp_c": (0.0, 200.0), "max_rise_k_per_s": (0.0, 1000.0), "min_mm": (-1e4, 1e4), "max_mm": (-1e4, 1e4),
+    "ambient_c": (-50.0, 60.0), "max_temp_c": (0.0, 200.0), "max_rise_k_per_s": (0.0, 1000.0),
+    "min_mm": (-1e4, 1e4), "max_mm": (-1e4, 1e4),
     "max_speed_mm_s": (1e-3, 1e4), "heartbeat_max_age_s": (1e-3, 60.0),
     "whole_body_w_per_kg": (0.0, 100.0), "head_w_per_kg": (0.0, 100.0), "limit_percent": (0.0, 1000.0),
 }
