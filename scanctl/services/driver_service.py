@@ -37,7 +37,7 @@ from scanctl.errors import ScanctlError, WireProtocolError
 from scanctl.hw.interfaces import Scene, Status, SubsystemState
 from scanctl.hw.program import ADCProgram, GradientProgram, RFProgram
 from scanctl.transport.security import ServerCurve, refuse_unauthenticated
-from scanctl.transport.wire import Message, decode, encode, error_reply, malformed_reply, pack_acquisitions
+from scanctl.transport.wire import Message, decode, encode, error_reply, malformed_reply, pack_acquisitions, routed
 
 log = logging.getLogger(__name__)
 
@@ -204,15 +204,12 @@ class DriverService:
             log.error("%s: abort after the scanner went silent failed: %s", self.name, exc)
 
     def _handle(self, frames: list[Any]) -> None:
-        if len(frames) < 2:
+        split = routed(frames)
+        if split is None:
             return  # not from a DEALER/REQ peer: nothing to answer
-        identity = [bytes(frames[0].buffer)]
+        identity, payload = split
         if identity[0] == self._scanner:
             self._last_heard = time.monotonic()
-        payload = frames[1:]
-        if payload and len(payload[0]) == 0:  # a REQ peer's empty delimiter
-            identity.append(b"")
-            payload = payload[1:]
         try:
             msg = decode(payload)
         except Exception as exc:  # noqa: BLE001 - not only WireProtocolError: no message may end the service

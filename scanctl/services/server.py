@@ -59,6 +59,7 @@ from scanctl.transport.wire import (
     encode,
     error_reply,
     malformed_reply,
+    routed,
     to_plain,
 )
 
@@ -231,13 +232,10 @@ class ControlServer:
 
     # -- commands (loop thread) ------------------------------------------------------------------------------
     def _handle(self, frames: list[Any]) -> None:
-        if len(frames) < 2:
+        split = routed(frames)
+        if split is None:
             return  # not from a DEALER/REQ peer: nothing can be answered
-        identity = [bytes(frames[0].buffer)]
-        payload = frames[1:]
-        if payload and len(payload[0]) == 0:  # a REQ peer's empty delimiter
-            identity.append(b"")
-            payload = payload[1:]
+        identity, payload = split
         try:
             msg = decode(payload)
         except Exception as exc:  # noqa: BLE001 - not only WireProtocolError: no message may end the server

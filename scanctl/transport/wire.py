@@ -363,6 +363,19 @@ def error_reply(request_id: str | None, code: str, message: str, src: str | None
     return Message(type="error", body={"code": code, "message": message}, re=request_id, src=src)
 
 
+def routed(frames: Sequence[Any]) -> tuple[list[bytes], list[Any]] | None:
+    """A ROUTER socket's message split into the peer's routing frames (its identity, and a REQ peer's empty
+    delimiter) and the message's own frames; None for one that came from no DEALER/REQ peer (nothing can be
+    answered)."""
+    if len(frames) < 2:
+        return None
+    identity, payload = [bytes(frames[0].buffer)], list(frames[1:])
+    if payload and len(payload[0]) == 0:  # a REQ peer's empty delimiter
+        identity.append(b"")
+        payload = payload[1:]
+    return identity, payload
+
+
 def malformed_reply(frames: Sequence[bytes | memoryview | Any], exc: Exception, src: str | None = None) -> Message:
     """The ``malformed`` error answering ``frames``, which :func:`decode` refused with ``exc`` (``re``: their
     request id, if it can be read). A receive loop catches every exception of decode, not only
