@@ -67,6 +67,7 @@ class RemoteDriver:
         self._silent = False
         self._abort_line: RemoteDriver | None = None
         self._abort_owed = False  # an abort that did not reach the driver: resent until it is confirmed
+        self._abort_lock = threading.Lock()  # the abort line is made once, by whichever thread aborts first
         self._beating = threading.Event()  # set: the heartbeat thread is to stop
         self._beat_thread: threading.Thread | None = None
 
@@ -194,12 +195,13 @@ class RemoteDriver:
             self._silent = False
 
     def close(self) -> None:
-        if self._abort_line is not None:
-            self._abort_line.close()
-        self._beating.set()
+        self._beating.set()  # first: the heartbeat thread may resend an owed abort on the abort line
         if self._beat_thread is not None:
             self._beat_thread.join()
             self._beat_thread = None
+        with self._abort_lock:
+            if self._abort_line is not None:
+                self._abort_line.close()
         with self._lock:
             if self._socket is not None:
                 with contextlib.suppress(ScanctlError):  # closing must not fail on a dead driver
@@ -224,10 +226,18 @@ class RemoteDriver:
                                      "the moment it answers")
         # On a connection of its own: an abort must not queue behind a call in flight (a sync waiting for
         # the hardware to play), and the service answers it at once (scanctl.services.driver_service).
-        if self._abort_line is None:
-            self._abort_line = RemoteDriver(self.url, self.endpoint, liveness_s=self.liveness_s)
-            self._abort_line.kind, self._abort_line.curve = self.kind, self.curve
-        self._abort_line.call("abort")
+        with self._abort_lock:
+            if self._abort_line is None:
+                self._abort_line = RemoteDriver(self.url, self.endpoint, liveness_s=self.liveness_s)
+                self._abort_line.kind, self._abort_line.curve = self.kind, self.curve
+            line = self._abort_line
+        try:
+            line.call("abort")
+        except DriverTimeoutError:
+            raise  # not heard: still owed
+        except ScanctlError:
+            self._abort_owed = False  # heard, and answered with the driver's error: its status tells the rest
+            raise
         self._abort_owed = False
 
     def _settle_abort(self) -> bool:
@@ -236,9 +246,9 @@ class RemoteDriver:
             self.abort()
         except DriverTimeoutError:
             return False
-        except ScanctlError as exc:  # the driver answered, refusing: it is reachable, the refusal is its word
-            log.error("%s driver at %s: owed abort refused: %s", self.kind, self.endpoint, exc)
-            return False
+        except ScanctlError as exc:  # the driver answered with an error: delivered; its status tells the rest
+            log.error("%s driver at %s: owed abort answered with an error: %s", self.kind, self.endpoint, exc)
+            return True
         log.warning("%s driver at %s: owed abort delivered and confirmed", self.kind, self.endpoint)
         return True
 

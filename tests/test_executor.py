@@ -229,3 +229,72 @@ def test_a_subsystem_silent_during_a_long_delay_is_caught(long_delays, when_s):
     result = scanner.run()
     assert result.outcome == "fault" and "gradient heartbeat" in result.message and all_safe(scanner)
     assert when_s < result.scan_time_s <= when_s + PROFILE.safety.heartbeat_max_age_s
+
+
+# -- found by review: positioning, pause -----------------------------------------------------------------------
+def test_an_emergency_stop_while_the_table_moves_arms_nothing():
+    scanner = make_scanner()
+    scanner.prepare(GRE_SEQ)
+    armed: list[str] = []
+    for sub in (scanner.gradient, scanner.rf):
+        for name in ("arm", "start", "load"):
+            method = getattr(sub, name)
+            setattr(sub, name, lambda *a, _m=method, _n=f"{sub.kind}.{name}", **k: (armed.append(_n), _m(*a, **k))[1])
+    wait_idle = scanner.table.wait_idle
+
+    def pressed_on_the_way(*args, **kwargs):
+        scanner.emergency_stop("pressed while positioning")  # as from the control server's loop thread
+        return wait_idle(*args, **kwargs)
+
+    scanner.table.wait_idle = pressed_on_the_way
+    result = scanner.run(table_position_mm=100)
+    assert result.outcome == "emergency_stop" and scanner.state is S.EMERGENCY_STOP
+    assert armed == []  # it armed and started both sequencers, and went through RUNNING
+    assert "RUNNING" not in [e.dest for e in scanner.journal]
+
+
+def test_an_abort_while_paused_loads_nothing_more_and_the_supervisor_clock_never_runs_back():
+    checks: list[float] = []
+    scanner = make_scanner()
+    observe = Supervisor.observe
+
+    def watched(self, t_s, statuses):
+        checks.append(t_s)
+        return observe(self, t_s, statuses)
+
+    scanner.prepare(GRE_SEQ)
+    states: list[tuple[float, str]] = []
+    paused = threading.Event()
+
+    def progress(t_s, total_s):
+        states.append((t_s, scanner.state.name))
+        if t_s > 1.0 and not paused.is_set():
+            paused.set()
+            scanner.request("pause")
+            threading.Timer(0.2, scanner.request, args=("abort",)).start()
+
+    try:
+        Supervisor.observe = watched  # type: ignore[method-assign]
+        result = scanner.run(on_progress=progress)
+    finally:
+        Supervisor.observe = observe  # type: ignore[method-assign]
+    assert result.outcome == "aborted"
+    assert all(state == "RUNNING" for _, state in states)  # no segment loaded and reported while PAUSED
+    assert checks == sorted(checks)  # a pause played the buffer out: the next checks go on from there
+
+    scanner.prepare(GRE_SEQ)
+    checks.clear()
+    resumed = threading.Event()
+
+    def pause_and_resume(t_s, total_s):
+        if t_s > 1.0 and not resumed.is_set():
+            resumed.set()
+            scanner.request("pause")
+            threading.Timer(0.05, scanner.request, args=("resume",)).start()
+
+    try:
+        Supervisor.observe = watched  # type: ignore[method-assign]
+        assert scanner.run(on_progress=pause_and_resume).outcome == "completed"
+    finally:
+        Supervisor.observe = observe  # type: ignore[method-assign]
+    assert checks == sorted(checks)  # it went from 3.0 s back to 1.2 s, breaking the SAR window sums

@@ -130,3 +130,14 @@ def test_cli_run_with_a_bomb_phantom_is_one_line(tmp_path: Path, bomb: Path) -> 
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "bomb.npz" in lines[0] and "expands to" in lines[0], done.stderr
+
+
+def test_an_npz_whose_array_header_declares_more_than_it_holds_is_refused(tmp_path: Path) -> None:
+    """A 300-byte .npz whose .npy header declares 2^40 float64 values: numpy allocates by the header."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (1 << 40,)})
+    path = tmp_path / "liar.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("pd.npy", header.getvalue())
+    with pytest.raises(ConfigError, match=r"liar\.npz: .*expands to \d+ bytes"):
+        load_phantom(path)

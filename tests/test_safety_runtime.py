@@ -8,6 +8,7 @@ import contextlib
 import copy
 import dataclasses
 import math
+import sys
 
 import hypothesis.strategies as st
 import numpy as np
@@ -604,3 +605,16 @@ def test_a_coolant_failure_carried_into_a_run_whose_gradient_is_silent_is_stoppe
     assert second.outcome == "fault" and "coil temperature" in second.message, second.message
     assert max(hottest) < LIMITS.gradient_thermal.max_temp_c
     scanner.close()
+
+
+def test_a_report_left_from_an_earlier_run_is_no_heartbeat_of_this_one(monkeypatch):
+    """Found by the safety state machine: the RF system fell silent at 2.0 s of a run that then stopped
+    cleanly, so its frozen report (scan time 2.0 s) carried into the next run, where it looked fresher than
+    the scan itself; a runaway amplifier in that run then took the 10-s SAR to 5.0 W/kg (limit 4.0), its
+    energy counter frozen too. A report ahead of the scan is now a lost heartbeat."""
+    monkeypatch.setattr(sys.modules[__name__], "event", lambda *args, **kwargs: None)
+    model = SafetyModel()
+    model.run(weight=None, mode="normal", position=0.0, fault=("rf", "silent"), fault_at=2.0, how="stop", at=0.5,
+              tse=True)
+    model.run(weight=None, mode="normal", position=0.0, fault=("rf", "spike"), fault_at=0.0, how="none", at=0.0,
+              tse=False)  # the invariants (SAR from the simulator's own counter) are checked at every sync

@@ -798,3 +798,27 @@ def test_loading_another_scene_places_it_and_never_reconnects_or_rehomes(tmp_pat
     c.load(other)
     assert served.server.scanner is scanner and calls == []
     assert (scanner.rf.fov_m, scanner.rf.matrix) == (0.3, 64)
+
+
+def test_a_console_that_cannot_write_its_raw_data_aborts_the_scan(tmp_path, segmented, monkeypatch):
+    """A full disk on the console: the scan is aborted on the server (as a local run stops), not left playing
+    with nobody to keep its data; the console's report names the file."""
+    from scanctl.data.rawdata import RawDataError, RawDataWriter
+    from scanctl.engine.run import RunOutputError
+
+    extend = RawDataWriter.extend
+
+    console = tmp_path / "out"
+
+    def full_after_some(self, batch):  # the console's disk only (the server, in this process, writes elsewhere)
+        if Path(self.path).parent == console and getattr(self, "_taken", 0) >= 8:
+            raise RawDataError(self.path, "cannot write acquisition: No space left on device")
+        self._taken = getattr(self, "_taken", 0) + len(batch)
+        return extend(self, batch)
+
+    monkeypatch.setattr(RawDataWriter, "extend", full_after_some)
+    with pytest.raises(RunOutputError) as failed:
+        run_remote(segmented.client("console"), GRE, console)
+    report = failed.value.report
+    assert report.outcome == "aborted" and "No space left on device" in report.message
+    assert wait_state(segmented.client(), "IDLE")["last_report"]["outcome"] == "aborted"

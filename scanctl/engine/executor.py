@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scanctl.config.profile import SystemProfile
-from scanctl.engine.machine import JournalEntry, ScannerMachine, ScannerState
+from scanctl.engine.machine import LATCHED, JournalEntry, ScannerMachine, ScannerState
 from scanctl.engine.segments import compile_segments
 from scanctl.errors import (
     DriverError,
@@ -249,6 +249,9 @@ class Scanner:
         them) unless every one then confirms it is safe (STANDBY): a driver that froze through the fault's
         abort and woke up still playing is never called IDLE.
         """
+        if self.state not in LATCHED:  # nothing is touched for a reset that is not allowed here
+            raise InvalidTransitionError(f"cannot reset while {self.state.name} (allowed: "
+                                         f"{', '.join(self.machine.allowed())})")
         self._make_safe()
         for sub in self._subsystems():
             if sub.status().state in (SubsystemState.OFF, SubsystemState.UNKNOWN):
@@ -294,14 +297,21 @@ class Scanner:
         try:
             self.table.move_to(table_position_mm)
             table = self.table.wait_idle()
+            # Before anything is armed: an emergency stop or abort that came while the table moved ends the
+            # run here, and the supervisor looks once (a coil already too hot for the first segment, a
+            # subsystem already silent, the table not where it should be).
+            pending = self._pending_before_arming()
+            if pending is not None:
+                self._fire("abort", f"{pending} requested while positioning: nothing armed")
+                self._make_safe()
+                self._fire("safe", "every subsystem safe")
+                return self._result("aborted", seq, counter, t_wall, f"{pending} while positioning: nothing armed")
+            supervisor.before_start({**self.status(), "table": table})
             for sub in (self.gradient, self.rf):
                 sub.arm()
             self._fire("positioned", table_report(table))
             for sub in (self.gradient, self.rf):
                 sub.start()
-            # Checked before anything plays: a coil already too hot for the first segment (or a subsystem
-            # already silent) stops the scan here, not one segment later.
-            supervisor.observe(0.0, {**self.status(), "table": self.table.status()})
             outcome = self._play(seq, sink, counter, on_progress)
             if self.state is S.EMERGENCY_STOP:  # pressed as the run ended: latched instead of the end
                 outcome = "emergency_stop"
@@ -321,6 +331,17 @@ class Scanner:
             self._coil_rate_k_per_s = supervisor.coil_rate_k_per_s
         return self._result(outcome, seq, counter, t_wall, "")
 
+    def _pending_before_arming(self) -> str | None:
+        """What came while the table moved to the scan position and must keep anything from being armed: the
+        emergency stop (raises InterlockError: latched), or a stop or abort requested (returned)."""
+        if self._estop_pending is not None or self.interlocks.get("emergency_stop_button"):
+            raise InterlockError("emergency stop while positioning: nothing armed")
+        with self._request_lock:
+            pending = [what for what in self._requests if what in ("abort", "stop")]
+            if pending:
+                self._requests.clear()
+        return pending[0] if pending else None
+
     def _play(self, seq: Sequence, sink: Callable[[Acquisitions], None], counter: dict[str, int],
               on_progress: Callable[[float, float], None] | None) -> str:
         buffer_s = min(self.gradient.buffer_s, self.rf.buffer_s)
@@ -335,6 +356,7 @@ class Scanner:
             outcome = self._safe_point(sink, counter, playhead)
             if outcome is not None:
                 return outcome
+            playhead = max(playhead, self._synced_s)  # a pause played the buffer out: the clock is there now
             # Play ahead only as far as the buffer must drain for this segment, and never past what is
             # loaded (its start): a subsystem asked to play beyond its program would fall silent.
             target = min(segment.t1_s - buffer_s, segment.t0_s)
@@ -407,7 +429,10 @@ class Scanner:
             with self._request_lock:
                 requests, self._requests = self._requests, []
             if not requests:
-                return None if self.state is not S.PAUSED else self._wait_while_paused()
+                if self.state is not S.PAUSED:
+                    return None
+                self._wait_while_paused()  # then honour what woke it, before anything more is loaded
+                continue
             for what in requests:
                 if what == "emergency_stop":
                     raise InterlockError("emergency stop")
@@ -434,11 +459,10 @@ class Scanner:
             if self.state is not S.PAUSED:
                 return None
 
-    def _wait_while_paused(self) -> str | None:
+    def _wait_while_paused(self) -> None:
         with self._request_lock:
             while not self._requests:
                 self._resume.wait()
-        return None
 
     def _drain(self, sink: Callable[[Acquisitions], None], counter: dict[str, int]) -> None:
         """Play out everything loaded (the buffer) and collect its data."""

@@ -212,6 +212,15 @@ class Supervisor:
         self._check_rf_peak(t_s, statuses.get("rf"))
         self._check_temperature(t_s, statuses.get("gradient"))
 
+    def before_start(self, statuses: Mapping[str, Status]) -> None:
+        """Check, before anything is armed, what can already stop the scan: the interlocks, the table and the
+        coil — one already too hot for the first horizon. (No energy is measured: the RF energy counter still
+        holds the previous run's until the subsystem is armed.) Raises SupervisorTrip."""
+        self._check_finite(0.0, statuses)
+        self._check_interlocks(0.0, statuses)
+        self._check_table(0.0, statuses)
+        self._check_temperature(0.0, statuses.get("gradient"))
+
     def _check_finite(self, t_s: float, statuses: Mapping[str, Status]) -> None:
         """Fail closed: a non-finite check time, sequencer clock or telemetry reading is a trip (``telemetry``),
         whatever it measures: nothing else here can be trusted to compare against it."""
@@ -284,11 +293,15 @@ class Supervisor:
         # Worst case by the next check: full gradient power on the RC model, or the last rate of rise.
         hottest = thermal.ambient_c + thermal.watts_at_max * thermal.kelvin_per_watt
         by_model = hottest + (temp - hottest) * math.exp(-span_s / thermal.tau_s) + thermal.max_rise_k_per_s * span_s
-        if self._temperature is not None and read_s > self._temperature[0]:
+        # A rate over at least half a horizon: one over a sliver of time (a sync's last short step) would turn
+        # a sensor's quantisation into a rise it remembers until the next reset.
+        if self._temperature is None:
+            self._temperature = (read_s, temp)
+        elif read_s - self._temperature[0] >= self.horizon_s / 2:
             rate = (temp - self._temperature[1]) / (read_s - self._temperature[0])
             self.coil_rate_k_per_s = max(self.coil_rate_k_per_s, rate)
+            self._temperature = (read_s, temp)
         by_rate = temp + max(0.0, self.coil_rate_k_per_s) * span_s
-        self._temperature = (read_s, temp)
         ahead = max(by_model, by_rate)
         if not ahead < thermal.max_temp_c:
             raise SupervisorTrip("coil_temperature", ahead, thermal.max_temp_c, t_s,
@@ -303,6 +316,10 @@ class Supervisor:
                                      f"{kind} heartbeat lost ({status.message or 'state UNKNOWN'})")
             if kind in SEQUENCERS:  # on the scan timebase: how far its last report lags the scan
                 age = t_s - status.time_s
+                if age < -1e-6:  # a sequencer never plays past what it was synced to: a report from before
+                    raise SupervisorTrip(f"heartbeat.{kind}", age, max_age, t_s,  # (a frozen one, a past run)
+                                         f"{kind} reports scan time {status.time_s:.3f} s, ahead of the scan at "
+                                         f"{t_s:.3f} s: not a report of this scan")
                 if not age + self.horizon_s <= max_age:
                     raise SupervisorTrip(f"heartbeat.{kind}", age, max_age, t_s,
                                          f"{kind} heartbeat is {age:.3f} s old and could pass {max_age:g} s before "

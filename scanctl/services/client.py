@@ -500,13 +500,29 @@ class RemotePort:
         sub = self._sub
         assert sub is not None, "enter the port first"
         run_id = self.client.start()["run"]
+        failed = False
+
+        def take(batch: AcquisitionBatch) -> None:
+            """Into the sink; one that fails (the console's disk full) aborts the scan, as a local run stops,
+            and the rest of the run is only read to its end (the server keeps its own copy)."""
+            nonlocal failed
+            if failed:
+                return
+            try:
+                sink(batch)
+            except ScanctlError as exc:
+                failed = True
+                log.error("run %s: the data cannot be kept here (%s): aborting the scan", run_id, exc)
+                with contextlib.suppress(CommandError, ServerTimeoutError):
+                    self.client.abort()
+
         try:
-            end = _receive_run(sub, run_id, sink, progress, self.run_timeout_s, self.client.status)
+            end = _receive_run(sub, run_id, take, progress, self.run_timeout_s, self.client.status)
         except KeyboardInterrupt:  # Ctrl-C: the scan is aborted (made safe), what it acquired is kept
             log.warning("interrupted: aborting run %s", run_id)
             with contextlib.suppress(CommandError):  # (it may have ended meanwhile)
                 self.client.abort()
-            end = _receive_run(sub, run_id, sink, None, 60.0, self.client.status)
+            end = _receive_run(sub, run_id, take, None, 60.0, self.client.status)
         timings = {k: v for k, v in end["timings"].items() if k in ("scan_wall_s", "real_time_factor")}
         return Ended(end["outcome"], end["message"], end["acquisitions"], end["scan_time_s"], end["duration_s"],
                      end["segments"], end["telemetry"], end["journal"], timings, run_id)

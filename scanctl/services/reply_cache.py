@@ -61,7 +61,7 @@ class ReplyCache:
         pending = self._pending.pop(key, None)
         print_ = print_ if print_ is not None else pending
         size = sum(len(f) for f in frames)
-        if print_ is None or size > self.max_bytes // 8:  # too big to keep: a retry runs the command again
+        if print_ is None or not frames or size > self.max_bytes // 8:  # not kept: a retry runs it again
             return
         old = self._replies.pop(key, None)
         if old is not None:

@@ -373,8 +373,8 @@ class ControlServer:
             if not identity:
                 continue  # a job of the server's own (connect, the run behind an accepted start)
             frames = self._send(identity, reply)
-            if reply.re is not None and frames is not None:
-                self._cache.remember(client, reply.re, None, frames)
+            if reply.re is not None:  # (one that could not be encoded is forgotten: a retry runs again)
+                self._cache.remember(client, reply.re, None, frames or [])
 
     def _send(self, identity: list[bytes], msg: Message) -> list[bytes] | None:
         """Send ``msg``; its frames as sent (for the reply cache), or None when it could not be encoded."""
@@ -445,7 +445,10 @@ class ControlServer:
                 try:
                     item = self._jobs.get(timeout=LIVENESS_CHECK_S)
                 except queue.Empty:
-                    self._watch_subsystems()
+                    try:
+                        self._watch_subsystems()
+                    except Exception:  # noqa: BLE001 - the worker must survive a bug to keep watching the scanner
+                        log.exception("%s: watching the subsystems failed", self.name)
                     continue
                 if item is None:
                     return
@@ -523,9 +526,6 @@ def _user_id(frame: Any) -> str | None:
         return None
     return user if isinstance(user, str) and user and user != "anonymous" else None
 
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def serve(profile: SystemProfile, control: str = DEFAULT_CONTROL, events: str = DEFAULT_EVENTS,

@@ -267,15 +267,27 @@ def load_phantom(path: str | Path) -> Phantom:
 def _read_npz(path: Path) -> dict[str, Any]:
     try:
         with zipfile.ZipFile(path) as archive:  # what it expands to, before expanding anything
-            expanded = sum(member.file_size for member in archive.infolist())
+            expanded = sum(max(member.file_size, _declared_bytes(archive, member)) for member in archive.infolist())
         if expanded > MAX_PHANTOM_BYTES:
             raise ConfigError(f"{path}: cannot read as .npz: it expands to {expanded} bytes, more than the "
                               f"{MAX_PHANTOM_BYTES} accepted")
         with np.load(path, allow_pickle=False) as data:
             return {key: np.asarray(data[key]) for key in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
+    except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
         # a corrupt or truncated archive, a member that is no array (pickled objects are never loaded)
         raise ConfigError(f"{path}: cannot read as .npz ({type(exc).__name__}: {exc})") from None
+
+
+def _declared_bytes(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> int:
+    """The bytes the array in ``member`` says it holds (its .npy header's shape and dtype): numpy allocates
+    that much whatever the archive's own sizes say. Raises ValueError for a header that is no .npy's."""
+    if not member.filename.endswith(".npy"):
+        return 0
+    with archive.open(member) as f:
+        major, _ = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+    return int(np.prod(shape, dtype=object)) * dtype.itemsize
 
 
 def _read_h5(path: Path) -> dict[str, Any]:
