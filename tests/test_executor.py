@@ -298,3 +298,22 @@ def test_an_abort_while_paused_loads_nothing_more_and_the_supervisor_clock_never
     finally:
         Supervisor.observe = observe  # type: ignore[method-assign]
     assert checks == sorted(checks)  # it went from 3.0 s back to 1.2 s, breaking the SAR window sums
+
+
+def test_an_abort_requested_while_the_table_moves_ends_the_run_before_anything_is_armed():
+    scanner = make_scanner()
+    scanner.prepare(GRE_SEQ)
+    armed: list[str] = []
+    for sub in (scanner.gradient, scanner.rf):
+        arm = sub.arm
+        sub.arm = lambda _arm=arm, _kind=sub.kind: (armed.append(_kind), _arm())[1]
+    wait_idle = scanner.table.wait_idle
+
+    def requested_on_the_way(*args, **kwargs):
+        scanner.request("abort")  # as the control server does for an abort sent while POSITIONING
+        return wait_idle(*args, **kwargs)
+
+    scanner.table.wait_idle = requested_on_the_way
+    result = scanner.run(table_position_mm=100)
+    assert result.outcome == "aborted" and scanner.state is S.IDLE and armed == []
+    assert [e.dest for e in scanner.journal][-3:] == ["POSITIONING", "ABORTING", "IDLE"]

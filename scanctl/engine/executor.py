@@ -290,10 +290,10 @@ class Scanner:
                                    supervisor.max_interval_s())
         t_wall = time.perf_counter()
         counter = {"acquisitions": 0, "segments": 0}
-        self._fire("start", f"table to {table_position_mm} mm; {supervisor.note()}")
-        self.supervisor, self._synced_s = supervisor, 0.0
-        with self._request_lock:
+        with self._request_lock:  # before the state changes: a request made once it has is this run's
             self._requests.clear()
+        self.supervisor, self._synced_s = supervisor, 0.0
+        self._fire("start", f"table to {table_position_mm} mm; {supervisor.note()}")
         try:
             self.table.move_to(table_position_mm)
             table = self.table.wait_idle()

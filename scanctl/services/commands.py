@@ -169,8 +169,11 @@ def run_request(server: ControlServer, client: str, msg: Message) -> dict[str, A
     scanner = server.scanner
     with server.state_lock:  # atomic with the worker handing deferred requests over (the journal listener)
         state = scanner.state
-        if server.busy == "start" and state in (S.READY, S.POSITIONING):
-            server.deferred.append(what)  # the run loop has not begun: handed over when it does
+        if server.busy == "start" and state is S.READY:
+            server.deferred.append(what)  # the run has not begun: handed over when it does
+            return {"status": "accepted", "state": state.name}
+        if state is S.POSITIONING:  # the run loop takes it before arming (stop, abort) or at its first safe point
+            scanner.request(what)
             return {"status": "accepted", "state": state.name}
         if state not in RUN_STATES or what not in scanner.machine.allowed():
             allowed = ", ".join(scanner.machine.allowed())

@@ -404,7 +404,7 @@ class ControlServer:
         self.publish("state", body)
         if entry.dest in ("FAULT", "EMERGENCY_STOP"):
             self.publish("safety", {"kind": entry.dest.lower(), "message": entry.reason, "trigger": entry.trigger})
-        if entry.trigger == "positioned":
+        if entry.trigger == "start":
             with self.state_lock:
                 # The run loop has begun and cleared its queue: now it takes the requests that came early.
                 for what in self.deferred:
