@@ -220,8 +220,8 @@ class RemoteDriver:
     def abort(self) -> None:
         """Make the remote subsystem safe now. Raises DriverTimeoutError when the driver is silent or does not
         confirm in time; the abort is then owed, and resent until the driver confirms it."""
-        self._abort_owed = True
         if self._silent:  # a silent driver cannot be reached: say so at once, do not wait again
+            self._abort_owed = True
             raise DriverTimeoutError(f"{self.kind} driver at {self.endpoint} is silent: the abort is resent "
                                      "the moment it answers")
         # On a connection of its own: an abort must not queue behind a call in flight (a sync waiting for
@@ -234,7 +234,8 @@ class RemoteDriver:
         try:
             line.call("abort")
         except DriverTimeoutError:
-            raise  # not heard: still owed
+            self._abort_owed = True  # not heard: owed, resent the moment the driver answers
+            raise
         except ScanctlError:
             self._abort_owed = False  # heard, and answered with the driver's error: its status tells the rest
             raise
