@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 import zmq
 
-from scanctl.cli import _event_line, main
+from scanctl.cli import main
+from scanctl.cli_remote import event_line
 from scanctl.config import profile as profiles
 from scanctl.errors import WireProtocolError
 from scanctl.hw.interfaces import Acquisition
@@ -435,8 +436,8 @@ def marker(pub: zmq.Socket[Any], sub: Subscription, token: str, timeout_s: float
     while time.monotonic() < deadline:
         pub.send_multipart(encode(Message(type="event", src="marker", stream="marker", body={"token": token})))
         while (msg := sub.recv(0.05)) is not None:
-            _event_line(msg, False)
-            _event_line(msg, True)
+            event_line(msg, False)
+            event_line(msg, True)
             if msg.stream == "marker" and msg.body.get("token") == token:
                 return
     pytest.fail(f"marker {token!r} not received within {timeout_s} s")

@@ -20,7 +20,8 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scanctl.cli import _event_line, main
+from scanctl.cli import main
+from scanctl.cli_remote import event_line
 from scanctl.config import profile as profiles
 from scanctl.data.rawdata import read_acquisitions
 from scanctl.engine.session import run_scan
@@ -177,16 +178,16 @@ def test_every_command_is_a_cli_verb_and_a_named_console_keeps_control(tmp_path,
     assert served.client().status()["controller"] == "script"  # still held: the verbs did not give it back
     # scanctl watch --data [--json]: a data message summarised (its arrays travel as binary frames)
     data = [m for m in received if m.stream == "data" and "end" not in m.body]
-    lines = [json.loads(_event_line(m, as_json=True)) for m in data]
+    lines = [json.loads(event_line(m, as_json=True)) for m in data]
     assert sum(line["body"]["acquisitions"]["index"]["shape"][0] for line in lines) == 128
     assert lines[0]["body"]["acquisitions"]["data"]["dtype"] == "<c8" and lines[0]["run"] == data[0].run
-    assert [_event_line(m, as_json=False).split(" ", 3)[3] for m in data] == \
+    assert [event_line(m, as_json=False).split(" ", 3)[3] for m in data] == \
         [f"{len(m.body['acquisitions']['index'])} acquisitions, {m.body['acquisitions']['data'].size} samples"
          for m in data]
     end = next(m for m in received if m.stream == "data" and "end" in m.body)
-    assert _event_line(end, as_json=False).endswith("end of data: 128 acquisitions in the run")
+    assert event_line(end, as_json=False).endswith("end of data: 128 acquisitions in the run")
     odd = Message(type="event", body={"x": np.arange(3)}, stream="state", seq=1)  # not a state body: as JSON
-    assert _event_line(odd, as_json=False).endswith('{"x": {"dtype": "<i8", "shape": [3]}}')
+    assert event_line(odd, as_json=False).endswith('{"x": {"dtype": "<i8", "shape": [3]}}')
     assert main(["release-control", *e, "--name", "script"]) == 0
     assert main(["load", *e, "--upload", str(GRE)]) == 0  # a verb on its own takes control and gives it back
     assert "state READY" in capsys.readouterr().out
