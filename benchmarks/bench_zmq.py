@@ -30,7 +30,8 @@ import zmq
 
 from scanctl.config import profile as profiles
 from scanctl.hw.interfaces import Acquisition, AcquisitionBatch
-from scanctl.services.client import Client, Subscription, acquisitions_of, run_remote
+from scanctl.services.client import Client, Subscription, acquisitions_of
+from scanctl.services.remote_run import run_remote
 from scanctl.services.server import ControlServer
 from scanctl.transport.wire import Message, check_acquisitions, encode, pack_acquisitions
 
@@ -76,7 +77,7 @@ def data_worker(control: str, data: str, messages: int, objects: bool, ready: An
             if msg is None:
                 break
             if msg.stream == "data":
-                if objects:  # one Acquisition per ADC window, as scanctl.services.client.run_remote uses them
+                if objects:  # one Acquisition per ADC window, as scanctl.services.remote_run.run_remote uses them
                     batch = acquisitions_of(msg)
                     acquisitions += len(batch)
                     nbytes += sum(a.data.nbytes for a in batch)

@@ -205,7 +205,8 @@ def _run(args: argparse.Namespace, out: Path) -> Any:
         overrides = {kind: url for kind in KINDS if (url := getattr(args, kind)) is not None}
         return run_scan(args.file, prof, out, overrides=overrides, progress=ProgressBar(),
                         reconstruct=not args.no_recon, patient_weight_kg=args.patient_weight, mode=args.mode)
-    from scanctl.services.client import Client, CommandError, ServerLostError, run_remote
+    from scanctl.services.client import Client, CommandError, ServerLostError
+    from scanctl.services.remote_run import run_remote
 
     with Client(args.connect, keys=client_keys(args)) as client:
         try:

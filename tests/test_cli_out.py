@@ -249,7 +249,7 @@ def test_a_second_remote_run_into_the_same_out_is_refused(server, tmp_path, caps
 
 
 def test_a_run_connect_whose_server_dies_exits_1_without_a_key_hint(tmp_path, monkeypatch, capsys):
-    import scanctl.services.client as client_module
+    import scanctl.services.remote_run as client_module
 
     monkeypatch.setattr(client_module, "KEEPALIVE_S", 0.2)
     proc = subprocess.Popen([sys.executable, "-m", "scanctl", "serve", "--bind", LOOPBACK, "--events", LOOPBACK,

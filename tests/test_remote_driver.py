@@ -118,7 +118,8 @@ def test_killed_rf_driver_ends_a_remote_run_in_fault_with_its_data_within_the_de
     time) is killed mid-scan; the run ends in FAULT within the default 1 s liveness bound, the console gets
     the run's end and a valid raw data file holding every acquisition received; restart, reset, and the
     next scan completes."""
-    from scanctl.services.client import Client, run_remote
+    from scanctl.services.client import Client
+    from scanctl.services.remote_run import run_remote
 
     rf_url = "sim://?physics=0&realtime=1&buffer_s=0.2"
     killed_at: list[float] = []

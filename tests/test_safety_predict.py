@@ -126,7 +126,7 @@ def test_reports_and_bad_input(heavy, tmp_path, capsys):
 
 
 def test_a_remote_run_is_refused_by_the_server_before_anything_moves(heavy, tmp_path):
-    from scanctl.services.client import run_remote
+    from scanctl.services.remote_run import run_remote
     from tests.test_server import FAST, Served
 
     path, _ = heavy

@@ -26,7 +26,8 @@ from scanctl.config import profile as profiles
 from scanctl.data.rawdata import read_acquisitions
 from scanctl.engine.session import run_scan
 from scanctl.errors import ConfigError, ScanctlError
-from scanctl.services.client import Client, CommandError, run_remote
+from scanctl.services.client import Client, CommandError
+from scanctl.services.remote_run import run_remote
 from scanctl.services.server import ControlServer
 from scanctl.transport.wire import MAX_ENVELOPE_BYTES, Message, decode, encode
 
@@ -306,7 +307,7 @@ def test_a_silent_controller_lapses_one_that_talks_keeps_control():
 def test_a_remote_run_keeps_its_control_alive(tmp_path, monkeypatch):
     """run_remote sends a command every KEEPALIVE_S while the scan plays (here paced to wall-clock time,
     1.5 s, four times the control timeout): nobody can take control from it without force."""
-    import scanctl.services.client as client_module
+    import scanctl.services.remote_run as client_module
 
     monkeypatch.setattr(client_module, "KEEPALIVE_S", 0.1)
     served = Served({"gradient": "sim://?realtime=1", "rf": "sim://?physics=0&realtime=1"}, control_timeout_s=0.4)

@@ -171,7 +171,8 @@ def test_a_lost_gradient_driver_restarted_with_its_world_or_without_it(tmp_path)
     import sys
     import time
 
-    from scanctl.services.client import Client, run_remote
+    from scanctl.services.client import Client
+    from scanctl.services.remote_run import run_remote
 
     def scan(out: str):
         with Client(record["control"], name="console") as console:

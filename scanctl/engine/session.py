@@ -2,7 +2,7 @@
 
 Every way a scan is run goes through :class:`ScanSession` — ``scanctl run`` in this process, ``scanctl run
 --connect`` on a console, and the control server for its own copy of every run — over a **scanner port**
-(:class:`ScannerPort`): :class:`LocalPort`, a scanner in this process, or ``scanctl.services.client.RemotePort``,
+(:class:`ScannerPort`): :class:`LocalPort`, a scanner in this process, or ``scanctl.services.remote_run.RemotePort``,
 one behind the control server. A port loads (raising :class:`Refused`, a typed outcome, when the safety
 prediction or the sequence checks refuse before anything moved) and plays (streaming every acquisition
 to the session's sink, returning how it :class:`Ended`); the session writes the files of a run into a
