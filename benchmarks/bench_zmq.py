@@ -33,7 +33,8 @@ from scanctl.hw.interfaces import Acquisition, AcquisitionBatch
 from scanctl.services.client import Client, Subscription, acquisitions_of
 from scanctl.services.remote_run import run_remote
 from scanctl.services.server import ControlServer
-from scanctl.transport.wire import Message, check_acquisitions, encode, pack_acquisitions
+from scanctl.transport.acquisitions import check_acquisitions, pack_acquisitions
+from scanctl.transport.wire import Message, encode
 
 LOOPBACK = "tcp://127.0.0.1:0"
 GRE = str(Path(__file__).parents[1] / "protocols" / "gre_2d.toml")

@@ -33,8 +33,9 @@ from scanctl.hw.interfaces import AcquisitionBatch, Scene, Status, SubsystemStat
 from scanctl.hw.program import ADCProgram, GradientProgram, RFProgram
 from scanctl.hw.registry import Converter, SubsystemURL, positive_float
 from scanctl.services.driver_service import ATTRIBUTES, error_class, from_wire, to_wire
+from scanctl.transport.acquisitions import unpack_acquisitions
 from scanctl.transport.security import ClientCurve
-from scanctl.transport.wire import Message, decode, encode, unpack_acquisitions
+from scanctl.transport.wire import Message, decode, encode
 
 log = logging.getLogger(__name__)
 

@@ -326,7 +326,7 @@ def event_line(msg: Message, as_json: bool) -> str:
 
 def _event_text(stream: str | None, b: dict[str, Any]) -> str:
     """An event's body in a few words, by its stream (a body of another shape raises)."""
-    from scanctl.transport.wire import check_acquisitions
+    from scanctl.transport.acquisitions import check_acquisitions
 
     if stream == "state":
         return f"{b['source']} -> {b['dest']} ({b['trigger']})" + (f": {b['reason']}" if b.get("reason") else "")

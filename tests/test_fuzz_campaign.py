@@ -34,7 +34,8 @@ from scanctl.errors import WireProtocolError
 from scanctl.hw.interfaces import Acquisition
 from scanctl.services.client import Client, Subscription
 from scanctl.services.launcher import _alive, down, up
-from scanctl.transport.wire import Message, decode, encode, pack_acquisitions
+from scanctl.transport.acquisitions import pack_acquisitions
+from scanctl.transport.wire import Message, decode, encode
 
 LOOPBACK = "tcp://127.0.0.1:0"
 

@@ -15,6 +15,7 @@ from hypothesis.extra import numpy as hnp
 from scanctl.errors import WireProtocolError
 from scanctl.hw.interfaces import Acquisition, AcquisitionBatch, Status, SubsystemState
 from scanctl.hw.program import GradientProgram
+from scanctl.transport.acquisitions import pack_acquisitions, unpack_acquisitions
 from scanctl.transport.wire import (
     Group,
     Message,
@@ -22,13 +23,11 @@ from scanctl.transport.wire import (
     encode,
     encode_batch,
     error_reply,
-    pack_acquisitions,
     pack_body,
     reply_to,
     request_id_of,
     to_plain,
     unbatch,
-    unpack_acquisitions,
 )
 
 arrays = hnp.arrays(

@@ -67,7 +67,7 @@ class AcquisitionBatch(Sequence[Acquisition]):
     (float64), ``shape`` (int64 ``(n, 2)``: channels, samples), ``data`` (complex64, every acquisition's
     samples one after the other), ``labels`` (name → int64 column) and ``unlabelled`` (name → bool column,
     only for a label some acquisitions lack). The columns are taken as they are (the sender of a wire batch
-    is checked by :func:`scanctl.transport.wire.check_acquisitions` first).
+    is checked by :func:`scanctl.transport.acquisitions.check_acquisitions` first).
 
     It is a sequence of :class:`Acquisition`: the objects (their ``data`` views of the column) are made
     when first asked for, so a batch that is only forwarded — published, sent on by a driver service —

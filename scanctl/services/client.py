@@ -27,8 +27,9 @@ import zmq
 from scanctl.config.profile import DEFAULT_ENDPOINTS
 from scanctl.errors import ConfigError, ScanctlError
 from scanctl.hw.interfaces import AcquisitionBatch
+from scanctl.transport.acquisitions import unpack_acquisitions
 from scanctl.transport.security import ClientCurve
-from scanctl.transport.wire import Message, decode, encode, unbatch, unpack_acquisitions
+from scanctl.transport.wire import Message, decode, encode, unbatch
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from scanctl.engine.session import Refused
 from scanctl.errors import ConfigError, InvalidTransitionError, ScanctlError, SequenceFormatError
 from scanctl.hw.interfaces import Acquisitions
 from scanctl.services.run_store import MAX_CHUNK_BYTES
-from scanctl.transport.wire import Message, pack_acquisitions
+from scanctl.transport.acquisitions import pack_acquisitions
+from scanctl.transport.wire import Message
 
 if TYPE_CHECKING:
     from scanctl.services.server import ControlServer

@@ -36,8 +36,9 @@ from scanctl import errors
 from scanctl.errors import ScanctlError, WireProtocolError
 from scanctl.hw.interfaces import Scene, Status, SubsystemState
 from scanctl.hw.program import ADCProgram, GradientProgram, RFProgram
+from scanctl.transport.acquisitions import pack_acquisitions
 from scanctl.transport.security import ServerCurve, refuse_unauthenticated
-from scanctl.transport.wire import Message, decode, encode, error_reply, malformed_reply, pack_acquisitions, routed
+from scanctl.transport.wire import Message, decode, encode, error_reply, malformed_reply, routed
 
 log = logging.getLogger(__name__)
 
