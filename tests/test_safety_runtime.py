@@ -618,3 +618,27 @@ def test_a_report_left_from_an_earlier_run_is_no_heartbeat_of_this_one(monkeypat
               tse=True)
     model.run(weight=None, mode="normal", position=0.0, fault=("rf", "spike"), fault_at=0.0, how="none", at=0.0,
               tse=False)  # the invariants (SAR from the simulator's own counter) are checked at every sync
+
+
+def test_make_safe_reaches_every_subsystem_at_once_whatever_one_of_them_takes():
+    """One after another, a gradient driver that had just died (its abort waiting out the liveness bound)
+    held the RF's abort back by half a second."""
+    import time
+
+    from scanctl.safety.interlocks import make_safe
+
+    class Sub:
+        def __init__(self, kind, takes_s):
+            self.kind, self.takes_s, self.done_s = kind, takes_s, None
+
+        def abort(self):
+            time.sleep(self.takes_s)
+            self.done_s = time.monotonic()
+            if self.takes_s:
+                raise DriverError(f"{self.kind} silent")
+
+    lost, rf, table = Sub("gradient", 0.5), Sub("rf", 0.0), Sub("table", 0.0)
+    t0 = time.monotonic()
+    assert make_safe([lost, rf, table]) == ["gradient: gradient silent"]
+    assert rf.done_s - t0 < 0.2 and table.done_s - t0 < 0.2  # not behind the lost one
+    assert lost.done_s - t0 >= 0.5  # and the lost one was waited for
