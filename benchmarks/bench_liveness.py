@@ -33,27 +33,6 @@ from scanctl.services.launcher import down, restart, up
 
 PROTOCOL = str(Path(__file__).parents[1] / "protocols" / "gre_2d.toml")
 TARGET_S = 1.0
-PROFILE = """
-[scanner]
-name = "liveness bench"
-b0_t = 3.0
-gamma_hz_per_t = 42.576e6
-[gradient]
-max_amplitude_mt_per_m = { x = 40.0, y = 40.0, z = 40.0 }
-max_slew_t_per_m_per_s = { x = 200.0, y = 200.0, z = 200.0 }
-[timing]
-gradient_raster_s = 10e-6
-rf_raster_s = 1e-6
-adc_raster_s = 100e-9
-block_duration_raster_s = 10e-6
-rf_dead_time_s = 100e-6
-rf_ringdown_time_s = 20e-6
-adc_dead_time_s = 10e-6
-[subsystems]
-gradient = "sim://?realtime=1&buffer_s=0.2"
-rf = "sim://?realtime=1&buffer_s=0.2"
-table = "sim://"
-"""
 
 
 def load_average() -> float:
@@ -127,10 +106,8 @@ def main() -> int:
     results: dict[str, list[float]] = {"SIGKILL": [], "SIGSTOP": []}
     with tempfile.TemporaryDirectory(prefix="bench-liveness-") as tmp:
         run_dir = Path(tmp) / "run"
-        profile = Path(tmp) / "profile.toml"
-        profile.write_text(PROFILE)
-        free = "tcp://127.0.0.1:0"
-        record = up(run_dir, system=str(profile), control=free, events=free, data=free)
+        free = "tcp://127.0.0.1:0"  # the shipped profile's simulators, paced to wall-clock time
+        record = up(run_dir, control=free, events=free, data=free, realtime=True)
         try:
             with Client(record["control"], name="bench", timeout_s=10) as client, \
                     client.subscribe(timeout_s=10) as sub:
