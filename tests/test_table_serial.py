@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scanctl.drivers.serial_table import SerialLink, SerialTable
+from scanctl.drivers.serial_link import SerialLink
+from scanctl.drivers.serial_table import SerialTable
 from scanctl.simulators.table_controller import WireFaults
 
 from scanctl.cli import main
