@@ -253,7 +253,7 @@ def test_an_emergency_stop_while_the_table_moves_arms_nothing():
     assert "RUNNING" not in [e.dest for e in scanner.journal]
 
 
-def test_an_abort_while_paused_loads_nothing_more_and_the_supervisor_clock_never_runs_back():
+def test_an_abort_while_paused_loads_nothing_more_and_the_supervisor_clock_never_runs_back(monkeypatch):
     checks: list[float] = []
     scanner = make_scanner()
     observe = Supervisor.observe
@@ -273,11 +273,8 @@ def test_an_abort_while_paused_loads_nothing_more_and_the_supervisor_clock_never
             scanner.request("pause")
             threading.Timer(0.2, scanner.request, args=("abort",)).start()
 
-    try:
-        Supervisor.observe = watched  # type: ignore[method-assign]
-        result = scanner.run(on_progress=progress)
-    finally:
-        Supervisor.observe = observe  # type: ignore[method-assign]
+    monkeypatch.setattr(Supervisor, "observe", watched)
+    result = scanner.run(on_progress=progress)
     assert result.outcome == "aborted"
     assert all(state == "RUNNING" for _, state in states)  # no segment loaded and reported while PAUSED
     assert checks == sorted(checks)  # a pause played the buffer out: the next checks go on from there
@@ -292,11 +289,7 @@ def test_an_abort_while_paused_loads_nothing_more_and_the_supervisor_clock_never
             scanner.request("pause")
             threading.Timer(0.05, scanner.request, args=("resume",)).start()
 
-    try:
-        Supervisor.observe = watched  # type: ignore[method-assign]
-        assert scanner.run(on_progress=pause_and_resume).outcome == "completed"
-    finally:
-        Supervisor.observe = observe  # type: ignore[method-assign]
+    assert scanner.run(on_progress=pause_and_resume).outcome == "completed"
     assert checks == sorted(checks)  # it went from 3.0 s back to 1.2 s, breaking the SAR window sums
 
 

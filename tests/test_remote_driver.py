@@ -53,13 +53,19 @@ def gradient_driver():
             proc.wait(timeout=10)
 
 
-def test_killed_driver_faults_the_scan_within_the_liveness_bound(tmp_path, gradient_driver):
-    port, procs = gradient_driver
+def prepared_over_the_wire(port: int) -> tuple[Scanner, object]:
+    """A scanner whose gradient is the driver service on ``port``, with the GRE prepared."""
     url = f"tcp://127.0.0.1:{port}?liveness_s={LIVENESS_S}"
     scanner = Scanner.from_profile(PROFILE, {"gradient": url, "rf": "sim://?physics=0"}, segment_s=0.25)
     scanner.connect()
     seq = pulseq_read.read(GRE)
     scanner.prepare(seq)
+    return scanner, seq
+
+
+def test_killed_driver_faults_the_scan_within_the_liveness_bound(tmp_path, gradient_driver):
+    port, procs = gradient_driver
+    scanner, seq = prepared_over_the_wire(port)
     killed_at: list[float] = []
 
     def progress(t_s: float, total_s: float) -> None:
@@ -233,11 +239,7 @@ def test_a_driver_frozen_through_the_faults_abort_is_made_safe_when_it_wakes_and
     moment the driver answers again; reset is refused while it is not confirmed safe, then IDLE, and the
     next scan plays."""
     port, procs = gradient_driver
-    url = f"tcp://127.0.0.1:{port}?liveness_s={LIVENESS_S}"
-    scanner = Scanner.from_profile(PROFILE, {"gradient": url, "rf": "sim://?physics=0"}, segment_s=0.25)
-    scanner.connect()
-    seq = pulseq_read.read(GRE)
-    scanner.prepare(seq)
+    scanner, seq = prepared_over_the_wire(port)
     frozen: list[threading.Timer] = []
 
     def progress(t_s: float, total_s: float) -> None:
