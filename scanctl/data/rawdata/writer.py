@@ -1,5 +1,12 @@
 """The streaming ISMRMRD writer: one acquisition (or one batch) at a time, flushed before each call returns.
 
+A full disk: HDF5 cannot be trusted to leave a readable file once a write of its own has failed half-way (a
+failed flush leaves its metadata cache unusable: the file's end and its table of acquisitions may no longer
+agree). So the writer never lets a write meet a full disk: before each write it checks the room the file
+has to grow (the file system's free space, and the process's file-size limit ``RLIMIT_FSIZE``) against the
+batch's size plus :data:`SPARE_BYTES`, and refuses the batch (``RawDataError``, nothing written) when it
+does not fit. Everything written before stays readable, and :meth:`RawDataWriter.close` finishes the file.
+
 Crash safety: :meth:`RawDataWriter.append` writes the acquisition and flushes the HDF5 file before it
 returns, so a process that is killed afterwards (or a scan that is aborted without :meth:`close`)
 leaves a file that reads back with every acquisition appended so far. Flushing hands the data to the
@@ -11,7 +18,10 @@ missing from a file whose writer was killed.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import resource
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -45,6 +55,22 @@ from scanctl.sequence.model import Sequence
 log = logging.getLogger(__name__)
 
 _CHUNK = 64  # acquisitions per HDF5 chunk of the data table
+#: Bytes a write must leave free besides the batch's records (twice their samples): what HDF5 may add to the
+#: file with them (a new chunk of the acquisition table, about 24 kB; B-tree nodes; a global heap
+#: collection) and what closing the file needs, with room to spare for other writers on the same disk.
+SPARE_BYTES = 256 * 1024
+
+
+def room_bytes(path: Path) -> tuple[int, int]:
+    """How many bytes the file at ``path`` may still grow by, and the errno of what bounds it: the free
+    space of its file system (``f_bavail``: what an unprivileged writer may use; ENOSPC) or the process's
+    file-size limit less the file's size (RLIMIT_FSIZE; EFBIG). Raises OSError."""
+    fs = os.statvfs(path)
+    room, bound = fs.f_bavail * fs.f_frsize, errno.ENOSPC
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and limit - path.stat().st_size < room:
+        room, bound = limit - path.stat().st_size, errno.EFBIG
+    return room, bound
 
 
 
@@ -65,6 +91,7 @@ class RawDataWriter:
         self._mtype = h5t.py_create(acquisition_dtype)
         self._head_only = np.dtype([("head", acquisition_header_dtype)])
         self._count = 0
+        self._refused: str | None = None  # why writing stopped (the disk is full): every later batch too
         # The header fields every acquisition shares.
         self._template = np.zeros((), dtype=acquisition_header_dtype)
         self._template["version"] = 1
@@ -128,7 +155,8 @@ class RawDataWriter:
         batch = list(acqs)
         if not batch:
             return
-        records = self._records(batch)
+        self._make_room(batch)
+        records, last = self._records(batch)
         start = self._count
         try:
             self._data.id.set_extent((start + len(batch),))
@@ -138,10 +166,33 @@ class RawDataWriter:
             self._file.flush()
         except Exception as exc:
             raise RawDataError(self.path, f"cannot write acquisition {batch[0].index}: {reason(exc)}") from exc
+        for g, key, row in last:
+            self._last[g][key] = row
         self._count += len(batch)
 
-    def _records(self, batch: list[Acquisition]) -> npt.NDArray[Any]:
-        """The ISMRMRD records of ``batch`` (validated before anything is recorded as written)."""
+    def _make_room(self, batch: list[Acquisition]) -> None:
+        """Refuse ``batch`` (RawDataError, nothing written) when the file has no room for it: see the
+        module's documentation. After a refusal every later batch is refused too (a scan's data stay in
+        order, without a gap), and the file keeps what was written before."""
+        if self._refused is None:
+            samples = sum(np.asarray(acq.data).size for acq in batch)
+            need = 2 * 8 * samples + len(batch) * acquisition_dtype.itemsize + SPARE_BYTES
+            try:
+                room, bound = room_bytes(self.path)
+            except OSError as exc:
+                room, bound = -1, exc.errno or errno.EIO
+            if room >= need:
+                return
+            self._refused = (f"{os.strerror(bound)} (room for {max(room, 0)} bytes, {need} needed); the "
+                             f"{self._count} acquisitions before it are kept")
+            log.debug("raw data: %s: acquisition %d and after not written: %s", self.path, batch[0].index,
+                      self._refused)
+        raise RawDataError(self.path, f"cannot write acquisition {batch[0].index}: {self._refused}")
+
+    def _records(self, batch: list[Acquisition]) -> tuple[npt.NDArray[Any], list[tuple[int, tuple[int, ...], int]]]:
+        """The ISMRMRD records of ``batch`` (validated), and the last row of each flag group's keys in it
+        ``(group, key, row)``, to be recorded once the batch is written (a batch not written leaves no trace
+        for :meth:`close`)."""
         m = len(batch)
         arrays: list[npt.NDArray[np.complex64]] = []
         for acq in batch:
@@ -155,6 +206,7 @@ class RawDataWriter:
         # ACQ_FIRST_IN_*: the first acquisition written of each group (ACQ_LAST_IN_* are set by close()).
         # Worked on the distinct keys of the batch, not per acquisition.
         rows = np.flatnonzero(imaging)
+        last: list[tuple[int, tuple[int, ...], int]] = []
         column = {name: j for j, name in enumerate(COUNTERS)}
         for g, (first, _, names) in enumerate(FLAG_GROUPS):
             if rows.size == 0:
@@ -170,7 +222,7 @@ class RawDataWriter:
                                             strict=True):
                 if key not in self._last[g]:
                     flags[rows[i_first]] |= np.uint64(bit(first))
-                self._last[g][key] = self._count + int(rows[i_last])
+                last.append((g, key, self._count + int(rows[i_last])))
 
         records = np.zeros(m, dtype=acquisition_dtype)
         head = records["head"]
@@ -195,7 +247,7 @@ class RawDataWriter:
         for i, data in enumerate(arrays):
             records["data"][i] = data.view(np.float32).ravel()
             records["traj"][i] = empty
-        return records
+        return records, last
 
     def _centre(self, acq: Acquisition, samples: int) -> int:
         i = acq.index
