@@ -46,7 +46,7 @@ from scanctl.errors import (
     SequenceFormatError,
     WireProtocolError,
 )
-from scanctl.services.commands import COMMANDS, RUN_STATES, Rejected, play
+from scanctl.services.commands import COMMANDS, RUN_STATES, Rejected, check_arguments, play
 from scanctl.services.lease import Lease
 from scanctl.services.reply_cache import ReplyCache, fingerprint
 from scanctl.services.run_store import RunStore
@@ -55,6 +55,7 @@ from scanctl.transport.security import ServerCurve, refuse_unauthenticated
 from scanctl.transport.wire import (
     VERSION_TEXT,
     Message,
+    command_of,
     decode,
     encode,
     error_reply,
@@ -239,7 +240,9 @@ class ControlServer:
         try:
             msg = decode(payload)
         except Exception as exc:  # noqa: BLE001 - not only WireProtocolError: no message may end the server
-            self._send(identity, malformed_reply(payload, exc, src=self.name))
+            reply = malformed_reply(payload, exc, src=self.name)
+            reply.body["command"] = command_of(payload)  # the shape of every command error (null: unreadable)
+            self._send(identity, reply)
             return
         client = msg.src or identity[0].hex()
         key = _user_id(payload[0])
@@ -247,8 +250,8 @@ class ControlServer:
             client = f"{client}@{key[:8]}"
         self.lease.heard(client)
         if msg.type != "command":
-            self._send(identity, error_reply(msg.id, "malformed", f"unknown message type {msg.type!r} (expected "
-                                                                  f"'command')", src=self.name))
+            self._send(identity, self._error(msg, "malformed", f"unknown message type {msg.type!r} "
+                                                               "(expected 'command')"))
             return
         print_ = None
         command = msg.body.get("command")
@@ -291,6 +294,7 @@ class ControlServer:
         command = COMMANDS.get(name) if isinstance(name, str) else None
         if command is None:
             raise Rejected("unknown_command", f"unknown command {name!r} (commands: {', '.join(sorted(COMMANDS))})")
+        check_arguments(command.name, msg.body)
         if not command.open and self.lease.holder != client:
             holder = f"{self.lease.holder!r} has control" if self.lease.holder else "nobody has control"
             raise Rejected("not_controller", f"{name} refused: {holder}; send take_control first",
@@ -359,7 +363,8 @@ class ControlServer:
 
     def _error(self, request: Message, code: str, message: str, **extra: Any) -> Message:
         reply = error_reply(request.id, code, message, src=self.name)
-        reply.body.update({"command": request.body.get("command"), **to_plain(extra)})
+        command = request.body.get("command")
+        reply.body.update({"command": command if isinstance(command, str) else None, **to_plain(extra)})
         return reply
 
     def _send_replies(self) -> None:
