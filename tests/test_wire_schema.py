@@ -313,3 +313,226 @@ def test_every_message_sent_in_every_scenario_fits_the_schema(rig, recorder, mon
               + (f", missing {sorted(listed - seen)}" if listed - seen else ""))
     assert failures == [], "\n".join(failures[:20])
     assert all(listed == seen for listed, seen in cover.values())
+
+
+# -- the page and the schema cannot disagree ----------------------------------------------------------------------
+def test_the_wire_protocol_page_is_generated_from_the_schema():
+    from scanctl.transport.schema import docs
+
+    page = docs.PAGE.read_text(encoding="utf-8")
+    assert docs.render(page) == page, "docs/wire-protocol.md is out of date: python -m scanctl.transport.schema.docs"
+    for table in docs.TABLES:  # every generated table is on the page
+        assert f"<!-- schema:{table} -->" in page
+
+
+def test_the_server_serves_exactly_the_commands_the_schema_lists():
+    assert set(commands.COMMANDS) == set(schema.load()["x-commands"])
+    assert {name for name, c in commands.COMMANDS.items() if not c.open} == \
+        {name for name, entry in schema.load()["x-commands"].items() if entry["control"]}
+
+
+# -- versioning: the same version is the same schema; a minor only adds; a major is refused ------------------------
+RELEASED = Path(schema.__file__).parent / "released"
+IGNORED = {"description", "summary", "title"}
+
+
+def additive(old: Any, new: Any, where: str = "") -> list[str]:
+    """What in ``new`` is not an addition to ``old`` (empty: every message valid under ``old`` is still
+    described the same way, and nothing ``old`` promised is gone): keys, properties, commands, streams, codes
+    and enum values may be added; nothing may be removed or retyped, and no key may become required."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        problems = []
+        for key, value in old.items():
+            here = f"{where}/{key}"
+            if key in IGNORED:
+                continue
+            if key not in new:
+                problems.append(f"{here} removed")
+            elif key == "required":
+                problems += [f"{here}: {k!r} became required" for k in set(new[key]) - set(value)]
+            elif key == "enum":
+                problems += [f"{here}: {v!r} removed" for v in value if v not in new[key]]
+            elif key == "type":
+                olds, news = ({value} if isinstance(value, str) else set(value)), new[key]
+                news = {news} if isinstance(news, str) else set(news)
+                problems += [f"{here}: type {t!r} removed" for t in olds - news]
+            elif key == "additionalProperties" and value is False:
+                continue  # (opening an object up only adds)
+            else:
+                problems += additive(value, new[key], here)
+        return problems
+    if isinstance(old, list) and isinstance(new, list):  # (lists may grow: a new command's if/then, an option)
+        if len(new) < len(old):
+            return [f"{where}: {len(old) - len(new)} entries removed"]
+        return [p for i, (a, b) in enumerate(zip(old, new, strict=False)) for p in additive(a, b, f"{where}/{i}")]
+    return [] if old == new else [f"{where}: {old!r} became {new!r}"]
+
+
+def version_rule(released: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What breaks the version rule between the released schemas (version text -> document) and ``current``."""
+    version = current["info"]["version"]
+    if version in released:
+        return [] if released[version] == current else [f"schema {version} changed without a new version"]
+    major, minor = map(int, version.split("."))
+    same_major = [v for v in released if int(v.split(".")[0]) == major]
+    if not same_major:
+        return []  # a new major: anything goes (receivers of another major refuse it)
+    latest = max(same_major, key=lambda v: int(v.split(".")[1]))
+    if minor <= int(latest.split(".")[1]):
+        return [f"version {version} is not newer than the released {latest}"]
+    old, new = ({key: value for key, value in doc.items() if key != "info"} for doc in (released[latest], current))
+    return [f"minor {version} is not additive to {latest}: {p}" for p in additive(old, new)]
+
+
+def released_schemas() -> dict[str, Any]:
+    return {path.stem: json.loads(path.read_text()) for path in RELEASED.glob("*.json")}
+
+
+def test_the_schema_follows_the_version_rule_and_carries_the_wire_version():
+    from scanctl.transport.wire import VERSION_TEXT
+
+    assert schema.version() == VERSION_TEXT
+    assert version_rule(released_schemas(), schema.load()) == []
+
+
+def changed(edit: Any, version: str) -> dict[str, Any]:
+    doc = json.loads(json.dumps(schema.load()))
+    edit(doc["components"]["schemas"])
+    doc["info"]["version"] = version
+    return doc
+
+
+@pytest.mark.parametrize(("edit", "version", "broken"), [
+    (lambda s: None, "1.0", None),
+    (lambda s: s["Reply.status"]["properties"].update(uptime_s={"type": "number"}), "1.1", None),  # minor: adds
+    (lambda s: s["Reply.status"]["properties"].update(uptime_s={"type": "number"}), "1.0", "without a new version"),
+    (lambda s: s["Reply.status"]["properties"].pop("snapshot"), "1.1", "snapshot removed"),
+    (lambda s: s["Command.move_table"]["required"].append("speed_mm_s"), "1.1", "became required"),
+    (lambda s: s["ErrorBody"]["properties"]["code"]["enum"].remove("internal"), "1.1", "'internal' removed"),
+    (lambda s: s["Event.progress"]["properties"].update(t_s={"type": "string"}), "1.1", "t_s"),
+    (lambda s: s["Reply.status"]["properties"].pop("snapshot"), "2.0", None),  # major: anything, refused by 1.x
+])
+def test_a_message_change_must_follow_the_version_rule(edit, version, broken):
+    problems = version_rule({"1.0": schema.load()}, changed(edit, version))
+    if broken is None:
+        assert problems == []
+    else:
+        assert problems and broken in " ".join(problems), problems
+
+
+# -- the eleven places of issue 20 -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def plain() -> Iterator[ControlServer]:
+    server = ControlServer(PROFILE, "tcp://127.0.0.1:0", "tcp://127.0.0.1:0", "tcp://127.0.0.1:0",
+                           {"rf": "sim://?physics=0"})
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.stop()
+    thread.join(30)
+
+
+class Dealer:
+    def __init__(self, endpoint: str, kind: int = zmq.DEALER) -> None:
+        self.socket = zmq.Context.instance().socket(kind)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+
+    def ask(self, frames: list[bytes]) -> list[bytes]:
+        self.socket.send_multipart(frames)
+        assert self.socket.poll(5000), "no answer"
+        return self.socket.recv_multipart()
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+def command_frames(body: dict[str, Any], **envelope: Any) -> list[bytes]:
+    fields = {"v": "1.0", "type": "command", "id": uuid.uuid4().hex, "src": f"t-{uuid.uuid4().hex[:6]}",
+              "ts": time.time(), "body": body, **envelope}
+    return [json.dumps({k: v for k, v in fields.items() if v is not None}).encode()]
+
+
+@pytest.mark.parametrize("missing", ["id", "src", "ts"])
+def test_a_command_without_a_required_envelope_key_is_malformed(plain, missing):
+    dealer = Dealer(plain.endpoints["control"])
+    try:
+        frames = command_frames({"command": "status"}, **{"id": "r-1", missing: None})
+        reply = json.loads(dealer.ask(frames)[0])
+        assert reply["type"] == "error" and reply["body"]["code"] == "malformed"
+        assert repr(missing) in reply["body"]["message"]
+        assert reply["body"]["command"] == "status"  # the command error's shape, malformed included
+        assert reply.get("re") == (None if missing == "id" else "r-1")
+    finally:
+        dealer.close()
+
+
+def test_an_argument_a_command_does_not_take_is_refused_and_null_is_absent(plain):
+    with Client(plain.endpoints["control"], name="args") as client:
+        error = refused("bad_argument", client.command, "take_control", {"forse": True})
+        assert "'forse'" in str(error) and "force" in str(error) and error.body["command"] == "take_control"
+        refused("bad_argument", client.command, "status", {"verbose": True})
+        assert client.command("take_control", {"force": None})["controller"] == "args"
+        for nan in (float("nan"), float("inf")):  # a non-finite position is refused, never acted on
+            refused("bad_argument", client.command, "move_table", {"position_mm": nan})
+        client.release_control()
+
+
+def test_a_malformed_message_error_has_the_command_error_shape(plain):
+    dealer = Dealer(plain.endpoints["control"])
+    try:
+        for frames, command in (([b"not json"], None), (command_frames({"command": "load"}, v="2.0"), "load")):
+            reply = json.loads(dealer.ask(frames)[0])
+            assert reply["body"]["code"] == "malformed" and reply["body"]["command"] == command
+            assert set(reply["body"]) == {"command", "code", "message"}
+    finally:
+        dealer.close()
+
+
+def test_a_subscriber_filtering_on_the_data_prefix_finishes_the_sync_handshake(plain):
+    """Issue 20, 1: data_sync travels on the data socket with type data, as every message there."""
+    socket = zmq.Context.instance().socket(zmq.SUB)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.SUBSCRIBE, b'{"v":"1.0","type":"data"')
+    socket.connect(plain.endpoints["data"])
+    try:
+        with Client(plain.endpoints["control"]) as client:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                client.command("sync", {"token": "t"})
+                if socket.poll(100):
+                    envelope = json.loads(socket.recv_multipart()[0])
+                    assert (envelope["type"], envelope["stream"], envelope["body"]) == ("data", "data_sync",
+                                                                                        {"token": "t"})
+                    return
+        raise AssertionError("data_sync never reached a subscriber filtering on the data prefix")
+    finally:
+        socket.close()
+
+
+@pytest.mark.parametrize("kind", [zmq.REQ, zmq.DEALER])
+def test_a_req_peer_and_a_dealer_with_a_delimiter_are_answered_in_their_framing(plain, kind):
+    """Issue 20, 9: a DEALER sends the envelope first; an empty delimiter first (REQ's) is echoed."""
+    peer = Dealer(plain.endpoints["control"], kind)
+    try:
+        frames = command_frames({"command": "status"})
+        reply = peer.ask(frames if kind == zmq.REQ else [b"", *frames])
+        if kind == zmq.DEALER:
+            assert reply[0] == b""
+            reply = reply[1:]
+        assert json.loads(reply[0])["type"] == "reply"
+    finally:
+        peer.close()
+
+
+def test_a_retry_is_answered_with_the_same_frames(plain):
+    """Issue 20, 10: a retried id gets the remembered answer byte for byte (ts included), not run again."""
+    dealer = Dealer(plain.endpoints["control"])
+    try:
+        frames = command_frames({"command": "take_control"}, id="same")
+        first = dealer.ask(frames)
+        time.sleep(0.01)
+        assert dealer.ask(frames) == first
+        dealer.ask(command_frames({"command": "release_control"}, src=json.loads(frames[0])["src"]))
+    finally:
+        dealer.close()

@@ -240,9 +240,9 @@ class ControlServer:
         try:
             msg = decode(payload)
         except Exception as exc:  # noqa: BLE001 - not only WireProtocolError: no message may end the server
-            reply = malformed_reply(payload, exc, src=self.name)
-            reply.body["command"] = command_of(payload)  # the shape of every command error (null: unreadable)
-            self._send(identity, reply)
+            refusal = malformed_reply(payload, exc, src=self.name)
+            refusal.body["command"] = command_of(payload)  # the shape of every command error (null: unreadable)
+            self._send(identity, refusal)
             return
         client = msg.src or identity[0].hex()
         key = _user_id(payload[0])
