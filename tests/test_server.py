@@ -113,14 +113,14 @@ def test_remote_run_writes_what_an_in_process_run_writes(tmp_path, served):
 def test_a_command_sent_as_soon_as_a_run_ends_is_taken(tmp_path, served):
     """The run's end event is the console's signal that the scanner is free: a load sent the moment it
     arrives is queued behind the worker's last steps, not refused as 'start in progress'."""
-    refresh = served.server._telemetry
+    refresh = served.server.telemetry.publish
 
     def slow_refresh(force: bool = False) -> None:  # the worker's last steps take a while (remote drivers)
         if force:
             time.sleep(0.1)
         refresh(force)
 
-    served.server._telemetry = slow_refresh  # type: ignore[method-assign]
+    served.server.telemetry.publish = slow_refresh  # type: ignore[method-assign]
     client = served.client("console")
     for i in range(3):
         assert run_remote(client, GRE, tmp_path / str(i), reconstruct=False).outcome == "completed"
