@@ -152,7 +152,6 @@ class TableReader:
         return sec.line
 
 
-
 class IdIndex:
     """Map file ids to table rows, vectorised (-1 where the id is not in the table)."""
 
@@ -161,15 +160,16 @@ class IdIndex:
         self.sorted = ids[self.order]
         # Ids are usually dense (1..n): then a lookup table answers with one gather.
         self.lut: IntArray | None = None
-        if self.sorted.size and self.sorted[0] >= 0 and self.sorted[-1] <= max(16 * self.sorted.size, 1 << 16):
+        if self.sorted.size and self.sorted[0] >= 1 and self.sorted[-1] <= max(16 * self.sorted.size, 1 << 16):
             self.lut = np.full(int(self.sorted[-1]) + 2, -1, dtype=np.int64)
             self.lut[self.sorted] = self.order
 
     def rows(self, refs: np.ndarray) -> IntArray:
         refs = np.asarray(refs).astype(np.int64, copy=False)
         if self.lut is not None:
-            last = self.lut.size - 1  # always -1
-            return self.lut[np.where((refs >= 0) & (refs < last), refs, last)]
+            # Out-of-range references clip onto the first entry or the last, both -1 (ids start at 1; the last
+            # entry is one past the largest id): one gather, no mask.
+            return self.lut.take(refs, mode="clip")
         if self.sorted.size == 0:
             return np.full(refs.shape, -1, np.int64)
         pos = np.clip(np.searchsorted(self.sorted, refs), 0, self.sorted.size - 1)
