@@ -14,8 +14,9 @@ telemetry (1 or 0); :meth:`set_input` changes them at any time (tests, a rig's p
 
 Receive: with ``physics=1`` (the default) every ADC window is computed by Bloch simulation of a
 numerical phantom (``scanctl.simulators.physics``) under the gradients the gradient simulator of the
-same world played and this system's RF; ``noise`` adds complex Gaussian noise of that standard
-deviation; ``b0`` adds a global off-resonance (Hz). With ``physics=0`` the receiver returns noise only
+same world played and this system's RF; ``noise`` adds white complex Gaussian noise of that standard
+deviation per sample at a 10 µs dwell, scaling as ``1/sqrt(dwell)`` (``physics/noise.py``); ``b0`` adds a
+global off-resonance (Hz). With ``physics=0`` the receiver returns noise only
 (timing and streaming tests, benchmarks of the control path).
 
 The gradients come from the world (``world``: a name in this process, or ``tcp://127.0.0.1:PORT`` across
@@ -28,7 +29,7 @@ The scene — the object in the bore: ``phantom``, ``matrix``, ``fov`` and ``noi
 own process: ``place``, a simulator's own method), never through the URL; placing it never reconnects
 anything. Options the URL sets itself win over the scene's (a rig that images one fixed phantom).
 
-URL: ``sim://?noise=0.01&b0=0&phantom=shepp_logan&matrix=128&fov=0.256&physics=1`` — see ``OPTIONS``
+URL: ``sim://?noise=20&b0=0&phantom=shepp_logan&matrix=128&fov=0.256&physics=1`` — see ``OPTIONS``
 (``fov``: the phantom's field of view in m; a scan's scene sets it to the sequence's).
 """
 
@@ -40,6 +41,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from scanctl.simulators.base import SimulatedSequencer
+from scanctl.simulators.physics.noise import receiver_noise
 from scanctl.simulators.world import receiver, world_option
 
 from scanctl.config.profile import SystemProfile
@@ -276,9 +278,9 @@ class SimulatedRF(SimulatedSequencer):
         # The receiver delivers the windows in columns, all samples in one array (an AcquisitionBatch).
         windows = [np.asarray(signal, dtype=np.complex64).reshape(self.channels, -1) for signal in signals]
         data = np.concatenate(windows, axis=None) if windows else np.zeros(0, np.complex64)
-        if self.noise_std > 0:
-            noise = self._rng.standard_normal((2, data.size)) * (self.noise_std / np.sqrt(2))
-            data = data + (noise[0] + 1j * noise[1]).astype(np.complex64)
+        if self.noise_std > 0 and windows:
+            counts = np.array([w.size for w in windows], dtype=np.int64)
+            data = data + receiver_noise(self._rng, self.noise_std, adc.dwell_s, counts).astype(np.complex64)
         shape = np.array([w.shape for w in windows], dtype=np.int64).reshape(len(windows), 2)
         self._done.append(AcquisitionBatch({
             "index": adc.index.astype(np.int64), "block": adc.block.astype(np.int64),

@@ -160,9 +160,12 @@ def test_rf_noise_is_at_the_asked_level(url):
         batches.extend(sub.acquisitions())
         loaded = load_ahead(sub, segments, loaded, playhead)
     sub.sync(segments[-1].t1_s)
-    noise = np.concatenate([a.data.ravel() for a in [*batches, *sub.acquisitions()]])
-    assert noise.size == 64 * 64
-    assert np.std(noise) == pytest.approx(0.5, rel=0.05)  # physics off: noise only, at the asked level
+    received = [*batches, *sub.acquisitions()]
+    noise = np.concatenate([a.data.ravel() for a in received])
+    dwell = np.unique([a.dwell_s for a in received])
+    assert noise.size == 64 * 64 and dwell.size == 1
+    # physics off: noise only, at the asked level for a 10 µs dwell, scaled as 1/sqrt(dwell)
+    assert np.std(noise) == pytest.approx(0.5 * np.sqrt(10e-6 / dwell[0]), rel=0.05)
 
 
 @pytest.mark.parametrize("url", IMPLEMENTATIONS)

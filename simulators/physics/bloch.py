@@ -48,7 +48,7 @@ the internal signal times ``exp(-i (φ + 2π f (t - start)))``.
 Units: a voxel of proton density 1 and volume 1 mm³ (µL), fully transverse and in phase, contributes 1
 to a sample, so the signal of an object does not depend on how finely its phantom is gridded. Receiver
 noise is white: complex Gaussian of standard deviation ``noise_std`` per sample at a dwell of
-:data:`NOISE_REFERENCE_DWELL_S` (10 µs, 100 kHz bandwidth), scaling as ``1/sqrt(dwell)`` (the noise
+:data:`~.noise.NOISE_REFERENCE_DWELL_S` (10 µs, 100 kHz bandwidth), scaling as ``1/sqrt(dwell)`` (the noise
 power grows with the bandwidth), real and imaginary parts each ``σ/sqrt(2)``.
 """
 
@@ -66,6 +66,7 @@ from scanctl.hw.program import ADCProgram, GradientProgram, RFProgram
 
 from .graph import PhaseGraph
 from .moments import Moments
+from .noise import receiver_noise
 from .phantom import Phantom
 from .pulse import PulseCache, Rotation
 
@@ -84,8 +85,7 @@ _BAND = 0.5 + 1e-9
 #: Width of the off-resonance bins that split tissue classes (Hz): inside a bin the RF rotation uses the
 #: bin's mean, a phase error below 2π x 2.5 Hz x 2 ms = 0.03 rad over half of a 4 ms pulse.
 RF_B0_BIN_HZ = 5.0
-#: The dwell at which ``noise_std`` is the per-sample noise (s); other dwells scale it by sqrt(this / dwell).
-NOISE_REFERENCE_DWELL_S = 10e-6
+
 
 
 @dataclass
@@ -258,9 +258,7 @@ class SpinSystem:
             demod = np.exp(-1j * (adc.phase_rad[w] + 2.0 * np.pi * adc.freq_hz[w] * (times[w] - adc.start_s[w])))
             data = np.conj(samples * demod) * self._volume_mm3  # the mirror convention, undone (module doc)
             if self.noise_std > 0 and data.size:
-                sigma = self.noise_std * math.sqrt(NOISE_REFERENCE_DWELL_S / float(adc.dwell_s[w]))
-                noise = self._rng.standard_normal((2, data.size)) * (sigma / math.sqrt(2.0))
-                data = data + (noise[0] + 1j * noise[1])
+                data = data + receiver_noise(self._rng, self.noise_std, adc.dwell_s[w], data.size)
             result.append(data.astype(np.complex64).reshape(1, -1))
         self.stats.adc_samples += int(sum(counts))
         self.stats.windows += adc.n_windows
