@@ -453,3 +453,21 @@ def test_a_scans_data_do_not_depend_on_the_scans_before_it(tmp_path):
     assert np.array_equal(scan(scanners[1], gre), fresh)
     for scanner in scanners:
         scanner.close()
+
+
+def test_states_that_land_on_one_key_are_summed_not_overwritten():
+    """Two transverse states a hair apart, on either side of a rounding boundary, move onto one quantum:
+    an RF rotation must merge them into one state holding the sum of both (issue 15's CSF contrast bug)."""
+    from scanctl.simulators.physics.graph import MOMENT_QUANTUM, PhaseGraph
+
+    g = PhaseGraph(1, 1)
+    g.f_k = np.array([[0.49 * MOMENT_QUANTUM, 0, 0], [0.51 * MOMENT_QUANTUM, 0, 0]])
+    g.f_tau = np.zeros(2)
+    g.f = np.array([[[0.3 + 0j]], [[0.2j]]])
+    g.evolve(np.array([0.02 * MOMENT_QUANTUM, 0, 0]), 0.0, np.ones(1, complex), np.ones(1))  # 0.51 and 0.53
+    identity = (np.ones((1, 1), complex), np.zeros((1, 1), complex), np.zeros((1, 1), complex),
+                np.zeros((1, 1), complex), np.ones((1, 1)))
+    g.rotate(*identity)
+    assert g.f.shape[0] == 1
+    assert g.f[0, 0, 0] == pytest.approx(0.3 + 0.2j)
+    assert g.z[0, 0, 0] == pytest.approx(1.0)

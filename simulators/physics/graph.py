@@ -92,22 +92,22 @@ class PhaseGraph:
         inverse = inverse.reshape(-1)
         n_u = uniq.shape[0]
         shape = (n_u, *self.shape)
-        i_f, i_g, i_z = inverse[:n_f], inverse[n_f:2 * n_f], inverse[2 * n_f:]
+        i_z = inverse[2 * n_f:]
         k_u, tau_u = k_all[first], tau_all[first]
         if not self.track_time:
             tau_u = np.zeros(n_u)
-        # Scatter each product straight into the result: within each group the indices are distinct.
-        new_f = np.zeros(shape, np.complex128)
-        new_z = np.zeros(shape, np.complex128)
+        # Sum every product into its merged state. Two states of one kind can land on one key (moments
+        # that straddled a rounding boundary and moved onto one quantum), so contributions are summed
+        # per key (a fancy-index ``+=`` would keep only one of the repeated indices).
         if n_f:
             conj_f = np.conj(self.f)  # conj(F at -k), placed at k
-            new_f[i_f] = a * self.f
-            new_f[i_g] += b * conj_f
             half_d = 0.5 * d
-            new_z[i_f] = half_d * self.f
-            new_z[i_g] += np.conj(half_d) * conj_f
-        new_f[i_z] += c * self.z
-        new_z[i_z] += e * self.z
+            # inverse holds the keys of F, conj(F) at -k and Z, in that order
+            new_f = _sum_by_key(inverse, (a * self.f, b * conj_f, c * self.z), shape)
+            new_z = _sum_by_key(inverse, (half_d * self.f, np.conj(half_d) * conj_f, e * self.z), shape)
+        else:
+            new_f = _sum_by_key(i_z, (c * self.z,), shape)
+            new_z = _sum_by_key(i_z, (e * self.z,), shape)
 
         zero = int(inverse[2 * n_f]) if n_z else -1  # where the k = 0 longitudinal state went
         self.f_k, self.f_tau, self.f = self._prune(k_u, tau_u, new_f, keep=-1)
@@ -126,3 +126,15 @@ class PhaseGraph:
             rest = rest[np.argsort(mag[rest])[::-1][: self.max_states - head.size]]
             idx = np.concatenate((head, np.sort(rest)))
         return k[idx], tau[idx], amp[idx]
+
+
+def _sum_by_key(index: npt.NDArray[np.intp], parts: tuple[ComplexArray, ...], shape: tuple[int, ...]) -> ComplexArray:
+    """``out[index[i]] += values[i]`` over the rows of ``parts`` stacked in order, repeated keys summed;
+    ``out`` has ``shape`` (keys without a contribution stay 0)."""
+    values = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    order = np.argsort(index, kind="stable")
+    keys = index[order]
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    out = np.zeros(shape, np.complex128)
+    out[keys[starts]] = np.add.reduceat(values[order], starts, axis=0)
+    return out
