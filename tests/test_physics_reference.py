@@ -29,6 +29,7 @@ from scanctl.cli import main
 from scanctl.engine.segments import compile_segments
 from scanctl.sequence import pulseq_read
 from tests.physics_ref import epg, gre
+from tests.physics_ref import nonselective as nonselective_gre
 from tests.physics_ref.rotation import rodrigues
 from tests.physics_ref.seqread import read_gre
 from tests.pulseq_factory import default_system
@@ -304,3 +305,63 @@ def test_gre_2d_image_shows_the_phantom_in_place(gre_run, gre_reference):
 # ----------------------------------------------------------------------------------------------------------
 # MRzeroCore (optional)
 # ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nonselective(tmp_path_factory):
+    """A non-selective RF-spoiled GRE (pypulseq block pulses) on a 32 x 32 Shepp–Logan, its reference
+    k-space, and the same schedule with every RF/ADC phase negated (written, and its reference)."""
+    work = tmp_path_factory.mktemp("nonselective")
+    phantom = shepp_logan(32)
+    tissues = gre.tissues_of(phantom.pd, phantom.t1_s, phantom.t2_s, {})
+    out = {"phantom": phantom}
+    for sign, name in ((1.0, "seq"), (-1.0, "mirrored")):
+        path = nonselective_gre.write_gre(work / f"{name}.seq", phase_sign=sign)
+        out[name] = path
+        out[f"{name}_reference"] = gre.reference_kspace(read_gre(path), tissues, phantom.voxel_size_m)[0]
+    return out
+
+
+def simulate(path: Path, phantom: Phantom) -> np.ndarray:
+    spins = SpinSystem(phantom)
+    return np.concatenate([d for s in compile_segments(pulseq_read.read(path), larmor_hz=LARMOR_HZ)
+                           for d in spins.play(s.gradient, s.rf, s.adc)]).astype(np.complex128)
+
+
+def global_phase_nrmse(got: np.ndarray, ref: np.ndarray) -> tuple[float, complex]:
+    """NRMSE after the best single complex factor, and the factor."""
+    c = complex(np.vdot(got, ref) / np.vdot(got, got))
+    return nrmse(c * got, ref), c
+
+
+def test_nonselective_gre_of_block_pulses_is_the_epg_reference(nonselective):
+    """The whole pypulseq GRE of block pulses (2 samples + time shape each) against the EPG of its file;
+    tolerance as for gre_2d (today the block pulses tip 0.2°: NRMSE ~1)."""
+    got = simulate(nonselective["seq"], nonselective["phantom"])
+    assert nrmse(got, nonselective["seq_reference"]) < 2e-3
+
+
+def mrzero(path: Path, phantom: Phantom) -> np.ndarray:
+    pytest.importorskip("torch", reason="MRzeroCore needs torch (pip install torch==2.13.0, the CPU build)")
+    pytest.importorskip("MRzeroCore", reason="optional reference: pip install MRzeroCore")
+    return nonselective_gre.mrzero_kspace(path, phantom.pd, phantom.t1_s, phantom.t2_s, phantom.voxel_size_m,
+                                          LARMOR_HZ)
+
+
+def test_mrzero_agrees_with_the_reference_epg_in_its_own_phase_convention(nonselective):
+    """MRzeroCore turns a pulse of Pulseq phase φ about +φ while spins precess as exp(-iωt) (the issue's
+    convention takes -φ, the mirror image that keeps freq_offset = γG·z at +z): so MRzero on the
+    phase-negated file is the reference of the file, up to MRzero's constant pulse-axis phase. Within 1e-4:
+    both are converged PDG/EPG calculations (measured 1.4e-6)."""
+    got = mrzero(nonselective["mirrored"], nonselective["phantom"])
+    error, factor = global_phase_nrmse(got, nonselective["seq_reference"])
+    assert error < 1e-4
+    assert abs(factor) == pytest.approx(1.0, abs=1e-3)  # the same units: proton density 1 per voxel -> 1
+
+
+def test_scanctl_agrees_with_mrzero(nonselective):
+    """scanctl on the file against MRzeroCore on its phase mirror (see above), up to one constant phase."""
+    got = simulate(nonselective["seq"], nonselective["phantom"])
+    error, factor = global_phase_nrmse(got, mrzero(nonselective["mirrored"], nonselective["phantom"]))
+    assert error < 2e-3
+    assert abs(factor) == pytest.approx(1.0, abs=2e-3)

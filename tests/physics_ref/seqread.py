@@ -73,29 +73,33 @@ def read_gre(path: str | Path) -> GreSchedule:
     k = np.asarray(ktraj_adc).T.reshape(len(adc_rows), n_samples, 3)
     assert np.allclose(np.asarray(t_adc).reshape(len(adc_rows), n_samples), [r[1] for r in adc_rows], atol=1e-9)
     start, block = first_rf
-    return GreSchedule(np.array(rf_t), np.array(rf_ph), *_pulse(block), *_slice_moments(block),
+    return GreSchedule(np.array(rf_t), np.array(rf_ph), *_pulse(block, seq.rf_raster_time), *_slice_moments(block),
                        np.array([r[0] for r in adc_rows]), np.array([r[1] for r in adc_rows]),
                        np.array([r[2] for r in adc_rows]), k)
 
 
-def _pulse(block) -> tuple[ComplexArray, FloatArray, FloatArray]:
-    """Samples, durations (midpoints between sample times) and slice gradient at each sample."""
+def _pulse(block, raster_s: float) -> tuple[ComplexArray, FloatArray, FloatArray]:
+    """Samples on the RF raster, their durations and the slice gradient at each. A pulse given with a time
+    shape (pypulseq's block pulse: 2 points) is the piecewise-linear waveform through its points, as the
+    Pulseq specification defines it; a pulse on the raster is taken as it is."""
     rf = block.rf
     t = np.asarray(rf.t, dtype=np.float64)
-    edges = np.concatenate(([t[0] - (t[1] - t[0]) / 2], (t[1:] + t[:-1]) / 2, [t[-1] + (t[-1] - t[-2]) / 2]))
-    dt = np.diff(edges)
-    return np.asarray(rf.signal, np.complex128), dt, _trap(block.gz, rf.delay + t)
+    signal = np.asarray(rf.signal, np.complex128)
+    n = int(round(rf.shape_dur / raster_s))
+    grid = (np.arange(n) + 0.5) * raster_s
+    if t.size != n or not np.allclose(t, grid, atol=1e-3 * raster_s):
+        signal = np.interp(grid, t, signal.real) + 1j * np.interp(grid, t, signal.imag)
+    return signal, np.full(n, raster_s), _trap(block.gz, rf.delay + grid)
 
 
 def _slice_moments(block) -> tuple[float, float]:
+    """The slice gradient's moment from the pulse start to its centre and from the centre to its end."""
     rf = block.rf
     centre, _ = pp.calc_rf_center(rf)
-    t = np.asarray(rf.t)
-    a, c, b = rf.delay + t[0] - (t[1] - t[0]) / 2, rf.delay + centre, rf.delay + t[-1] + (t[-1] - t[-2]) / 2
-    grid = np.linspace(a, b, 20001)
+    grid = np.linspace(rf.delay, rf.delay + rf.shape_dur, 20001)
     g = _trap(block.gz, grid)
     cum = np.concatenate(([0.0], np.cumsum((g[1:] + g[:-1]) / 2 * np.diff(grid))))
-    mid = float(np.interp(c, grid, cum))
+    mid = float(np.interp(rf.delay + centre, grid, cum))
     return mid, float(cum[-1] - mid)
 
 
