@@ -289,7 +289,7 @@ def test_gre_2d_tissue_contrast_is_the_epgs(gre_run, gre_reference):
     assert set(want) >= {"csf", "gray_matter", "white_matter"}
     for name in want:
         assert got[name] / want[name] == pytest.approx(1.0, abs=5e-3), name
-    assert want["csf"] / want["gray_matter"] == pytest.approx(0.761, abs=0.01)
+    assert 0.745 < want["csf"] / want["gray_matter"] < 0.77  # the independent figure: 0.75-0.76
     assert got["csf"] / got["gray_matter"] == pytest.approx(want["csf"] / want["gray_matter"], rel=5e-3)
 
 
