@@ -64,6 +64,15 @@ def spin_echo(spins: SpinSystem, te: float) -> complex:
     return complex(spins.play(g, rf, adc_program(0, end, [(te - 5e-6, 1, 10e-6, 0.0, 0.0)]))[0][0, 0])
 
 
+def signal_unit(voxel_m: tuple[float, float, float]) -> float:
+    """What one voxel of proton density 1 gives fully transverse: the FID of a hard 90° pulse on a single
+    voxel of that size (T2 100 s), at the pulse centre. The references are in these units, so the tests
+    hold whatever unit the engine documents (docs/phantom.md: signal scales with voxel volume); that unit
+    not depending on the grid is tested on its own (test_signal_of_one_object_does_not_depend_on_the_phantom_grid)."""
+    t, s = fid(SpinSystem(uniform((1, 1), voxel_m, t1=100.0, t2=100.0)), n=1)
+    return float(abs(s[0]) * math.exp(t[0] / 100.0))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Closed forms
 # ----------------------------------------------------------------------------------------------------------
@@ -87,7 +96,7 @@ def test_spin_echo_amplitude_decays_with_t2_over_several_echo_times():
     amp = []
     for te in tes:
         spins = SpinSystem(uniform((1, 1), (1e-3, 1e-3, 1e-3), t1=1.0, t2=t2, df=43.0))
-        amp.append(abs(spin_echo(spins, te)))
+        amp.append(abs(spin_echo(spins, te)) / signal_unit((1e-3, 1e-3, 1e-3)))
     slope, intercept = np.polyfit(tes, np.log(amp), 1)
     assert -1 / slope == pytest.approx(t2, rel=2e-3)
     assert math.exp(intercept) == pytest.approx(1.0, rel=2e-3)
@@ -125,7 +134,7 @@ def test_rf_spoiled_gre_reaches_the_ernst_steady_state(flip_deg):
     reference = np.abs(weigel_spoiled_gre(flip, tr, te, t1, t2, n))
     assert reference[-20:].mean() == pytest.approx(expected, rel=2e-3)
     signal = np.abs(spoiled_gre(SpinSystem(uniform((1, 1), (1e-3, 1e-3, 1e-3), t1=t1, t2=t2)), flip_deg, tr, te, n,
-                                per_segment=100))
+                                per_segment=100)) / signal_unit((1e-3, 1e-3, 1e-3))
     assert signal[-20:].mean() == pytest.approx(expected, rel=5e-3)
 
 
@@ -135,7 +144,7 @@ def test_rf_spoiled_gre_follows_the_weigel_epg_for_long_t2(t2):
     the EPG's (in the project's sign convention)."""
     flip_deg, tr, te, n = 15.0, 10e-3, 2e-3, 200
     spins = SpinSystem(uniform((1, 1), (1e-3, 1e-3, 1e-3), t1=1.0, t2=t2))
-    signal = spoiled_gre(spins, flip_deg, tr, te, n, spoil_area=2.5e3)
+    signal = spoiled_gre(spins, flip_deg, tr, te, n, spoil_area=2.5e3) / signal_unit((1e-3, 1e-3, 1e-3))
     reference = weigel_spoiled_gre(math.radians(flip_deg), tr, te, 1.0, t2, n)
     assert np.abs(signal - reference).max() < 1e-4
 
@@ -144,12 +153,13 @@ def test_fid_decays_with_t2_star_and_a_spin_echo_refocuses_t2_prime():
     """A T2' map (intravoxel dephasing, Lorentzian): the FID decays with 1/T2* = 1/T2 + 1/T2', a spin echo
     only with T2."""
     t2, t2p = 0.08, 0.02
-    t, s = fid(SpinSystem(uniform(t2=t2, t2prime_s=t2p)))
+    voxel = (1e-3, 1e-3, 1e-3)
+    t, s = fid(SpinSystem(uniform((1, 1), voxel, t2=t2, t2prime_s=t2p)))
     t2star = 1 / (1 / t2 + 1 / t2p)
-    assert np.abs(s) == pytest.approx(np.exp(-t / t2star), rel=1e-3)
+    assert np.abs(s) / signal_unit(voxel) == pytest.approx(np.exp(-t / t2star), rel=1e-3)
     te = 40e-3
-    echo = spin_echo(SpinSystem(uniform((1, 1), (1e-3, 1e-3, 1e-3), t2=t2, t2prime_s=t2p)), te)
-    assert abs(echo) == pytest.approx(math.exp(-te / t2), rel=2e-3)
+    echo = spin_echo(SpinSystem(uniform((1, 1), voxel, t2=t2, t2prime_s=t2p)), te)
+    assert abs(echo) / signal_unit(voxel) == pytest.approx(math.exp(-te / t2), rel=2e-3)
 
 
 def test_pypulseq_block_pulse_tips_90_degrees(tmp_path):
@@ -166,7 +176,35 @@ def test_pypulseq_block_pulse_tips_90_degrees(tmp_path):
     spins = SpinSystem(uniform((1, 1), (1e-3, 1e-3, 1e-3), t1=100.0, t2=100.0))
     out = [d for s in compile_segments(pulseq_read.read(path), larmor_hz=LARMOR_HZ)
            for d in spins.play(s.gradient, s.rf, s.adc)]
-    assert np.abs(out[0]) == pytest.approx(1.0, abs=2e-3)
+    assert np.abs(out[0]) / signal_unit((1e-3, 1e-3, 1e-3)) == pytest.approx(1.0, abs=2e-3)
+
+
+def test_slice_at_plus_z_is_selected_by_a_positive_frequency_offset(tmp_path):
+    """Pulseq's rule, unchanged by the sign convention: freq_offset = γG·z0 excites the slice at +z0. A 3D
+    phantom with tissue only at z >= +2 mm: a 3 mm slice at +4 mm sees it, the one at -4 mm does not."""
+    system = default_system()
+    seq = pp.Sequence(system)
+    for z0 in (4e-3, -4e-3):
+        rf, gz, _ = pp.make_sinc_pulse(flip_angle=math.radians(10), duration=2e-3, slice_thickness=3e-3,
+                                       apodization=0.5, time_bw_product=4, delay=system.rf_dead_time, system=system,
+                                       return_gz=True)
+        rf.freq_offset = gz.amplitude * z0
+        seq.add_block(rf, gz)
+        seq.add_block(pp.make_trapezoid(channel="z", area=-gz.area / 2, duration=1e-3, system=system))
+        seq.add_block(pp.make_adc(num_samples=4, dwell=10e-6, delay=system.adc_dead_time, system=system))
+        seq.add_block(pp.make_delay(1.0))
+    seq.write(str(tmp_path / "slices.seq"))
+    z = (np.arange(16) - 8) * 1e-3
+    pd = np.broadcast_to((z >= 2e-3)[:, None, None], (16, 1, 1)).astype(float)
+    one = np.ones((16, 1, 1))
+    phantom = Phantom(pd=pd, t1_s=0.1 * one, t2_s=one, b0_offset_hz=0 * one, voxel_size_m=(1e-3, 1e-3, 1e-3))
+    spins = SpinSystem(phantom, isochromats=1)
+    plus, minus = (np.abs(d).mean() for s in compile_segments(pulseq_read.read(tmp_path / "slices.seq"),
+                                                               larmor_hz=LARMOR_HZ, max_duration_s=10.0)
+                   for d in spins.play(s.gradient, s.rf, s.adc))
+    # Three 1 mm planes at sin(10°) each (the slice covers +2.5..+5.5 mm of the tissue).
+    assert plus / signal_unit((1e-3, 1e-3, 1e-3)) == pytest.approx(3 * math.sin(math.radians(10)), rel=0.15)
+    assert minus < 0.02 * plus
 
 
 def test_noise_scales_as_one_over_the_square_root_of_the_dwell_time():
@@ -237,10 +275,11 @@ def gre_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def gre_reference(gre_run):
-    phantom = shepp_logan(128)
+    phantom = shepp_logan(128)  # what the RF simulator images for gre_2d: 128 voxels over its 256 mm FOV
     named = {name: (t1, t2) for name, (_, t1, t2) in tissue_values(3.0).items()}
     tissues = gre.tissues_of(phantom.pd, phantom.t1_s, phantom.t2_s, named)
-    kspace, signals = gre.reference_kspace(read_gre(gre_run / "sequence.seq"), tissues, phantom.voxel_size_m)
+    kspace, signals = gre.reference_kspace(read_gre(gre_run / "sequence.seq"), tissues, phantom.voxel_size_m,
+                                           unit_per_voxel=signal_unit(phantom.voxel_size_m))
     return tissues, kspace, signals
 
 
@@ -323,9 +362,11 @@ def nonselective(tmp_path_factory):
 
 
 def simulate(path: Path, phantom: Phantom) -> np.ndarray:
+    """scanctl's k-space of the file, in units of :func:`signal_unit` (the references' and MRzero's)."""
     spins = SpinSystem(phantom)
-    return np.concatenate([d for s in compile_segments(pulseq_read.read(path), larmor_hz=LARMOR_HZ)
-                           for d in spins.play(s.gradient, s.rf, s.adc)]).astype(np.complex128)
+    kspace = np.concatenate([d for s in compile_segments(pulseq_read.read(path), larmor_hz=LARMOR_HZ)
+                             for d in spins.play(s.gradient, s.rf, s.adc)]).astype(np.complex128)
+    return kspace / signal_unit(phantom.voxel_size_m)
 
 
 def global_phase_nrmse(got: np.ndarray, ref: np.ndarray) -> tuple[float, complex]:
