@@ -11,7 +11,9 @@ Usage: .venv/bin/python benchmarks/physics_accuracy.py [--n-nonselective 32] [--
    the file itself and on its phase mirror (MRzeroCore turns a pulse of phase φ about +φ, the project's
    convention about -φ: see tests/test_physics_reference.py), after one constant complex factor.
 
-NRMSE = ||got - ref|| / ||ref|| over every sample. Wall times are whole calls on this machine.
+NRMSE = ||got - ref|| / ||ref|| over every sample. The references are in the engine's signal unit (what a
+one-voxel 90° FID gives, docs/phantom.md: 1 per mm³ of proton density 1). Wall times are whole calls on
+this machine.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from scanctl.sequence import pulseq_read  # noqa: E402
 from tests.physics_ref import gre  # noqa: E402
 from tests.physics_ref import nonselective as ns  # noqa: E402
 from tests.physics_ref.seqread import read_gre  # noqa: E402
+from tests.test_physics_reference import signal_unit  # noqa: E402
 
 LARMOR_HZ = 42.576e6 * 3.0
 
@@ -82,7 +85,8 @@ def gre_2d(tmp: Path) -> None:
     named = {name: (t1, t2) for name, (_, t1, t2) in tissue_values(3.0).items()}
     tissues = gre.tissues_of(phantom.pd, phantom.t1_s, phantom.t2_s, named)
     t = time.perf_counter()
-    ref, _ = gre.reference_kspace(read_gre(tmp / "gre" / "sequence.seq"), tissues, phantom.voxel_size_m)
+    ref, _ = gre.reference_kspace(read_gre(tmp / "gre" / "sequence.seq"), tissues, phantom.voxel_size_m,
+                                  unit_per_voxel=signal_unit(phantom.voxel_size_m))
     ref_s = time.perf_counter() - t
     got_k = read_raw(tmp / "gre" / "raw.h5")
     got, want = roi_means(np.load(tmp / "gre" / "image.npy")[0], tissues), roi_means(image(ref), tissues)
@@ -106,6 +110,7 @@ def nonselective(tmp: Path, n: int, with_mrzero: bool) -> None:
     spins = SpinSystem(phantom)
     got = np.concatenate([d for s in compile_segments(pulseq_read.read(paths[1.0]), larmor_hz=LARMOR_HZ)
                           for d in spins.play(s.gradient, s.rf, s.adc)]).astype(np.complex128)
+    got /= signal_unit(phantom.voxel_size_m)  # MRzero's unit: 1 per voxel of proton density 1
     sim_s = time.perf_counter() - t
     print(f"non-selective RF-spoiled GRE of pypulseq block pulses, {n} x {n}, 15 deg, TR 10 ms, 20 dummies:")
     print(f"  scanctl ({sim_s:.2f} s): NRMSE vs EPG {nrmse(got, ref):.3g}; after one complex factor "
