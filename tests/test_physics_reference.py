@@ -81,7 +81,7 @@ def signal_unit(voxel_m: tuple[float, float, float]) -> float:
 @pytest.mark.parametrize("df", [35.0, -120.0])
 def test_fid_of_an_off_resonant_object_turns_at_minus_its_offset(df):
     """A uniformly off-resonant phantom at +Δf: the demodulated FID turns as exp(-2πi Δf t) (MRzero's and
-    ISMRMRD's sign; today's engine turns the other way) and decays with T2."""
+    ISMRMRD's sign; before issue 15's fix the engine turned the other way) and decays with T2."""
     t, s = fid(SpinSystem(uniform(t2=0.05, df=df)))
     slope_hz = np.polyfit(t, np.unwrap(np.angle(s)), 1)[0] / (2 * np.pi)
     assert slope_hz == pytest.approx(-df, abs=0.05)
@@ -164,7 +164,7 @@ def test_fid_decays_with_t2_star_and_a_spin_echo_refocuses_t2_prime():
 
 def test_pypulseq_block_pulse_tips_90_degrees(tmp_path):
     """pypulseq writes a block pulse as 2 RF samples and a time shape; played as the waveform it describes
-    (a constant B1 for its duration) a 90° pulse leaves |Mxy| = 1 (today: 0.003)."""
+    (a constant B1 for its duration) a 90° pulse leaves |Mxy| = 1 (0.006 before issue 15's fix)."""
     system = default_system()
     seq = pp.Sequence(system)
     rf = pp.make_block_pulse(flip_angle=math.pi / 2, duration=500e-6, delay=system.rf_dead_time, system=system)
@@ -221,7 +221,8 @@ def test_noise_scales_as_one_over_the_square_root_of_the_dwell_time():
 
 def test_scan_noise_scales_as_one_over_the_square_root_of_the_dwell_time(tmp_path):
     """The same through ``scanctl run`` (the RF simulator's ``noise`` option, what a user sets): read-outs
-    of 10 µs and 40 µs dwell and no RF, noise σ ratio 2 in raw.h5 (today: 1.0)."""
+    of 10 µs and 40 µs dwell and no RF, noise σ ratio 2 in raw.h5 (1.00 at 2fe2584: simulators/rf.py
+    adds its own noise, of one σ per sample whatever the dwell)."""
     import ismrmrd
 
     system = default_system()
@@ -397,7 +398,7 @@ def global_phase_nrmse(got: np.ndarray, ref: np.ndarray) -> tuple[float, complex
 
 def test_nonselective_gre_of_block_pulses_is_the_epg_reference(nonselective):
     """The whole pypulseq GRE of block pulses (2 samples + time shape each) against the EPG of its file;
-    tolerance as for gre_2d (today the block pulses tip 0.2°: NRMSE ~1)."""
+    tolerance as for gre_2d (before issue 15's fix the block pulses tipped 0.2°: NRMSE 1.02)."""
     got = simulate(nonselective["seq"], nonselective["phantom"])
     assert nrmse(got, nonselective["seq_reference"]) < 2e-3
 
