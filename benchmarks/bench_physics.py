@@ -70,6 +70,10 @@ name = "shepp_logan"
 """
 
 
+class CaseError(Exception):
+    """A case that could not be measured (its process failed): reported, and the other cases still run."""
+
+
 @dataclass
 class Result:
     """One case: the ``scanctl run`` process and, if measured, MRzeroCore's."""
@@ -108,7 +112,7 @@ def scanctl_run(source: Path, out: Path, n: int) -> tuple[dict[str, object], flo
     cmd = [sys.executable, "-m", "scanctl.cli", "run", str(source), "--out", str(out), "--rf", f"sim://?matrix={n}"]
     done, wall, cpu, peak = timed(cmd)
     if done.returncode != 0:
-        raise SystemExit(f"{source.name}: scanctl run exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+        raise CaseError(f"{source.name}: scanctl run exited {done.returncode}: {done.stderr.strip()[-2000:]}")
     report = json.loads((out / "report.json").read_text())
     return report, wall, cpu, peak
 
@@ -129,7 +133,7 @@ def protocol_at(name: str, n: int, tmp: Path) -> Path:
 
 def epi_protocol(n: int, tmp: Path) -> Path:
     out = tmp / "epi_2d.toml"
-    out.write_text(EPI_PROTOCOL.format(n=n, te=0.03 if n <= 64 else 0.06))
+    out.write_text(EPI_PROTOCOL.format(n=n, te=0.03 if n <= 64 else 0.07))
     return out
 
 
@@ -233,7 +237,7 @@ def mrzero_worker(seq_path: str, maps_path: str) -> None:
 def mrzero_run(seq_path: Path, maps: Path) -> tuple[float, float, float]:
     done, wall, cpu, peak = timed([sys.executable, __file__, "--mrzero-worker", str(seq_path), str(maps)])
     if done.returncode != 0:
-        raise SystemExit(f"MRzeroCore on {seq_path}: exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+        raise CaseError(f"MRzeroCore on {seq_path}: exited {done.returncode}: {done.stderr.strip()[-2000:]}")
     return wall, cpu, peak
 
 
@@ -291,7 +295,11 @@ def main(argv: list[str] | None = None) -> int:
                 source, kind = epi_protocol(args.n, work), "cartesian"
             else:
                 source, kind = protocol_at(case, args.n, work), "cartesian"
-            results.append(measure(case, kind, source, work, args.n, maps))
+            try:
+                results.append(measure(case, kind, source, work, args.n, maps))
+            except CaseError as exc:
+                print(f"  {case}: FAILED: {exc}", file=sys.stderr)
+                results.append(Result(case, kind, "error", 0.0, 0.0, 0.0, 0.0, 0.0))
             print(f"  {case}: done (load average {loadavg()})", file=sys.stderr)
 
     print(f"Bloch simulation through whole `scanctl run` processes, {args.n} x {args.n}, Shepp-Logan; "
@@ -305,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         if r.speedup is not None:
             passed &= r.speedup >= TARGET_MRZERO
         ok &= passed
+        if r.outcome == "error":
+            print(f"{r.case:11} {'(failed: see above)':>50}  FAIL")
+            ok = False
+            continue
         mz = (f"{r.mrzero_wall_s:9.2f} {r.mrzero_cpu_s:10.2f} {r.speedup:7.1f}x" if r.speedup is not None
               else f"{'-':>9} {'-':>10} {'-':>8}")
         goal = f">= {target:g}x" + (f", >= {TARGET_MRZERO:g}x MRzero" if r.speedup is not None else "")

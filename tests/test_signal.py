@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_info
-
-from scanctl.engine.segments import compile_segments
-from scanctl.sequence import pulseq_read
 from scanctl.simulators.physics import SpinSystem, shepp_logan
 from scanctl.simulators.physics import signal as signal_mod
 from scanctl.simulators.physics.nufft import PlaneNufft, plane_direct
 from scanctl.simulators.physics.signal import Readout
+from threadpoolctl import threadpool_info
+
+from scanctl.engine.segments import compile_segments
+from scanctl.sequence import pulseq_read
 from tests import pulseq_factory
 
 REPO = Path(__file__).resolve().parents[1]
