@@ -8,7 +8,8 @@ Shepp–Logan phantom, raw data, image), timed from outside: wall time, CPU time
 other processes on a shared machine inflate much less) and peak memory. The cases:
 
 * ``protocols/gre_2d.toml``, ``se_2d.toml``, ``tse_2d.toml`` at ``--n`` x ``--n``;
-* an EPI time series (``epi_2d``: ``--n`` x ``--n``, TR 100 ms, 32 shots), written here as a protocol;
+* an EPI time series (``epi_2d``: ``--n`` x ``--n``, 32 shots, TR 150 ms at 128, the shortest TR there is
+  135 ms), written here as a protocol;
 * a radial RF-spoiled GRE of ``--spokes`` spokes written with pypulseq, modelled on pypulseq's
   ``write_radial_gre.py`` example (``--n`` samples per spoke, TR 20 ms, 20 dummy TRs).
 
@@ -47,14 +48,14 @@ TARGET_MRZERO = 3.0
 EPI_PROTOCOL = """\
 [protocol]
 name = "epi_2d"
-description = "2D single-shot EPI time series, {n} x {n}, FOV 256 mm, 5 mm slice, TR 100 ms, 32 shots"
+description = "2D single-shot EPI time series, {n} x {n}, FOV 256 mm, 5 mm slice, TR {tr_ms:g} ms, 32 shots"
 
 [sequence]
 type = "epi_2d"
 fov_m = 0.256
 matrix = [{n}, {n}]
 slice_thickness_m = 0.005
-tr_s = 0.1
+tr_s = {tr}
 te_s = {te}
 flip_angle_deg = 90.0
 averages = 32
@@ -133,7 +134,9 @@ def protocol_at(name: str, n: int, tmp: Path) -> Path:
 
 def epi_protocol(n: int, tmp: Path) -> Path:
     out = tmp / "epi_2d.toml"
-    out.write_text(EPI_PROTOCOL.format(n=n, te=0.03 if n <= 64 else 0.07))
+    # The shortest TE and TR grow with the matrix: at 128, TE >= 66 ms and TR >= 135 ms.
+    te, tr = (0.03, 0.1) if n <= 64 else (0.07, 0.15)
+    out.write_text(EPI_PROTOCOL.format(n=n, te=te, tr=tr, tr_ms=tr * 1e3))
     return out
 
 
