@@ -243,9 +243,18 @@ def _version() -> str:
         return "unknown"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the installed version, looked up only when asked for (importlib.metadata costs every
+    other command 10 ms of start-up)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> NoReturn:
+        print(f"scanctl {_version()}")
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = _Parser(prog="scanctl", description="MR scanner control plane")
-    parser.add_argument("--version", action="version", version=f"scanctl {_version()}")
+    parser.add_argument("--version", action=_VersionAction, nargs=0, help="show the version and exit")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log progress to stderr (-vv: also the state machine library's own log)")
     sub = parser.add_subparsers(dest="command", required=True)

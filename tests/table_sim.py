@@ -9,7 +9,8 @@ import sys
 import threading
 import time
 
-from scanctl.simulators.table_controller import PtyTransport, TableController, build_controller, serve
+from scanctl.simulators.table_controller import TableController, build_controller
+from scanctl.simulators.table_serve import PtyTransport, serve
 
 from scanctl.transport.table_protocol import Line, LineSplitter, decode, frame
 

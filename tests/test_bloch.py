@@ -163,21 +163,23 @@ def test_fid_frequency_is_the_off_resonance_and_decays_with_t2(map_hz, global_hz
                      adc_program(0, 0.1, [(200e-6, n, dwell, 0.0, 0.0)]))[0][0]
     t = 200e-6 + (np.arange(n) + 0.5) * dwell - 50e-6  # from the pulse centre
     slope = np.polyfit(t, np.unwrap(np.angle(out)), 1)[0]
-    assert slope / (2 * np.pi) == pytest.approx(map_hz + global_hz, abs=1e-3)
-    assert np.abs(out) == pytest.approx(np.exp(-t / 0.05), rel=1e-5)
-    # A 90 degree pulse of phase 0 tips +z to -y (right-handed about +x); at t = 0 the signal is -i.
-    assert np.angle(out[0] * np.exp(-2j * np.pi * (map_hz + global_hz) * t[0])) == pytest.approx(-np.pi / 2, abs=1e-2)
+    # Protons precess as exp(-iωt): an off-resonance +Δf turns the demodulated FID as exp(-2πiΔf t).
+    assert slope / (2 * np.pi) == pytest.approx(-(map_hz + global_hz), abs=1e-3)
+    assert np.abs(out) == pytest.approx(np.exp(-t / 0.05), rel=1e-5)  # 1 mm³ of proton density 1: 1
+    # A 90 degree pulse of phase 0: at t = 0 the signal is +i (the mirror of Pulseq's -i, module doc).
+    assert np.angle(out[0] * np.exp(2j * np.pi * (map_hz + global_hz) * t[0])) == pytest.approx(np.pi / 2, abs=1e-2)
 
 
 def test_adc_frequency_and_phase_demodulate():
     spins = SpinSystem(single_voxel(t2=1.0, df=40.0))
     out = spins.play(gradient(0, 0.05), rf_program(0, 0.05, [block_pulse(0.0, np.pi / 2)]),
                      adc_program(0, 0.05, [(1e-3, 200, 100e-6, 40.0, -np.pi / 2)]))[0][0]
-    # 40 Hz demodulated away and -i rotated to 1: the phase stays at what 40 Hz gathered from the pulse
-    # centre to the window start (the ADC frequency offset's phase starts with the window).
+    # 40 Hz demodulated away and the excitation's phase rotated to 1: the phase stays at what 40 Hz
+    # gathered from the pulse centre to the window start (the ADC frequency offset's phase starts with
+    # the window), turning as exp(-iωt).
     phase = np.angle(out)
     assert np.ptp(phase) < 1e-5
-    assert phase.mean() == pytest.approx(2 * np.pi * 40.0 * (1e-3 - 50e-6), abs=5e-3)
+    assert phase.mean() == pytest.approx(-2 * np.pi * 40.0 * (1e-3 - 50e-6), abs=5e-3)
 
 
 @pytest.mark.parametrize("te", [20e-3, 40e-3, 80e-3])
@@ -189,7 +191,7 @@ def test_spin_echo_amplitude_follows_t2(te):
     g = gradient(0, te + 10e-3, x=[trapezoid(te / 2 - 1.5e-3, crush), trapezoid(te / 2 + 0.5e-3, crush)])
     rf = rf_program(0, te + 10e-3, [block_pulse(-50e-6, np.pi / 2), block_pulse(te / 2 - 50e-6, np.pi, np.pi / 2)])
     out = spins.play(g, rf, adc_program(0, te + 10e-3, [(te - 5e-6, 1, 10e-6, 0.0, 0.0)]))[0][0, 0]
-    assert abs(out) == pytest.approx(math.exp(-te / t2), rel=2e-3)
+    assert abs(out) == pytest.approx(64.0 * math.exp(-te / t2), rel=2e-3)  # a 64 mm³ voxel
     # Without the refocusing pulse the crushers leave nothing.
     spins.reset()
     rf = rf_program(0, te + 10e-3, [block_pulse(-50e-6, np.pi / 2)])
@@ -220,7 +222,7 @@ def test_spoiled_gre_matches_the_extended_phase_graph_for_long_t2(t2, axis):
     spins = SpinSystem(single_voxel(t1=1.0, t2=t2, voxel=voxel))
     area = 2.5 / voxel[0] if axis == "x" else 4.0 / voxel[2]
     signal = spoiled_gre(spins, 30, tr, te, n_tr, spoil_axis=axis, spoil_area=area)
-    reference = epg_spoiled_gre(flip, tr, te, 1.0, t2, n_tr)
+    reference = np.conj(epg_spoiled_gre(flip, tr, te, 1.0, t2, n_tr))  # the EPG runs in Pulseq's mirror
     assert np.abs(signal - reference).max() < 1e-4
     if t2 == 2.0:
         assert abs(np.abs(signal[-50:]).mean() / (ernst(flip, tr, 1.0) * math.exp(-te / t2)) - 1) > 0.05
@@ -284,9 +286,9 @@ def gre_with_dummies(n: int, flip_deg: float, tr: float, dummies: int, fov: floa
     return seq
 
 
-def recon(kspace: np.ndarray) -> np.ndarray:
-    """Cartesian 2D image: a *forward* FFT (the signal is Σ ρ exp(+2πi k·r))."""
-    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(kspace))) / kspace.size
+def recon(kspace: np.ndarray, voxel_mm3: float) -> np.ndarray:
+    """Cartesian 2D image: an inverse FFT (the signal is Σ ρ exp(-2πi k·r)), in proton density."""
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(kspace))) / voxel_mm3
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +301,7 @@ def gre_image(tmp_path_factory):
     phantom = shepp_logan(n)
     spins = SpinSystem(phantom)
     kspace = np.concatenate(play_all(spins, seq), axis=0)
-    return phantom, recon(kspace), (flip, tr, built.get_definition("TE"))
+    return phantom, recon(kspace, float(np.prod(phantom.voxel_size_m)) * 1e9), (flip, tr, built.get_definition("TE"))
 
 
 def test_rf_spoiled_gre_image_shows_the_steady_state_contrast(gre_image):
@@ -381,8 +383,8 @@ def test_slice_profile_excites_the_slice_thickness(tmp_path):
     one = np.ones((1, 1))
     phantom = Phantom(pd=one, t1_s=0.2 * one, t2_s=10.0 * one, b0_offset_hz=0 * one, voxel_size_m=(1e-3, 1e-3, slab))
     first, second = play_all(SpinSystem(phantom, isochromats=64), parsed, max_duration_s=10.0)
-    # Small flip: the signal is sin(flip) x (slice thickness / slab), in phase through the slice.
-    assert np.abs(first[0]).mean() == pytest.approx(math.sin(math.radians(5)) * 4e-3 / slab, rel=0.03)
+    # Small flip: the signal is sin(flip) x the excited volume (1 x 1 x 4 mm³), in phase through the slice.
+    assert np.abs(first[0]).mean() == pytest.approx(math.sin(math.radians(5)) * 4.0, rel=0.03)
     assert np.abs(second[0]).max() < 1e-3 * np.abs(first[0]).mean()
 
 
@@ -391,10 +393,10 @@ def test_slice_profile_excites_the_slice_thickness(tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def test_noise_is_seeded_and_has_the_given_deviation():
+def test_noise_is_seeded_and_has_the_given_deviation_at_10_us():
     phantom = single_voxel()
     g, rf = gradient(0, 0.1), rf_program(0, 0.1, [])
-    adc = adc_program(0, 0.1, [(1e-3, 20000, 1e-6, 0.0, 0.0)])
+    adc = adc_program(0, 0.1, [(1e-3, 20000, 10e-6, 0.0, 0.0)])
     spins = SpinSystem(phantom, noise_std=0.5, seed=7)
     first = spins.play(g, rf, adc)[0]
     assert first.dtype == np.complex64 and first.shape == (1, 20000)
@@ -402,6 +404,28 @@ def test_noise_is_seeded_and_has_the_given_deviation():
     assert np.std(first.real) == pytest.approx(0.5 / math.sqrt(2), rel=0.03)
     spins.reset()
     assert np.array_equal(spins.play(g, rf, adc)[0], first)
+
+
+@pytest.mark.parametrize("dwell", [2.5e-6, 40e-6])
+def test_noise_scales_as_one_over_the_square_root_of_the_dwell(dwell):
+    """White receiver noise: a four times longer dwell (a quarter of the bandwidth) halves σ."""
+    g, rf = gradient(0, 1.0), rf_program(0, 1.0, [])
+    spins = SpinSystem(single_voxel(), noise_std=0.5, seed=3)
+    data = spins.play(g, rf, adc_program(0, 1.0, [(1e-3, 20000, dwell, 0.0, 0.0)]))[0]
+    assert np.std(data) == pytest.approx(0.5 * math.sqrt(10e-6 / dwell), rel=0.03)
+
+
+@pytest.mark.parametrize("n", [32, 64, 128])
+def test_the_signal_of_an_object_does_not_depend_on_its_phantom_grid(n):
+    """An FID of the whole Shepp–Logan object: the same object on a coarser or finer grid gives the same
+    signal (the voxel volume weights each voxel), to the gridding of its edges."""
+    spins = SpinSystem(shepp_logan(n))
+    out = spins.play(gradient(0, 0.01), rf_program(0, 0.01, [block_pulse(0.0, np.pi / 2)]),
+                     adc_program(0, 0.01, [(200e-6, 1, 10e-6, 0.0, 0.0)]))[0][0, 0]
+    reference = shepp_logan(256)
+    expected = float((reference.pd * np.exp(-(200e-6 - 45e-6) / np.where(reference.pd > 0, reference.t2_s, 1))).sum()
+                     * np.prod(reference.voxel_size_m) * 1e9)
+    assert abs(out) == pytest.approx(expected, rel=0.02)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -471,3 +495,62 @@ def test_states_that_land_on_one_key_are_summed_not_overwritten():
     assert g.f.shape[0] == 1
     assert g.f[0, 0, 0] == pytest.approx(0.3 + 0.2j)
     assert g.z[0, 0, 0] == pytest.approx(1.0)
+
+
+def test_a_pypulseq_block_pulse_with_a_time_shape_tips_90_degrees(tmp_path):
+    """pypulseq writes a block pulse as 2 samples and a time shape: it must play as the 0.5 ms waveform
+    those describe (it played as two 1 µs samples: 0.18 degrees)."""
+    system = default_system()
+    seq = pp.Sequence(system)
+    rf = pp.make_block_pulse(flip_angle=math.pi / 2, duration=0.5e-3, delay=system.rf_dead_time, system=system)
+    assert rf.signal.size == 2
+    seq.add_block(rf)
+    seq.add_block(pp.make_adc(num_samples=4, duration=40e-6, delay=system.adc_dead_time, system=system))
+    parsed = write_and_read(seq, tmp_path, "block")
+    out = play_all(SpinSystem(single_voxel(t1=10.0, t2=10.0)), parsed)[0]
+    assert np.abs(out) == pytest.approx(1.0, abs=1e-3)
+
+
+def fid(spins: SpinSystem, n: int = 400, dwell: float = 50e-6, freq: float = 0.0, pulse=None) -> tuple:
+    start, b1, carrier = pulse if pulse is not None else block_pulse(0.0, np.pi / 2)
+    end = start + b1.size * 1e-6
+    out = spins.play(gradient(0, 0.1), rf_program(0, 0.1, [(start, b1, carrier)]),
+                     adc_program(0, 0.1, [(end + 100e-6, n, dwell, freq, 0.0)]))[0][0]
+    t = end + 100e-6 + (np.arange(n) + 0.5) * dwell - 0.5 * (start + end)  # from the pulse centre
+    return t, out
+
+
+def test_the_fid_decays_with_t2_star_when_the_phantom_has_t2_prime():
+    t2, t2p = 0.08, 0.02
+    one = np.ones((1, 1))
+    phantom = Phantom(pd=one, t1_s=one, t2_s=t2 * one, b0_offset_hz=0 * one, voxel_size_m=(1e-3, 1e-3, 1e-3),
+                      t2prime_s=t2p * one)
+    t, out = fid(SpinSystem(phantom))
+    assert np.abs(out) == pytest.approx(np.exp(-t / t2 - t / t2p), rel=1e-4)
+
+
+def test_a_spin_echo_refocuses_t2_prime_but_not_t2():
+    t2, t2p, te = 0.08, 0.01, 0.04
+    one = np.ones((1, 1))
+    phantom = Phantom(pd=one, t1_s=one, t2_s=t2 * one, b0_offset_hz=0 * one, voxel_size_m=(1e-3, 1e-3, 1e-3),
+                      t2prime_s=t2p * one)
+    spins = SpinSystem(phantom)
+    rf = rf_program(0, 0.1, [block_pulse(-50e-6, np.pi / 2), block_pulse(te / 2 - 50e-6, np.pi, np.pi / 2)])
+    offsets = np.array([-4e-3, 0.0, 4e-3])
+    adc = adc_program(0, 0.1, [(te + d - 5e-6, 1, 10e-6, 0.0, 0.0) for d in offsets])
+    out = np.array([w[0, 0] for w in spins.play(gradient(0, 0.1), rf, adc)])
+    expected = np.exp(-(te + offsets) / t2 - np.abs(offsets) / t2p)
+    assert np.abs(out) == pytest.approx(expected, rel=2e-3)
+
+
+def test_each_voxel_sees_its_own_off_resonance_during_rf():
+    """Two voxels of one tissue at +3 kHz and -3 kHz; a 1 ms 90 degree block pulse with its carrier at
+    +3 kHz tips the first and (6 kHz off resonance) hardly touches the second. With the tissue's mean
+    off-resonance (0 Hz) used during the pulse both were 3 kHz off and barely tipped."""
+    shape = (1, 2)
+    phantom = Phantom(pd=np.ones(shape), t1_s=np.ones(shape), t2_s=np.ones(shape),
+                      b0_offset_hz=np.array([[3000.0, -3000.0]]), voxel_size_m=(1e-3, 1e-3, 1e-3))
+    start, b1, _ = block_pulse(0.0, np.pi / 2, dur=1e-3)
+    t, out = fid(SpinSystem(phantom), n=600, dwell=10e-6, freq=3000.0, pulse=(start, b1, 3000.0))
+    # The +3 kHz voxel is demodulated to DC; the other turns at 6 kHz and averages out over 6 ms.
+    assert abs(out.mean()) == pytest.approx(1.0, abs=0.02)

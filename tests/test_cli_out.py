@@ -330,4 +330,5 @@ def test_a_full_disk_names_the_file_and_keeps_the_scan_safe(small_disk, tmp_path
     if (out / "report.json").exists():
         report = json.loads((out / "report.json").read_text())
         assert report["outcome"] == "fault" and "No space left on device" in report["message"]
-        assert report["journal"][-1]["dest"] == "IDLE"
+        assert report["journal"][-1]["dest"] == "FAULT"  # every subsystem made safe, latched
+    read_acquisitions(out / "raw.h5")  # what was written before the disk filled stays readable

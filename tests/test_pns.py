@@ -224,7 +224,7 @@ def test_closed_form_is_the_per_sample_model_on_random_waveforms(waves, per_bin)
 
 # -- block by block (no envelope) against run by run and the per-sample reference ----------------------------
 
-from scanctl.safety import pns_blocks  # noqa: E402
+from scanctl.safety import pns_block_search, pns_block_types, pns_blocks  # noqa: E402
 
 
 def block_peak(seq, pns=SAFE.safety.pns, gamma=42.576e6, always=True):  # type: ignore[no-untyped-def]
@@ -298,7 +298,7 @@ def test_repeated_blocks_are_looked_into_once(tmp_path, monkeypatch):
     seq.write(str(tmp_path / "g.seq"))
     ours = pulseq_read.read(tmp_path / "g.seq")
     once = assert_blocks_match(ours)
-    monkeypatch.setattr(pns_blocks, "_first_of_each", lambda cand, live, which: live)
+    monkeypatch.setattr(pns_block_search, "first_of_each", lambda cand, live, which: live)
     every = block_peak(ours)
     assert block_peak(ours, always=False) is not None  # the runs would take longer here
     assert every.blocks_searched > once.blocks_searched + 400
@@ -389,7 +389,7 @@ def test_where_blocks_play_what_the_per_sample_model_plays_between_events():
     before the first and after the last); a block plays only its own event. Samples (centred at (k + ½)·10
     µs) inside a gap whose ends are not both 0, at a step from one block to the next, or just past a last
     non-zero breakpoint, leave the sequence to the runs."""
-    fits = pns_blocks._gaps_fit
+    fits = pns_block_types.gaps_fit
     dt = 1e-5
     t, z = np.array, np.zeros(2)
     assert fits(t([0.0, 100e-6]), z, t([40e-6, 140e-6]), z, dt)  # zeros around a gap with samples in it

@@ -11,8 +11,9 @@ import pytest
 import zmq
 
 from scanctl.errors import WireProtocolError
+from scanctl.transport.batch import unbatch
 from scanctl.transport.publisher import BATCH_MAX, Publisher
-from scanctl.transport.wire import decode, unbatch
+from scanctl.transport.wire import decode
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ schema binding), not only with scanctl's reader.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -30,6 +31,7 @@ from scanctl.data.rawdata import (
     read_acquisitions,
     sequence_labels,
 )
+from scanctl.data.rawdata import writer as writer_module
 from scanctl.errors import ScanctlError
 from scanctl.hw.interfaces import Acquisition
 
@@ -363,6 +365,94 @@ def test_writer_killed_while_writing_keeps_a_readable_prefix(tmp_path):
             child.kill()
         child.communicate()
     assert _check_prefix(path, done) >= done
+
+
+_FULL_CHILD = textwrap.dedent(
+    """
+    import json, resource, signal, sys
+    import numpy as np
+    from scanctl.hw.interfaces import Acquisition
+    from scanctl.data.rawdata import RawDataError, RawDataWriter, RawHeader
+
+    path, limit, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    header = RawHeader(protocol_name="full", fov_m=(0.2, 0.2, 0.005), encoded_matrix=(512, 64, 1),
+                       larmor_hz=1.2e8)
+    writer = RawDataWriter.open(path, header)
+    written, errors = 0, []
+    rng = np.random.default_rng(5)
+    while not errors:
+        acqs = []
+        for i in range(written, written + batch):
+            data = (rng.standard_normal((2, 512)) + 1j * rng.standard_normal((2, 512))).astype(np.complex64)
+            acqs.append(Acquisition(i, i, i * 1e-3, 1e-5, data, {"LIN": i % 64}))
+        try:
+            writer.extend(acqs)
+            written += batch
+        except RawDataError as exc:
+            errors.append(str(exc))
+    try:
+        writer.extend(acqs)  # once refused, refused again (no gap in the scan's data)
+    except RawDataError as exc:
+        errors.append(str(exc))
+    try:
+        writer.close()
+    except RawDataError as exc:
+        errors.append(f"close: {exc}")
+    print(json.dumps({"written": written, "errors": errors}))
+    """
+)
+
+
+@pytest.mark.parametrize("batch", [1, 50])
+def test_a_disk_that_fills_mid_scan_keeps_every_acquisition_written_before(tmp_path, batch):
+    """The file may grow by 2 MB (RLIMIT_FSIZE: writes past it fail as on a full disk; each acquisition
+    is 8 kB of samples): the writer refuses the batch that would not fit, and the file reads back whole with
+    every acquisition written before, flags finished by close()."""
+    path = tmp_path / "raw.h5"
+    done = subprocess.run([sys.executable, "-c", _FULL_CHILD, str(path), str(2_000_000), str(batch)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    written, errors = result["written"], result["errors"]
+    raw = read_acquisitions(path)  # (before the writer checked the room: "damaged ISMRMRD file")
+    assert written > 0 and len(errors) == 2, result  # a refused batch, refused again; close succeeded
+    assert all(f"{path}: cannot write acquisition {written}: " in e and "File too large" in e for e in errors)
+    assert [a.index for a in raw.acquisitions] == list(range(written))
+    rng = np.random.default_rng(5)
+    for acq in raw.acquisitions:
+        expected = (rng.standard_normal((2, 512)) + 1j * rng.standard_normal((2, 512))).astype(np.complex64)
+        np.testing.assert_array_equal(acq.data, expected)
+    assert is_set(raw.flags[-1], ismrmrd.ACQ_LAST_IN_MEASUREMENT)
+
+
+def test_the_writer_refuses_a_batch_the_file_system_has_no_room_for(tmp_path, monkeypatch):
+    """The free space of the file system bounds a write (statvfs), before HDF5 is asked: nothing written."""
+    path = tmp_path / "raw.h5"
+    writer = RawDataWriter.open(path, make_header())
+    writer.append(acquisition(0, {"LIN": 0}))
+    free = {"blocks": 10**6}
+
+    class Fs:
+        f_frsize = 1024
+
+        @property
+        def f_bavail(self) -> int:
+            return free["blocks"]
+
+    monkeypatch.setattr(writer_module.os, "statvfs", lambda p: Fs())
+    writer.append(acquisition(1, {"LIN": 1}))
+    free["blocks"] = 100  # 100 kB: less than the spare room a write must leave
+    with pytest.raises(RawDataError, match="cannot write acquisition 2: No space left on device"):
+        writer.append(acquisition(2, {"LIN": 2}))
+    free["blocks"] = 10**6  # space again: still refused, so the scan's data have no gap
+    with pytest.raises(RawDataError, match="cannot write acquisition 3: No space left on device"):
+        writer.append(acquisition(3, {"LIN": 3}))
+    writer.close()
+    raw = read_acquisitions(path)
+    assert [a.index for a in raw.acquisitions] == [0, 1]
+    assert is_set(raw.flags[-1], ismrmrd.ACQ_LAST_IN_MEASUREMENT)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -113,14 +113,14 @@ def test_remote_run_writes_what_an_in_process_run_writes(tmp_path, served):
 def test_a_command_sent_as_soon_as_a_run_ends_is_taken(tmp_path, served):
     """The run's end event is the console's signal that the scanner is free: a load sent the moment it
     arrives is queued behind the worker's last steps, not refused as 'start in progress'."""
-    refresh = served.server._telemetry
+    refresh = served.server.telemetry.publish
 
     def slow_refresh(force: bool = False) -> None:  # the worker's last steps take a while (remote drivers)
         if force:
             time.sleep(0.1)
         refresh(force)
 
-    served.server._telemetry = slow_refresh  # type: ignore[method-assign]
+    served.server.telemetry.publish = slow_refresh  # type: ignore[method-assign]
     client = served.client("console")
     for i in range(3):
         assert run_remote(client, GRE, tmp_path / str(i), reconstruct=False).outcome == "completed"
@@ -496,7 +496,8 @@ def test_events_carry_src_run_and_gap_free_sequence_numbers(served):
                 assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), stream
             in_run = [m for m in got if m.stream in ("progress", "data", "run")]
             assert in_run and all(m.run == run for m in in_run)
-            data = [m.body["acquisitions"] for m in got if m.type == "data" and "end" not in m.body]
+            data = [m.body["acquisitions"] for m in got if m.stream == "data" and "end" not in m.body]
+            assert all(m.type == ("data" if m.stream in ("data", "data_sync") else "event") for m in got)
             assert sum(len(batch["index"]) for batch in data) == 128
             assert {"state", "progress", "run", "data"} <= set(by_stream)
         snap = c.status()
@@ -540,7 +541,8 @@ def assert_serving(served: Served) -> None:
 
 
 def envelope(**fields: Any) -> bytes:
-    return json.dumps({"v": "1.0", "type": "command", "id": "x", "body": {"command": "status"}, **fields}).encode()
+    return json.dumps({"v": "1.0", "type": "command", "id": "x", "src": f"raw-{uuid.uuid4().hex}", "ts": time.time(),
+                       "body": {"command": "status"}, **fields}).encode()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -765,7 +767,8 @@ def test_watch_notices_a_server_that_went_away(tmp_path):
 def test_a_command_that_is_no_name_is_refused_and_the_server_keeps_serving(shared, command):
     raw = Raw(shared.endpoint)
     try:
-        text = json.dumps({"v": "1.0", "type": "command", "id": "odd", "body": {"command": command}})
+        text = json.dumps({"v": "1.0", "type": "command", "id": "odd", "src": f"raw-{uuid.uuid4().hex}", "ts": 1.0,
+                           "body": {"command": command}})
         reply = raw.ask([text.encode()])
         assert reply is not None and reply.type == "error" and reply.body["code"] == "unknown_command"
         assert reply.re == "odd"

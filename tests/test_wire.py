@@ -16,18 +16,16 @@ from scanctl.errors import WireProtocolError
 from scanctl.hw.interfaces import Acquisition, AcquisitionBatch, Status, SubsystemState
 from scanctl.hw.program import GradientProgram
 from scanctl.transport.acquisitions import pack_acquisitions, unpack_acquisitions
+from scanctl.transport.batch import Group, encode_batch, unbatch
 from scanctl.transport.wire import (
-    Group,
     Message,
     decode,
     encode,
-    encode_batch,
     error_reply,
     pack_body,
     reply_to,
     request_id_of,
     to_plain,
-    unbatch,
 )
 
 arrays = hnp.arrays(
@@ -91,7 +89,8 @@ def test_replies_answer_their_request():
 
 
 def envelope(**fields) -> bytes:
-    return json.dumps({"v": "1.0", "type": "command", **fields}).encode()
+    """An envelope of a request type that needs no key but v and type (a driver call; a command needs more)."""
+    return json.dumps({"v": "1.0", "type": "call", **fields}).encode()
 
 
 @pytest.mark.parametrize(
@@ -148,7 +147,7 @@ def test_random_frames_never_raise_anything_else(frames):
 def test_a_newer_minor_may_carry_envelope_keys_this_side_ignores(v):
     """docs/wire-protocol.md: a newer minor only adds optional keys, so an older receiver ignores them."""
     msg = decode([envelope(v=v, id="r-1", extra=1, trace={"span": [1, 2]}, body={"x": 1})])
-    assert (msg.v, msg.type, msg.id, msg.body) == (v, "command", "r-1", {"x": 1})
+    assert (msg.v, msg.type, msg.id, msg.body) == (v, "call", "r-1", {"x": 1})
     with pytest.raises(WireProtocolError, match="'seq' has the wrong type"):  # known keys are still checked
         decode([envelope(v=v, extra=1, seq="7")])
 
@@ -363,7 +362,7 @@ def test_malformed_batches_are_refused_with_a_reason(groups, reason):
 # -- hostile input: nothing but WireProtocolError, whatever arrives (issue 13, defect 1) ----------------------
 def envelope_text(**raw: str) -> bytes:
     """An envelope whose values are given as raw JSON text (numbers json.dumps cannot write, e.g. 5000 digits)."""
-    fields = {"v": '"1.0"', "type": '"command"', **raw}
+    fields = {"v": '"1.0"', "type": '"call"', **raw}
     return ("{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in fields.items()) + "}").encode()
 
 

@@ -13,9 +13,7 @@ point); :meth:`Scanner.emergency_stop` also makes every subsystem safe at once f
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -24,10 +22,10 @@ from typing import Any
 
 from scanctl.config.profile import SystemProfile
 from scanctl.engine.machine import LATCHED, JournalEntry, ScannerMachine, ScannerState
+from scanctl.engine.playback import Playback
 from scanctl.engine.segments import compile_segments
 from scanctl.errors import (
     DriverError,
-    DriverTimeoutError,
     InterlockError,
     InvalidTransitionError,
     SafetyLimitError,
@@ -87,7 +85,6 @@ class Scanner:
         #: The safety supervisor of the current (or last) run: see scanctl.safety.supervisor.
         self.supervisor: Supervisor | None = None
         self._coil_rate_k_per_s = 0.0  # the gradient coil's fastest rise seen since the last reset (K/s)
-        self._synced_s = 0.0
 
     @classmethod
     def from_profile(cls, profile: SystemProfile, overrides: dict[str, str] | None = None,
@@ -289,10 +286,10 @@ class Scanner:
         supervisor.horizon_s = min(self.segment_s, self.gradient.buffer_s, self.rf.buffer_s,
                                    supervisor.max_interval_s())
         t_wall = time.perf_counter()
-        counter = {"acquisitions": 0, "segments": 0}
+        play = Playback(self.gradient, self.rf, self.table, supervisor, sink)
         with self._request_lock:  # before the state changes: a request made once it has is this run's
             self._requests.clear()
-        self.supervisor, self._synced_s = supervisor, 0.0
+        self.supervisor = supervisor
         self._fire("start", f"table to {table_position_mm} mm; {supervisor.note()}")
         try:
             self.table.move_to(table_position_mm)
@@ -305,14 +302,14 @@ class Scanner:
                 self._fire("abort", f"{pending} requested while positioning: nothing armed")
                 self._make_safe()
                 self._fire("safe", "every subsystem safe")
-                return self._result("aborted", seq, counter, t_wall, f"{pending} while positioning: nothing armed")
+                return self._result("aborted", seq, play, t_wall, f"{pending} while positioning: nothing armed")
             supervisor.before_start({**self.status(), "table": table})
             for sub in (self.gradient, self.rf):
                 sub.arm()
             self._fire("positioned", table_report(table))
             for sub in (self.gradient, self.rf):
                 sub.start()
-            outcome = self._play(seq, sink, counter, on_progress)
+            outcome = self._play(seq, play, on_progress)
             if self.state is S.EMERGENCY_STOP:  # pressed as the run ended: latched instead of the end
                 outcome = "emergency_stop"
         except ScanctlError as exc:
@@ -322,14 +319,14 @@ class Scanner:
                 rf = self.rf.status()
                 if rf.state is SubsystemState.UNKNOWN:
                     raise DriverError(f"rf: {rf.message}")
-                self._collect(sink, counter)
+                play.collect()
             except ScanctlError as lost:
                 log.error("rf: acquisitions after the last collected cannot be taken: %s", lost)
                 message += f"; acquisitions after the last collected are lost ({lost})"
-            return self._result("fault" if self.state is S.FAULT else "emergency_stop", seq, counter, t_wall, message)
+            return self._result("fault" if self.state is S.FAULT else "emergency_stop", seq, play, t_wall, message)
         finally:  # the coil's fastest rise is remembered for the next run, until a reset
             self._coil_rate_k_per_s = supervisor.coil_rate_k_per_s
-        return self._result(outcome, seq, counter, t_wall, "")
+        return self._result(outcome, seq, play, t_wall, "")
 
     def _pending_before_arming(self) -> str | None:
         """What came while the table moved to the scan position and must keep anything from being armed: the
@@ -342,38 +339,34 @@ class Scanner:
                 self._requests.clear()
         return pending[0] if pending else None
 
-    def _play(self, seq: Sequence, sink: Callable[[Acquisitions], None], counter: dict[str, int],
-              on_progress: Callable[[float, float], None] | None) -> str:
+    def _play(self, seq: Sequence, play: Playback, on_progress: Callable[[float, float], None] | None) -> str:
         buffer_s = min(self.gradient.buffer_s, self.rf.buffer_s)
         playhead = 0.0
         duration = seq.duration_s
         larmor = self.profile.gamma_hz_per_t * self.profile.b0_t
-        supervisor = self.supervisor
-        assert supervisor is not None  # run() made it
         # Segments as long as the buffers allow; the supervisor checks more often, every horizon, inside
         # each sync (a check is cheap, a segment load and a raw data write are not).
         for segment in compile_segments(seq, larmor_hz=larmor, max_duration_s=min(self.segment_s, buffer_s)):
-            outcome = self._safe_point(sink, counter, playhead)
+            outcome = self._safe_point(play)
             if outcome is not None:
                 return outcome
-            playhead = max(playhead, self._synced_s)  # a pause played the buffer out: the clock is there now
+            playhead = max(playhead, play.synced_s)  # a pause played the buffer out: the clock is there now
             # Play ahead only as far as the buffer must drain for this segment, and never past what is
             # loaded (its start): a subsystem asked to play beyond its program would fall silent.
             target = min(segment.t1_s - buffer_s, segment.t0_s)
             if target > playhead:
-                playhead = self._sync(target)
-                self._collect(sink, counter)
-            supervisor.before_load(segment.rf)
+                playhead = play.sync(target)
+                play.collect()
+            play.supervisor.before_load(segment.rf)
             self.gradient.load(segment.gradient)
             self.rf.load(segment.rf, segment.adc)
-            counter["segments"] += 1
+            play.segments += 1
             self.machine.scan_time_s = playhead
             if on_progress is not None:
                 on_progress(playhead, duration)
-        self._sync(duration)
-        self._collect(sink, counter)
-        for sub in (self.gradient, self.rf):
-            sub.finish()
+        play.sync(duration)
+        play.collect()
+        play.finish()
         self.machine.scan_time_s = duration
         if on_progress is not None:
             on_progress(duration, duration)
@@ -381,49 +374,7 @@ class Scanner:
         self._fire("finished", "stopped" if stopping else "sequence complete")
         return "stopped" if stopping else "completed"
 
-    def _sync(self, t_s: float) -> float:
-        """Play up to ``t_s`` in steps of at most the supervisor's horizon, each one checked."""
-        supervisor = self.supervisor
-        assert supervisor is not None  # run() made it
-        while True:
-            step = min(t_s, self._synced_s + supervisor.horizon_s)
-            statuses = self._sync_once(step)
-            statuses["table"] = self.table.status()
-            self._synced_s = max(self._synced_s, step)
-            supervisor.observe(step, statuses)
-            if step >= t_s:
-                return t_s
-
-    def _sync_once(self, t_s: float) -> dict[str, Status]:
-        statuses: dict[str, Status] = {}
-        sequencers = (self.gradient, self.rf)
-        for sub in sequencers:
-            try:
-                statuses[sub.kind] = sub.sync(t_s)
-            except ScanctlError as exc:
-                # The others played on until the fault: take what they completed before it (a silent
-                # subsystem is not asked where it stopped: the last time all were in step stands for it).
-                t_fault = self._synced_s
-                if not isinstance(exc, DriverTimeoutError):
-                    with contextlib.suppress(ScanctlError):
-                        t_fault = sub.status().time_s
-                for other in sequencers:
-                    if other is not sub:
-                        try:
-                            other.sync(t_fault)
-                        except ScanctlError as exc:
-                            log.error("%s: cannot play up to the fault: %s", other.kind, exc)
-                raise
-        return statuses
-
-    def _collect(self, sink: Callable[[Acquisitions], None], counter: dict[str, int]) -> None:
-        batch = self.rf.acquisitions()
-        if batch:
-            sink(batch)
-            counter["acquisitions"] += len(batch)
-
-    def _safe_point(self, sink: Callable[[Acquisitions], None], counter: dict[str, int],
-                    playhead: float) -> str | None:
+    def _safe_point(self, play: Playback) -> str | None:
         """Honour requests between segments. Returns an outcome when the run must end here."""
         while True:
             with self._request_lock:
@@ -439,20 +390,19 @@ class Scanner:
                 if what == "abort":
                     self._fire("abort", "abort requested")
                     self._make_safe()
-                    self._collect(sink, counter)
+                    play.collect()
                     self._fire("safe", "every subsystem safe")
                     return "aborted"
                 if what == "stop" and self.state in (S.RUNNING, S.PAUSED):
                     # Finish cleanly: nothing more is loaded; what is loaded plays out.
                     self._fire("stop", "stop requested")
-                    self._drain(sink, counter)
-                    for sub in (self.gradient, self.rf):
-                        sub.finish()
+                    self._drain(play)
+                    play.finish()
                     self._fire("finished", "stopped")
                     return "stopped"
                 if what == "pause" and self.state is S.RUNNING:
                     self._fire("pause", "pause requested")
-                    self._drain(sink, counter)
+                    self._drain(play)
                     self._fire("paused", f"at {self.machine.scan_time_s or 0.0:.3f} s")
                 if what == "resume" and self.state is S.PAUSED:
                     self._fire("resume")
@@ -464,13 +414,9 @@ class Scanner:
             while not self._requests:
                 self._resume.wait()
 
-    def _drain(self, sink: Callable[[Acquisitions], None], counter: dict[str, int]) -> None:
+    def _drain(self, play: Playback) -> None:
         """Play out everything loaded (the buffer) and collect its data."""
-        loaded = max(sub.status().time_s + sub.status().telemetry.get("buffered_s", 0.0)
-                     for sub in (self.gradient, self.rf))
-        self._sync(loaded)
-        self.machine.scan_time_s = loaded
-        self._collect(sink, counter)
+        self.machine.scan_time_s = play.drain()
 
     def _on_failure(self, exc: ScanctlError) -> None:
         """Every fault path: make safe, then latch FAULT (or EMERGENCY_STOP)."""
@@ -486,26 +432,19 @@ class Scanner:
     def _make_safe(self) -> None:
         make_safe(self._subsystems())  # reaches every subsystem even if one complains
 
-    def _result(self, outcome: str, seq: Sequence, counter: dict[str, int], t_wall: float, message: str) -> RunResult:
+    def _result(self, outcome: str, seq: Sequence, play: Playback, t_wall: float, message: str) -> RunResult:
         status = self.status()
         return RunResult(
             outcome=outcome,
-            acquisitions=counter["acquisitions"],
-            scan_time_s=_played_s(status, self._synced_s),
+            acquisitions=play.acquisitions,
+            scan_time_s=play.played_s(status),
             duration_s=seq.duration_s,
             wall_time_s=time.perf_counter() - t_wall,
             message=message,
-            segments=counter["segments"],
+            segments=play.segments,
             telemetry={k: dict(v.telemetry) for k, v in status.items()},
             sar_w_per_kg=dict(self.supervisor.max_sar_w_per_kg) if self.supervisor is not None else {},
         )
-
-
-def _played_s(status: dict[str, Status], synced_s: float) -> float:
-    """How far the sequencers played (s): the later clock; a clock that is not finite (a faulty report, which
-    the supervisor trips on) counts for nothing, and without any the last time all were in step stands."""
-    clocks = [status[kind].time_s for kind in ("gradient", "rf") if math.isfinite(status[kind].time_s)]
-    return max(clocks) if clocks else synced_s
 
 
 def table_report(status: Status) -> str:

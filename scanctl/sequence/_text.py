@@ -287,12 +287,14 @@ class TextFile:
 
 def _header_starts(data: bytes) -> list[int]:
     """Offsets of the ``[`` or ``extension`` that opens each header line after the first line."""
-    if data.count(b"[") + data.count(b"extension") > 10_000:  # not a normal file: let the regex engine scan
-        return [m.end() for m in _HEADER.finditer(data)]
     starts = []
+    seen = 0
     for word in (b"[", b"extension"):
         i = data.find(word)
         while i >= 0:
+            seen += 1
+            if seen > 10_000:  # not a normal file: let the regex engine scan (no pass to count them first)
+                return [m.end() for m in _HEADER.finditer(data)]
             line_start = data.rfind(b"\n", 0, i) + 1
             at_line_start = line_start > 0 and not data[line_start:i].strip(b" \t")
             if at_line_start and (word == b"[" or data[i + 9 : i + 10] in (b" ", b"\t")):

@@ -28,8 +28,9 @@ from scanctl.config.profile import DEFAULT_ENDPOINTS
 from scanctl.errors import ConfigError, ScanctlError
 from scanctl.hw.interfaces import AcquisitionBatch
 from scanctl.transport.acquisitions import unpack_acquisitions
+from scanctl.transport.batch import unbatch
 from scanctl.transport.security import ClientCurve
-from scanctl.transport.wire import Message, decode, encode, unbatch
+from scanctl.transport.wire import Message, decode, encode
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ returns the reply's body (``status`` ``done`` unless it says ``accepted``); it r
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 import uuid
@@ -26,6 +27,7 @@ from scanctl.engine.session import Refused
 from scanctl.errors import ConfigError, InvalidTransitionError, ScanctlError, SequenceFormatError
 from scanctl.hw.interfaces import Acquisitions
 from scanctl.services.run_store import MAX_CHUNK_BYTES
+from scanctl.transport import schema
 from scanctl.transport.acquisitions import pack_acquisitions
 from scanctl.transport.wire import Message
 
@@ -76,8 +78,20 @@ def command(*names: str, **options: Any) -> Callable[[Handler], Handler]:
     return register
 
 
+def check_arguments(name: str, body: dict[str, Any]) -> None:
+    """Refuse (``bad_argument``) an argument of command ``name`` that the wire schema does not list for it: a
+    misspelt optional argument would otherwise be ignored without a word."""
+    known = schema.command_arguments()[name]
+    unknown = sorted(str(key) for key in body if key != "command" and key not in known)
+    if unknown:
+        takes = ", ".join(sorted(known)) or "none"
+        raise Rejected("bad_argument", f"{name} has no argument {', '.join(map(repr, unknown))} "
+                                       f"(its arguments: {takes})")
+
+
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite number (not a bool): a NaN or infinite position or speed is refused, never acted on."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # -- anyone ----------------------------------------------------------------------------------------------------
@@ -133,18 +147,23 @@ def fetch(server: ControlServer, client: str, msg: Message) -> dict[str, Any]:
     """A piece of a stored run's file: ``run``, ``file`` (raw.h5, sequence.seq, report.json), ``offset`` and
     ``length`` (bytes); the reply's ``data`` is a uint8 array (a binary frame), ``size`` the file's size."""
     body = msg.body
-    name = body.get("file", "raw.h5")
+    name, offset, length = _or(body, "file", "raw.h5"), _or(body, "offset", 0), _or(body, "length", MAX_CHUNK_BYTES)
     try:
-        data, size = server.store.read(body.get("run"), name, body.get("offset", 0),
-                                       body.get("length", MAX_CHUNK_BYTES))
+        data, size = server.store.read(body.get("run"), name, offset, length)
     except ValueError as exc:
         raise Rejected("bad_argument", f"fetch: {exc}") from None
     except FileNotFoundError:
         raise Rejected("bad_argument", f"fetch: no file {name!r} of run {body.get('run')!r} on this server") from None
     except OSError as exc:
         raise Rejected("failed", f"fetch: {exc.strerror or exc}") from None
-    return {"run": body["run"], "file": name, "offset": body.get("offset", 0), "size": size,
+    return {"run": body["run"], "file": name, "offset": offset, "size": size,
             "data": np.frombuffer(data, dtype=np.uint8)}
+
+
+def _or(body: dict[str, Any], key: str, default: Any) -> Any:
+    """An optional argument's value: ``default`` when it is absent or null (docs/wire-protocol.md)."""
+    value = body.get(key)
+    return default if value is None else value
 
 
 # -- the controller ------------------------------------------------------------------------------------------
@@ -203,7 +222,7 @@ def _check_load(body: dict[str, Any]) -> None:
         raise Rejected("bad_argument", "load needs 'path' (a file on the server) or 'text' (its content)")
     if text is not None and body.get("format") not in ("toml", "seq"):
         raise Rejected("bad_argument", "load with 'text' needs 'format': 'toml' or 'seq'")
-    weight, mode = body.get("patient_weight_kg"), body.get("mode", "normal")
+    weight, mode = body.get("patient_weight_kg"), body.get("mode") or "normal"  # (null: as if absent)
     if not (weight is None or _number(weight)) or mode not in ("normal", "first-level", "first_level"):
         raise Rejected("bad_argument", "load takes an optional number 'patient_weight_kg' and 'mode' 'normal' or "
                                        "'first-level'")
@@ -239,7 +258,7 @@ def load(server: ControlServer, client: str, msg: Message) -> dict[str, Any]:
         raise InvalidTransitionError(f"cannot load while {scanner.state.name} "
                                      f"(allowed: {', '.join(scanner.machine.allowed())})")
     body = msg.body
-    weight, mode = body.get("patient_weight_kg"), str(body.get("mode", "normal"))
+    weight, mode = body.get("patient_weight_kg"), str(body.get("mode") or "normal")
     with tempfile.TemporaryDirectory(prefix="scanctl-load-") as tmp:
         if body.get("text") is not None:
             source_name = str(body.get("name") or f"upload.{body['format']}")
@@ -253,7 +272,7 @@ def load(server: ControlServer, client: str, msg: Message) -> dict[str, Any]:
             loaded = server.session.load(source, name=source_name, patient_weight_kg=weight, mode=mode)
         except Refused as exc:  # nothing moved: typed, so a console never matches the text
             safety = exc.report.get("safety", {})
-            server.publish("safety", {"kind": "refused", "message": str(exc), **safety})
+            server.publish("safety", {"kind": "refused", "message": str(exc), "safety": safety})
             raise Rejected("rejected", str(exc), state=scanner.state.name, outcome="refused", safety=safety) from None
         except (ConfigError, SequenceFormatError) as exc:
             if source_name == str(source):

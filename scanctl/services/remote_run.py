@@ -183,7 +183,7 @@ def _receive_run(sub: Subscription, run_id: str, sink: Callable[[AcquisitionBatc
             raise ServerTimeoutError(f"run {run_id} did not end within {timeout_s:g} s")
         if msg.run != run_id:
             continue
-        if msg.type == "data":
+        if msg.stream == "data":
             if msg.body.get("end"):
                 data_done = True
             else:

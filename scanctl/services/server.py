@@ -10,7 +10,11 @@ Sockets:
   ``progress``, ``telemetry``, ``safety``, ``run``, ``control`` and ``sync``, each stamped with ``src``,
   ``run`` and a per-stream ``seq``.
 - **data** (PUB; the events socket unless another endpoint is given): ``data`` messages, stream
-  ``data``, the ADC samples as binary frames straight from numpy.
+  ``data`` (the ADC samples as binary frames straight from numpy) and ``data_sync``.
+
+Every message is described by the wire schema (scanctl/transport/schema/wire.json); a command's arguments
+are the schema's, and one it does not list is refused. The subsystems' statuses and telemetry are
+:class:`scanctl.services.telemetry.Telemetry`'s.
 
 Threads: the loop thread owns the sockets' receiving side and answers commands; one worker thread owns
 the scanner's state machine (connect, load/prepare, run, reset, table moves) as the executor requires.
@@ -25,7 +29,6 @@ import logging
 import math
 import queue
 import threading
-import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,15 +49,17 @@ from scanctl.errors import (
     SequenceFormatError,
     WireProtocolError,
 )
-from scanctl.services.commands import COMMANDS, RUN_STATES, Rejected, play
+from scanctl.services.commands import COMMANDS, RUN_STATES, Rejected, check_arguments, play
 from scanctl.services.lease import Lease
 from scanctl.services.reply_cache import ReplyCache, fingerprint
 from scanctl.services.run_store import RunStore
+from scanctl.services.telemetry import Telemetry
 from scanctl.transport.publisher import Publisher
 from scanctl.transport.security import ServerCurve, refuse_unauthenticated
 from scanctl.transport.wire import (
     VERSION_TEXT,
     Message,
+    command_of,
     decode,
     encode,
     error_reply,
@@ -68,7 +73,6 @@ log = logging.getLogger(__name__)
 S = ScannerState
 DEFAULT_CONTROL = DEFAULT_ENDPOINTS["control"]
 DEFAULT_EVENTS = DEFAULT_ENDPOINTS["events"]
-DEFAULT_DATA = DEFAULT_ENDPOINTS["data"]
 #: Largest command message accepted (bytes); a bigger one makes ZeroMQ drop the connection.
 MAX_COMMAND_BYTES = 64 << 20
 #: How often the worker looks at every subsystem between commands (s): a lost one latches FAULT.
@@ -122,7 +126,6 @@ class ControlServer:
         self.overrides = dict(overrides or {})
         self.name = name
         self.segment_s = segment_s
-        self.telemetry_period_s = telemetry_period_s
         if not (math.isfinite(control_timeout_s) and control_timeout_s > 0):
             raise ConfigError(f"control timeout {control_timeout_s} s is not a positive number")
         self.control_timeout_s = control_timeout_s
@@ -160,13 +163,12 @@ class ControlServer:
         self.state_lock = threading.Lock()  # guards the snapshot below (worker writes, loop reads)
         self.run_id = ""
         self._progress: dict[str, float] = {}
-        self._subsystems: dict[str, Any] = {}
         self._last_report: dict[str, Any] | None = None
         self.loaded: _Loaded | None = None
-        self._last_telemetry = 0.0
         self.urls = subsystem_urls(profile, self.overrides)
         self.scanner = Scanner.from_profile(profile, self.urls, segment_s=segment_s)
         self.scanner.machine.listeners.append(self._on_journal)
+        self.telemetry = Telemetry(self.scanner, self.publish, self.state_lock, telemetry_period_s, name)
         # One scan session over this scanner (kept for every load: nothing reconnected or re-homed).
         self._port = LocalPort(profile, self.overrides, scanner=self.scanner, run_id=lambda: self.run_id)
         self.session = ScanSession(self._port)
@@ -239,7 +241,9 @@ class ControlServer:
         try:
             msg = decode(payload)
         except Exception as exc:  # noqa: BLE001 - not only WireProtocolError: no message may end the server
-            self._send(identity, malformed_reply(payload, exc, src=self.name))
+            refusal = malformed_reply(payload, exc, src=self.name)
+            refusal.body["command"] = command_of(payload)  # the shape of every command error (null: unreadable)
+            self._send(identity, refusal)
             return
         client = msg.src or identity[0].hex()
         key = _user_id(payload[0])
@@ -247,8 +251,8 @@ class ControlServer:
             client = f"{client}@{key[:8]}"
         self.lease.heard(client)
         if msg.type != "command":
-            self._send(identity, error_reply(msg.id, "malformed", f"unknown message type {msg.type!r} (expected "
-                                                                  f"'command')", src=self.name))
+            self._send(identity, self._error(msg, "malformed", f"unknown message type {msg.type!r} "
+                                                               "(expected 'command')"))
             return
         print_ = None
         command = msg.body.get("command")
@@ -291,6 +295,7 @@ class ControlServer:
         command = COMMANDS.get(name) if isinstance(name, str) else None
         if command is None:
             raise Rejected("unknown_command", f"unknown command {name!r} (commands: {', '.join(sorted(COMMANDS))})")
+        check_arguments(command.name, msg.body)
         if not command.open and self.lease.holder != client:
             holder = f"{self.lease.holder!r} has control" if self.lease.holder else "nobody has control"
             raise Rejected("not_controller", f"{name} refused: {holder}; send take_control first",
@@ -329,11 +334,11 @@ class ControlServer:
         with self.state_lock:
             self._progress = progress
         self.publish("progress", progress)
-        self._telemetry()
+        self.telemetry.publish()
 
     def end_run(self, report: dict[str, Any]) -> None:
         """A run ended (worker): its report kept for ``status`` and published as the ``end`` event."""
-        self._telemetry(force=True)  # the snapshot as the run ended (a subsystem lost in it shows as such)
+        self.telemetry.publish(force=True)  # the snapshot as the run ended (a subsystem lost in it shows as such)
         with self.state_lock:
             self._last_report = report
             self.loaded = None  # the next start needs a new load (the executor needs a new prepare)
@@ -359,7 +364,8 @@ class ControlServer:
 
     def _error(self, request: Message, code: str, message: str, **extra: Any) -> Message:
         reply = error_reply(request.id, code, message, src=self.name)
-        reply.body.update({"command": request.body.get("command"), **to_plain(extra)})
+        command = request.body.get("command")
+        reply.body.update({"command": command if isinstance(command, str) else None, **to_plain(extra)})
         return reply
 
     def _send_replies(self) -> None:
@@ -425,7 +431,7 @@ class ControlServer:
                 "busy": self.busy,
                 "run": self.run_id,
                 "progress": dict(self._progress),
-                "subsystems": dict(self._subsystems),
+                "subsystems": dict(self.telemetry.statuses),
                 "urls": dict(self.urls),
                 "interlocks": dict(self.scanner.interlocks),
                 "loaded": loaded,
@@ -446,7 +452,7 @@ class ControlServer:
                     item = self._jobs.get(timeout=LIVENESS_CHECK_S)
                 except queue.Empty:
                     try:
-                        self._watch_subsystems()
+                        self.telemetry.watch()
                     except Exception:  # noqa: BLE001 - the worker must survive a bug to keep watching the scanner
                         log.exception("%s: watching the subsystems failed", self.name)
                     continue
@@ -458,7 +464,7 @@ class ControlServer:
                 except Exception as exc:  # noqa: BLE001 - the worker must survive a bug to keep the scanner safe
                     log.exception("%s: %s failed", self.name, name)
                     reply = self._error(msg, "internal", f"{type(exc).__name__}: {exc}")
-                self._telemetry(force=True)
+                self.telemetry.publish(force=True)
                 self._replies.put((identity, client, reply, name))
                 wake.send(b"")
         finally:
@@ -481,42 +487,6 @@ class ControlServer:
         except ScanctlError as exc:
             return self._error(msg, "failed", f"{type(exc).__name__}: {exc}", state=self.scanner.state.name)
 
-    def _watch_subsystems(self) -> None:
-        """Between commands: look at every subsystem each :data:`LIVENESS_CHECK_S`; one lost (UNKNOWN: its
-        driver silent) latches FAULT at once, as in a scan; telemetry is published every period, or sooner
-        when a subsystem's state changed."""
-        before = {kind: sub.get("state") for kind, sub in self._subsystems.items()}
-        statuses = self._refresh_statuses()
-        changed = {kind: sub["state"] for kind, sub in statuses.items()} != before
-        if {"unknown", "off"} & {sub["state"] for sub in statuses.values()}:
-            try:
-                self.scanner.require_known()
-            except ScanctlError as exc:
-                log.error("%s: %s", self.name, exc)
-        if changed or time.monotonic() - self._last_telemetry >= self.telemetry_period_s:
-            self._last_telemetry = time.monotonic()
-            self.publish("telemetry", {"subsystems": statuses})
-
-    def _refresh_statuses(self) -> dict[str, Any]:
-        """Every subsystem's status (for ``status``), asked now."""
-        statuses: dict[str, Any] = {}
-        for kind, sub in (("gradient", self.scanner.gradient), ("rf", self.scanner.rf), ("table", self.scanner.table)):
-            try:
-                statuses[kind] = to_plain(sub.status())
-            except ScanctlError as exc:
-                statuses[kind] = {"state": "unknown", "time_s": 0.0, "message": str(exc), "telemetry": {}}
-        with self.state_lock:
-            self._subsystems = statuses
-        return statuses
-
-    def _telemetry(self, force: bool = False) -> None:
-        """Refresh the subsystems' statuses (for ``status``) and publish them, at most every 0.1 s in a run."""
-        now = time.monotonic()
-        if not force and now - self._last_telemetry < 0.1:
-            return
-        self._last_telemetry = now
-        self.publish("telemetry", {"subsystems": self._refresh_statuses()})
-
 
 def _user_id(frame: Any) -> str | None:
     """The client's public key (Z85) as CurveZMQ authenticated it; None without CURVE."""
@@ -527,12 +497,4 @@ def _user_id(frame: Any) -> str | None:
     return user if isinstance(user, str) and user and user != "anonymous" else None
 
 
-
-def serve(profile: SystemProfile, control: str = DEFAULT_CONTROL, events: str = DEFAULT_EVENTS,
-          data: str | None = DEFAULT_DATA, overrides: dict[str, str] | None = None, *,
-          insecure: bool = False) -> ControlServer:
-    """A server bound and ready for :meth:`ControlServer.serve_forever` (the ``scanctl serve`` path)."""
-    return ControlServer(profile, control, events, data, overrides, insecure=insecure)
-
-
-__all__ = ["ControlServer", "Rejected", "bind_socket", "serve"]
+__all__ = ["ControlServer", "Rejected", "bind_socket"]

@@ -30,7 +30,8 @@ from typing import Any
 
 import zmq
 
-from scanctl.transport.wire import MAX_ENVELOPE_BYTES, VERSION_TEXT, Group, dumps_envelope, encode_batch, pack_body
+from scanctl.transport.batch import Group, encode_batch
+from scanctl.transport.wire import MAX_ENVELOPE_BYTES, VERSION_TEXT, dumps_envelope, pack_body
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,9 @@ class Publisher:
         if ``data``, else queued for the sender thread. Raises WireProtocolError if the body cannot be sent."""
         frames: list[Any] = []
         packed = pack_body(body, frames)
-        item = _Item(self._data if data else self._events, "data" if stream == "data" else "event", stream, run,
-                     time.time(), packed, frames)
+        # Type "data" for everything on the data socket (a subscriber filters on it), "event" for the rest.
+        item = _Item(self._data if data else self._events, "data" if data else "event", stream, run, time.time(),
+                     packed, frames)
         if data:
             with self._lock:  # numbered and sent in one go: several threads may publish data
                 self._number([item])

@@ -23,15 +23,33 @@ Method, and why:
   closed form (``moments.py``), ``exp(-t/T2)``, ``exp(-t/T1)``, class off-resonance as a phase, and
   the off-resonance of each voxel relative to its class through the states' dephasing times.
 
-Limits: RF pulses select along z only (gradients on x/y during a pulse act as free precession split
-at the pulse centre); off-resonance inside a class is left out of the RF rotation; with off-resonance
-varying inside a class, samples use a Taylor series in time (error < 1e-7).
+* **Off-resonance during RF is per voxel** to within :data:`RF_B0_BIN_HZ`: tissue classes are split by
+  their off-resonance in bins of that width, so two voxels of one tissue at ±3 kHz are two classes, each
+  rotated at its own frequency; what is left inside a bin (< half a bin) acts in free precession only.
+* **T2′ (intravoxel dephasing)** from the phantom's optional ``t2prime_s`` map: a Lorentzian spread of
+  frequencies inside the voxel, so a state of dephasing time ``τ`` carries ``exp(-|τ|/T2′)`` (PDG; a spin
+  echo, where ``τ`` returns to 0, refocuses it) and an FID decays with 1/T2* = 1/T2 + 1/T2′.
 
-Conventions (Pulseq's): ``Mxy`` turns as ``exp(+2πi f t)`` for frequency offset ``f``, so a B0 offset
-``Δf`` shows as ``+Δf`` in the FID and a Cartesian k-space is ``s(k) = Σ ρ exp(+2πi k·r)``: reconstruct
-with a *forward* FFT (docs/phantom.md). A sample at ``t`` of a window with ``phase_rad`` φ and
-``freq_hz`` f is multiplied by ``exp(-i (φ + 2π f (t - start)))``. Units: a voxel of proton density 1,
-fully transverse and in phase through its slab, contributes 1 to a sample.
+Limits: RF pulses select along z only (gradients on x/y during a pulse act as free precession split
+at the pulse centre); with off-resonance varying inside a class, samples use a Taylor series in time
+(error < 1e-7).
+
+Conventions (ISMRMRD's and MRzero's): protons precess as ``exp(-iωt)``, so a voxel at off-resonance
+``Δf`` (Hz) gives a demodulated FID turning as ``exp(-2πi Δf t)``, and a Cartesian k-space is
+``s(k) = Σ ρ(r) exp(-2πi k·r)`` with ``k`` the gradient moment (1/m): an inverse FFT reconstructs the
+phantom the right way round (row = y, column = x). RF and ADC keep Pulseq's meaning: a carrier offset
+``f`` is resonant with the spins at ``Δf = f`` (``freq_offset = γ G z`` selects +z), and RF spoiling
+works with ADC phase = RF phase. (Internally the phase graph runs in the mirror convention, where
+magnetization turns as ``exp(+2πi f t)``, and the samples are conjugated on output: the mirror of a
+consistent model with both the transmitter's and the receiver's phases mirrored is the same physics.)
+A sample at ``t`` of a window with ``phase_rad`` φ and ``freq_hz`` f is therefore the conjugate of
+the internal signal times ``exp(-i (φ + 2π f (t - start)))``.
+
+Units: a voxel of proton density 1 and volume 1 mm³ (µL), fully transverse and in phase, contributes 1
+to a sample, so the signal of an object does not depend on how finely its phantom is gridded. Receiver
+noise is white: complex Gaussian of standard deviation ``noise_std`` per sample at a dwell of
+:data:`NOISE_REFERENCE_DWELL_S` (10 µs, 100 kHz bandwidth), scaling as ``1/sqrt(dwell)`` (the noise
+power grows with the bandwidth), real and imaginary parts each ``σ/sqrt(2)``.
 """
 
 from __future__ import annotations
@@ -59,6 +77,11 @@ ComplexArray = npt.NDArray[np.complex128]
 
 #: Isochromats through the slab of a 2D phantom (slice-profile resolution: 0.31 mm over 10 mm).
 DEFAULT_ISOCHROMATS_2D = 32
+#: Width of the off-resonance bins that split tissue classes (Hz): inside a bin the RF rotation uses the
+#: bin's mean, a phase error below 2π x 2.5 Hz x 2 ms = 0.03 rad over half of a 4 ms pulse.
+RF_B0_BIN_HZ = 5.0
+#: The dwell at which ``noise_std`` is the per-sample noise (s); other dwells scale it by sqrt(this / dwell).
+NOISE_REFERENCE_DWELL_S = 10e-6
 
 
 @dataclass
@@ -77,8 +100,9 @@ class SpinSystem:
 
     ``isochromats``: samples through the slab of a 2D phantom at which RF rotations are evaluated
     (default 32; a 3D phantom is resolved in z by its voxels and takes only 1); ``noise_std``: standard
-    deviation of the complex Gaussian noise added to every sample (real and imaginary parts each
-    ``noise_std / sqrt(2)``), seeded by ``seed``; ``b0_offset_hz``: an off-resonance added to the
+    deviation of the complex Gaussian noise added to a sample of 10 µs dwell, scaled by
+    ``sqrt(10 µs / dwell)`` for other dwells (real and imaginary parts each ``σ / sqrt(2)``; units of the
+    signal: see the module docstring), seeded by ``seed``; ``b0_offset_hz``: an off-resonance added to the
     phantom's map everywhere; ``tolerance``: phase-graph states weaker than this are dropped.
     Raises :class:`ConfigError` for invalid options.
 
@@ -106,16 +130,17 @@ class SpinSystem:
         self.b0_offset_hz = float(b0_offset_hz)
         self.seed = seed
         self._setup_classes(phantom)
-        self._readout = Readout(self._pd_map, self._dfr_map, self._dfr_max, self._x, self._y, self._voxel,
-                                self._iso_z, self._z_class, phantom.ndim)
+        self._readout = Readout(self._pd_map, self._dfr_map, self._dfr_max, self._r2p, self._x, self._y,
+                                self._voxel, self._iso_z, self._z_class, phantom.ndim)
         self._cache = PulseCache()
         self._graph = PhaseGraph(self.n_classes, self.isochromats, tolerance=tolerance,
-                                 track_time=self._dfr_max > 0)
+                                 track_time=self._dfr_max > 0 or bool(self._r2p.any()))
         self.stats = Stats()
         self.reset()
 
     def _setup_classes(self, phantom: Phantom) -> None:
-        """Tissue classes: voxels with equal T1 and T2 (and, in 3D, the same plane)."""
+        """Tissue classes: voxels with equal T1, T2 and T2′, in one off-resonance bin (and, in 3D, the same
+        plane)."""
         nz, ny, nx = phantom.shape3d
         dx, dy, dz = phantom.voxel_size_m
         xs, ys, zs = phantom.axis_positions_m()
@@ -124,17 +149,21 @@ class SpinSystem:
         iz, iy, ix = np.unravel_index(active, (nz, ny, nx))
         t1 = phantom.t1_s.reshape(-1)[active]
         t2 = phantom.t2_s.reshape(-1)[active]
-        table = np.column_stack((t1, t2, iz if phantom.ndim == 3 else np.zeros_like(iz)))
+        t2p = phantom.t2prime_s.reshape(-1)[active] if phantom.t2prime_s is not None else np.full(t1.size, np.inf)
+        r2p = 1.0 / t2p  # 0 where T2′ is infinite
+        df = phantom.b0_offset_hz.reshape(-1)[active] + self.b0_offset_hz
+        table = np.column_stack((t1, t2, r2p, iz if phantom.ndim == 3 else np.zeros_like(iz),
+                                 np.round(df / RF_B0_BIN_HZ)))
         _, first, label = np.unique(np.round(table, 12), axis=0, return_index=True, return_inverse=True)
         label = label.reshape(-1)
         n = first.size
-        df = phantom.b0_offset_hz.reshape(-1)[active] + self.b0_offset_hz
         counts = np.bincount(label, minlength=n)
         df_class = np.bincount(label, weights=df, minlength=n) / np.maximum(counts, 1)
         self.n_classes = n
         self.n_voxels = int(active.size)
         self._r1 = 1.0 / t1[first] if n else np.zeros(0)
         self._r2 = 1.0 / t2[first] if n else np.zeros(0)
+        self._r2p = r2p[first] if n else np.zeros(0)
         self._df = df_class
         self._z_class = zs[iz[first]] if n else np.zeros(0)
         # Proton density and off-resonance (relative to the class) of each class on the in-plane grid.
@@ -147,6 +176,7 @@ class SpinSystem:
         self._dfr_max = float(np.abs(dfr).max()) if dfr.size and np.ptp(df) > 0 else 0.0
         self._x, self._y = xs, ys
         self._voxel = (dx, dy, dz)
+        self._volume_mm3 = dx * dy * dz * 1e9  # the signal of a voxel of proton density 1
         # Isochromats: evenly through the slab (2D; midpoint rule) or the plane centre (3D).
         s = self.isochromats
         self._iso_z = ((np.arange(s) + 0.5) / s - 0.5) * dz if phantom.ndim == 2 else np.zeros(1)
@@ -212,9 +242,10 @@ class SpinSystem:
         result = []
         for w, samples in enumerate(out):
             demod = np.exp(-1j * (adc.phase_rad[w] + 2.0 * np.pi * adc.freq_hz[w] * (times[w] - adc.start_s[w])))
-            data = samples * demod
+            data = np.conj(samples * demod) * self._volume_mm3  # the mirror convention, undone (module doc)
             if self.noise_std > 0 and data.size:
-                noise = self._rng.standard_normal((2, data.size)) * (self.noise_std / math.sqrt(2.0))
+                sigma = self.noise_std * math.sqrt(NOISE_REFERENCE_DWELL_S / float(adc.dwell_s[w]))
+                noise = self._rng.standard_normal((2, data.size)) * (sigma / math.sqrt(2.0))
                 data = data + (noise[0] + 1j * noise[1])
             result.append(data.astype(np.complex64).reshape(1, -1))
         self.stats.adc_samples += int(sum(counts))

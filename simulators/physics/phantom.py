@@ -12,7 +12,8 @@ Axes and positions (the same convention everywhere in :mod:`scanctl.simulators.p
 
 Units: ``pd`` is relative proton density (dimensionless, >= 0), ``t1_s``/``t2_s`` seconds (> 0 where
 ``pd`` > 0; anything >= 0 elsewhere), ``b0_offset_hz`` the local off-resonance in Hz (any sign),
-``voxel_size_m`` metres.
+``t2prime_s`` (optional) the reversible intravoxel dephasing time T2′ in seconds (> 0, ``inf`` for none;
+1/T2* = 1/T2 + 1/T2′), ``voxel_size_m`` metres.
 
 :func:`shepp_logan` builds the MR Shepp–Logan phantom of Gach et al. (2008); :func:`load_phantom` reads
 one from ``.npz`` or ``.h5`` (format in ``docs/phantom.md``). Every problem with a phantom is a
@@ -60,9 +61,12 @@ class Phantom:
     b0_offset_hz: FloatArray
     voxel_size_m: tuple[float, float, float]
     source: str = "<phantom>"
+    t2prime_s: FloatArray | None = None
 
     def __post_init__(self) -> None:
         maps = {name: _as_map(self.source, name, getattr(self, name)) for name in MAPS}
+        if self.t2prime_s is not None:
+            maps["t2prime_s"] = _as_map(self.source, "t2prime_s", self.t2prime_s, allow_inf=True)
         shape = maps["pd"].shape
         for name, value in maps.items():
             if value.shape != shape:
@@ -72,6 +76,9 @@ class Phantom:
         for name in ("pd", "t1_s", "t2_s"):
             if (maps[name] < 0).any():
                 raise ConfigError(f"{self.source}: {name} has negative values (min {maps[name].min():g})")
+        if "t2prime_s" in maps and (maps["t2prime_s"] <= 0).any():
+            raise ConfigError(f"{self.source}: t2prime_s must be > 0 (inf for no intravoxel dephasing), "
+                              f"min {maps['t2prime_s'].min():g}")
         for name in ("t1_s", "t2_s"):
             bad = (maps["pd"] > 0) & (maps[name] <= 0)
             if bad.any():
@@ -109,7 +116,7 @@ class Phantom:
         return x.astype(np.float64), y.astype(np.float64), np.asarray(z, dtype=np.float64)
 
 
-def _as_map(source: str, name: str, value: Any) -> FloatArray:
+def _as_map(source: str, name: str, value: Any, *, allow_inf: bool = False) -> FloatArray:
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -118,7 +125,7 @@ def _as_map(source: str, name: str, value: Any) -> FloatArray:
         raise ConfigError(f"{source}: {name} must be 2D (ny, nx) or 3D (nz, ny, nx), got shape {arr.shape}")
     if 0 in arr.shape:
         raise ConfigError(f"{source}: {name} is empty (shape {arr.shape})")
-    if not np.isfinite(arr).all():
+    if np.isnan(arr).any() or (not allow_inf and np.isinf(arr).any()):
         raise ConfigError(f"{source}: {name} contains NaN or infinite values")
     return np.ascontiguousarray(arr)
 
@@ -233,7 +240,8 @@ def shepp_logan(n: int = 128, *, nz: int | None = None, fov_m: float = 0.256, b0
 def load_phantom(path: str | Path) -> Phantom:
     """Read a phantom from ``.npz`` (numpy) or ``.h5``/``.hdf5`` (HDF5, needs h5py); see docs/phantom.md.
 
-    Keys: ``pd``, ``t1_s``, ``t2_s`` (required), ``b0_offset_hz`` (optional, 0 Hz), ``voxel_size_m``
+    Keys: ``pd``, ``t1_s``, ``t2_s`` (required), ``b0_offset_hz`` (optional, 0 Hz), ``t2prime_s``
+    (optional, none), ``voxel_size_m``
     (required; in HDF5 a dataset or an attribute of the root group). Raises :class:`ConfigError` naming
     the file and the key for a missing file or key, a wrong shape, negative, NaN or infinite values.
     """
@@ -261,7 +269,7 @@ def load_phantom(path: str | Path) -> Phantom:
     b0 = raw.get("b0_offset_hz")
     return Phantom(pd=pd, t1_s=raw["t1_s"], t2_s=raw["t2_s"],
                    b0_offset_hz=np.zeros(pd.shape) if b0 is None else b0,
-                   voxel_size_m=raw["voxel_size_m"], source=source)
+                   voxel_size_m=raw["voxel_size_m"], source=source, t2prime_s=raw.get("t2prime_s"))
 
 
 def _read_npz(path: Path) -> dict[str, Any]:

@@ -2,14 +2,16 @@
 
 A sample at time ``t`` is, over tissue classes ``c`` and transverse states ``j`` (``graph.py``),
 
-    s(t) = Σ_c decay_c(t) Σ_j slab_jc(k_jz + Δm_z(t)) · P_c(k_j,xy + Δm_xy(t), τ_j + Δt)
+    s(t) = Σ_c decay_c(t) Σ_j slab_jc(k_jz + Δm_z(t)) · exp(-R2′_c |τ_j + Δt|) · P_c(k_j,xy + Δm_xy(t), τ_j + Δt)
 
 with ``Δm(t)`` the gradient moment and ``Δt`` the time since the states' time, ``decay_c`` the class's
-relaxation and off-resonance (given by the caller), ``slab_jc`` the state's amplitudes integrated through
-the slab (2D: isochromats, piecewise linear in z and integrated exactly against the z phase; 3D: the class's
-plane) and ``P_c(k, τ) = Σ_v pd_v exp(2πi (k·r_v + δf_v τ))`` the Fourier sum of the class's proton density
-over the in-plane grid (``δf`` the voxel's off-resonance relative to its class). Voxels are band-limited: a
-state contributes only while its moment is within ``±1/(2 voxel)`` on each resolved axis.
+relaxation and off-resonance (given by the caller), ``R2′_c = 1/T2′`` the class's Lorentzian spread of
+off-resonance inside a voxel (acting by the dephasing time: a spin echo refocuses it), ``slab_jc`` the
+state's amplitudes integrated through the slab (2D: isochromats, piecewise linear in z and integrated
+exactly against the z phase; 3D: the class's plane) and ``P_c(k, τ) = Σ_v pd_v exp(2πi (k·r_v + δf_v τ))``
+the Fourier sum of the class's proton density over the in-plane grid (``δf`` the voxel's off-resonance
+relative to its class). Voxels are band-limited: a state contributes only while its moment is within
+``±1/(2 voxel)`` on each resolved axis.
 
 How it is computed, and why (the cost is in ``P``, a sum over every voxel):
 
@@ -89,14 +91,15 @@ class Readout:
 
     ``pd_map`` ``(C, ny, nx)``: each class's proton density on the in-plane grid; ``dfr_map`` the same shape:
     each voxel's off-resonance relative to its class (Hz), ``dfr_max`` its largest magnitude (0: none);
+    ``r2p`` ``(C,)`` each class's 1/T2′ (1/s; 0: none);
     ``x``, ``y`` the in-plane voxel positions (m), ``voxel`` ``(dx, dy, dz)`` (m); ``iso_z`` the isochromat
     positions through the slab of a 2D phantom (m; evenly spaced), ``z_class`` each class's plane (3D);
     ``ndim`` the phantom's. ``method``: ``"fast"`` (separable products or the NUFFT) or ``"direct"`` (every
     plane sum voxel by voxel: the reference the tests compare against; slow).
     """
 
-    def __init__(self, pd_map: FloatArray, dfr_map: FloatArray, dfr_max: float, x: FloatArray, y: FloatArray,
-                 voxel: tuple[float, float, float], iso_z: FloatArray, z_class: FloatArray, ndim: int,
+    def __init__(self, pd_map: FloatArray, dfr_map: FloatArray, dfr_max: float, r2p: FloatArray, x: FloatArray,
+                 y: FloatArray, voxel: tuple[float, float, float], iso_z: FloatArray, z_class: FloatArray, ndim: int,
                  method: str = "fast") -> None:
         if method not in ("fast", "direct"):
             raise ValueError(f"method must be 'fast' or 'direct', got {method!r}")
@@ -108,6 +111,9 @@ class Readout:
         self._pd_cols = np.ascontiguousarray(self._pd_c.transpose(2, 0, 1))  # (nx, C, ny)
         self._dfr = dfr_map
         self._dfr_max = dfr_max
+        self._r2p = np.asarray(r2p, np.float64)
+        # States of one moment but different dephasing times differ where the time matters.
+        self._track_time = dfr_max > 0 or bool(self._r2p.any())
         self._x, self._y = x, y
         self._voxel = voxel
         self._iso_z = iso_z
@@ -146,7 +152,7 @@ class Readout:
             return out
         # States with the same in-plane moment (and dephasing time, if it matters) share the plane sum.
         key = np.round(f_k[candidates][:, self._band] / 1e-9).astype(np.int64)
-        if self._dfr_max > 0:
+        if self._track_time:
             key = np.column_stack((key, np.round(f_tau[candidates] / 1e-12).astype(np.int64)))
         _, first, group = np.unique(key, axis=0, return_index=True, return_inverse=True)
         group = group.reshape(-1)
@@ -167,7 +173,10 @@ class Readout:
             members = np.concatenate([order[bounds[g]:bounds[g + 1]] for g in sel])
             owner = np.repeat(np.arange(sel.size), bounds[sel + 1] - bounds[sel])
             slab = self._slab_sum(f_k[candidates[members], 2], f[candidates[members]], owner, sel.size, dm[2])
-            plane = self._plane(kappa[sel, 0], kappa[sel, 1], f_tau[heads[sel]], dt, ok[sel])
+            tau0 = f_tau[heads[sel]]
+            plane = self._plane(kappa[sel, 0], kappa[sel, 1], tau0, dt, ok[sel])
+            if self._r2p.any():  # T2′: the Lorentzian spread inside the voxel, by the dephasing time
+                plane *= np.exp(-self._r2p[None, :, None] * np.abs(tau0[:, None] + dt[None, :])[:, None, :])
             out += np.einsum("gct,ct,gct->t", slab, decay, plane)
         return out
 
