@@ -6,6 +6,7 @@ voxel-by-voxel sums it replaces; the BLAS thread limit; the benchmark in a tiny 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -59,21 +60,24 @@ def _play(spins: SpinSystem, segments: list) -> np.ndarray:
     return np.concatenate([w.ravel() for o in out for w in o]).astype(np.complex128)
 
 
-@pytest.mark.parametrize("b0_map", [False, True], ids=["uniform", "b0-map"])
+@pytest.mark.parametrize("maps", ["uniform", "b0-map", "t2prime"])
 @pytest.mark.parametrize("builder", ["radial", "gre"])
-def test_fast_readout_matches_direct_sums(builder: str, b0_map: bool) -> None:
+def test_fast_readout_matches_direct_sums(builder: str, maps: str) -> None:
     """Radial (NUFFT) and Cartesian (separable) windows, with and without off-resonance inside the classes
-    (Taylor series), give the direct sums' samples."""
+    (Taylor series) and T2′, give the direct sums' samples."""
     make = {"radial": lambda: pulseq_factory.radial(n_spokes=6), "gre": lambda: pulseq_factory.gre(n=32)}[builder]
     segments = _segments(make)
     phantom = shepp_logan(32)
-    if b0_map:
+    if maps == "b0-map":
         xx = np.linspace(-1.0, 1.0, 32)
         phantom.b0_offset_hz[...] = 40.0 * xx[None, :] * xx[:, None]
+    elif maps == "t2prime":
+        phantom = dataclasses.replace(phantom, t2prime_s=np.where(phantom.pd > 0.5, 0.02, 0.05))
     data = {}
     for method in ("fast", "direct"):
         spins = SpinSystem(phantom, isochromats=8)
         spins._readout.method = method
+        assert spins._readout._r2p.any() == (maps == "t2prime")
         data[method] = _play(spins, segments)
     ref = data["direct"]
     assert np.linalg.norm(ref) > 0
