@@ -69,6 +69,7 @@ from .moments import Moments
 from .noise import receiver_noise
 from .phantom import Phantom
 from .pulse import PulseCache, Rotation
+from .signal import Readout
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,6 @@ ComplexArray = npt.NDArray[np.complex128]
 
 #: Isochromats through the slab of a 2D phantom (slice-profile resolution: 0.31 mm over 10 mm).
 DEFAULT_ISOCHROMATS_2D = 32
-#: Taylor series in time for off-resonance inside a class: largest argument per chunk, error bound.
-_TAYLOR_MAX_ARG = 1.0
-_TAYLOR_TOL = 1e-7
-#: A state counts as inside a voxel's band while |moment| * voxel size <= 0.5 (+ rounding slack).
-_BAND = 0.5 + 1e-9
 #: Width of the off-resonance bins that split tissue classes (Hz): inside a bin the RF rotation uses the
 #: bin's mean, a phase error below 2π x 2.5 Hz x 2 ms = 0.03 rad over half of a 4 ms pulse.
 RF_B0_BIN_HZ = 5.0
@@ -97,17 +93,6 @@ class Stats:
     adc_samples: int = 0
     windows: int = 0
     max_states: int = 0
-
-
-def _taylor_terms(rho: float) -> int:
-    """Smallest ``L`` with ``rho**L / L! * exp(rho) <= _TAYLOR_TOL`` (the series' remainder bound)."""
-    if rho <= 0:
-        return 1
-    term, n = math.exp(rho), 0
-    while term > _TAYLOR_TOL:
-        n += 1
-        term *= rho / n
-    return n
 
 
 class SpinSystem:
@@ -145,6 +130,8 @@ class SpinSystem:
         self.b0_offset_hz = float(b0_offset_hz)
         self.seed = seed
         self._setup_classes(phantom)
+        self._readout = Readout(self._pd_map, self._dfr_map, self._dfr_max, self._r2p, self._x, self._y,
+                                self._voxel, self._iso_z, self._z_class, phantom.ndim)
         self._cache = PulseCache()
         self._graph = PhaseGraph(self.n_classes, self.isochromats, tolerance=tolerance,
                                  track_time=self._dfr_max > 0 or bool(self._r2p.any()))
@@ -213,9 +200,8 @@ class SpinSystem:
 
     def reset(self) -> None:
         """Back to equilibrium (``Mz`` = 1 everywhere) before the next scan; restarts the noise and empties
-        the read-out phasors (kept by moment rounded to 1e-6: one kept from an earlier scan agrees with one
-        computed afresh only to rounding, so a scan's data would depend on the scans before it)."""
-        self._phasors: dict[tuple[int, bytes], ComplexArray] = {}
+        the read-out's caches (``signal.Readout.reset``: a scan's data must not depend on the scans before it)."""
+        self._readout.reset()
         self._graph.reset()
         self._t: float | None = None  # time the states refer to
         self._m_pending = np.zeros(3)  # gradient moment from _t to the end of the last segment
@@ -350,107 +336,9 @@ class SpinSystem:
         """The (not yet demodulated) signal at times ``t`` (sorted, none before the states' time)."""
         assert self._t is not None
         g = self._graph
-        out = np.zeros(t.size, np.complex128)
         if g.f.shape[0] == 0 or self.n_classes == 0:
-            return out
+            return np.zeros(t.size, np.complex128)
         dt = np.maximum(t - self._t, 0.0)
         dm = self._m_base[:, None] + mom(t)  # (3, T): moment since the states' time
-        # Which transverse states come within the voxels' band during these samples.
-        band = [0, 1] if self.phantom.ndim == 2 else [0, 1, 2]
-        inside = np.ones(g.f.shape[0], bool)
-        for axis in band:
-            half = _BAND / self._voxel[axis]
-            lo = g.f_k[:, axis] + dm[axis].min()
-            hi = g.f_k[:, axis] + dm[axis].max()
-            inside &= (hi >= -half) & (lo <= half)
         decay = np.exp((2j * np.pi * self._df[:, None] - self._r2[:, None]) * dt[None, :])  # (C, T)
-        candidates = np.flatnonzero(inside)
-        if not candidates.size:
-            return out
-        # States with the same in-plane moment (and dephasing time, if it matters) share the in-plane sum.
-        key = np.round(g.f_k[candidates][:, band] / 1e-9).astype(np.int64)
-        if g.track_time:
-            key = np.column_stack((key, np.round(g.f_tau[candidates] / 1e-12).astype(np.int64)))
-        _, group = np.unique(key, axis=0, return_inverse=True)
-        group = group.reshape(-1)
-        for gi in range(int(group.max()) + 1):
-            members = candidates[group == gi]
-            j0 = members[0]
-            kappa = g.f_k[j0][:, None] + dm  # (3, T)
-            ok = np.ones(t.size, bool)
-            for axis in band:
-                ok &= np.abs(kappa[axis]) * self._voxel[axis] <= _BAND
-            sel = np.flatnonzero(ok)
-            if not sel.size:
-                continue
-            slab = self._slab_sum(members, dm[2, sel])  # (C, T)
-            tau = g.f_tau[j0] + dt[sel]
-            plane = self._plane_sum(kappa[0, sel], kappa[1, sel], tau)
-            weight = decay[:, sel]
-            if self._r2p.any():  # T2′: the Lorentzian spread inside the voxel, by the dephasing time
-                weight = weight * np.exp(-self._r2p[:, None] * np.abs(tau)[None, :])
-            out[sel] += np.einsum("ct,ct,ct->t", slab, weight, plane)
-        return out
-
-    def _slab_sum(self, states: npt.NDArray[np.intp], dm_z: FloatArray) -> ComplexArray:
-        """``Σ_j Σ_s F_j[c, s] w_s(k_j,z + dm_z)``: the transverse amplitudes integrated through the slab
-        (2D: isochromat samples, piecewise linear in z, integrated exactly against the z phase) or over
-        the class planes (3D), summed over ``states``; shape (C, T)."""
-        g = self._graph
-        n_t = dm_z.size
-        out = np.zeros((self.n_classes, n_t), np.complex128)
-        step = max(1, (1 << 21) // max(1, self.isochromats * n_t))
-        for lo in range(0, states.size, step):
-            chunk = states[lo:lo + step]
-            kz = g.f_k[chunk, 2][:, None] + dm_z[None, :]  # (J, T)
-            if self.phantom.ndim == 2:
-                w = np.exp(2j * np.pi * self._iso_z[None, :, None] * kz[:, None, :])  # (J, S, T)
-                w *= (np.sinc(kz * self._iso_step) ** 2 / self.isochromats)[:, None, :]
-                out += np.einsum("jcs,jst->ct", g.f[chunk], w, optimize=True)
-            else:
-                phase = np.exp(2j * np.pi * self._z_class[None, :, None] * kz[:, None, :])  # (J, C, T)
-                out += np.einsum("jc,jct->ct", g.f[chunk][:, :, 0], phase)
-        return out
-
-    def _plane_sum(self, kx: FloatArray, ky: FloatArray, tau: FloatArray) -> ComplexArray:
-        """``Σ_v pd_v exp(2πi (kx x_v + ky y_v + δf_v τ))`` per class over the in-plane grid, shape (C, T)."""
-        n_t = kx.size
-        ex = self._phasor(kx, self._x)  # (T, nx)
-        ey = self._phasor(ky, self._y)  # (T, ny)
-        if self._dfr_max == 0:
-            return self._separable(self._pd_map_c, ex, ey)
-        out = np.zeros((self.n_classes, n_t), np.complex128)
-        width = 2.0 * _TAYLOR_MAX_ARG / (2.0 * np.pi * self._dfr_max)
-        i = 0
-        while i < n_t:  # chunks short enough for the series (tau is sorted)
-            j = max(i + 1, int(np.searchsorted(tau, tau[i] + width, side="right")))
-            mid = 0.5 * (tau[i] + tau[j - 1])
-            delta = tau[i:j] - mid
-            terms = _taylor_terms(2.0 * np.pi * self._dfr_max * float(np.abs(delta).max()))
-            weight = self._pd_map * np.exp(2j * np.pi * self._dfr_map * mid)
-            for ell in range(terms):
-                if ell:
-                    weight = weight * (2j * np.pi * self._dfr_map) / ell
-                out[:, i:j] += self._separable(weight, ex[i:j], ey[i:j]) * (delta**ell)[None, :]
-            i = j
-        return out
-
-    def _phasor(self, k: FloatArray, pos: FloatArray) -> ComplexArray:
-        """``exp(2πi k ⊗ pos)``, cached: Cartesian scans repeat the same read-out moments every TR."""
-        key = (pos.size, np.round(k, 6).tobytes())
-        hit = self._phasors.get(key)
-        if hit is None:
-            hit = np.exp(2j * np.pi * np.outer(k, pos))
-            if len(self._phasors) > 256:
-                self._phasors.pop(next(iter(self._phasors)))
-            self._phasors[key] = hit
-        return hit
-
-    @staticmethod
-    def _separable(maps: ComplexArray | FloatArray, ex: ComplexArray, ey: ComplexArray) -> ComplexArray:
-        """``Σ_{y,x} maps[c, y, x] ey[t, y] ex[t, x]``, contracting an axis first when it is constant."""
-        if ey.shape[0] == 1 or not np.any(ey != ey[:1]):
-            return np.matmul(ey[0], maps) @ ex.T  # (C, nx) @ (nx, T)
-        if not np.any(ex != ex[:1]):
-            return np.matmul(maps, ex[0]) @ ey.T
-        return np.einsum("cyx,ty,tx->ct", maps, ey, ex, optimize=True)
+        return self._readout.signal(g.f_k, g.f_tau, g.f, dm, dt, decay)

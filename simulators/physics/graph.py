@@ -132,9 +132,15 @@ def _sum_by_key(index: npt.NDArray[np.intp], parts: tuple[ComplexArray, ...], sh
     """``out[index[i]] += values[i]`` over the rows of ``parts`` stacked in order, repeated keys summed;
     ``out`` has ``shape`` (keys without a contribution stay 0)."""
     values = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    order = np.argsort(index, kind="stable")
-    keys = index[order]
-    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    rows = np.argsort(index, kind="stable")
     out = np.zeros(shape, np.complex128)
-    out[keys[starts]] = np.add.reduceat(values[order], starts, axis=0)
+    # Each pass adds the first remaining row of every key (so no key repeats within one fancy-index +=) and
+    # drops it: as many passes as the most rows on one key. The additions are those reduceat would make, in
+    # its order (bit for bit the same), but np.add.reduceat along the first axis of 3-D arrays is slow:
+    # tse_2d's physics 10.3 -> 6.1 s CPU.
+    while rows.size:
+        keys = index[rows]
+        first = np.concatenate(([True], keys[1:] != keys[:-1]))
+        out[keys[first]] += values[rows[first]]
+        rows = rows[~first]
     return out

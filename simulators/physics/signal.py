@@ -1,0 +1,316 @@
+"""The read-out: the signal of the phase graph's transverse states at the ADC sample times.
+
+A sample at time ``t`` is, over tissue classes ``c`` and transverse states ``j`` (``graph.py``),
+
+    s(t) = Σ_c decay_c(t) Σ_j slab_jc(k_jz + Δm_z(t)) · exp(-R2′_c |τ_j + Δt|) · P_c(k_j,xy + Δm_xy(t), τ_j + Δt)
+
+with ``Δm(t)`` the gradient moment and ``Δt`` the time since the states' time, ``decay_c`` the class's
+relaxation and off-resonance (given by the caller), ``R2′_c = 1/T2′`` the class's Lorentzian spread of
+off-resonance inside a voxel (acting by the dephasing time: a spin echo refocuses it), ``slab_jc`` the
+state's amplitudes integrated through the slab (2D: isochromats, piecewise linear in z and integrated
+exactly against the z phase; 3D: the class's plane) and ``P_c(k, τ) = Σ_v pd_v exp(2πi (k·r_v + δf_v τ))``
+the Fourier sum of the class's proton density over the in-plane grid (``δf`` the voxel's off-resonance
+relative to its class). Voxels are band-limited: a state contributes only while its moment is within
+``±1/(2 voxel)`` on each resolved axis.
+
+How it is computed, and why (the cost is in ``P``, a sum over every voxel):
+
+* States with the same in-plane moment (and dephasing time, when it matters) share ``P``: their slab
+  amplitudes are summed first (one matrix product per state, ``(C, S) @ (S, T)``, since the z phase
+  factorises into the state's and the sample's part).
+* **Separable read-outs** (Cartesian: ``Δm_y`` or ``Δm_x`` constant through the window): ``P`` factorises
+  into ``exp(2πi k_y y)`` and ``exp(2πi k_x x)``; all groups of a window go through two matrix products, and
+  the samples' phasors are shared by the groups and cached (Cartesian scans repeat them every TR).
+* **Other read-outs** (radial, spiral, oblique): a type-2 non-uniform FFT of the proton-density maps
+  (``nufft.py``, error < 1e-9 of ``Σ pd``), ``width²`` per point instead of ``nx·ny``.
+* **Off-resonance varying inside a class**: ``P`` depends on ``τ`` too; a Taylor series in time around the
+  middle of short chunks (error < 1e-7), each term separable or summed directly.
+
+Conventions: ``Mxy`` turns as ``exp(+2πi f t)`` (``bloch.py``); units: a voxel of proton density 1, fully
+transverse and in phase through its slab, contributes 1 to a sample.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import AbstractContextManager
+
+import numpy as np
+import numpy.typing as npt
+from threadpoolctl import ThreadpoolController
+
+from .nufft import PlaneNufft, plane_direct
+
+FloatArray = npt.NDArray[np.float64]
+ComplexArray = npt.NDArray[np.complex128]
+
+#: A state counts as inside a voxel's band while |moment| * voxel size <= 0.5 (+ rounding slack).
+BAND = 0.5 + 1e-9
+#: Taylor series in time for off-resonance inside a class: largest argument per chunk, error bound.
+_TAYLOR_MAX_ARG = 1.0
+_TAYLOR_TOL = 1e-7
+#: A read-out axis counts as constant through a window when its moment varies by less than this many
+#: cycles across the field of view (a phase error below 2π·1e-9).
+_CONSTANT_CYCLES = 1e-9
+#: BLAS threads for the read-out's matrix products. They are small (hundreds by hundreds): a second thread
+#: gains little on an idle machine, and on a loaded one OpenBLAS's waiting threads spin against the other
+#: processes -- tse_2d's physics took 183 s of wall time (63 s CPU) with 2 threads against 21 s (7 s CPU)
+#: with 1 at load average 12 (benchmarks/bench_physics.py; measured before this module).
+BLAS_THREADS = 1
+#: Cached sample phasors (the moments of a Cartesian read-out repeat every TR).
+_PHASOR_CACHE = 256
+#: Elements (groups x classes x samples, and states x classes x isochromats x samples) per block: bounds
+#: the intermediate arrays to ~32 MB.
+_BLOCK_ELEMENTS = 1 << 21
+
+
+_controller: ThreadpoolController | None = None
+
+
+def _blas_limit() -> AbstractContextManager[object]:
+    """A context in which BLAS uses :data:`BLAS_THREADS` threads (the libraries are looked up once)."""
+    global _controller
+    if _controller is None:
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=BLAS_THREADS, user_api="blas")
+
+
+def _taylor_terms(rho: float) -> int:
+    """Smallest ``L`` with ``rho**L / L! * exp(rho) <= _TAYLOR_TOL`` (the series' remainder bound)."""
+    if rho <= 0:
+        return 1
+    term, n = math.exp(rho), 0
+    while term > _TAYLOR_TOL:
+        n += 1
+        term *= rho / n
+    return n
+
+
+class Readout:
+    """The signal of a phase graph's transverse states for one phantom geometry.
+
+    ``pd_map`` ``(C, ny, nx)``: each class's proton density on the in-plane grid; ``dfr_map`` the same shape:
+    each voxel's off-resonance relative to its class (Hz), ``dfr_max`` its largest magnitude (0: none);
+    ``r2p`` ``(C,)`` each class's 1/T2′ (1/s; 0: none);
+    ``x``, ``y`` the in-plane voxel positions (m), ``voxel`` ``(dx, dy, dz)`` (m); ``iso_z`` the isochromat
+    positions through the slab of a 2D phantom (m; evenly spaced), ``z_class`` each class's plane (3D);
+    ``ndim`` the phantom's. ``method``: ``"fast"`` (separable products or the NUFFT) or ``"direct"`` (every
+    plane sum voxel by voxel: the reference the tests compare against; slow).
+    """
+
+    def __init__(self, pd_map: FloatArray, dfr_map: FloatArray, dfr_max: float, r2p: FloatArray, x: FloatArray,
+                 y: FloatArray, voxel: tuple[float, float, float], iso_z: FloatArray, z_class: FloatArray, ndim: int,
+                 method: str = "fast") -> None:
+        if method not in ("fast", "direct"):
+            raise ValueError(f"method must be 'fast' or 'direct', got {method!r}")
+        self.method = method
+        self.n_classes = pd_map.shape[0]
+        self._pd = pd_map
+        self._pd_c = pd_map.astype(np.complex128)  # complex once: products below stay BLAS
+        self._pd_rows = np.ascontiguousarray(self._pd_c.transpose(1, 0, 2))  # (ny, C, nx)
+        self._pd_cols = np.ascontiguousarray(self._pd_c.transpose(2, 0, 1))  # (nx, C, ny)
+        self._dfr = dfr_map
+        self._dfr_max = dfr_max
+        self._r2p = np.asarray(r2p, np.float64)
+        # States of one moment but different dephasing times differ where the time matters.
+        self._track_time = dfr_max > 0 or bool(self._r2p.any())
+        self._x, self._y = x, y
+        self._voxel = voxel
+        self._iso_z = iso_z
+        self._iso_step = float(iso_z[1] - iso_z[0]) if iso_z.size > 1 else float(voxel[2])
+        self._z_class = z_class
+        self._ndim = ndim
+        self._band = [0, 1] if ndim == 2 else [0, 1, 2]
+        self._extent = (float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)))
+        self._nufft: PlaneNufft | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the cached phasors (kept by moment rounded to 1e-6: one kept from an earlier scan agrees
+        with one computed afresh only to rounding, so a scan's data would depend on the scans before it)."""
+        self._phasors: dict[tuple[int, bytes], ComplexArray] = {}
+
+    # ------------------------------------------------------------------------------------------------------
+
+    def signal(self, f_k: FloatArray, f_tau: FloatArray, f: ComplexArray, dm: FloatArray, dt: FloatArray,
+               decay: ComplexArray) -> ComplexArray:
+        """The (not demodulated) signal at ``T`` samples of the transverse states ``f`` ``(J, C, S)`` at
+        moments ``f_k`` ``(J, 3)`` (1/m) and dephasing times ``f_tau`` ``(J,)`` (s); ``dm`` ``(3, T)`` the
+        moment and ``dt`` ``(T,)`` the time of each sample since the states' time; ``decay`` ``(C, T)``
+        each class's relaxation and off-resonance over ``dt``. Shape ``(T,)``."""
+        with _blas_limit():
+            return self._signal(f_k, f_tau, f, dm, dt, decay)
+
+    def _signal(self, f_k: FloatArray, f_tau: FloatArray, f: ComplexArray, dm: FloatArray, dt: FloatArray,
+                decay: ComplexArray) -> ComplexArray:
+        n_t = dt.size
+        out = np.zeros(n_t, np.complex128)
+        if f.shape[0] == 0 or self.n_classes == 0 or n_t == 0:
+            return out
+        candidates = self._in_band(f_k, dm)
+        if not candidates.size:
+            return out
+        # States with the same in-plane moment (and dephasing time, if it matters) share the plane sum.
+        key = np.round(f_k[candidates][:, self._band] / 1e-9).astype(np.int64)
+        if self._track_time:
+            key = np.column_stack((key, np.round(f_tau[candidates] / 1e-12).astype(np.int64)))
+        _, first, group = np.unique(key, axis=0, return_index=True, return_inverse=True)
+        group = group.reshape(-1)
+        heads = candidates[first]  # one state per group: its moment and dephasing time
+        kappa = f_k[heads][:, :, None] + dm[None, :, :]  # (G, 3, T)
+        ok = np.ones((heads.size, n_t), bool)
+        for axis in self._band:
+            ok &= np.abs(kappa[:, axis]) * self._voxel[axis] <= BAND
+        live = np.flatnonzero(ok.any(axis=1))
+        if not live.size:
+            return out
+        # Groups in blocks, so that the (groups, classes, samples) arrays stay bounded.
+        order = np.argsort(group, kind="stable")
+        bounds = np.searchsorted(group[order], np.arange(heads.size + 1))
+        per_block = max(1, _BLOCK_ELEMENTS // (self.n_classes * n_t))
+        for lo in range(0, live.size, per_block):
+            sel = live[lo:lo + per_block]
+            members = np.concatenate([order[bounds[g]:bounds[g + 1]] for g in sel])
+            owner = np.repeat(np.arange(sel.size), bounds[sel + 1] - bounds[sel])
+            slab = self._slab_sum(f_k[candidates[members], 2], f[candidates[members]], owner, sel.size, dm[2])
+            tau0 = f_tau[heads[sel]]
+            plane = self._plane(kappa[sel, 0], kappa[sel, 1], tau0, dt, ok[sel])
+            if self._r2p.any():  # T2′: the Lorentzian spread inside the voxel, by the dephasing time
+                plane *= np.exp(-self._r2p[None, :, None] * np.abs(tau0[:, None] + dt[None, :])[:, None, :])
+            out += np.einsum("gct,ct,gct->t", slab, decay, plane)
+        return out
+
+    def _in_band(self, f_k: FloatArray, dm: FloatArray) -> npt.NDArray[np.intp]:
+        """The states whose moment comes within the voxels' band at some sample."""
+        inside = np.ones(f_k.shape[0], bool)
+        for axis in self._band:
+            half = BAND / self._voxel[axis]
+            inside &= (f_k[:, axis] + dm[axis].max() >= -half) & (f_k[:, axis] + dm[axis].min() <= half)
+        return np.flatnonzero(inside)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Through the slab
+    # ------------------------------------------------------------------------------------------------------
+
+    def _slab_sum(self, kz: FloatArray, f: ComplexArray, owner: npt.NDArray[np.intp], n_groups: int,
+                  dm_z: FloatArray) -> ComplexArray:
+        """``Σ_{j in g} Σ_s F_j[c, s] w_s(kz_j + dm_z)`` per group ``g`` (``owner[j]``): the transverse
+        amplitudes integrated through the slab (2D: isochromat samples, piecewise linear in z, integrated
+        exactly against the z phase) or taken at the class planes (3D); shape ``(G, C, T)``."""
+        n_t = dm_z.size
+        out = np.zeros((n_groups, self.n_classes, n_t), np.complex128)
+        # exp(2πi z (kz + dm_z)) = exp(2πi z kz) exp(2πi z dm_z): a state factor and a sample factor.
+        z = self._iso_z if self._ndim == 2 else self._z_class
+        sample = np.exp(2j * np.pi * np.outer(z, dm_z))  # (S, T) or (C, T)
+        step = max(1, _BLOCK_ELEMENTS // max(1, f.shape[1] * f.shape[2] * n_t))
+        for lo in range(0, kz.size, step):
+            kc = kz[lo:lo + step]
+            state = np.exp(2j * np.pi * np.outer(kc, z))  # (J, S) or (J, C)
+            if self._ndim == 2:
+                amp = np.matmul(f[lo:lo + step] * state[:, None, :], sample)  # (J, C, T)
+                total = kc[:, None] + dm_z[None, :]
+                amp *= (np.sinc(total * self._iso_step) ** 2 / self._iso_z.size)[:, None, :]
+            else:
+                amp = (f[lo:lo + step, :, 0] * state)[:, :, None] * sample[None, :, :]
+            own = owner[lo:lo + step]  # sorted: each group's states are consecutive
+            starts = np.flatnonzero(np.concatenate(([True], own[1:] != own[:-1])))
+            out[own[starts]] += np.add.reduceat(amp, starts, axis=0)
+        return out
+
+    # ------------------------------------------------------------------------------------------------------
+    # Over the plane
+    # ------------------------------------------------------------------------------------------------------
+
+    def _plane(self, kx: FloatArray, ky: FloatArray, tau0: FloatArray, dt: FloatArray,
+               ok: npt.NDArray[np.bool_]) -> ComplexArray:
+        """``P_c`` per group at the moments ``kx``, ``ky`` ``(G, T)`` (1/m) and dephasing times
+        ``tau0 + dt``, 0 where ``ok`` is False (outside the band); shape ``(G, C, T)``."""
+        if self._dfr_max > 0:
+            out = np.zeros((kx.shape[0], self.n_classes, kx.shape[1]), np.complex128)
+            for g in range(kx.shape[0]):
+                sel = np.flatnonzero(ok[g])
+                out[g][:, sel] = self._plane_taylor(kx[g, sel], ky[g, sel], tau0[g] + dt[sel])
+            return out
+        if self.method == "direct":
+            return self._scatter(plane_direct(self._pd, self._x, self._y, kx[ok], ky[ok]), ok)
+        constant = self._constant_axis(kx[0], ky[0])
+        if constant == 1:
+            out = self._separable(self._pd_rows, ky[:, 0], self._y, kx, self._x)
+        elif constant == 0:
+            out = self._separable(self._pd_cols, kx[:, 0], self._x, ky, self._y)
+        else:
+            if self._nufft is None:
+                self._nufft = PlaneNufft(self._pd, self._voxel[0], self._voxel[1])
+            return self._scatter(self._nufft(kx[ok], ky[ok]), ok)
+        out *= ok[:, None, :]
+        return out
+
+    def _constant_axis(self, kx: FloatArray, ky: FloatArray) -> int | None:
+        """The in-plane axis (1: y, 0: x) whose moment stays put through the samples, if any."""
+        if np.ptp(ky) * self._extent[1] <= _CONSTANT_CYCLES:
+            return 1
+        if np.ptp(kx) * self._extent[0] <= _CONSTANT_CYCLES:
+            return 0
+        return None
+
+    def _scatter(self, values: ComplexArray, ok: npt.NDArray[np.bool_]) -> ComplexArray:
+        """``(P, C)`` values at the True entries of ``ok`` ``(G, T)`` into a ``(G, C, T)`` array of zeros."""
+        out = np.zeros((ok.shape[0], ok.shape[1], self.n_classes), np.complex128)
+        out[ok] = values
+        return out.transpose(0, 2, 1)
+
+    def _separable(self, maps: ComplexArray, k_const: FloatArray, pos_const: FloatArray, k_var: FloatArray,
+                   pos_var: FloatArray) -> ComplexArray:
+        """``Σ maps[u, c, v] exp(2πi k_const[g] u) exp(2πi k_var[g, t] v)`` with ``maps`` laid out
+        ``(n_u, C, n_v)`` (u the axis constant through the window); shape ``(G, C, T)``.
+
+        All groups see the same sample moments ``k_var[g] - k_var[g, 0]``, so the sample phasors are shared
+        (and cached) and each group adds only its offset's phasor."""
+        n_g, n_t = k_var.shape
+        n_u, n_c, n_v = maps.shape
+        rows = np.exp(2j * np.pi * np.outer(k_const, pos_const)) @ maps.reshape(n_u, n_c * n_v)  # (G, C·n_v)
+        offset = k_var[:, 0]
+        rows = rows.reshape(n_g, n_c, n_v) * np.exp(2j * np.pi * np.outer(offset, pos_var))[:, None, :]
+        samples = self._phasor(k_var[0] - offset[0], pos_var)  # (T, n_v)
+        return (rows.reshape(n_g * n_c, n_v) @ samples.T).reshape(n_g, n_c, n_t)
+
+    def _phasor(self, k: FloatArray, pos: FloatArray) -> ComplexArray:
+        """``exp(2πi k ⊗ pos)``, cached: Cartesian scans repeat the same read-out moments every TR."""
+        key = (pos.size, np.round(k, 6).tobytes())
+        hit = self._phasors.get(key)
+        if hit is None:
+            hit = np.exp(2j * np.pi * np.outer(k, pos))
+            if len(self._phasors) >= _PHASOR_CACHE:
+                self._phasors.pop(next(iter(self._phasors)))
+            self._phasors[key] = hit
+        return hit
+
+    def _plane_taylor(self, kx: FloatArray, ky: FloatArray, tau: FloatArray) -> ComplexArray:
+        """``Σ_v pd_v exp(2πi (kx x_v + ky y_v + δf_v τ))`` per class (``tau`` sorted), shape ``(C, T)``: a
+        Taylor series in ``τ`` around the middle of chunks short enough for it, each term summed directly."""
+        n_t = kx.size
+        out = np.zeros((self.n_classes, n_t), np.complex128)
+        width = 2.0 * _TAYLOR_MAX_ARG / (2.0 * np.pi * self._dfr_max)
+        i = 0
+        while i < n_t:
+            j = max(i + 1, int(np.searchsorted(tau, tau[i] + width, side="right")))
+            mid = 0.5 * (tau[i] + tau[j - 1])
+            delta = tau[i:j] - mid
+            terms = _taylor_terms(2.0 * np.pi * self._dfr_max * float(np.abs(delta).max()))
+            weight = self._pd * np.exp(2j * np.pi * self._dfr * mid)
+            for ell in range(terms):
+                if ell:
+                    weight = weight * (2j * np.pi * self._dfr) / ell
+                out[:, i:j] += self._plane_one(weight, kx[i:j], ky[i:j]) * (delta**ell)[None, :]
+            i = j
+        return out
+
+    def _plane_one(self, maps: ComplexArray, kx: FloatArray, ky: FloatArray) -> ComplexArray:
+        """``Σ_{y,x} maps[c, y, x] exp(2πi (kx x + ky y))`` at the samples of one group, shape ``(C, T)``:
+        separable when one axis stays put (and the method is fast), else summed directly."""
+        constant = self._constant_axis(kx, ky) if self.method == "fast" else None
+        if constant == 1:
+            return self._separable(maps.transpose(1, 0, 2), ky[:1], self._y, kx[None, :], self._x)[0]
+        if constant == 0:
+            return self._separable(maps.transpose(2, 0, 1), kx[:1], self._x, ky[None, :], self._y)[0]
+        return plane_direct(maps, self._x, self._y, kx, ky).T
