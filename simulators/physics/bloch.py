@@ -30,9 +30,17 @@ Method, and why:
   frequencies inside the voxel, so a state of dephasing time ``τ`` carries ``exp(-|τ|/T2′)`` (PDG; a spin
   echo, where ``τ`` returns to 0, refocuses it) and an FID decays with 1/T2* = 1/T2 + 1/T2′.
 
-Limits: RF pulses select along z only (gradients on x/y during a pulse act as free precession split
-at the pulse centre); with off-resonance varying inside a class, samples use a Taylor series in time
-(error < 1e-7).
+* **Selection along any axis.** A pulse played with gradients in the phantom's plane (a sagittal or
+  coronal slice of an axial phantom, an oblique slice, a 3D slab along x) first splits the tissue
+  classes into the parts of each at one position, a voxel wide, along the in-plane gradient (along both
+  axes for a curved in-plane path): a split is exact, the parts start with their class's magnetization.
+  The pulse's rotation is then evaluated at each class's position (x, y and the isochromats or plane in
+  z). The profile along an in-plane axis is thus sampled at the phantom's voxels (through the slab of a
+  2D phantom, at its isochromats); the classes return to the tissue classes at the next reset. Work
+  grows with the number of classes (at most :data:`MAX_SPLIT_CLASSES`; beyond, a warning and the class
+  centre).
+
+Limits: with off-resonance varying inside a class, samples use a Taylor series in time (error < 1e-7).
 
 Conventions (ISMRMRD's and MRzero's): protons precess as ``exp(-iωt)``, so a voxel at off-resonance
 ``Δf`` (Hz) gives a demodulated FID turning as ``exp(-2πi Δf t)``, and a Cartesian k-space is
@@ -78,6 +86,11 @@ ComplexArray = npt.NDArray[np.complex128]
 
 #: Isochromats through the slab of a 2D phantom (slice-profile resolution: 0.31 mm over 10 mm).
 DEFAULT_ISOCHROMATS_2D = 32
+#: In-plane gradient moment across the object during a pulse (cycles) above which the pulse's rotation is
+#: resolved in the plane (the classes split along the gradient) rather than taken at the class centre.
+IN_PLANE_CYCLES = 0.05
+#: The most classes a split for in-plane selection may make (the read-out keeps a map per class).
+MAX_SPLIT_CLASSES = 4096
 #: Width of the off-resonance bins that split tissue classes (Hz): inside a bin the RF rotation uses the
 #: bin's mean, a phase error below 2π x 2.5 Hz x 2 ms = 0.03 rad over half of a 4 ms pulse.
 RF_B0_BIN_HZ = 5.0
@@ -130,13 +143,15 @@ class SpinSystem:
         self.b0_offset_hz = float(b0_offset_hz)
         self.seed = seed
         self._setup_classes(phantom)
-        self._readout = Readout(self._pd_map, self._dfr_map, self._dfr_max, self._r2p, self._x, self._y,
-                                self._voxel, self._iso_z, self._z_class, phantom.ndim)
         self._cache = PulseCache()
-        self._graph = PhaseGraph(self.n_classes, self.isochromats, tolerance=tolerance,
-                                 track_time=self._dfr_max > 0 or bool(self._r2p.any()))
+        self._tolerance = tolerance
+        self._graph = self._new_graph()
         self.stats = Stats()
         self.reset()
+
+    def _new_graph(self) -> PhaseGraph:
+        return PhaseGraph(self.n_classes, self.isochromats, tolerance=self._tolerance,
+                          track_time=self._dfr_max > 0 or bool(self._r2p.any()))
 
     def _setup_classes(self, phantom: Phantom) -> None:
         """Tissue classes: voxels with equal T1, T2 and T2′, in one off-resonance bin (and, in 3D, the same
@@ -154,33 +169,46 @@ class SpinSystem:
         df = phantom.b0_offset_hz.reshape(-1)[active] + self.b0_offset_hz
         table = np.column_stack((t1, t2, r2p, iz if phantom.ndim == 3 else np.zeros_like(iz),
                                  np.round(df / RF_B0_BIN_HZ)))
-        _, first, label = np.unique(np.round(table, 12), axis=0, return_index=True, return_inverse=True)
-        label = label.reshape(-1)
-        n = first.size
-        counts = np.bincount(label, minlength=n)
-        df_class = np.bincount(label, weights=df, minlength=n) / np.maximum(counts, 1)
-        self.n_classes = n
+        _, label = np.unique(np.round(table, 12), axis=0, return_inverse=True)
         self.n_voxels = int(active.size)
-        self._r1 = 1.0 / t1[first] if n else np.zeros(0)
-        self._r2 = 1.0 / t2[first] if n else np.zeros(0)
-        self._r2p = r2p[first] if n else np.zeros(0)
-        self._df = df_class
-        self._z_class = zs[iz[first]] if n else np.zeros(0)
-        # Proton density and off-resonance (relative to the class) of each class on the in-plane grid.
-        self._pd_map = np.zeros((n, ny, nx))
-        self._pd_map[label, iy, ix] = pd.reshape(-1)[active]
-        self._pd_map_c = self._pd_map.astype(np.complex128)  # complex once: products below stay BLAS
-        dfr = df - df_class[label]
-        self._dfr_map = np.zeros((n, ny, nx))
-        self._dfr_map[label, iy, ix] = dfr
-        self._dfr_max = float(np.abs(dfr).max()) if dfr.size and np.ptp(df) > 0 else 0.0
         self._x, self._y = xs, ys
         self._voxel = (dx, dy, dz)
         self._volume_mm3 = dx * dy * dz * 1e9  # the signal of a voxel of proton density 1
+        # Every voxel with proton density, as columns: the classes are built (and refined) from these.
+        self._vox = {"ix": ix, "iy": iy, "iz": iz, "pd": pd.reshape(-1)[active], "r1": 1.0 / t1, "r2": 1.0 / t2,
+                     "r2p": r2p, "df": df, "x": xs[ix], "y": ys[iy], "z": zs[iz]}
+        self._resolved: set[bytes] = set()  # in-plane directions the classes are already split along
         # Isochromats: evenly through the slab (2D; midpoint rule) or the plane centre (3D).
         s = self.isochromats
         self._iso_z = ((np.arange(s) + 0.5) / s - 0.5) * dz if phantom.ndim == 2 else np.zeros(1)
-        self._iso_step = dz / s
+        self._label0 = label.reshape(-1)
+        self._build_classes(self._label0)
+
+    def _build_classes(self, label: npt.NDArray[np.intp]) -> None:
+        """Class parameters and maps from each voxel's class ``label`` (0..n-1), and the read-out for them."""
+        v = self._vox
+        _, first = np.unique(label, return_index=True)  # a voxel of each class
+        n = first.size
+        counts = np.maximum(np.bincount(label, minlength=n), 1)
+        weight = np.bincount(label, weights=v["pd"], minlength=n)
+        self.n_classes = n
+        self._label = label
+        self._r1, self._r2, self._r2p = v["r1"][first], v["r2"][first], v["r2p"][first]
+        self._df = np.bincount(label, weights=v["df"], minlength=n) / counts
+        self._z_class = v["z"][first]
+        # In-plane centre of each class (proton-density weighted): where its RF rotation is evaluated
+        # when a pulse plays gradients in the plane (the classes are then split along them, _resolve).
+        self._xy_class = np.column_stack([np.bincount(label, weights=v["pd"] * v[a], minlength=n)
+                                          / np.maximum(weight, 1e-300) for a in ("x", "y")])
+        ny, nx = self._y.size, self._x.size
+        pd_map = np.zeros((n, ny, nx))
+        pd_map[label, v["iy"], v["ix"]] = v["pd"]
+        dfr = v["df"] - self._df[label]
+        dfr_map = np.zeros((n, ny, nx))
+        dfr_map[label, v["iy"], v["ix"]] = dfr
+        self._dfr_max = float(np.abs(dfr).max()) if dfr.size and np.ptp(v["df"]) > 0 else 0.0
+        self._readout = Readout(pd_map, dfr_map, self._dfr_max, self._r2p, self._x, self._y, self._voxel,
+                                self._iso_z, self._z_class, self.phantom.ndim)
         if n > 200:
             log.info("phantom has %d tissue classes: the simulation slows down in proportion", n)
 
@@ -201,6 +229,10 @@ class SpinSystem:
     def reset(self) -> None:
         """Back to equilibrium (``Mz`` = 1 everywhere) before the next scan; restarts the noise and empties
         the read-out's caches (``signal.Readout.reset``: a scan's data must not depend on the scans before it)."""
+        if self._resolved:  # classes split by the last scan's pulses: back to the tissue classes
+            self._resolved.clear()
+            self._build_classes(self._label0)
+            self._graph = self._new_graph()
         self._readout.reset()
         self._graph.reset()
         self._t: float | None = None  # time the states refer to
@@ -300,33 +332,79 @@ class SpinSystem:
     def _pulse(self, intervals: tuple[FloatArray, ComplexArray, int, float], mom: Moments) -> None:
         edges, iv_b1, n_samples, centre = intervals
         dt = np.diff(edges)
-        mz_edges = mom.axis(2, edges)
-        dm = np.zeros((dt.size, 3))
-        dm[:, 2] = np.diff(mz_edges)  # only z selects; x/y during the pulse act as free precession
+        m_edges = mom(edges)  # (3, intervals + 1)
+        in_plane = self._in_plane_selection(m_edges[:2])
+        dm = np.diff(m_edges, axis=1).T  # (intervals, 3)
+        if not in_plane:
+            dm[:, :2] = 0.0  # no in-plane gradient worth resolving: x/y act as free precession only
         self._evolve(centre, mom)
 
-        # Rotation classes: every (tissue class, isochromat) pair, deduplicated by (z, off-resonance).
-        z = (self._z_class[:, None] + self._iso_z[None, :]).reshape(-1)
-        df = np.broadcast_to(self._df[:, None], (self.n_classes, self.isochromats)).reshape(-1)
-        pairs, inverse = np.unique(np.column_stack((z, df)), axis=0, return_inverse=True)
+        # Rotation classes: every (tissue class, isochromat) pair, deduplicated by position and off-resonance.
+        shape = (self.n_classes, self.isochromats)
+        xy = self._xy_class if in_plane else np.zeros((self.n_classes, 2))
+        columns = (np.broadcast_to(xy[:, None, 0], shape), np.broadcast_to(xy[:, None, 1], shape),
+                   self._z_class[:, None] + self._iso_z[None, :], np.broadcast_to(self._df[:, None], shape))
+        pairs, inverse = np.unique(np.column_stack([np.reshape(c, -1) for c in columns]), axis=0,
+                                   return_inverse=True)
         inverse = inverse.reshape(-1)
-        positions = np.zeros((pairs.shape[0], 3))
-        positions[:, 2] = pairs[:, 0]
-        rot = self._cache.rotation(pairs.tobytes(), 2.0 * np.pi * iv_b1 * dt, dm, dt, positions, pairs[:, 1])
+        positions, df = pairs[:, :3], pairs[:, 3]
+        rot = self._cache.rotation(pairs.tobytes(), 2.0 * np.pi * iv_b1 * dt, dm, dt, positions, df)
         # Factor out the free precession before and after the centre (played by _evolve instead).
         ts, te = float(edges[0]), float(edges[-1])
-        mc = float(mom.axis(2, centre))
-        phi_pre = 2.0 * np.pi * ((mc - mz_edges[0]) * pairs[:, 0] + pairs[:, 1] * (centre - ts))
-        phi_post = 2.0 * np.pi * ((mz_edges[-1] - mc) * pairs[:, 0] + pairs[:, 1] * (te - centre))
+        mc = mom(centre) if in_plane else np.array([0.0, 0.0, float(mom.axis(2, centre))])
+        m0, m1 = m_edges[:, 0].copy(), m_edges[:, -1].copy()
+        if not in_plane:
+            m0[:2] = m1[:2] = 0.0
+        phi_pre = 2.0 * np.pi * (positions @ (mc - m0) + df * (centre - ts))
+        phi_post = 2.0 * np.pi * (positions @ (m1 - mc) + df * (te - centre))
         refocused = Rotation(rot.alpha * np.exp(0.5j * (phi_pre + phi_post)),
                              rot.beta * np.exp(0.5j * (phi_pre - phi_post)))
-        shape = (self.n_classes, self.isochromats)
         a, b, c, d, e = refocused.coefficients()
         self._graph.rotate(a[inverse].reshape(shape), b[inverse].reshape(shape), c[inverse].reshape(shape),
                            d[inverse].reshape(shape), e[inverse].reshape(shape))
         self.stats.rf_pulses += 1
         self.stats.rf_samples += n_samples
         self.stats.max_states = max(self.stats.max_states, self._graph.n_states)
+
+    def _in_plane_selection(self, m_xy: FloatArray) -> bool:
+        """Whether the in-plane gradient moments ``m_xy`` (2, edges) during a pulse make its rotation vary
+        across the object (more than :data:`IN_PLANE_CYCLES` over the phantom's extent); if they do, split
+        the classes along them first (:meth:`_split_along`), so each class sits at one place along them."""
+        extent = np.array([self._x.size * self._voxel[0], self._y.size * self._voxel[1]])
+        path = m_xy - m_xy.mean(axis=1, keepdims=True)
+        if not np.any(np.abs(path).max(axis=1) * extent > IN_PLANE_CYCLES):
+            return False
+        # The path's main direction; a path that also spreads across it (a curved in-plane trajectory)
+        # needs the classes split along both axes.
+        u, sv, _ = np.linalg.svd(path, full_matrices=False)
+        across = sv[1] / math.sqrt(path.shape[1]) * 2.0 * float(extent.max()) if sv.size > 1 else 0.0
+        directions = [np.array([1.0, 0.0]), np.array([0.0, 1.0])] if across > IN_PLANE_CYCLES else [u[:, 0]]
+        for direction in directions:
+            self._split_along(direction)
+        return True
+
+    def _split_along(self, direction: FloatArray) -> None:
+        """Split every class into the parts of it at one position (a voxel wide) along the in-plane
+        ``direction``; the magnetization of each part is its class's (splitting a class is exact)."""
+        direction = direction * (1.0 if direction[np.argmax(np.abs(direction))] > 0 else -1.0)
+        key = np.round(direction, 3).tobytes()
+        if key in self._resolved:
+            return
+        v = self._vox
+        width = min(self._voxel[0], self._voxel[1])
+        along = np.round((v["x"] * direction[0] + v["y"] * direction[1]) / width).astype(np.int64)
+        _, first, label = np.unique(np.column_stack((self._label, along)), axis=0, return_index=True,
+                                    return_inverse=True)
+        self._resolved.add(key)
+        if first.size == self.n_classes:
+            return
+        if first.size > MAX_SPLIT_CLASSES:
+            log.warning("an RF pulse with in-plane gradients would need %d classes (more than %d): its rotation "
+                        "is evaluated at each tissue class's centre instead", first.size, MAX_SPLIT_CLASSES)
+            return
+        parent = self._label[first]
+        self._graph.split(parent)
+        self._build_classes(label.reshape(-1))
 
     # ------------------------------------------------------------------------------------------------------
     # ADC

@@ -67,6 +67,12 @@ class PhaseGraph:
     def n_states(self) -> int:
         return int(self.f.shape[0] + self.z.shape[0])
 
+    def split(self, parent: npt.NDArray[np.intp]) -> None:
+        """Make new classes, class ``i`` starting with the amplitudes of old class ``parent[i]``."""
+        self.f = np.ascontiguousarray(self.f[:, parent])
+        self.z = np.ascontiguousarray(self.z[:, parent])
+        self.shape = (int(parent.size), self.shape[1])
+
     def evolve(self, dm: FloatArray, dt: float, transverse: ComplexArray, e1: FloatArray) -> None:
         """Free evolution: moment ``dm`` (3,), time ``dt``; ``transverse`` (per class) multiplies the
         transverse amplitudes (relaxation and class off-resonance), ``e1`` (per class) the longitudinal
