@@ -193,9 +193,9 @@ class SpinSystem:
         weight = np.bincount(label, weights=v["pd"], minlength=n)
         self.n_classes = n
         self._label = label
-        self._r1, self._r2, self._r2p = v["r1"][first], v["r2"][first], v["r2p"][first]
+        self._r1, self._r2, self._r2p = (np.asarray(v[key][first], np.float64) for key in ("r1", "r2", "r2p"))
         self._df = np.bincount(label, weights=v["df"], minlength=n) / counts
-        self._z_class = v["z"][first]
+        self._z_class = np.asarray(v["z"][first], np.float64)
         # In-plane centre of each class (proton-density weighted): where its RF rotation is evaluated
         # when a pulse plays gradients in the plane (the classes are then split along them, _resolve).
         self._xy_class = np.column_stack([np.bincount(label, weights=v["pd"] * v[a], minlength=n)
