@@ -32,6 +32,7 @@ import math
 import os
 import re
 import tomllib
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,7 +41,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
 
 from scanctl.data.outputs import claim_dir, created
 from scanctl.data.rawdata import RawHeader
@@ -48,12 +49,14 @@ from scanctl.errors import ScanctlError
 
 log = logging.getLogger(__name__)
 
-#: Root of every UID scanctl makes: ``2.25.`` + a 128-bit number (a UUID, ITU-T X.667). pydicom's
-#: :func:`~pydicom.uid.generate_uid` with ``prefix=None`` makes these; derived from the entropy given,
-#: so the same run gives the same UIDs.
+#: Root of every UID scanctl makes: ``2.25.`` + a UUID as a decimal integer (ITU-T X.667, DICOM PS3.5
+#: B.2): no registered organisation root is needed. The UUIDs are name-based (version 5) on what identifies
+#: the object, so the same run gives the same UIDs.
 UID_ROOT = "2.25."
+#: The namespace of scanctl's name-based UUIDs (itself name-based: the same on every machine).
+UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "scanctl:dicom")
 #: Implementation Class UID of the files scanctl writes (fixed: derived from the name alone).
-IMPLEMENTATION_UID = generate_uid(prefix=None, entropy_srcs=["scanctl DICOM implementation"])
+IMPLEMENTATION_UID = UID(UID_ROOT + str(uuid.uuid5(UID_NAMESPACE, "implementation").int))
 IMPLEMENTATION_VERSION = "SCANCTL_01"
 #: Largest stored pixel value (16-bit unsigned).
 STORED_MAX = 65535
@@ -323,7 +326,9 @@ def build_series(series: Series, order: Order = NO_ORDER, *, created_at: dt.date
 
 
 def _uid(*parts: str) -> str:
-    return str(generate_uid(prefix=None, entropy_srcs=["scanctl", *parts]))
+    """``2.25.`` + a name-based UUID (RFC 4122 version 5) of ``parts``: the same parts, the same UID.
+    (pydicom's ``generate_uid(prefix=None)`` ignores its entropy sources and is random every time.)"""
+    return UID_ROOT + str(uuid.uuid5(UID_NAMESPACE, "\x1f".join(parts)).int)
 
 
 def _ds(value: float) -> str:

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,9 @@ from typing import Any
 from scanctl.errors import ScanctlError
 
 log = logging.getLogger(__name__)
+# pynetdicom 3.0 drops the socket of a connection that failed without closing it: a ResourceWarning about
+# its own socket for every unreachable PACS, which is not ours to act on (the error we raise says it all).
+warnings.filterwarnings("ignore", category=ResourceWarning, module=r"pynetdicom\.transport")
 
 #: Our AE title when none is given.
 CALLING_AET = "SCANCTL"
@@ -170,7 +174,7 @@ def _associate(pacs: Pacs, datasets: Sequence[Any], calling_aet: str, timeout_s:
             reason = _rejection(assoc)
             raise PacsError(f"PACS {pacs} refused the association ({reason}); nothing stored, the files are kept")
         if attempt < retries:
-            log.warning("pacs: %s not reachable (try %d of %d); again in %g s", pacs, attempt + 1, retries + 1,
+            log.info("pacs: %s not reachable (try %d of %d); again in %g s", pacs, attempt + 1, retries + 1,
                         retry_wait_s)
             sleep(retry_wait_s)
     tries = f" after {retries + 1} tries" if retries else ""
