@@ -24,6 +24,7 @@ Errors: :class:`DicomError` (a :class:`~scanctl.errors.ScanctlError`) naming the
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import json
@@ -41,7 +42,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
+from pydicom.uid import RE_VALID_UID, UID, ExplicitVRLittleEndian, MRImageStorage
 
 from scanctl.data.outputs import claim_dir, created
 from scanctl.data.rawdata import RawHeader
@@ -121,7 +122,7 @@ def _check_order(order: Order) -> None:
         raise DicomError(f"order: sex {order.sex!r} is not one of M, F, O (or empty)")
     if order.weight_kg is not None and not (math.isfinite(order.weight_kg) and 0 < order.weight_kg < 1000):
         raise DicomError(f"order: weight_kg {order.weight_kg!r} is not a weight in kg (0 < w < 1000)")
-    if order.study_uid and not UID(order.study_uid).is_valid:
+    if order.study_uid and not (len(order.study_uid) <= 64 and re.fullmatch(RE_VALID_UID, order.study_uid)):
         raise DicomError(f"order: study_uid {order.study_uid!r} is not a valid DICOM UID")
 
 
@@ -302,8 +303,7 @@ def build_series(series: Series, order: Order = NO_ORDER, *, created_at: dt.date
     geometry = _Geometry.of(series)
     out = []
     for i in range(images.shape[0]):
-        ds = Dataset()
-        ds.update(common)
+        ds = copy.deepcopy(common)  # not update(): that would share (and so overwrite) the common elements
         sop_uid = _uid(series.identity, "image", study_uid, str(i))
         ds.SOPInstanceUID = sop_uid
         ds.InstanceNumber = i + 1
@@ -317,8 +317,6 @@ def build_series(series: Series, order: Order = NO_ORDER, *, created_at: dt.date
         ds.Rows, ds.Columns = int(images.shape[1]), int(images.shape[2])
         ds.RescaleSlope = _ds(slope)
         ds.RescaleIntercept = "0"
-        ds.WindowCenter = _ds(float(images[i].max()) / 2 or 1.0)
-        ds.WindowWidth = _ds(float(images[i].max()) or 1.0)
         ds.PixelData = stored[i].astype("<u2").tobytes()
         ds.file_meta = _file_meta(sop_uid)
         out.append(ds)
