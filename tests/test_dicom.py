@@ -149,6 +149,16 @@ def test_the_same_run_gives_the_same_uids(run_dir: Path, tmp_path: Path) -> None
     assert all(first[k].value != other[k].value for k in uids)
 
 
+def test_two_runs_of_the_same_protocol_are_two_series(run_dir: Path, tmp_path: Path) -> None:
+    """The simulators can give the same raw data bytes twice: the scan's start time tells the runs apart."""
+    again = tmp_path / "002"
+    assert run_scan(GRE, profiles.load(None), again).ok
+    first = pydicom.dcmread(export_run(run_dir, tmp_path / "a").files[0])
+    second = pydicom.dcmread(export_run(again, tmp_path / "b").files[0])
+    assert first.SeriesInstanceUID != second.SeriesInstanceUID
+    assert first.SOPInstanceUID != second.SOPInstanceUID
+
+
 def test_export_never_writes_over_files(run_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "dicom").mkdir()
     (tmp_path / "dicom" / "IMG0001.dcm").write_bytes(b"earlier")

@@ -224,8 +224,11 @@ def series_from_run(run_dir: str | os.PathLike[str]) -> Series:
     protocol = report.get("protocol", {}) if isinstance(report.get("protocol"), dict) else {}
     parameters = (protocol.get("sequence") or {}).get("parameters") or {}
     dwell = {float(a.dwell_s) for a in raw.acquisitions}
-    return Series(images=images, index=index, header=raw.header, identity=_digest(raw_path),
-                  acquired=_acquired(report, raw_path), dwell_s=max(dwell) if dwell else None,
+    acquired = _acquired(report, raw_path)
+    # The data and when they were acquired: two scans of a phantom on the simulators can give the same bytes.
+    identity = f"{_digest(raw_path)}/{acquired.isoformat()}"
+    return Series(images=images, index=index, header=raw.header, identity=identity,
+                  acquired=acquired, dwell_s=max(dwell) if dwell else None,
                   number=int(run.name) if run.name.isdigit() else 1,
                   description=str(protocol.get("description") or raw.header.protocol_name),
                   parameters=parameters if isinstance(parameters, dict) else {})
