@@ -154,12 +154,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from scanctl import cli_dicom
     from scanctl.data.outputs import OutputError, OutputExistsError, claim_dir, new_series_dir, remove_if_empty
     from scanctl.data.rawdata import RawDataError
     from scanctl.engine.run import RunOutputError
 
     if args.connect and (args.system or any(getattr(args, kind) for kind in KINDS)):
         raise ScanctlError("--system and subsystem URLs belong to the server (scanctl serve) with --connect")
+    dicom = cli_dicom.prepare(args)  # a bad PACS address or order is refused before anything moves
+    if dicom is not None and args.no_recon:
+        raise ScanctlError("--dicom needs the reconstruction: leave out --no-recon")
     # Never over earlier data: --out must be new or empty; by default each run gets the next numbered
     # directory, as a console numbers its series (docs/cli.md).
     numbered = not args.out
@@ -191,7 +195,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if report.message:
             print(f"  {report.message}")
     print(f"wrote into {out}: {', '.join(report.outputs.values())}")
-    return EXIT_OK if report.ok else EXIT_LIMITS
+    code = EXIT_OK if report.ok else EXIT_LIMITS
+    if dicom is not None and "image_npy" in report.outputs:  # what was acquired is on disk whatever the PACS does
+        code = max(code, cli_dicom.export(out, dicom))
+    return code
 
 
 def _run(args: argparse.Namespace, out: Path) -> Any:
@@ -275,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     for kind in KINDS:
         p.add_argument(f"--{kind}", metavar="URL", help=f"{kind} subsystem URL (default: the profile's)")
     p.add_argument("--no-recon", action="store_true", help="skip the image reconstruction")
+    from scanctl.cli_dicom import dicom_args
+
+    dicom_args(p)  # --dicom DIR, --order, --store AET@HOST:PORT: images out (docs/dicom.md)
     safety_args(p)
     p.add_argument("--connect", metavar="ENDPOINT", help="run on a control server (scanctl serve) instead of in "
                                                          "this process; outputs are written here")
@@ -283,10 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     client_security_args(p)
     p.set_defaults(func=cmd_run)
 
-    from scanctl import cli_bench, cli_remote
-
+    from scanctl import cli_bench, cli_dicom, cli_remote
     cli_remote.add_parsers(sub)  # serve, status, watch, the command verbs, driver, keys, up, down, runs, fetch
     cli_bench.add_parsers(sub)  # table, sim: bench work on rigs
+    cli_dicom.add_parsers(sub)  # export, pacs: images out as DICOM, to a PACS
 
     p = seq_command("check", "check a sequence's (or a protocol's) timing and a scanner's limits")
     p.add_argument("--system", help="system profile: a shipped name (e.g. 'default') or a TOML path")
