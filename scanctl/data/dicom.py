@@ -284,7 +284,9 @@ def rescale(images: npt.ArrayLike) -> tuple[npt.NDArray[np.uint16], float]:
     if a.size and float(a.min()) < 0:
         raise DicomError(f"negative pixel value {float(a.min()):g}: a magnitude image has none")
     top = float(a.max()) if a.size else 0.0
-    slope = top / STORED_MAX if top > 0 else 1.0
+    slope = top / STORED_MAX
+    if not slope >= np.finfo(np.float64).tiny:  # all zero, or so small that the slope underflows: zeros
+        slope = 1.0
     stored = np.clip(np.rint(a / slope), 0, STORED_MAX).astype(np.uint16)
     return stored, slope
 
