@@ -61,7 +61,7 @@ class Raw:
 
     def call(self, body: dict[str, Any], timeout_s: float = 3.0, **envelope: Any) -> Message:
         request_id = f"raw-{next(self.ids)}"
-        self.send({"v": "1.0", "type": "call", "id": request_id, "body": body, **envelope})
+        self.send({"v": "2.0", "type": "call", "id": request_id, "body": body, **envelope})
         return self.answer(request_id, timeout_s)
 
     def close(self) -> None:
@@ -82,7 +82,7 @@ class Served:
         """The service still answers calls (its worker lives) and heartbeats."""
         reply = self.raw.call({"method": "status"}, timeout_s=ANSWER_S)
         assert reply.type == "reply" and reply.body["result"]["__type__"] == "Status", reply
-        self.raw.send({"v": "1.0", "type": "heartbeat", "id": "hb-alive"})
+        self.raw.send({"v": "2.0", "type": "heartbeat", "id": "hb-alive"})
         assert self.raw.answer("hb-alive", ANSWER_S).type == "heartbeat"
 
     def close(self) -> None:
@@ -158,7 +158,7 @@ def test_the_error_names_the_method_and_the_exception(gradient):
     ({"method": "status", "args": [1, 2, 3]}, "status: wrong arguments \\(too many positional arguments\\)"),
     ({"method": "sync", "kwargs": {"when": 1.0}}, "sync: wrong arguments"),
     ({"method": "sync", "args": {"t_s": 1.0}}, "sync: 'args' must be a list and 'kwargs' an object, got dict"),
-    ({"method": "sync", "args": "1.0"}, "'args' must be a list"),
+    ({"method": "sync", "args": "2.0"}, "'args' must be a list"),
     ({"method": "sync", "args": None}, "'args' must be a list"),
     ({"method": "sync", "args": [1.0], "kwargs": [10.0]}, "'kwargs' an object, got list"),
     ({"method": "sync", "kwargs": {"__type__": "Status", "state": "on", "time_s": 0, "message": "",
@@ -269,19 +269,19 @@ def test_a_driver_that_raises_anything_is_answered_and_the_service_keeps_serving
 
 def test_a_request_of_another_version_or_malformed_is_answered_with_its_id(gradient):
     raw = gradient.raw
-    for envelope, reason in [({"v": "2.0"}, "unsupported protocol version '2.0'"),
+    for envelope, reason in [({"v": "3.0"}, "unsupported protocol version '3.0'"),
                              ({"v": "0.9"}, "unsupported protocol version"),
-                             ({"v": "1.0", "colour": "red"}, "unknown keys: colour"),
-                             ({"v": "1.0", "body": {"a": {"__nd__": 0, "dtype": "<f8", "shape": [1]}}},
+                             ({"v": "2.0", "colour": "red"}, "unknown keys: colour"),
+                             ({"v": "2.0", "body": {"a": {"__nd__": 0, "dtype": "<f8", "shape": [1]}}},
                               "binary frame 0, which is missing"),
-                             ({"v": "1.0", "ts": "noon"}, "'ts' has the wrong type")]:
+                             ({"v": "2.0", "ts": "noon"}, "'ts' has the wrong type")]:
         raw.send({"type": "call", "id": "odd-1", "body": {"method": "status"}, **envelope})
         error = raw.answer("odd-1", ANSWER_S)
         assert error.type == "error" and error.body["code"] == "malformed" and reason in error.body["message"]
     # A newer minor may add envelope keys: this side ignores them and answers.
-    reply = raw.call({"method": "status"}, v="1.7", trace="abc", priority=3)
+    reply = raw.call({"method": "status"}, v="2.7", trace="abc", priority=3)
     assert reply.type == "reply" and reply.body["result"]["state"] == "off"
-    raw.send({"v": "1.0", "type": "gossip", "id": "odd-3"})
+    raw.send({"v": "2.0", "type": "gossip", "id": "odd-3"})
     error = raw.answer("odd-3", ANSWER_S)
     assert error.body == {"code": "malformed", "message": "unknown message type 'gossip'"}
     gradient.alive()
@@ -339,7 +339,7 @@ def test_random_call_bodies_are_always_answered_and_the_worker_survives(gradient
 @given(frames=st.lists(st.binary(max_size=64), min_size=1, max_size=3), request_id=st.text(min_size=1, max_size=8))
 def test_random_frames_are_answered_or_ignored_and_the_service_keeps_serving(gradient, frames, request_id):
     gradient.raw.socket.send_multipart(frames)
-    broken = dict(v="1.0", type="call", id=request_id, body={"method": "status"}, extra=frames[0].hex())
+    broken = dict(v="2.0", type="call", id=request_id, body={"method": "status"}, extra=frames[0].hex())
     gradient.raw.send(broken)  # malformed (an unknown key), but its id is readable: the error says which
     assert gradient.raw.answer(request_id, ANSWER_S).body["code"] == "malformed"
     gradient.alive()

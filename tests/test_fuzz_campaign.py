@@ -64,13 +64,13 @@ def killers() -> list[list[bytes]]:
     """The messages of issue 13 that ended a receiver (before the fix)."""
     now = time.time()
     return [
-        [render({"v": "1.0", "type": "command", "id": "killer-ts", "ts": Raw("9" * 401),
+        [render({"v": "2.0", "type": "command", "id": "killer-ts", "ts": Raw("9" * 401),
                  "body": {"command": "status"}}).encode()],
-        [render({"v": "1.0", "type": "command", "id": "killer-shape-true", "body": {"a": nd([True])}}).encode(),
+        [render({"v": "2.0", "type": "command", "id": "killer-shape-true", "body": {"a": nd([True])}}).encode(),
          b"x" * 8],
-        [render({"v": "1.0", "type": "command", "id": "killer-shape-huge",
+        [render({"v": "2.0", "type": "command", "id": "killer-shape-huge",
                  "body": {"a": nd([18446744073709551616, 0])}}).encode(), b""],
-        [render({"v": "1.0", "type": "batch", "src": "fuzz", "ts": now,
+        [render({"v": "2.0", "type": "batch", "src": "fuzz", "ts": now,
                  "body": {"groups": [{"type": "event", "stream": "state", "seq": 1, "ts": Raw("9" * 401),
                                       "dt_us": [0], "bodies": [{}]}]}}).encode()],
     ]
@@ -80,7 +80,7 @@ def killers() -> list[list[bytes]]:
 HOSTILE = [
     "9" * 401, "-" + "9" * 401, "9" * 4300, "9" * 5000, "1e999", "-1e999", "1e-999", "-0", "-1", "0", "1.5",
     str(2 ** 63), str(2 ** 64), str(-2 ** 63 - 1), "true", "false", "null", '""', json.dumps("x" * 10_000),
-    '"\\ud800"', '"1.0"', '"2.0"', '"1.99999999999"', "[]", "{}", "[true]", "[[[[]]]]", "[" * 40 + "]" * 40,
+    '"\\ud800"', '"2.0"', '"3.0"', '"2.99999999999"', "[]", "{}", "[true]", "[[[[]]]]", "[" * 40 + "]" * 40,
     '{"__nd__":0}', '{"__float__":"nan"}', '{"__float__":"x"}', '{"__float__":[1]}', '{"__type__":"Status"}',
     '{"__type__":"GradientProgram","t0_s":1e999}', "[" + ",".join(["1"] * 2000) + "]",
 ]
@@ -163,14 +163,14 @@ class Fuzzer:
         """A valid message as [envelope object, binary frames...], ready to be spoiled."""
         rng, now = self.rng, time.time()
         if kind == "call":
-            envelope: dict[str, Any] = {"v": "1.0", "type": "call", "id": self._id(), "ts": now,
+            envelope: dict[str, Any] = {"v": "2.0", "type": "call", "id": self._id(), "ts": now,
                                         "body": {"method": rng.choice(METHODS), "args": [], "kwargs": {}}}
         elif kind == "command":
-            envelope = {"v": "1.0", "type": "command", "id": self._id(), "src": self._src(), "ts": now,
+            envelope = {"v": "2.0", "type": "command", "id": self._id(), "src": self._src(), "ts": now,
                         "body": {"command": rng.choice(COMMANDS)}}
         elif kind == "batch":
             n = rng.randint(1, 4)
-            envelope = {"v": "1.0", "type": "batch", "src": "fuzz", "ts": now,
+            envelope = {"v": "2.0", "type": "batch", "src": "fuzz", "ts": now,
                         "body": {"groups": [{"type": "event", "stream": "progress", "seq": rng.randint(1, 99),
                                              "run": "r", "ts": now, "dt_us": list(range(n)),
                                              "bodies": [{"t_s": 1.0, "total_s": 2.0, "acquisitions": 3}] * n}]}}
@@ -183,7 +183,7 @@ class Fuzzer:
                     "telemetry": {"subsystems": {"rf": {"state": "on"}}},
                     "run": {"event": "end", "outcome": "completed", "acquisitions": 3},
                     "safety": {"kind": "fault", "message": "x"}, "data": {"end": True, "acquisitions": 3}}[stream]
-            envelope = {"v": "1.0", "type": "event", "src": "fuzz", "stream": stream, "seq": rng.randint(1, 99),
+            envelope = {"v": "2.0", "type": "event", "src": "fuzz", "stream": stream, "seq": rng.randint(1, 99),
                         "run": "r", "ts": now, "body": body}
         return [envelope]
 
@@ -204,7 +204,7 @@ class Fuzzer:
 
     def _hostile_object(self) -> str:
         rng = self.rng
-        envelope: dict[str, Any] = {"v": rng.choice(["1.0", "1.1", Raw(rng.choice(HOSTILE))])}
+        envelope: dict[str, Any] = {"v": rng.choice(["2.0", "2.1", Raw(rng.choice(HOSTILE))])}
         for key in rng.sample(KEYS, rng.randint(0, 6)):
             envelope[key] = self._hostile()
         return render(envelope)
@@ -548,7 +548,7 @@ def test_scanctl_watch_prints_on_through_hostile_events(capsys, as_json):
     bodies are not what their stream has (a progress time of 400 digits ended the printer), and goes on
     to print the next good event."""
     fuzzer = Fuzzer(7)
-    hostile_bodies = [[render({"v": "1.0", "type": "event", "src": "fake", "stream": stream, "seq": 1, "run": "r",
+    hostile_bodies = [[render({"v": "2.0", "type": "event", "src": "fake", "stream": stream, "seq": 1, "run": "r",
                                "body": {key: Raw(value) for key in ("t_s", "total_s", "acquisitions", "subsystems",
                                                                      "event", "source", "dest", "trigger", "end")}})
                        .encode()] for stream in ("progress", "telemetry", "run", "state", "data")
@@ -575,7 +575,7 @@ def broken_decode(real: Callable[..., Message]) -> Callable[..., Message]:
     return decode_with_a_bug
 
 
-BUG = [json.dumps({"v": "1.0", "type": "command", "id": "bug-1", "src": "BUG", "body": {"command": "status"}}).encode()]
+BUG = [json.dumps({"v": "2.0", "type": "command", "id": "bug-1", "src": "BUG", "body": {"command": "status"}}).encode()]
 
 
 def test_the_control_server_answers_a_decoder_bug_malformed_and_serves_on(monkeypatch):

@@ -541,7 +541,7 @@ def assert_serving(served: Served) -> None:
 
 
 def envelope(**fields: Any) -> bytes:
-    return json.dumps({"v": "1.0", "type": "command", "id": "x", "src": f"raw-{uuid.uuid4().hex}", "ts": time.time(),
+    return json.dumps({"v": "2.0", "type": "command", "id": "x", "src": f"raw-{uuid.uuid4().hex}", "ts": time.time(),
                        "body": {"command": "status"}, **fields}).encode()
 
 
@@ -582,7 +582,7 @@ def test_random_command_bodies_get_a_reply_and_the_server_keeps_serving(shared, 
     ([b"[1, 2]"], "malformed", "not a JSON object"),
     ([envelope(extra=1)], "malformed", "unknown keys: extra"),
     ([envelope(type="launch")], "malformed", "unknown message type 'launch'"),
-    ([envelope(v="2.0")], "malformed", "unsupported protocol version '2.0'"),
+    ([envelope(v="3.0")], "malformed", "unsupported protocol version '3.0'"),
     ([envelope(body=[])], "malformed", "'body' must be an object"),
     ([envelope(id=7)], "malformed", "'id' has the wrong type"),
     ([b"x" * (MAX_ENVELOPE_BYTES + 1)], "malformed", "more than the"),
@@ -767,7 +767,7 @@ def test_watch_notices_a_server_that_went_away(tmp_path):
 def test_a_command_that_is_no_name_is_refused_and_the_server_keeps_serving(shared, command):
     raw = Raw(shared.endpoint)
     try:
-        text = json.dumps({"v": "1.0", "type": "command", "id": "odd", "src": f"raw-{uuid.uuid4().hex}", "ts": 1.0,
+        text = json.dumps({"v": "2.0", "type": "command", "id": "odd", "src": f"raw-{uuid.uuid4().hex}", "ts": 1.0,
                            "body": {"command": command}})
         reply = raw.ask([text.encode()])
         assert reply is not None and reply.type == "error" and reply.body["code"] == "unknown_command"

@@ -90,7 +90,7 @@ def test_replies_answer_their_request():
 
 def envelope(**fields) -> bytes:
     """An envelope of a request type that needs no key but v and type (a driver call; a command needs more)."""
-    return json.dumps({"v": "1.0", "type": "call", **fields}).encode()
+    return json.dumps({"v": "2.0", "type": "call", **fields}).encode()
 
 
 @pytest.mark.parametrize(
@@ -99,18 +99,18 @@ def envelope(**fields) -> bytes:
         ([], "empty message"),
         ([b"\xff\xfe"], "not UTF-8 JSON"),
         ([b"[1, 2]"], "not a JSON object"),
-        ([b'{"v": "1.0", "type": "x", "body": NaN}'], "not UTF-8 JSON"),
-        ([envelope(v="2.0")], r"unsupported protocol version '2.0' \(this side speaks 1.0\)"),
+        ([b'{"v": "2.0", "type": "x", "body": NaN}'], "not UTF-8 JSON"),
+        ([envelope(v="3.0")], r"unsupported protocol version '3.0' \(this side speaks 2.0\)"),
         ([envelope(v=1)], "unsupported protocol version 1"),
         ([envelope(v="1")], "unsupported protocol version '1'"),
-        ([envelope(v="1.0.1")], "unsupported protocol version"),
-        ([envelope(v=" 1.0")], "unsupported protocol version"),
-        ([envelope(v="1.0\n")], "unsupported protocol version"),
+        ([envelope(v="2.0.1")], "unsupported protocol version"),
+        ([envelope(v=" 2.0")], "unsupported protocol version"),
+        ([envelope(v="2.0\n")], "unsupported protocol version"),
         ([envelope(v="\u00b2.0")], "unsupported protocol version"),  # a digit to str.isdigit, not to int()
         ([envelope(v="1." + "1" * 5000)], "unsupported protocol version"),  # past int()'s digit limit
         ([envelope(v="1" * 5000 + ".0")], "unsupported protocol version"),
-        ([envelope(v="2.0", extra=1)], "unsupported protocol version '2.0'"),  # the version is the reason
-        ([envelope(v="1.0", extra=1, more=2)], "unknown keys: extra, more"),
+        ([envelope(v="3.0", extra=1)], "unsupported protocol version '3.0'"),  # the version is the reason
+        ([envelope(v="2.0", extra=1, more=2)], "unknown keys: extra, more"),
         ([envelope(v="0.9", extra=1)], "unsupported protocol version '0.9'"),
         ([envelope(type="")], "'type' must be a non-empty string"),
         ([envelope(body=[])], "'body' must be an object"),
@@ -143,7 +143,7 @@ def test_random_frames_never_raise_anything_else(frames):
     assert ident is None or isinstance(ident, str)
 
 
-@pytest.mark.parametrize("v", ["1.1", "1.7", "1.10", "1.123456789"])
+@pytest.mark.parametrize("v", ["2.1", "2.7", "2.10", "2.123456789"])
 def test_a_newer_minor_may_carry_envelope_keys_this_side_ignores(v):
     """docs/wire-protocol.md: a newer minor only adds optional keys, so an older receiver ignores them."""
     msg = decode([envelope(v=v, id="r-1", extra=1, trace={"span": [1, 2]}, body={"x": 1})])
@@ -152,23 +152,23 @@ def test_a_newer_minor_may_carry_envelope_keys_this_side_ignores(v):
         decode([envelope(v=v, extra=1, seq="7")])
 
 
-@pytest.mark.parametrize("v", ["1.0", "1.00"])
+@pytest.mark.parametrize("v", ["2.0", "2.00"])
 def test_this_minor_or_an_older_one_has_no_unknown_keys(v):
-    with pytest.raises(WireProtocolError, match="envelope has unknown keys: extra \\(version 1.0+ has no others"):
+    with pytest.raises(WireProtocolError, match="envelope has unknown keys: extra \\(version 2.0+ has no others"):
         decode([envelope(v=v, extra=1)])
 
 
 def test_a_newer_minor_batch_may_carry_group_keys_this_side_ignores():
     group = {**GOOD_GROUP, "colour": "red"}
-    newer = decode([json.dumps({"v": "1.2", "type": "batch", "body": {"groups": [group]}}).encode()])
+    newer = decode([json.dumps({"v": "2.2", "type": "batch", "body": {"groups": [group]}}).encode()])
     assert [[m.seq for m in g] for g in unbatch(newer)] == [[1]]
-    same = decode([json.dumps({"v": "1.0", "type": "batch", "body": {"groups": [group]}}).encode()])
+    same = decode([json.dumps({"v": "2.0", "type": "batch", "body": {"groups": [group]}}).encode()])
     with pytest.raises(WireProtocolError, match="batch group 0: unknown keys: colour"):
         unbatch(same)
 
 
 @pytest.mark.parametrize(("frames", "ident"), [
-    ([envelope(v="2.0", id="r-7")], "r-7"),  # another version: refused, but its id is readable
+    ([envelope(v="3.0", id="r-7")], "r-7"),  # another version: refused, but its id is readable
     ([envelope(id="r-7", extra=1)], "r-7"),
     ([envelope(id="r-7", type="")], "r-7"),
     ([envelope(id="r-7", body=[])], "r-7"),
@@ -177,7 +177,7 @@ def test_a_newer_minor_batch_may_carry_group_keys_this_side_ignores():
     ([memoryview(envelope(v="9.9", id="r-8"))], "r-8"),
     ([envelope(id=7)], None),  # an id of the wrong type is no id
     ([envelope(re="r-7")], None),
-    ([b'{"v": "1.0", "id": "r-7"'], None),  # not JSON
+    ([b'{"v": "2.0", "id": "r-7"'], None),  # not JSON
     ([b'["r-7"]'], None),
     ([b'{"id": "r-7", "x": NaN}'], None),
     ([b'{"id": "r-7", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"], None),  # too deep to read safely
@@ -201,7 +201,7 @@ def test_deep_nesting_is_refused():
         inner["a"] = {}
         inner = inner["a"]
     with pytest.raises(WireProtocolError, match="nested more than 32"):
-        decode([json.dumps({"v": "1.0", "type": "x", "body": body}).encode()])
+        decode([json.dumps({"v": "2.0", "type": "x", "body": body}).encode()])
 
 
 
@@ -230,9 +230,9 @@ def test_nesting_is_measured_on_the_text_exactly(value, ensure_ascii):
     assume(_depth(body) <= 33)
     for _ in range(33 - _depth(body)):  # as deep as allowed: the body and 32 levels inside it
         body = {"x": body}
-    text = json.dumps({"v": "1.0", "type": "x", "body": body}, ensure_ascii=ensure_ascii).encode()
+    text = json.dumps({"v": "2.0", "type": "x", "body": body}, ensure_ascii=ensure_ascii).encode()
     assert decode([text]).body == body
-    deeper = json.dumps({"v": "1.0", "type": "x", "body": {"x": body}}, ensure_ascii=ensure_ascii).encode()
+    deeper = json.dumps({"v": "2.0", "type": "x", "body": {"x": body}}, ensure_ascii=ensure_ascii).encode()
     with pytest.raises(WireProtocolError, match="nested more than 32"):
         decode([deeper])
 
@@ -241,7 +241,7 @@ def test_nesting_is_measured_on_the_text_exactly(value, ensure_ascii):
 def test_deep_or_unbalanced_text_is_refused_before_parsing(text):
     """Text deep enough to exhaust the JSON parser's recursion (a RecursionError) is a malformed message."""
     with pytest.raises(WireProtocolError):
-        decode([b'{"v":"1.0","type":"x","body":{"a":' + text + b"}}"])
+        decode([b'{"v":"2.0","type":"x","body":{"a":' + text + b"}}"])
 
 acquisition = st.builds(
     lambda i, block, start, channels, samples, labels: Acquisition(
@@ -354,7 +354,7 @@ GOOD_GROUP = {"type": "event", "stream": "s", "seq": 1, "ts": 1.0, "dt_us": [0],
     ([{**GOOD_GROUP, "dt_us": [0.5]}], "batch group 0: 'dt_us' must be a list of integers"),
 ])
 def test_malformed_batches_are_refused_with_a_reason(groups, reason):
-    frame = json.dumps({"v": "1.0", "type": "batch", "body": {"groups": groups}}).encode()
+    frame = json.dumps({"v": "2.0", "type": "batch", "body": {"groups": groups}}).encode()
     with pytest.raises(WireProtocolError, match=reason):
         unbatch(decode([frame]))
 
@@ -362,12 +362,12 @@ def test_malformed_batches_are_refused_with_a_reason(groups, reason):
 # -- hostile input: nothing but WireProtocolError, whatever arrives (issue 13, defect 1) ----------------------
 def envelope_text(**raw: str) -> bytes:
     """An envelope whose values are given as raw JSON text (numbers json.dumps cannot write, e.g. 5000 digits)."""
-    fields = {"v": '"1.0"', "type": '"call"', **raw}
+    fields = {"v": '"2.0"', "type": '"call"', **raw}
     return ("{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in fields.items()) + "}").encode()
 
 
 def batch_of(**group) -> bytes:
-    return json.dumps({"v": "1.0", "type": "batch", "body": {"groups": [{**GOOD_GROUP, **group}]}}).encode()
+    return json.dumps({"v": "2.0", "type": "batch", "body": {"groups": [{**GOOD_GROUP, **group}]}}).encode()
 
 
 def nd(shape, dtype="<f8", index=0) -> dict:
@@ -442,7 +442,7 @@ def test_hostile_batches_are_refused_as_malformed(group, reason):
 def test_a_batch_of_more_messages_than_a_publisher_sends_is_refused():
     groups = [{**GOOD_GROUP, "seq": 1 + 300 * i, "dt_us": [0] * 300, "bodies": [{}] * 300} for i in range(2)]
     with pytest.raises(WireProtocolError, match="more than 512 messages"):
-        unbatch(decode([json.dumps({"v": "1.0", "type": "batch", "body": {"groups": groups}}).encode()]))
+        unbatch(decode([json.dumps({"v": "2.0", "type": "batch", "body": {"groups": groups}}).encode()]))
 
 
 def test_unbatch_and_request_id_of_take_anything():
@@ -474,7 +474,7 @@ numbers = st.one_of(
     st.integers(1, 5000).map(lambda n: "9" * n), st.integers(1, 600).map(lambda n: "-1" + "0" * n),
     st.sampled_from(["1e999", "-1e999", "1e-999", "-0", "0.0", "1E400", "18446744073709551616", "4.5e15"]),
     st.floats(allow_nan=False, allow_infinity=False).map(repr))
-strings = st.one_of(st.text(max_size=12), st.sampled_from(["1.0", "1.1", "2.0", "nan", "inf", "-inf", "<f8", "|b1",
+strings = st.one_of(st.text(max_size=12), st.sampled_from(["2.0", "2.1", "3.0", "nan", "inf", "-inf", "<f8", "|b1",
                                                             "<c16", "f16", "(2)f8", "f8,i4", "O", "<U4", "S0",
                                                             "M8", "batch", "event", "command", "\ud800"]),
                     st.integers(1, 3000).map(lambda n: "x" * n)).map(json.dumps)
@@ -520,12 +520,12 @@ envelopes = st.one_of(
     st.lists(st.tuples(st.sampled_from(KEYS[:10] + ["extra"]), json_texts), max_size=10).map(obj),
     st.lists(st.sampled_from(sorted(plausible)), unique=True).flatmap(  # the right JSON types, hostile values
         lambda keys: st.tuples(*[plausible[k] for k in keys]).map(
-            lambda values, keys=keys: obj([("v", '"1.0"'), ("type", '"event"'), *zip(keys, values, strict=True)]))),
+            lambda values, keys=keys: obj([("v", '"2.0"'), ("type", '"event"'), *zip(keys, values, strict=True)]))),
     st.builds(lambda v, t, rest: obj([("v", v), ("type", t), *rest]),
-              st.sampled_from(['"1.0"', '"1.1"', '"1.00"']), st.sampled_from(['"command"', '"batch"', '"call"']),
+              st.sampled_from(['"2.0"', '"2.1"', '"2.00"']), st.sampled_from(['"command"', '"batch"', '"call"']),
               st.lists(st.tuples(st.sampled_from(KEYS[2:10]), json_texts), max_size=6)),
     st.builds(lambda v, gs: obj([("v", v), ("type", '"batch"'), ("body", obj([("groups", arr(gs))]))]),
-              st.sampled_from(['"1.0"', '"1.2"']), st.lists(st.one_of(groups, json_texts), max_size=3)))
+              st.sampled_from(['"2.0"', '"2.2"']), st.lists(st.one_of(groups, json_texts), max_size=3)))
 frame_lists = st.lists(st.one_of(st.binary(max_size=32), st.sampled_from([b"", b"x" * 8, b"y" * 16, b"z" * 24])),
                        max_size=4)
 
@@ -583,3 +583,13 @@ def test_mutated_messages_give_a_message_or_wire_protocol_error(body, cuts, drop
     if drop and len(frames) > 1:
         frames.pop()
     check_anything([bytes(f) for f in frames])
+
+
+@pytest.mark.parametrize("key", ["id", "src"])
+def test_a_required_command_key_sent_as_null_counts_as_missing(key):
+    """`{"id": null}` is no id: its reply could not be matched (and `src: null` would hold control under a
+    routing id), so it is refused like a missing key."""
+    fields = {"v": "2.0", "type": "command", "id": "r-1", "src": "console", "ts": 1.0, "body": {"command": "status"}}
+    fields[key] = None
+    with pytest.raises(WireProtocolError, match=f"missing: '{key}'"):
+        decode([json.dumps(fields).encode()])

@@ -256,7 +256,7 @@ def scenarios(rig: Rig, monkeypatch: Any, tmp_path: Path) -> dict[str, tuple[int
 
         monkeypatch.setitem(commands.COMMANDS, "runs", replace(commands.COMMANDS["runs"], handler=boom))
         refused("internal", a.runs)
-        for frames in ([b"not json"], [json.dumps({"v": "1.0", "type": "command", "id": "no-src", "ts": 1.0,
+        for frames in ([b"not json"], [json.dumps({"v": "2.0", "type": "command", "id": "no-src", "ts": 1.0,
                                                     "body": {"command": "status"}}).encode()]):
             reply = raw_command(rig, frames)
             assert reply.type == "error" and reply.body["code"] == "malformed"
@@ -403,17 +403,17 @@ def changed(edit: Any, version: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("edit", "version", "broken"), [
-    (lambda s: None, "1.0", None),
-    (lambda s: s["Reply.status"]["properties"].update(uptime_s={"type": "number"}), "1.1", None),  # minor: adds
-    (lambda s: s["Reply.status"]["properties"].update(uptime_s={"type": "number"}), "1.0", "without a new version"),
-    (lambda s: s["Reply.status"]["properties"].pop("snapshot"), "1.1", "snapshot removed"),
-    (lambda s: s["Command.move_table"]["required"].append("speed_mm_s"), "1.1", "became required"),
-    (lambda s: s["ErrorBody"]["properties"]["code"]["enum"].remove("internal"), "1.1", "'internal' removed"),
-    (lambda s: s["Event.progress"]["properties"].update(t_s={"type": "string"}), "1.1", "t_s"),
-    (lambda s: s["Reply.status"]["properties"].pop("snapshot"), "2.0", None),  # major: anything, refused by 1.x
+    (lambda s: None, "2.0", None),
+    (lambda s: s["Reply.status"]["properties"].update(uptime_s={"type": "number"}), "2.1", None),  # minor: adds
+    (lambda s: s["Reply.status"]["properties"].update(uptime_s={"type": "number"}), "2.0", "without a new version"),
+    (lambda s: s["Reply.status"]["properties"].pop("snapshot"), "2.1", "snapshot removed"),
+    (lambda s: s["Command.move_table"]["required"].append("speed_mm_s"), "2.1", "became required"),
+    (lambda s: s["ErrorBody"]["properties"]["code"]["enum"].remove("internal"), "2.1", "'internal' removed"),
+    (lambda s: s["Event.progress"]["properties"].update(t_s={"type": "string"}), "2.1", "t_s"),
+    (lambda s: s["Reply.status"]["properties"].pop("snapshot"), "3.0", None),  # major: anything, refused by 1.x
 ])
 def test_a_message_change_must_follow_the_version_rule(edit, version, broken):
-    problems = version_rule({"1.0": schema.load()}, changed(edit, version))
+    problems = version_rule({"2.0": schema.load()}, changed(edit, version))
     if broken is None:
         assert problems == []
     else:
@@ -448,7 +448,7 @@ class Dealer:
 
 
 def command_frames(body: dict[str, Any], **envelope: Any) -> list[bytes]:
-    fields = {"v": "1.0", "type": "command", "id": uuid.uuid4().hex, "src": f"t-{uuid.uuid4().hex[:6]}",
+    fields = {"v": "2.0", "type": "command", "id": uuid.uuid4().hex, "src": f"t-{uuid.uuid4().hex[:6]}",
               "ts": time.time(), "body": body, **envelope}
     return [json.dumps({k: v for k, v in fields.items() if v is not None}).encode()]
 
@@ -481,7 +481,7 @@ def test_an_argument_a_command_does_not_take_is_refused_and_null_is_absent(plain
 def test_a_malformed_message_error_has_the_command_error_shape(plain):
     dealer = Dealer(plain.endpoints["control"])
     try:
-        for frames, command in (([b"not json"], None), (command_frames({"command": "load"}, v="2.0"), "load")):
+        for frames, command in (([b"not json"], None), (command_frames({"command": "load"}, v="3.0"), "load")):
             reply = json.loads(dealer.ask(frames)[0])
             assert reply["body"]["code"] == "malformed" and reply["body"]["command"] == command
             assert set(reply["body"]) == {"command", "code", "message"}
@@ -493,7 +493,7 @@ def test_a_subscriber_filtering_on_the_data_prefix_finishes_the_sync_handshake(p
     """Issue 20, 1: data_sync travels on the data socket with type data, as every message there."""
     socket = zmq.Context.instance().socket(zmq.SUB)
     socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.SUBSCRIBE, b'{"v":"1.0","type":"data"')
+    socket.setsockopt(zmq.SUBSCRIBE, b'{"v":"2.0","type":"data"')
     socket.connect(plain.endpoints["data"])
     try:
         with Client(plain.endpoints["control"]) as client:

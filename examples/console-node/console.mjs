@@ -10,7 +10,7 @@ import { Dealer, Subscriber } from "zeromq";
 import { writeFileSync } from "node:fs";
 import { randomUUID } from "node:crypto";
 
-const VERSION = "1.0";
+const VERSION = "2.0";
 const args = Object.fromEntries(process.argv.slice(2).reduce((pairs, arg, i, all) =>
   arg.startsWith("--") ? [...pairs, [arg.slice(2), all[i + 1]]] : pairs, []));
 const name = args.name ?? `console-node-${process.pid}`;

@@ -230,8 +230,8 @@ def _message(envelope: dict[str, Any], body: dict[str, Any], v: str) -> Message:
         raise WireProtocolError(f"envelope 'ts' has the wrong type ({type(ts).__name__})")
     check_ts("envelope 'ts'", ts)
     required = REQUIRED_KEYS.get(kind, ())
-    if not envelope.keys() >= set(required):
-        missing = ", ".join(repr(key) for key in required if key not in envelope)
+    missing = ", ".join(repr(key) for key in required if envelope.get(key) is None)  # null counts as absent
+    if missing:
         raise WireProtocolError(f"a {kind} envelope needs {', '.join(map(repr, required))} (missing: {missing})")
     return Message(kind, body, ident, re, sender, float(ts), stream, seq, run, v)
 

@@ -5,8 +5,8 @@ message payloads are JSON Schema (draft-07, AsyncAPI's own schema format) of the
 arrays appear as their ``{"__nd__", "dtype", "shape"}`` references, each a binary frame after the envelope.
 Its ``x-commands``, ``x-streams`` and ``x-error-codes`` index the control server's commands (arguments,
 reply, whether control is needed), event streams and error codes; docs/wire-protocol.md's tables are
-generated from them (tools/wire_docs.py). Why AsyncAPI and what it cannot say (ZeroMQ framing) is in
-docs/wire-protocol.md#the-schema.
+generated from them (``python -m scanctl.transport.schema.docs``). Why AsyncAPI and what it cannot say
+(ZeroMQ framing) is in docs/wire-protocol.md#the-schema.
 
 The server takes the names of each command's arguments from here (:func:`command_arguments`), so an
 argument the schema does not list is refused. Validating messages against the schema needs the
