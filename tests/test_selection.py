@@ -87,3 +87,34 @@ def test_a_band_offset_along_x_shows_where_it_was_selected(tmp_path):
     width = float(profile.sum() / profile.max()) * FOV / N
     assert centre == pytest.approx(30e-3, abs=1e-3)
     assert width == pytest.approx(THICKNESS, rel=0.15)
+
+
+def test_splitting_the_classes_mid_scan_keeps_the_phase_they_gathered():
+    """Voxels of one tissue a little apart in B0 (one 5 Hz bin) dephase for 100 ms, then a pulse with an x
+    gradient splits their class: the FID must go on as if each voxel had been its own class all along
+    (the parts once took their own mean off-resonance while carrying the class's phase: 27 % off)."""
+    from tests.test_bloch import adc_program, block_pulse, gradient, rf_program, trapezoid
+
+    shape = (1, 16)
+    b0 = np.linspace(0.0, 2.4, 16)[None, :]
+    one = np.ones(shape)
+    tissue = Phantom(pd=one, t1_s=one, t2_s=one, b0_offset_hz=b0, voxel_size_m=(1e-3, 1e-3, 1e-3))
+    # The same voxels as 16 classes (T2 a hair apart): nothing to split, the reference.
+    apart = Phantom(pd=one, t1_s=one, t2_s=one + np.arange(16)[None, :] * 1e-9, b0_offset_hz=b0,
+                    voxel_size_m=(1e-3, 1e-3, 1e-3))
+    g = gradient(0, 0.3, x=[trapezoid(0.1 - 0.3e-3, 5e5, flat_s=0.2e-3), trapezoid(0.1 + 0.2e-3, -5e5, flat_s=0.2e-3)])
+    pulses = [block_pulse(0.0, np.pi / 2), block_pulse(0.05, 0.01), block_pulse(0.1, 0.01)]
+    adc = adc_program(0, 0.3, [(0.12, 200, 500e-6, 0.0, 0.0)])
+    spins = SpinSystem(tissue)
+    split = spins.play(g, rf_program(0, 0.3, pulses), adc)[0][0]
+    assert spins.n_classes == 16  # the x gradient during the last pulse split the one tissue class
+    reference = SpinSystem(apart).play(g, rf_program(0, 0.3, pulses), adc)[0][0]
+    assert np.abs(split - reference).max() < 1e-3 * np.abs(reference).max()
+
+
+def test_a_wide_b0_map_widens_the_bins_instead_of_multiplying_the_classes():
+    n = 64
+    ramp = np.tile(np.linspace(-2000.0, 2000.0, n), (n, 1))  # 4 kHz across: 800 bins of 5 Hz per tissue
+    one = np.ones((n, n))
+    spins = SpinSystem(Phantom(pd=one, t1_s=one, t2_s=one, b0_offset_hz=ramp, voxel_size_m=(2e-3, 2e-3, 5e-3)))
+    assert 200 < spins.n_classes < 512  # 10 Hz bins: still each voxel's own off-resonance within 5 Hz

@@ -94,6 +94,8 @@ MAX_SPLIT_CLASSES = 4096
 #: Width of the off-resonance bins that split tissue classes (Hz): inside a bin the RF rotation uses the
 #: bin's mean, a phase error below 2π x 2.5 Hz x 2 ms = 0.03 rad over half of a 4 ms pulse.
 RF_B0_BIN_HZ = 5.0
+#: The most classes the off-resonance bins may make before the bins are widened (work grows with classes).
+MAX_B0_CLASSES = 512
 
 
 
@@ -167,9 +169,17 @@ class SpinSystem:
         t2p = phantom.t2prime_s.reshape(-1)[active] if phantom.t2prime_s is not None else np.full(t1.size, np.inf)
         r2p = 1.0 / t2p  # 0 where T2′ is infinite
         df = phantom.b0_offset_hz.reshape(-1)[active] + self.b0_offset_hz
-        table = np.column_stack((t1, t2, r2p, iz if phantom.ndim == 3 else np.zeros_like(iz),
-                                 np.round(df / RF_B0_BIN_HZ)))
-        _, label = np.unique(np.round(table, 12), axis=0, return_inverse=True)
+        tissue = np.column_stack((t1, t2, r2p, iz if phantom.ndim == 3 else np.zeros_like(iz)))
+        width = RF_B0_BIN_HZ
+        while True:  # a wide B0 map in fine bins would multiply the classes: widen the bins, and say so
+            _, label = np.unique(np.round(np.column_stack((tissue, np.round(df / width))), 12), axis=0,
+                                 return_inverse=True)
+            if label.size == 0 or int(label.max()) < MAX_B0_CLASSES or width > 1e6:
+                break
+            width *= 2.0
+        if width > RF_B0_BIN_HZ:
+            log.warning("the phantom's off-resonance spreads over more than %d classes in %g Hz bins: RF sees "
+                        "it in %g Hz bins", MAX_B0_CLASSES, RF_B0_BIN_HZ, width)
         self.n_voxels = int(active.size)
         self._x, self._y = xs, ys
         self._voxel = (dx, dy, dz)
@@ -184,8 +194,9 @@ class SpinSystem:
         self._label0 = label.reshape(-1)
         self._build_classes(self._label0)
 
-    def _build_classes(self, label: npt.NDArray[np.intp]) -> None:
-        """Class parameters and maps from each voxel's class ``label`` (0..n-1), and the read-out for them."""
+    def _build_classes(self, label: npt.NDArray[np.intp], df_class: FloatArray | None = None) -> None:
+        """Class parameters and maps from each voxel's class ``label`` (0..n-1), and the read-out for them.
+        ``df_class``: each class's off-resonance (Hz; default: the mean of its voxels')."""
         v = self._vox
         _, first = np.unique(label, return_index=True)  # a voxel of each class
         n = first.size
@@ -194,7 +205,7 @@ class SpinSystem:
         self.n_classes = n
         self._label = label
         self._r1, self._r2, self._r2p = (np.asarray(v[key][first], np.float64) for key in ("r1", "r2", "r2p"))
-        self._df = np.bincount(label, weights=v["df"], minlength=n) / counts
+        self._df = np.bincount(label, weights=v["df"], minlength=n) / counts if df_class is None else df_class
         self._z_class = np.asarray(v["z"][first], np.float64)
         # In-plane centre of each class (proton-density weighted): where its RF rotation is evaluated
         # when a pulse plays gradients in the plane (the classes are then split along them, _resolve).
@@ -404,7 +415,9 @@ class SpinSystem:
             return
         parent = self._label[first]
         self._graph.split(parent)
-        self._build_classes(label.reshape(-1))
+        # The parts keep their class's off-resonance: the amplitudes carry the phase it gathered, and
+        # each voxel's own offset from it stays in the read-out's relative map.
+        self._build_classes(label.reshape(-1), df_class=self._df[parent])
 
     # ------------------------------------------------------------------------------------------------------
     # ADC
