@@ -114,7 +114,7 @@ def test_splitting_the_classes_mid_scan_keeps_the_phase_they_gathered():
 
 def test_a_wide_b0_map_widens_the_bins_instead_of_multiplying_the_classes():
     n = 64
-    ramp = np.tile(np.linspace(-2000.0, 2000.0, n), (n, 1))  # 4 kHz across: 800 bins of 5 Hz per tissue
+    ramp = np.linspace(-2000.0, 2000.0, n * n).reshape(n, n)  # 4 kHz across: 800 bins of 5 Hz per tissue
     one = np.ones((n, n))
     spins = SpinSystem(Phantom(pd=one, t1_s=one, t2_s=one, b0_offset_hz=ramp, voxel_size_m=(2e-3, 2e-3, 5e-3)))
     assert 200 < spins.n_classes < 512  # 10 Hz bins: still each voxel's own off-resonance within 5 Hz
