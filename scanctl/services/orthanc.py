@@ -94,7 +94,8 @@ class Orthanc:
     def start(self) -> Orthanc:
         """Write the configuration and start Orthanc; returns once its REST API answers. Raises OrthancError
         (not installed, exited, or no answer within START_TIMEOUT_S: its log's last lines say why)."""
-        exe = shutil.which(EXECUTABLE)
+        # Debian installs it in /usr/sbin, which is not on a user's PATH
+        exe = shutil.which(EXECUTABLE) or shutil.which(EXECUTABLE, path="/usr/sbin:/usr/local/sbin")
         if exe is None:
             raise OrthancError(f"{EXECUTABLE} is not installed (Debian: apt-get install orthanc; ./setup-env does it "
                                f"as root)")
