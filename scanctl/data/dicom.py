@@ -490,7 +490,7 @@ class _Geometry:
 
     def place(self, ds: Dataset, counters: Mapping[str, int]) -> None:
         k = int(counters.get("PAR" if self.three_d else "SLC", 0))
-        # 3D: partition p at (p - nz // 2) · step; 2D: slices centred on the isocentre.
+        # 3D: partition p at (p - slices // 2) · step; 2D: slices centred on the isocentre.
         z = (k - self.slices // 2) * self.step if self.three_d else (k - (self.slices - 1) / 2) * self.step
         x0 = -(self.nx // 2) * self.spacing_x
         y0 = -(self.ny // 2) * self.spacing_y

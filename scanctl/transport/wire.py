@@ -191,7 +191,7 @@ def request_id_of(frames: Sequence[bytes | memoryview | Any]) -> str | None:
 
 def command_of(frames: Sequence[bytes | memoryview | Any]) -> str | None:
     """The ``command`` named in the body of a message :func:`decode` refused, read best-effort as
-    :func:`request_id_of` reads its id (a string of at most 64 characters, else None). Never raises."""
+    :func:`request_id_of` reads its id (a string of at most ``MAX_TEXT_CHARS`` characters, else None). Never raises."""
     body = _readable(frames).get("body")
     name = body.get("command") if isinstance(body, dict) else None
     return name if type(name) is str and len(name) <= 64 else None

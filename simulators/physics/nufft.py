@@ -9,7 +9,7 @@ Method (Greengard & Lee, SIAM Rev. 2004; Beatty, Nishimura & Pauly, IEEE TMI 200
 Fourier transform of a Kaiser–Bessel kernel, are zero-padded to twice their size and transformed once
 (FFT); each point is then the kernel-weighted sum of the ``width x width`` grid values around it. The
 error comes only from the kernel's aliasing: with twice oversampling and ``width`` 12 it is below 1e-10 of
-``Σ |maps|`` (``tests/test_bloch.py`` checks it against the direct sum), far below what the phase graph
+``Σ |maps|`` (``tests/test_signal.py`` checks it against the direct sum), far below what the phase graph
 drops (1e-6). Work per point: ``width² · classes``, against ``nx · ny · classes`` for the direct sum.
 """
 

@@ -26,8 +26,9 @@ How it is computed, and why (the cost is in ``P``, a sum over every voxel):
 * **Off-resonance varying inside a class**: ``P`` depends on ``τ`` too; a Taylor series in time around the
   middle of short chunks (error < 1e-7), each term separable or summed directly.
 
-Conventions: ``Mxy`` turns as ``exp(+2πi f t)`` (``bloch.py``); units: a voxel of proton density 1, fully
-transverse and in phase through its slab, contributes 1 to a sample.
+Conventions: the internal (mirror) ones of ``bloch.py``: ``Mxy`` turns as ``exp(+2πi f t)``, and a voxel of
+proton density 1, fully transverse and in phase through its slab, contributes 1 — ``bloch.py`` conjugates
+the samples and weights them by the voxel volume (mm³) on output.
 """
 
 from __future__ import annotations
