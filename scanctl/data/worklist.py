@@ -78,7 +78,8 @@ def worklist_dataset(order: Order, scheduled: Scheduled = Scheduled()) -> Datase
     ds.StudyInstanceUID = order.study_uid
     ds.RequestedProcedureID = order.procedure_step_id or order.accession_number
     ds.RequestedProcedureDescription = order.requested_procedure
-    ds.RequestedProcedureCodeSequence = [_code(order)] if order.requested_procedure_code else []
+    if order.requested_procedure_code:  # an empty sequence would match no query asking for the code (Orthanc)
+        ds.RequestedProcedureCodeSequence = [_code(order)]
     step = Dataset()
     step.Modality = scheduled.modality
     step.ScheduledStationAETitle = scheduled.station_aet
@@ -176,6 +177,9 @@ def query(server: Pacs, *, modality: str | None = "MR", station_aet: str | None 
         from scanctl.data.pacs import _rejection
 
         raise WorklistError(f"worklist {server} refused the association ({_rejection(assoc)})")
+    if not assoc.is_established and assoc.rejected_contexts:  # it answered, but not to the worklist model
+        raise WorklistError(f"worklist {server} does not offer the Modality Worklist (C-FIND {MWL_FIND} "
+                            f"not accepted): is it a worklist server, with its worklist plugin enabled?")
     if not assoc.is_established:
         raise WorklistError(f"worklist {server} cannot be reached (no DICOM association: is it running, and is "
                             f"the address right?)")
@@ -197,9 +201,6 @@ def query(server: Pacs, *, modality: str | None = "MR", station_aet: str | None 
 
 def _find(assoc: Any, identifier: Dataset, server: Pacs) -> list[Dataset]:
     """Every identifier the C-FIND returns; raises WorklistError on a failure status or a lost answer."""
-    if not any(cx.abstract_syntax == MWL_FIND for cx in assoc.accepted_contexts):
-        raise WorklistError(f"worklist {server} does not offer the Modality Worklist (C-FIND "
-                            f"{MWL_FIND}): is its worklist plugin enabled?")
     answers = []
     for status, found in assoc.send_c_find(identifier, MWL_FIND):
         code = getattr(status, "Status", None)
@@ -221,10 +222,11 @@ def order_from_dataset(ds: Dataset) -> Order:
     code). Raises DicomError naming the field at fault."""
     step = ds.ScheduledProcedureStepSequence[0] if ds.get("ScheduledProcedureStepSequence") else Dataset()
     code = ds.RequestedProcedureCodeSequence[0] if ds.get("RequestedProcedureCodeSequence") else Dataset()
-    weight = ds.get("PatientWeight")
-    try:
+    try:  # pydicom converts a DS on access: a malformed one raises there
+        weight = ds.get("PatientWeight")
         weight_kg = float(weight) if weight not in (None, "") else None
     except (TypeError, ValueError):
+        weight = ds["PatientWeight"].value if "PatientWeight" in ds else None
         raise DicomError(f"order: Patient's Weight {weight!r} is not a number") from None
 
     def text(source: Dataset, keyword: str) -> str:
@@ -297,8 +299,9 @@ def order_from_fhir(doc: Any) -> Order:
         "weight_kg": _weight(request, resources),
         "accession_number": _identifier(request, lambda i: _has_code(i.get("type"), "ACSN")),
         "study_uid": _identifier(request, lambda i: i.get("system") == DICOM_UID_SYSTEM).removeprefix("urn:oid:"),
-        "requested_procedure": str(code.get("text") or first.get("display") or ""),
-        "requested_procedure_code": str(first.get("code") or ""),
+        "requested_procedure": _string(code, "text", "ServiceRequest.code") or _string(first, "display",
+                                                                                        "ServiceRequest.code.coding"),
+        "requested_procedure_code": _string(first, "code", "ServiceRequest.code.coding"),
     }
     try:
         return Order(**values)
@@ -335,10 +338,21 @@ def _get(obj: Mapping[str, Any], key: str, kind: type, where: str, *, required: 
     return value
 
 
+def _string(obj: Mapping[str, Any], key: str, where: str) -> str:
+    """``obj[key]``, a string ("" when absent); raises WorklistError when it is something else."""
+    value = obj.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise WorklistError(f"{where}.{key} {value!r:.40}: expected a string")
+    return value
+
+
 def _resolve(reference: Mapping[str, Any], request: Mapping[str, Any], resources: Sequence[Mapping[str, Any]],
-             kind: str, where: str) -> dict[str, Any]:
+             kind: str | None, where: str) -> dict[str, Any]:
     """The resource ``reference`` names: ``#id`` among ``request``'s contained ones, ``Kind/id`` or a
-    fullUrl-less id among the Bundle's. Raises WorklistError when it is not there or not a ``kind``."""
+    fullUrl-less id among the Bundle's. Raises WorklistError when it is not there or not a ``kind`` (None:
+    any kind)."""
     ref = reference.get("reference")
     if not isinstance(ref, str) or not ref:
         raise WorklistError(f"{where}.reference is missing")
@@ -350,7 +364,7 @@ def _resolve(reference: Mapping[str, Any], request: Mapping[str, Any], resources
         wanted = ref.rsplit("/", 1)[-1]
     for resource in pool:
         if resource.get("id") == wanted:
-            if resource.get("resourceType") != kind:
+            if kind is not None and resource.get("resourceType") != kind:
                 raise WorklistError(f"{where} {ref!r} is a {resource.get('resourceType')}, not a {kind}")
             return dict(resource)
     raise WorklistError(f"{where} {ref!r}: no such resource in the file (contained or in the Bundle)")
@@ -362,7 +376,10 @@ def _patient_id(patient: Mapping[str, Any]) -> str:
     if not ids:
         raise WorklistError("Patient.identifier: no identifier with a value (the patient ID)")
     typed = [i for i in ids if _has_code(i.get("type"), "MR")]
-    return str((typed or ids)[0]["value"])
+    value = (typed or ids)[0]["value"]
+    if not isinstance(value, str):
+        raise WorklistError(f"Patient.identifier.value {value!r:.40}: expected a string")
+    return value
 
 
 def _person_name(patient: Mapping[str, Any]) -> str:
@@ -393,7 +410,7 @@ def _sex(patient: Mapping[str, Any]) -> str:
     gender = patient.get("gender")
     if gender is None:
         return ""
-    if gender not in _GENDER:
+    if not isinstance(gender, str) or gender not in _GENDER:
         raise WorklistError(f"Patient.gender {gender!r} is not one of {', '.join(_GENDER)}")
     return _GENDER[gender]
 
@@ -404,13 +421,13 @@ def _weight(request: Mapping[str, Any], resources: Sequence[Mapping[str, Any]]) 
         if not isinstance(info, dict):
             continue
         where = f"ServiceRequest.supportingInfo[{n}]"
-        resource = _resolve(info, request, resources, "Observation", where)
-        if not _has_code(resource.get("code"), *_WEIGHT_CODES):
+        resource = _resolve(info, request, resources, None, where)  # other supporting information: not ours
+        if resource.get("resourceType") != "Observation" or not _has_code(resource.get("code"), *_WEIGHT_CODES):
             continue
         quantity = resource.get("valueQuantity")
         if not isinstance(quantity, dict):
             raise WorklistError(f"{where}: the body weight Observation has no valueQuantity")
-        value, unit = quantity.get("value"), quantity.get("code") or quantity.get("unit")
+        value, unit = quantity.get("value"), str(quantity.get("code") or quantity.get("unit"))
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise WorklistError(f"{where}: body weight valueQuantity.value {value!r} is not a number")
         if unit not in _KG_PER_UNIT:
