@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -295,3 +298,87 @@ def test_any_fhir_damage_is_an_order_or_a_worklist_error(path: str, value: Any) 
         assert "\n" not in str(exc)
     else:
         assert order.patient_id
+
+
+# -- the command line: scanctl worklist query, scanctl run --order / --accession --worklist ---------------
+
+ROOT = Path(__file__).resolve().parents[1]
+GRE = ROOT / "protocols" / "gre_2d.toml"  # its [patient] weight_kg is 70
+
+
+def scanctl(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "scanctl", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def _fhir_file(tmp_path: Path, weight_kg: float) -> Path:
+    path = tmp_path / f"order-{weight_kg:g}.json"
+    path.write_text(json.dumps(_edit("contained.1.valueQuantity.value", weight_kg)), encoding="utf-8")
+    return path
+
+
+def _safety(run: Path) -> dict[str, Any]:
+    sar: dict[str, Any] = json.loads((run / "report.json").read_text())["safety"]["sar"]
+    return sar
+
+
+def test_worklist_query_lists_the_orders_as_json(worklist: Orthanc) -> None:
+    done = scanctl("worklist", "query", "--pacs", str(worklist.pacs), "--date", TODAY, "--station", "SCANCTL",
+                   "--json")
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(done.stdout)
+    assert [Order(**o) for o in sorted(listed, key=lambda o: o["patient_id"])] == [HEAD, KNEE]
+    text = scanctl("worklist", "query", "--pacs", str(worklist.pacs), "--patient", "P2")
+    assert "ACC2" in text.stdout and "61 kg" in text.stdout and "1 order from" in text.stdout
+
+
+def test_the_order_weight_judges_the_sar_and_reaches_the_dicom(tmp_path: Path) -> None:
+    """The SAR of the same protocol predicted for the order's patient: twice the weight, half the W/kg (the
+    same RF energy into twice the mass); the DICOM carries the order's patient and that weight."""
+    import pydicom
+
+    peaks = {}
+    for weight in (50.0, 100.0):
+        run, dicom = tmp_path / f"run{weight:g}", tmp_path / f"dicom{weight:g}"
+        done = scanctl("run", GRE, "--order", _fhir_file(tmp_path, weight), "--out", run, "--dicom", dicom)
+        assert done.returncode == 0, done.stderr
+        sar = _safety(run)
+        assert sar["patient_weight_kg"] == weight and not sar["weight_assumed"]
+        peaks[weight] = sar["whole_body"]["6min"]["peak_w_per_kg"]
+        ds = pydicom.dcmread(next(dicom.glob("*.dcm")))
+        assert (ds.PatientID, ds.AccessionNumber, float(ds.PatientWeight)) == ("P1", "ACC1", weight)
+        assert ds.StudyInstanceUID == "1.2.826.0.1.3680043.8.498.1"
+    assert peaks[50.0] == pytest.approx(2 * peaks[100.0], rel=1e-9) and peaks[100.0] > 0
+
+
+def test_run_by_accession_asks_the_worklist(worklist: Orthanc, tmp_path: Path) -> None:
+    done = scanctl("run", GRE, "--accession", "ACC2", "--worklist", str(worklist.pacs), "--out", tmp_path / "r")
+    assert done.returncode == 0, done.stderr
+    assert _safety(tmp_path / "r")["patient_weight_kg"] == KNEE.weight_kg
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--order", "{tmp}/missing.json"], r"missing\.json: cannot read the order"),
+    (["--order", "{tmp}/bad.json"], r"bad\.json: Patient\.gender 'm' is not one of"),
+    (["--order", "{tmp}/noweight.toml"], r"order for patient P9 has no weight: SAR cannot be judged"),
+    (["--order", "{tmp}/order-80.json", "--patient-weight", "60"], r"--patient-weight 60 kg and the order's 80 kg"),
+    (["--accession", "ACC1"], r"--accession N and --worklist AET@HOST:PORT go together"),
+    (["--accession", "ACC1", "--worklist", "nowhere"], r"--worklist: PACS address 'nowhere' is not AET@HOST:PORT"),
+    (["--accession", "ACC1", "--worklist", "WL@127.0.0.1:{port}"], r"worklist WL@127\.0\.0\.1:\d+ cannot be reached"),
+    (["--accession", "NOPE", "--worklist", "{wl}"], r"no orders with accession number 'NOPE'"),
+    (["--accession", "ACC1", "--worklist", "{wrong_aet}"], r"refused the association"),
+    (["--order", "{tmp}/order-80.json", "--accession", "ACC1", "--worklist", "{wl}"], r"give one"),
+])
+def test_a_bad_order_on_the_command_line_is_one_line_and_nothing_moves(worklist: Orthanc, tmp_path: Path,
+                                                                       args: list[str], message: str) -> None:
+    (tmp_path / "bad.json").write_text(json.dumps(_edit("contained.0.gender", "m")), encoding="utf-8")
+    (tmp_path / "noweight.toml").write_text("[order]\npatient_id = 'P9'\npatient_name = 'No^Weight'\n")
+    _fhir_file(tmp_path, 80.0)
+    fill = {"tmp": str(tmp_path), "port": str(free_port()), "wl": str(worklist.pacs),
+            "wrong_aet": f"WRONG@{worklist.host}:{worklist.dicom_port}"}
+    done = scanctl("run", GRE, *[a.format(**fill) for a in args], cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("scanctl: error: "), done.stderr
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "out").exists()  # no run directory: nothing moved
