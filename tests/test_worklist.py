@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,12 @@ def worklist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
 def test_orders_written_come_back_by_c_find_field_for_field(worklist: Orthanc) -> None:
     found = query(worklist.pacs, date=TODAY, station_aet="SCANCTL")
     assert sorted(found, key=lambda o: o.patient_id) == [HEAD, KNEE]
+
+
+def test_an_order_without_a_study_uid_gets_one_the_same_each_time(worklist: Orthanc) -> None:
+    (found,) = query(worklist.pacs, patient_id="P4")
+    assert found.study_uid.startswith("2.25.") and found == replace(OTHER_STATION, study_uid=found.study_uid)
+    assert worklist_dataset(OTHER_STATION).StudyInstanceUID == found.study_uid
 
 
 @pytest.mark.parametrize(("keys", "expected"), [
@@ -284,11 +291,12 @@ _json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | s
                      max_leaves=20)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(path=st.sampled_from(["subject", "subject.reference", "contained", "contained.0", "contained.0.name",
                              "contained.0.identifier", "contained.0.gender", "contained.0.birthDate",
                              "contained.1.valueQuantity", "contained.1.code", "supportingInfo", "identifier",
-                             "identifier.0", "code", "code.coding"]),
+                             "identifier.0", "identifier.0.type", "code", "code.coding", "code.text",
+                             "contained.0.name.1", "contained.0.name.1.given", "supportingInfo.0", "contained.1"]),
        value=_json)
 def test_any_fhir_damage_is_an_order_or_a_worklist_error(path: str, value: Any) -> None:
     doc = _edit(path, value)  # None removes the element

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,15 @@ from typing import Any
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from scanctl.data.dicom import IMPLEMENTATION_UID, IMPLEMENTATION_VERSION, DicomError, Order, load_order
+from scanctl.data.dicom import (
+    IMPLEMENTATION_UID,
+    IMPLEMENTATION_VERSION,
+    UID_NAMESPACE,
+    UID_ROOT,
+    DicomError,
+    Order,
+    load_order,
+)
 from scanctl.data.pacs import CALLING_AET, Pacs, check_aet
 
 log = logging.getLogger(__name__)
@@ -64,7 +73,9 @@ class Scheduled:
 
 def worklist_dataset(order: Order, scheduled: Scheduled = Scheduled()) -> Dataset:
     """The Modality Worklist entry of ``order`` (PS3.4 K.6.1.2.2: patient, imaging service request,
-    requested procedure, one scheduled procedure step). An empty ``scheduled.date`` is today's."""
+    requested procedure, one scheduled procedure step). An empty ``scheduled.date`` is today's; an order
+    without a Study Instance UID (required in a worklist entry) gets one derived from its patient ID and
+    accession number, so writing the same order twice gives the same study."""
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: names such as Müller^Jürgen
     ds.PatientName = order.patient_name
@@ -75,7 +86,7 @@ def worklist_dataset(order: Order, scheduled: Scheduled = Scheduled()) -> Datase
         ds.PatientWeight = f"{order.weight_kg:.6g}"
     ds.AccessionNumber = order.accession_number
     ds.ReferringPhysicianName = order.referring_physician
-    ds.StudyInstanceUID = order.study_uid
+    ds.StudyInstanceUID = order.study_uid or _study_uid(order)
     ds.RequestedProcedureID = order.procedure_step_id or order.accession_number
     ds.RequestedProcedureDescription = order.requested_procedure
     if order.requested_procedure_code:  # an empty sequence would match no query asking for the code (Orthanc)
@@ -89,6 +100,10 @@ def worklist_dataset(order: Order, scheduled: Scheduled = Scheduled()) -> Datase
     step.ScheduledProcedureStepDescription = order.study_description or order.requested_procedure
     ds.ScheduledProcedureStepSequence = [step]
     return ds
+
+
+def _study_uid(order: Order) -> str:
+    return UID_ROOT + str(uuid.uuid5(UID_NAMESPACE, f"worklist-study/{order.patient_id}/{order.accession_number}").int)
 
 
 def _code(order: Order) -> Dataset:
@@ -338,6 +353,12 @@ def _get(obj: Mapping[str, Any], key: str, kind: type, where: str, *, required: 
     return value
 
 
+def _items(obj: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    """``obj[key]``, a JSON array (empty when absent); raises WorklistError when it is something else."""
+    value = _get(obj, key, list, where, required=False)
+    return value or []
+
+
 def _string(obj: Mapping[str, Any], key: str, where: str) -> str:
     """``obj[key]``, a string ("" when absent); raises WorklistError when it is something else."""
     value = obj.get(key)
@@ -357,7 +378,7 @@ def _resolve(reference: Mapping[str, Any], request: Mapping[str, Any], resources
     if not isinstance(ref, str) or not ref:
         raise WorklistError(f"{where}.reference is missing")
     if ref.startswith("#"):
-        pool = [r for r in request.get("contained") or [] if isinstance(r, dict)]
+        pool = [r for r in _items(request, "contained", "ServiceRequest") if isinstance(r, dict)]
         wanted = ref[1:]
     else:
         pool = list(resources)
@@ -372,7 +393,7 @@ def _resolve(reference: Mapping[str, Any], request: Mapping[str, Any], resources
 
 def _patient_id(patient: Mapping[str, Any]) -> str:
     """Patient.identifier: the one typed ``MR`` (medical record number), else the first with a value."""
-    ids = [i for i in patient.get("identifier") or [] if isinstance(i, dict) and i.get("value")]
+    ids = [i for i in _items(patient, "identifier", "Patient") if isinstance(i, dict) and i.get("value")]
     if not ids:
         raise WorklistError("Patient.identifier: no identifier with a value (the patient ID)")
     typed = [i for i in ids if _has_code(i.get("type"), "MR")]
@@ -384,7 +405,7 @@ def _patient_id(patient: Mapping[str, Any]) -> str:
 
 def _person_name(patient: Mapping[str, Any]) -> str:
     """Patient.name (the ``official`` one, else the first) as ``Family^Given Middle``."""
-    names = [n for n in patient.get("name") or [] if isinstance(n, dict)]
+    names = [n for n in _items(patient, "name", "Patient") if isinstance(n, dict)]
     if not names:
         raise WorklistError("Patient.name is missing")
     name = next((n for n in names if n.get("use") == "official"), names[0])
@@ -417,7 +438,7 @@ def _sex(patient: Mapping[str, Any]) -> str:
 
 def _weight(request: Mapping[str, Any], resources: Sequence[Mapping[str, Any]]) -> float | None:
     """The body weight (kg) of the Observation (LOINC 29463-7) ``ServiceRequest.supportingInfo`` names."""
-    for n, info in enumerate(request.get("supportingInfo") or []):
+    for n, info in enumerate(_items(request, "supportingInfo", "ServiceRequest")):
         if not isinstance(info, dict):
             continue
         where = f"ServiceRequest.supportingInfo[{n}]"
@@ -440,11 +461,11 @@ def _has_code(concept: Any, *codes: str) -> bool:
     """Whether a FHIR CodeableConcept has a coding with one of ``codes``."""
     if not isinstance(concept, dict):
         return False
-    return any(isinstance(c, dict) and c.get("code") in codes for c in concept.get("coding") or [])
+    return any(isinstance(c, dict) and c.get("code") in codes for c in _items(concept, "coding", "CodeableConcept"))
 
 
 def _identifier(request: Mapping[str, Any], match: Any) -> str:
-    for ident in request.get("identifier") or []:
+    for ident in _items(request, "identifier", "ServiceRequest"):
         if isinstance(ident, dict) and match(ident) and isinstance(ident.get("value"), str):
             return str(ident["value"])
     return ""
