@@ -390,3 +390,29 @@ def test_a_bad_order_on_the_command_line_is_one_line_and_nothing_moves(worklist:
     assert len(lines) == 1 and lines[0].startswith("scanctl: error: "), done.stderr
     assert re.search(message, lines[0]), lines[0]
     assert not (tmp_path / "out").exists()  # no run directory: nothing moved
+
+
+def test_pacs_serve_with_worklists_answers_the_orders_worklist_add_wrote(tmp_path: Path) -> None:
+    """The documented commands: scanctl worklist add (a FHIR order) → scanctl pacs serve --worklists →
+    scanctl worklist query."""
+    import signal
+
+    added = scanctl("worklist", "add", _fhir_file(tmp_path, 77.0), tmp_path / "wl", "--date", TODAY)
+    assert added.returncode == 0 and "ACC1-1.wl" in added.stdout, added.stderr
+    again = scanctl("worklist", "add", _fhir_file(tmp_path, 77.0), tmp_path / "wl")
+    assert again.returncode == 2 and "is never written over" in again.stderr
+    serve = subprocess.Popen([sys.executable, "-m", "scanctl", "pacs", "serve", str(tmp_path / "pacs"), "--port", "0",
+                              "--http-port", "0", "--worklists", str(tmp_path / "wl")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert serve.stdout is not None
+        line = serve.stdout.readline()
+        match = re.match(r"Orthanc (\S+@127\.0\.0\.1:\d+) .*worklist from ", line)
+        assert match, line + (serve.stderr.read() if serve.poll() is not None and serve.stderr else "")
+        done = scanctl("worklist", "query", "--pacs", match[1], "--json")
+        assert done.returncode == 0, done.stderr
+        (order,) = json.loads(done.stdout)
+        assert (order["patient_id"], order["weight_kg"], order["accession_number"]) == ("P1", 77.0, "ACC1")
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=30) == 0
