@@ -161,7 +161,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.connect and (args.system or any(getattr(args, kind) for kind in KINDS)):
         raise ScanctlError("--system and subsystem URLs belong to the server (scanctl serve) with --connect")
-    dicom = cli_dicom.prepare(args)  # a bad PACS address or order is refused before anything moves
+    order = cli_dicom.resolve_order(args)  # the patient: its weight judges SAR, its study the DICOM
+    if order is not None:
+        args.patient_weight = _order_weight(order, args.patient_weight)
+    dicom = cli_dicom.prepare(args, order)  # a bad PACS address or order is refused before anything moves
     if dicom is not None and args.no_recon:
         raise ScanctlError("--dicom needs the reconstruction: leave out --no-recon")
     # Never over earlier data: --out must be new or empty; by default each run gets the next numbered
@@ -199,6 +202,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if dicom is not None and "image_npy" in report.outputs:  # what was acquired is on disk whatever the PACS does
         code = max(code, cli_dicom.export(out, dicom))
     return code
+
+
+def _order_weight(order: Any, given: float | None) -> float:
+    """The patient weight (kg) the scan's SAR is judged with: the order's. Raises ScanctlError (nothing
+    moves) when the order has none and none is given, or when ``--patient-weight`` says otherwise."""
+    if order.weight_kg is None and given is None:
+        raise ScanctlError(f"the order for patient {order.patient_id} has no weight: SAR cannot be judged for "
+                           f"this patient; give --patient-weight KG")
+    if order.weight_kg is not None and given is not None and abs(given - order.weight_kg) > 1e-9:
+        raise ScanctlError(f"--patient-weight {given:g} kg and the order's {order.weight_kg:g} kg (patient "
+                           f"{order.patient_id}) differ: give one")
+    return float(order.weight_kg if order.weight_kg is not None else given)  # type: ignore[arg-type]
 
 
 def _run(args: argparse.Namespace, out: Path) -> Any:

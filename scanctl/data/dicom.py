@@ -82,7 +82,9 @@ _SEXES = ("M", "F", "O")
 class Order:
     """Who and what a series belongs to, as a worklist entry brings it. ``patient_name`` is a DICOM person
     name (``Family^Given``); ``birth_date`` ``YYYYMMDD`` or empty; ``sex`` ``M``, ``F``, ``O`` or empty;
-    ``weight_kg`` kg; ``study_uid`` empty: one is derived from the run. ``placeholder`` marks the defaults
+    ``weight_kg`` kg; ``study_uid`` empty: one is derived from the run; ``requested_procedure`` the requested
+    procedure's description and ``requested_procedure_code`` its code (e.g. a LOINC or local code);
+    ``procedure_step_id`` the worklist's Scheduled Procedure Step ID. ``placeholder`` marks the defaults
     used when no order is given (the images say so)."""
 
     patient_id: str
@@ -95,6 +97,8 @@ class Order:
     study_uid: str = ""
     study_description: str = ""
     referring_physician: str = ""
+    requested_procedure_code: str = ""
+    procedure_step_id: str = ""
     placeholder: bool = False
 
     def __post_init__(self) -> None:
@@ -106,7 +110,7 @@ def _check_order(order: Order) -> None:
     if not order.patient_id.strip():
         raise DicomError("order: patient_id is empty")
     for name, limit in (("patient_id", 64), ("accession_number", 16), ("requested_procedure", 64),
-                        ("study_description", 64)):
+                        ("study_description", 64), ("requested_procedure_code", 16), ("procedure_step_id", 16)):
         value = getattr(order, name)
         if len(value) > limit or "\\" in value or any(ord(c) < 32 for c in value):
             raise DicomError(f"order: {name} {value!r} is not a DICOM string (at most {limit} characters, "
@@ -140,7 +144,7 @@ NO_ORDER = Order(patient_id="SCANCTL-NO-ORDER", patient_name="NO ORDER^SCANCTL",
 
 _ORDER_KEYS = {"patient_id": str, "patient_name": str, "birth_date": str, "sex": str, "weight_kg": float,
                "accession_number": str, "requested_procedure": str, "study_uid": str, "study_description": str,
-               "referring_physician": str}
+               "referring_physician": str, "requested_procedure_code": str, "procedure_step_id": str}
 
 
 def load_order(path: str | os.PathLike[str]) -> Order:

@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -309,8 +309,10 @@ class LocalPort:
             raise Refused(str(exc), report, text) from None
         self._plan = {"table_position_mm": protocol.table_position_mm if protocol is not None else 0.0,
                       "patient_weight_kg": patient_weight_kg, "mode": safety.mode, "duration_s": seq.duration_s}
-        return Loaded(seq, text, header_for(seq, self.profile, protocol, channels=scanner.rf.channels), report,
-                      check.to_json(), {"prepare_s": time.perf_counter() - t0})
+        # The raw data (and the DICOM from them) record the weight SAR was judged with, not the protocol's.
+        header = replace(header_for(seq, self.profile, protocol, channels=scanner.rf.channels),
+                         patient_weight_kg=patient_weight_kg)
+        return Loaded(seq, text, header, report, check.to_json(), {"prepare_s": time.perf_counter() - t0})
 
     @property
     def plan(self) -> dict[str, Any]:

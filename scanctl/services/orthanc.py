@@ -3,8 +3,10 @@ a directory we name, on loopback ports, and stopped again (docs/dicom.md).
 
 ``with Orthanc(workdir) as pacs:`` writes ``workdir/orthanc.json`` (storage in ``workdir/storage``, no
 plugins, HTTP on 127.0.0.1 only, the DICOM port checking the called AE title), starts ``Orthanc``, waits
-for its REST API, and stops it (SIGTERM, then SIGKILL) on leaving. ``scanctl pacs serve DIR`` runs one in
-the foreground. Errors: :class:`OrthancError` (a :class:`~scanctl.errors.ScanctlError`).
+for its REST API, and stops it (SIGTERM, then SIGKILL) on leaving. ``Orthanc(workdir, worklists=DIR)``
+also loads the ModalityWorklists plugin, which answers Modality Worklist C-FINDs from the ``.wl`` files in
+``DIR`` (:func:`scanctl.data.worklist.write_worklist`). ``scanctl pacs serve DIR`` runs one in the
+foreground. Errors: :class:`OrthancError` (a :class:`~scanctl.errors.ScanctlError`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: The executable the Debian package installs.
 EXECUTABLE = "Orthanc"
+#: The Debian package's Modality Worklist plugin (orthanc 1.10).
+WORKLIST_PLUGIN = Path("/usr/share/orthanc/plugins/libModalityWorklists.so")
 #: How long Orthanc may take to answer its REST API after start (s); it creates its database first.
 START_TIMEOUT_S = 30.0
 
@@ -48,11 +52,14 @@ class Orthanc:
     """One Orthanc process with its configuration and storage under ``workdir`` (created if missing).
 
     ``aet``: its AE title (the called AE title is checked; any calling AE title may store:
-    ``DicomAlwaysAllowStore``); ``dicom_port``/``http_port``: 0 picks free ones."""
+    ``DicomAlwaysAllowStore``); ``dicom_port``/``http_port``: 0 picks free ones; ``worklists``: a folder
+    of ``.wl`` files to serve as the Modality Worklist (None: no worklist)."""
 
     def __init__(self, workdir: str | os.PathLike[str], *, aet: str = "ORTHANC", dicom_port: int = 0,
-                 http_port: int = 0, host: str = "127.0.0.1") -> None:
+                 http_port: int = 0, host: str = "127.0.0.1",
+                 worklists: str | os.PathLike[str] | None = None) -> None:
         self.workdir = Path(workdir)
+        self.worklists = Path(worklists).resolve() if worklists is not None else None
         self.aet = aet
         self.host = host
         self.dicom_port = dicom_port or free_port(host)
@@ -72,7 +79,7 @@ class Orthanc:
     def config(self) -> dict[str, Any]:
         """The configuration written as ``orthanc.json``."""
         storage = self.workdir / "storage"
-        return {
+        config: dict[str, Any] = {
             "Name": f"scanctl-{self.aet}",
             "StorageDirectory": str(storage),
             "IndexDirectory": str(storage),
@@ -90,6 +97,12 @@ class Orthanc:
             "StorageCompression": False,
             "ConcurrentJobs": 1,
         }
+        if self.worklists is not None:
+            config["Plugins"] = [str(WORKLIST_PLUGIN)]
+            config["Worklists"] = {"Enable": True, "Database": str(self.worklists)}
+            # any calling AE title may query the worklist, as it may store (Orthanc 1.10 asks for both)
+            config["DicomAlwaysAllowFind"] = config["DicomAlwaysAllowFindWorklist"] = True
+        return config
 
     def start(self) -> Orthanc:
         """Write the configuration and start Orthanc; returns once its REST API answers. Raises OrthancError
@@ -99,6 +112,11 @@ class Orthanc:
         if exe is None:
             raise OrthancError(f"{EXECUTABLE} is not installed (Debian: apt-get install orthanc; ./setup-env does it "
                                f"as root)")
+        if self.worklists is not None:
+            if not WORKLIST_PLUGIN.is_file():
+                raise OrthancError(f"{WORKLIST_PLUGIN}: no Modality Worklist plugin (Debian package orthanc)")
+            if not self.worklists.is_dir():
+                raise OrthancError(f"worklist folder {self.worklists} does not exist")
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "orthanc.json"
         config.write_text(json.dumps(self.config(), indent=2))
@@ -167,4 +185,4 @@ class Orthanc:
         return file
 
 
-__all__ = ["EXECUTABLE", "Orthanc", "OrthancError", "free_port"]
+__all__ = ["EXECUTABLE", "WORKLIST_PLUGIN", "Orthanc", "OrthancError", "free_port"]
