@@ -65,11 +65,11 @@ def resolve_order(args: argparse.Namespace) -> Any:
     return None
 
 
-def _address(text: str, option: str) -> Any:
+def _address(text: str | None, option: str) -> Any:
     from scanctl.data.pacs import PacsError, parse_pacs
 
     try:
-        return parse_pacs(text)
+        return parse_pacs(text or "")
     except PacsError as exc:
         raise ScanctlError(f"{option}: {exc}") from None
 

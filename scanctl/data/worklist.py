@@ -381,7 +381,7 @@ def _resolve(reference: Mapping[str, Any], request: Mapping[str, Any], resources
         pool = [r for r in _items(request, "contained", "ServiceRequest") if isinstance(r, dict)]
         wanted = ref[1:]
     else:
-        pool = list(resources)
+        pool = [r for r in resources if isinstance(r, dict)]
         wanted = ref.rsplit("/", 1)[-1]
     for resource in pool:
         if resource.get("id") == wanted:
