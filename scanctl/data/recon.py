@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scanctl.data.rawdata import RawData, RawHeader, centre_samples, sequence_labels
+from scanctl.data.rawdata.encoding import encoding_of
 from scanctl.errors import ScanctlError
 from scanctl.hw.interfaces import Acquisition
 from scanctl.sequence.model import IntArray, Sequence
@@ -94,6 +95,7 @@ def reconstruct_indexed(acquisitions: Iterable[Acquisition], seq: Sequence | Non
     keep = [i for i, a in enumerate(every) if not (a.labels.get("NOISE", 0) or a.labels.get("NAV", 0))]
     acqs = [every[i] for i in keep]
     seq_centres = centre_samples(seq) if given is None and seq is not None else None
+    reverse = [_reversed(every[i], seq) for i in keep]
     centre = []
     for i in keep:
         n = int(np.shape(every[i].data)[-1])
@@ -123,12 +125,12 @@ def reconstruct_indexed(acquisitions: Iterable[Acquisition], seq: Sequence | Non
     hits = np.zeros((len(keys), geo.nz, geo.ny, geo.nx), dtype=np.int32)
     rows = lin - geo.centre_y + geo.ny // 2
     planes = par - geo.centre_z + geo.nz // 2
-    for a, row, plane, c in zip(acqs, rows.tolist(), planes.tolist(), centre, strict=True):
+    for a, row, plane, c, rev in zip(acqs, rows.tolist(), planes.tolist(), centre, reverse, strict=True):
         data = np.atleast_2d(a.data)
         n = data.shape[1]
         # Sample i of a readout sits at k = (i - c) steps, of a reversed one at k = (c - i); k = 0 goes to
         # column nx // 2. Columns wrap around: on an nx-point grid k = +nx/2 is the same as k = -nx/2.
-        if a.labels.get("REV", 0):
+        if rev:
             data = data[:, ::-1]
             lo = geo.nx // 2 + c - (n - 1)
         else:
@@ -155,6 +157,15 @@ def reconstruct_indexed(acquisitions: Iterable[Acquisition], seq: Sequence | Non
                 entry["PAR"] = p
             index.append(entry)
     return images, index
+
+
+def _reversed(acq: Acquisition, seq: Sequence | None) -> bool:
+    """Whether ``acq``'s readout runs towards -k_x: its ``REV`` label (or flag, read back), else the
+    sequence's trajectory (:attr:`Encoding.reverse`), else not."""
+    if "REV" in acq.labels or seq is None:
+        return bool(acq.labels.get("REV", 0))
+    reverse = encoding_of(seq).reverse
+    return bool(reverse[acq.index]) if 0 <= acq.index < reverse.size else False
 
 
 def _label(acq: Acquisition, name: str, fallback: dict[str, IntArray] | None) -> int:

@@ -88,6 +88,7 @@ class RawDataWriter:
         self._data = data
         self._fallback = encoding.labels if encoding is not None else {}
         self._centres = encoding.centre_sample if encoding is not None else np.zeros(0, np.int64)
+        self._reverse = encoding.reverse if encoding is not None else np.zeros(0, bool)
         self._mtype = h5t.py_create(acquisition_dtype)
         self._head_only = np.dtype([("head", acquisition_header_dtype)])
         self._count = 0
@@ -283,6 +284,10 @@ class RawDataWriter:
         flags = np.zeros(m, dtype=np.uint64)
         on = {name: np.array([bool(lab.get(name, 0)) for lab in labels]) for name in (*LABEL_FLAGS, "REF", "IMA",
                                                                                       "NOISE", "NAV")}
+        # Without a REV label, the trajectory says whether the readout runs towards -k_x.
+        if self._reverse.size:
+            unlabelled = np.array(["REV" not in lab for lab in labels]) & (index >= 0) & (index < self._reverse.size)
+            on["REV"] |= unlabelled & self._reverse[np.clip(index, 0, self._reverse.size - 1)]
         for name, flag in LABEL_FLAGS.items():
             flags[on[name]] |= np.uint64(bit(flag))
         flags[on["REF"] & on["IMA"]] |= np.uint64(bit(C.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING))
