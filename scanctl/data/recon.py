@@ -107,11 +107,9 @@ def reconstruct_indexed(acquisitions: Iterable[Acquisition], seq: Sequence | Non
         centre.append(c if 0 <= c < n else n // 2)
     if header is None and seq is not None:
         header = RawHeader.from_sequence(seq, larmor_hz=0.0)
-    fallback: dict[str, IntArray] | None = None
-    if any("LIN" not in a.labels for a in acqs):
-        if seq is None:
-            raise ReconError("acquisitions carry no LIN label: give the sequence to place them by trajectory")
-        fallback = sequence_labels(seq)
+    fallback = sequence_labels(seq) if seq is not None else None
+    if fallback is None and any("LIN" not in a.labels for a in acqs):
+        raise ReconError("acquisitions carry no LIN label: give the sequence to place them by trajectory")
     lin = np.array([_label(a, "LIN", fallback) for a in acqs], dtype=np.int64)
     par = np.array([_label(a, "PAR", fallback) for a in acqs], dtype=np.int64)
     if not acqs and header is None:
@@ -119,13 +117,15 @@ def reconstruct_indexed(acquisitions: Iterable[Acquisition], seq: Sequence | Non
     geo = _geometry(acqs, lin, par, header)
     channels = max((np.atleast_2d(a.data).shape[0] for a in acqs), default=1)
 
-    keys = sorted({tuple(a.labels.get(n, 0) for n in IMAGE_LABELS) for a in acqs}) or [(0,) * len(IMAGE_LABELS)]
+    image_keys = [tuple(_label(a, name, fallback) for name in IMAGE_LABELS) for a in acqs]
+    keys = sorted(set(image_keys)) or [(0,) * len(IMAGE_LABELS)]
     slot = {key: i for i, key in enumerate(keys)}
     kspace = np.zeros((len(keys), channels, geo.nz, geo.ny, geo.nx), dtype=np.complex128)
     hits = np.zeros((len(keys), geo.nz, geo.ny, geo.nx), dtype=np.int32)
     rows = lin - geo.centre_y + geo.ny // 2
     planes = par - geo.centre_z + geo.nz // 2
-    for a, row, plane, c, rev in zip(acqs, rows.tolist(), planes.tolist(), centre, reverse, strict=True):
+    for a, key, row, plane, c, rev in zip(acqs, image_keys, rows.tolist(), planes.tolist(), centre, reverse,
+                                          strict=True):
         data = np.atleast_2d(a.data)
         n = data.shape[1]
         # Sample i of a readout sits at k = (i - c) steps, of a reversed one at k = (c - i); k = 0 goes to
@@ -136,7 +136,7 @@ def reconstruct_indexed(acquisitions: Iterable[Acquisition], seq: Sequence | Non
         else:
             lo = geo.nx // 2 - c
         cols = (lo + np.arange(n)) % geo.nx
-        i = slot[tuple(a.labels.get(name, 0) for name in IMAGE_LABELS)]
+        i = slot[key]
         line = kspace[i, :, plane, row]  # a view: (channels, nx)
         line[: data.shape[0], cols] += data
         hits[i, plane, row, cols] += 1

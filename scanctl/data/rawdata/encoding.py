@@ -5,7 +5,10 @@ logical axes: x readout, y phase encoding, z partition):
 
 - ``LIN`` / ``PAR``: the window's k_y / k_z at the readout centre, in steps of 1/FOV (docs/rawdata.md);
 - the centre sample (k_x = 0) of every window;
-- reversal (``ACQ_IS_REVERSE``): the readout runs towards -k_x.
+- reversal (``ACQ_IS_REVERSE``): the readout runs towards -k_x;
+- position: the centre of the slice its excitation selects (the pulse's frequency offset over the
+  slice-select gradient), and ``SLC`` from it when the sequence sets no such label (slices numbered in
+  position order).
 
 Results are cached per sequence object (a :class:`Sequence` is immutable): the header, the writer and the
 recon of one scan all ask.
@@ -21,9 +24,13 @@ import numpy.typing as npt
 
 from scanctl.sequence.labels import label_values
 from scanctl.sequence.model import IntArray, Sequence
-from scanctl.sequence.waveforms import kspace_at
+from scanctl.sequence.waveforms import axis_waveform, kspace_at, rf_centres
 
 BoolArray = npt.NDArray[np.bool_]
+FloatArray = npt.NDArray[np.float64]
+#: Slice positions closer than this (m) are the same slice: far below any slice thickness, far above the
+#: rounding of a frequency offset written to a file.
+SLICE_TOLERANCE_M = 1e-5
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,7 @@ class Encoding:
     steps_z: IntArray
     fov_m: tuple[float, float, float]
     reverse: BoolArray  # the readout runs towards -k_x (ACQ_IS_REVERSE)
+    position_m: FloatArray  # (windows, 3): the centre of the slice excited before each window (m)
 
 
 _CACHE: weakref.WeakKeyDictionary[Sequence, Encoding] = weakref.WeakKeyDictionary()
@@ -106,7 +114,51 @@ def _encoding(seq: Sequence) -> Encoding:
             half = -int(img.min())  # one line: it is line 0
         labels[name] = steps + half
     reverse = moving & (slope < 0)
-    return Encoding(labels, imaging, n, centre, steps_y, steps_z, (fov[0], fov[1], fov[2]), reverse)
+    position = _slice_positions(seq, t_centre)
+    if "SLC" not in labels:
+        slices = _slice_numbers(position, imaging)
+        if slices is not None:
+            labels["SLC"] = slices
+    return Encoding(labels, imaging, n, centre, steps_y, steps_z, (fov[0], fov[1], fov[2]), reverse, position)
+
+
+def _slice_positions(seq: Sequence, t_s: FloatArray) -> FloatArray:
+    """``(len(t_s), 3)``: the centre (m) of the slice selected by the last excitation before each time:
+    the pulse's frequency offset ``f`` (Hz) with the gradient ``G`` (Hz/m) played at its centre selects the
+    plane ``G . r = f``, whose point nearest the isocentre is ``f G / |G|^2``. A pulse without a gradient
+    (non-selective), and times before any excitation, give the isocentre. (A ``ppm`` offset shifts with the
+    chemical shift, not the position: it is not counted.)"""
+    out = np.zeros((np.size(t_s), 3))
+    t_rf, _, rows = rf_centres(seq)
+    use = seq.rf.use[rows]
+    exc = (use == ord("e")) | (use == ord("u"))
+    if not exc.any() or out.shape[0] == 0:
+        return out
+    order = np.argsort(t_rf[exc], kind="stable")
+    t_exc, f = t_rf[exc][order], seq.rf.freq_hz[rows[exc]][order]
+    g = np.stack([axis_waveform(seq, axis).sample(t_exc) for axis in range(3)], axis=1)  # (pulses, 3)
+    g2 = np.sum(g * g, axis=1)
+    pos = np.divide(f[:, np.newaxis] * g, g2[:, np.newaxis], out=np.zeros_like(g), where=g2[:, np.newaxis] > 0)
+    which = np.searchsorted(t_exc, t_s, side="right") - 1
+    out[which >= 0] = pos[which[which >= 0]]
+    return out
+
+
+def _slice_numbers(position: FloatArray, imaging: BoolArray) -> IntArray | None:
+    """``SLC`` per window from its slice position: slices numbered 0.. in position order along the
+    slice normal (the direction from the first to the last slice), ``None`` when there is one slice."""
+    if position.shape[0] == 0:
+        return None
+    keys = np.rint(position / SLICE_TOLERANCE_M).astype(np.int64)
+    distinct = np.unique(keys[imaging] if imaging.any() else keys, axis=0)
+    if distinct.shape[0] < 2:
+        return None
+    normal = (distinct[-1] - distinct[0]).astype(np.float64)
+    normal *= np.sign(normal[np.argmax(np.abs(normal))])  # along +x, +y or +z, whichever dominates
+    rank = np.argsort(np.argsort(distinct @ normal, kind="stable"), kind="stable")
+    # Every window (noise and navigators too) takes the number of the nearest imaging slice.
+    nearest = np.argmin(np.abs(keys[:, np.newaxis, :] - distinct[np.newaxis]).sum(axis=2), axis=1)
+    return rank[nearest].astype(np.int64)
 
 
 def _steps(k: npt.NDArray[np.float64], imaging: BoolArray, fov: float) -> tuple[IntArray, float]:

@@ -3,7 +3,7 @@ is still being written (what was flushed so far)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ class RawData:
     acquisitions: list[Acquisition]
     flags: npt.NDArray[np.uint64]
     centre_samples: IntArray  # each acquisition's center_sample: the sample at k_x = 0
+    positions_mm: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 3)))  # (n, 3) position
 
 
 def read_acquisitions(path: str | Path, *, dataset: str = DATASET) -> RawData:
@@ -109,4 +110,5 @@ def _to_acquisitions(path: Path, header: RawHeader, xml: str, records: npt.NDArr
             data=values.view(np.complex64).reshape(channels, samples),
             labels=labels,
         ))
-    return RawData(str(path), header, xml, acqs, flags, head["center_sample"].astype(np.int64))
+    return RawData(str(path), header, xml, acqs, flags, head["center_sample"].astype(np.int64),
+                   head["position"].astype(np.float64))

@@ -89,6 +89,7 @@ class RawDataWriter:
         self._fallback = encoding.labels if encoding is not None else {}
         self._centres = encoding.centre_sample if encoding is not None else np.zeros(0, np.int64)
         self._reverse = encoding.reverse if encoding is not None else np.zeros(0, bool)
+        self._position_mm = encoding.position_m * 1e3 if encoding is not None else np.zeros((0, 3))
         self._mtype = h5t.py_create(acquisition_dtype)
         self._head_only = np.dtype([("head", acquisition_header_dtype)])
         self._count = 0
@@ -239,6 +240,7 @@ class RawDataWriter:
         head["available_channels"] = np.maximum(channels, self.header.channels)
         head["center_sample"] = [self._centre(a, int(n)) for a, n in zip(batch, samples.tolist(), strict=True)]
         head["sample_time_us"] = [a.dwell_s * 1e6 for a in batch]
+        head["position"] = self._positions([a.index for a in batch])
         for j, counter in enumerate(COUNTERS):
             head["idx"][counter] = counters[:, j]
         head["user_int"][:, USER_INT_BLOCK] = [a.block for a in batch]
@@ -249,6 +251,14 @@ class RawDataWriter:
             records["data"][i] = data.view(np.float32).ravel()
             records["traj"][i] = empty
         return records, last
+
+    def _positions(self, index: list[int]) -> npt.NDArray[np.float64]:
+        """``(len(index), 3)``: the slice centre (mm) of each window, from the sequence (else 0)."""
+        i = np.array(index, dtype=np.int64)
+        known = (i >= 0) & (i < self._position_mm.shape[0])
+        out = np.zeros((i.size, 3))
+        out[known] = self._position_mm[i[known]]
+        return out
 
     def _centre(self, acq: Acquisition, samples: int) -> int:
         i = acq.index
