@@ -6,7 +6,9 @@ gradient areas and how the loop changes them (reversed read gradients, RF freque
 labels or none), and whether the file gets a ``FOV`` definition — which is what scanctl must read right.
 Only the matrix is a parameter (the scripts' own value is the default), so that the tests stay small;
 whatever follows from the matrix follows as in the script. These are equivalents written for the tests,
-not copies of the scripts: plotting, printing and the script's ``main`` are left out.
+not copies of the scripts: plotting, printing and the script's ``main`` are left out. At their default
+parameters the files these write are the ones the scripts write, line for line (checked with ``diff``
+against the scripts' output, signature and comments aside, for epi, epi_se, tse and haste).
 """
 
 from __future__ import annotations
@@ -98,3 +100,111 @@ def epi_se(n: int = 64) -> pp.Sequence:
 def _raster(t_s: float, raster_s: float = 10e-6) -> float:
     """A delay on the block raster (the script's TE delays are, at its matrix; a smaller one need not be)."""
     return round(t_s / raster_s) * raster_s
+
+
+def tse(n: int = 64, n_echo: int = 16) -> pp.Sequence:
+    """``write_tse.py``: 2D turbo spin echo, ``n // n_echo`` shots of ``n_echo`` echoes after one dummy shot
+    (no ADC), TE 12 ms, TR 2 s; slice gradients as extended trapezoids across blocks (their areas, rounded
+    to the raster in the file, leave k_z at +-5e-4 1/m, not 0); no labels, no FOV definition."""
+    system = pp.Opts(max_grad=32, grad_unit="mT/m", max_slew=130, slew_unit="T/m/s", rf_ringdown_time=100e-6,
+                     rf_dead_time=100e-6, adc_dead_time=10e-6)
+    n_ex = n // n_echo
+    pe_steps = np.arange(1, n_echo * n_ex + 1) - 0.5 * n_echo * n_ex - 1
+    if n_echo % 2 == 0:
+        pe_steps = np.roll(pe_steps, -int(np.round(n_ex / 2)))
+    pe_order = pe_steps.reshape((n_ex, n_echo), order="F").T
+    shots = [None] + [pe_order[:, k] for k in range(n_ex)]  # the first shot is a dummy
+    return _fast_spin_echo(system, n, n_echo, shots, end_delay_s=0.0)
+
+
+def haste(n: int = 64, n_pre: int = 8) -> pp.Sequence:
+    """``write_haste.py``: single-shot half-Fourier turbo spin echo, ``n / 2 + n_pre`` echoes on lines
+    ``-n_pre .. n/2 - 1``, TR 2 s then a 5 s delay (one block); built as ``write_tse.py`` otherwise (30 mT/m,
+    170 T/m/s); no labels, no FOV definition."""
+    system = pp.Opts(max_grad=30, grad_unit="mT/m", max_slew=170, slew_unit="T/m/s", rf_ringdown_time=100e-6,
+                     rf_dead_time=100e-6, adc_dead_time=10e-6)
+    n_echo = n // 2 + n_pre
+    lines = np.arange(-n_pre, n + 1)[:n_echo].astype(float)
+    return _fast_spin_echo(system, n, n_echo, [lines], end_delay_s=5.0)
+
+
+def _fast_spin_echo(system: pp.Opts, n: int, n_echo: int, shots: list, end_delay_s: float) -> pp.Sequence:
+    """The echo train of ``write_tse.py`` / ``write_haste.py`` (one slice of 5 mm, FOV 256 mm, TE 12 ms,
+    TR 2 s, 6.4 ms readouts, 250 us ramps): ``shots`` lists each shot's phase-encoding steps (units of 1/FOV),
+    ``None`` for a dummy shot without ADC."""
+    seq = pp.Sequence(system)
+    fov, slice_thickness, te, tr, d_g = 256e-3, 5e-3, 12e-3, 2000e-3, 250e-6
+    sampling_time = 6.4e-3
+    readout_time = sampling_time + 2 * system.adc_dead_time
+    t_ex, t_ref = 2.5e-3, 2e-3
+    t_exwd = t_ex + system.rf_ringdown_time + system.rf_dead_time
+    t_refwd = t_ref + system.rf_ringdown_time + system.rf_dead_time
+    t_sp = 0.5 * (te - readout_time - t_refwd)
+    t_spex = 0.5 * (te - t_exwd - t_refwd)
+    rf_ex_phase, rf_ref_phase = np.pi / 2, 0.0
+    rf_ex, gz, _ = pp.make_sinc_pulse(flip_angle=np.pi / 2, system=system, duration=t_ex,
+                                      slice_thickness=slice_thickness, apodization=0.5, time_bw_product=4,
+                                      phase_offset=rf_ex_phase, return_gz=True, delay=system.rf_dead_time,
+                                      use="excitation")
+    gs_ex = pp.make_trapezoid(channel="z", system=system, amplitude=gz.amplitude, flat_time=t_exwd, rise_time=d_g)
+    rf_ref, gz, _ = pp.make_sinc_pulse(flip_angle=np.pi, system=system, duration=t_ref,
+                                       slice_thickness=slice_thickness, apodization=0.5, time_bw_product=4,
+                                       phase_offset=rf_ref_phase, use="refocusing", return_gz=True,
+                                       delay=system.rf_dead_time)
+    gs_ref = pp.make_trapezoid(channel="z", system=system, amplitude=gs_ex.amplitude, flat_time=t_refwd,
+                               rise_time=d_g)
+    ags_ex = gs_ex.area / 2
+    gs_spr = pp.make_trapezoid(channel="z", system=system, area=ags_ex * 1.5, duration=t_sp, rise_time=d_g)
+    gs_spex = pp.make_trapezoid(channel="z", system=system, area=ags_ex * 0.5, duration=t_spex, rise_time=d_g)
+    delta_k = 1 / fov
+    gr_acq = pp.make_trapezoid(channel="x", system=system, flat_area=n * delta_k, flat_time=readout_time,
+                               rise_time=d_g)
+    adc = pp.make_adc(num_samples=n, duration=sampling_time, delay=system.adc_dead_time, system=system)
+    gr_spr = pp.make_trapezoid(channel="x", system=system, area=gr_acq.area, duration=t_sp, rise_time=d_g)
+    gr_preph = pp.make_trapezoid(channel="x", system=system, area=gr_acq.area / 2 + gr_spr.area, duration=t_spex,
+                                 rise_time=d_g)
+
+    def ramp(channel: str, trap, start: float, end: float) -> object:
+        """An extended trapezoid through ``trap``'s flat top, from ``start`` to ``end`` amplitude."""
+        times = np.cumsum([0, trap.rise_time, trap.flat_time, trap.fall_time])
+        return pp.make_extended_trapezoid(channel=channel, times=times,
+                                          amplitudes=np.array([start, trap.amplitude, trap.amplitude, end]))
+
+    def flat(channel: str, amplitude: float, duration: float) -> object:
+        return pp.make_extended_trapezoid(channel=channel, times=np.array([0, duration]),
+                                          amplitudes=np.array([amplitude, amplitude]))
+
+    gs1 = pp.make_extended_trapezoid(channel="z", times=np.array([0, gs_ex.rise_time]),
+                                     amplitudes=np.array([0, gs_ex.amplitude]))
+    gs2 = flat("z", gs_ex.amplitude, gs_ex.flat_time)
+    gs3 = ramp("z", gs_spex, gs_ex.amplitude, gs_ref.amplitude)
+    gs4 = flat("z", gs_ref.amplitude, gs_ref.flat_time)
+    gs5 = ramp("z", gs_spr, gs_ref.amplitude, 0)
+    gs7 = ramp("z", gs_spr, 0, gs_ref.amplitude)
+    gr5 = ramp("x", gr_spr, 0, gr_acq.amplitude)
+    gr6 = flat("x", gr_acq.amplitude, readout_time)
+    gr7 = ramp("x", gr_spr, gr_acq.amplitude, 0)
+    train = (pp.calc_duration(gs1) + pp.calc_duration(gs2) + pp.calc_duration(gs3)
+             + n_echo * (pp.calc_duration(gs4) + pp.calc_duration(gs5) + pp.calc_duration(gs7) + readout_time)
+             + pp.calc_duration(gs4) + pp.calc_duration(gs5))
+    tr_fill = system.grad_raster_time * round((tr - train) / system.grad_raster_time)
+    rf_ex.phase_offset = rf_ex_phase - 2 * np.pi * rf_ex.freq_offset * pp.calc_rf_center(rf_ex)[0]
+    rf_ref.phase_offset = rf_ref_phase - 2 * np.pi * rf_ref.freq_offset * pp.calc_rf_center(rf_ref)[0]
+    for steps in shots:
+        seq.add_block(gs1)
+        seq.add_block(rf_ex, gs2)
+        seq.add_block(gs3, gr_preph)
+        for echo in range(n_echo):
+            area = 0.0 if steps is None else float(steps[echo]) * delta_k
+            gp_pre = pp.make_trapezoid(channel="y", system=system, area=area, duration=t_sp, rise_time=d_g)
+            gp_rew = pp.make_trapezoid(channel="y", system=system, area=-area, duration=t_sp, rise_time=d_g)
+            seq.add_block(rf_ref, gs4)
+            seq.add_block(gr5, gp_pre, gs5)
+            seq.add_block(gr6, adc) if steps is not None else seq.add_block(gr6)
+            seq.add_block(gr7, gp_rew, gs7)
+        seq.add_block(gs4)
+        seq.add_block(gs5)
+        seq.add_block(pp.make_delay(tr_fill))
+    if end_delay_s > 0:
+        seq.add_block(pp.make_delay(end_delay_s))
+    return seq

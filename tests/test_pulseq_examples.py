@@ -9,6 +9,9 @@ from pathlib import Path
 
 import ismrmrd
 import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scanctl.simulators.physics import shepp_logan
 
 from scanctl.config import profile as profiles
@@ -34,17 +37,22 @@ def scan(tmp_path: Path, seq, name: str) -> tuple[np.ndarray, object]:
     return np.load(out / "image.npy"), read_acquisitions(out / "raw.h5")
 
 
-def truth(n: int, fov_m: float) -> np.ndarray:
+def truth(n: int, fov_m: float, rows: list[int] | None = None, te_s: float = 0.0) -> np.ndarray:
     """What a perfect Cartesian scan of ``n x n`` over ``fov_m`` shows of the simulator's phantom (the
     default: 128 x 128 voxels over 0.256 m) by proton density, ``[y, x]``: the phantom's Fourier transform
     at the scan's k-space grid (s(k) = sum rho(r) exp(-2 pi i k r), voxel j at (j - 64) 2 mm), transformed
     back as the recon does — so with the scan's resolution, and folded over where the FOV is smaller than
-    the phantom (pypulseq's epi: 220 mm)."""
-    pd = np.squeeze(shepp_logan(128, fov_m=0.256, b0_t=PROFILE.b0_t).pd)
+    the phantom (pypulseq's epi: 220 mm). ``rows``: the k-space rows acquired (the others zero), for
+    partial Fourier; ``te_s``: T2 weighting (the echo time of the k-space centre, a spin echo)."""
+    phantom = shepp_logan(128, fov_m=0.256, b0_t=PROFILE.b0_t)
+    t2 = np.maximum(np.squeeze(phantom.t2_s), 1e-6)
+    pd = np.squeeze(phantom.pd) * np.exp(-te_s / t2)
     r = (np.arange(128) - 64) * 0.256 / 128
     k = (np.arange(n) - n // 2) / fov_m
     e = np.exp(-2j * np.pi * np.outer(k, r))
     kspace = e @ pd @ e.T
+    if rows is not None:
+        kspace[np.setdiff1d(np.arange(n), rows)] = 0
     image = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(kspace)))
     return np.abs(image)
 
@@ -101,3 +109,68 @@ def test_epi_slices_are_told_apart_by_the_excitation_frequency(tmp_path):
     for s in range(3):  # the 2D phantom is a 10 mm slab: each slice shows it
         assert_in_place(images[s], expected, f"epi slice {s}")
         assert ghost(images[s], expected) < GHOST_LIMIT
+
+
+def test_tse_kz_rounding_noise_is_no_partition_encoding(tmp_path):
+    n = 32
+    images, raw = scan(tmp_path, examples.tse(n, n_echo=16), "tse")
+    assert images.shape == (1, n, n)  # 2D: one image, no partitions
+    header = raw.header
+    assert header.encoded_matrix == (n, n, 1)
+    assert header.limit("kspace_encode_step_2").maximum == 0
+    assert header.fov_m[2] == 0.0  # a 2D scan: z not encoded
+    assert header.fov_m[1] == pytest.approx(0.256, rel=1e-3)
+    lines = sorted(a.labels["LIN"] for a in raw.acquisitions)
+    assert lines == list(range(n))  # every line once
+    assert_in_place(images[0], truth(n, 0.256), "tse")
+
+
+def test_haste_plays_its_5_s_delay_and_is_2d(tmp_path):
+    n = 32
+    images, raw = scan(tmp_path, examples.haste(n), "haste")  # completed: no heartbeat fault at 2.0 s
+    assert images.shape == (1, n, n)
+    header = raw.header
+    assert header.encoded_matrix == (n, n, 1) and header.fov_m[2] == 0.0
+    lines = [a.labels["LIN"] for a in raw.acquisitions]
+    assert lines == list(range(n // 2 - 8, n))  # half Fourier: 8 lines before the centre, then the rest
+    assert header.limit("kspace_encode_step_1").centre == n // 2
+    # T2-weighted: the centre line is echo 9 (12 ms apart), TE 108 ms
+    assert_in_place(images[0], truth(n, 0.256, lines, te_s=9 * 12e-3), "haste")
+
+
+@pytest.mark.parametrize("build", [examples.tse, examples.haste], ids=["tse", "haste"])
+def test_full_size_fast_spin_echo_header_is_2d(tmp_path, build):
+    """At the scripts' own size (64 x 64) the raster rounding of k_z made ``label PAR takes values
+    2..2000001`` (tse) and a 2-partition header with a z FOV of 984,923 mm (haste)."""
+    from scanctl.data.rawdata import RawHeader
+    from scanctl.sequence.pulseq_read import read
+
+    path = tmp_path / "seq.seq"
+    build().write(str(path))
+    header = RawHeader.from_sequence(read(path), larmor_hz=1.0)
+    assert header.encoded_matrix == (64, 64, 1)
+    assert header.fov_m[2] == 0.0
+    assert header.fov_m[1] == pytest.approx(0.256, rel=1e-3)
+
+
+@given(fov=st.floats(0.05, 0.6), lines=st.lists(st.integers(-64, 63), min_size=2, max_size=40, unique=True),
+       seed=st.integers(0, 2**16))
+@settings(max_examples=60, deadline=None)
+def test_steps_recover_a_grid_under_raster_noise(fov, lines, seed):
+    """Without a FOV: k on a grid of 1/FOV with noise up to 2e-3 1/m gives back the steps and the FOV;
+    the noise alone (k never leaving +-2e-3 1/m) is no encoding."""
+    from scanctl.data.rawdata.encoding import _steps
+
+    rng = np.random.default_rng(seed)
+    steps = np.array(sorted(lines))
+    gaps = np.diff(steps)
+    if not np.any(gaps == 1):
+        steps = np.append(steps, steps[-1] + 1)  # the median gap is one step where the grid is dense
+    noise = rng.uniform(-2e-3, 2e-3, steps.size)
+    imaging = np.ones(steps.size, dtype=bool)
+    got, got_fov = _steps(steps / fov + noise, imaging, float("nan"))
+    if np.median(np.diff(steps)) == 1:
+        assert got_fov == pytest.approx(fov, rel=5e-3)  # a gap of >= 1.6 1/m, each end +-2e-3
+        np.testing.assert_array_equal(got, steps)
+    flat, flat_fov = _steps(noise, imaging, float("nan"))
+    assert flat_fov == 0.0 and not flat.any()

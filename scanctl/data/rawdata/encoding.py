@@ -28,6 +28,11 @@ from scanctl.sequence.waveforms import axis_waveform, kspace_at, rf_centres
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
+#: k-space values (1/m) closer than this are one value when a sequence gives no FOV: half the step of a
+#: 1 m FOV, larger than any a scanner images (so no real encoding step is ever merged), and ~100 times the
+#: raster rounding of gradient areas that leaves k not quite 0 where it should be.
+MAX_FOV_M = 1.0
+K_TOLERANCE_PER_M = 0.5 / MAX_FOV_M
 #: Slice positions closer than this (m) are the same slice: far below any slice thickness, far above the
 #: rounding of a frequency offset written to a file.
 SLICE_TOLERANCE_M = 1e-5
@@ -161,18 +166,19 @@ def _slice_numbers(position: FloatArray, imaging: BoolArray) -> IntArray | None:
     return rank[nearest].astype(np.int64)
 
 
-def _steps(k: npt.NDArray[np.float64], imaging: BoolArray, fov: float) -> tuple[IntArray, float]:
+def _steps(k: FloatArray, imaging: BoolArray, fov: float) -> tuple[IntArray, float]:
     """Integer k-space steps ``round(k * FOV)`` (FOV estimated from the spacing when not positive), and
-    the FOV used (0 if k never varies). A grid offset by half a step (k = (i + 1/2) / FOV) is shifted
-    down by half a step before rounding, so no two lines round to the same step."""
+    the FOV used (0 if k is not encoded). A grid offset by half a step (k = (i + 1/2) / FOV) is shifted
+    down by half a step before rounding, so no two lines round to the same step.
+
+    Without a FOV, only real k-space structure counts: values closer than :data:`K_TOLERANCE_PER_M` are
+    one value (the rounding of gradient areas to the raster leaves k off by ~1e-3 1/m where it should be
+    0: pypulseq's tse and haste examples), and an axis whose k never leaves that band is not encoded."""
     if k.size == 0:
         return np.zeros(0, np.int64), (fov if fov > 0 else 0.0)
     kk = k[imaging] if imaging.any() else k
     if not (fov > 0):
-        scale = float(np.max(np.abs(kk))) if kk.size else 0.0
-        distinct = np.unique(np.round(kk / scale, 6)) * scale if scale > 0 else np.zeros(1)
-        gaps = np.diff(distinct)
-        gaps = gaps[gaps > 1e-6 * max(scale, 1e-30)]
+        gaps = _distinct_gaps(kk)
         if gaps.size == 0:
             return np.zeros(k.size, np.int64), 0.0
         fov = 1.0 / float(np.median(gaps))
@@ -184,3 +190,14 @@ def _steps(k: npt.NDArray[np.float64], imaging: BoolArray, fov: float) -> tuple[
     elif abs(offset) < 0.25:
         offset = 0.0
     return np.round(x - offset).astype(np.int64), fov
+
+
+def _distinct_gaps(k: FloatArray) -> FloatArray:
+    """The gaps (1/m) between the distinct values of ``k``: values within :data:`K_TOLERANCE_PER_M` of
+    their neighbour are one value (the mean of the cluster)."""
+    if k.size == 0 or float(np.max(np.abs(k))) < K_TOLERANCE_PER_M:
+        return np.zeros(0)
+    ordered = np.sort(k)
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(ordered) > K_TOLERANCE_PER_M) + 1))
+    means = np.add.reduceat(ordered, starts) / np.diff(np.concatenate((starts, [ordered.size])))
+    return np.diff(means)
