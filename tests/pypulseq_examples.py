@@ -208,3 +208,47 @@ def _fast_spin_echo(system: pp.Opts, n: int, n_echo: int, shots: list, end_delay
     if end_delay_s > 0:
         seq.add_block(pp.make_delay(end_delay_s))
     return seq
+
+
+def radial_gre(n: int = 64, spokes: int = 60, dummies: int = 20) -> pp.Sequence:
+    """``write_radial_gre.py``: RF-spoiled 2D radial gradient echo (FOV 260 mm, 3 mm slice, 10 deg, TE 8 ms,
+    TR 20 ms), ``spokes`` spokes of ``n`` samples at angles ``pi / spokes`` apart (``pp.rotate`` about z),
+    after ``dummies`` dummy spokes without ADC; a ``FOV`` and ``Name`` definition, no labels."""
+    fov, slice_thickness, te, tr = 260e-3, 3e-3, 8e-3, 20e-3
+    delta = np.pi / spokes
+    system = pp.Opts(max_grad=28, grad_unit="mT/m", max_slew=120, slew_unit="T/m/s", rf_ringdown_time=20e-6,
+                     rf_dead_time=100e-6, adc_dead_time=10e-6)
+    seq = pp.Sequence(system)
+    rf, gz, _ = pp.make_sinc_pulse(apodization=0.5, duration=4e-3, flip_angle=10 * np.pi / 180,
+                                   slice_thickness=slice_thickness, system=system, time_bw_product=4,
+                                   return_gz=True, delay=system.rf_dead_time, use="excitation")
+    delta_k = 1 / fov
+    gx = pp.make_trapezoid(channel="x", flat_area=n * delta_k, flat_time=6.4e-3 / 5, system=system)
+    adc = pp.make_adc(num_samples=n, duration=gx.flat_time, delay=gx.rise_time, system=system)
+    gx_pre = pp.make_trapezoid(channel="x", area=-gx.area / 2 - delta_k / 2, duration=2e-3, system=system)
+    gz_reph = pp.make_trapezoid(channel="z", area=-gz.area / 2, duration=2e-3, system=system)
+    gx_spoil = pp.make_trapezoid(channel="x", area=0.5 * n * delta_k, system=system)
+    gz_spoil = pp.make_trapezoid(channel="z", area=4 / slice_thickness, system=system)
+    raster = seq.grad_raster_time
+    delay_te = np.ceil((te - pp.calc_duration(gx_pre) - gz.fall_time - gz.flat_time / 2
+                        - pp.calc_duration(gx) / 2) / raster) * raster
+    delay_tr = np.ceil((tr - pp.calc_duration(gx_pre) - pp.calc_duration(gz) - pp.calc_duration(gx) - delay_te)
+                       / raster) * raster
+    rf_phase, rf_inc = 0.0, 0.0
+    for i in range(-dummies, spokes + 1):
+        rf.phase_offset = rf_phase / 180 * np.pi
+        adc.phase_offset = rf_phase / 180 * np.pi
+        rf_inc = divmod(rf_inc + 117, 360.0)[1]
+        rf_phase = divmod(rf_inc + rf_phase, 360.0)[1]
+        seq.add_block(rf, gz)
+        phi = delta * (i - 1)
+        seq.add_block(*pp.rotate(gx_pre, gz_reph, angle=phi, axis="z"))
+        seq.add_block(pp.make_delay(delay_te))
+        if i > 0:
+            seq.add_block(*pp.rotate(gx, adc, angle=phi, axis="z"))
+        else:
+            seq.add_block(*pp.rotate(gx, angle=phi, axis="z"))
+        seq.add_block(*pp.rotate(gx_spoil, gz_spoil, pp.make_delay(delay_tr), angle=phi, axis="z"))
+    seq.set_definition(key="FOV", value=[fov, fov, slice_thickness])
+    seq.set_definition(key="Name", value="gre_rad")
+    return seq

@@ -174,3 +174,104 @@ def test_steps_recover_a_grid_under_raster_noise(fov, lines, seed):
         np.testing.assert_array_equal(got, steps)
     flat, flat_fov = _steps(noise, imaging, float("nan"))
     assert flat_fov == 0.0 and not flat.any()
+
+
+def test_radial_gre_is_gridded_from_its_trajectory(tmp_path):
+    n, spokes = 32, 16  # the simulator's non-Cartesian read-out is slow: a few spokes (about 10 s)
+    images, raw = scan(tmp_path, examples.radial_gre(n, spokes=spokes, dummies=2), "radial_gre")
+    header = raw.header
+    assert header.trajectory == "radial"
+    assert header.encoded_matrix == (n, n, 1)
+    assert images.shape == (1, n, n)  # one 2D image, not the spokes averaged into one line
+    # Every acquisition carries its samples' k (units of 1/FOV): spoke s at angle s * pi / spokes.
+    assert all(t.shape == (n, 2) for t in raw.trajectories)
+    angles = [np.arctan2(t[-1, 1] - t[0, 1], t[-1, 0] - t[0, 0]) for t in raw.trajectories]
+    np.testing.assert_allclose(np.unwrap(angles), np.pi * np.arange(spokes) / spokes, atol=1e-3)
+    assert np.max(np.abs(raw.trajectories[0][:, 0])) == pytest.approx(n / 2, abs=0.6)
+    assert_in_place(images[0], truth(n, 0.26), "radial_gre")
+
+
+def exact_signal(seq, n_phantom: int = 128) -> list:
+    """Every ADC window's signal of the phantom's proton density (``n_phantom`` voxels over 0.256 m) at the
+    sequence's own k-space trajectory, summed directly: s(k) = sum rho(r) exp(-2 pi i k.r)."""
+    from scanctl.hw.interfaces import Acquisition
+    from scanctl.sequence.waveforms import kspace_adc
+
+    pd = np.squeeze(shepp_logan(n_phantom, fov_m=0.256).pd)
+    r = (np.arange(n_phantom) - n_phantom // 2) * 0.256 / n_phantom
+    k = kspace_adc(seq)
+    signal = np.einsum("myx,yx->m", np.exp(-2j * np.pi * (k[1][:, None, None] * r[None, :, None]
+                                                          + k[0][:, None, None] * r[None, None, :])), pd)
+    rows = seq.blocks.adc[seq.blocks.adc >= 0]
+    out, a = [], 0
+    for w, m in enumerate(seq.adc.num_samples[rows].tolist()):
+        out.append(Acquisition(w, 0, 0.0, 1e-5, signal[a : a + m][np.newaxis].astype(np.complex64), {}))
+        a += m
+    return out
+
+
+def test_radial_recon_through_the_file_and_without_a_trajectory(tmp_path):
+    from scanctl.data.rawdata import RawDataWriter, RawHeader
+    from scanctl.data.recon import ReconError, reconstruct, reconstruct_raw
+    from scanctl.sequence.pulseq_read import read
+
+    n, spokes = 32, 50
+    path = tmp_path / "radial.seq"
+    examples.radial_gre(n, spokes=spokes, dummies=0).write(str(path))
+    seq = read(path)
+    acqs = exact_signal(seq)
+    expected = truth(n, 0.26)
+    direct = reconstruct(acqs, seq)  # the trajectory from the sequence
+    assert direct.shape == (1, n, n)
+    assert_in_place(direct[0], expected, "radial (sequence)")
+    # The scale of the Cartesian recon (the least-squares factor between the two images is 1).
+    assert float(np.sum(direct[0] * expected) / np.sum(expected * expected)) == pytest.approx(1.0, abs=0.05)
+    raw_path = tmp_path / "radial.h5"
+    with RawDataWriter.open(raw_path, RawHeader.from_sequence(seq, larmor_hz=1.0), seq=seq) as writer:
+        writer.extend(acqs)
+    raw = read_acquisitions(raw_path)
+    np.testing.assert_allclose(reconstruct_raw(raw)[0], direct[0], rtol=1e-3, atol=1e-3 * direct.max())
+    with pytest.raises(ReconError, match="no trajectory"):
+        reconstruct(raw.acquisitions, header=raw.header)  # radial data, and nothing says where they lie
+    three_d = [np.pad(t, ((0, 0), (0, 1)), constant_values=i) for i, t in enumerate(raw.trajectories)]
+    with pytest.raises(ReconError, match="3D non-Cartesian"):
+        reconstruct(raw.acquisitions, header=raw.header, trajectories=three_d)
+
+
+def stack_of_stars(n: int = 16, spokes: int = 4, partitions: int = 2) -> object:
+    """A 3D radial scan (spokes in k_x/k_y, partitions in k_z), which the recon cannot grid (2D only)."""
+    import pypulseq as pp
+
+    system = pp.Opts(max_grad=28, grad_unit="mT/m", max_slew=120, slew_unit="T/m/s", rf_ringdown_time=20e-6,
+                     rf_dead_time=100e-6, adc_dead_time=10e-6)
+    seq = pp.Sequence(system)
+    fov, slab = 0.256, 0.05
+    rf = pp.make_block_pulse(flip_angle=np.pi / 18, duration=0.2e-3, system=system, delay=system.rf_dead_time,
+                             use="excitation")
+    gx = pp.make_trapezoid(channel="x", flat_area=n / fov, flat_time=1e-3, system=system)
+    adc = pp.make_adc(num_samples=n, duration=gx.flat_time, delay=gx.rise_time, system=system)
+    gx_pre = pp.make_trapezoid(channel="x", area=-gx.area / 2, duration=1e-3, system=system)
+    for p in range(partitions):
+        gz = pp.make_trapezoid(channel="z", area=(p - partitions // 2) / slab, duration=1e-3, system=system)
+        for s in range(spokes):
+            phi = np.pi * s / spokes
+            seq.add_block(rf)
+            seq.add_block(*pp.rotate(gx_pre, angle=phi, axis="z"), gz)
+            seq.add_block(*pp.rotate(gx, adc, angle=phi, axis="z"))
+            seq.add_block(pp.make_trapezoid(channel="z", area=-gz.area, duration=1e-3, system=system))
+            seq.add_block(pp.make_delay(5e-3))
+    seq.set_definition(key="FOV", value=[fov, fov, slab])
+    return seq
+
+
+def test_what_the_recon_cannot_image_is_said_not_crashed(tmp_path):
+    path = tmp_path / "sos.seq"
+    stack_of_stars().write(str(path))
+    out = tmp_path / "out"
+    report = run_scan(path, PROFILE, out, overrides={"rf": "sim://?physics=0"})
+    assert report.outcome == "completed"
+    assert "image not reconstructed" in report.message and "3D non-Cartesian" in report.message
+    assert not (out / "image.npy").exists() and (out / "raw.h5").exists() and (out / "report.json").exists()
+    raw = read_acquisitions(out / "raw.h5")
+    assert raw.header.trajectory == "radial"
+    assert all(t.shape == (16, 3) for t in raw.trajectories)  # k_z travels with the data

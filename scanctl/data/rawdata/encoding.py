@@ -6,6 +6,8 @@ logical axes: x readout, y phase encoding, z partition):
 - ``LIN`` / ``PAR``: the window's k_y / k_z at the readout centre, in steps of 1/FOV (docs/rawdata.md);
 - the centre sample (k_x = 0) of every window;
 - reversal (``ACQ_IS_REVERSE``): the readout runs towards -k_x;
+- the trajectory type: ``cartesian`` when every readout moves along k_x alone; else ``radial`` (straight
+  spokes through the centre) or ``other``, and then every sample's k (:func:`trajectory_samples`);
 - position: the centre of the slice its excitation selects (the pulse's frequency offset over the
   slice-select gradient), and ``SLC`` from it when the sequence sets no such label (slices numbered in
   position order).
@@ -24,7 +26,7 @@ import numpy.typing as npt
 
 from scanctl.sequence.labels import label_values
 from scanctl.sequence.model import IntArray, Sequence
-from scanctl.sequence.waveforms import axis_waveform, kspace_at, rf_centres
+from scanctl.sequence.waveforms import axis_waveform, kspace_adc, kspace_at, rf_centres
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
@@ -51,6 +53,7 @@ class Encoding:
     fov_m: tuple[float, float, float]
     reverse: BoolArray  # the readout runs towards -k_x (ACQ_IS_REVERSE)
     position_m: FloatArray  # (windows, 3): the centre of the slice excited before each window (m)
+    trajectory: str = "cartesian"  # the ISMRMRD trajectory type: cartesian, radial or other
 
 
 _CACHE: weakref.WeakKeyDictionary[Sequence, Encoding] = weakref.WeakKeyDictionary()
@@ -103,9 +106,20 @@ def _encoding(seq: Sequence) -> Encoding:
     fov = [float("nan")] * 3
     if fov_def is not None and len(fov_def) >= 3:
         fov = [float(f) for f in fov_def[:3]]
+    position = _slice_positions(seq, t_centre)
+    if "SLC" not in labels:
+        slices = _slice_numbers(position, imaging)
+        if slices is not None:
+            labels["SLC"] = slices
+    trajectory, step = _trajectory_type(seq, adc_blocks, rows, n, imaging)
     if not (fov[0] > 0):  # readout FOV from the k-space step between two samples
-        read = np.abs(slope[imaging & moving])
+        read = np.abs(slope[imaging & moving]) if trajectory == "cartesian" else step
         fov[0] = 1.0 / float(np.median(read)) if read.size else 0.0
+    if trajectory != "cartesian":  # one FOV in the plane; no lines, no partitions: the samples say where
+        fov[1] = fov[1] if fov[1] > 0 else fov[0]
+        zero = np.zeros(adc_blocks.size, np.int64)
+        return Encoding(labels, imaging, n, centre, zero, zero, (fov[0], fov[1], fov[2] if fov[2] > 0 else 0.0),
+                        np.zeros(adc_blocks.size, bool), position, trajectory)
     steps_y, fov[1] = _steps(k[1], imaging, fov[1])
     steps_z, fov[2] = _steps(k[2], imaging, fov[2])
     for name, steps in (("LIN", steps_y), ("PAR", steps_z)):
@@ -119,12 +133,50 @@ def _encoding(seq: Sequence) -> Encoding:
             half = -int(img.min())  # one line: it is line 0
         labels[name] = steps + half
     reverse = moving & (slope < 0)
-    position = _slice_positions(seq, t_centre)
-    if "SLC" not in labels:
-        slices = _slice_numbers(position, imaging)
-        if slices is not None:
-            labels["SLC"] = slices
     return Encoding(labels, imaging, n, centre, steps_y, steps_z, (fov[0], fov[1], fov[2]), reverse, position)
+
+
+def trajectory_samples(seq: Sequence) -> list[FloatArray]:
+    """Per ADC window of ``seq``, its samples' k-space positions ``(samples, 2)`` (k_x, k_y) in units of 1/FOV
+    (the :attr:`Encoding.fov_m` of x and y), as the raw data's ``traj`` holds them; ``(samples, 3)`` with k_z
+    (1/m times the x FOV) when k_z varies by :data:`K_TOLERANCE_PER_M` or more over the imaging windows."""
+    enc = encoding_of(seq)
+    k = kspace_adc(seq)
+    edges = np.concatenate(([0], np.cumsum(enc.num_samples)))
+    in_imaging = np.repeat(enc.imaging, enc.num_samples)
+    kz = k[2][in_imaging]
+    dims = 3 if kz.size and float(np.ptp(kz)) >= K_TOLERANCE_PER_M else 2
+    scale = np.array([enc.fov_m[0], enc.fov_m[1], enc.fov_m[0]])[:dims, np.newaxis]
+    kk = (k[:dims] * scale).T
+    return [kk[a:b] for a, b in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True)]
+
+
+def _trajectory_type(seq: Sequence, adc_blocks: IntArray, rows: IntArray, n: IntArray,
+                     imaging: BoolArray) -> tuple[str, FloatArray]:
+    """``cartesian`` when no imaging readout moves in k_y or k_z by :data:`K_TOLERANCE_PER_M` or more from
+    its first sample to its last; else ``radial`` if every such readout is a straight line through the
+    centre (within one sample step), else ``other``. Also the in-plane k-space step per sample (1/m) of
+    each imaging readout that moves."""
+    if adc_blocks.size == 0 or not imaging.any():
+        return "cartesian", np.zeros(0)
+    start = seq.block_start_s[adc_blocks] + seq.adc.delay_s[rows]
+    dwell = seq.adc.dwell_s[rows]
+    first = kspace_at(seq, start + 0.5 * dwell)[:, imaging]
+    last = kspace_at(seq, start + (n - 0.5) * dwell)[:, imaging]
+    middle = kspace_at(seq, start + (n // 2 + 0.5) * dwell)[:, imaging]
+    span = last - first
+    length = np.hypot(span[0], span[1])
+    step = length / np.maximum(n[imaging] - 1, 1)
+    if not np.any(np.abs(span[1:]) >= K_TOLERANCE_PER_M):
+        return "cartesian", step[step > 0]
+    step = step[step > 0]
+    tol = float(np.median(step)) if step.size else K_TOLERANCE_PER_M
+    direction = np.divide(span[:2], length, out=np.zeros_like(span[:2]), where=length > 0)
+    through_centre = np.abs(first[0] * direction[1] - first[1] * direction[0]) < tol  # the line's distance to 0
+    off_line = np.abs((middle[0] - first[0]) * direction[1] - (middle[1] - first[1]) * direction[0])
+    straight = off_line < tol
+    radial = bool(np.all(through_centre & straight & (length > 0)))
+    return ("radial" if radial else "other"), step
 
 
 def _slice_positions(seq: Sequence, t_s: FloatArray) -> FloatArray:

@@ -33,6 +33,7 @@ from h5py import h5s, h5t
 from ismrmrd import constants as C
 from ismrmrd.hdf5 import acquisition_dtype, acquisition_header_dtype
 
+from scanctl.data.rawdata.encoding import trajectory_samples
 from scanctl.data.rawdata.errors import RawDataError, reason
 from scanctl.data.rawdata.header import RawHeader
 from scanctl.data.rawdata.mapping import (
@@ -81,7 +82,7 @@ class RawDataWriter:
     """
 
     def __init__(self, path: Path, file: h5py.File, data: h5py.Dataset, header: RawHeader,
-                 encoding: Encoding | None) -> None:
+                 encoding: Encoding | None, seq: Sequence | None = None) -> None:
         self.path = path
         self.header = header
         self._file: h5py.File | None = file
@@ -90,6 +91,9 @@ class RawDataWriter:
         self._centres = encoding.centre_sample if encoding is not None else np.zeros(0, np.int64)
         self._reverse = encoding.reverse if encoding is not None else np.zeros(0, bool)
         self._position_mm = encoding.position_m * 1e3 if encoding is not None else np.zeros((0, 3))
+        # Non-Cartesian: every window's k-space samples (units of 1/FOV) go into its traj.
+        self._traj = (trajectory_samples(seq) if seq is not None and encoding is not None
+                      and encoding.trajectory != "cartesian" else [])
         self._mtype = h5t.py_create(acquisition_dtype)
         self._head_only = np.dtype([("head", acquisition_header_dtype)])
         self._count = 0
@@ -133,7 +137,7 @@ class RawDataWriter:
             file.close()
             raise RawDataError(path, f"cannot write raw data file: {reason(exc)}") from exc
         log.debug("raw data: writing %s", path)
-        return cls(path, file, data, header, encoding_of(seq) if seq is not None else None)
+        return cls(path, file, data, header, encoding_of(seq) if seq is not None else None, seq)
 
     @property
     def count(self) -> int:
@@ -247,10 +251,18 @@ class RawDataWriter:
         for i in np.flatnonzero(channels != self.header.channels).tolist():
             head["channel_mask"][i] = channel_mask(int(channels[i]))
         empty = np.zeros(0, dtype=np.float32)
-        for i, data in enumerate(arrays):
+        for i, (acq, data) in enumerate(zip(batch, arrays, strict=True)):
             records["data"][i] = data.view(np.float32).ravel()
-            records["traj"][i] = empty
+            traj = self._trajectory(acq.index, data.shape[1])
+            records["traj"][i] = empty if traj is None else traj.astype(np.float32).ravel()
+            head["trajectory_dimensions"][i] = 0 if traj is None else traj.shape[1]
         return records, last
+
+    def _trajectory(self, index: int, samples: int) -> npt.NDArray[np.float64] | None:
+        """The window's ``(samples, 2)`` k-space positions for a non-Cartesian sequence, else None."""
+        if 0 <= index < len(self._traj) and self._traj[index].shape[0] == samples:
+            return self._traj[index]
+        return None
 
     def _positions(self, index: list[int]) -> npt.NDArray[np.float64]:
         """``(len(index), 3)``: the slice centre (mm) of each window, from the sequence (else 0)."""
