@@ -35,6 +35,8 @@ FloatArray = npt.NDArray[np.float64]
 #: raster rounding of gradient areas that leaves k not quite 0 where it should be.
 MAX_FOV_M = 1.0
 K_TOLERANCE_PER_M = 0.5 / MAX_FOV_M
+#: Fractions of a sample below this are rounding noise in where a readout crosses k_x = 0.
+SAMPLE_TOLERANCE = 0.01
 #: Slice positions closer than this (m) are the same slice: far below any slice thickness, far above the
 #: rounding of a frequency offset written to a file.
 SLICE_TOLERANCE_M = 1e-5
@@ -100,7 +102,12 @@ def _encoding(seq: Sequence) -> Encoding:
         k, slope = np.zeros((3, 0)), np.zeros(0)
     moving = np.abs(slope) > 1e-9 * max(float(np.max(np.abs(slope), initial=0.0)), 1e-30)
     offset = np.divide(k[0], slope, out=np.zeros_like(slope), where=moving)
-    centre = np.where(moving, np.rint(n // 2 - np.clip(offset, -n, n)), n // 2)
+    # Where k_x = 0 falls between two samples (k = (i + 1/2) / FOV), the raster rounding of gradient areas
+    # moves it by ~1e-3 of a sample, alternately either way after each refocusing pulse (pypulseq's tse and
+    # haste: 31.499, 31.501, ...); rounded as it is, every other echo would be shifted by one sample (an
+    # N/2 ghost). So the position is first rounded to SAMPLE_TOLERANCE, then to a whole sample.
+    position = np.round((n // 2 - np.clip(offset, -n, n)) / SAMPLE_TOLERANCE) * SAMPLE_TOLERANCE
+    centre = np.where(moving, np.rint(position), n // 2)
     centre = np.clip(centre, 0, np.maximum(n - 1, 0)).astype(np.int64)
     fov_def = seq.definition_floats("FOV")
     fov = [float("nan")] * 3
