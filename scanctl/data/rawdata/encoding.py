@@ -93,22 +93,9 @@ def _encoding(seq: Sequence) -> Encoding:
     for flag in ("NOISE", "NAV"):
         if flag in labels:
             imaging &= labels[flag] == 0
-    dwell = seq.adc.dwell_s[rows]
-    t_centre = seq.block_start_s[adc_blocks] + seq.adc.delay_s[rows] + (n // 2 + 0.5) * dwell
-    if adc_blocks.size:
-        k = kspace_at(seq, t_centre)
-        slope = kspace_at(seq, t_centre + dwell)[0] - k[0]  # k_x per sample along each readout
-    else:
-        k, slope = np.zeros((3, 0)), np.zeros(0)
-    moving = np.abs(slope) > 1e-9 * max(float(np.max(np.abs(slope), initial=0.0)), 1e-30)
-    offset = np.divide(k[0], slope, out=np.zeros_like(slope), where=moving)
-    # Where k_x = 0 falls between two samples (k = (i + 1/2) / FOV), the raster rounding of gradient areas
-    # moves it by ~1e-3 of a sample, alternately either way after each refocusing pulse (pypulseq's tse and
-    # haste: 31.499, 31.501, ...); rounded as it is, every other echo would be shifted by one sample (an
-    # N/2 ghost). So the position is first rounded to SAMPLE_TOLERANCE, then to a whole sample.
-    position = np.round((n // 2 - np.clip(offset, -n, n)) / SAMPLE_TOLERANCE) * SAMPLE_TOLERANCE
-    centre = np.where(moving, np.rint(position), n // 2)
-    centre = np.clip(centre, 0, np.maximum(n - 1, 0)).astype(np.int64)
+    t_centre = seq.block_start_s[adc_blocks] + seq.adc.delay_s[rows] + (n // 2 + 0.5) * seq.adc.dwell_s[rows]
+    k, slope, centre = _readout_centres(seq, t_centre, seq.adc.dwell_s[rows], n)
+    moving = slope != 0
     fov_def = seq.definition_floats("FOV")
     fov = [float("nan")] * 3
     if fov_def is not None and len(fov_def) >= 3:
@@ -130,17 +117,40 @@ def _encoding(seq: Sequence) -> Encoding:
     steps_y, fov[1] = _steps(k[1], imaging, fov[1])
     steps_z, fov[2] = _steps(k[2], imaging, fov[2])
     for name, steps in (("LIN", steps_y), ("PAR", steps_z)):
-        if name in labels:
-            continue
-        if name == "PAR" and not np.any(steps[imaging] != 0):
-            continue  # 2D: no partition encoding
-        img = steps[imaging]
-        half = max(-int(img.min()), int(img.max()) + 1) if img.size else 0
-        if img.size and img.min() == img.max():
-            half = -int(img.min())  # one line: it is line 0
-        labels[name] = steps + half
-    reverse = moving & (slope < 0)
-    return Encoding(labels, imaging, n, centre, steps_y, steps_z, (fov[0], fov[1], fov[2]), reverse, position)
+        if name not in labels and (name == "LIN" or np.any(steps[imaging] != 0)):  # PAR only for 3D
+            labels[name] = _lines(steps, imaging)
+    return Encoding(labels, imaging, n, centre, steps_y, steps_z, (fov[0], fov[1], fov[2]), slope < 0, position)
+
+
+def _readout_centres(seq: Sequence, t_centre: FloatArray, dwell: FloatArray,
+                     n: IntArray) -> tuple[FloatArray, FloatArray, IntArray]:
+    """k at each readout's centre sample ``(3, windows)``, the k_x step per sample (0 for a window whose
+    readout does not move), and the sample nearest to k_x = 0 (``N // 2`` where it does not move)."""
+    if t_centre.size == 0:
+        return np.zeros((3, 0)), np.zeros(0), np.zeros(0, np.int64)
+    k = kspace_at(seq, t_centre)
+    slope = kspace_at(seq, t_centre + dwell)[0] - k[0]
+    moving = np.abs(slope) > 1e-9 * max(float(np.max(np.abs(slope), initial=0.0)), 1e-30)
+    slope = np.where(moving, slope, 0.0)
+    offset = np.divide(k[0], slope, out=np.zeros_like(slope), where=moving)
+    # Where k_x = 0 falls between two samples (k = (i + 1/2) / FOV), the raster rounding of gradient areas
+    # moves it by ~1e-3 of a sample, alternately either way after each refocusing pulse (pypulseq's tse and
+    # haste: 31.499, 31.501, ...); rounded as it is, every other echo would be shifted by one sample (an
+    # N/2 ghost). So the position is first rounded to SAMPLE_TOLERANCE, then to a whole sample.
+    position = np.round((n // 2 - np.clip(offset, -n, n)) / SAMPLE_TOLERANCE) * SAMPLE_TOLERANCE
+    centre = np.where(moving, np.rint(position), n // 2)
+    return k, slope, np.clip(centre, 0, np.maximum(n - 1, 0)).astype(np.int64)
+
+
+def _lines(steps: IntArray, imaging: BoolArray) -> IntArray:
+    """Counter values from k-space steps: offset so that step 0 is line ``n // 2`` of a matrix symmetric
+    about it (one line only: line 0)."""
+    img = steps[imaging]
+    if img.size == 0:
+        return steps.copy()
+    if img.min() == img.max():
+        return steps - int(img.min())
+    return steps + max(-int(img.min()), int(img.max()) + 1)
 
 
 def trajectory_samples(seq: Sequence) -> list[FloatArray]:
