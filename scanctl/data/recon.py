@@ -23,11 +23,14 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from scanctl.data.nufft import grid_image
 from scanctl.data.rawdata import RawData, RawHeader, centre_samples, sequence_labels
+from scanctl.data.rawdata.encoding import encoding_of, trajectory_samples
 from scanctl.errors import ScanctlError
 from scanctl.hw.interfaces import Acquisition
 from scanctl.sequence.model import IntArray, Sequence
@@ -37,6 +40,8 @@ log = logging.getLogger(__name__)
 FloatImage = npt.NDArray[np.float32]
 #: The counters that tell images apart, outermost first (Pulseq label names).
 IMAGE_LABELS = ("REP", "SET", "PHS", "ECO", "SLC")
+#: ISMRMRD trajectories whose lines go to their place by their counters (an EPI's is Cartesian too).
+CARTESIAN = ("cartesian", "epi")
 
 
 class ReconError(ScanctlError):
@@ -58,7 +63,8 @@ class _Geometry:
 
 
 def reconstruct(acquisitions: Iterable[Acquisition], seq: Sequence | None = None, *,
-                header: RawHeader | None = None, centres: Iterable[int] | None = None) -> FloatImage:
+                header: RawHeader | None = None, centres: Iterable[int] | None = None,
+                trajectories: list[npt.NDArray[np.floating[Any]]] | None = None) -> FloatImage:
     """Magnitude images ``(images, ny, nx)`` float32 from Cartesian acquisitions.
 
     ``images`` runs over slices (2D) or partitions (3D), within every combination of repetition,
@@ -70,30 +76,43 @@ def reconstruct(acquisitions: Iterable[Acquisition], seq: Sequence | None = None
     ``N // 2``. A reversed (``REV``) readout is mirrored about that sample. Noise and navigator
     acquisitions are ignored.
 
+    Non-Cartesian data (the header's trajectory, else the sequence's, is not ``cartesian`` or ``epi``) are gridded
+    (:mod:`scanctl.data.nufft`) at ``trajectories`` (one ``(samples, 2)`` array per acquisition, units of
+    1/FOV, as the raw data's ``traj``; else from ``seq``) into ``n x n`` images, ``n`` the header's readout
+    matrix.
+
     Raises :class:`ReconError` when there is nothing to reconstruct and no header to size an empty image,
-    or when acquisitions carry no ``LIN`` label and no sequence is given.
+    when acquisitions carry no ``LIN`` label and no sequence is given, or non-Cartesian ones no trajectory
+    (or a 3D one).
     """
-    return reconstruct_indexed(acquisitions, seq, header=header, centres=centres)[0]
+    return reconstruct_indexed(acquisitions, seq, header=header, centres=centres, trajectories=trajectories)[0]
 
 
 def reconstruct_raw(raw: RawData, seq: Sequence | None = None) -> FloatImage:
-    """:func:`reconstruct` of a file read with :func:`scanctl.data.rawdata.read_acquisitions` (its header
-    and centre samples)."""
-    return reconstruct(raw.acquisitions, seq, header=raw.header, centres=raw.centre_samples.tolist())
+    """:func:`reconstruct` of a file read with :func:`scanctl.data.rawdata.read_acquisitions` (its header,
+    centre samples and, for non-Cartesian data, trajectories)."""
+    return reconstruct(raw.acquisitions, seq, header=raw.header, centres=raw.centre_samples.tolist(),
+                       trajectories=raw.trajectories or None)
 
 
 def reconstruct_indexed(acquisitions: Iterable[Acquisition], seq: Sequence | None = None, *,
                         header: RawHeader | None = None, centres: Iterable[int] | None = None,
+                        trajectories: list[npt.NDArray[np.floating[Any]]] | None = None,
                         ) -> tuple[FloatImage, list[dict[str, int]]]:
     """As :func:`reconstruct`, with the counters of each image row (``REP``, ``SET``, ``PHS``, ``ECO``,
     ``SLC``, and ``PAR`` for 3D)."""
     every = list(acquisitions)
+    if header is None and seq is not None:
+        header = RawHeader.from_sequence(seq, larmor_hz=0.0)
+    if header is not None and header.trajectory not in CARTESIAN:
+        return _gridded(every, seq, header, trajectories)
     given = list(centres) if centres is not None else None
     if given is not None and len(given) != len(every):
         raise ReconError(f"{len(given)} centre samples for {len(every)} acquisitions")
     keep = [i for i, a in enumerate(every) if not (a.labels.get("NOISE", 0) or a.labels.get("NAV", 0))]
     acqs = [every[i] for i in keep]
     seq_centres = centre_samples(seq) if given is None and seq is not None else None
+    reverse = [_reversed(every[i], seq) for i in keep]
     centre = []
     for i in keep:
         n = int(np.shape(every[i].data)[-1])
@@ -103,13 +122,9 @@ def reconstruct_indexed(acquisitions: Iterable[Acquisition], seq: Sequence | Non
         elif seq_centres is not None and 0 <= every[i].index < seq_centres.size:
             c = int(seq_centres[every[i].index])
         centre.append(c if 0 <= c < n else n // 2)
-    if header is None and seq is not None:
-        header = RawHeader.from_sequence(seq, larmor_hz=0.0)
-    fallback: dict[str, IntArray] | None = None
-    if any("LIN" not in a.labels for a in acqs):
-        if seq is None:
-            raise ReconError("acquisitions carry no LIN label: give the sequence to place them by trajectory")
-        fallback = sequence_labels(seq)
+    fallback = sequence_labels(seq) if seq is not None else None
+    if fallback is None and any("LIN" not in a.labels for a in acqs):
+        raise ReconError("acquisitions carry no LIN label: give the sequence to place them by trajectory")
     lin = np.array([_label(a, "LIN", fallback) for a in acqs], dtype=np.int64)
     par = np.array([_label(a, "PAR", fallback) for a in acqs], dtype=np.int64)
     if not acqs and header is None:
@@ -117,24 +132,26 @@ def reconstruct_indexed(acquisitions: Iterable[Acquisition], seq: Sequence | Non
     geo = _geometry(acqs, lin, par, header)
     channels = max((np.atleast_2d(a.data).shape[0] for a in acqs), default=1)
 
-    keys = sorted({tuple(a.labels.get(n, 0) for n in IMAGE_LABELS) for a in acqs}) or [(0,) * len(IMAGE_LABELS)]
+    image_keys = [tuple(_label(a, name, fallback) for name in IMAGE_LABELS) for a in acqs]
+    keys = sorted(set(image_keys)) or [(0,) * len(IMAGE_LABELS)]
     slot = {key: i for i, key in enumerate(keys)}
     kspace = np.zeros((len(keys), channels, geo.nz, geo.ny, geo.nx), dtype=np.complex128)
     hits = np.zeros((len(keys), geo.nz, geo.ny, geo.nx), dtype=np.int32)
     rows = lin - geo.centre_y + geo.ny // 2
     planes = par - geo.centre_z + geo.nz // 2
-    for a, row, plane, c in zip(acqs, rows.tolist(), planes.tolist(), centre, strict=True):
+    for a, key, row, plane, c, rev in zip(acqs, image_keys, rows.tolist(), planes.tolist(), centre, reverse,
+                                          strict=True):
         data = np.atleast_2d(a.data)
         n = data.shape[1]
         # Sample i of a readout sits at k = (i - c) steps, of a reversed one at k = (c - i); k = 0 goes to
         # column nx // 2. Columns wrap around: on an nx-point grid k = +nx/2 is the same as k = -nx/2.
-        if a.labels.get("REV", 0):
+        if rev:
             data = data[:, ::-1]
             lo = geo.nx // 2 + c - (n - 1)
         else:
             lo = geo.nx // 2 - c
         cols = (lo + np.arange(n)) % geo.nx
-        i = slot[tuple(a.labels.get(name, 0) for name in IMAGE_LABELS)]
+        i = slot[key]
         line = kspace[i, :, plane, row]  # a view: (channels, nx)
         line[: data.shape[0], cols] += data
         hits[i, plane, row, cols] += 1
@@ -155,6 +172,65 @@ def reconstruct_indexed(acquisitions: Iterable[Acquisition], seq: Sequence | Non
                 entry["PAR"] = p
             index.append(entry)
     return images, index
+
+
+def _gridded(every: list[Acquisition], seq: Sequence | None, header: RawHeader,
+             trajectories: list[npt.NDArray[np.floating[Any]]] | None) -> tuple[FloatImage, list[dict[str, int]]]:
+    """Non-Cartesian acquisitions gridded into one ``n x n`` image per combination of the image counters."""
+    if trajectories is not None and len(trajectories) != len(every):
+        raise ReconError(f"{len(trajectories)} trajectories for {len(every)} acquisitions")
+    from_seq = trajectory_samples(seq) if trajectories is None and seq is not None else None
+    fallback = sequence_labels(seq) if seq is not None else None
+    n = max(int(header.encoded_matrix[0]), 1)
+    groups: dict[tuple[int, ...], list[tuple[npt.NDArray[np.float64], npt.NDArray[np.complex128]]]] = {}
+    for i, a in enumerate(every):
+        if a.labels.get("NOISE", 0) or a.labels.get("NAV", 0):
+            continue
+        data = np.atleast_2d(np.asarray(a.data, dtype=np.complex128))
+        traj = _trajectory_of(a, i, trajectories, from_seq, data.shape[1], header.trajectory)
+        key = tuple(_label(a, name, fallback) for name in IMAGE_LABELS)
+        groups.setdefault(key, []).append((traj, data))
+    if not groups:
+        raise ReconError("no imaging acquisitions to reconstruct")
+    keys = sorted(groups)
+    images = np.zeros((len(keys), n, n), dtype=np.float32)
+    for j, key in enumerate(keys):
+        k = np.concatenate([t[:, :2] for t, _ in groups[key]])
+        kz = np.concatenate([t[:, 2] for t, _ in groups[key] if t.shape[1] > 2] or [np.zeros(1)])
+        if np.ptp(kz) > 0:
+            raise ReconError(f"{header.trajectory} acquisitions move along k_z: 3D non-Cartesian data are not "
+                             "reconstructed (only 2D gridding is)")
+        channels = max(d.shape[0] for _, d in groups[key])
+        data = np.concatenate([np.pad(d, ((0, channels - d.shape[0]), (0, 0))) for _, d in groups[key]], axis=1)
+        complex_images = grid_image(k, data, n)
+        images[j] = np.sqrt(np.sum(np.abs(complex_images) ** 2, axis=0))  # root sum of squares over channels
+    log.info("recon: %s trajectory, %d image(s) of %d x %d gridded", header.trajectory, len(keys), n, n)
+    return images, [dict(zip(IMAGE_LABELS, key, strict=True)) for key in keys]
+
+
+def _trajectory_of(acq: Acquisition, i: int, given: list[npt.NDArray[np.floating[Any]]] | None,
+                   from_seq: list[npt.NDArray[np.float64]] | None, samples: int,
+                   kind: str) -> npt.NDArray[np.float64]:
+    """Acquisition ``i``'s ``(samples, dimensions)`` k-space positions (units of 1/FOV). Raises ReconError
+    when there are none."""
+    traj = None
+    if given is not None:
+        traj = np.asarray(given[i], dtype=np.float64)
+    elif from_seq is not None and 0 <= acq.index < len(from_seq):
+        traj = from_seq[acq.index]
+    if traj is None or traj.ndim != 2 or traj.shape[0] != samples or traj.shape[1] < 2:
+        raise ReconError(f"{kind} acquisition {acq.index} has no trajectory of its {samples} samples: a "
+                         "non-Cartesian scan is reconstructed from its trajectory (in the raw data, or the sequence)")
+    return traj
+
+
+def _reversed(acq: Acquisition, seq: Sequence | None) -> bool:
+    """Whether ``acq``'s readout runs towards -k_x: its ``REV`` label (or flag, read back), else the
+    sequence's trajectory (:attr:`Encoding.reverse`), else not."""
+    if "REV" in acq.labels or seq is None:
+        return bool(acq.labels.get("REV", 0))
+    reverse = encoding_of(seq).reverse
+    return bool(reverse[acq.index]) if 0 <= acq.index < reverse.size else False
 
 
 def _label(acq: Acquisition, name: str, fallback: dict[str, IntArray] | None) -> int:

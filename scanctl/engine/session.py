@@ -156,6 +156,7 @@ class ScanSession:
         report.json). Raises OutputError before anything moved when ``out_dir`` cannot be had, RunOutputError
         when some file of the run could not be written (the scan itself ended safe)."""
         from scanctl.data.rawdata import RawDataError, RawDataWriter, read_acquisitions
+        from scanctl.data.recon import ReconError
 
         loaded = self.loaded
         if loaded is None:
@@ -206,6 +207,9 @@ class ScanSession:
                 outputs.update(write_image(out, raw.acquisitions, loaded.seq, timings))
             except KeyboardInterrupt:  # Ctrl-C while reconstructing: the report is still written
                 message = (f"{message}; " if message else "") + "image not reconstructed (interrupted)"
+            except ReconError as exc:  # data the recon cannot image (3D non-Cartesian): the raw data stand
+                log.warning("image not reconstructed: %s", exc)
+                message = (f"{message}; " if message else "") + f"image not reconstructed: {exc}"
             except (OutputError, RawDataError) as exc:
                 failures.append(exc)
         timings["total_wall_s"] = time.perf_counter() - t_start

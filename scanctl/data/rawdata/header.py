@@ -195,7 +195,8 @@ class RawHeader:
                       user_parameters: Mapping[str, int | float | str] | None = None) -> RawHeader:
         """The header for acquiring ``seq``: encoding limits from its labels (or, where it has no ``LIN`` /
         ``PAR`` labels, from its k-space trajectory, as :func:`sequence_labels`), the k-space centre from
-        the trajectory, the readout matrix from the ADC sample count, the FOV from the ``FOV``
+        the trajectory, the readout matrix from the ADC sample count (a non-Cartesian trajectory: a square
+        matrix of that size, the trajectory type from :func:`encoding_of`), the FOV from the ``FOV``
         definition (else from the k-space step), name/TR/TE from the ``Name``/``TR``/``TE`` definitions
         unless given. Noise and navigator windows do not count towards the limits.
 
@@ -221,13 +222,15 @@ class RawHeader:
             limits[counter] = EncodingLimit(lo, hi, centre)
         ny = _span(limits.get("kspace_encode_step_1"))
         nz = _span(limits.get("kspace_encode_step_2"))
+        if enc.trajectory != "cartesian":  # no lines: a square image of the readout's samples
+            ny, nz = nx, 1
         fov = enc.fov_m
         tr = tuple(tr_s) if tr_s is not None else _definition(seq, "TR")
         te = tuple(te_s) if te_s is not None else _definition(seq, "TE")
         return cls(protocol_name=protocol_name, sequence_name=seq.definitions.get("Name", ""), fov_m=fov,
                    encoded_matrix=(nx, ny, nz), larmor_hz=larmor_hz, limits=limits, b0_t=b0_t, tr_s=tr, te_s=te,
                    flip_angle_deg=tuple(flip_angle_deg), channels=channels, system_vendor=system_vendor,
-                   system_model=system_model, table_position_mm=table_position_mm,
+                   system_model=system_model, table_position_mm=table_position_mm, trajectory=enc.trajectory,
                    patient_weight_kg=patient_weight_kg, user_parameters=dict(user_parameters or {}))
 
 

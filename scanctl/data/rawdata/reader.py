@@ -3,7 +3,7 @@ is still being written (what was flushed so far)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,9 @@ class RawData:
     acquisitions: list[Acquisition]
     flags: npt.NDArray[np.uint64]
     centre_samples: IntArray  # each acquisition's center_sample: the sample at k_x = 0
+    positions_mm: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 3)))  # (n, 3) position
+    #: each acquisition's trajectory ``(samples, dimensions)`` (empty ``(0, 0)`` for Cartesian data)
+    trajectories: list[npt.NDArray[np.float32]] = field(default_factory=list)
 
 
 def read_acquisitions(path: str | Path, *, dataset: str = DATASET) -> RawData:
@@ -86,6 +89,7 @@ def _to_acquisitions(path: Path, header: RawHeader, xml: str, records: npt.NDArr
     start_s = (stamps + wraps * (1 << 32)) * tick
     flags = head["flags"].astype(np.uint64)
     acqs: list[Acquisition] = []
+    trajectories: list[npt.NDArray[np.float32]] = []
     for i in range(records.size):
         h = head[i]
         channels, samples = int(h["active_channels"]), int(h["number_of_samples"])
@@ -93,6 +97,12 @@ def _to_acquisitions(path: Path, header: RawHeader, xml: str, records: npt.NDArr
         if values.size != 2 * channels * samples:
             raise RawDataError(path, f"damaged ISMRMRD file: acquisition {i} holds {values.size // 2} complex "
                                      f"samples, its header says {channels}x{samples}")
+        dims = int(h["trajectory_dimensions"])
+        traj = np.asarray(records["traj"][i], dtype=np.float32)
+        if traj.size != dims * samples:
+            raise RawDataError(path, f"damaged ISMRMRD file: acquisition {i} holds {traj.size} trajectory values, "
+                                     f"its header says {samples}x{dims}")
+        trajectories.append(traj.reshape(samples, dims) if dims else np.zeros((0, 0), np.float32))
         labels = {name: int(h["idx"][counter]) for name, counter in LABEL_COUNTERS.items()}
         word = int(flags[i])
         for name, flag in LABEL_FLAGS.items():
@@ -109,4 +119,5 @@ def _to_acquisitions(path: Path, header: RawHeader, xml: str, records: npt.NDArr
             data=values.view(np.complex64).reshape(channels, samples),
             labels=labels,
         ))
-    return RawData(str(path), header, xml, acqs, flags, head["center_sample"].astype(np.int64))
+    return RawData(str(path), header, xml, acqs, flags, head["center_sample"].astype(np.int64),
+                   head["position"].astype(np.float64), trajectories)

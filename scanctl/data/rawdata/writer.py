@@ -33,6 +33,7 @@ from h5py import h5s, h5t
 from ismrmrd import constants as C
 from ismrmrd.hdf5 import acquisition_dtype, acquisition_header_dtype
 
+from scanctl.data.rawdata.encoding import trajectory_samples
 from scanctl.data.rawdata.errors import RawDataError, reason
 from scanctl.data.rawdata.header import RawHeader
 from scanctl.data.rawdata.mapping import (
@@ -81,13 +82,18 @@ class RawDataWriter:
     """
 
     def __init__(self, path: Path, file: h5py.File, data: h5py.Dataset, header: RawHeader,
-                 encoding: Encoding | None) -> None:
+                 encoding: Encoding | None, seq: Sequence | None = None) -> None:
         self.path = path
         self.header = header
         self._file: h5py.File | None = file
         self._data = data
         self._fallback = encoding.labels if encoding is not None else {}
         self._centres = encoding.centre_sample if encoding is not None else np.zeros(0, np.int64)
+        self._reverse = encoding.reverse if encoding is not None else np.zeros(0, bool)
+        self._position_mm = encoding.position_m * 1e3 if encoding is not None else np.zeros((0, 3))
+        # Non-Cartesian: every window's k-space samples (units of 1/FOV) go into its traj.
+        self._traj = (trajectory_samples(seq) if seq is not None and encoding is not None
+                      and encoding.trajectory != "cartesian" else [])
         self._mtype = h5t.py_create(acquisition_dtype)
         self._head_only = np.dtype([("head", acquisition_header_dtype)])
         self._count = 0
@@ -131,7 +137,7 @@ class RawDataWriter:
             file.close()
             raise RawDataError(path, f"cannot write raw data file: {reason(exc)}") from exc
         log.debug("raw data: writing %s", path)
-        return cls(path, file, data, header, encoding_of(seq) if seq is not None else None)
+        return cls(path, file, data, header, encoding_of(seq) if seq is not None else None, seq)
 
     @property
     def count(self) -> int:
@@ -238,16 +244,33 @@ class RawDataWriter:
         head["available_channels"] = np.maximum(channels, self.header.channels)
         head["center_sample"] = [self._centre(a, int(n)) for a, n in zip(batch, samples.tolist(), strict=True)]
         head["sample_time_us"] = [a.dwell_s * 1e6 for a in batch]
+        head["position"] = self._positions([a.index for a in batch])
         for j, counter in enumerate(COUNTERS):
             head["idx"][counter] = counters[:, j]
         head["user_int"][:, USER_INT_BLOCK] = [a.block for a in batch]
         for i in np.flatnonzero(channels != self.header.channels).tolist():
             head["channel_mask"][i] = channel_mask(int(channels[i]))
         empty = np.zeros(0, dtype=np.float32)
-        for i, data in enumerate(arrays):
+        for i, (acq, data) in enumerate(zip(batch, arrays, strict=True)):
             records["data"][i] = data.view(np.float32).ravel()
-            records["traj"][i] = empty
+            traj = self._trajectory(acq.index, data.shape[1])
+            records["traj"][i] = empty if traj is None else traj.astype(np.float32).ravel()
+            head["trajectory_dimensions"][i] = 0 if traj is None else traj.shape[1]
         return records, last
+
+    def _trajectory(self, index: int, samples: int) -> npt.NDArray[np.float64] | None:
+        """The window's ``(samples, 2)`` k-space positions for a non-Cartesian sequence, else None."""
+        if 0 <= index < len(self._traj) and self._traj[index].shape[0] == samples:
+            return self._traj[index]
+        return None
+
+    def _positions(self, index: list[int]) -> npt.NDArray[np.float64]:
+        """``(len(index), 3)``: the slice centre (mm) of each window, from the sequence (else 0)."""
+        i = np.array(index, dtype=np.int64)
+        known = (i >= 0) & (i < self._position_mm.shape[0])
+        out = np.zeros((i.size, 3))
+        out[known] = self._position_mm[i[known]]
+        return out
 
     def _centre(self, acq: Acquisition, samples: int) -> int:
         i = acq.index
@@ -283,6 +306,10 @@ class RawDataWriter:
         flags = np.zeros(m, dtype=np.uint64)
         on = {name: np.array([bool(lab.get(name, 0)) for lab in labels]) for name in (*LABEL_FLAGS, "REF", "IMA",
                                                                                       "NOISE", "NAV")}
+        # Without a REV label, the trajectory says whether the readout runs towards -k_x.
+        if self._reverse.size:
+            unlabelled = np.array(["REV" not in lab for lab in labels]) & (index >= 0) & (index < self._reverse.size)
+            on["REV"] |= unlabelled & self._reverse[np.clip(index, 0, self._reverse.size - 1)]
         for name, flag in LABEL_FLAGS.items():
             flags[on[name]] |= np.uint64(bit(flag))
         flags[on["REF"] & on["IMA"]] |= np.uint64(bit(C.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING))
