@@ -554,3 +554,38 @@ def test_each_voxel_sees_its_own_off_resonance_during_rf():
     t, out = fid(SpinSystem(phantom), n=600, dwell=10e-6, freq=3000.0, pulse=(start, b1, 3000.0))
     # The +3 kHz voxel is demodulated to DC; the other turns at 6 kHz and averages out over 6 ms.
     assert abs(out.mean()) == pytest.approx(1.0, abs=0.02)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_states_a_rounding_error_apart_on_a_half_quantum_are_merged(axis):
+    """Moments on a lattice of 1/64 mm (a 256 mm field of view: 15.625 /m) sit on half-quanta of a 1e-3 /m
+    rounding, so two copies of one moment a float rounding apart rounded to two keys and never merged:
+    se_2d kept 7337 transverse states of which 1334 were such twins (issue 15, speed). One state now."""
+    from scanctl.simulators.physics.graph import PhaseGraph
+
+    g = PhaseGraph(1, 2)
+    k = np.zeros((2, 3))
+    k[:, axis] = -64929.6875 + np.array([-1e-11, 1e-11])  # -64929687.5 quanta, give or take a rounding
+    g.f_k, g.f_tau = k, np.zeros(2)
+    g.f = np.array([[[0.3 + 0j, 0.1]], [[0.2j, 0.1]]])
+    identity = (np.ones((1, 2), complex), np.zeros((1, 2), complex), np.zeros((1, 2), complex),
+                np.zeros((1, 2), complex), np.ones((1, 2)))
+    g.rotate(*identity)
+    assert g.f.shape[0] == 1
+    assert g.f[0, 0] == pytest.approx([0.3 + 0.2j, 0.2])
+
+
+def test_states_further_apart_than_the_quantum_stay_apart():
+    """Merging by nearness must not chain distinct moments together: states 1.5 quanta apart, in a row,
+    stay separate states."""
+    from scanctl.simulators.physics.graph import MOMENT_QUANTUM, PhaseGraph
+
+    g = PhaseGraph(1, 1)
+    g.f_k = np.zeros((5, 3))
+    g.f_k[:, 0] = 1000.0 + 1.5 * MOMENT_QUANTUM * np.arange(5)
+    g.f_tau = np.zeros(5)
+    g.f = np.full((5, 1, 1), 0.1 + 0j)
+    identity = (np.ones((1, 1), complex), np.zeros((1, 1), complex), np.zeros((1, 1), complex),
+                np.zeros((1, 1), complex), np.ones((1, 1)))
+    g.rotate(*identity)
+    assert g.f.shape[0] == 5

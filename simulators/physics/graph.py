@@ -34,6 +34,9 @@ ComplexArray = npt.NDArray[np.complex128]
 MOMENT_QUANTUM = 1e-3
 #: Dephasing times closer than this (s) are one state.
 TIME_QUANTUM = 1e-9
+#: Values in neighbouring bins of a quantum are one when they are closer than this many quanta (a rounding
+#: error: moments of 1e5 /m carry errors near 1e-11 /m after thousands of steps).
+JOIN = 1e-3
 
 
 class PhaseGraph:
@@ -85,29 +88,27 @@ class PhaseGraph:
         n_f, n_z = self.f.shape[0], self.z.shape[0]
         k_all = np.concatenate((self.f_k, -self.f_k, self.z_k))
         tau_all = np.concatenate((self.f_tau, -self.f_tau, self.z_tau))
-        keys = np.empty((k_all.shape[0], 4), np.int64)
-        keys[:, :3] = np.round(k_all / MOMENT_QUANTUM)
-        keys[:, 3] = np.round(tau_all / TIME_QUANTUM) if self.track_time else 0
-        uniq, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        n_u = uniq.shape[0]
+        first, inverse = _merge_keys(k_all, tau_all if self.track_time else None)
+        n_u = first.size
         shape = (n_u, *self.shape)
-        i_z = inverse[2 * n_f:]
         k_u, tau_u = k_all[first], tau_all[first]
         if not self.track_time:
             tau_u = np.zeros(n_u)
-        # Sum every product into its merged state. Two states of one kind can land on one key (moments
-        # that straddled a rounding boundary and moved onto one quantum), so contributions are summed
-        # per key (a fancy-index ``+=`` would keep only one of the repeated indices).
+        # inverse holds the merged states of F, of conj(F) placed at -k and of Z, in that order. Two states
+        # of one kind can land on one merged state (moments that moved within a quantum of each other), so
+        # contributions are summed (a fancy-index ``+=`` would keep only one of the repeated indices).
+        i_f, i_c, i_z = inverse[:n_f], inverse[n_f:2 * n_f], inverse[2 * n_f:]
+        new_f = np.zeros(shape, np.complex128)
+        new_z = np.zeros(shape, np.complex128)
         if n_f:
             conj_f = np.conj(self.f)  # conj(F at -k), placed at k
             half_d = 0.5 * d
-            # inverse holds the keys of F, conj(F) at -k and Z, in that order
-            new_f = _sum_by_key(inverse, (a * self.f, b * conj_f, c * self.z), shape)
-            new_z = _sum_by_key(inverse, (half_d * self.f, np.conj(half_d) * conj_f, e * self.z), shape)
-        else:
-            new_f = _sum_by_key(i_z, (c * self.z,), shape)
-            new_z = _sum_by_key(i_z, (e * self.z,), shape)
+            _add_rows(new_f, i_f, a * self.f)
+            _add_rows(new_f, i_c, b * conj_f)
+            _add_rows(new_z, i_f, half_d * self.f)
+            _add_rows(new_z, i_c, np.conj(half_d) * conj_f)
+        _add_rows(new_f, i_z, c * self.z)
+        _add_rows(new_z, i_z, e * self.z)
 
         zero = int(inverse[2 * n_f]) if n_z else -1  # where the k = 0 longitudinal state went
         self.f_k, self.f_tau, self.f = self._prune(k_u, tau_u, new_f, keep=-1)
@@ -128,19 +129,56 @@ class PhaseGraph:
         return k[idx], tau[idx], amp[idx]
 
 
-def _sum_by_key(index: npt.NDArray[np.intp], parts: tuple[ComplexArray, ...], shape: tuple[int, ...]) -> ComplexArray:
-    """``out[index[i]] += values[i]`` over the rows of ``parts`` stacked in order, repeated keys summed;
-    ``out`` has ``shape`` (keys without a contribution stay 0)."""
-    values = np.concatenate(parts) if len(parts) > 1 else parts[0]
+def _merge_keys(k: FloatArray, tau: FloatArray | None) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Which of the moments ``k`` ``(n, 3)`` (and dephasing times ``tau``, if given) are one state: returns
+    ``(first, inverse)``, the first row of each merged state and each row's merged state, as
+    ``np.unique(..., return_index=True, return_inverse=True)`` does.
+
+    Two rows are one state when they are one on every axis (:func:`_cluster`)."""
+    key = _cluster(k[:, 0], MOMENT_QUANTUM)
+    axes = [(k[:, 1], MOMENT_QUANTUM), (k[:, 2], MOMENT_QUANTUM)]
+    if tau is not None:
+        axes.append((tau, TIME_QUANTUM))
+    for values, quantum in axes:
+        ids = _cluster(values, quantum)
+        # Rank the pairs so that the combined key stays below n**2 (no int64 overflow).
+        _, key = np.unique(key * (int(ids.max()) + 1) + ids, return_inverse=True)
+        key = key.reshape(-1)
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return first, inverse.reshape(-1)
+
+
+def _cluster(values: FloatArray, quantum: float) -> npt.NDArray[np.int64]:
+    """Cluster ids of ``values`` on one axis: values in one bin of width ``quantum`` are one, and so are
+    values in neighbouring bins no more than ``quantum * JOIN`` apart.
+
+    Why not rounding alone: moments on a lattice (multiples of 1/FOV, often binary fractions such as
+    15.625 /m) sit exactly on the bins' boundaries, so two copies of one moment that differ by a float
+    rounding (1e-11 /m) fell into two bins and were never merged -- a fifth of se_2d's states were such
+    twins. Joining across a boundary only what a rounding error apart keeps every cluster within about one
+    quantum (a chain would need values within ``quantum * JOIN`` of successive boundaries)."""
+    order = np.argsort(values, kind="stable")
+    v = values[order]
+    bins = np.floor(v / quantum)
+    new = np.ones(v.size, bool)
+    new[1:] = (bins[1:] != bins[:-1]) & (np.diff(v) > quantum * JOIN)
+    ids = np.empty(v.size, np.int64)
+    ids[order] = np.cumsum(new) - 1
+    return ids
+
+
+def _add_rows(out: ComplexArray, index: npt.NDArray[np.intp], values: ComplexArray) -> None:
+    """``out[index[i]] += values[i]`` for every row ``i``, rows with a repeated index summed."""
+    if not index.size:
+        return
+    counts = np.bincount(index, minlength=out.shape[0])
+    if counts.max() <= 1:
+        out[index] += values
+        return
+    # Each pass adds the first remaining row of every index (so none repeats within one fancy-index +=).
     rows = np.argsort(index, kind="stable")
-    out = np.zeros(shape, np.complex128)
-    # Each pass adds the first remaining row of every key (so no key repeats within one fancy-index +=) and
-    # drops it: as many passes as the most rows on one key. The additions are those reduceat would make, in
-    # its order (bit for bit the same), but np.add.reduceat along the first axis of 3-D arrays is slow:
-    # tse_2d's physics 10.3 -> 6.1 s CPU.
     while rows.size:
         keys = index[rows]
         first = np.concatenate(([True], keys[1:] != keys[:-1]))
         out[keys[first]] += values[rows[first]]
         rows = rows[~first]
-    return out
