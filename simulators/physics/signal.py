@@ -33,8 +33,8 @@ transverse and in phase through its slab, contributes 1 to a sample.
 from __future__ import annotations
 
 import math
-from typing import Any
 from contextlib import AbstractContextManager
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
