@@ -13,9 +13,10 @@ et al., MRM 2024), the continuous-moment generalisation of the extended phase gr
 * a gradient moves every transverse state ``k -> k + Δm`` and time ``τ -> τ + dt``, exactly, whatever the
   moment; longitudinal states stay put;
 * an RF rotation mixes the state at ``(k, τ)`` with the conjugate of the one at ``(-k, -τ)`` and the
-  longitudinal state at ``(k, τ)``, so no new moments appear; states at equal (quantised) ``(k, τ)`` are
-  merged and states whose amplitude falls below a threshold are dropped (they would only return through
-  echoes weaker than that);
+  longitudinal state at ``(k, τ)``, so no new moments appear; states at equal ``(k, τ)`` (within a
+  quantum: :func:`_cluster`) are merged, and states whose effect on the signal (:func:`signal_weight`)
+  is at most the tolerance are dropped (they would only return through echoes weaker than that), as
+  are all but the strongest :data:`DEFAULT_MAX_STATES`;
 * relaxation and class off-resonance scale the amplitudes per class.
 
 The amplitudes are shared by all voxels of a class, so the work does not grow with the number of voxels:
@@ -42,7 +43,7 @@ AMPLITUDE_REAL = np.float32
 #: Dephasing times closer than this (s) are one state.
 TIME_QUANTUM = 1e-9
 #: States whose effect on the signal is at most this are dropped (see :func:`signal_weight`). Chosen by
-#: accuracy (docs/phantom.md, "Accuracy and speed"): k-space NRMSE against the same scan with 1e-6 and
+#: accuracy (docs/phantom.md, "Phase-graph states"): k-space NRMSE against the same scan with 1e-6 and
 #: 40,000 states below 1e-5 for se_2d and tse_2d, and gre_2d against the EPG reference unchanged.
 DEFAULT_TOLERANCE = 1e-5
 #: The most transverse (and, separately, longitudinal) states kept: the strongest. A 64-spoke radial GRE
