@@ -593,15 +593,15 @@ def test_states_further_apart_than_the_quantum_stay_apart():
 
 def test_states_are_pruned_by_their_effect_on_the_signal_not_their_peak():
     """A voxel's signal is the mean over its isochromats: a state strong at one isochromat of 32 only (a
-    slice edge) but weak on average is dropped; one just above the tolerance everywhere is kept (issue 15,
-    speed: se_2d held 32,000 states kept by their peak)."""
+    slice edge) but weak over the slab (root mean square below the tolerance) is dropped; one just above
+    the tolerance everywhere is kept (issue 15, speed: se_2d held 32,000 states kept by their peak)."""
     from scanctl.simulators.physics.graph import PhaseGraph
 
     g = PhaseGraph(2, 32, tolerance=1e-5)
     g.f_k = np.array([[100.0, 0, 0], [200.0, 0, 0]])
     g.f_tau = np.zeros(2)
     g.f = np.zeros((2, 2, 32), complex)
-    g.f[0, 1, 5] = 1e-4  # peak 1e-4, mean over the isochromats 3e-6: below 1e-5 in every class
+    g.f[0, 1, 5] = 5e-5  # peak 5e-5, root mean square over the isochromats 9e-6: below 1e-5
     g.f[1, 0, :] = 2e-5j  # 2e-5 at every isochromat of class 0
     identity = (np.ones((2, 32), complex), np.zeros((2, 32), complex), np.zeros((2, 32), complex),
                 np.zeros((2, 32), complex), np.ones((2, 32)))

@@ -163,15 +163,19 @@ class PhaseGraph:
 
 
 def signal_weight(amp: ComplexArray) -> FloatArray:
-    """Per state of ``amp`` ``(states, classes, isochromats)``: the most the state can add to a voxel's signal,
-    now or later, relative to the voxel's equilibrium magnetization -- the mean of its magnitudes over the
-    isochromats (a voxel's signal is their mean, and RF rotations and relaxation never enlarge an
-    isochromat's magnetization), the largest over the classes.
+    """Per state of ``amp`` ``(states, classes, isochromats)``: a bound on the most the state can add to a
+    voxel's signal, now or later, relative to the voxel's equilibrium magnetization -- the root mean square
+    of its magnitudes over the isochromats (at least their mean: a voxel's signal is the mean over its
+    isochromats, and RF rotations and relaxation never enlarge an isochromat's magnetization), the largest
+    over the classes. (The root mean square, not the mean: summing squares of the real and imaginary
+    parts costs 40 % of taking magnitudes.)
 
     Why not the largest magnitude at any isochromat: isochromats at the edges of a slice profile carry
     pathways (every pulse is partial there) whose magnitude at that one isochromat is up to ``S`` times
     their effect on the signal; keeping them by their peak held se_2d at 32,000 states for nothing."""
-    return np.abs(amp).mean(axis=2).max(axis=1)
+    parts = amp.view(amp.real.dtype).reshape(amp.shape[0], amp.shape[1], -1)  # (re, im) pairs
+    power = np.einsum("ijk,ijk->ij", parts, parts) / amp.shape[2]
+    return np.sqrt(power.max(axis=1)).astype(np.float64)
 
 
 def _merge_keys(k: FloatArray, tau: FloatArray | None) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
