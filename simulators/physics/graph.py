@@ -44,7 +44,7 @@ AMPLITUDE_REAL = np.float32
 TIME_QUANTUM = 1e-9
 #: States whose effect on the signal is at most this are dropped (see :func:`signal_weight`). Chosen by
 #: accuracy (docs/phantom.md, "Phase-graph states"): k-space NRMSE against the same scan with 1e-6 and
-#: 40,000 states below 1e-5 for se_2d and tse_2d, and gre_2d against the EPG reference unchanged.
+#: 40,000 states 2e-5 for se_2d and 8e-6 for tse_2d, and gre_2d against the EPG reference unchanged.
 DEFAULT_TOLERANCE = 1e-5
 #: The most transverse (and, separately, longitudinal) states kept: the strongest. A 64-spoke radial GRE
 #: holds ~1e5 states above the tolerance (in-plane moments that rotate every TR never merge); keeping 2000
