@@ -608,3 +608,22 @@ def test_states_are_pruned_by_their_effect_on_the_signal_not_their_peak():
     g.rotate(*identity)
     assert g.f_k[:, 0].tolist() == [200.0]
     assert g.f[0, 0] == pytest.approx(np.full(32, 2e-5j))
+
+
+def test_merge_keys_agree_with_rounding_away_from_bin_boundaries_for_many_states():
+    """50,000 states with moments and dephasing times all different (so the combined key would overflow
+    int64 unless ranked): one merged state per distinct (k, τ), as rounding gives away from boundaries."""
+    from scanctl.simulators.physics.graph import MOMENT_QUANTUM, TIME_QUANTUM, _merge_keys
+
+    rng = np.random.default_rng(1)
+    n = 50_000
+    k = (rng.permutation(n)[:, None] * 7 + rng.integers(0, 3, (n, 3)) + 0.3) * MOMENT_QUANTUM
+    tau = (rng.permutation(n) * 5 + 0.3) * TIME_QUANTUM
+    rows = np.concatenate((np.arange(n), rng.integers(0, n, 1000)))  # 1000 repeated rows
+    first, inverse = _merge_keys(k[rows], tau[rows])
+    want = np.unique(np.column_stack((np.floor(k[rows] / MOMENT_QUANTUM), np.floor(tau[rows] / TIME_QUANTUM))),
+                     axis=0, return_inverse=True)[1].reshape(-1)
+    assert first.size == n
+    # The same partition: each merged state is one rounded key and vice versa.
+    assert np.unique(np.column_stack((inverse, want)), axis=0).shape[0] == n
+    assert np.array_equal(inverse[first], np.arange(n))

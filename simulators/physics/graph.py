@@ -98,9 +98,9 @@ class PhaseGraph:
         if self.f.shape[0]:
             self.f_k += dm
             self.f_tau += dt
-            self.f *= transverse[None, :, None]
+            self.f *= transverse.astype(AMPLITUDE)[None, :, None]  # in single precision, not via double
         if dt > 0:
-            self.z *= e1[None, :, None]
+            self.z *= e1.astype(AMPLITUDE_REAL)[None, :, None]
             self.z[0] += (1.0 - e1)[:, None]  # state 0 is always the k = 0, τ = 0 one
 
     def rotate(self, a: ComplexArray, b: ComplexArray, c: ComplexArray, d: ComplexArray, e: FloatArray) -> None:
@@ -188,14 +188,17 @@ def _merge_keys(k: FloatArray, tau: FloatArray | None) -> tuple[npt.NDArray[np.i
 
     Two rows are one state when they are one on every axis (:func:`_cluster`)."""
     key = _cluster(k[:, 0], MOMENT_QUANTUM)
+    size = int(key.max(initial=0)) + 1  # key < size
     axes = [(k[:, 1], MOMENT_QUANTUM), (k[:, 2], MOMENT_QUANTUM)]
     if tau is not None:
         axes.append((tau, TIME_QUANTUM))
     for values, quantum in axes:
         ids = _cluster(values, quantum)
-        # Rank the pairs so that the combined key stays below n**2 (no int64 overflow).
-        _, key = np.unique(key * (int(ids.max()) + 1) + ids, return_inverse=True)
-        key = key.reshape(-1)
+        n_ids = int(ids.max(initial=0)) + 1
+        if size * n_ids >= 1 << 62:  # rank the keys so far first: no int64 overflow
+            _, key = np.unique(key, return_inverse=True)
+            key, size = key.reshape(-1), int(key.max(initial=0)) + 1
+        key, size = key * n_ids + ids, size * n_ids
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     return first, inverse.reshape(-1)
 
