@@ -50,7 +50,7 @@ DEFAULT_TOLERANCE = 1e-5
 #: holds ~1e5 states above the tolerance (in-plane moments that rotate every TR never merge). k-space NRMSE
 #: against tolerance 1e-6 and up to 20,000 states (radial: 80,000), and bench_physics speed-up over
 #: MRzeroCore of the radial GRE (load ~3): 2000 states: radial 3.3e-4 (2.4-2.7x), tse_2d 8e-6, se_2d 2e-5;
-#: 1000: radial 4.0e-4 (3.4x), tse_2d 8e-5, se_2d 4e-5 -- all below gre_2d's 1.9e-4 against the EPG
+#: 1000: radial 4.0e-4 (3.4x), tse_2d 9e-5, se_2d 4e-5 -- all below gre_2d's 1.9e-4 against the EPG
 #: reference but the radial GRE, whose choices of tolerance from 1e-6 to 1e-4 move it by 2-3e-4 anyway.
 DEFAULT_MAX_STATES = 1000
 #: Values in neighbouring bins of a quantum are one when they are closer than this many quanta (a rounding
