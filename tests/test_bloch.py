@@ -554,3 +554,76 @@ def test_each_voxel_sees_its_own_off_resonance_during_rf():
     t, out = fid(SpinSystem(phantom), n=600, dwell=10e-6, freq=3000.0, pulse=(start, b1, 3000.0))
     # The +3 kHz voxel is demodulated to DC; the other turns at 6 kHz and averages out over 6 ms.
     assert abs(out.mean()) == pytest.approx(1.0, abs=0.02)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_states_a_rounding_error_apart_on_a_half_quantum_are_merged(axis):
+    """Moments on a lattice of 1/64 mm (a 256 mm field of view: 15.625 /m) sit on half-quanta of a 1e-3 /m
+    rounding, so two copies of one moment a float rounding apart rounded to two keys and never merged:
+    se_2d kept 7337 transverse states of which 1334 were such twins (issue 15, speed). One state now."""
+    from scanctl.simulators.physics.graph import PhaseGraph
+
+    g = PhaseGraph(1, 2)
+    k = np.zeros((2, 3))
+    k[:, axis] = -64929.6875 + np.array([-1e-11, 1e-11])  # -64929687.5 quanta, give or take a rounding
+    g.f_k, g.f_tau = k, np.zeros(2)
+    g.f = np.array([[[0.3 + 0j, 0.1]], [[0.2j, 0.1]]])
+    identity = (np.ones((1, 2), complex), np.zeros((1, 2), complex), np.zeros((1, 2), complex),
+                np.zeros((1, 2), complex), np.ones((1, 2)))
+    g.rotate(*identity)
+    assert g.f.shape[0] == 1
+    assert g.f[0, 0] == pytest.approx([0.3 + 0.2j, 0.2])
+
+
+def test_states_further_apart_than_the_quantum_stay_apart():
+    """Merging by nearness must not chain distinct moments together: states 1.5 quanta apart, in a row,
+    stay separate states."""
+    from scanctl.simulators.physics.graph import MOMENT_QUANTUM, PhaseGraph
+
+    g = PhaseGraph(1, 1)
+    g.f_k = np.zeros((5, 3))
+    g.f_k[:, 0] = 1000.0 + 1.5 * MOMENT_QUANTUM * np.arange(5)
+    g.f_tau = np.zeros(5)
+    g.f = np.full((5, 1, 1), 0.1 + 0j)
+    identity = (np.ones((1, 1), complex), np.zeros((1, 1), complex), np.zeros((1, 1), complex),
+                np.zeros((1, 1), complex), np.ones((1, 1)))
+    g.rotate(*identity)
+    assert g.f.shape[0] == 5
+
+
+def test_states_are_pruned_by_their_effect_on_the_signal_not_their_peak():
+    """A voxel's signal is the mean over its isochromats: a state strong at one isochromat of 32 only (a
+    slice edge) but weak over the slab (root mean square below the tolerance) is dropped; one just above
+    the tolerance everywhere is kept (issue 15, speed: se_2d held 32,000 states kept by their peak)."""
+    from scanctl.simulators.physics.graph import PhaseGraph
+
+    g = PhaseGraph(2, 32, tolerance=1e-5)
+    g.f_k = np.array([[100.0, 0, 0], [200.0, 0, 0]])
+    g.f_tau = np.zeros(2)
+    g.f = np.zeros((2, 2, 32), complex)
+    g.f[0, 1, 5] = 5e-5  # peak 5e-5, root mean square over the isochromats 9e-6: below 1e-5
+    g.f[1, 0, :] = 2e-5j  # 2e-5 at every isochromat of class 0
+    identity = (np.ones((2, 32), complex), np.zeros((2, 32), complex), np.zeros((2, 32), complex),
+                np.zeros((2, 32), complex), np.ones((2, 32)))
+    g.rotate(*identity)
+    assert g.f_k[:, 0].tolist() == [200.0]
+    assert g.f[0, 0] == pytest.approx(np.full(32, 2e-5j))
+
+
+def test_merge_keys_agree_with_rounding_away_from_bin_boundaries_for_many_states():
+    """50,000 states with moments and dephasing times all different (so the combined key would overflow
+    int64 unless ranked): one merged state per distinct (k, τ), as rounding gives away from boundaries."""
+    from scanctl.simulators.physics.graph import MOMENT_QUANTUM, TIME_QUANTUM, _merge_keys
+
+    rng = np.random.default_rng(1)
+    n = 50_000
+    k = (rng.permutation(n)[:, None] * 7 + rng.integers(0, 3, (n, 3)) + 0.3) * MOMENT_QUANTUM
+    tau = (rng.permutation(n) * 5 + 0.3) * TIME_QUANTUM
+    rows = np.concatenate((np.arange(n), rng.integers(0, n, 1000)))  # 1000 repeated rows
+    first, inverse = _merge_keys(k[rows], tau[rows])
+    want = np.unique(np.column_stack((np.floor(k[rows] / MOMENT_QUANTUM), np.floor(tau[rows] / TIME_QUANTUM))),
+                     axis=0, return_inverse=True)[1].reshape(-1)
+    assert first.size == n
+    # The same partition: each merged state is one rounded key and vice versa.
+    assert np.unique(np.column_stack((inverse, want)), axis=0).shape[0] == n
+    assert np.array_equal(inverse[first], np.arange(n))

@@ -72,7 +72,7 @@ import numpy.typing as npt
 from scanctl.errors import ConfigError
 from scanctl.hw.program import ADCProgram, GradientProgram, RFProgram
 
-from .graph import PhaseGraph
+from .graph import DEFAULT_TOLERANCE, PhaseGraph
 from .moments import Moments
 from .noise import receiver_noise
 from .phantom import Phantom
@@ -118,7 +118,8 @@ class SpinSystem:
     deviation of the complex Gaussian noise added to a sample of 10 µs dwell, scaled by
     ``sqrt(10 µs / dwell)`` for other dwells (real and imaginary parts each ``σ / sqrt(2)``; units of the
     signal: see the module docstring), seeded by ``seed``; ``b0_offset_hz``: an off-resonance added to the
-    phantom's map everywhere; ``tolerance``: phase-graph states weaker than this are dropped.
+    phantom's map everywhere; ``tolerance``: phase-graph states whose effect on a voxel's signal is at most
+    this are dropped (``graph.signal_weight``; default ``graph.DEFAULT_TOLERANCE``).
     Raises :class:`ConfigError` for invalid options.
 
     :meth:`play` must get the segments in time order; magnetization persists between calls until
@@ -126,7 +127,7 @@ class SpinSystem:
     """
 
     def __init__(self, phantom: Phantom, *, isochromats: int | None = None, noise_std: float = 0.0,
-                 b0_offset_hz: float = 0.0, seed: int = 0, tolerance: float = 1e-6) -> None:
+                 b0_offset_hz: float = 0.0, seed: int = 0, tolerance: float = DEFAULT_TOLERANCE) -> None:
         if isochromats is None:
             isochromats = DEFAULT_ISOCHROMATS_2D if phantom.ndim == 2 else 1
         if int(isochromats) != isochromats or isochromats < 1:

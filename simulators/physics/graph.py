@@ -13,9 +13,10 @@ et al., MRM 2024), the continuous-moment generalisation of the extended phase gr
 * a gradient moves every transverse state ``k -> k + Δm`` and time ``τ -> τ + dt``, exactly, whatever the
   moment; longitudinal states stay put;
 * an RF rotation mixes the state at ``(k, τ)`` with the conjugate of the one at ``(-k, -τ)`` and the
-  longitudinal state at ``(k, τ)``, so no new moments appear; states at equal (quantised) ``(k, τ)`` are
-  merged and states whose amplitude falls below a threshold are dropped (they would only return through
-  echoes weaker than that);
+  longitudinal state at ``(k, τ)``, so no new moments appear; states at equal ``(k, τ)`` (within a
+  quantum: :func:`_cluster`) are merged, and states whose effect on the signal (:func:`signal_weight`)
+  is at most the tolerance are dropped (they would only return through echoes weaker than that), as
+  are all but the strongest :data:`DEFAULT_MAX_STATES`;
 * relaxation and class off-resonance scale the amplitudes per class.
 
 The amplitudes are shared by all voxels of a class, so the work does not grow with the number of voxels:
@@ -24,28 +25,51 @@ the voxel positions only enter when a signal is computed (``bloch.py``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
-ComplexArray = npt.NDArray[np.complex128]
+#: Amplitudes (:data:`AMPLITUDE`) and the rotation coefficients (double or single precision).
+ComplexArray = npt.NDArray[np.complexfloating[Any, Any]]
 
 #: Moments closer than this (1/m) are one state: a phase error below 2π·5e-4·r, 4e-4 rad at r = 12.8 cm.
 MOMENT_QUANTUM = 1e-3
+#: The amplitudes' type. Single precision: the work of an RF pulse is moving amplitudes through memory, which
+#: this halves; k-space of se_2d and of the radial GRE moves by 1e-7 (NRMSE), far below the tolerance.
+AMPLITUDE = np.complex64
+AMPLITUDE_REAL = np.float32
 #: Dephasing times closer than this (s) are one state.
 TIME_QUANTUM = 1e-9
+#: States whose effect on the signal is at most this are dropped (see :func:`signal_weight`). Chosen by
+#: accuracy (docs/phantom.md, "Phase-graph states"): with 1e-5 instead of 1e-6 (and 2000 states) k-space
+#: moves by 2e-5 (se_2d) and 8e-6 (tse_2d) in NRMSE, and gre_2d against the EPG reference not at all.
+DEFAULT_TOLERANCE = 1e-5
+#: The most transverse (and, separately, longitudinal) states kept: the strongest. A 64-spoke radial GRE
+#: holds ~1e5 states above the tolerance (in-plane moments that rotate every TR never merge). k-space NRMSE
+#: against tolerance 1e-6 and up to 20,000 states (radial: 80,000), and bench_physics speed-up over
+#: MRzeroCore of the radial GRE (load ~3): 2000 states: radial 3.3e-4 (2.4-2.7x), tse_2d 8e-6, se_2d 2e-5;
+#: 1000: radial 4.0e-4 (3.4x), tse_2d 9e-5, se_2d 4e-5 -- all below gre_2d's 1.9e-4 against the EPG
+#: reference but the radial GRE, whose choices of tolerance from 1e-6 to 1e-4 move it by 2-3e-4 anyway.
+DEFAULT_MAX_STATES = 1000
+#: Values in neighbouring bins of a quantum are one when they are closer than this many quanta (a rounding
+#: error: moments of 1e5 /m carry errors near 1e-11 /m after thousands of steps).
+JOIN = 1e-3
 
 
 class PhaseGraph:
     """Transverse (``F``) and longitudinal (``Z``) states, amplitudes of shape ``(states, classes, isochromats)``.
 
-    ``tolerance``: states whose largest amplitude (relative to equilibrium magnetization 1) is below it
-    are dropped; ``max_states``: the most transverse and the most longitudinal states kept (the largest).
+    ``tolerance``: states whose effect on a voxel's signal (:func:`signal_weight`, relative to equilibrium
+    magnetization 1) is at most this are dropped; ``max_states``: the most transverse and the most
+    longitudinal states kept (the strongest), which bounds the work per RF pulse.
     ``track_time``: keep states with equal moment but different dephasing time apart (needed only when
     off-resonance varies inside a class).
     """
 
-    def __init__(self, n_classes: int, n_iso: int, *, tolerance: float = 1e-6, max_states: int = 20000,
+    def __init__(self, n_classes: int, n_iso: int, *, tolerance: float = DEFAULT_TOLERANCE,
+                 max_states: int = DEFAULT_MAX_STATES,
                  track_time: bool = False) -> None:
         self.shape = (n_classes, n_iso)
         self.tolerance = tolerance
@@ -58,10 +82,10 @@ class PhaseGraph:
         c, s = self.shape
         self.f_k = np.zeros((0, 3))
         self.f_tau = np.zeros(0)
-        self.f = np.zeros((0, c, s), np.complex128)
+        self.f = np.zeros((0, c, s), AMPLITUDE)
         self.z_k = np.zeros((1, 3))
         self.z_tau = np.zeros(1)
-        self.z = np.ones((1, c, s), np.complex128)
+        self.z = np.ones((1, c, s), AMPLITUDE)
 
     @property
     def n_states(self) -> int:
@@ -80,9 +104,9 @@ class PhaseGraph:
         if self.f.shape[0]:
             self.f_k += dm
             self.f_tau += dt
-            self.f *= transverse[None, :, None]
+            self.f *= transverse.astype(AMPLITUDE)[None, :, None]  # in single precision, not via double
         if dt > 0:
-            self.z *= e1[None, :, None]
+            self.z *= e1.astype(AMPLITUDE_REAL)[None, :, None]
             self.z[0] += (1.0 - e1)[:, None]  # state 0 is always the k = 0, τ = 0 one
 
     def rotate(self, a: ComplexArray, b: ComplexArray, c: ComplexArray, d: ComplexArray, e: FloatArray) -> None:
@@ -91,29 +115,41 @@ class PhaseGraph:
         n_f, n_z = self.f.shape[0], self.z.shape[0]
         k_all = np.concatenate((self.f_k, -self.f_k, self.z_k))
         tau_all = np.concatenate((self.f_tau, -self.f_tau, self.z_tau))
-        keys = np.empty((k_all.shape[0], 4), np.int64)
-        keys[:, :3] = np.round(k_all / MOMENT_QUANTUM)
-        keys[:, 3] = np.round(tau_all / TIME_QUANTUM) if self.track_time else 0
-        uniq, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        n_u = uniq.shape[0]
+        first, inverse = _merge_keys(k_all, tau_all if self.track_time else None)
+        n_u = first.size
         shape = (n_u, *self.shape)
-        i_z = inverse[2 * n_f:]
         k_u, tau_u = k_all[first], tau_all[first]
         if not self.track_time:
             tau_u = np.zeros(n_u)
-        # Sum every product into its merged state. Two states of one kind can land on one key (moments
-        # that straddled a rounding boundary and moved onto one quantum), so contributions are summed
-        # per key (a fancy-index ``+=`` would keep only one of the repeated indices).
-        if n_f:
-            conj_f = np.conj(self.f)  # conj(F at -k), placed at k
-            half_d = 0.5 * d
-            # inverse holds the keys of F, conj(F) at -k and Z, in that order
-            new_f = _sum_by_key(inverse, (a * self.f, b * conj_f, c * self.z), shape)
-            new_z = _sum_by_key(inverse, (half_d * self.f, np.conj(half_d) * conj_f, e * self.z), shape)
+        # inverse holds the merged states of F, of conj(F) placed at -k and of Z, in that order.
+        i_f, i_c, i_z = inverse[:n_f], inverse[n_f:2 * n_f], inverse[2 * n_f:]
+        a, b, c, d = (np.asarray(x, AMPLITUDE) for x in (a, b, c, d))
+        e = np.asarray(e, AMPLITUDE_REAL)
+        half_d = 0.5 * d
+        rows = [_rows_of(i_f, n_u), _rows_of(i_c, n_u), _rows_of(i_z, n_u)]
+        if all(r is not None for r in rows):
+            # Each merged state has at most one state of each kind: gather them (a row of zeros where none)
+            # -- a gather costs a third of a scatter-add into zeros.
+            f_ext, z_ext = _with_zero_row(self.f), _with_zero_row(self.z)
+            f_u, z_u, conj_u = f_ext[rows[0]], z_ext[rows[2]], np.conj(f_ext[rows[1]])
+            new_f = a * f_u
+            new_f += b * conj_u
+            new_f += c * z_u
+            new_z = e * z_u
+            new_z += half_d * f_u
+            new_z += np.conj(half_d) * conj_u
         else:
-            new_f = _sum_by_key(i_z, (c * self.z,), shape)
-            new_z = _sum_by_key(i_z, (e * self.z,), shape)
+            # Two states of one kind landed on one merged state (moments that moved within a quantum of each
+            # other): their contributions are summed (a fancy-index ``+=`` would keep only one of them).
+            new_f = np.zeros(shape, AMPLITUDE)
+            new_z = np.zeros(shape, AMPLITUDE)
+            conj_f = np.conj(self.f)  # conj(F at -k), placed at k
+            _add_rows(new_f, i_f, a * self.f)
+            _add_rows(new_f, i_c, b * conj_f)
+            _add_rows(new_z, i_f, half_d * self.f)
+            _add_rows(new_z, i_c, np.conj(half_d) * conj_f)
+            _add_rows(new_f, i_z, c * self.z)
+            _add_rows(new_z, i_z, e * self.z)
 
         zero = int(inverse[2 * n_f]) if n_z else -1  # where the k = 0 longitudinal state went
         self.f_k, self.f_tau, self.f = self._prune(k_u, tau_u, new_f, keep=-1)
@@ -121,8 +157,9 @@ class PhaseGraph:
 
     def _prune(self, k: FloatArray, tau: FloatArray, amp: ComplexArray, keep: int) -> tuple[
             FloatArray, FloatArray, ComplexArray]:
-        """Drop weak states (keeping state ``keep`` first, if >= 0) and cap the count."""
-        mag = np.abs(amp).reshape(amp.shape[0], -1).max(axis=1)
+        """Drop states whose :func:`signal_weight` is at most the tolerance (keeping state ``keep`` first, if
+        >= 0) and, past ``max_states``, all but the strongest."""
+        mag = signal_weight(amp)
         idx = np.flatnonzero(mag > self.tolerance)
         if keep >= 0:
             idx = np.concatenate(([keep], idx[idx != keep]))
@@ -134,19 +171,90 @@ class PhaseGraph:
         return k[idx], tau[idx], amp[idx]
 
 
-def _sum_by_key(index: npt.NDArray[np.intp], parts: tuple[ComplexArray, ...], shape: tuple[int, ...]) -> ComplexArray:
-    """``out[index[i]] += values[i]`` over the rows of ``parts`` stacked in order, repeated keys summed;
-    ``out`` has ``shape`` (keys without a contribution stay 0)."""
-    values = np.concatenate(parts) if len(parts) > 1 else parts[0]
+def signal_weight(amp: ComplexArray) -> FloatArray:
+    """Per state of ``amp`` ``(states, classes, isochromats)``: a bound on the most the state can add to a
+    voxel's signal, now or later, relative to the voxel's equilibrium magnetization -- the root mean square
+    of its magnitudes over the isochromats (at least their mean: a voxel's signal is the mean over its
+    isochromats, and RF rotations and relaxation never enlarge an isochromat's magnetization), the largest
+    over the classes. (The root mean square, not the mean: summing squares of the real and imaginary
+    parts costs 40 % of taking magnitudes.)
+
+    Why not the largest magnitude at any isochromat: isochromats at the edges of a slice profile carry
+    pathways (every pulse is partial there) whose magnitude at that one isochromat is up to ``S`` times
+    their effect on the signal; keeping them by their peak held se_2d at 32,000 states for nothing."""
+    parts = amp.view(amp.real.dtype).reshape(amp.shape[0], amp.shape[1], -1)  # (re, im) pairs
+    power = np.einsum("ijk,ijk->ij", parts, parts) / amp.shape[2]
+    return np.sqrt(power.max(axis=1)).astype(np.float64)
+
+
+def _merge_keys(k: FloatArray, tau: FloatArray | None) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Which of the moments ``k`` ``(n, 3)`` (and dephasing times ``tau``, if given) are one state: returns
+    ``(first, inverse)``, the first row of each merged state and each row's merged state, as
+    ``np.unique(..., return_index=True, return_inverse=True)`` does.
+
+    Two rows are one state when they are one on every axis (:func:`_cluster`)."""
+    key = _cluster(k[:, 0], MOMENT_QUANTUM)
+    size = int(key.max(initial=0)) + 1  # key < size
+    axes = [(k[:, 1], MOMENT_QUANTUM), (k[:, 2], MOMENT_QUANTUM)]
+    if tau is not None:
+        axes.append((tau, TIME_QUANTUM))
+    for values, quantum in axes:
+        ids = _cluster(values, quantum)
+        n_ids = int(ids.max(initial=0)) + 1
+        if size * n_ids >= 1 << 62:  # rank the keys so far first: no int64 overflow
+            _, key = np.unique(key, return_inverse=True)
+            key, size = key.reshape(-1), int(key.max(initial=0)) + 1
+        key, size = key * n_ids + ids, size * n_ids
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return first, inverse.reshape(-1)
+
+
+def _cluster(values: FloatArray, quantum: float) -> npt.NDArray[np.int64]:
+    """Cluster ids of ``values`` on one axis: values in one bin of width ``quantum`` are one, and so are
+    values in neighbouring bins no more than ``quantum * JOIN`` apart.
+
+    Why not rounding alone: moments on a lattice (multiples of 1/FOV, often binary fractions such as
+    15.625 /m) sit exactly on the bins' boundaries, so two copies of one moment that differ by a float
+    rounding (1e-11 /m) fell into two bins and were never merged -- a fifth of se_2d's states were such
+    twins. Joining across a boundary only what a rounding error apart keeps every cluster within about one
+    quantum (a chain would need values within ``quantum * JOIN`` of successive boundaries)."""
+    order = np.argsort(values, kind="stable")
+    v = values[order]
+    bins = np.floor(v / quantum)
+    new = np.ones(v.size, bool)
+    new[1:] = (bins[1:] != bins[:-1]) & (np.diff(v) > quantum * JOIN)
+    ids = np.empty(v.size, np.int64)
+    ids[order] = np.cumsum(new) - 1
+    return ids
+
+
+def _rows_of(index: npt.NDArray[np.intp], n: int) -> npt.NDArray[np.intp] | None:
+    """For each of ``n`` merged states, the row of ``index`` that lands on it (``index.size`` where none);
+    None when two rows land on one."""
+    rows = np.full(n, index.size, np.intp)
+    rows[index] = np.arange(index.size)
+    if np.count_nonzero(rows < index.size) != index.size:
+        return None
+    return rows
+
+
+def _with_zero_row(amp: ComplexArray) -> ComplexArray:
+    """``amp`` with a row of zeros appended (what :func:`_rows_of` points at where no state lands)."""
+    return np.concatenate((amp, np.zeros((1, *amp.shape[1:]), amp.dtype)))
+
+
+def _add_rows(out: ComplexArray, index: npt.NDArray[np.intp], values: ComplexArray) -> None:
+    """``out[index[i]] += values[i]`` for every row ``i``, rows with a repeated index summed."""
+    if not index.size:
+        return
+    counts = np.bincount(index, minlength=out.shape[0])
+    if counts.max() <= 1:
+        out[index] += values
+        return
+    # Each pass adds the first remaining row of every index (so none repeats within one fancy-index +=).
     rows = np.argsort(index, kind="stable")
-    out = np.zeros(shape, np.complex128)
-    # Each pass adds the first remaining row of every key (so no key repeats within one fancy-index +=) and
-    # drops it: as many passes as the most rows on one key. The additions are those reduceat would make, in
-    # its order (bit for bit the same), but np.add.reduceat along the first axis of 3-D arrays is slow:
-    # tse_2d's physics 10.3 -> 6.1 s CPU.
     while rows.size:
         keys = index[rows]
         first = np.concatenate(([True], keys[1:] != keys[:-1]))
         out[keys[first]] += values[rows[first]]
         rows = rows[~first]
-    return out

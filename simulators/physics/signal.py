@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from contextlib import AbstractContextManager
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +45,7 @@ from .nufft import PlaneNufft, plane_direct
 
 FloatArray = npt.NDArray[np.float64]
 ComplexArray = npt.NDArray[np.complex128]
+AnyComplexArray = npt.NDArray[np.complexfloating[Any, Any]]  # the phase graph's amplitudes: complex64
 
 #: A state counts as inside a voxel's band while |moment| * voxel size <= 0.5 (+ rounding slack).
 BAND = 0.5 + 1e-9
@@ -133,7 +135,7 @@ class Readout:
 
     # ------------------------------------------------------------------------------------------------------
 
-    def signal(self, f_k: FloatArray, f_tau: FloatArray, f: ComplexArray, dm: FloatArray, dt: FloatArray,
+    def signal(self, f_k: FloatArray, f_tau: FloatArray, f: AnyComplexArray, dm: FloatArray, dt: FloatArray,
                decay: ComplexArray) -> ComplexArray:
         """The (not demodulated) signal at ``T`` samples of the transverse states ``f`` ``(J, C, S)`` at
         moments ``f_k`` ``(J, 3)`` (1/m) and dephasing times ``f_tau`` ``(J,)`` (s); ``dm`` ``(3, T)`` the
@@ -142,7 +144,7 @@ class Readout:
         with _blas_limit():
             return self._signal(f_k, f_tau, f, dm, dt, decay)
 
-    def _signal(self, f_k: FloatArray, f_tau: FloatArray, f: ComplexArray, dm: FloatArray, dt: FloatArray,
+    def _signal(self, f_k: FloatArray, f_tau: FloatArray, f: AnyComplexArray, dm: FloatArray, dt: FloatArray,
                 decay: ComplexArray) -> ComplexArray:
         n_t = dt.size
         out = np.zeros(n_t, np.complex128)
@@ -193,7 +195,7 @@ class Readout:
     # Through the slab
     # ------------------------------------------------------------------------------------------------------
 
-    def _slab_sum(self, kz: FloatArray, f: ComplexArray, owner: npt.NDArray[np.intp], n_groups: int,
+    def _slab_sum(self, kz: FloatArray, f: AnyComplexArray, owner: npt.NDArray[np.intp], n_groups: int,
                   dm_z: FloatArray) -> ComplexArray:
         """``Σ_{j in g} Σ_s F_j[c, s] w_s(kz_j + dm_z)`` per group ``g`` (``owner[j]``): the transverse
         amplitudes integrated through the slab (2D: isochromat samples, piecewise linear in z, integrated
