@@ -52,6 +52,8 @@ def resolve_order(args: argparse.Namespace) -> Any:
         raise ScanctlError("--order and --accession/--worklist both name an order: give one")
     if bool(accession) != bool(worklist):
         raise ScanctlError("--accession N and --worklist AET@HOST:PORT go together")
+    if not (order_file or accession):
+        return None  # most runs: pydicom and pynetdicom are not even imported
     from scanctl.data import worklist as wl
 
     if order_file:
