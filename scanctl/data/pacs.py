@@ -23,9 +23,14 @@ from typing import Any
 from scanctl.errors import ScanctlError
 
 log = logging.getLogger(__name__)
-# pynetdicom 3.0 drops the socket of a connection that failed without closing it: a ResourceWarning about
-# its own socket for every unreachable PACS, which is not ours to act on (the error we raise says it all).
-warnings.filterwarnings("ignore", category=ResourceWarning, module=r"pynetdicom\.transport")
+
+
+def quiet_dropped_sockets() -> None:
+    """pynetdicom 3.0 drops the socket of a connection that failed without closing it: a ResourceWarning
+    about its own socket for every unreachable server, which is not ours to act on (the error we raise
+    says it all). Called before each association, not once at import: importing ``ismrmrd.image`` resets
+    the warning filters to ``default`` for the whole process."""
+    warnings.filterwarnings("ignore", message=r"unclosed <socket", category=ResourceWarning)
 
 #: Our AE title when none is given.
 CALLING_AET = "SCANCTL"
@@ -160,6 +165,7 @@ def _associate(pacs: Pacs, datasets: Sequence[Any], calling_aet: str, timeout_s:
     ``datasets``; raises PacsError when refused, or unreachable after every try."""
     from pynetdicom import AE
 
+    quiet_dropped_sockets()
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = timeout_s

@@ -39,7 +39,7 @@ from scanctl.data.dicom import (
     Order,
     load_order,
 )
-from scanctl.data.pacs import CALLING_AET, Pacs, check_aet
+from scanctl.data.pacs import CALLING_AET, Pacs, check_aet, quiet_dropped_sockets
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,7 @@ def query(server: Pacs, *, modality: str | None = "MR", station_aet: str | None 
         raise WorklistError(f"worklist date {date!r} is not YYYYMMDD or YYYYMMDD-YYYYMMDD")
     identifier = query_dataset(modality=modality, station_aet=station_aet, date=date, patient_id=patient_id,
                                accession_number=accession_number)
+    quiet_dropped_sockets()
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
     ae.add_requested_context(MWL_FIND)
