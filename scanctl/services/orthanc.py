@@ -105,8 +105,9 @@ class Orthanc:
         return config
 
     def start(self) -> Orthanc:
-        """Write the configuration and start Orthanc; returns once its REST API answers. Raises OrthancError
-        (not installed, exited, or no answer within START_TIMEOUT_S: its log's last lines say why)."""
+        """Write the configuration and start Orthanc; returns once its REST API answers and its DICOM port
+        accepts connections. Raises OrthancError (not installed, exited, or no answer within START_TIMEOUT_S:
+        its log's last lines say why)."""
         # Debian installs it in /usr/sbin, which is not on a user's PATH
         exe = shutil.which(EXECUTABLE) or shutil.which(EXECUTABLE, path="/usr/sbin:/usr/local/sbin")
         if exe is None:
@@ -128,8 +129,10 @@ class Orthanc:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise OrthancError(f"Orthanc exited with {self.process.returncode} at start: {self._log_tail()}")
-            with contextlib.suppress(OrthancError):
+            with contextlib.suppress(OrthancError, OSError):
                 self.rest("/system")
+                # Its DICOM port may open a moment after the REST API: a first association would fail.
+                socket.create_connection((self.host, self.dicom_port), timeout=1.0).close()
                 log.info("orthanc: %s up, REST %s (%s)", self.pacs, self.url, self.workdir)
                 return self
             time.sleep(0.1)
