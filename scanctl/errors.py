@@ -68,3 +68,7 @@ class InterlockError(ScanctlError):
 
 class WireProtocolError(ScanctlError):
     """A message or frame on a wire (ZeroMQ, serial) is malformed or of an unsupported version."""
+
+
+class DicomError(ScanctlError):
+    """A run cannot be turned into DICOM, an order is malformed, or a DICOM file cannot be written."""

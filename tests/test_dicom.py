@@ -24,11 +24,11 @@ from scanctl.data.dicom import (
     Series,
     build_series,
     export_run,
-    load_order,
     rescale,
     series_from_run,
     write_series,
 )
+from scanctl.data.orders import load_order
 from scanctl.data.outputs import OutputExistsError
 from scanctl.data.rawdata import RawHeader
 from scanctl.engine.session import run_scan

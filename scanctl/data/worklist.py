@@ -3,11 +3,11 @@ ModalityWorklists plugin, and orders from a FHIR R4 ``ServiceRequest`` (docs/dic
 
 * :func:`query` asks a worklist server (the Modality Worklist Information Model – FIND, PS3.4 K.6) for the
   scheduled procedure steps matching a modality (``MR``), a scheduled station AE title, a date and a patient
-  ID, and returns them as :class:`~scanctl.data.dicom.Order`\\ s;
+  ID, and returns them as :class:`~scanctl.data.orders.Order`\\ s;
 * :func:`worklist_dataset` / :func:`write_worklist` turn an order into a worklist entry (a DICOM file, the
   ``.wl`` files Orthanc's plugin serves from a folder);
 * :func:`load_order_file` reads an order from a file: the worklist's own fields in TOML
-  (:func:`~scanctl.data.dicom.load_order`) or a FHIR R4 ``ServiceRequest`` (JSON, :func:`order_from_fhir`).
+  (:func:`~scanctl.data.orders.load_order`) or a FHIR R4 ``ServiceRequest`` (JSON, :func:`order_from_fhir`).
 
 Errors: :class:`WorklistError` (a :class:`~scanctl.data.dicom.DicomError`, so a
 :class:`~scanctl.errors.ScanctlError`) naming the server, the file or the field at fault.
@@ -35,11 +35,10 @@ from scanctl.data.dicom import (
     IMPLEMENTATION_VERSION,
     UID_NAMESPACE,
     UID_ROOT,
-    DicomError,
-    Order,
-    load_order,
 )
+from scanctl.data.orders import Order, load_order
 from scanctl.data.pacs import CALLING_AET, Pacs, check_aet, quiet_dropped_sockets
+from scanctl.errors import DicomError
 
 log = logging.getLogger(__name__)
 
