@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scanctl.sequence._text import Section, Table
+from scanctl.sequence.geometry import quaternion_to_matrix
 from scanctl.sequence.model import Extensions, ExtensionSpec, IntArray
 from scanctl.sequence.pulseq_shapes import NUMBER
 from scanctl.sequence.pulseq_tables import IdIndex, TableReader
@@ -129,7 +130,7 @@ class ExtensionsReader(TableReader):
         bad = np.flatnonzero(np.abs(norm - 1) > 1e-3)
         if bad.size:
             raise self.fail(int(t.lines[bad[0]]), f"[extension ROTATIONS] quaternion norm {norm[bad[0]]:g} is not 1")
-        return {"quaternion": q.copy(), "matrix": _quaternion_to_matrix(q / norm[:, None])}
+        return {"quaternion": q.copy(), "matrix": quaternion_to_matrix(q)}
 
     def _rf_shims(self, sec: Section) -> tuple[dict[str, np.ndarray], Table]:
         """1.5.1 RF shims: ``id num_chan mag1 phase1 mag2 phase2 ...`` (rows may differ in length)."""
@@ -162,19 +163,3 @@ class _Spec:
     def __init__(self, spec: ExtensionSpec, row_of: dict[int, int]) -> None:
         self.spec = spec
         self.row_of = row_of
-
-
-
-def _quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
-    w, x, y, z = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
-    m = np.empty((q.shape[0], 3, 3))
-    m[:, 0, 0] = 1 - 2 * (y * y + z * z)
-    m[:, 0, 1] = 2 * (x * y - z * w)
-    m[:, 0, 2] = 2 * (x * z + y * w)
-    m[:, 1, 0] = 2 * (x * y + z * w)
-    m[:, 1, 1] = 1 - 2 * (x * x + z * z)
-    m[:, 1, 2] = 2 * (y * z - x * w)
-    m[:, 2, 0] = 2 * (x * z - y * w)
-    m[:, 2, 1] = 2 * (y * z + x * w)
-    m[:, 2, 2] = 1 - 2 * (x * x + y * y)
-    return m
