@@ -221,5 +221,6 @@ def _dilate(mask: BoolArray, r: int) -> BoolArray:
 def _background(mask: BoolArray) -> BoolArray:
     """Away from the object (two-pixel margin) and from every column the object covers (where phase
     encoding ghosts and motion artefacts spread)."""
-    columns = np.broadcast_to(mask.any(axis=0)[None, :], mask.shape)
-    return ~_dilate(mask, 2) & ~_dilate(np.asarray(columns), 2)
+    columns: BoolArray = np.asarray(mask.any(axis=0), dtype=bool)
+    covered = np.repeat(columns[None, :], mask.shape[0], axis=0)
+    return ~_dilate(mask, 2) & ~_dilate(covered, 2)
