@@ -24,6 +24,8 @@ from scanctl.sequence.model import IntArray, Sequence
 log = logging.getLogger(__name__)
 
 Key = tuple[int, ...]
+#: The most complex k-space values the recon allocates (2**28: 4 GiB): a header asking for more is refused.
+MAX_VALUES = 1 << 28
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,10 @@ def fill(inputs: Inputs, seq: Sequence | None, header: RawHeader | None,
     keys = sorted({line.key for line in lines}) or [(0,) * len(IMAGE_LABELS)]
     slot = {key: v for v, key in enumerate(keys)}
     channels = max((line.data.shape[0] for line in lines), default=1)
+    size = len(keys) * channels * m.nz * m.ny * m.nx
+    if size > MAX_VALUES:
+        raise ReconError(f"k-space of {len(keys)} image(s) x {channels} channel(s) x {m.nz} x {m.ny} x {m.nx} is "
+                         f"too large ({size} values, at most {MAX_VALUES})")
     data = np.zeros((len(keys), channels, m.nz, m.ny, m.nx), dtype=np.complex128)
     hits = np.zeros((len(keys), m.nz, m.ny, m.nx), dtype=np.int32)
     reversed_rows = np.zeros((len(keys), m.nz, m.ny), dtype=bool)
