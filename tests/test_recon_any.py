@@ -292,3 +292,24 @@ def test_cli_recon_refuses_a_matrix_too_large_to_allocate(tmp_path, capsys):
     assert main(["recon", str(path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert str(path) in err and "too large" in err
+
+
+def test_a_run_writes_image_json_beside_the_image(tmp_path):
+    from pathlib import Path
+
+    from scanctl.config import profile as profiles
+    from scanctl.engine.session import run_scan
+
+    protocol = Path(__file__).parents[1] / "protocols" / "gre_2d.toml"
+    report = run_scan(protocol, profiles.load(), tmp_path)
+    assert report.outcome == "completed", report.message
+    assert report.outputs["image_json"] == "image.json"
+    images = np.load(tmp_path / "image.npy")
+    meta = json.loads((tmp_path / "image.json").read_text())
+    raw = read_acquisitions(tmp_path / "raw.h5")
+    assert meta["format"] == 1 and len(meta["images"]) == images.shape[0]
+    entry = meta["images"][0]
+    assert entry["matrix"] == [images.shape[2], images.shape[1]]
+    np.testing.assert_allclose(entry["fov_mm"][:2], np.array(raw.header.fov_m[:2]) * 1e3)
+    np.testing.assert_allclose(entry["position_mm"], raw.position_mm[-1], atol=1e-6)
+    np.testing.assert_allclose(np.cross(entry["read_dir"], entry["phase_dir"]), entry["slice_dir"], atol=1e-9)
