@@ -74,7 +74,12 @@ def test_multislice_images_in_position_order_with_their_geometry(tmp_path):
              for line in range(32) for s, o in enumerate(offsets_mm)]
     path = write_ismrmrd(tmp_path / "sag.h5", lines, matrix=(32, 32, 1), fov_mm=(200.0, 220.0, 3.0),
                          centre=(16, 0))
-    result = reconstruct_file(read_acquisitions(path))
+    raw = read_acquisitions(path)
+    assert raw.read_dir.shape == raw.phase_dir.shape == raw.slice_dir.shape == raw.position_mm.shape == (96, 3)
+    np.testing.assert_array_equal(raw.slice_dir, np.tile(normal, (96, 1)))
+    np.testing.assert_array_equal(raw.phase_dir[5], phase)
+    np.testing.assert_allclose(raw.position_mm[:3, 0], -np.array(offsets_mm))
+    result = reconstruct_file(raw)
     order = np.argsort(offsets_mm)  # by position along the slice normal: -6, 0, 6 mm -> SLC 1, 2, 0
     assert [i["SLC"] for i in result.index] == order.tolist()
     for row, s in enumerate(order):
