@@ -10,6 +10,8 @@ import logging
 import ismrmrd
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ismrmrd import constants as C
 
 from scanctl.cli import main
@@ -161,6 +163,21 @@ def test_epi_ghost_removed_by_the_linear_phase_fit(tmp_path, shift):
 
     assert ghosting_ratio(before, truth > 0) > 0.2
     assert ghosting_ratio(after, truth > 0) < 1e-3
+
+
+@settings(max_examples=12, deadline=None)
+@given(delay=st.floats(-1.5, 1.5), phase=st.floats(-1.4, 1.4), shift=st.integers(-N // 8, N // 8))
+def test_epi_fit_removes_any_delay_and_phase(delay, phase, shift):
+    """Delays up to 1.5 samples either way and zeroth-order phases within +-pi/2, wherever the object lies."""
+    from scanctl.data.recon import reconstruct_indexed
+    from scanctl.hw.interfaces import Acquisition
+
+    truth = small_object(shift=shift)
+    lines = epi_lines(truth, delay, phase)
+    acqs = [Acquisition(i, 0, 0.0, 1e-5, line["data"].astype(np.complex64),
+                        {"LIN": line["lin"], "REV": int(bool(line.get("flags")))}) for i, line in enumerate(lines)]
+    image = reconstruct_indexed(acqs, centres=[line.get("centre", N // 2) for line in lines])[0][0]
+    assert ghost_ratio(image, truth) < 1e-3
 
 
 def test_epi_without_error_is_left_alone():
