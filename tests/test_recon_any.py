@@ -313,6 +313,14 @@ def test_cli_recon_data_it_cannot_image_names_the_file(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and str(path) in err and "no trajectory" in err
 
 
+def test_cli_recon_refuses_a_position_that_is_not_finite(tmp_path, capsys):
+    lines = [{"data": np.ones((1, 16)), "lin": y, "position": (0.0, np.nan if y == 2 else 0.0, 0.0)} for y in range(4)]
+    path = write_ismrmrd(tmp_path / "nan.h5", lines, matrix=(16, 16, 1), centre=(8, 0))
+    assert main(["recon", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(path) in err and "acquisition 2's position" in err and "not finite" in err
+
+
 def test_cli_recon_refuses_a_matrix_too_large_to_allocate(tmp_path, capsys):
     path = write_ismrmrd(tmp_path / "huge.h5", [{"data": np.ones((1, 16)), "lin": 0}],
                          matrix=(16, 60000, 60000), centre=(0, 0))

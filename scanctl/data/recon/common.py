@@ -53,7 +53,7 @@ class Inputs:
     @classmethod
     def of(cls, acquisitions: list[Acquisition], raw: RawData | None = None) -> Inputs:
         """``acquisitions`` with the flags and geometry of ``raw`` (the file they were read from), else
-        none: flags 0, position 0, directions x, y, z."""
+        none: flags 0, position 0, directions x, y, z. Raises ReconError for a position that is not finite."""
         n = len(acquisitions)
         eye = np.eye(3)
         if raw is None or len(raw.acquisitions) != n:
@@ -62,6 +62,9 @@ class Inputs:
         dirs = [_unit_or(getattr(raw, name), eye[axis], n) for axis, name in
                 enumerate(("read_dir", "phase_dir", "slice_dir"))]
         position = raw.position_mm if raw.position_mm.shape == (n, 3) else np.zeros((n, 3))
+        bad = np.flatnonzero(~np.all(np.isfinite(position), axis=1))
+        if bad.size:
+            raise ReconError(f"acquisition {int(bad[0])}'s position {position[bad[0]].tolist()} is not finite")
         return cls(acquisitions, np.asarray(raw.flags, np.uint64), position, *dirs)
 
     def has_flag(self, i: int, flag: int) -> bool:

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scanctl.data.recon.cartesian import KSpace, Line
-from scanctl.data.recon.common import ComplexArray, FloatArray
+from scanctl.data.recon.common import ComplexArray
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def fitted_phase(hybrid: ComplexArray, reverse: npt.NDArray[np.bool_],
 def linear_phase(product: npt.NDArray[np.complexfloating]) -> tuple[float, float]:
     """``(a, b)`` with ``product(x) ~ w(x) exp(i (a + b x))``, x = pixel - n // 2: the slope from the phase
     of the autocorrelation at lag 1, then the offset from the mean with the slope taken off."""
-    x: FloatArray = np.arange(product.size) - product.size // 2
+    x = np.arange(product.size, dtype=np.float64) - product.size // 2
     b = float(np.angle(np.sum(product[1:] * np.conj(product[:-1]))))
     a = float(np.angle(np.sum(product * np.exp(-1j * b * x))))
     return a, b

@@ -96,7 +96,7 @@ def mosaic(images: npt.ArrayLike, columns: int | None = None) -> npt.NDArray[np.
 
 def json_bytes(meta: dict[str, Any]) -> bytes:
     """``image.json``'s text (see :func:`scanctl.data.recon.Reconstruction.meta`)."""
-    return (json.dumps(meta, indent=1) + "\n").encode()
+    return (json.dumps(meta, indent=1, allow_nan=False) + "\n").encode()  # NaN is no JSON: refused
 
 
 def save_json(meta: dict[str, Any], path: str | Path) -> Path:
