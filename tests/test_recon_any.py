@@ -313,12 +313,22 @@ def test_cli_recon_data_it_cannot_image_names_the_file(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and str(path) in err and "no trajectory" in err
 
 
-def test_cli_recon_refuses_a_position_that_is_not_finite(tmp_path, capsys):
-    lines = [{"data": np.ones((1, 16)), "lin": y, "position": (0.0, np.nan if y == 2 else 0.0, 0.0)} for y in range(4)]
+@pytest.mark.parametrize("field, key", [("position", "position"), ("read", "read_dir"), ("slice", "slice_dir")])
+def test_cli_recon_refuses_geometry_that_is_not_finite(tmp_path, capsys, field, key):
+    lines = [{"data": np.ones((1, 16)), "lin": y} for y in range(4)]
+    lines[2][field] = (0.0, np.nan, 1.0)
     path = write_ismrmrd(tmp_path / "nan.h5", lines, matrix=(16, 16, 1), centre=(8, 0))
     assert main(["recon", str(path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
-    assert str(path) in err and "acquisition 2's position" in err and "not finite" in err
+    assert str(path) in err and f"acquisition 2's {key}" in err and "not finite" in err
+
+
+def test_zero_directions_of_a_foreign_file_are_taken_as_x_y_z(tmp_path):
+    lines = [{"data": kspace(shepp_logan(16))[y][None], "lin": y, "read": (0.0, 0.0, 0.0), "phase": (0.0, 0.0, 0.0),
+              "slice": (0.0, 0.0, 0.0)} for y in range(16)]
+    path = write_ismrmrd(tmp_path / "zero.h5", lines, matrix=(16, 16, 1), centre=(8, 0))
+    entry = reconstruct_file(read_acquisitions(path)).meta["images"][0]
+    assert (entry["read_dir"], entry["phase_dir"], entry["slice_dir"]) == ([1, 0, 0], [0, 1, 0], [0, 0, 1])
 
 
 def test_cli_recon_refuses_a_matrix_too_large_to_allocate(tmp_path, capsys):

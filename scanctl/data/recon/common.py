@@ -53,13 +53,14 @@ class Inputs:
     @classmethod
     def of(cls, acquisitions: list[Acquisition], raw: RawData | None = None) -> Inputs:
         """``acquisitions`` with the flags and geometry of ``raw`` (the file they were read from), else
-        none: flags 0, position 0, directions x, y, z. Raises ReconError for a position that is not finite."""
+        none: flags 0, position 0, directions x, y, z. Raises ReconError for a position or direction that is
+        not finite."""
         n = len(acquisitions)
         eye = np.eye(3)
         if raw is None or len(raw.acquisitions) != n:
             return cls(acquisitions, np.zeros(n, np.uint64), np.zeros((n, 3)), np.tile(eye[0], (n, 1)),
                        np.tile(eye[1], (n, 1)), np.tile(eye[2], (n, 1)))
-        dirs = [_unit_or(getattr(raw, name), eye[axis], n) for axis, name in
+        dirs = [_unit_or(getattr(raw, name), eye[axis], n, name) for axis, name in
                 enumerate(("read_dir", "phase_dir", "slice_dir"))]
         position = raw.position_mm if raw.position_mm.shape == (n, 3) else np.zeros((n, 3))
         bad = np.flatnonzero(~np.all(np.isfinite(position), axis=1))
@@ -83,13 +84,16 @@ class Inputs:
         return bool(self.acquisitions[i].labels.get("NOISE", 0))
 
 
-def _unit_or(values: FloatArray, default: FloatArray, n: int) -> FloatArray:
-    """``values`` ``(n, 3)`` with every row that is no direction (zero, as some files leave them, or not
-    finite) replaced by ``default``."""
+def _unit_or(values: FloatArray, default: FloatArray, n: int, name: str) -> FloatArray:
+    """``values`` ``(n, 3)`` normalised, every zero row (as some files leave them) replaced by ``default``.
+    Raises ReconError for a row that is not finite."""
     out = np.tile(default, (n, 1))
     if values.shape == (n, 3):
         norm = np.linalg.norm(values, axis=1)
-        good = np.isfinite(norm) & (norm > 1e-6)
+        if not np.all(np.isfinite(norm)):
+            i = int(np.flatnonzero(~np.isfinite(norm))[0])
+            raise ReconError(f"acquisition {i}'s {name} {values[i].tolist()} is not finite")
+        good = norm > 1e-6
         out[good] = values[good] / norm[good, None]
     return out
 
