@@ -45,6 +45,9 @@ OVERSAMPLING = 2
 DENSITY_ITERATIONS = 12
 #: FINUFFT's requested relative accuracy (measured: ~5e-6 of the maximum against the direct sum).
 EPSILON = 1e-6
+#: FINUFFT's threads. One: its OpenMP threads wait for each other, and on a loaded machine (the run's
+#: other processes, 2 cores) that made a 1.4 ms transform take 190 ms; one thread is never slower here.
+THREADS = 1
 
 
 class Gridder:
@@ -153,7 +156,7 @@ def adjoint(k: npt.ArrayLike, values: npt.ArrayLike, n: int) -> ComplexArray:
     # FINUFFT's modes -n/2 .. n/2-1 (modeord 0) are the pixels j - n//2; its phase is k . x in radians.
     omega = 2 * np.pi * k / n
     images = finufft.nufft2d1(np.ascontiguousarray(omega[:, 1]), np.ascontiguousarray(omega[:, 0]),
-                              np.ascontiguousarray(samples), (n, n), eps=EPSILON, isign=1)
+                              np.ascontiguousarray(samples), (n, n), eps=EPSILON, isign=1, nthreads=THREADS)
     return np.asarray(images).reshape(samples.shape[0], n, n)
 
 
