@@ -46,7 +46,8 @@ DENSITY_ITERATIONS = 12
 #: FINUFFT's requested relative accuracy (measured: ~5e-6 of the maximum against the direct sum).
 EPSILON = 1e-6
 #: FINUFFT's threads. One: its OpenMP threads wait for each other, and on a loaded machine (the run's
-#: other processes, 2 cores) that made a 1.4 ms transform take 190 ms; one thread is never slower here.
+#: other processes, 2 cores) that made the radial example's transform take 190 ms instead of 10 ms; on a
+#: quiet one, one thread costs about a millisecond (2.6 ms against 1.4 ms, docs/recon.md).
 THREADS = 1
 
 
