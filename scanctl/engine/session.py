@@ -204,7 +204,7 @@ class ScanSession:
         if reconstruct and count and not failures:
             try:
                 raw = read_acquisitions(out / "raw.h5")  # what was streamed to disk: no second copy in memory
-                outputs.update(write_image(out, raw.acquisitions, loaded.seq, timings))
+                outputs.update(write_image(out, raw, loaded.seq, timings))
             except KeyboardInterrupt:  # Ctrl-C while reconstructing: the report is still written
                 message = (f"{message}; " if message else "") + "image not reconstructed (interrupted)"
             except ReconError as exc:  # data the recon cannot image (3D non-Cartesian): the raw data stand
