@@ -32,3 +32,18 @@ def reason(exc: BaseException) -> str:
         return os.strerror(number)
     first = str(exc).strip().splitlines()
     return first[0] if first else type(exc).__name__
+
+
+class SequenceGeometryError(RawDataError):
+    """A sequence's geometry contradicts itself (an ADC rotated otherwise than its excitation, a slice
+    offset that does not fit the slice gradient, a FOV definition the k-space steps contradict); the message
+    names the block (its Pulseq id) or the definition."""
+
+    def __init__(self, block_id: int | None, message: str) -> None:
+        self.block_id = block_id
+        where = f"block {block_id}: " if block_id is not None else ""
+        super().__init__(None, message)
+        self.args = (f"sequence geometry: {where}{message}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
