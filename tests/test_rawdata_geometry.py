@@ -386,3 +386,127 @@ def test_header_parses_with_the_ismrmrd_schema_bindings(tmp_path):
     assert params.TR and params.TE and params.flipAngle_deg
     assert params.flipAngle_deg[0] == pytest.approx(15.0, rel=0.02)  # measured from the pulse
     assert [c.coilName for c in parsed.acquisitionSystemInformation.coilLabel] == ["pair 0", "pair 1"]
+
+
+# -- sequence parameters ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["gre_2d", "se_2d", "tse_2d", "epi_2d"])
+def test_sequence_parameters_measured_from_our_builders(name):
+    """Without a protocol or definitions, TR / TE / flip angle / echo spacing / ETL are measured from the
+    sequence's timing and pulses: they equal the parameters it was built with."""
+    from scanctl.sequence.builders import BUILDERS
+
+    builder = BUILDERS[name]
+    params = builder.params.from_mapping({})
+    seq = builder.build(PROFILE, params)
+    # the builders write TR / TE (/ ETL) definitions: left out, so the values are measured
+    header = RawHeader.from_sequence(dataclasses.replace(seq, definitions={
+        k: v for k, v in seq.definitions.items() if k not in ("TR", "TE", "FlipAngle", "ETL")}), larmor_hz=1.0)
+    assert header.te_s == pytest.approx((params.te_s,), abs=1e-6)
+    assert header.flip_angle_deg == pytest.approx((params.flip_angle_deg,), rel=1e-3)
+    if name == "epi_2d":  # one excitation: no TR to measure; every line of the train an echo
+        assert header.tr_s == ()
+        assert header.echo_train_length == params.matrix[1]
+        assert header.echo_spacing_s[0] == pytest.approx(
+            np.median(np.diff(encoding_of(seq).echo_s)), rel=1e-9)
+    else:
+        assert header.tr_s == pytest.approx((params.tr_s,), abs=1e-6)
+    if name == "tse_2d":
+        assert header.echo_train_length == params.etl
+        # k_y = 0 in echo etl / 2 (0-based, docs of tse_2d): TE = (etl / 2 + 1) echo spacings
+        assert header.echo_spacing_s[0] == pytest.approx(params.te_s / (params.etl // 2 + 1), rel=1e-6)
+    elif name != "epi_2d":
+        assert header.echo_spacing_s == () and header.echo_train_length is None
+    # the z FOV of a 2D scan: its slice thickness (FWHM bandwidth over the slice gradient)
+    assert header.fov_m[2] == pytest.approx(params.slice_thickness_m, rel=0.01)
+
+
+def test_sequence_parameters_from_the_protocol_then_the_definitions(tmp_path):
+    from scanctl.config.protocol import load_protocol
+
+    protocol = load_protocol("protocols/tse_2d.toml")
+    seq = protocol.build_sequence(PROFILE)
+    header = header_for(seq, PROFILE, protocol)
+    p = protocol.sequence_params
+    assert header.tr_s == (p.tr_s,) and header.te_s == (p.te_s,) and header.flip_angle_deg == (p.flip_angle_deg,)
+    assert header.echo_train_length == p.etl
+    parsed = ismrmrd.xsd.CreateFromDocument(header.to_xml())
+    tr_ms = parsed.sequenceParameters.TR
+    assert tr_ms == pytest.approx([p.tr_s * 1e3])
+    assert parsed.sequenceParameters.echo_spacing == pytest.approx([header.echo_spacing_s[0] * 1e3])
+    assert RawHeader.from_xml(header.to_xml()).echo_train_length == p.etl
+    # definitions beat the measurement
+    w = gre()
+    w.seq.set_definition("TR", 0.123)
+    w.seq.set_definition("TE", [0.004, 0.009])
+    w.seq.set_definition("FlipAngle", 12)
+    header = RawHeader.from_sequence(to_scanctl(w, tmp_path), larmor_hz=1.0)
+    assert header.tr_s == (0.123,) and header.te_s == (0.004, 0.009) and header.flip_angle_deg == (12.0,)
+
+
+@pytest.mark.parametrize("build, te, esp, etl", [("tse", None, 12e-3, 16), ("haste", 9 * 12e-3, 12e-3, 24),
+                                                 ("epi_se", 60e-3, None, 32)])
+def test_sequence_parameters_of_pypulseq_examples(tmp_path, build, te, esp, etl):
+    from tests import pypulseq_examples as examples
+
+    path = tmp_path / "x.seq"
+    getattr(examples, build)(32).write(str(path))
+    header = RawHeader.from_sequence(read(path), larmor_hz=1.0)
+    if te is not None:
+        assert header.te_s == pytest.approx((te,), abs=5e-6)
+    else:  # tse: the echo whose line is k_y = 0, a whole number of echo spacings
+        assert header.te_s[0] / 12e-3 == pytest.approx(round(header.te_s[0] / 12e-3), abs=1e-3)
+    if esp is not None:
+        assert header.echo_spacing_s == pytest.approx((esp,), abs=5e-6)
+    assert header.echo_train_length == etl
+    assert header.flip_angle_deg == pytest.approx((90.0,), rel=1e-3)
+
+
+# -- trajectories ----------------------------------------------------------------------------------------
+
+def spiral(n_turns: int = 3, samples: int = 1000, fov: float = 0.2, interleaves: int = 2) -> pp.Sequence:
+    """An Archimedean spiral-out GRE (arbitrary gradients), ``interleaves`` shots rotated in plane."""
+    seq = pp.Sequence(SYSTEM)
+    rf, gz, gz_reph = pp.make_sinc_pulse(flip_angle=math.radians(20), duration=1e-3, slice_thickness=5e-3,
+                                         apodization=0.5, time_bw_product=4, system=SYSTEM, return_gz=True,
+                                         delay=SYSTEM.rf_dead_time, use="excitation")
+    raster = SYSTEM.grad_raster_time
+    t = np.arange(samples) / samples
+    kmax = 16 / fov
+    for shot in range(interleaves):
+        phi = 2 * np.pi * n_turns * t + 2 * np.pi * shot / interleaves
+        k = kmax * t * np.exp(1j * phi)
+        g = np.diff(np.concatenate(([0], k))) / raster
+        g *= np.minimum(1.0, np.linspace(samples / 100, 0, samples))  # ramped down over the last 100 samples
+        gx = pp.make_arbitrary_grad(channel="x", waveform=g.real, system=SYSTEM, first=0, last=0)
+        gy = pp.make_arbitrary_grad(channel="y", waveform=g.imag, system=SYSTEM, first=0, last=0)
+        adc = pp.make_adc(num_samples=samples // 2, dwell=2 * raster, delay=SYSTEM.adc_dead_time, system=SYSTEM)
+        seq.add_block(rf, gz)
+        seq.add_block(gz_reph)
+        seq.add_block(gx, gy, adc)
+        seq.add_block(pp.make_delay(5e-3))
+    seq.set_definition("FOV", [fov, fov, 5e-3])
+    return seq
+
+
+def test_spiral_and_radial_trajectories(tmp_path):
+    from tests import pypulseq_examples as examples
+
+    path = tmp_path / "spiral.seq"
+    spiral().write(str(path))
+    seq = read(path)
+    dset = write_and_read(seq, tmp_path)
+    header = ismrmrd.xsd.CreateFromDocument(dset.read_xml_header())
+    assert header.encoding[0].trajectory.value == "other"
+    acq = dset.read_acquisition(1)
+    assert acq.traj.shape == (500, 2)
+    radius = np.hypot(acq.traj[:, 0], acq.traj[:, 1])
+    assert radius[0] < 0.5 and 7 < radius.max() < 17  # from the centre out to k_max (16 / FOV) in 1/FOV units
+    dset.close()
+    rpath = tmp_path / "radial.seq"
+    examples.radial_gre(16, 8, 2).write(str(rpath))
+    rseq = read(rpath)
+    (tmp_path / "raw.h5").unlink()
+    rset = write_and_read(rseq, tmp_path)
+    assert ismrmrd.xsd.CreateFromDocument(rset.read_xml_header()).encoding[0].trajectory.value == "radial"
+    assert rset.read_acquisition(0).traj.shape == (encoding_of(rseq).num_samples[0], 2)
