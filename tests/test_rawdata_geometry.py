@@ -510,3 +510,41 @@ def test_spiral_and_radial_trajectories(tmp_path):
     rset = write_and_read(rseq, tmp_path)
     assert ismrmrd.xsd.CreateFromDocument(rset.read_xml_header()).encoding[0].trajectory.value == "radial"
     assert rset.read_acquisition(0).traj.shape == (encoding_of(rseq).num_samples[0], 2)
+
+
+def test_oblique_3d_partitions_from_the_logical_kz(tmp_path):
+    """A 3D slab without labels, turned oblique: LIN and PAR come from the logical k_y and k_z (the physical
+    ones mix both), the z FOV is the slab, the position its centre."""
+    n, nz, fov, slab = 8, 4, 0.2, 0.04
+    seq = pp.Sequence(SYSTEM)
+    rf, gz, _ = pp.make_sinc_pulse(flip_angle=math.radians(10), duration=1e-3, slice_thickness=slab,
+                                   apodization=0.5, time_bw_product=4, system=SYSTEM, return_gz=True,
+                                   delay=SYSTEM.rf_dead_time, use="excitation")
+    gx = pp.make_trapezoid(channel="x", flat_area=n / fov, flat_time=0.64e-3, system=SYSTEM)
+    adc = pp.make_adc(num_samples=n, duration=gx.flat_time, delay=gx.rise_time, system=SYSTEM)
+    gx_pre = pp.make_trapezoid(channel="x", area=-gx.area / 2, duration=0.8e-3, system=SYSTEM)
+    slab_off = 0.012
+    rf.freq_offset = gz.amplitude * slab_off
+    rf.phase_offset = -2 * math.pi * rf.freq_offset * pp.calc_rf_center(rf)[0]
+    order = []
+    for j in range(nz):
+        for i in range(n):
+            gy = pp.make_trapezoid(channel="y", area=(i - n // 2) / fov, duration=0.8e-3, system=SYSTEM)
+            gzp = pp.make_trapezoid(channel="z", area=-gz.area / 2 + (j - nz // 2) / slab, duration=0.8e-3,
+                                    system=SYSTEM)
+            seq.add_block(rf, gz)
+            seq.add_block(gx_pre, gy, gzp)
+            seq.add_block(gx, adc)
+            seq.add_block(pp.make_delay(2e-3))
+            order.append((i, j))
+    path = tmp_path / "g3d.seq"
+    seq.write(str(path))
+    r = Orientation.from_normal([0.5, 0.3, 0.8], 40.0).in_scanner()
+    rotated = with_rotations(read(path), [r] * len(order) * 4)
+    labels = sequence_labels(rotated)
+    assert list(zip(labels["LIN"].tolist(), labels["PAR"].tolist(), strict=True)) == order
+    header = RawHeader.from_sequence(rotated, larmor_hz=1.0)
+    assert header.encoded_matrix == (n, n, nz)
+    assert header.fov_m[2] == pytest.approx(slab, rel=1e-6)
+    np.testing.assert_allclose(encoding_of(rotated).position_m, np.tile(r[:, 2] * slab_off, (len(order), 1)),
+                               atol=1e-9)
