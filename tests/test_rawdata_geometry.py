@@ -548,3 +548,39 @@ def test_oblique_3d_partitions_from_the_logical_kz(tmp_path):
     assert header.fov_m[2] == pytest.approx(slab, rel=1e-6)
     np.testing.assert_allclose(encoding_of(rotated).position_m, np.tile(r[:, 2] * slab_off, (len(order), 1)),
                                atol=1e-9)
+
+
+def test_adc_frequencies_fitting_no_read_shift_are_refused(tmp_path):
+    """Two lines of one slice shifted differently along read: the FOV centre is contradictory."""
+    w = gre(n=4)
+    seq = to_scanctl(w, tmp_path)
+    rows = seq.blocks.adc[seq.blocks.adc >= 0]
+    freq = seq.adc.freq_hz.copy()
+    freq[rows[1]] = 1234.0  # the second line's ADC (its own event row: pypulseq writes one per line)
+    assert len(set(rows.tolist())) == len(rows)
+    bad = dataclasses.replace(seq, adc=dataclasses.replace(seq.adc, freq_hz=freq))
+    with pytest.raises(SequenceGeometryError, match=r"block \d+: the ADC frequency offsets of this slice do not "
+                                                    r"fit one read-direction shift"):
+        RawHeader.from_sequence(bad, larmor_hz=1.0)
+
+
+def test_a_run_of_an_oblique_file_writes_its_geometry(tmp_path):
+    """Through the scan session (``scanctl run``'s path): the raw data carry the file's geometry and a
+    measurement ID."""
+    from scanctl.data.rawdata import read_acquisitions
+    from scanctl.engine.session import run_scan
+
+    w = gre(planes=[[(0.01, -0.02, 0.004), (0.01, -0.02, -0.004)]])
+    r = Orientation.from_normal([0.2, -0.3, 1.0], 15.0).in_scanner()
+    seq = rotate_planes(to_scanctl(w, tmp_path), w.planes, [r])
+    path = tmp_path / "oblique.seq"
+    path.write_bytes(pulseq_write.dumps(seq)[0])
+    # without the physics (the geometry is the sequence's, not the image's): a fast run
+    report = run_scan(path, PROFILE, tmp_path / "out", overrides={"rf": "sim://?physics=0"}, reconstruct=False)
+    assert report.outcome == "completed", report.message
+    dset = ismrmrd.Dataset(str(tmp_path / "out" / "raw.h5"), "dataset", create_if_needed=False)
+    pos, dirs = expected(w, [r])
+    assert_geometry(dset, pos, dirs)
+    assert ismrmrd.xsd.CreateFromDocument(dset.read_xml_header()).measurementInformation.measurementID
+    dset.close()
+    assert read_acquisitions(tmp_path / "out" / "raw.h5").positions_mm.shape == (len(w.offsets), 3)
