@@ -82,7 +82,8 @@ def gre(n: int = 8, fov: float = 0.2, planes: list[list[tuple[float, float, floa
                 ky = (i - n // 2) / fov
                 spoil_phase = math.radians(phase) if spoil else 0.0
                 rf.freq_offset = gz.amplitude * slice_off
-                rf.phase_offset = spoil_phase - 2 * math.pi * rf.freq_offset * rf_centre
+                # wrapped: pypulseq writes phases with 6 significant digits (-100.123 rad loses 1e-3 rad)
+                rf.phase_offset = (spoil_phase - 2 * math.pi * rf.freq_offset * rf_centre) % (2 * math.pi)
                 adc.freq_offset = gx.amplitude * read_off
                 # k_x = 0 half-way through the ADC window (it spans the flat top)
                 adc.phase_offset = (spoil_phase + 2 * math.pi * ky * phase_off

@@ -267,4 +267,12 @@ def _phase_slope(q: FloatArray, r: FloatArray) -> float:
         log.warning("raw data: the ADC phases do not follow one phase-direction shift (coherence %.2f): "
                     "the FOV is taken as centred along phase", resultant)
         return 0.0
-    return float(np.angle(products.sum()) / (2 * np.pi * step))
+    coarse = float(np.angle(products.sum()) / (2 * np.pi * step))
+    # Refined by least squares over every position (not only neighbours): the phases a file holds are
+    # rounded (pypulseq writes 6 significant digits), and the slope over the whole range averages that out.
+    left = means * np.exp(-2j * np.pi * mean_q * coarse)
+    wrapped = np.angle(left * np.conj(left.sum()))
+    weights = counts.astype(np.float64)
+    qc = mean_q - np.average(mean_q, weights=weights)
+    slope = float(np.sum(weights * qc * wrapped) / max(float(np.sum(weights * qc * qc)), 1e-300))
+    return coarse + slope / (2 * np.pi)
