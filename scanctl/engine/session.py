@@ -314,7 +314,9 @@ class LocalPort:
         self._plan = {"table_position_mm": protocol.table_position_mm if protocol is not None else 0.0,
                       "patient_weight_kg": patient_weight_kg, "mode": safety.mode, "duration_s": seq.duration_s}
         # The raw data (and the DICOM from them) record the weight SAR was judged with, not the protocol's.
-        header = replace(header_for(seq, self.profile, protocol, channels=scanner.rf.channels),
+        coil_info = getattr(scanner.rf, "coil_info", None)  # a simulated array says its channels and noise
+        header = replace(header_for(seq, self.profile, protocol, channels=scanner.rf.channels,
+                                    coil_info=coil_info() if callable(coil_info) else None),
                          patient_weight_kg=patient_weight_kg)
         return Loaded(seq, text, header, report, check.to_json(), {"prepare_s": time.perf_counter() - t0})
 
