@@ -199,7 +199,7 @@ def dwell_time(system: System, p: Params, *, reversible: bool = False) -> float:
 
 def _largest_samples(system: System, p: Params, bw: float, max_g: float, reversible: bool) -> int:
     """The largest even read-out matrix whose dwell at bandwidth ``bw`` the read-out gradient can play."""
-    n = 2 * int(max_g * p.fov_m / bw / 2) + 2
+    n = 2 * int(max_g * p.fov_m / bw / 2) + 40  # above the estimate: the dwell's raster rounds both ways
     while n > 2:
         step = dwell_step(system, n, reversible=reversible)
         if valid_dwell(system, n, 1.0 / (bw * n), reversible=reversible) >= math.ceil(
