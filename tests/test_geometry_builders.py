@@ -4,6 +4,7 @@ bad input, and the round trip through pypulseq and our own reader."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
@@ -435,6 +436,8 @@ def test_a_shifted_fov_shows_the_phantom_shifted_the_other_way(tmp_path):
     assert scale > 0
     assert np.abs(np.roll(centred, (2, -3), axis=(-2, -1)) - shifted).max() < 1e-4 * scale
     assert np.abs(centred - shifted).max() > 0.1 * scale  # it did move
+    report = json.loads((tmp_path / "shifted" / "out" / "report.json").read_text())
+    assert report["protocol"]["geometry"]["position_mm"] == [24.0, -16.0, 0.0]  # the run report carries it
 
 
 def test_a_slice_at_z20_images_something_else_than_at_the_isocentre(tmp_path):

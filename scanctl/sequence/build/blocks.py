@@ -160,7 +160,7 @@ class SequenceBuilder:
             q = tuple(float(v) for v in rotation.quaternion)
             if len(q) != 4 or abs(sum(v * v for v in q) - 1.0) > 1e-9:
                 raise ValueError(f"rotation {q} is not a unit quaternion (w, x, y, z)")
-            items.append(("ROTATIONS", self._rotations.setdefault(q, len(self._rotations))))  # type: ignore[arg-type]
+            items.append(("ROTATIONS", self._rotations.setdefault(q, len(self._rotations))))
         chain = tuple(items)
         head = self._lists.get(chain)
         if head is None:

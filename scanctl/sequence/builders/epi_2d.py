@@ -1,9 +1,9 @@
 """2D single-shot blipped gradient-echo EPI, Cartesian, no ramp sampling.
 
-Per shot (one TR): slice-selective excitation; read prephaser, phase prephaser to ky = -ny/2 and slice
-rephaser; TE fill; ``ny`` read-outs of alternating polarity separated by phase blips of 1/FOV; slice and
-read spoilers stretched to the TR. Every ADC block sets ``LIN``, ``SLC``, ``AVG`` and ``REV`` (1 on lines
-read backwards, whose samples run from kx = (nx/2 - 1)/FOV down to -nx/2/FOV). TE is the time to the
+Per shot (one shot per slice and TR): slice-selective excitation; read prephaser, phase prephaser to
+ky = -ny/2 and slice rephaser; TE fill; ``ny`` read-outs of alternating polarity separated by phase blips of
+1/FOV; slice and read spoilers stretched to TR / slices. Every ADC block sets ``LIN``, ``SLC``, ``AVG`` and
+``REV`` (1 on lines read backwards, whose samples run from kx = (nx/2 - 1)/FOV down to -nx/2/FOV). TE is the time to the
 centre sample of line ny/2 (ky = 0). The dwell time is kept on the RF raster so that the backward
 lines' windows land on it too.
 """

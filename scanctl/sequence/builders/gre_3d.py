@@ -27,9 +27,10 @@ NAME = "gre_3d"
 class Gre3dParams(GreParams):
     """Parameters of :func:`gre_3d`."""
 
-    matrix: tuple[int, int, int] = param((64, 64, 32), unit="samples, lines, partitions", low=2, high=256,
-                                         kind="matrix3", doc="[nx, ny, nz]: read-out samples, phase-encoding "
-                                                             "lines and partitions, all even")
+    # three sizes where the 2D types take two (the checks are the "matrix3" kind's)
+    matrix: tuple[int, int, int] = param(  # type: ignore[assignment]
+        (64, 64, 32), unit="samples, lines, partitions", low=2, high=256, kind="matrix3",
+        doc="[nx, ny, nz]: read-out samples, phase-encoding lines and partitions, all even")
     slice_thickness_m: float = param(0.128, unit="m", low=0.005, high=0.4,
                                      doc="slab thickness: the FOV along the partition axis (partitions slab / nz)")
     tr_s: float = param(0.006, unit="s", low=0.001, high=20.0, doc="repetition time")

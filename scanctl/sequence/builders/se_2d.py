@@ -3,8 +3,9 @@
 Blocks per TR: slice-selective excitation; read prephaser (positive: it is mirrored by the refocusing
 pulse) and slice rephaser; fill to TE/2; crusher; slice-selective refocusing pulse (90° phase shift);
 crusher with the phase encoding; fill; read-out with ADC (``LIN``, ``SLC``, ``AVG`` set); read and slice
-spoilers with the phase-encoding rewinder, stretched to TR / slices: every slice of the geometry once per TR. The refocusing pulse's centre is at
-exactly TE/2, so the spin echo and the gradient echo coincide at the k-space centre sample.
+spoilers with the phase-encoding rewinder, stretched to TR / slices: every slice of the geometry once per TR.
+The refocusing pulse's centre is at exactly TE/2, so the spin echo and the gradient echo coincide at the
+k-space centre sample.
 """
 
 from __future__ import annotations

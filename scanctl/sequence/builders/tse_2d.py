@@ -4,8 +4,9 @@ Per shot (one TR): slice-selective 90° excitation (phase 90°); read prephaser 
 to half an echo spacing; then ``etl`` times: crusher (with the previous echo's phase rewinder),
 slice-selective refocusing pulse (phase 0°), crusher with the phase encoding, fill, read-out with ADC
 (``LIN``, ``SLC``, ``AVG`` and ``SEG`` = echo index set), fill; finally the last rewinder with a crusher and
-the read and slice spoilers, stretched to TR / slices (one echo train per slice of the geometry and TR). Every refocusing pulse sits midway between its
-echoes, so spin echo and gradient echo coincide at each read-out's k-space centre sample.
+the read and slice spoilers, stretched to TR / slices (one echo train per slice of the geometry and TR).
+Every refocusing pulse sits midway between its echoes, so spin echo and gradient echo coincide at each
+read-out's k-space centre sample.
 
 ``te_s`` is the effective echo time: that of the echo which acquires ky = 0. With ``linear`` ordering
 echo ``e`` of shot ``s`` acquires line ``e * shots + s`` (ky = 0 in echo ``etl / 2``); with ``centric``
