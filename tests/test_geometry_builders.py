@@ -450,3 +450,10 @@ def test_a_slice_at_z20_images_something_else_than_at_the_isocentre(tmp_path):
     exc = _rf_blocks(seq)
     gz = seq.grad.amplitude_hz_per_m[seq.blocks.grad[exc, 2]]
     np.testing.assert_allclose(seq.rf.freq_hz[seq.blocks.rf[exc]] / gz, 0.020, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["t1_gre_multislice", "gre_3d", "localizer", "gre_oblique"])
+def test_the_geometry_protocols_pass_the_safety_prediction(name, capsys):
+    """RF duty cycle, SAR and PNS within the normal mode (the localizer's coronal plane puts the slice ramps on
+    y, the axis of lowest stimulation threshold: its gradients ramp at half the slew limit)."""
+    assert main(["check", str(Path(__file__).parents[1] / "protocols" / f"{name}.toml")]) == 0, capsys.readouterr()

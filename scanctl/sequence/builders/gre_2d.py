@@ -70,11 +70,12 @@ def gre_2d(profile: SystemProfile, params: GreParams | None = None, *, geometry:
 
 
 def spoiled_gre(profile: SystemProfile, p: GreParams, placements: list[Placement], *, name: str,
-                partitions: int = 1) -> Sequence:
+                partitions: int = 1, slew_fraction: float = 1.0) -> Sequence:
     """The RF-spoiled gradient echo of every placement in turn (each: all its slices in every TR), with
     ``partitions`` > 1 a 3D one (the slab ``p.slice_thickness_m`` thick, ``PAR`` labels, partition loop
-    outside the line loop). Raises :class:`ParameterError` as :func:`gre_2d`."""
-    system = logical_system(System.from_profile(profile), *placements)
+    outside the line loop), its gradients ramped at ``slew_fraction`` of the limit. Raises
+    :class:`ParameterError` as :func:`gre_2d`."""
+    system = logical_system(System.from_profile(profile, slew_fraction=slew_fraction), *placements)
     nx, ny = p.matrix[0], p.matrix[1]
     nz = partitions
     ro = readout(system, num_samples=nx, dwell_s=dwell_time(system, p), fov_m=p.fov_m)

@@ -25,6 +25,10 @@ from scanctl.sequence.model import Sequence
 NAME = "localizer"
 #: The planes, in the order they are played and numbered.
 PLANES = ("transverse", "sagittal", "coronal")
+#: The fraction of the slew-rate limit the localizer's gradients ramp at: every plane puts the slice axis on
+#: another physical axis, and the one with the lowest stimulation threshold (y, in the shipped profiles' PNS
+#: model) would otherwise reach 107 % of it with the coronal plane's slice-select ramps (PNS limit: 80 %).
+SLEW_FRACTION = 0.5
 #: The geometry when none is given: three slices per plane, 20 mm apart (centre to centre at 5 mm thickness).
 DEFAULT_GEOMETRY = Geometry(slices=3, slice_gap_mm=15.0)
 
@@ -67,4 +71,4 @@ def localizer(profile: SystemProfile, params: LocalizerParams | None = None, *, 
     g = _geometry(geometry)
     placements = [place(profile, g, p.slice_thickness_m, p.fov_m, p.fov_phase, orientation=Orientation.named(plane),
                         slc_base=i * g.slices) for i, plane in enumerate(PLANES)]
-    return spoiled_gre(profile, p, placements, name=NAME)
+    return spoiled_gre(profile, p, placements, name=NAME, slew_fraction=SLEW_FRACTION)
