@@ -123,6 +123,16 @@ def test_minimal_protocol_defaults(tmp_path):
     assert p.description == "" and p.table_position_mm == 0.0 and p.phantom is None and p.noise_std is None
     assert p.patient.height_m is None and p.sequence_params.tr_s == 0.5
     assert p.as_dict()["phantom"] is None
+    assert p.geometry is None and p.as_dict()["geometry"]["slices"] == 1  # the builder's default geometry
+    assert np.allclose(p.slice_stack.centres_m(), 0.0) and p.patient_position == "HFS"
+
+
+def test_a_localizer_without_geometry_takes_three_slices_per_plane(tmp_path):
+    p = load_protocol(write(tmp_path, '[protocol]\nname = "m"\n[sequence]\ntype = "localizer"\nmatrix = [16, 16]\n'
+                                      "[patient]\nweight_kg = 60\n"))
+    assert [s.count for s in p.slice_stacks] == [3, 3, 3] and p.as_dict()["geometry"]["slices"] == 3
+    seq = p.build_sequence(PROFILE)
+    assert len(seq.definitions["SlicePositions"].split()) == 27
 
 
 def test_phantom_from_a_file_relative_to_the_protocol(tmp_path):

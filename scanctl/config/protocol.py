@@ -72,7 +72,8 @@ class Protocol:
     patient: Patient
     phantom: Phantom | None = None
     noise_std: float | None = None
-    #: Where a built-in sequence images (None for a Pulseq file: the file's RF offsets and rotations say).
+    #: Where a built-in sequence images: the ``[geometry]`` table (None without one, for a head-first supine
+    #: patient: the builder's default; always None for a Pulseq file, whose RF offsets and rotations say).
     geometry: Geometry | None = None
 
     @property
@@ -122,7 +123,8 @@ class Protocol:
             "description": self.description,
             "sequence": {"type": self.sequence_type, "parameters": params,
                          "file": None if self.sequence_file is None else str(self.sequence_file)},
-            "geometry": None if self.geometry is None else self.geometry.as_dict(),
+            "geometry": None if self.sequence_type is None else BUILDERS[self.sequence_type].geometry(
+                self.geometry).as_dict(),
             "table": {"position_mm": self.table_position_mm},
             "patient": {"weight_kg": self.patient.weight_kg, "height_m": self.patient.height_m,
                         "patient_position": self.patient.patient_position},
@@ -182,6 +184,8 @@ def parse_protocol(text: str, source: Path) -> Protocol:
             geometry = Geometry.from_mapping(geo, patient.patient_position)
         except ParameterError as exc:
             raise r.fail(exc.key, exc.message) from exc
+        if "geometry" not in r.data and geometry.patient_position == "HFS":
+            geometry = None  # the builder's own default (the localizer's: three slices per plane)
     elif "geometry" in r.data:
         raise r.fail("geometry", "a Pulseq file carries its own geometry (RF offsets, ROTATIONS): no [geometry]")
     elif "patient_position" in pat:

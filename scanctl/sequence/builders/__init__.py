@@ -16,7 +16,7 @@ from scanctl.sequence.builders.common import ParameterError, Params
 from scanctl.sequence.builders.epi_2d import EpiParams, epi_2d
 from scanctl.sequence.builders.gre_2d import GreParams, gre_2d
 from scanctl.sequence.builders.gre_3d import Gre3dParams, gre_3d
-from scanctl.sequence.builders.localizer import LocalizerParams, localizer, localizer_stacks
+from scanctl.sequence.builders.localizer import DEFAULT_GEOMETRY, LocalizerParams, localizer, localizer_stacks
 from scanctl.sequence.builders.placement import Geometry
 from scanctl.sequence.builders.se_2d import SeParams, se_2d
 from scanctl.sequence.builders.tse_2d import TseParams, tse_2d
@@ -37,12 +37,18 @@ class Builder:
     summary: str
     #: The slice stacks the sequence images for given parameters and geometry, in SLC order.
     stacks: Callable[[Any, Geometry | None], list[SliceStack]] | None = None
+    #: The geometry the builder takes when given none.
+    default_geometry: Geometry = Geometry()
+
+    def geometry(self, geometry: Geometry | None) -> Geometry:
+        """The geometry the builder images with: ``geometry`` or its default."""
+        return geometry if geometry is not None else self.default_geometry
 
     def slice_stacks(self, params: Params, geometry: Geometry | None) -> list[SliceStack]:
         """The slice stacks (patient coordinates) in SLC order. Raises :class:`ParameterError`."""
         if self.stacks is not None:
             return self.stacks(params, geometry)
-        return [(geometry or Geometry()).stack(params.slice_thickness_m)]
+        return [self.geometry(geometry).stack(params.slice_thickness_m)]
 
 
 BUILDERS: dict[str, Builder] = {
@@ -54,7 +60,7 @@ BUILDERS: dict[str, Builder] = {
         Builder("epi_2d", EpiParams, epi_2d, "2D single-shot blipped gradient-echo EPI"),
         Builder("gre_3d", Gre3dParams, gre_3d, "3D RF-spoiled gradient echo, slab-selective"),
         Builder("localizer", LocalizerParams, localizer, "three-plane localizer (fast low-resolution GRE)",
-                localizer_stacks),
+                localizer_stacks, DEFAULT_GEOMETRY),
     )
 }
 
