@@ -76,8 +76,10 @@ def test_slice_stack_positions_and_orders():
                        thickness_m=0.004, gap_m=0.001)
     assert np.allclose(stack.centres_m()[:, 2], [0.0, 0.005, 0.01, 0.015, 0.02])
     assert stack.acquisition_order() == [0, 2, 4, 1, 3]
-    assert SliceStack(stack.centre_m, stack.orientation, count=4, order="sequential").acquisition_order() == [0, 1, 2, 3]
-    assert SliceStack(stack.centre_m, stack.orientation, count=3, order="descending").acquisition_order() == [2, 1, 0]
+    def order(count: int, name: str) -> list[int]:
+        return SliceStack(stack.centre_m, stack.orientation, count=count, order=name).acquisition_order()
+    assert order(4, "sequential") == [0, 1, 2, 3]
+    assert order(3, "descending") == [2, 1, 0]
 
 
 def test_logical_offsets_follow_the_orientation():
