@@ -18,6 +18,9 @@ from scanctl.config.tomlcheck import parse as parse_toml
 from scanctl.errors import ConfigError
 
 AXES = ("x", "y", "z")
+#: The gradient system's usable field of view (diameter of the linear region, m) when a profile gives none:
+#: a typical whole-body gradient coil's 50 cm sphere.
+DEFAULT_GRADIENT_FOV_M = 0.5
 DEFAULT_SUBSYSTEMS = {"gradient": "sim://", "rf": "sim://", "table": "sim://"}
 #: Where ``scanctl serve`` / ``scanctl up`` serve and clients connect, unless the profile's ``[server]`` says.
 DEFAULT_ENDPOINTS = {"control": "tcp://127.0.0.1:5555", "events": "tcp://127.0.0.1:5556",
@@ -26,10 +29,12 @@ DEFAULT_ENDPOINTS = {"control": "tcp://127.0.0.1:5555", "events": "tcp://127.0.0
 
 @dataclass(frozen=True)
 class GradientLimits:
-    """Per-axis limits in SI units (T/m and T/m/s)."""
+    """Per-axis limits in SI units (T/m and T/m/s), and the diameter (m) of the sphere about the isocentre
+    in which the gradients are linear: every imaged slice or slab must lie inside it."""
 
     max_amplitude_t_per_m: tuple[float, float, float]
     max_slew_t_per_m_per_s: tuple[float, float, float]
+    fov_m: float = DEFAULT_GRADIENT_FOV_M
 
 
 @dataclass(frozen=True)
@@ -100,7 +105,8 @@ def parse(text: str, source: str = "<profile>") -> SystemProfile:
     data = parse_toml(text, source)
     r = Reader(data, source)
     scanner = r.table("scanner", {"name", "b0_t", "gamma_hz_per_t"})
-    grad = r.table("gradient", {"max_amplitude_mt_per_m", "max_slew_t_per_m_per_s"})
+    grad = r.table("gradient", {"max_amplitude_mt_per_m", "max_slew_t_per_m_per_s", "fov_m"},
+                   required={"max_amplitude_mt_per_m", "max_slew_t_per_m_per_s"})
     timing_keys = {f.name for f in dataclasses.fields(TimingLimits)}
     timing = r.table("timing", timing_keys)
     r.no_other_tables({"scanner", "gradient", "timing", "subsystems", "server", "safety"})
@@ -125,6 +131,7 @@ def parse(text: str, source: str = "<profile>") -> SystemProfile:
         gradient=GradientLimits(
             max_amplitude_t_per_m=tuple(a * 1e-3 for a in amp),  # type: ignore[arg-type]
             max_slew_t_per_m_per_s=slew,
+            fov_m=r.number(grad, "gradient.fov_m", 0.05, 2.0) if "fov_m" in grad else DEFAULT_GRADIENT_FOV_M,
         ),
         timing=TimingLimits(**{k: r.number(timing, f"timing.{k}", 0.0, 1.0) for k in sorted(timing_keys)}),
         source=source,
