@@ -166,6 +166,8 @@ def test_a_noisy_series_is_flagged_and_a_clean_one_is_not(exam_dir: Path) -> Non
     sections = re.findall(r'<section class="series( flagged)?" id="series-(\d)">', source)
     assert sections == [("", "1"), (" flagged", "2"), ("", "3")]
     assert "Series 02 gre_noisy: image quality: image: low SNR" in source
+    assert "Series 02 gre_noisy: DICOM not stored in the PACS (PACS down &lt;again&gt;)" in source
+    assert "Series 01 gre_clean: DICOM" not in source
 
 
 def _safety_report(value: object) -> dict[str, object]:

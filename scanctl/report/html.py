@@ -81,6 +81,12 @@ def _summary(view: ExamView) -> str:
             lines.append(f"Series {run.title}: safety: {', '.join(over)} over the limit or not finite")
         if run.problems:
             lines.append(f"Series {run.title}: {'; '.join(run.problems)}")
+        if _s(run.step.get("status")) in ("failed", "refused", "interrupted"):
+            lines.append(f"Series {run.title}: step {_s(run.step.get('status'))}: {_s(run.step.get('message'))}")
+        dicom = _map(run.step.get("dicom"))
+        if dicom and dicom.get("stored") is not True:
+            lines.append(f"Series {run.title}: DICOM not stored in the PACS ({_s(dicom.get('store_message'))}); "
+                         f"the files are kept")
     if not lines:
         return '<p class="ok">No series flagged: every image measured within the quality thresholds and every ' \
                "safety figure within its limit.</p>"
