@@ -398,3 +398,60 @@ def test_parameters_fall_back_to_the_protocol(tmp_path: Path) -> None:
     assert (float(ds.RepetitionTime), float(ds.EchoTime), float(ds.FlipAngle)) == (500.0, 10.0, 90.0)
     assert ds.EchoTrainLength == 7 and float(ds.PixelBandwidth) == 130.0
     assert dciodvfy(write_series([ds], tmp_path / "d")[0])[1] == []
+
+
+_finite = st.floats(-500, 500, allow_nan=False)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.tuples(_finite, _finite, _finite), st.floats(0, 360), st.floats(-180, 180), st.floats(0, 360),
+       st.integers(4, 64), st.integers(4, 64), st.floats(50, 400), st.floats(50, 400))
+def test_any_plane_round_trips_through_the_dicom_image_plane(position: tuple[float, float, float], a: float,
+                                                             b: float, c: float, nx: int, ny: int, fov_read: float,
+                                                             fov_phase: float) -> None:
+    """Any orientation and position: the pixel DICOM's equation puts at [ny//2, nx//2] is image.json's centre,
+    and IOP is read_dir, phase_dir (PS3.3 C.7.6.2.1.1)."""
+    from pydicom.dataset import Dataset
+
+    from scanctl.data.dicom import _place
+    from scanctl.data.dicomgeom import ImageGeometry
+
+    r = _rotation(a, b) @ _rotation(c, 0.0)
+    g = ImageGeometry(position, tuple(r[:, 0]), tuple(r[:, 1]), (fov_read, fov_phase, 3.0), (nx, ny))  # type: ignore[arg-type]
+    ds = Dataset()
+    _place(ds, g, 3.0)
+    ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+    iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+    row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
+    centre = ipp + (nx // 2) * col_spacing * iop[:3] + (ny // 2) * row_spacing * iop[3:]
+    assert np.allclose(centre, position, atol=1e-3)  # Decimal Strings hold 10 significant digits
+    assert np.allclose(iop, np.r_[r[:, 0], r[:, 1]], atol=1e-8)
+    assert float(ds.SliceLocation) == pytest.approx(float(np.dot(position, r[:, 2])), abs=1e-3)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from(["position_mm", "read_dir", "phase_dir", "fov_mm", "matrix", "counters"]), _json)
+def test_a_damaged_image_json_entry_is_a_dicom_error_or_valid(key: str, value: object) -> None:
+    import json
+    import tempfile
+
+    from scanctl.data.dicomgeom import read_image_json
+
+    entry = {"counters": {"SLC": 0}, "position_mm": [0, 0, 0], "read_dir": [1, 0, 0], "phase_dir": [0, 1, 0],
+             "fov_mm": [256, 256, 5], "matrix": [8, 8], key: value}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "image.json"
+        path.write_text(json.dumps({"format": 1, "images": [entry]}))
+        try:
+            geometry, index, _ = read_image_json(path, (1, 8, 8))
+        except DicomError as exc:
+            assert "image.json: images[0]" in str(exc)
+            return
+    assert len(geometry) == 1 and len(index) == 1
+    assert all(math.isfinite(v) for v in (*geometry[0].position, *geometry[0].fov))

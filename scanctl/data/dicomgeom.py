@@ -107,7 +107,8 @@ def read_image_json(path: Path, shape: tuple[int, int, int]) -> tuple[list[Image
             raise DicomError(f"{where}: not an object")
         geometry.append(_image(entry, where, (shape[2], shape[1])))
         counters = entry.get("counters", {})
-        if not isinstance(counters, dict) or not all(isinstance(v, int) and v >= 0 for v in counters.values()):
+        if not isinstance(counters, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                     for v in counters.values()):
             raise DicomError(f"{where}.counters: not an object of counts (0, 1, …)")
         index.append({str(k): int(v) for k, v in counters.items()})
     return geometry, index, bool(info.get("three_d", False))
