@@ -417,7 +417,7 @@ def test_any_plane_round_trips_through_the_dicom_image_plane(position: tuple[flo
     from scanctl.data.dicomgeom import ImageGeometry
 
     r = _rotation(a, b) @ _rotation(c, 0.0)
-    g = ImageGeometry(position, tuple(r[:, 0]), tuple(r[:, 1]), (fov_read, fov_phase, 3.0), (nx, ny))  # type: ignore[arg-type]
+    g = ImageGeometry(position, tuple(r[:, 0]), tuple(r[:, 1]), (fov_read, fov_phase, 3.0), (nx, ny))
     ds = Dataset()
     _place(ds, g, 3.0)
     ipp = np.array([float(v) for v in ds.ImagePositionPatient])
