@@ -402,18 +402,24 @@ def changed(edit: Any, version: str) -> dict[str, Any]:
     return doc
 
 
+# The current version, and the next minor and major: the rule holds whatever the current version is.
+CURRENT = schema.version()
+NEXT_MINOR = f"{CURRENT.split('.')[0]}.{int(CURRENT.split('.')[1]) + 1}"
+NEXT_MAJOR = f"{int(CURRENT.split('.')[0]) + 1}.0"
+
+
 @pytest.mark.parametrize(("edit", "version", "broken"), [
-    (lambda s: None, "2.0", None),
-    (lambda s: s["Reply.status"]["properties"].update(uptime_s={"type": "number"}), "2.1", None),  # minor: adds
-    (lambda s: s["Reply.status"]["properties"].update(uptime_s={"type": "number"}), "2.0", "without a new version"),
-    (lambda s: s["Reply.status"]["properties"].pop("snapshot"), "2.1", "snapshot removed"),
-    (lambda s: s["Command.move_table"]["required"].append("speed_mm_s"), "2.1", "became required"),
-    (lambda s: s["ErrorBody"]["properties"]["code"]["enum"].remove("internal"), "2.1", "'internal' removed"),
-    (lambda s: s["Event.progress"]["properties"].update(t_s={"type": "string"}), "2.1", "t_s"),
-    (lambda s: s["Reply.status"]["properties"].pop("snapshot"), "3.0", None),  # major: anything, refused by 1.x
+    (lambda s: None, CURRENT, None),
+    (lambda s: s["Reply.status"]["properties"].update(uptime_s={"type": "number"}), NEXT_MINOR, None),  # minor: adds
+    (lambda s: s["Reply.status"]["properties"].update(uptime_s={"type": "number"}), CURRENT, "without a new version"),
+    (lambda s: s["Reply.status"]["properties"].pop("snapshot"), NEXT_MINOR, "snapshot removed"),
+    (lambda s: s["Command.move_table"]["required"].append("speed_mm_s"), NEXT_MINOR, "became required"),
+    (lambda s: s["ErrorBody"]["properties"]["code"]["enum"].remove("internal"), NEXT_MINOR, "'internal' removed"),
+    (lambda s: s["Event.progress"]["properties"].update(t_s={"type": "string"}), NEXT_MINOR, "t_s"),
+    (lambda s: s["Reply.status"]["properties"].pop("snapshot"), NEXT_MAJOR, None),  # major: anything, refused by 1.x
 ])
 def test_a_message_change_must_follow_the_version_rule(edit, version, broken):
-    problems = version_rule({"2.0": schema.load()}, changed(edit, version))
+    problems = version_rule({CURRENT: schema.load()}, changed(edit, version))
     if broken is None:
         assert problems == []
     else:
@@ -493,7 +499,7 @@ def test_a_subscriber_filtering_on_the_data_prefix_finishes_the_sync_handshake(p
     """Issue 20, 1: data_sync travels on the data socket with type data, as every message there."""
     socket = zmq.Context.instance().socket(zmq.SUB)
     socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.SUBSCRIBE, b'{"v":"2.0","type":"data"')
+    socket.setsockopt(zmq.SUBSCRIBE, f'{{"v":"{schema.version()}","type":"data"'.encode())
     socket.connect(plain.endpoints["data"])
     try:
         with Client(plain.endpoints["control"]) as client:
