@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from scanctl.config.tomlcheck import Reader, load_text, parse
-from scanctl.errors import ConfigError
+from scanctl.errors import ConfigError, ScanctlError
 
 #: The cards shipped with scanctl (protocols/exams/ of the source tree).
 CARDS_DIR = Path(__file__).resolve().parents[2] / "protocols" / "exams"
@@ -122,7 +122,10 @@ def _protocol(r: Reader, entry: Any, i: int, base: Path, check: bool) -> CardPro
     if not path.is_file():
         raise r.fail(f"{key}.path", f"{entry['path']!r}: no such file ({path})")
     if check:
-        check_protocol(path)
+        try:
+            check_protocol(path)
+        except ScanctlError as exc:  # the protocol's own error, named as the card's entry
+            raise r.fail(f"{key}.path", str(exc)) from None
     return CardProtocol(name, path)
 
 

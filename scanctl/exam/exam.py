@@ -271,12 +271,13 @@ class Exam:
         peer = self.doc["mpps"].get("peer")
         return parse_pacs(peer) if peer else None
 
-    def _mpps_create(self) -> None:
-        """N-CREATE IN PROGRESS before the first run; a peer that fails is journaled, the exam goes on."""
+    def _mpps_create(self, *, again: bool = False) -> None:
+        """N-CREATE IN PROGRESS before the first run (once: ``again`` at close); a peer that fails is
+        journaled, the exam goes on."""
         from scanctl.exam import mpps
 
         entry, peer = self.doc["mpps"], self._peer()
-        if peer is None or entry["state"] is not None:
+        if peer is None or entry["state"] is not None or (entry["uid"] is not None and not again):
             return
         uid = entry["uid"] or mpps.new_uid()
         entry["uid"] = uid
@@ -301,7 +302,7 @@ class Exam:
             entry["message"] = "nothing was performed: no MPPS sent"
             return
         if entry["state"] is None:  # the N-CREATE failed at the first run: once more now
-            self._mpps_create()
+            self._mpps_create(again=True)
             if entry["state"] is None:
                 entry["message"] = f"MPPS not sent ({status}): {entry['message']}"
                 return
