@@ -20,9 +20,6 @@ from typing import Any
 from scanctl.cli_common import EXIT_LIMITS, EXIT_OK, client_security_args, one_line
 from scanctl.errors import ScanctlError
 
-#: How long an ``exam.next`` / ``exam.run`` over the wire may take (s): the runs play before the reply.
-REMOTE_RUN_TIMEOUT_S = 3600.0
-
 
 def add_parsers(sub: Any) -> None:
     """Add ``exam`` and its verbs to the ``scanctl`` sub-command parsers ``sub``."""
@@ -85,8 +82,7 @@ def _where(args: argparse.Namespace) -> None:
         raise ScanctlError("give the exam directory (or --connect ENDPOINT for the server's exam)")
 
 
-def _remote(args: argparse.Namespace, name: str, body: dict[str, Any] | None = None,
-            timeout_s: float | None = None) -> dict[str, Any]:
+def _remote(args: argparse.Namespace, name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     """Send ``name`` to the server, holding control for it (as the command verbs do)."""
     from scanctl.cli_common import client_keys
     from scanctl.services.client import Client, CommandError
@@ -97,7 +93,7 @@ def _remote(args: argparse.Namespace, name: str, body: dict[str, Any] | None = N
                 return client.command(name)
             client.take_control(force=args.force)
             try:
-                return client.command(name, body or {}, timeout_s=timeout_s)
+                return client.command(name, body or {})
             finally:
                 client.release_control()
         except CommandError as exc:
@@ -207,7 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.connect:
         if args.system:
             raise ScanctlError("--system is the server's with --connect")
-        body = _remote(args, f"exam.{args.exam_action}", timeout_s=REMOTE_RUN_TIMEOUT_S)
+        body = _remote(args, f"exam.{args.exam_action}")  # (the client waits long for these: runs play first)
         print_exam(body["exam"])
         return _outcome(body["steps"])
     from scanctl.config import profile as profiles

@@ -29,6 +29,7 @@ from scanctl.transport.schema.validate import Validator
 from scanctl.transport.wire import Message, encode
 
 GRE = Path(__file__).parents[1] / "protocols" / "gre_2d.toml"
+EXAM_CARD = Path(__file__).parent / "data" / "exam" / "head32.toml"
 PROFILE = profiles.load()
 #: Small buffers: the run loop reaches safe points (pause, stop, abort) while the scan plays.
 URLS = {"gradient": "sim://?buffer_s=0.2", "rf": "sim://?physics=0&buffer_s=0.2", "table": "sim://"}
@@ -237,6 +238,19 @@ def scenarios(rig: Rig, monkeypatch: Any, tmp_path: Path) -> dict[str, tuple[int
         b.release_control()
         a.take_control()
         marks["control takeover"] = (begin, rec.mark())
+
+        begin = rec.mark()  # an exam: every exam command and argument, the exam stream
+        order = {"patient_id": "P1", "patient_name": "Doe^Jane", "weight_kg": 70.0, "requested_procedure": "MR head"}
+        assert a.command("exam.status")["exam"] is None
+        a.command("exam.open", {"order": order, "card": str(EXAM_CARD), "mpps": None, "order_source": "wire test"})
+        a.command("exam.append", {"path": str(EXAM_CARD.parent / "gre32.toml"), "name": "extra"})
+        a.command("exam.skip", {"step": 2})
+        a.command("exam.repeat", {"step": 1})
+        assert a.command("exam.next")["steps"][0]["status"] == "done"
+        assert [s["status"] for s in a.command("exam.run")["steps"]] == ["done", "done"]
+        a.command("exam.status")
+        assert a.command("exam.close", {"discontinue": True, "reason": "wire test"})["exam"]["state"] == "discontinued"
+        marks["exam"] = (begin, rec.mark())
 
         begin = rec.mark()  # stored runs, and every other refusal a console can meet
         run = a.runs()[0]["run"]
