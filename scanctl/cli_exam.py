@@ -67,6 +67,9 @@ def add_parsers(sub: Any) -> None:
     a.add_argument("--reason", default="", help="why it was discontinued")
     a.add_argument("--store", metavar="AET@HOST:PORT", help="C-STORE the series not yet stored first (not with "
                                                             "--connect)")
+    a.add_argument("--retries", type=int, default=2, help="with --store: tries again while the PACS cannot be "
+                                                          "reached (default 2)")
+    a.add_argument("--retry-wait", type=float, default=2.0, metavar="S", help="seconds between tries (default 2)")
     a.set_defaults(func=cmd_close)
     a = verb("demo", "a whole demo exam: worklist, head card on the simulators, DICOM to a local Orthanc, report",
              remote=False)
@@ -229,9 +232,11 @@ def cmd_close(args: argparse.Namespace) -> int:
         from scanctl.data.pacs import parse_pacs
 
         pacs = parse_pacs(args.store) if args.store else None
+        if args.retries < 0 or not args.retry_wait >= 0:
+            raise ScanctlError(f"--retries and --retry-wait must be 0 or more, got {args.retries}, {args.retry_wait}")
         with _resume(args) as exam:
             if pacs is not None:
-                count, seconds = exam.store(pacs, retries=2)
+                count, seconds = exam.store(pacs, retries=args.retries, retry_wait_s=args.retry_wait)
                 failed = [s for s in exam.doc["steps"] if s["dicom"] and not s["dicom"]["stored"]]
                 for s in failed:
                     print(f"scanctl: step {s['n']}: {one_line(s['dicom']['store_message'])}", file=sys.stderr)
@@ -256,9 +261,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 #: The demo patient (a worklist entry the demo writes; the head card serves its requested procedure).
-DEMO_ORDER = {"patient_id": "DEMO-0001", "patient_name": "Demo^Patient", "birth_date": "19800101", "sex": "O",
-              "weight_kg": 70.0, "accession_number": "DEMO0001", "requested_procedure": "MR head",
-              "requested_procedure_code": "MRHEAD", "procedure_step_id": "SPS1", "referring_physician": "Doe^Jane"}
+DEMO_ORDER_FIELDS: dict[str, Any] = {
+    "patient_id": "DEMO-0001", "patient_name": "Demo^Patient", "birth_date": "19800101", "sex": "O", "weight_kg": 70.0,
+    "accession_number": "DEMO0001", "requested_procedure": "MR head", "requested_procedure_code": "MRHEAD",
+    "procedure_step_id": "SPS1", "referring_physician": "Doe^Jane"}
 
 
 def run_demo(out: Path, say: Any = print, overrides: dict[str, str] | None = None) -> dict[str, float]:
@@ -286,14 +292,14 @@ def run_demo(out: Path, say: Any = print, overrides: dict[str, str] | None = Non
 
     with tempfile.TemporaryDirectory(prefix="scanctl-demo-") as tmp:
         worklists = Path(tmp) / "worklists"
-        write_worklist([Order(**DEMO_ORDER)], worklists, Scheduled())
+        write_worklist([Order(**DEMO_ORDER_FIELDS)], worklists, Scheduled())
         orthanc = Orthanc(Path(tmp) / "orthanc", worklists=worklists)
         timed("start Orthanc", orthanc.start)
         try:
             say(f"Orthanc {orthanc.pacs} (worklist and PACS) started")
             t_start = time.perf_counter()
             order = timed("worklist query (C-FIND)",
-                          lambda: order_by_accession(orthanc.pacs, DEMO_ORDER["accession_number"]))
+                          lambda: order_by_accession(orthanc.pacs, DEMO_ORDER_FIELDS["accession_number"]))
             say(f"order: {order.patient_name} ({order.patient_id}), {order.requested_procedure}, "
                 f"{order.weight_kg:g} kg")
             card = resolve_card(None, order.requested_procedure_code, order.requested_procedure)

@@ -425,3 +425,19 @@ def test_two_runs_through_one_session_are_two_series(tmp_path):
     assert second[0]["trigger"] != "connect" and second[0]["wall_time_s"] > first[-1]["wall_time_s"]
     uids = {export_run(tmp_path / f"run{i}", tmp_path / f"dicom{i}", ORDER).series_uid for i in (1, 2)}
     assert len(uids) == 2
+
+
+def test_a_pacs_that_is_down_keeps_every_file_and_says_so(tmp_path, port, capsys):
+    exam_dir = tmp_path / "e"
+    with Exam.open(exam_dir, ORDER, load_card(CARD)) as exam:
+        exam.run_next(ScanSession(port))
+    down = f"PACS@127.0.0.1:{free_port()}"
+    assert main(["exam", "close", str(exam_dir), "--store", down, "--retries", "1", "--retry-wait", "0.1"]) == 1
+    err = capsys.readouterr().err
+    assert f"PACS {down} cannot be reached after 2 tries" in err and "the files are kept" in err
+    doc = record.read(exam_dir)
+    assert doc["state"] == "closed"  # closed, and it says the series is not stored
+    series = doc["steps"][0]["dicom"]
+    assert series["stored"] is False and "cannot be reached" in series["store_message"]
+    assert journal_events(exam_dir)[-2:] == ["store_failed", "closed"]
+    assert (exam_dir / "dicom" / "01-localizer" / "IMG0001.dcm").is_file()

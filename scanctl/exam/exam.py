@@ -221,29 +221,29 @@ class Exam:
                       wall_s=round(done.seconds, 3))
 
     def store(self, pacs: Pacs, **options: Any) -> tuple[int, float]:
-        """C-STORE every series written and not yet stored to ``pacs`` (:func:`scanctl.data.pacs.store`;
-        ``options`` its own). Returns (objects stored, seconds). A series the PACS does not take is marked
-        with why (the files are kept); nothing is raised for it."""
+        """C-STORE every series written and not yet stored to ``pacs``, over one association
+        (:func:`scanctl.data.pacs.store`; ``options`` its own). Returns (objects stored, seconds). A series
+        the PACS did not take whole is marked with why (its files are kept); nothing is raised for it."""
         from scanctl.data.pacs import PacsError
         from scanctl.data.pacs import store as c_store
 
-        count, seconds = 0, 0.0
+        files = {step["n"]: sorted((self.dir / "dicom" / Path(step["run_dir"]).name).glob("*.dcm"))
+                 for step in self.doc["steps"] if step["dicom"] is not None and not step["dicom"]["stored"]}
+        if not files:
+            return 0, 0.0
+        t0 = time.perf_counter()
+        try:
+            stored, problem = set(c_store([f for fs in files.values() for f in fs], pacs, **options).stored), None
+        except PacsError as exc:
+            stored, problem = set(exc.stored), str(exc)
+        seconds = time.perf_counter() - t0
         for step in self.doc["steps"]:
-            info = step["dicom"]
-            if info is None or info["stored"]:
-                continue
-            files = sorted((self.dir / "dicom" / Path(step["run_dir"]).name).glob("*.dcm"))
-            t0 = time.perf_counter()
-            try:
-                result = c_store(files, pacs, **options)
-                info.update(stored=True, store_message=None)
-                count += len(result.stored)
-                self._journal("stored", step=step["n"], pacs=str(pacs), files=len(result.stored))
-            except PacsError as exc:
-                info.update(stored=False, store_message=str(exc))
-                self._journal("store_failed", step=step["n"], pacs=str(pacs), message=str(exc))
-            seconds += time.perf_counter() - t0
-        return count, seconds
+            if step["n"] in files:
+                taken = all(f in stored for f in files[step["n"]])
+                step["dicom"].update(stored=taken, store_message=None if taken else problem)
+        self._journal("stored" if problem is None else "store_failed", pacs=str(pacs), files=len(stored),
+                      steps=sorted(files), message=problem, wall_s=round(seconds, 3))
+        return len(stored), seconds
 
     # -- ending -------------------------------------------------------------------------------------------------
     def close(self) -> dict[str, Any]:
