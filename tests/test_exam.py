@@ -441,3 +441,26 @@ def test_a_pacs_that_is_down_keeps_every_file_and_says_so(tmp_path, port, capsys
     assert series["stored"] is False and "cannot be reached" in series["store_message"]
     assert journal_events(exam_dir)[-2:] == ["store_failed", "closed"]
     assert (exam_dir / "dicom" / "01-localizer" / "IMG0001.dcm").is_file()
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                    max_leaves=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.sampled_from(["patient_id", "patient_name", "birth_date", "sex", "weight_kg", "study_uid",
+                            "accession_number", "requested_procedure", "colour"]), value=JSON)
+def test_an_order_as_json_gives_an_order_or_one_error_naming_the_field(key, value):
+    """What exam.open receives over the wire (and exam.json holds): any JSON in any field."""
+    from scanctl.errors import DicomError
+    from scanctl.exam.exam import order_from_json, order_json
+
+    fields = {**order_json(ORDER), key: value}
+    try:
+        order = order_from_json(fields)
+    except DicomError as exc:
+        assert f"order: {key}" in str(exc)
+    else:
+        assert order_json(order) == {k: (float(v) if k == "weight_kg" and isinstance(v, int) else v)
+                                     for k, v in fields.items()}

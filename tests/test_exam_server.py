@@ -57,12 +57,19 @@ def test_an_exam_over_zeromq_with_its_events_and_mpps(served, tmp_path):
             "bad_argument", client, "exam.open", {"order": {**ORDER, "requested_procedure": "MR knee",
                                                             "requested_procedure_code": "MRKNEE"}})
         assert "sex" in refused("bad_argument", client, "exam.open", {"order": {**ORDER, "sex": "X"}})
+        assert "order: patient_id: expected a string, got 3" in refused(
+            "bad_argument", client, "exam.open", {"order": {**ORDER, "patient_id": 3}})
+        assert "order: colour: unknown field" in refused(
+            "bad_argument", client, "exam.open", {"order": {**ORDER, "colour": "red"}})
         opened = client.command("exam.open", {"order": ORDER, "card": str(CARD), "mpps": str(scp.peer)})
         exam_dir = Path(opened["dir"])
         assert exam_dir.parent == tmp_path / "runs" / "exams" and exam_dir.name == opened["exam"]["exam_id"]
         assert "is open on this server" in refused("rejected", client, "exam.open", {"order": ORDER})
         assert "integer 'step'" in refused("bad_argument", client, "exam.skip", {"step": "2"})
         assert "no step 99" in refused("rejected", client, "exam.skip", {"step": 99})
+        assert "is not a path" in refused("bad_argument", client, "exam.append", {"path": "a\x00b"})
+        assert "none.toml: cannot read protocol" in refused("bad_argument", client, "exam.append",
+                                                             {"path": str(tmp_path / "none.toml")})
         client.command("exam.append", {"path": str(GRE32), "name": "extra"})
         client.command("exam.skip", {"step": 2})
         step = client.command("exam.next")["steps"][0]

@@ -112,7 +112,7 @@ def _protocol(r: Reader, entry: Any, i: int, base: Path, check: bool) -> CardPro
         entry = {"path": entry}
     if not isinstance(entry, dict) or "path" not in entry or set(entry) - {"name", "path"}:
         raise r.fail(key, f"must be a path or a table {{name, path}}, got {entry!r}")
-    if not isinstance(entry["path"], str) or not entry["path"]:
+    if not isinstance(entry["path"], str) or not entry["path"] or "\x00" in entry["path"]:
         raise r.fail(f"{key}.path", f"must be a path, got {entry['path']!r}")
     path = (base / entry["path"]).resolve()
     name = entry.get("name", path.stem)

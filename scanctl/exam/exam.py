@@ -25,7 +25,7 @@ from scanctl.data.outputs import claim_dir
 from scanctl.data.pacs import Pacs, parse_pacs
 from scanctl.engine.run import RunOutputError
 from scanctl.engine.session import Progress, ScanSession
-from scanctl.errors import ScanctlError
+from scanctl.errors import ConfigError, ScanctlError
 from scanctl.exam import record
 from scanctl.exam.cards import ExamCard, check_protocol, step_name
 from scanctl.exam.record import ExamError, now
@@ -39,6 +39,32 @@ Listener = Callable[[str, dict[str, Any]], None]
 def order_json(order: Order) -> dict[str, Any]:
     """The order as plain JSON (its fields, without ``placeholder``)."""
     return {k: v for k, v in dataclasses.asdict(order).items() if k != "placeholder"}
+
+
+def order_from_json(fields: Any) -> Order:
+    """The :class:`Order` of ``fields`` (an object of its fields as :func:`order_json` gives, from the wire or
+    exam.json): every field checked for its type before the order checks its values. Raises DicomError
+    naming the field (``order: weight_kg: expected a number, got 'x'``)."""
+    from scanctl.errors import DicomError
+
+    if not isinstance(fields, dict):
+        raise DicomError(f"order: expected an object of the order's fields, got {fields!r}")
+    known = {f.name: f for f in dataclasses.fields(Order) if f.name != "placeholder"}
+    values: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key not in known:
+            raise DicomError(f"order: {key}: unknown field (fields: {', '.join(known)})")
+        if key == "weight_kg":
+            if not (value is None or (isinstance(value, int | float) and not isinstance(value, bool))):
+                raise DicomError(f"order: weight_kg: expected a number (kg) or null, got {value!r}")
+            value = None if value is None else float(value)
+        elif not isinstance(value, str):
+            raise DicomError(f"order: {key}: expected a string, got {value!r}")
+        values[key] = value
+    for key in ("patient_id", "patient_name"):
+        if key not in values:
+            raise DicomError(f"order: {key}: missing")
+    return Order(**values)  # (its own errors name the field: "order: sex 'X' is not one of …")
 
 
 class Exam:
@@ -122,7 +148,7 @@ class Exam:
 
     @property
     def order(self) -> Order:
-        return Order(**self.doc["order"])
+        return order_from_json(self.doc["order"])
 
     def pending(self) -> dict[str, Any] | None:
         """The step that runs next (None: none left)."""
@@ -153,6 +179,8 @@ class Exam:
         """Add the protocol (or Pulseq file) ``source`` at the end of the queue, as step ``name`` (default its
         file name). Raises ConfigError for a bad protocol, ExamError for a closed exam."""
         self._open_or_fail("append")
+        if "\x00" in str(source):
+            raise ConfigError(f"append: {str(source)!r} is not a path")
         path = Path(source).resolve()
         check_protocol(path)
         new = _step(self._next_n(), step_name(name or path.stem, "append: name"), path)

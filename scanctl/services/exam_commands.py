@@ -19,10 +19,9 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scanctl.data.orders import Order
 from scanctl.errors import ConfigError, DicomError
 from scanctl.exam.cards import resolve_card
-from scanctl.exam.exam import Exam, new_exam_id
+from scanctl.exam.exam import Exam, new_exam_id, order_from_json
 from scanctl.exam.record import ExamError
 from scanctl.services.commands import Rejected, command
 from scanctl.transport.wire import Message
@@ -127,11 +126,7 @@ def exam_open(server: ControlServer, client: str, msg: Message) -> dict[str, Any
     def make() -> Exam:
         from scanctl.data.pacs import PacsError, parse_pacs
 
-        fields = {k: v for k, v in body["order"].items() if k != "placeholder"}
-        try:
-            order = Order(**fields)
-        except TypeError as exc:
-            raise DicomError(f"order: {exc}") from None
+        order = order_from_json(body["order"])
         card = resolve_card(body.get("card"), order.requested_procedure_code, order.requested_procedure)
         try:
             mpps = parse_pacs(body["mpps"]) if body.get("mpps") else None
