@@ -171,3 +171,22 @@ def test_a_server_killed_mid_exam_loses_nothing_and_the_exam_goes_on(tmp_path, c
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=30)
+
+
+def test_a_step_the_scanner_cannot_start_stays_pending(served):
+    """The scanner latched in EMERGENCY_STOP: exam.next is refused, nothing moved, the step is not used up."""
+    client = served.client("console")
+    wait_state(client, "IDLE")
+    client.take_control()
+    client.command("exam.open", {"order": ORDER, "card": str(CARD)})
+    client.emergency_stop("test")
+    message = refused("rejected", client, "exam.next")
+    assert "step 1 (localizer) not started" in message and "EMERGENCY_STOP" in message
+    doc = client.command("exam.status")["exam"]
+    assert doc["steps"][0]["status"] == "pending" and doc["steps"][0]["run_dir"] is None
+    assert doc["journal"][-1]["event"] == "not_started"
+    assert not (Path(client.command("exam.status")["dir"]) / "runs" / "01-localizer").exists()
+    client.release_emergency_stop()
+    client.reset()
+    wait_state(client, "IDLE")
+    assert client.command("exam.next")["steps"][0]["run_dir"] == "runs/01-localizer"

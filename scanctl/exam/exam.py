@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from scanctl.data.orders import Order
-from scanctl.data.outputs import claim_dir
+from scanctl.data.outputs import claim_dir, remove_if_empty
 from scanctl.data.pacs import Pacs, parse_pacs
 from scanctl.engine.run import RunOutputError
 from scanctl.engine.session import Progress, ScanSession
-from scanctl.errors import ConfigError, ScanctlError
+from scanctl.errors import ConfigError, InvalidTransitionError, ScanctlError
 from scanctl.exam import record
 from scanctl.exam.cards import ExamCard, check_protocol, step_name
 from scanctl.exam.record import ExamError, now
@@ -209,6 +209,11 @@ class Exam:
         try:
             report = session.scan(step["source"], self.dir / run_dir, progress=progress, patient_weight_kg=weight)
             outcome, message = report.outcome, report.message
+        except InvalidTransitionError as exc:  # the scanner cannot scan now (FAULT, EMERGENCY_STOP): nothing moved
+            remove_if_empty(self.dir / run_dir)
+            step.update(status="pending", run_dir=None, started=None)
+            self._journal("not_started", step=step["n"], protocol=step["protocol"], message=str(exc))
+            raise ExamError(f"exam {self.exam_id}: step {step['n']} ({step['protocol']}) not started: {exc}") from None
         except RunOutputError as exc:  # the scan ended safe; some of its files could not be written
             outcome, message = "failed", str(exc)
         except ScanctlError as exc:  # bad protocol, a scanner that cannot load it: nothing played
