@@ -464,3 +464,14 @@ def test_an_order_as_json_gives_an_order_or_one_error_naming_the_field(key, valu
     else:
         assert order_json(order) == {k: (float(v) if k == "weight_kg" and isinstance(v, int) else v)
                                      for k, v in fields.items()}
+
+
+def test_a_run_whose_dicom_was_not_written_gets_it_on_resume(tmp_path, port):
+    """Killed between a run and its DICOM (or the export failed): the series is written when the exam resumes."""
+    exam_dir = tmp_path / "e"
+    with Exam.open(exam_dir, ORDER, load_card(CARD)) as exam:
+        assert exam.run_next(ScanSession(port), dicom=False)["dicom"] is None
+    with Exam.resume(exam_dir) as exam:
+        assert exam.steps[0]["dicom"]["files"] == 1
+    assert (exam_dir / "dicom" / "01-localizer" / "IMG0001.dcm").is_file()
+    assert journal_events(exam_dir)[-1] == "dicom_written"

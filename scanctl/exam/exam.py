@@ -119,6 +119,8 @@ class Exam:
                 step.update(status="interrupted", ended=now(), message=_interrupted(folder, step))
                 exam._journal("interrupted", step=step["n"], protocol=step["protocol"], run_dir=step["run_dir"],
                               message=step["message"])
+            elif step["status"] == "done" and step["dicom"] is None and not any(exam._series_dir(step).glob("*")):
+                exam.export(step)  # killed between the run and its DICOM (or the export failed): again
         return exam
 
     def release(self) -> None:
@@ -237,14 +239,17 @@ class Exam:
                 break
         return done
 
+    def _series_dir(self, step: dict[str, Any]) -> Path:
+        """``dicom/NN-NAME`` of a step that ran."""
+        return self.dir / "dicom" / Path(step["run_dir"]).name
+
     def export(self, step: dict[str, Any]) -> None:
         """Write ``step``'s run as a DICOM series into ``dicom/NN-NAME`` (the order's patient and study).
         A series that cannot be written is journaled (the run stays); nothing is raised."""
         from scanctl.data.dicom import export_run
 
-        name = Path(step["run_dir"]).name
         try:
-            done = export_run(self.dir / step["run_dir"], self.dir / "dicom" / name, self.order)
+            done = export_run(self.dir / step["run_dir"], self._series_dir(step), self.order)
         except ScanctlError as exc:
             self._journal("dicom_failed", step=step["n"], message=str(exc))
             return
@@ -260,7 +265,7 @@ class Exam:
         from scanctl.data.pacs import PacsError
         from scanctl.data.pacs import store as c_store
 
-        files = {step["n"]: sorted((self.dir / "dicom" / Path(step["run_dir"]).name).glob("*.dcm"))
+        files = {step["n"]: sorted(self._series_dir(step).glob("*.dcm"))
                  for step in self.doc["steps"] if step["dicom"] is not None and not step["dicom"]["stored"]}
         if not files:
             return 0, 0.0
@@ -357,7 +362,7 @@ class Exam:
             if step["dicom"] is None:
                 continue
             images = []
-            for path in sorted((self.dir / "dicom" / Path(step["run_dir"]).name).glob("*.dcm")):
+            for path in sorted(self._series_dir(step).glob("*.dcm")):
                 ds = dcmread(path, stop_before_pixels=True)
                 images.append((str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
             series.append({"series_uid": step["dicom"]["series_uid"], "protocol": step["protocol"],
