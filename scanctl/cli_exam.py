@@ -121,9 +121,9 @@ def print_exam(doc: dict[str, Any] | None) -> None:
     for step in doc["steps"]:
         detail = step["message"] or step["outcome"] or ""
         series = step["dicom"]
-        dicom = f", {series['files']} DICOM{' stored' if series['stored'] else ''}" if series else ""
-        print(f"  {step['n']:>2} {step['protocol']:16} {step['status']:11} {step['run_dir'] or '':24}{dicom}"
-              f"{'  ' + one_line(detail) if detail else ''}".rstrip())
+        dicom = f"{series['files']} DICOM{', stored' if series['stored'] else ''}" if series else ""
+        print(f"  {step['n']:>2} {step['protocol']:16} {step['status']:11} {step['run_dir'] or '-':22} {dicom:16}"
+              f"{one_line(detail)}".rstrip())
     mpps = doc["mpps"]
     if mpps.get("peer"):
         print(f"  MPPS {mpps['peer']}: {mpps['state'] or 'not sent'}" + (f" ({mpps['message']})" if mpps["message"]

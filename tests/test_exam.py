@@ -475,3 +475,17 @@ def test_a_run_whose_dicom_was_not_written_gets_it_on_resume(tmp_path, port):
         assert exam.steps[0]["dicom"]["files"] == 1
     assert (exam_dir / "dicom" / "01-localizer" / "IMG0001.dcm").is_file()
     assert journal_events(exam_dir)[-1] == "dicom_written"
+
+
+def test_an_exam_opens_only_in_a_new_or_empty_directory(tmp_path, capsys):
+    order = tmp_path / "order.toml"
+    order.write_text('[order]\npatient_id = "P4"\npatient_name = "Twice^Tom"\nweight_kg = 70\n'
+                     'requested_procedure = "MR head"\n')
+    exam_dir = str(tmp_path / "e")
+    assert main(["exam", "open", exam_dir, "--order", str(order)]) == 0  # the shipped head card, by procedure
+    assert main(["exam", "open", exam_dir, "--order", str(order)]) == 2
+    assert "holds an exam already" in capsys.readouterr().err
+    assert main(["exam", "open", str(tmp_path / "f"), "--order", str(order), "--card", "knee"]) == 2
+    assert "no exam card named 'knee'" in capsys.readouterr().err
+    assert main(["exam", "open", str(tmp_path / "g")]) == 2
+    assert "an exam needs an order" in capsys.readouterr().err

@@ -88,6 +88,9 @@ class Exam:
         the time). Raises OutputError, ExamError."""
         if order.placeholder:
             raise ExamError("an exam needs a real order (a worklist entry, a FHIR ServiceRequest or a TOML file)")
+        if (Path(exam_dir) / record.FILE).exists():
+            raise ExamError(f"{exam_dir} holds an exam already (scanctl exam status {exam_dir}): a new exam opens in "
+                            f"a new or empty directory")
         folder = claim_dir(exam_dir)
         doc: dict[str, Any] = {
             "format": record.FORMAT, "exam_id": exam_id or new_exam_id(), "state": "open",
