@@ -308,10 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     client_security_args(p)
     p.set_defaults(func=cmd_run)
 
-    from scanctl import cli_bench, cli_dicom, cli_recon, cli_remote, cli_report
+    from scanctl import cli_bench, cli_dicom, cli_exam, cli_recon, cli_remote, cli_report
     cli_remote.add_parsers(sub)  # serve, status, watch, the command verbs, driver, keys, up, down, runs, fetch
     cli_bench.add_parsers(sub)  # table, sim: bench work on rigs
     cli_dicom.add_parsers(sub)  # export, pacs: images out as DICOM, to a PACS
+    cli_exam.add_parsers(sub)  # exam: an order's exam card as a queue of runs (docs/exam.md)
     cli_recon.add_parsers(sub)  # recon: the images of any ISMRMRD file
     cli_report.add_parsers(sub)  # report: an exam's or a run's HTML report
 

@@ -300,11 +300,14 @@ class LocalPort:
         if not safety.ok:  # nothing is connected, nothing moves
             raise Refused("sequence refused before anything moved (safety prediction): "
                           + "; ".join(v.message for v in safety.violations[:5]), report, text)
+        fresh = self.scanner is None
         if self.scanner is None:
             self.scanner = Scanner.from_profile(self.profile, self.urls)
             self.scanner.connect()
         scanner = self.scanner
-        self._journal_start = 0 if self._owned else len(scanner.journal)
+        # A run's journal is its own, from its load on (the first one's with the connect it made), not the
+        # earlier runs' of a port that scans several times (an exam): a run's DICOM takes its start from it.
+        self._journal_start = 0 if fresh else len(scanner.journal)
         place_scene(scanner.rf, scene_for(seq, protocol))  # what a simulated RF system images
         try:
             check = scanner.prepare(seq)
