@@ -45,7 +45,7 @@ from scanctl.simulators.physics.noise import receiver_noise
 from scanctl.simulators.world import receiver, world_option
 
 from scanctl.config.profile import SECOND_ORDER, SystemProfile
-from scanctl.errors import ConfigError, DriverError
+from scanctl.errors import ConfigError, DriverError, SafetyLimitError
 from scanctl.hw.interfaces import AcquisitionBatch, Scene, SubsystemState
 from scanctl.hw.program import ADCProgram, GradientProgram, RFProgram
 from scanctl.hw.registry import Converter, SubsystemURL, fault_spec, flag, nonnegative_float, parse_url, positive_float
@@ -108,6 +108,7 @@ class SimulatedRF(SimulatedSequencer):
         "b0_2nd": _second_order,  # second-order B0 terms z2, zx, zy, x2y2, xy (Hz/cm²)
         "b1": positive_float,  # the coil's transmit efficiency: B1 played = program x tx_scale x b1
         "adc_range": positive_float,  # the ADC's full scale (signal units, real and imaginary each); clips
+        "gain": float,  # the receiver gain it starts with (dB; a console sets it: set_receiver_gain)
         "physics": flag,
         "realtime": flag,
         "phantom": str,
@@ -129,9 +130,10 @@ class SimulatedRF(SimulatedSequencer):
                  watts_per_ut2: float = 40.0, reflection: float = 0.01, world: str = "default",
                  realtime: bool = False, spike_w: float = 3000.0, door: float | None = None,
                  coil: bool = True, b0_grad: tuple[float, float, float] = (0.0, 0.0, 0.0),
-                 b0_2nd: tuple[float, ...] = (0.0,) * 5, b1: float = 1.0, adc_range: float = np.inf) -> None:
+                 b0_2nd: tuple[float, ...] = (0.0,) * 5, b1: float = 1.0, adc_range: float = np.inf,
+                 gain: float = 0.0) -> None:
         super().__init__(url, buffer_s=buffer_s, fault=fault, realtime=realtime)
-        self._init_imperfections(profile, b0_grad, b0_2nd, b1, adc_range)
+        self._init_imperfections(profile, b0_grad, b0_2nd, b1, adc_range, gain)
         self.channels = 1
         self.gamma_hz_per_t = profile.gamma_hz_per_t
         self.noise_std = noise
@@ -332,13 +334,15 @@ class SimulatedRF(SimulatedSequencer):
                 "forward_energy_j": self.forward_energy_j,
                 "door_closed": float(self.inputs["door_closed"]), "coil_present": float(self.inputs["coil_present"]),
                 "buffered_s": max(0.0, self._loaded_until_s - self._playhead_s),
-                "adc_clipped_samples": float(self.clipped_samples)}
+                "adc_clipped_samples": float(self.clipped_samples),
+                **({"adc_full_scale": self.adc_range} if np.isfinite(self.adc_range) else {})}
 
     # -- imperfect hardware and what a console sets (docs/prescan.md) ------------------------------------------
     def _init_imperfections(self, profile: SystemProfile, b0_grad: tuple[float, float, float],
-                            b0_2nd: tuple[float, ...], b1: float, adc_range: float) -> None:
+                            b0_2nd: tuple[float, ...], b1: float, adc_range: float, gain: float) -> None:
         """The simulated hardware's errors (URL options: ``b0`` Hz, ``b0_grad`` Hz/cm, ``b0_2nd`` Hz/cm², ``b1``,
-        ``adc_range``) and the settings a console adjusts, at their defaults (0 Hz, scale 1, 0 dB)."""
+        ``adc_range``) and the settings a console adjusts, at their defaults (0 Hz, scale 1, ``gain`` dB: a gain
+        outside the profile's range is a ConfigError)."""
         self.b0_gradient_hz_per_m = tuple(100.0 * g for g in b0_grad)  # Hz/cm -> Hz/m
         self.b0_second_order_hz_per_m2 = tuple(1e4 * c for c in b0_2nd)  # Hz/cm² -> Hz/m²
         self.b1_scale = b1
@@ -346,7 +350,10 @@ class SimulatedRF(SimulatedSequencer):
         self.limits = profile.adjustments
         self.frequency_offset_hz = 0.0
         self.tx_scale = 1.0
-        self.receiver_gain_db = 0.0
+        try:
+            self.receiver_gain_db = self.limits.check_receiver_gain(gain)
+        except SafetyLimitError as exc:
+            raise ConfigError(f"rf: gain={gain}: {exc}") from None
         self.clipped_samples = 0
 
     def _field_options(self, phantom: Any) -> dict[str, Any]:
