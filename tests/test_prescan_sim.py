@@ -108,3 +108,30 @@ def test_a_static_gradient_adds_offset_times_time_to_the_moment(offset, times, v
     probe = np.linspace(0.0, 2e-3, 17)
     added = Moments(shimmed)(probe) - Moments(program)(probe)
     assert np.allclose(added, np.outer(offset, probe), atol=1e-9)
+
+
+def _profile_text(gradient_extra: str = "", tail: str = "") -> str:
+    text = profiles.resources.files("scanctl.profiles").joinpath("default.toml").read_text()
+    line = "max_slew_t_per_m_per_s = { x = 200.0, y = 200.0, z = 200.0 }"
+    return text.replace(line, line + gradient_extra) + tail
+
+
+def test_profile_adjustment_limits_parse_and_check():
+    p = profiles.parse(_profile_text("\nshim_second_order_max_mt_per_m2 = { z2 = 1.0, xy = 2.0 }",
+                                     "\n[rf]\nmax_frequency_offset_hz = 1000.0\nreceiver_gain_db = { min = 0.0, max = 30.0 }\n"))
+    a = p.adjustments
+    assert a.shim_channels == ("x", "y", "z", "z2", "xy")
+    assert a.max_shim_second_order_hz_per_m2["xy"] == pytest.approx(2e-3 * PROFILE.gamma_hz_per_t)
+    assert a.check_frequency_offset(-1000.0) == -1000.0 and a.receiver_gain_db == (0.0, 30.0)
+
+
+@pytest.mark.parametrize(("gradient_extra", "tail", "key"), [
+    ("", "\n[rf]\nmax_tx = 2.0\n", "rf.max_tx"),
+    ("", "\n[rf]\nreceiver_gain_db = { min = 10.0, max = 0.0 }\n", "rf.receiver_gain_db.max"),
+    ("", "\n[rf]\nmax_tx_scale = nan\n", "rf.max_tx_scale"),
+    ("\nshim_max_mt_per_m = { x = 1.0, y = 1.0 }", "", "gradient.shim_max_mt_per_m"),
+    ("\nshim_second_order_max_mt_per_m2 = { q2 = 1.0 }", "", "gradient.shim_second_order_max_mt_per_m2"),
+])
+def test_bad_adjustment_limits_are_config_errors_naming_the_key(gradient_extra, tail, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        profiles.parse(_profile_text(gradient_extra, tail))

@@ -18,6 +18,9 @@ from scanctl.config.profile import AXES, SECOND_ORDER
 ComplexArray = npt.NDArray[np.complexfloating]
 FloatArray = npt.NDArray[np.float64]
 
+#: The least signal-to-noise ratio (mean magnitude of the FID's strong part over the noise) a frequency is
+#: measured at; below it the FID is taken as absent.
+MIN_SNR = 5.0
 #: Voxels above this fraction of the largest magnitude are the object (where the shim is fitted).
 OBJECT_THRESHOLD = 0.2
 
@@ -31,15 +34,18 @@ class Estimate:
 
 
 def _noise_sigma(samples: ComplexArray) -> float:
-    """The noise per sample, from the last eighth of a decayed FID (what is left there is noise)."""
-    tail = samples[-max(8, samples.size // 8):]
-    return float(np.std(tail - tail.mean()))
+    """The noise per sample of a smooth (demodulated) FID, from its sample-to-sample differences: white noise
+    gives differences of ``sqrt(2) σ``, while the FID itself changes little from one sample to the next (an
+    upper bound, then: it errs towards a lower signal-to-noise ratio)."""
+    s = np.asarray(samples, np.complex128).reshape(-1)
+    return float(np.std(np.diff(s)) / math.sqrt(2)) if s.size > 2 else math.inf
 
 
 def fid_frequency(samples: ComplexArray, dwell_s: float) -> Estimate:
     """The off-resonance of an FID (Hz): the peak of its zero-filled spectrum, refined by the phase slope over
     the samples before the signal has decayed to a tenth (the maximum-likelihood frequency of one line,
-    Kay 1989), with the Cramér–Rao bound of that slope as its uncertainty."""
+    Kay 1989), with the Cramér–Rao bound of that slope as its uncertainty. NaN when there is no FID above the
+    noise (:data:`MIN_SNR`)."""
     s = np.asarray(samples, np.complex128).reshape(-1)
     n = s.size
     spectrum = np.fft.fftshift(np.fft.fft(s, 8 * n))
@@ -53,8 +59,11 @@ def fid_frequency(samples: ComplexArray, dwell_s: float) -> Estimate:
     strong = max(strong, 8)
     lag = d[1:strong] * np.conj(d[:strong - 1])
     residual = -float(np.angle(lag.sum())) / (2 * np.pi * dwell_s)
-    noise = _noise_sigma(s)
-    snr = float(mag[:strong].mean()) / noise if noise > 0 else math.inf
+    noise = _noise_sigma(d)
+    signal = float(mag[:strong].mean())
+    snr = signal / noise if noise > 0 else math.inf if signal > 0 else 0.0
+    if not snr >= MIN_SNR:  # no FID above the noise (no object, no RF): nothing to measure
+        return Estimate(math.nan, math.inf)
     m = max(strong, 3)
     sigma = math.sqrt(6.0 / (snr**2 * m * (m * m - 1))) / (2 * np.pi * dwell_s) if math.isfinite(snr) else 0.0
     return Estimate(coarse + residual, sigma)
