@@ -225,12 +225,11 @@ def _run(args: argparse.Namespace, out: Path) -> Any:
     if not args.connect:
         prof = profiles.load(args.system)
         overrides = {kind: url for kind in KINDS if (url := getattr(args, kind)) is not None}
-        prescan = None
-        if not args.no_prescan:
-            from scanctl.prescan.plan import before_run as prescan
+        from scanctl.prescan.plan import before_run
+
         return run_scan(args.file, prof, out, overrides=overrides, progress=ProgressBar(),
                         reconstruct=not args.no_recon, patient_weight_kg=args.patient_weight, mode=args.mode,
-                        prescan=prescan)
+                        prescan=None if args.no_prescan else before_run)
     from scanctl.services.client import Client, CommandError, ServerLostError
     from scanctl.services.remote_run import run_remote
 

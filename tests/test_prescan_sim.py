@@ -117,8 +117,8 @@ def _profile_text(gradient_extra: str = "", tail: str = "") -> str:
 
 
 def test_profile_adjustment_limits_parse_and_check():
-    p = profiles.parse(_profile_text("\nshim_second_order_max_mt_per_m2 = { z2 = 1.0, xy = 2.0 }",
-                                     "\n[rf]\nmax_frequency_offset_hz = 1000.0\nreceiver_gain_db = { min = 0.0, max = 30.0 }\n"))
+    rf = "\n[rf]\nmax_frequency_offset_hz = 1000.0\nreceiver_gain_db = { min = 0.0, max = 30.0 }\n"
+    p = profiles.parse(_profile_text("\nshim_second_order_max_mt_per_m2 = { z2 = 1.0, xy = 2.0 }", rf))
     a = p.adjustments
     assert a.shim_channels == ("x", "y", "z", "z2", "xy")
     assert a.max_shim_second_order_hz_per_m2["xy"] == pytest.approx(2e-3 * PROFILE.gamma_hz_per_t)

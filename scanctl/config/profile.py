@@ -55,7 +55,7 @@ class AdjustmentLimits:
     max_frequency_offset_hz: float = 50_000.0
     max_tx_scale: float = 2.0
     receiver_gain_db: tuple[float, float] = (-20.0, 40.0)
-    max_shim_hz_per_m: tuple[float, float, float] = (0.5e-3 * 42.576e6,) * 3  # type: ignore[assignment]
+    max_shim_hz_per_m: tuple[float, float, float] = (0.5e-3 * 42.576e6,) * 3
     max_shim_second_order_hz_per_m2: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     @property

@@ -145,7 +145,7 @@ def field_map(first: ComplexArray, second: ComplexArray, delta_te_s: float) -> t
     df = -np.angle(z) / (2 * np.pi * delta_te_s)
     mag = np.sqrt(np.abs(z))
     weight = np.where(mag > OBJECT_THRESHOLD * mag.max(), mag, 0.0) if mag.size and mag.max() > 0 else mag * 0
-    return df, weight
+    return np.asarray(df, np.float64), np.asarray(weight, np.float64)
 
 
 def fit_field(df: FloatArray, weight: FloatArray, coords: tuple[FloatArray, FloatArray, FloatArray],

@@ -31,6 +31,7 @@ from scanctl.sequence.build import (
     SequenceBuilder,
     Shape,
     System,
+    Trap,
     adc,
     block_pulse,
     readout,
@@ -64,7 +65,7 @@ def _system(profile: SystemProfile) -> System:
     return System.from_profile(profile, grad_fraction=0.8, slew_fraction=0.8)  # margin for the shim current
 
 
-def _spoilers(system: System) -> list[object]:
+def _spoilers(system: System) -> list[Trap]:
     area = SPOIL_CYCLES / SPOIL_OVER_M
     return [trapezoid(system, axis, area=area, duration_s=SPOIL_S) for axis in "xyz"]  # gentle: no PNS
 

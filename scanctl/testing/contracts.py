@@ -351,9 +351,9 @@ class RFAdjustmentsContract:
         _refused_keeps(sub, lambda: sub.set_receiver_gain(limits.receiver_gain_db[1] + 1), SafetyLimitError,
                        "receiver gain")
         for bad in (np.nan, np.inf):
-            _refused_keeps(sub, lambda bad=bad: sub.set_frequency_offset(bad), SafetyLimitError, "frequency")
-            _refused_keeps(sub, lambda bad=bad: sub.set_tx_scale(bad), SafetyLimitError, "transmit scale")
-            _refused_keeps(sub, lambda bad=bad: sub.set_receiver_gain(bad), SafetyLimitError, "receiver gain")
+            for setter, words in ((sub.set_frequency_offset, "frequency"), (sub.set_tx_scale, "transmit scale"),
+                                  (sub.set_receiver_gain, "receiver gain")):
+                _refused_keeps(sub, functools.partial(setter, bad), SafetyLimitError, words)
         assert sub.adjustments() == want
 
     def test_rf_adjustments_refused_while_armed(self, open_subsystem: Callable[..., Any]) -> None:

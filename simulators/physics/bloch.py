@@ -296,8 +296,8 @@ class SpinSystem:
         if not math.isfinite(delta_hz):
             raise ConfigError(f"off-resonance shift must be finite, got {delta_hz!r}")
         self.b0_offset_hz += float(delta_hz)
-        self._vox["df"] = self._vox["df"] + delta_hz
-        self._df = self._df + delta_hz
+        self._vox["df"] = np.asarray(self._vox["df"] + float(delta_hz), np.float64)
+        self._df = np.asarray(self._df + float(delta_hz), np.float64)
 
     def play(self, gradient: GradientProgram, rf: RFProgram, adc: ADCProgram) -> list[npt.NDArray[np.complex64]]:
         """Play one segment; return each ADC window's samples, complex64 ``(1, num_samples)``, in order. A
