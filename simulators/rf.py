@@ -44,8 +44,8 @@ from scanctl.simulators.base import SimulatedSequencer
 from scanctl.simulators.physics.noise import receiver_noise
 from scanctl.simulators.world import receiver, world_option
 
-from scanctl.config.profile import SystemProfile
-from scanctl.errors import ConfigError, DriverError
+from scanctl.config.profile import SECOND_ORDER, SystemProfile
+from scanctl.errors import ConfigError, DriverError, SafetyLimitError
 from scanctl.hw.interfaces import AcquisitionBatch, Scene, SubsystemState
 from scanctl.hw.program import ADCProgram, GradientProgram, RFProgram
 from scanctl.hw.registry import Converter, SubsystemURL, fault_spec, flag, nonnegative_float, parse_url, positive_float
@@ -71,6 +71,27 @@ def _coil(text: str) -> bool:
     return text == "present"
 
 
+def _three_floats(text: str) -> tuple[float, float, float]:
+    values = [float(v) for v in text.split(",")]
+    if len(values) != 3 or not all(np.isfinite(values)):
+        raise ValueError("must be three finite numbers x,y,z")
+    return values[0], values[1], values[2]
+
+
+def _second_order(text: str) -> tuple[float, ...]:
+    values = [float(v) for v in text.split(",")]
+    if len(values) != len(SECOND_ORDER) or not all(np.isfinite(values)):
+        raise ValueError(f"must be {len(SECOND_ORDER)} finite numbers {','.join(SECOND_ORDER)}")
+    return tuple(values)
+
+
+def second_order_field_hz(terms_hz_per_m2: tuple[float, ...], x: np.ndarray, y: np.ndarray,
+                          z: np.ndarray) -> np.ndarray:
+    """The off-resonance (Hz) of second-order terms (``SECOND_ORDER`` order, Hz/m²) at positions (m)."""
+    z2, zx, zy, x2y2, xy = terms_hz_per_m2
+    return z2 * (z * z - 0.5 * (x * x + y * y)) + zx * z * x + zy * z * y + x2y2 * (x * x - y * y) + xy * 2 * x * y
+
+
 class SimulatedRF(SimulatedSequencer):
     """RF transmit/receive simulator."""
 
@@ -83,6 +104,11 @@ class SimulatedRF(SimulatedSequencer):
         "coil": _coil,
         "noise": nonnegative_float,
         "b0": float,
+        "b0_grad": _three_floats,  # linear B0 inhomogeneity x, y, z (Hz/cm)
+        "b0_2nd": _second_order,  # second-order B0 terms z2, zx, zy, x2y2, xy (Hz/cm²)
+        "b1": positive_float,  # the coil's transmit efficiency: B1 played = program x tx_scale x b1
+        "adc_range": positive_float,  # the ADC's full scale (signal units, real and imaginary each); clips
+        "gain": float,  # the receiver gain it starts with (dB; a console sets it: set_receiver_gain)
         "physics": flag,
         "realtime": flag,
         "phantom": str,
@@ -103,8 +129,11 @@ class SimulatedRF(SimulatedSequencer):
                  seed: int = 0,
                  watts_per_ut2: float = 40.0, reflection: float = 0.01, world: str = "default",
                  realtime: bool = False, spike_w: float = 3000.0, door: float | None = None,
-                 coil: bool = True) -> None:
+                 coil: bool = True, b0_grad: tuple[float, float, float] = (0.0, 0.0, 0.0),
+                 b0_2nd: tuple[float, ...] = (0.0,) * 5, b1: float = 1.0, adc_range: float = np.inf,
+                 gain: float = 0.0) -> None:
         super().__init__(url, buffer_s=buffer_s, fault=fault, realtime=realtime)
+        self._init_imperfections(profile, b0_grad, b0_2nd, b1, adc_range, gain)
         self.channels = 1
         self.gamma_hz_per_t = profile.gamma_hz_per_t
         self.noise_std = noise
@@ -189,10 +218,10 @@ class SimulatedRF(SimulatedSequencer):
             phantom = shepp_logan(self.matrix, fov_m=self.fov_m, b0_t=self.b0_t)
         else:
             phantom = load_phantom(self.phantom_name)
-        kwargs: dict[str, Any] = {"noise_std": 0.0, "b0_offset_hz": self.b0_offset_hz, "seed": self._seed}
+        kwargs: dict[str, Any] = {"noise_std": 0.0, "seed": self._seed, **self._field_options(phantom)}
         if self.isochromats is not None:
             kwargs["isochromats"] = self.isochromats
-        return SpinSystem(phantom, **kwargs)
+        return SpinSystem(**kwargs)
 
     def set_input(self, name: str, on: bool) -> None:
         """Set an interlock input (``door_closed`` or ``coil_present``)."""
@@ -204,6 +233,7 @@ class SimulatedRF(SimulatedSequencer):
     def arm(self) -> None:
         super().arm()
         self.forward_energy_j = 0.0
+        self.clipped_samples = 0
         self._done.clear()
         self._rng = np.random.default_rng(self._seed)  # every scan's noise from its seed: the same scan, the same data
         if self._spins is not None:
@@ -249,9 +279,10 @@ class SimulatedRF(SimulatedSequencer):
             self.forward_power_w = 0.0
             return
         b1_ut2 = (np.abs(rf.b1_hz) / self.gamma_hz_per_t * 1e6) ** 2
-        energy_j = float(rf.b1_squared_integrals().sum()) * (1e6 / self.gamma_hz_per_t) ** 2 * self.watts_per_ut2
+        energy_j = (float(rf.b1_squared_integrals().sum()) * (1e6 / self.gamma_hz_per_t) ** 2 * self.watts_per_ut2
+                    * self.tx_scale ** 2)  # the amplifier's output: the program times the transmit scale
         self.forward_power_w = energy_j / max(rf.t1_s - rf.t0_s, 1e-12)
-        self.peak_power_w = max(self.peak_power_w, float(b1_ut2.max()) * self.watts_per_ut2)
+        self.peak_power_w = max(self.peak_power_w, float(b1_ut2.max()) * self.watts_per_ut2 * self.tx_scale ** 2)
         if self._spike_from_s is None:
             self.forward_energy_j += energy_j
 
@@ -274,13 +305,14 @@ class SimulatedRF(SimulatedSequencer):
                     self._warned_no_gradient = True
                 empty = np.zeros(0)
                 gradient = GradientProgram(rf.t0_s, rf.t1_s, (empty, empty, empty), (empty, empty, empty))
-            signals = self._spins.play(gradient, rf, adc)
+            signals = self._spins.play(gradient, self._transmitted(rf), adc)
         # The receiver delivers the windows in columns, all samples in one array (an AcquisitionBatch).
         windows = [np.asarray(signal, dtype=np.complex64).reshape(self.channels, -1) for signal in signals]
         data = np.concatenate(windows, axis=None) if windows else np.zeros(0, np.complex64)
         if self.noise_std > 0 and windows:
             counts = np.array([w.size for w in windows], dtype=np.int64)
             data = data + receiver_noise(self._rng, self.noise_std, adc.dwell_s, counts).astype(np.complex64)
+        data = self._receive_chain(data)
         shape = np.array([w.shape for w in windows], dtype=np.int64).reshape(len(windows), 2)
         self._done.append(AcquisitionBatch({
             "index": adc.index.astype(np.int64), "block": adc.block.astype(np.int64),
@@ -301,4 +333,91 @@ class SimulatedRF(SimulatedSequencer):
                 "peak_forward_power_w": self.peak_power_w,
                 "forward_energy_j": self.forward_energy_j,
                 "door_closed": float(self.inputs["door_closed"]), "coil_present": float(self.inputs["coil_present"]),
-                "buffered_s": max(0.0, self._loaded_until_s - self._playhead_s)}
+                "buffered_s": max(0.0, self._loaded_until_s - self._playhead_s),
+                "adc_clipped_samples": float(self.clipped_samples),
+                **({"adc_full_scale": self.adc_range} if np.isfinite(self.adc_range) else {})}
+
+    # -- imperfect hardware and what a console sets (docs/prescan.md) ------------------------------------------
+    def _init_imperfections(self, profile: SystemProfile, b0_grad: tuple[float, float, float],
+                            b0_2nd: tuple[float, ...], b1: float, adc_range: float, gain: float) -> None:
+        """The simulated hardware's errors (URL options: ``b0`` Hz, ``b0_grad`` Hz/cm, ``b0_2nd`` Hz/cm², ``b1``,
+        ``adc_range``) and the settings a console adjusts, at their defaults (0 Hz, scale 1, ``gain`` dB: a gain
+        outside the profile's range is a ConfigError)."""
+        self.b0_gradient_hz_per_m = tuple(100.0 * g for g in b0_grad)  # Hz/cm -> Hz/m
+        self.b0_second_order_hz_per_m2 = tuple(1e4 * c for c in b0_2nd)  # Hz/cm² -> Hz/m²
+        self.b1_scale = b1
+        self.adc_range = adc_range
+        self.limits = profile.adjustments
+        self.frequency_offset_hz = 0.0
+        self.tx_scale = 1.0
+        try:
+            self.receiver_gain_db = self.limits.check_receiver_gain(gain)
+        except SafetyLimitError as exc:
+            raise ConfigError(f"rf: gain={gain}: {exc}") from None
+        self.clipped_samples = 0
+
+    def _field_options(self, phantom: Any) -> dict[str, Any]:
+        """The SpinSystem options of the static field: the global offset (B0 error less the synthesiser's
+        offset), the linear inhomogeneity as a static gradient, the second-order terms added to the phantom's
+        own off-resonance map (a new phantom object: the loaded one is not changed)."""
+        from dataclasses import replace
+
+        if any(self.b0_second_order_hz_per_m2):
+            xs, ys, zs = phantom.axis_positions_m()
+            z, y, x = np.meshgrid(zs, ys, xs, indexing="ij")
+            extra = second_order_field_hz(self.b0_second_order_hz_per_m2, x, y, z).reshape(phantom.pd.shape)
+            phantom = replace(phantom, b0_offset_hz=phantom.b0_offset_hz + extra)
+        return {"b0_offset_hz": self.b0_offset_hz - self.frequency_offset_hz,
+                "static_gradient_hz_per_m": self.b0_gradient_hz_per_m, "phantom": phantom}
+
+    def _require_between_scans(self, what: str) -> None:
+        if self._state in (SubsystemState.ON, SubsystemState.RUNNING):
+            raise DriverError(f"rf: cannot set {what} in state {self._state.name} (a scan is under way)")
+
+    def set_frequency_offset(self, hz: float) -> None:
+        """Centre-frequency offset (Hz): the spins are then off resonance by the B0 error less this."""
+        with self._lock:
+            self._require_between_scans("the frequency offset")
+            hz = self.limits.check_frequency_offset(hz)
+            if self._spins is not None:
+                self._spins.shift_off_resonance(self.frequency_offset_hz - hz)
+            self.frequency_offset_hz = hz
+
+    def set_tx_scale(self, scale: float) -> None:
+        """Transmit scale: every pulse's B1 is the program's times this (and the coil's ``b1`` efficiency)."""
+        with self._lock:
+            self._require_between_scans("the transmit scale")
+            self.tx_scale = self.limits.check_tx_scale(scale)
+
+    def set_receiver_gain(self, db: float) -> None:
+        """Receiver gain before the ADC (dB)."""
+        with self._lock:
+            self._require_between_scans("the receiver gain")
+            self.receiver_gain_db = self.limits.check_receiver_gain(db)
+
+    def adjustments(self) -> dict[str, float]:
+        with self._lock:
+            return {"frequency_offset_hz": self.frequency_offset_hz, "tx_scale": self.tx_scale,
+                    "receiver_gain_db": self.receiver_gain_db}
+
+    def _transmitted(self, rf: RFProgram) -> RFProgram:
+        """The B1 that reaches the spins: the program's times the transmit scale and the coil's efficiency."""
+        scale = self.tx_scale * self.b1_scale
+        if scale == 1.0 or rf.b1_hz.size == 0:
+            return rf
+        from dataclasses import replace
+
+        return replace(rf, b1_hz=rf.b1_hz * scale)
+
+    def _receive_chain(self, data: np.ndarray) -> np.ndarray:
+        """The receiver: gain before an ADC of ``adc_range`` full scale (real and imaginary parts clip there,
+        counted in ``adc_clipped_samples``), reported in input units (divided by the gain again)."""
+        if not np.isfinite(self.adc_range) or data.size == 0:
+            return data
+        gain = 10.0 ** (self.receiver_gain_db / 20.0)
+        amplified = data * gain
+        clipped = (np.abs(amplified.real) > self.adc_range) | (np.abs(amplified.imag) > self.adc_range)
+        self.clipped_samples += int(clipped.sum())
+        out = (np.clip(amplified.real, -self.adc_range, self.adc_range)
+               + 1j * np.clip(amplified.imag, -self.adc_range, self.adc_range)) / gain
+        return out.astype(np.complex64)

@@ -60,6 +60,7 @@ class RunReport:
     scan_time_s: float = 0.0  # how far the sequence played
     duration_s: float = 0.0  # the whole sequence
     segments: int = 0  # programs played per subsystem
+    prescan: dict[str, Any] = field(default_factory=dict)  # the calibrations run first (docs/prescan.md)
 
     @property
     def ok(self) -> bool:

@@ -110,6 +110,40 @@ class Stats:
     max_states: int = 0
 
 
+def _finite3(value: tuple[float, float, float] | FloatArray, name: str) -> tuple[float, float, float]:
+    v = np.asarray(value, np.float64).reshape(-1)
+    if v.size != 3 or not np.isfinite(v).all():
+        raise ConfigError(f"{name} must be three finite numbers (x, y, z), got {value!r}")
+    return float(v[0]), float(v[1]), float(v[2])
+
+
+def with_static_gradient(program: GradientProgram, offset_hz_per_m: tuple[float, float, float]) -> GradientProgram:
+    """``program`` with a constant ``offset_hz_per_m`` added on each axis over its whole span ``[t0_s, t1_s]``
+    (a shim current in the gradient coil, or a linear B0 inhomogeneity, which is the same field): breakpoints
+    are added at the span's ends where an axis has none, so the offset holds where the program plays nothing.
+    The program itself when every offset is 0."""
+    if not any(offset_hz_per_m):
+        return program
+    t_out, g_out = [], []
+    for t, g, off in zip(program.t_s, program.g_hz_per_m, offset_hz_per_m, strict=True):
+        if off == 0:
+            t_out.append(t)
+            g_out.append(g)
+            continue
+        ends = np.array([program.t0_s, program.t1_s])
+        if t.size:  # the waveform is 0 outside its breakpoints: hold 0 up to the span's ends, stepping (two
+            # breakpoints at one time) where it does not start or end at 0, as the program's own waveform does
+            lead = np.array([program.t0_s] + ([t[0]] if g[0] else []))[:2 if program.t0_s < t[0] else 0]
+            tail = np.array(([t[-1]] if g[-1] else []) + [program.t1_s])[:2 if program.t1_s > t[-1] else 0]
+            tt = np.concatenate((lead, t, tail))
+            gg = np.concatenate((np.zeros(lead.size), g, np.zeros(tail.size)))
+        else:
+            tt, gg = ends, np.zeros(2)
+        t_out.append(tt)
+        g_out.append(gg + off)
+    return GradientProgram(program.t0_s, program.t1_s, tuple(t_out), tuple(g_out))  # type: ignore[arg-type]
+
+
 class SpinSystem:
     """A phantom's magnetization, played through segment after segment of a scan.
 
@@ -127,7 +161,8 @@ class SpinSystem:
     """
 
     def __init__(self, phantom: Phantom, *, isochromats: int | None = None, noise_std: float = 0.0,
-                 b0_offset_hz: float = 0.0, seed: int = 0, tolerance: float = DEFAULT_TOLERANCE) -> None:
+                 b0_offset_hz: float = 0.0, seed: int = 0, tolerance: float = DEFAULT_TOLERANCE,
+                 static_gradient_hz_per_m: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> None:
         if isochromats is None:
             isochromats = DEFAULT_ISOCHROMATS_2D if phantom.ndim == 2 else 1
         if int(isochromats) != isochromats or isochromats < 1:
@@ -144,6 +179,7 @@ class SpinSystem:
         self.isochromats = int(isochromats)
         self.noise_std = float(noise_std)
         self.b0_offset_hz = float(b0_offset_hz)
+        self.static_gradient_hz_per_m = _finite3(static_gradient_hz_per_m, "static_gradient_hz_per_m")
         self.seed = seed
         self._setup_classes(phantom)
         self._cache = PulseCache()
@@ -253,8 +289,21 @@ class SpinSystem:
         self._rng = np.random.default_rng(self.seed)
         self.stats = Stats()
 
+    def shift_off_resonance(self, delta_hz: float) -> None:
+        """Add ``delta_hz`` to every voxel's off-resonance (a B0 shift, or the synthesiser moving the other way):
+        exact and cheap -- a uniform shift keeps the classes (each class's mean moves with its voxels, the
+        maps relative to it stay). Takes effect from the next :meth:`play`. Raises ConfigError if not finite."""
+        if not math.isfinite(delta_hz):
+            raise ConfigError(f"off-resonance shift must be finite, got {delta_hz!r}")
+        self.b0_offset_hz += float(delta_hz)
+        self._vox["df"] = np.asarray(self._vox["df"] + float(delta_hz), np.float64)
+        self._df = np.asarray(self._df + float(delta_hz), np.float64)
+
     def play(self, gradient: GradientProgram, rf: RFProgram, adc: ADCProgram) -> list[npt.NDArray[np.complex64]]:
-        """Play one segment; return each ADC window's samples, complex64 ``(1, num_samples)``, in order."""
+        """Play one segment; return each ADC window's samples, complex64 ``(1, num_samples)``, in order. A
+        static gradient (``static_gradient_hz_per_m``: a linear B0 inhomogeneity) plays on top of the
+        program's, all through the segment."""
+        gradient = with_static_gradient(gradient, self.static_gradient_hz_per_m)
         t0 = float(gradient.t0_s)
         if self._t is None:
             self._t = t0
