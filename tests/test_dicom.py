@@ -32,6 +32,7 @@ from scanctl.data.orders import load_order
 from scanctl.data.outputs import OutputExistsError
 from scanctl.data.rawdata import RawHeader
 from scanctl.engine.session import run_scan
+from scanctl.errors import ScanctlError
 
 ROOT = Path(__file__).resolve().parents[1]
 GRE = ROOT / "protocols" / "gre_2d.toml"
@@ -283,18 +284,22 @@ def oblique_centre(k: int) -> np.ndarray:
     return CENTRE + (k - 1) * 6.0 * R_OBLIQUE[:, 2]
 
 
-def oblique_run(run_dir: Path, out: Path, **protocol_patient: object) -> Path:
+def oblique_run(run_dir: Path, out: Path, patient_position: str | None = None) -> Path:
     """A copy of ``run_dir`` with a 3-image image.npy (96 rows x 128 columns) and an oblique image.json
-    written by hand (images.md), as the recon will write them; ``protocol_patient`` goes into report.json's
-    protocol [patient] table."""
+    written by hand (images.md), as the recon will write them; ``patient_position`` replaces the raw data
+    header's."""
     import json
 
+    import h5py
+
     out.mkdir(parents=True)
-    for name in ("raw.h5", "sequence.seq"):
+    for name in ("raw.h5", "sequence.seq", "report.json"):
         shutil.copy(run_dir / name, out / name)
-    report = json.loads((run_dir / "report.json").read_text())
-    report["protocol"]["patient"].update(protocol_patient)
-    (out / "report.json").write_text(json.dumps(report))
+    if patient_position is not None:
+        with h5py.File(out / "raw.h5", "r+") as f:
+            xml = f["dataset/xml"][0].decode()
+            assert "<patientPosition>HFS</patientPosition>" in xml
+            f["dataset/xml"][0] = xml.replace("<patientPosition>HFS", f"<patientPosition>{patient_position}")
     image = np.load(run_dir / "image.npy")[0][16:112]
     np.save(out / "image.npy", np.stack([image * (1 + k) for k in ROWS_K]).astype(np.float32))
     entries = [{"row": row, "counters": {"SLC": k, "PAR": 0, "ECO": 0, "REP": 0, "SET": 0, "PHS": 0},
@@ -336,17 +341,16 @@ def test_a_run_without_image_json_stays_transverse_at_the_isocentre(run_dir: Pat
 
 
 @pytest.mark.parametrize(("position", "expected"), [("FFS", "FFS"), ("HFP", "HFP"), (None, "HFS")])
-def test_patient_position_from_the_protocol(run_dir: Path, tmp_path: Path, position: str | None,
-                                            expected: str) -> None:
-    extra = {} if position is None else {"patient_position": position}
-    done = export_run(oblique_run(run_dir, tmp_path / "run", **extra), tmp_path / "dicom")
+def test_patient_position_from_the_raw_data_header(run_dir: Path, tmp_path: Path, position: str | None,
+                                                   expected: str) -> None:
+    done = export_run(oblique_run(run_dir, tmp_path / "run", position), tmp_path / "dicom")
     ds = pydicom.dcmread(done.files[0])
     assert ds.PatientPosition == expected
     assert dciodvfy(done.files[0])[1] == []
 
 
 def test_an_unknown_patient_position_is_named(run_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(DicomError, match=r"patient_position: patient position 'SIDEWAYS'"):
+    with pytest.raises(ScanctlError, match=r"patientPosition 'SIDEWAYS' is not one scanctl places images for"):
         export_run(oblique_run(run_dir, tmp_path / "run", patient_position="SIDEWAYS"), tmp_path / "dicom")
 
 

@@ -138,24 +138,19 @@ def series_from_run(run_dir: str | os.PathLike[str]) -> Series:
                   number=int(run.name) if run.name.isdigit() else 1,
                   description=str(protocol.get("description") or raw.header.protocol_name),
                   parameters=parameters if isinstance(parameters, dict) else {}, geometry=geometry,
-                  three_d=three_d, patient_position=patient_position(raw.header, protocol))
+                  three_d=three_d, patient_position=patient_position(raw.header))
 
 
-def patient_position(header: RawHeader, protocol: Mapping[str, Any]) -> str:
-    """DICOM Patient Position: the raw data header's, else the protocol's (``[patient] patient_position``),
-    else head first supine. Raises DicomError for one scanctl does not know."""
+def patient_position(header: RawHeader) -> str:
+    """DICOM Patient Position: the raw data header's (``measurementInformation.patientPosition``, which the
+    run takes from the protocol; head first supine in a file that has none). Raises DicomError for one
+    scanctl does not know."""
     from scanctl.sequence.geometry import PATIENT_POSITIONS
 
-    patient = protocol.get("patient")
-    patient = patient if isinstance(patient, dict) else {}
-    for source, value in (("raw data header", getattr(header, "patient_position", None)),
-                          ("protocol [patient] patient_position", patient.get("patient_position"))):
-        value = getattr(value, "value", value)  # an enum member (ISMRMRD's patientPositionType) or text
-        if value:
-            if str(value) not in PATIENT_POSITIONS:
-                raise DicomError(f"{source}: patient position {value!r} is not one of {', '.join(PATIENT_POSITIONS)}")
-            return str(value)
-    return DEFAULT_PATIENT_POSITION
+    value = str(getattr(header.patient_position, "value", header.patient_position))
+    if value not in PATIENT_POSITIONS:
+        raise DicomError(f"raw data header: patient position {value!r} is not one of {', '.join(PATIENT_POSITIONS)}")
+    return value
 
 
 def _image_npy(path: Path) -> npt.NDArray[np.float32]:

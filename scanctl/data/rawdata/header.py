@@ -197,7 +197,11 @@ class RawHeader:
         table = meas.relativeTablePosition if meas is not None else None
         etl = params.pop(ETL_PARAMETER, None)
         params.pop(NOISE_PARAMETER, None)
-        position = meas.patientPosition.value if meas is not None and meas.patientPosition is not None else "HFS"
+        position = meas.patientPosition if meas is not None and meas.patientPosition is not None else "HFS"
+        position = str(getattr(position, "value", position))
+        if position not in PATIENT_POSITIONS:  # e.g. a decubitus position: never imaged as if supine
+            raise RawDataError(path, f"measurementInformation.patientPosition {position!r} is not one scanctl "
+                                     f"places images for ({', '.join(PATIENT_POSITIONS)})")
         return cls(
             protocol_name=(meas.protocolName or "") if meas is not None else "",
             sequence_name=(meas.sequenceName or "") if meas is not None else "",
@@ -219,7 +223,7 @@ class RawHeader:
             patient_weight_kg=(None if h.subjectInformation is None or h.subjectInformation.patientWeight_kg is None
                                else float(h.subjectInformation.patientWeight_kg)),
             user_parameters=params,
-            patient_position=position if position in PATIENT_POSITIONS else "HFS",
+            patient_position=position,
             measurement_id=(meas.measurementID or "") if meas is not None else "",
             ti_s=tuple(t * 1e-3 for t in seq.TI) if seq is not None else (),
             echo_spacing_s=tuple(t * 1e-3 for t in seq.echo_spacing) if seq is not None else (),
