@@ -101,6 +101,8 @@ MAX_SPLIT_CLASSES = 4096
 #: Width of the off-resonance bins that split tissue classes (Hz): inside a bin the RF rotation uses the
 #: bin's mean, a phase error below 2π x 2.5 Hz x 2 ms = 0.03 rad over half of a 4 ms pulse.
 RF_B0_BIN_HZ = 5.0
+#: Nodes per grid axis at which receive sensitivities are computed (interpolated linearly between).
+SENSITIVITY_NODES = 33
 #: The most classes the off-resonance bins may make before the bins are widened (work grows with classes).
 MAX_B0_CLASSES = 512
 
@@ -173,12 +175,21 @@ class SpinSystem:
     def _coil_sensitivities(phantom: Phantom, coil: ReceiveCoil | None,
                             coil_to_scanner: FloatArray | None) -> ComplexArray | None:
         """Each channel's sensitivity on the phantom's grid, ``(N, nz, ny, nx)``, in the internal (mirror)
-        convention (conjugated: the output is conjugated back); None for the body coil."""
+        convention (conjugated: the output is conjugated back); None for the body coil. Evaluated by
+        Biot–Savart on at most :data:`SENSITIVITY_NODES` nodes per axis and interpolated linearly between
+        them (the fields vary over centimetres; a 128³ grid evaluated point by point would take minutes)."""
         if coil is None or coil.is_body:
             return None
         rot = np.eye(3) if coil_to_scanner is None else np.asarray(coil_to_scanner, np.float64)
-        points = phantom.scanner_positions_m() @ rot  # scanner -> coil frame: rotᵀ r, row by row
-        return np.conj(coil.sensitivities(points))
+        local = phantom.axis_positions_m()  # x, y, z offsets on the grid's own axes
+        nodes = [np.linspace(0, a.size - 1, min(a.size, SENSITIVITY_NODES)) for a in local]
+        coarse = [np.interp(n, np.arange(a.size), a) for n, a in zip(nodes, local, strict=True)]
+        zz, yy, xx = np.meshgrid(coarse[2], coarse[1], coarse[0], indexing="ij")
+        scanner = np.stack((xx, yy, zz), axis=-1) @ phantom.rotation.T + np.asarray(phantom.origin_m)
+        sens = coil.sensitivities(scanner @ rot)  # scanner -> coil frame: rotᵀ r, row by row
+        for axis, (n, a) in enumerate(zip(nodes, local, strict=True)):  # x, y, z: array axes 3, 2, 1
+            sens = np.moveaxis(np.tensordot(_linear_weights(n, a.size), sens, axes=(1, 3 - axis)), 0, 3 - axis)
+        return np.conj(sens)
 
     def _new_graph(self) -> PhaseGraph:
         return PhaseGraph(self.n_classes, self.isochromats, tolerance=self._tolerance,
@@ -496,3 +507,18 @@ class _FrameMoments:
 
     def axis(self, axis: int, t_s: FloatArray | float) -> FloatArray:
         return np.tensordot(self._axes_t[axis], self._moments(t_s), axes=(0, 0))
+
+
+def _linear_weights(nodes: FloatArray, n: int) -> FloatArray:
+    """``(n, len(nodes))``: linear interpolation from values at fractional indices ``nodes`` (ascending,
+    first 0, last ``n - 1``) to the indices ``0..n-1``."""
+    w = np.zeros((n, nodes.size))
+    if nodes.size == 1:
+        w[:, 0] = 1.0
+        return w
+    idx = np.arange(n, dtype=np.float64)
+    j = np.clip(np.searchsorted(nodes, idx, side="right") - 1, 0, nodes.size - 2)
+    frac = (idx - nodes[j]) / (nodes[j + 1] - nodes[j])
+    w[np.arange(n), j] = 1.0 - frac
+    w[np.arange(n), j + 1] = frac
+    return w
