@@ -148,7 +148,7 @@ class Readout:
     def reset(self) -> None:
         """Forget the cached phasors (kept by moment rounded to 1e-6: one kept from an earlier scan agrees
         with one computed afresh only to rounding, so a scan's data would depend on the scans before it)."""
-        self._phasors: dict[tuple[int, bytes], ComplexArray] = {}
+        self._phasors: dict[tuple[int, float, float, bytes], ComplexArray] = {}
 
     # ------------------------------------------------------------------------------------------------------
 
@@ -303,7 +303,9 @@ class Readout:
 
     def _phasor(self, k: FloatArray, pos: FloatArray) -> ComplexArray:
         """``exp(2πi k ⊗ pos)``, cached: Cartesian scans repeat the same read-out moments every TR."""
-        key = (pos.size, np.round(k, 6).tobytes())
+        # By the positions too: x and y of one size differ when the voxels are not square or the grid is
+        # off the isocentre (a posed phantom), and one axis' phasors would be taken for the other's.
+        key = (pos.size, float(pos[0]), float(pos[-1]), np.round(k, 6).tobytes())
         hit = self._phasors.get(key)
         if hit is None:
             hit = np.exp(2j * np.pi * np.outer(k, pos))
