@@ -253,10 +253,13 @@ def test_patient_positions():
 
 
 def gre_slice(n: int, channels: tuple[str, str, str] = ("x", "y", "z"), offset_m: float = 0.0,
-              thickness_m: float = 5e-3):
+              thickness_m: float = 5e-3, tr_delay_s: float = 5e-3, line_shift: float = 0.0):
     """A 2D gradient echo written with pypulseq: read, phase, slice on the given gradient ``channels``, the
     slice ``offset_m`` along the slice channel the pypulseq way (RF ``freq_offset`` = slice gradient x
-    offset, ``phase_offset`` = -2π freq_offset x the pulse centre), ``n`` lines over :data:`FOV`."""
+    offset, ``phase_offset`` = -2π freq_offset x the pulse centre), ``n`` lines over :data:`FOV`, a spoiler
+    along the slice and ``tr_delay_s`` after each line; ``line_shift``: the phase encodes move by that
+    fraction of a line (0.5 keeps every line off the voxels' band edge ±1/(2 voxel), where file rounding
+    can push the first line out: the read-out drops a state beyond the band)."""
     import pypulseq as pp
 
     from tests.pulseq_factory import default_system
@@ -277,11 +280,11 @@ def gre_slice(n: int, channels: tuple[str, str, str] = ("x", "y", "z"), offset_m
     gz_reph = pp.make_trapezoid(channel=slc, area=-gz.area / 2, duration=1e-3, system=system)
     spoil = pp.make_trapezoid(channel=slc, area=4 / thickness_m, system=system)
     for i in range(n):
-        gy = pp.make_trapezoid(channel=phase, area=(i - n / 2) * dk, duration=1e-3, system=system)
+        gy = pp.make_trapezoid(channel=phase, area=(i - n / 2 + line_shift) * dk, duration=1e-3, system=system)
         seq.add_block(rf, gz)
         seq.add_block(gx_pre, gy, gz_reph)
         seq.add_block(gx, adc)
-        seq.add_block(spoil, pp.scale_grad(gy, -1), pp.make_delay(5e-3))
+        seq.add_block(spoil, pp.scale_grad(gy, -1), pp.make_delay(tr_delay_s))
     seq.set_definition("FOV", [FOV, FOV, thickness_m])
     return seq
 

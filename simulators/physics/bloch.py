@@ -279,6 +279,13 @@ class SpinSystem:
         """Equivalent isochromats: voxels with proton density x isochromats per voxel."""
         return self.n_voxels * self.isochromats
 
+    def sensitivities(self) -> ComplexArray:
+        """Each channel's receive sensitivity on the phantom's grid as the output carries it, ``(channels, nz,
+        ny, nx)`` (dimensionless; ones for the body coil)."""
+        if self._sens_grid is None:
+            return np.ones((1, *self.phantom.shape3d), np.complex128)
+        return np.conj(self._sens_grid)
+
     @property
     def n_states(self) -> int:
         """Phase-graph states now held (transverse + longitudinal)."""

@@ -5,12 +5,13 @@ Model, and why:
 * **Sensitivities by Biot–Savart.** Each element is a circular loop of radius ``loop_radius_m``; the loops
   sit on a ring of radius ``ring_radius_m`` around the z axis of the coil frame, evenly spaced in angle,
   their planes tangent to the ring (normals radial), centred at ``z = 0``. The field of a unit current is
-  summed over :data:`LOOP_SEGMENTS` straight segments of each loop (exact for the polygon; the polygon's
-  field differs from the circle's by well under 1% beyond a few millimetres from the wire, and the object
-  never comes that close). By reciprocity the receive sensitivity of an element is its transverse field
-  in the rotating frame, ``B1⁻ ∝ Bx - i By`` (Hoult 2000); it is normalised so that the root sum of
-  squares over the elements is 1 at the ring's centre, so the array and the body coil (sensitivity 1
-  everywhere) see the same signal there.
+  summed over :data:`LOOP_SEGMENTS` straight segments of each loop, each segment's field in closed form
+  (exact for the inscribed polygon, whose field differs from the circle's by 0.08 % at the loop's centre
+  and well under 1 % beyond a few millimetres from the wire, closer than the object ever comes). By
+  reciprocity the receive sensitivity of an element is its transverse field in the rotating frame,
+  ``B1⁻ ∝ Bx - i By`` (Hoult 2000); it is normalised so that the root sum of squares over the elements
+  is 1 at the ring's centre, so the array and the body coil (sensitivity 1 everywhere) see the same
+  signal there.
 * **Noise covariance from the loops' overlap.** Noise is partly the sample's (eddy currents that every
   loop sees through its own field, so two loops' noise is correlated by how much their fields overlap
   inside the object) and partly each loop's own (copper, preamplifier; uncorrelated). The sample part is
@@ -54,8 +55,10 @@ DEFAULT_LOOP_FRACTION = 0.5
 DEFAULT_SAMPLE_NOISE_FRACTION = 0.9
 #: The conducting object the sample noise comes from: a cylinder of this fraction of the ring radius.
 DEFAULT_OBJECT_FRACTION = 0.8
-#: Points per axis of the grid on which the overlap integral is evaluated.
-_OVERLAP_GRID = 24
+#: Field points per block of the Biot–Savart sum (bounds its (points, segments, 3) arrays to ~25 MB).
+_POINTS_PER_BLOCK = 16384
+#: Quadrature nodes in r and z of the overlap integral (4x as many in φ).
+_OVERLAP_NODES = 8
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,8 @@ def loop_ring(channels: int = DEFAULT_CHANNELS, ring_radius_m: float = 0.15, *,
 
 def loop_fields(centres: FloatArray, normals: FloatArray, radius: float, points: FloatArray) -> FloatArray:
     """The magnetic field ``(N, P, 3)`` of a unit current in each loop at ``points`` ``(P, 3)`` (Biot–Savart
-    over :data:`LOOP_SEGMENTS` straight segments, units of µ0·I/4π per metre: only ratios are used)."""
+    over :data:`LOOP_SEGMENTS` straight segments, each in closed form; units of µ0·I/4π per metre: only
+    ratios are used)."""
     theta = 2.0 * np.pi * np.arange(LOOP_SEGMENTS + 1) / LOOP_SEGMENTS
     out = np.zeros((centres.shape[0], points.shape[0], 3))
     for i, (c, n) in enumerate(zip(centres, normals, strict=True)):
@@ -150,23 +154,32 @@ def loop_fields(centres: FloatArray, normals: FloatArray, radius: float, points:
         u = u / np.linalg.norm(u) if np.linalg.norm(u) > 1e-12 else np.array([1.0, 0.0, 0.0])
         v = np.cross(n, u)
         wire = c + radius * (np.cos(theta)[:, None] * u + np.sin(theta)[:, None] * v)  # (S+1, 3)
-        dl = np.diff(wire, axis=0)  # (S, 3)
-        mid = 0.5 * (wire[1:] + wire[:-1])
-        r = points[:, None, :] - mid[None, :, :]  # (P, S, 3)
-        dist3 = np.maximum(np.linalg.norm(r, axis=-1), 1e-9) ** 3
-        out[i] = np.sum(np.cross(dl[None, :, :], r) / dist3[..., None], axis=1)
+        for lo in range(0, points.shape[0], _POINTS_PER_BLOCK):
+            p = points[lo:lo + _POINTS_PER_BLOCK, None, :]
+            # The exact field of each straight segment a -> b (r1 = p - a, r2 = p - b):
+            # (r1 x r2) (|r1| + |r2|) / (|r1| |r2| (|r1| |r2| + r1 . r2)).
+            r1, r2 = p - wire[None, :-1], p - wire[None, 1:]
+            n1, n2 = np.linalg.norm(r1, axis=-1), np.linalg.norm(r2, axis=-1)
+            denom = np.maximum(n1 * n2 * (n1 * n2 + np.einsum("psk,psk->ps", r1, r2)), 1e-30)
+            out[i, lo:lo + _POINTS_PER_BLOCK] = np.sum(np.cross(r1, r2) * ((n1 + n2) / denom)[..., None], axis=1)
     return out
 
 
 def _overlap(centres: FloatArray, normals: FloatArray, radius: float, object_radius: float) -> FloatArray:
     """``∫ B_i · B_j dV`` over a cylinder of ``object_radius`` and length ``2·object_radius`` centred on the
-    ring, normalised to a unit diagonal (the sample-noise correlation, module docstring)."""
-    axis = (np.arange(_OVERLAP_GRID) + 0.5) / _OVERLAP_GRID * 2.0 - 1.0
-    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
-    inside = x**2 + y**2 <= 1.0
-    pts = object_radius * np.column_stack((x[inside], y[inside], z[inside]))
+    ring, normalised to a unit diagonal (the sample-noise correlation, module docstring). Quadrature in
+    cylindrical coordinates: Gauss–Legendre in r and z, uniform in φ (periodic: spectrally accurate);
+    :data:`_OVERLAP_NODES` nodes in r and z and 4x as many in φ (the correlations move by < 1e-3 from 8 to 20 nodes)."""
+    x, w = np.polynomial.legendre.leggauss(_OVERLAP_NODES)  # on [-1, 1]
+    r = 0.5 * object_radius * (x + 1.0)
+    w_r = 0.5 * object_radius * w * r  # r dr
+    z, w_z = object_radius * x, object_radius * w
+    phi = 2.0 * np.pi * np.arange(4 * _OVERLAP_NODES) / (4 * _OVERLAP_NODES)
+    rr, pp, zz = np.meshgrid(r, phi, z, indexing="ij")
+    weight = (w_r[:, None, None] * w_z[None, None, :]) * np.ones_like(pp)
+    pts = np.column_stack((rr.ravel() * np.cos(pp.ravel()), rr.ravel() * np.sin(pp.ravel()), zz.ravel()))
     b = loop_fields(centres, normals, radius, pts)  # (N, P, 3)
-    gram = np.einsum("ipk,jpk->ij", b, b)
+    gram = np.einsum("ipk,jpk,p->ij", b, b, weight.ravel())
     d = np.sqrt(np.diag(gram))
     return gram / np.outer(d, d)
 
