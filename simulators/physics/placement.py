@@ -12,7 +12,7 @@ analytic):
 * a slice (thickness at most :data:`SLAB_3D_M`): a 2D slab through the plane (the phantom's map on the
   plane, uniform through the slab, as the 2D default);
 * a slab thicker than that (3D imaging): a 3D grid through the slab and a margin either side, planes as
-  thick as the in-plane voxels (:data:`MAX_SLAB_PLANES` at most).
+  thick as the in-plane voxels or 1/16 of the slab, whichever is thinner (:data:`MAX_SLAB_PLANES` at most).
 
 Why the first pulse and one plane: the simulation's work grows with the planes of a 3D grid (each is a
 tissue class of its own), so a volume for every scan would slow the 2D scans several times; one plane in
@@ -57,6 +57,8 @@ OBJECT_BOX = ((0.0, 0.0, 0.25), (0.72, 0.95, 0.93))
 SLAB_3D_M = 0.015
 #: Planes of a 3D slab grid at most (each plane multiplies the tissue classes).
 MAX_SLAB_PLANES = 64
+#: Planes per slab thickness at least (partitions are usually thinner than the in-plane voxels' pitch).
+SLAB_PLANES_PER_THICKNESS = 16
 #: Extra thickness either side of a 3D slab (fraction of it): the slab profile's transition bands.
 SLAB_MARGIN = 0.25
 #: Two selections are the same plane if their normals agree to this (cosine) and positions to this (m).
@@ -170,8 +172,10 @@ def posed_phantom(sel: Selection, n: int, fov_m: float, b0_t: float, to_scanner:
         w = np.zeros(1)
         voxel = (d, d, max(DEFAULT_SLAB_M, 2.0 * sel.thickness_m))
     else:
-        planes = min(MAX_SLAB_PLANES, max(2, int(math.ceil(sel.thickness_m * (1 + 2 * SLAB_MARGIN) / d))))
-        dz = sel.thickness_m * (1 + 2 * SLAB_MARGIN) / planes
+        span = sel.thickness_m * (1 + 2 * SLAB_MARGIN)
+        pitch = min(d, sel.thickness_m / SLAB_PLANES_PER_THICKNESS)  # finer than the partitions may be
+        planes = min(MAX_SLAB_PLANES, max(2, int(math.ceil(span / pitch))))
+        dz = span / planes
         w = (np.arange(planes) - planes // 2) * dz
         voxel = (d, d, dz)
     ww, vv, uu = np.meshgrid(w, v, u, indexing="ij")
