@@ -38,7 +38,8 @@ Where the object is: the Shepp–Logan phantom sits in patient coordinates, mapp
 ``patient_position`` (HFS, the default, is the identity; FFS, HFP, FFP). A scan's first selective RF pulse
 says which plane it images (``physics/placement.py``): a transverse slice at the isocentre sees the 2D
 default phantom; any other slice (off-centre, sagittal, coronal, oblique) a grid laid on that plane; a slab
-thicker than 15 mm a 3D grid through it.
+thicker than 15 mm a 3D grid through it; the slices of a multi-slice scan (the same pulse at other carrier
+offsets in the segments queued with the first) a stack of slabs through them (docs/phantom.md).
 
 URL: ``sim://?noise=20&b0=0&phantom=shepp_logan&matrix=128&fov=0.256&physics=1&coils=8`` — see ``OPTIONS``
 (``fov``: the phantom's field of view in m; a scan's scene sets it to the sequence's).
@@ -46,6 +47,7 @@ URL: ``sim://?noise=20&b0=0&phantom=shepp_logan&matrix=128&fov=0.256&physics=1&c
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import deque
 from typing import Any, ClassVar
@@ -132,9 +134,9 @@ class SimulatedRF(SimulatedSequencer):
         super().__init__(url, buffer_s=buffer_s, fault=fault, realtime=realtime)
         self.channels = coils
         self.patient_position = patient_position
-        self._scan_plane: Any = None  # the plane this scan's first selective pulse chose (placement.Selection)
+        self._scan_planes: list[Any] = []  # the planes this scan images (placement.Selection), from its first pulse
         self._awaiting_plane = False
-        self._posed: dict[tuple[float, ...], Any] = {}  # spin systems posed on planes, for repeated scans
+        self._posed: dict[tuple[float, ...], tuple[Any, list[float]]] = {}  # posed spin systems, by planes
         self._base_spins: Any = None
         self._coil_made: tuple[tuple[int, float], Any] | None = None
         self.gamma_hz_per_t = profile.gamma_hz_per_t
@@ -213,8 +215,9 @@ class SimulatedRF(SimulatedSequencer):
             self._set_spins(spins)
             log.info("rf: scene placed: %s", ", ".join(f"{k}={v}" for k, v in wanted.items()))
 
-    def _make_spins(self, phantom: Any = None) -> Any:
-        """The spin system of the scene's phantom (or of ``phantom``), received by this coil."""
+    def _make_spins(self, phantom: Any = None, isochromats: int | None = None) -> Any:
+        """The spin system of the scene's phantom (or of ``phantom``, with ``isochromats`` through each
+        slab), received by this coil."""
         from scanctl.simulators.physics import SpinSystem, load_phantom, shepp_logan
 
         if phantom is None and self.phantom_name == "shepp_logan":
@@ -223,7 +226,9 @@ class SimulatedRF(SimulatedSequencer):
             phantom = load_phantom(self.phantom_name)
         kwargs: dict[str, Any] = {"noise_std": 0.0, "b0_offset_hz": self.b0_offset_hz, "seed": self._seed,
                                   "coil": self._receive_coil(), "coil_to_scanner": self._to_scanner()}
-        if self.isochromats is not None and phantom.ndim == 2:
+        if isochromats is not None:
+            kwargs["isochromats"] = isochromats
+        elif self.isochromats is not None and phantom.ndim == 2:
             kwargs["isochromats"] = self.isochromats
         return SpinSystem(phantom, **kwargs)
 
@@ -264,7 +269,9 @@ class SimulatedRF(SimulatedSequencer):
     def _place_for(self, gradient: GradientProgram, rf: RFProgram) -> None:
         """At a scan's first RF pulse (every spin still at equilibrium): image the plane it selects (the 2D
         default for a transverse slice at the isocentre, else the Shepp–Logan phantom on a grid in that
-        plane); later pulses that select another plane are logged once, since one grid holds one plane."""
+        plane), or the planes of a multi-slice scan, whose other slices the same pulse at other carrier
+        offsets selects in the segments queued so far (``buffer_s`` ahead); a later pulse that selects a
+        plane outside them is logged once."""
         from scanctl.simulators.physics import placement
 
         if rf.n_pulses == 0 or self._spins is None:
@@ -274,34 +281,52 @@ class SimulatedRF(SimulatedSequencer):
             self._awaiting_plane = False
             if not found or self.phantom_name != "shepp_logan":
                 return  # non-selective, or a phantom file: imaged where it is
-            self._scan_plane = found[0]
-            to_scanner = self._to_scanner()
-            if not placement.is_default(found[0], to_scanner):
-                self._spins = self._posed_spins(found[0], to_scanner)
-        if self._scan_plane is None:
+            first = found[0]
+            positions = placement.stack_positions(first, [rf, *(queued for queued, _ in self._queue)])
+            self._spins, positions = self._spins_for(first, positions)
+            self._scan_planes = [dataclasses.replace(first, position_m=p) for p in positions]
+        if not self._scan_planes:
             return
-        other = next((sel for sel in found if not sel.same_plane(self._scan_plane)), None)
+        other = next((sel for sel in found if not any(p.same_plane(sel) for p in self._scan_planes)), None)
         if other is not None:
-            log.warning("rf: an RF pulse at %.6f s selects the plane %s at %.2f mm, not the scan's first "
-                        "(%s at %.2f mm): the simulated phantom is laid on the first plane only, so this "
-                        "excitation sees only what of it lies there (multi-slice and multi-plane scans are "
-                        "not simulated)", rf.t0_s, np.round(other.normal, 3).tolist(), other.position_m * 1e3,
-                        np.round(self._scan_plane.normal, 3).tolist(), self._scan_plane.position_m * 1e3)
-            self._scan_plane = None  # said once per scan
+            log.warning("rf: an RF pulse at %.6f s selects the plane %s at %.2f mm, outside the planes this scan "
+                        "images (%d along %s, from its first pulse and the pulses queued with it): it excites "
+                        "only what of them lies there", rf.t0_s, np.round(other.normal, 3).tolist(),
+                        other.position_m * 1e3, len(self._scan_planes),
+                        np.round(self._scan_planes[0].normal, 3).tolist())
+            self._scan_planes = []  # said once per scan
 
-    def _posed_spins(self, sel: Any, to_scanner: Any) -> Any:
-        from scanctl.simulators.physics.placement import posed_phantom
+    def _spins_for(self, first: Any, positions: list[float]) -> tuple[Any, list[float]]:
+        """The spin system imaging ``first``'s plane, or the stack of ``positions`` along its normal (a
+        multi-slice scan), and the positions it covers (cached: a scan repeated images the same)."""
+        from scanctl.simulators.physics import placement
 
-        key = (*np.round(sel.normal, 6).tolist(), round(sel.position_m, 6), round(sel.thickness_m, 4))
-        spins = self._posed.get(key)
-        if spins is None:
-            spins = self._make_spins(posed_phantom(sel, self.matrix, self.fov_m, self.b0_t, to_scanner))
-            if len(self._posed) >= 4:
-                self._posed.pop(next(iter(self._posed)))
-            self._posed[key] = spins
-            log.info("rf: imaging %s", spins.phantom.source)
-        spins.reset()
-        return spins
+        to_scanner = self._to_scanner()
+        if len(positions) == 1 and placement.is_default(first, to_scanner):
+            return self._base_spins, positions
+        key = (*np.round(first.normal, 6).tolist(), *np.round(positions, 6).tolist(), round(first.thickness_m, 4))
+        hit = self._posed.get(key)
+        if hit is not None:
+            hit[0].reset()
+            return hit
+        phantom, isochromats = None, None
+        if len(positions) > 1:
+            phantom = placement.stacked_phantom(first, positions, self.matrix, self.fov_m, self.b0_t, to_scanner)
+            if phantom is None:
+                log.warning("rf: the scan selects %d planes along %s (%s mm) that are not one stack of thin, "
+                            "evenly spaced slices: only the first pulse's plane is simulated", len(positions),
+                            np.round(first.normal, 3).tolist(), ", ".join(f"{p * 1e3:.2f}" for p in positions))
+                positions = [first.position_m]
+            else:
+                isochromats = self.isochromats or placement.STACK_ISOCHROMATS
+        if phantom is None:
+            phantom = placement.posed_phantom(first, self.matrix, self.fov_m, self.b0_t, to_scanner)
+        spins = self._make_spins(phantom, isochromats)
+        log.info("rf: imaging %s", phantom.source)
+        if len(self._posed) >= 4:
+            self._posed.pop(next(iter(self._posed)))
+        self._posed[key] = (spins, positions)
+        return spins, positions
 
     def _noise_for(self, adc: ADCProgram, windows: list[Any]) -> Any:
         """Receiver noise for the windows' samples, flat as the data: white for the body coil, correlated
@@ -333,7 +358,7 @@ class SimulatedRF(SimulatedSequencer):
         if self._spins is not None:
             self._spins = self._base_spins  # the plane is chosen again by this scan's first pulse
             self._spins.reset()
-        self._awaiting_plane, self._scan_plane = True, None
+        self._awaiting_plane, self._scan_planes = True, []
 
     def load(self, rf: RFProgram, adc: ADCProgram) -> None:
         """Queue one segment's pulses and receive windows. Raises SafetyLimitError for a non-finite value

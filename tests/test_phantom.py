@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import numpy as np
@@ -252,10 +253,11 @@ def test_patient_positions():
         patient_to_scanner("LFS")
 
 
-def gre_slice(n: int, channels: tuple[str, str, str] = ("x", "y", "z"), offset_m: float = 0.0,
+def gre_slice(n: int, channels: tuple[str, str, str] = ("x", "y", "z"), offset_m: float | list[float] = 0.0,
               thickness_m: float = 5e-3, tr_delay_s: float = 5e-3, line_shift: float = 0.0):
     """A 2D gradient echo written with pypulseq: read, phase, slice on the given gradient ``channels``, the
-    slice ``offset_m`` along the slice channel the pypulseq way (RF ``freq_offset`` = slice gradient x
+    slice ``offset_m`` (or each of a list: every line of every slice, slices inner) along the slice channel
+    the pypulseq way (RF ``freq_offset`` = slice gradient x
     offset, ``phase_offset`` = -2π freq_offset x the pulse centre), ``n`` lines over :data:`FOV`, a spoiler
     along the slice and ``tr_delay_s`` after each line; ``line_shift``: the phase encodes move by that
     fraction of a line (0.5 keeps every line off the voxels' band edge ±1/(2 voxel), where file rounding
@@ -271,8 +273,12 @@ def gre_slice(n: int, channels: tuple[str, str, str] = ("x", "y", "z"), offset_m
                                    apodization=0.5, time_bw_product=4, delay=system.rf_dead_time, system=system,
                                    return_gz=True, use="excitation")
     gz.channel = slc
-    rf.freq_offset = gz.amplitude * offset_m
-    rf.phase_offset = -2 * np.pi * rf.freq_offset * pp.calc_rf_center(rf)[0]
+    pulses = []
+    for offset in np.atleast_1d(offset_m).tolist():
+        one = copy.copy(rf)
+        one.freq_offset = gz.amplitude * offset
+        one.phase_offset = -2 * np.pi * one.freq_offset * pp.calc_rf_center(one)[0]
+        pulses.append(one)
     dk = 1 / FOV
     gx = pp.make_trapezoid(channel=read, flat_area=n * dk, flat_time=n * 40e-6, system=system)
     adc = pp.make_adc(num_samples=n, duration=gx.flat_time, delay=gx.rise_time, system=system)
@@ -281,10 +287,11 @@ def gre_slice(n: int, channels: tuple[str, str, str] = ("x", "y", "z"), offset_m
     spoil = pp.make_trapezoid(channel=slc, area=4 / thickness_m, system=system)
     for i in range(n):
         gy = pp.make_trapezoid(channel=phase, area=(i - n / 2 + line_shift) * dk, duration=1e-3, system=system)
-        seq.add_block(rf, gz)
-        seq.add_block(gx_pre, gy, gz_reph)
-        seq.add_block(gx, adc)
-        seq.add_block(spoil, pp.scale_grad(gy, -1), pp.make_delay(tr_delay_s))
+        for pulse in pulses:
+            seq.add_block(pulse, gz)
+            seq.add_block(gx_pre, gy, gz_reph)
+            seq.add_block(gx, adc)
+            seq.add_block(spoil, pp.scale_grad(gy, -1), pp.make_delay(tr_delay_s))
     seq.set_definition("FOV", [FOV, FOV, thickness_m])
     return seq
 
@@ -487,3 +494,57 @@ def test_a_3d_slab_images_the_volume_partition_by_partition():
         corr = [np.corrcoef(images[j].ravel(), m.ravel())[0, 1] for m in maps]
         assert corr[j] > 0.8, (j, np.round(corr, 3))
         assert corr[j] == max(corr), (j, np.round(corr, 3))
+
+
+def test_a_multi_slice_scan_images_each_slice_at_its_place(tmp_path, caplog):
+    """Three transverse slices at -24, 0 and +24 mm, interleaved in every TR, through the RF simulator
+    (``scanctl run``): the simulator finds the three planes from the pulses queued with the first, lays
+    the phantom on a stack of slabs through them, and each slice's image follows its own plane's proton
+    density; no warning that a plane is not simulated."""
+    import logging
+
+    import ismrmrd
+
+    from scanctl.cli import main
+
+    n, offsets = 32, [-0.024, 0.0, 0.024]
+    gre_slice(n, offset_m=offsets).write(str(tmp_path / "ms.seq"))
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="scanctl.simulators.rf"):
+        assert main(["run", str(tmp_path / "ms.seq"), "--rf", f"sim://?matrix={n}", "--out", str(out),
+                     "--no-recon"]) == 0
+    assert not [r for r in caplog.records if "outside the planes" in r.getMessage() or "not one stack" in
+                r.getMessage()]
+    assert any("on 3 slabs" in r.getMessage() for r in caplog.records)
+    with ismrmrd.Dataset(str(out / "raw.h5"), "dataset", create_if_needed=False) as ds:
+        data = np.stack([ds.read_acquisition(i).data[0] for i in range(ds.number_of_acquisitions())])
+    k = data.reshape(n, len(offsets), n).transpose(1, 0, 2).astype(np.complex128)
+    images = np.abs(np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1))), axes=(-2, -1)))
+    r, c = _grid((n, n), n)
+    maps = [_plane_phantom(np.stack((c, r, np.full(r.shape, z)), -1), n).pd for z in offsets]
+    for j in range(len(offsets)):
+        corr = [np.corrcoef(images[j].ravel(), m.ravel())[0, 1] for m in maps]
+        assert corr[j] > 0.9 and corr[j] == max(corr), (j, np.round(corr, 3))
+
+
+@pytest.mark.parametrize("normal", [(0.0, 0.0, 1.0), (1.0, 0.0, 0.0), (0.0, -1.0, 0.0)])
+def test_a_stack_of_slabs_lies_on_the_selected_planes(normal):
+    """The stack's planes sit at the slices' positions along the normal (either sign of the grid's slice
+    axis), every plane between them included, and hold the phantom's maps there; positions off one even
+    spacing, or thick slabs, give no stack."""
+    from scanctl.simulators.physics import placement
+    from scanctl.simulators.physics.phantom import shepp_logan_at
+
+    sel = placement.Selection(np.array(normal), 0.0, 0.005, 1e5, (100, 1.0))
+    positions = [-0.03, 0.0, 0.015]  # spacing 15 mm: planes at -30, -15, 0, +15 mm
+    ph = placement.stacked_phantom(sel, positions, 16, FOV, 3.0, np.eye(3))
+    assert ph is not None and ph.ndim == 3 and ph.shape[0] == 4 and ph.voxel_size_m[2] == pytest.approx(0.015)
+    where = ph.scanner_positions_m()  # (nz, ny, nx, 3)
+    along = where[:, 0, 0] @ np.array(normal)
+    assert sorted(np.round(along, 9).tolist()) == pytest.approx([-0.03, -0.015, 0.0, 0.015])
+    pd, _, _ = shepp_logan_at(where, fov_m=FOV)
+    assert np.array_equal(pd, ph.pd)
+    assert placement.stacked_phantom(sel, [-0.03, 0.0, 0.011], 16, FOV, 3.0, np.eye(3)) is None  # uneven
+    thick = placement.Selection(np.array(normal), 0.0, 0.03, 1e5, (100, 1.0))
+    assert placement.stacked_phantom(thick, positions, 16, FOV, 3.0, np.eye(3)) is None
+    assert placement.stack_positions(sel, []) == [0.0]

@@ -123,7 +123,9 @@ class SpinSystem:
     """A phantom's magnetization, played through segment after segment of a scan.
 
     ``isochromats``: samples through the slab of a 2D phantom at which RF rotations are evaluated
-    (default 32; a 3D phantom is resolved in z by its voxels and takes only 1); ``noise_std``: standard
+    (default 32; a 3D phantom is resolved in z by its voxels and takes 1 by default; more make it a stack
+    of 2D slabs, each plane a slab as thick as its voxels with that many isochromats through it: the
+    planes of a multi-slice scan, far apart, each with its slice profile); ``noise_std``: standard
     deviation of the complex Gaussian noise added to a sample of 10 µs dwell, scaled by
     ``sqrt(10 µs / dwell)`` for other dwells (real and imaginary parts each ``σ / sqrt(2)``; units of the
     signal: see the module docstring), seeded by ``seed``; ``b0_offset_hz``: an off-resonance added to the
@@ -145,8 +147,6 @@ class SpinSystem:
             isochromats = DEFAULT_ISOCHROMATS_2D if phantom.ndim == 2 else 1
         if int(isochromats) != isochromats or isochromats < 1:
             raise ConfigError(f"isochromats must be a positive integer, got {isochromats!r}")
-        if phantom.ndim == 3 and isochromats != 1:
-            raise ConfigError("isochromats: a 3D phantom is resolved in z by its voxels; use 1")
         if not (math.isfinite(noise_std) and noise_std >= 0):
             raise ConfigError(f"noise_std must be >= 0, got {noise_std!r}")
         if not math.isfinite(b0_offset_hz):
@@ -231,7 +231,9 @@ class SpinSystem:
         self._resolved: set[bytes] = set()  # in-plane directions the classes are already split along
         # Isochromats: evenly through the slab (2D; midpoint rule) or the plane centre (3D).
         s = self.isochromats
-        self._iso_z = ((np.arange(s) + 0.5) / s - 0.5) * dz if phantom.ndim == 2 else np.zeros(1)
+        self._iso_z = ((np.arange(s) + 0.5) / s - 0.5) * dz  # 3D with one isochromat: the plane centre
+        # Slabs (a 2D phantom, or a stack of them): z resolved by isochromats, as 2D in the read-out.
+        self._slabs = phantom.ndim == 2 or s > 1
         self._label0 = label.reshape(-1)
         self._build_classes(self._label0)
 
@@ -263,10 +265,8 @@ class SpinSystem:
         if self._sens_grid is not None:  # each class's plane of each channel's sensitivity
             plane = v["iz"][first] if self.phantom.ndim == 3 else np.zeros(n, np.intp)
             sens = self._sens_grid[:, plane]  # (N, C, ny, nx)
-        # The read-out's isochromats sit where the slab is (2D: through it, around its centre).
-        iso_z = self._iso_z + (self._z_class[0] if self.phantom.ndim == 2 and n else 0.0)
         self._readout = Readout(pd_map, dfr_map, self._dfr_max, self._r2p, self._x, self._y, self._voxel,
-                                iso_z, self._z_class, self.phantom.ndim, sens=sens)
+                                self._iso_z, self._z_class, 2 if self._slabs else 3, sens=sens)
         if n > 200:
             log.info("phantom has %d tissue classes: the simulation slows down in proportion", n)
 

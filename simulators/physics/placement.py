@@ -14,12 +14,15 @@ analytic):
 * a slab thicker than that (3D imaging): a 3D grid through the slab and a margin either side, planes as
   thick as the in-plane voxels or 1/16 of the slab, whichever is thinner (:data:`MAX_SLAB_PLANES` at most).
 
-Why the first pulse and one plane: the simulation's work grows with the planes of a 3D grid (each is a
-tissue class of its own), so a volume for every scan would slow the 2D scans several times; one plane in
+* the slices of a multi-slice scan (:func:`stack_positions`: the same pulse at other carrier offsets):
+  a stack of 2D slabs, one plane per slice and every plane between (:func:`stacked_phantom`).
+
+Why the first pulse and its planes only: the simulation's work grows with the planes of a 3D grid (each is
+a tissue class of its own), so a volume for every scan would slow the 2D scans several times; one plane in
 the slice's own axes keeps a slice anywhere as fast as the 2D default, and a slab as fast as its planes
 allow. Before the first pulse every spin is at equilibrium, so the phantom can be chosen then without
-changing anything. Later pulses that select other planes (multi-slice 2D, a three-plane localizer) fall
-outside that one grid: :func:`selection` finds them and the caller says so (docs/phantom.md).
+changing anything. Later pulses that select other planes (a three-plane localizer) fall outside the grid:
+:func:`selections` finds them and the caller says so (docs/phantom.md).
 """
 
 from __future__ import annotations
@@ -61,6 +64,10 @@ MAX_SLAB_PLANES = 64
 SLAB_PLANES_PER_THICKNESS = 16
 #: Extra thickness either side of a 3D slab (fraction of it): the slab profile's transition bands.
 SLAB_MARGIN = 0.25
+#: Planes of a multi-slice stack at most (every plane between the slices is simulated too).
+MAX_STACK_PLANES = 64
+#: Isochromats through each slab of a stack (as through the 2D default's slab).
+STACK_ISOCHROMATS = 32
 #: Two selections are the same plane if their normals agree to this (cosine) and positions to this (m).
 SAME_NORMAL = 1.0 - 1e-6
 SAME_POSITION_M = 1e-4
@@ -74,6 +81,10 @@ class Selection:
     normal: FloatArray
     position_m: float
     thickness_m: float
+    #: The slice-select gradient's strength (Hz/m) and the pulse's shape (samples, peak |B1| in Hz): the
+    #: same pulse played at another carrier offset selects another plane of the same stack.
+    strength_hz_per_m: float = 0.0
+    shape: tuple[int, float] = (0, 0.0)
 
     def same_plane(self, other: Selection) -> bool:
         """Whether ``other`` selects the same plane (normals of either sign)."""
@@ -117,7 +128,30 @@ def _selection(gradient: GradientProgram, rf: RFProgram, p: int) -> Selection | 
     if strength < 1.0:  # below 1 Hz/m (0.02 µT/m): no selection
         return None
     normal = g / strength
-    return Selection(normal, float(rf.freq_hz[p]) / strength, _bandwidth_hz(t, b1) / strength)
+    return Selection(normal, float(rf.freq_hz[p]) / strength, _bandwidth_hz(t, b1) / strength, strength,
+                     _shape(rf, p))
+
+
+def _shape(rf: RFProgram, p: int) -> tuple[int, float]:
+    lo, hi = int(rf.offsets[p]), int(rf.offsets[p + 1])
+    return hi - lo, round(float(np.abs(rf.b1_hz[lo:hi]).max(initial=0.0)), 6)
+
+
+def stack_positions(first: Selection, programs: list[RFProgram]) -> list[float]:
+    """The planes (positions along ``first.normal``, m, sorted) that the pulses of ``programs`` of the same
+    shape as ``first``'s select, assuming the same slice-select gradient (a multi-slice scan plays one
+    pulse at the carrier offset of each slice): ``first.position_m`` and every other carrier offset over
+    the gradient's strength, positions within :data:`SAME_POSITION_M` merged."""
+    found = [first.position_m]
+    for rf in programs:
+        for p in range(rf.n_pulses):
+            if _shape(rf, p) == first.shape:
+                found.append(float(rf.freq_hz[p]) / first.strength_hz_per_m)
+    out: list[float] = []
+    for pos in sorted(found):
+        if not out or pos - out[-1] > SAME_POSITION_M:
+            out.append(pos)
+    return out
 
 
 def _bandwidth_hz(t: FloatArray, b1: npt.NDArray[np.complex128]) -> float:
@@ -158,16 +192,8 @@ def posed_phantom(sel: Selection, n: int, fov_m: float, b0_t: float, to_scanner:
     n``, ``n`` per side or more where the object reaches beyond ``fov_m``, centred on the isocentre's
     projection; a 2D slab for a slice, a 3D grid for a slab thicker than :data:`SLAB_3D_M`. Raises
     :class:`ConfigError` for a non-positive size."""
-    if n < 1 or not fov_m > 0:
-        raise ConfigError(f"posed_phantom: n and fov_m must be positive, got {n}, {fov_m}")
-    axes = frame(sel, to_scanner)
-    sign = 1.0 if float(np.dot(axes[:, 2], sel.normal)) >= 0 else -1.0
-    origin = axes[:, 2] * (sign * sel.position_m)
+    _check_size(n, fov_m)
     d = fov_m / n
-    # In-plane: the lattice a scan of ``n`` over ``fov_m`` reconstructs ((i - n//2)·d), widened where the
-    # object reaches beyond the field of view (the head's top in a sagittal or coronal plane), so that
-    # what lies outside folds in as it would on a scanner rather than being cut off.
-    u, v = (_lattice(n, d, _half_extent(axes[:, i], fov_m, to_scanner)) for i in (0, 1))
     if sel.thickness_m <= SLAB_3D_M:
         w = np.zeros(1)
         voxel = (d, d, max(DEFAULT_SLAB_M, 2.0 * sel.thickness_m))
@@ -178,6 +204,55 @@ def posed_phantom(sel: Selection, n: int, fov_m: float, b0_t: float, to_scanner:
         dz = span / planes
         w = (np.arange(planes) - planes // 2) * dz
         voxel = (d, d, dz)
+    return _sampled(sel, sel.position_m, w, voxel, n, fov_m, b0_t, to_scanner,
+                    f"on the plane {np.round(sel.normal, 4).tolist()} at {sel.position_m * 1e3:.2f} mm")
+
+
+def stacked_phantom(sel: Selection, positions: list[float], n: int, fov_m: float, b0_t: float,
+                    to_scanner: FloatArray) -> Phantom | None:
+    """The Shepp–Logan phantom on a stack of 2D slabs, one per plane of a multi-slice scan (``positions``
+    along ``sel.normal``, m, evenly spaced; every plane between them too), each slab as thick as the
+    spacing: the spin system resolves each with its isochromats (``SpinSystem(isochromats=...)``,
+    :data:`STACK_ISOCHROMATS`). None when the positions are not on one even spacing, the slices are
+    thicker than :data:`SLAB_3D_M`, or the stack would need more than :data:`MAX_STACK_PLANES` planes.
+    Raises :class:`ConfigError` for a non-positive size."""
+    _check_size(n, fov_m)
+    pos = np.sort(np.asarray(positions, np.float64))
+    if pos.size < 2 or sel.thickness_m > SLAB_3D_M:
+        return None
+    spacing = float(np.min(np.diff(pos)))
+    steps = (pos - pos[0]) / spacing
+    if np.abs(steps - np.round(steps)).max() > 1e-3 or round(float(steps[-1])) + 1 > MAX_STACK_PLANES:
+        return None
+    planes = round(float(steps[-1])) + 1
+    # The grid's planes run up its own z (the frame's slice direction, +-normal); plane nz // 2 sits at
+    # its origin: counted from the lowest position along the normal, or from the highest if z = -normal.
+    up = float(np.dot(frame(sel, to_scanner)[:, 2], sel.normal)) >= 0
+    centre = float(pos[0]) + (planes // 2 if up else planes - 1 - planes // 2) * spacing
+    w = (np.arange(planes) - planes // 2) * spacing
+    d = fov_m / n
+    return _sampled(sel, centre, w, (d, d, spacing), n, fov_m, b0_t, to_scanner,
+                    f"on {planes} slabs along {np.round(sel.normal, 4).tolist()} from {pos[0] * 1e3:.2f} to "
+                    f"{pos[-1] * 1e3:.2f} mm")
+
+
+def _check_size(n: int, fov_m: float) -> None:
+    if n < 1 or not fov_m > 0:
+        raise ConfigError(f"placement: the matrix and field of view must be positive, got {n}, {fov_m}")
+
+
+def _sampled(sel: Selection, centre_m: float, w: FloatArray, voxel: tuple[float, float, float], n: int,
+             fov_m: float, b0_t: float, to_scanner: FloatArray, where: str) -> Phantom:
+    """The phantom sampled on the grid of ``sel``'s frame with planes ``w`` (m, along the frame's z, around
+    the plane at ``centre_m`` along ``sel.normal``)."""
+    axes = frame(sel, to_scanner)
+    sign = 1.0 if float(np.dot(axes[:, 2], sel.normal)) >= 0 else -1.0
+    origin = axes[:, 2] * (sign * centre_m)
+    d = fov_m / n
+    # In-plane: the lattice a scan of ``n`` over ``fov_m`` reconstructs ((i - n//2)·d), widened where the
+    # object reaches beyond the field of view (the head's top in a sagittal or coronal plane), so that
+    # what lies outside folds in as it would on a scanner rather than being cut off.
+    u, v = (_lattice(n, d, _half_extent(axes[:, i], fov_m, to_scanner)) for i in (0, 1))
     ww, vv, uu = np.meshgrid(w, v, u, indexing="ij")
     local = np.stack((uu, vv, ww), axis=-1)
     patient = (local @ axes.T + origin) @ to_scanner  # scanner -> patient: to_scannerᵀ r, row by row
@@ -185,8 +260,7 @@ def posed_phantom(sel: Selection, n: int, fov_m: float, b0_t: float, to_scanner:
     if w.size == 1:
         pd, t1, t2 = pd[0], t1[0], t2[0]
     return Phantom(pd=pd, t1_s=t1, t2_s=t2, b0_offset_hz=np.zeros(pd.shape), voxel_size_m=voxel,
-                   source=f"shepp_logan({n}) on the plane {np.round(sel.normal, 4).tolist()} "
-                          f"at {sel.position_m * 1e3:.2f} mm", axes=axes, origin_m=tuple(origin))
+                   source=f"shepp_logan({n}) {where}", axes=axes, origin_m=tuple(origin))
 
 
 def _half_extent(axis: FloatArray, fov_m: float, to_scanner: FloatArray) -> float:

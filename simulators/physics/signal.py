@@ -103,8 +103,9 @@ class Readout:
     each voxel's off-resonance relative to its class (Hz), ``dfr_max`` its largest magnitude (0: none);
     ``r2p`` ``(C,)`` each class's 1/T2′ (1/s; 0: none);
     ``x``, ``y`` the in-plane voxel positions (m), ``voxel`` ``(dx, dy, dz)`` (m); ``iso_z`` the isochromat
-    positions through the slab of a 2D phantom (m; evenly spaced), ``z_class`` each class's plane (3D);
-    ``ndim`` the phantom's. ``method``: ``"fast"`` (separable products or the NUFFT) or ``"direct"`` (every
+    positions through a slab (m; evenly spaced, around its centre), ``z_class`` each class's plane (m);
+    ``ndim`` 2 for slabs (z resolved by the isochromats; each class's slab centred on its plane) or 3 (z
+    resolved by the planes). ``method``: ``"fast"`` (separable products or the NUFFT) or ``"direct"`` (every
     plane sum voxel by voxel: the reference the tests compare against; slow). ``sens`` ``(N, C, ny, nx)``
     (complex, optional): each receive channel's sensitivity over each class's plane, in the internal
     (mirror) convention, i.e. the conjugate of the sensitivity the output carries; None: one channel of
@@ -138,6 +139,8 @@ class Readout:
         self._iso_z = iso_z
         self._iso_step = float(iso_z[1] - iso_z[0]) if iso_z.size > 1 else float(voxel[2])
         self._z_class = z_class
+        # Slabs (ndim 2) whose classes sit off z = 0: a grid off the isocentre, a stack of slabs.
+        self._z_shift = ndim == 2 and bool(np.any(z_class != 0))
         self._ndim = ndim
         self._band = [0, 1] if ndim == 2 else [0, 1, 2]
         self._extent = (float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)))
@@ -234,6 +237,8 @@ class Readout:
                 amp = np.matmul(f[lo:lo + step] * state[:, None, :], sample)  # (J, C, T)
                 total = kc[:, None] + dm_z[None, :]
                 amp *= (np.sinc(total * self._iso_step) ** 2 / self._iso_z.size)[:, None, :]
+                if self._z_shift:  # each class's slab at its own plane: the isochromats' z plus its centre
+                    amp *= np.exp(2j * np.pi * total[:, None, :] * self._z_class[None, :, None])
             else:
                 amp = (f[lo:lo + step, :, 0] * state)[:, :, None] * sample[None, :, :]
             own = owner[lo:lo + step]  # sorted: each group's states are consecutive
