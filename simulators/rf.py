@@ -276,7 +276,7 @@ class SimulatedRF(SimulatedSequencer):
 
         if rf.n_pulses == 0 or self._spins is None:
             return
-        found = placement.selections(gradient, rf)
+        found = placement.selections(gradient, rf, thickness=self._awaiting_plane)
         if self._awaiting_plane:
             self._awaiting_plane = False
             if not found or self.phantom_name != "shepp_logan":
@@ -285,7 +285,7 @@ class SimulatedRF(SimulatedSequencer):
             positions = placement.stack_positions(first, [rf, *(queued for queued, _ in self._queue)])
             self._spins, positions = self._spins_for(first, positions)
             self._scan_planes = [dataclasses.replace(first, position_m=p) for p in positions]
-        if not self._scan_planes:
+        if not self._scan_planes or not found:
             return
         other = next((sel for sel in found if not any(p.same_plane(sel) for p in self._scan_planes)), None)
         if other is not None:
