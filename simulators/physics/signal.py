@@ -125,7 +125,7 @@ class Readout:
             pd_map = (sens * pd_map[None]).reshape(self._n_maps, *pd_map.shape[1:])
             dfr_map = np.tile(dfr_map, (self.channels, 1, 1))
         self._pd = pd_map
-        self._pd_c = pd_map.astype(np.complex128)  # complex once: products below stay BLAS
+        self._pd_c = pd_map.astype(np.complex128, copy=False)  # complex once (a coil stack already is): BLAS
         self._pd_rows = np.ascontiguousarray(self._pd_c.transpose(1, 0, 2))  # (ny, C, nx)
         self._pd_cols = np.ascontiguousarray(self._pd_c.transpose(2, 0, 1))  # (nx, C, ny)
         self._dfr = dfr_map
