@@ -435,8 +435,6 @@ def test_the_signal_of_an_object_does_not_depend_on_its_phantom_grid(n):
 def test_invalid_options_are_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         SpinSystem(single_voxel(), **kwargs)
-    with pytest.raises(ConfigError, match="3D phantom"):
-        SpinSystem(shepp_logan(8, nz=4), isochromats=4)
 
 
 def test_tissue_classes_make_work_independent_of_the_matrix():
