@@ -548,3 +548,19 @@ def test_a_stack_of_slabs_lies_on_the_selected_planes(normal):
     thick = placement.Selection(np.array(normal), 0.0, 0.03, 1e5, (100, 1.0))
     assert placement.stacked_phantom(thick, positions, 16, FOV, 3.0, np.eye(3)) is None
     assert placement.stack_positions(sel, []) == [0.0]
+
+
+def test_a_hard_pulse_under_a_shim_gradient_selects_nothing():
+    """A shim's static gradient (here 5 kHz/m on every axis, 50 Hz/cm) under a 100 µs hard pulse selects a
+    slab metres thick: the pulse excites everything, the simulator must not take it for a slice (it did,
+    and imaged a plane 250 mm away); the same pulse under a real slice-select gradient selects a slice."""
+    from scanctl.simulators.physics import placement
+
+    from tests.test_bloch import block_pulse, gradient, rf_program
+
+    rf = rf_program(0.0, 1e-3, [block_pulse(0.0, np.pi / 2)[:2] + (200.0,)])
+    flat = (np.array([0.0, 1e-3]), np.array([5000.0, 5000.0]))
+    assert placement.selections(gradient(0.0, 1e-3, x=[flat], y=[flat], z=[flat]), rf) == []
+    strong = (np.array([0.0, 1e-3]), np.array([4e6, 4e6]))
+    (sel,) = placement.selections(gradient(0.0, 1e-3, z=[strong]), rf)
+    assert np.allclose(sel.normal, [0, 0, 1]) and sel.position_m == pytest.approx(200.0 / 4e6)

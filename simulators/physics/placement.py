@@ -60,6 +60,13 @@ OBJECT_BOX = ((0.0, 0.0, 0.25), (0.72, 0.95, 0.93))
 SLAB_3D_M = 0.015
 #: Planes of a 3D slab grid at most (each plane multiplies the tissue classes).
 MAX_SLAB_PLANES = 64
+#: The pulses whose plane is the plane a scan images: excitations, and pulses of undefined use (files
+#: before Pulseq 1.5). Refocusing, inversion, saturation and other pulses (e.g. a Bloch–Siegert pulse far
+#: off resonance) do not move the phantom.
+PLACING_USES = ("e", "u")
+#: A pulse whose slab is thicker than this (m) is non-selective: it covers a whole head (a 3D scan's slab
+#: is 0.2 m at most).
+NON_SELECTIVE_M = 0.2
 #: Planes per slab thickness at least (partitions are usually thinner than the in-plane voxels' pitch).
 SLAB_PLANES_PER_THICKNESS = 16
 #: Extra thickness either side of a 3D slab (fraction of it): the slab profile's transition bands.
@@ -103,8 +110,9 @@ def patient_to_scanner(position: str) -> FloatArray:
 
 
 def selections(gradient: GradientProgram, rf: RFProgram, *, thickness: bool = True) -> list[Selection]:
-    """The plane each RF pulse of a segment selects, in order; pulses played without a gradient (non-
-    selective) or without B1 are left out. ``thickness=False`` skips the pulses' spectra (the thickness is
+    """The plane each excitation of a segment selects, in order (:data:`PLACING_USES`); pulses played without
+    a gradient or under one too weak to select less than a head (:data:`NON_SELECTIVE_M`: a shim's), or without
+    B1, are left out. ``thickness=False`` skips the pulses' spectra (the thickness is
     then 0): enough to tell planes apart, at a fraction of the cost."""
     out = []
     for p in range(rf.n_pulses):
@@ -117,7 +125,7 @@ def selections(gradient: GradientProgram, rf: RFProgram, *, thickness: bool = Tr
 def _selection(gradient: GradientProgram, rf: RFProgram, p: int, thickness: bool) -> Selection | None:
     lo, hi = int(rf.offsets[p]), int(rf.offsets[p + 1])
     b1 = np.asarray(rf.b1_hz[lo:hi])
-    if hi - lo < 2 or not np.any(b1):
+    if hi - lo < 2 or not np.any(b1) or chr(int(rf.use[p])) not in PLACING_USES:
         return None
     t = np.asarray(rf.t_s[lo:hi], np.float64)
     mag = np.abs(b1)
@@ -128,8 +136,14 @@ def _selection(gradient: GradientProgram, rf: RFProgram, p: int, thickness: bool
     strength = float(np.linalg.norm(g))
     if strength < 1.0:  # below 1 Hz/m (0.02 µT/m): no selection
         return None
+    # A pulse's bandwidth is at least about 1 / its duration: if even that selects a slab wider than a
+    # head (a hard pulse under a shim's small static gradient), the pulse excites everything.
+    if 1.0 / (max(float(t[-1] - t[0]), 1e-9) * strength) > NON_SELECTIVE_M:
+        return None
     normal = g / strength
     width = _bandwidth_hz(t, b1) / strength if thickness else 0.0
+    if width > NON_SELECTIVE_M:
+        return None
     return Selection(normal, float(rf.freq_hz[p]) / strength, width, strength, _shape(rf, p))
 
 
