@@ -305,7 +305,26 @@ class Exam:
         self._mpps_set(mpps_state)
         self.doc.update(state=state, closed=now())
         self._journal(state, mpps=self.doc["mpps"]["state"], mpps_message=self.doc["mpps"]["message"])
+        self.write_report()
         return dict(self.doc["mpps"])
+
+    def write_report(self) -> float:
+        """Write ``report.html`` (scanctl.report) for the exam as it stands, journaled with its time (s,
+        returned). A report that cannot be written is journaled with the reason: it never undoes the close."""
+        import time
+
+        from scanctl.report import write_exam_report
+
+        t0 = time.perf_counter()
+        try:
+            path = write_exam_report(self.dir)
+        except (ScanctlError, OSError) as exc:
+            seconds = time.perf_counter() - t0
+            self._journal("report", written=False, message=str(exc), seconds=seconds)
+            return seconds
+        seconds = time.perf_counter() - t0
+        self._journal("report", written=True, path=str(path.relative_to(self.dir)), seconds=seconds)
+        return seconds
 
     # -- MPPS ---------------------------------------------------------------------------------------------------
     def _peer(self) -> Pacs | None:

@@ -360,9 +360,10 @@ class SpinSystem:
         t0 = float(gradient.t0_s)
         if self._t is None:
             self._t = t0
-        mom: Moments | _FrameMoments = Moments(gradient)
+        scanner_mom = Moments(gradient)
+        mom: Moments | _FrameMoments = scanner_mom
         if self._axes_t is not None:
-            mom = _FrameMoments(mom, self._axes_t)
+            mom = _FrameMoments(scanner_mom, self._axes_t)
         # The moment from the states' time to any t of this segment is _m_base + mom(t).
         self._m_base = self._m_pending - mom(t0)
 

@@ -91,12 +91,12 @@ class ReceiveCoil:
         if self.is_body:
             return np.ones((1, *pts.shape[:-1]), np.complex128)
         b = loop_fields(self.centres_m, self.normals, self.loop_radius_m, pts.reshape(-1, 3))  # (N, P, 3)
-        s = (b[..., 0] - 1j * b[..., 1]) / self.norm
+        s = np.asarray((b[..., 0] - 1j * b[..., 1]) / self.norm, dtype=np.complex128)
         return s.reshape(self.channels, *pts.shape[:-1])
 
     def noise_cholesky(self) -> FloatArray:
         """``L`` with ``L Lᵀ`` = the correlation matrix (draws correlated noise from white)."""
-        return np.linalg.cholesky(self.correlation)
+        return np.asarray(np.linalg.cholesky(self.correlation), dtype=np.float64)
 
     def info(self, noise_std: float) -> dict[str, object]:
         """What a raw-data header records: the coil's name, its channels' names and the noise covariance
