@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +94,8 @@ def test_remote_run_writes_what_an_in_process_run_writes(tmp_path, served):
     assert local.outcome == remote.outcome == "completed", remote.message
     assert remote.acquisitions == local.acquisitions == 128
     a, b = read_acquisitions(tmp_path / "remote" / "raw.h5"), read_acquisitions(tmp_path / "local" / "raw.h5")
-    assert a.header == b.header
+    assert a.header.measurement_id != b.header.measurement_id  # two measurements, each its own id
+    assert replace(a.header, measurement_id="") == replace(b.header, measurement_id="")
     assert len(a.acquisitions) == len(b.acquisitions) == 128
     for x, y in zip(a.acquisitions, b.acquisitions, strict=True):
         assert x.index == y.index and x.labels == y.labels
@@ -827,3 +828,32 @@ def test_a_console_that_cannot_write_its_raw_data_aborts_the_scan(tmp_path, segm
     report = failed.value.report
     assert report.outcome == "aborted" and "No space left on device" in report.message
     assert wait_state(segmented.client(), "IDLE")["last_report"]["outcome"] == "aborted"
+
+
+def test_a_reply_that_cannot_be_encoded_is_an_internal_error_at_once(served, monkeypatch):
+    """A bug of the server's (here: a complex scalar in the load reply, as a coil's noise covariance once
+    was) must not leave the console waiting out its timeout (120 s for a load): it gets ``internal``."""
+    from scanctl.services import commands
+
+    monkeypatch.setattr(commands, "header_to_plain", lambda header: {"noise": 1j})
+    client = served.client("console")
+    client.take_control()
+    t0 = time.monotonic()
+    with pytest.raises(CommandError) as caught:
+        client.load(str(GRE))
+    assert caught.value.code == "internal" and "cannot be encoded" in str(caught.value)
+    assert time.monotonic() - t0 < 10.0
+
+
+def test_a_coil_arrays_noise_covariance_reaches_the_consoles_raw_data(tmp_path):
+    s = Served({"rf": "sim://?physics=0&coils=4&noise=1"})
+    try:
+        report = run_remote(s.client("console"), GRE, tmp_path / "remote")
+    finally:
+        s.close()
+    assert report.outcome == "completed", report.message
+    from scanctl.data.rawdata import read_noise_covariance
+
+    assert read_acquisitions(tmp_path / "remote" / "raw.h5").header.channels == 4
+    cov = np.asarray(read_noise_covariance(tmp_path / "remote" / "raw.h5"))
+    assert cov.shape == (4, 4) and np.allclose(cov, cov.conj().T) and (np.diag(cov).real > 0).all()

@@ -29,7 +29,7 @@ from scanctl.hw.interfaces import Acquisitions
 from scanctl.services.run_store import MAX_CHUNK_BYTES
 from scanctl.transport import schema
 from scanctl.transport.acquisitions import pack_acquisitions
-from scanctl.transport.wire import Message
+from scanctl.transport.wire import Message, to_plain
 
 if TYPE_CHECKING:
     from scanctl.services.server import ControlServer
@@ -281,7 +281,17 @@ def load(server: ControlServer, client: str, msg: Message) -> dict[str, Any]:
             raise ConfigError(str(exc).replace(str(source), f"{source_name} (uploaded)")) from None
     info = server.keep_loaded(source_name, loaded)
     return {"state": scanner.state.name, "check": loaded.check, "sequence_text": loaded.sequence_text.decode("utf-8"),
-            "header_xml": loaded.header.to_xml(), "header": loaded.header, **info}
+            "header_xml": loaded.header.to_xml(), "header": header_to_plain(loaded.header), **info}
+
+
+def header_to_plain(header: Any) -> dict[str, Any]:
+    """A raw data header as a ``load`` reply carries it: its fields, the complex noise covariance as a
+    complex array (the wire has no complex scalars; :func:`scanctl.services.remote_run.header_from_plain`
+    turns it back)."""
+    plain: dict[str, Any] = to_plain(header)
+    if header.noise_covariance is not None:
+        plain["noise_covariance"] = np.asarray(header.noise_covariance, dtype=np.complex128)
+    return plain
 
 
 def play(server: ControlServer, client: str, msg: Message) -> dict[str, Any]:

@@ -36,6 +36,10 @@ def header_from_plain(plain: dict[str, Any]) -> Any:
         if isinstance(values.get(key), list):
             values[key] = tuple(values[key])
     values["limits"] = {k: EncodingLimit(**v) for k, v in values.get("limits", {}).items()}
+    if isinstance(values.get("coil_names"), list):
+        values["coil_names"] = tuple(values["coil_names"])
+    if values.get("noise_covariance") is not None:  # a complex array (scanctl.services.commands.header_to_plain)
+        values["noise_covariance"] = tuple(tuple(complex(v) for v in row) for row in values["noise_covariance"])
     try:
         return RawHeader(**values)
     except TypeError as exc:

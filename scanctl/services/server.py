@@ -387,7 +387,11 @@ class ControlServer:
         try:
             frames = [bytes(frame) for frame in encode(msg)]
         except WireProtocolError as exc:
+            # A bug of ours, never the client's: it gets an internal error at once instead of waiting out
+            # its timeout for a reply that will never come.
             log.error("%s: reply to %s cannot be encoded: %s", self.name, msg.re, exc)
+            error = error_reply(msg.re, "internal", f"the reply cannot be encoded: {exc}", src=self.name)
+            self._send_frames(identity, [bytes(frame) for frame in encode(error)])
             return None
         self._send_frames(identity, frames)
         return frames
