@@ -186,7 +186,8 @@ def test_ctrl_c_aborts_an_in_process_scan_and_still_writes_its_report_and_image(
     # Three averages: 4.3 s of wall-clock time, so a Ctrl-C 0.4 s in lands mid-scan even on a loaded machine.
     long_gre = tmp_path / "gre_2d.toml"
     long_gre.write_text(GRE.read_text().replace("averages = 1", "averages = 3"))
-    proc = subprocess.Popen([sys.executable, "-m", "scanctl", "-v", "run", str(long_gre), "--out", str(out), *PACED],
+    proc = subprocess.Popen([sys.executable, "-m", "scanctl", "-v", "run", str(long_gre), "--out", str(out), *PACED,
+                             "--no-prescan"],  # the scan itself is what Ctrl-C must interrupt here
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
