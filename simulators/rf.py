@@ -39,7 +39,10 @@ Where the object is: the Shepp–Logan phantom sits in patient coordinates, mapp
 says which plane it images (``physics/placement.py``): a transverse slice at the isocentre sees the 2D
 default phantom; any other slice (off-centre, sagittal, coronal, oblique) a grid laid on that plane; a slab
 thicker than 15 mm a 3D grid through it; the slices of a multi-slice scan (the same pulse at other carrier
-offsets in the segments queued with the first) a stack of slabs through them (docs/phantom.md).
+offsets in the segments queued with the first) a stack of slabs through them. An excitation of a plane none
+of these covers (a three-plane localizer's other orientations, a slice first excited later) poses a spin
+system of its own there; each system plays its excitations and the pulses and windows after them, and every
+segment's gradients (docs/phantom.md).
 
 URL: ``sim://?noise=20&b0=0&phantom=shepp_logan&matrix=128&fov=0.256&physics=1&coils=8`` — see ``OPTIONS``
 (``fov``: the phantom's field of view in m; a scan's scene sets it to the sequence's).
@@ -327,6 +330,13 @@ class SimulatedRF(SimulatedSequencer):
 
         if self._spins is None:
             return None
+        if rf.n_pulses and any(self.b0_gradient_hz_per_m):
+            # The plane a pulse selects is where the field's gradient puts its carrier: the program's (shims
+            # included) and the magnet's own inhomogeneity, as the spins see them (a shim that cancels it
+            # leaves the slice where the sequence put it).
+            from scanctl.simulators.physics.bloch import with_static_gradient
+
+            gradient = with_static_gradient(gradient, self.b0_gradient_hz_per_m)
         if rf.n_pulses and self._awaiting_plane:
             self._awaiting_plane = False
             if self.phantom_name == "shepp_logan":  # a phantom file is imaged where it is
