@@ -330,13 +330,8 @@ class SimulatedRF(SimulatedSequencer):
 
         if self._spins is None:
             return None
-        if rf.n_pulses and any(self.b0_gradient_hz_per_m):
-            # The plane a pulse selects is where the field's gradient puts its carrier: the program's (shims
-            # included) and the magnet's own inhomogeneity, as the spins see them (a shim that cancels it
-            # leaves the slice where the sequence put it).
-            from scanctl.simulators.physics.bloch import with_static_gradient
-
-            gradient = with_static_gradient(gradient, self.b0_gradient_hz_per_m)
+        if rf.n_pulses:
+            gradient = self._field_gradient(gradient)
         if rf.n_pulses and self._awaiting_plane:
             self._awaiting_plane = False
             if self.phantom_name == "shepp_logan":  # a phantom file is imaged where it is
@@ -352,6 +347,16 @@ class SimulatedRF(SimulatedSequencer):
             return None
         return [(planes.spins, [p for p, o in enumerate(pulse_owner) if o == g],
                  [w for w, o in enumerate(window_owner) if o == g]) for g, planes in enumerate(self._planes)]
+
+    def _field_gradient(self, gradient: GradientProgram) -> GradientProgram:
+        """The gradient that decides which plane a pulse selects: the program's (shims included) and the
+        magnet's own linear inhomogeneity (``b0_grad``), as the spins see them (a shim that cancels it leaves
+        the slice where the sequence put it)."""
+        if not any(self.b0_gradient_hz_per_m):
+            return gradient
+        from scanctl.simulators.physics.bloch import with_static_gradient
+
+        return with_static_gradient(gradient, self.b0_gradient_hz_per_m)
 
     def _owners(self, gradient: GradientProgram, rf: RFProgram, adc: ADCProgram) -> tuple[list[int], list[int]]:
         """The posed system (index into ``self._planes``) of each pulse and each window of the segment, posing
@@ -387,7 +392,8 @@ class SimulatedRF(SimulatedSequencer):
         later = placement.pulses_of(rf, [q for q in range(rf.n_pulses) if rf.start_s[q] >= rf.start_s[p]])
         queued = [program for program, _ in self._queue]
         peek = getattr(self._world, "peek_gradient", None)  # the queued segments' gradients, where known
-        gradients = [gradient, *(peek(program.t0_s) if peek else None for program in queued)]
+        ahead = [peek(program.t0_s) if peek else None for program in queued]
+        gradients = [gradient, *(None if g is None else self._field_gradient(g) for g in ahead)]
         positions = placement.stack_positions(first, [later, *queued], gradients)
         spins, positions = self._spins_for(first, positions)
         if self._planes:
@@ -403,24 +409,24 @@ class SimulatedRF(SimulatedSequencer):
         from scanctl.simulators.physics import placement
 
         to_scanner = self._to_scanner()
+        if len(positions) > 1 and placement.stack_planes(first, positions) is None:
+            log.warning("rf: the scan selects %d planes along %s (%s mm) that are not one stack of thin, evenly "
+                        "spaced slices: each is posed on its own when first excited", len(positions),
+                        np.round(first.normal, 3).tolist(), ", ".join(f"{p * 1e3:.2f}" for p in positions))
+            positions = [first.position_m]
         if len(positions) == 1 and placement.is_default(first, to_scanner):
             return self._base_spins, positions
+        # The key names what the system images (the planes it covers), so that a hit is that very plane.
         key = (*np.round(first.normal, 6).tolist(), *np.round(positions, 6).tolist(), round(first.thickness_m, 4))
         hit = self._posed.get(key)
         if hit is not None:
             hit[0].reset()
             return hit
-        phantom, isochromats = None, None
+        isochromats = None
         if len(positions) > 1:
             phantom = placement.stacked_phantom(first, positions, self.matrix, self.fov_m, self.b0_t, to_scanner)
-            if phantom is None:
-                log.warning("rf: the scan selects %d planes along %s (%s mm) that are not one stack of thin, "
-                            "evenly spaced slices: each is posed on its own when first excited", len(positions),
-                            np.round(first.normal, 3).tolist(), ", ".join(f"{p * 1e3:.2f}" for p in positions))
-                positions = [first.position_m]
-            else:
-                isochromats = self.isochromats or placement.STACK_ISOCHROMATS
-        if phantom is None:
+            isochromats = self.isochromats or placement.STACK_ISOCHROMATS
+        else:
             phantom = placement.posed_phantom(first, self.matrix, self.fov_m, self.b0_t, to_scanner)
         spins = self._make_spins(phantom, isochromats)
         log.info("rf: imaging %s", phantom.source)

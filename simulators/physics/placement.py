@@ -249,14 +249,11 @@ def stacked_phantom(sel: Selection, positions: list[float], n: int, fov_m: float
     thicker than :data:`SLAB_3D_M`, or the stack would need more than :data:`MAX_STACK_PLANES` planes.
     Raises :class:`ConfigError` for a non-positive size."""
     _check_size(n, fov_m)
+    planes = stack_planes(sel, positions)
+    if planes is None:
+        return None
     pos = np.sort(np.asarray(positions, np.float64))
-    if pos.size < 2 or sel.thickness_m > SLAB_3D_M:
-        return None
     spacing = float(np.min(np.diff(pos)))
-    steps = (pos - pos[0]) / spacing
-    if np.abs(steps - np.round(steps)).max() > 1e-3 or round(float(steps[-1])) + 1 > MAX_STACK_PLANES:
-        return None
-    planes = round(float(steps[-1])) + 1
     # The grid's planes run up its own z (the frame's slice direction, +-normal); plane nz // 2 sits at
     # its origin: counted from the lowest position along the normal, or from the highest if z = -normal.
     up = float(np.dot(frame(sel, to_scanner)[:, 2], sel.normal)) >= 0
@@ -266,6 +263,21 @@ def stacked_phantom(sel: Selection, positions: list[float], n: int, fov_m: float
     return _sampled(sel, centre, w, (d, d, spacing), n, fov_m, b0_t, to_scanner,
                     f"on {planes} slabs along {np.round(sel.normal, 4).tolist()} from {pos[0] * 1e3:.2f} to "
                     f"{pos[-1] * 1e3:.2f} mm")
+
+
+def stack_planes(sel: Selection, positions: list[float]) -> int | None:
+    """How many planes a stack of 2D slabs through ``positions`` (m along ``sel.normal``) takes (every plane
+    between them on their spacing included), or None when they are no such stack (:func:`stacked_phantom`):
+    fewer than two, slices thicker than :data:`SLAB_3D_M`, not on one even spacing, or more than
+    :data:`MAX_STACK_PLANES` planes."""
+    pos = np.sort(np.asarray(positions, np.float64))
+    if pos.size < 2 or sel.thickness_m > SLAB_3D_M:
+        return None
+    spacing = float(np.min(np.diff(pos)))
+    steps = (pos - pos[0]) / spacing
+    if np.abs(steps - np.round(steps)).max() > 1e-3 or round(float(steps[-1])) + 1 > MAX_STACK_PLANES:
+        return None
+    return round(float(steps[-1])) + 1
 
 
 def _check_size(n: int, fov_m: float) -> None:
