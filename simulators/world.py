@@ -75,6 +75,11 @@ class World:
         with self._mutex:
             return self._gradients.pop(t0_s, None)
 
+    def peek_gradient(self, t0_s: float) -> GradientProgram | None:
+        """The gradient program that starts at ``t0_s`` if it is here already, left in the world (no wait)."""
+        with self._mutex:
+            return self._gradients.get(t0_s)
+
     def clear(self) -> None:
         with self._mutex:
             self._gradients.clear()
@@ -260,6 +265,12 @@ class WorldReceiver:
             if program is None and not self._heard:
                 self._starved = True
             return program
+
+    def peek_gradient(self, t0_s: float) -> GradientProgram | None:
+        """The gradient program that starts at ``t0_s`` if it has arrived, left here (no wait)."""
+        with self._mutex:
+            self._drain()
+            return self._gradients.get(t0_s)
 
     def _drain(self) -> None:
         """Apply everything that has arrived, in order."""

@@ -101,6 +101,11 @@ MAX_SPLIT_CLASSES = 4096
 #: Width of the off-resonance bins that split tissue classes (Hz): inside a bin the RF rotation uses the
 #: bin's mean, a phase error below 2π x 2.5 Hz x 2 ms = 0.03 rad over half of a 4 ms pulse.
 RF_B0_BIN_HZ = 5.0
+#: An RF pulse's sample times are taken relative to its start on this grid (s): absolute times late in a scan
+#: carry float noise (2e-16 s at 1.5 s, 2e-10 of a 1 µs raster) that made a repeated pulse's intervals and
+#: carrier phase differ in the last digits, so the pulse cache composed it again (0.2x real time for
+#: protocols/gre_oblique.toml).
+RF_TIME_GRID_S = 1e-12
 #: Nodes per grid axis at which receive sensitivities are computed (interpolated linearly between).
 SENSITIVITY_NODES = 33
 #: The most classes the off-resonance bins may make before the bins are widened (work grows with classes).
@@ -426,20 +431,22 @@ class SpinSystem:
     # ------------------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _pulse_intervals(rf: RFProgram, p: int) -> tuple[FloatArray, ComplexArray, int, float] | None:
-        """``(edges, b1, n_samples, centre)`` of pulse ``p``: each sample lasts one raster around its time
+    def _pulse_intervals(rf: RFProgram, p: int) -> tuple[FloatArray, ComplexArray, int, float, FloatArray] | None:
+        """``(edges, b1, n_samples, centre, dt)`` of pulse ``p``: each sample lasts one raster around its time
         (clipped halfway to a closer neighbour); gaps between samples are intervals without B1; ``b1``
-        includes the carrier offset. None for a pulse without B1 (nothing but free precession)."""
+        includes the carrier offset; ``dt`` the intervals' durations (s, from the times relative to the
+        pulse's start on :data:`RF_TIME_GRID_S`). None for a pulse without B1 (nothing but free precession)."""
         lo, hi = int(rf.offsets[p]), int(rf.offsets[p + 1])
         b1 = rf.b1_hz[lo:hi]
         if hi == lo or not np.any(b1):
             return None
-        t = rf.t_s[lo:hi]
+        t0 = float(rf.start_s[p])
+        t = np.round((rf.t_s[lo:hi] - t0) / RF_TIME_GRID_S) * RF_TIME_GRID_S  # from the start: the same each repeat
         half = 0.5 * rf.raster_s
         mid = 0.5 * (t[1:] + t[:-1])
         start = np.maximum(t - half, np.concatenate(([-np.inf], mid)))
         end = np.minimum(t + half, np.concatenate((mid, [np.inf])))
-        b1 = b1 * np.exp(2j * np.pi * rf.freq_hz[p] * (t - rf.start_s[p]))
+        b1 = b1 * np.exp(2j * np.pi * rf.freq_hz[p] * t)
         gap = start[1:] > end[:-1] + 1e-12
         if gap.any():
             edges = np.sort(np.concatenate((start, end[-1:], end[:-1][gap])))
@@ -451,12 +458,12 @@ class SpinSystem:
         # The centre: where |B1| peaks (the middle of a plateau), as Pulseq defines an RF pulse's centre.
         mag = np.abs(b1)
         peak = t[mag >= 0.999 * mag.max()]
-        centre = 0.5 * (float(peak[0]) + float(peak[-1]))
-        return edges, iv_b1, hi - lo, centre
+        centre = t0 + 0.5 * (float(peak[0]) + float(peak[-1]))
+        return t0 + edges, iv_b1, hi - lo, centre, np.diff(edges)
 
-    def _pulse(self, intervals: tuple[FloatArray, ComplexArray, int, float], mom: Moments | _FrameMoments) -> None:
-        edges, iv_b1, n_samples, centre = intervals
-        dt = np.diff(edges)
+    def _pulse(self, intervals: tuple[FloatArray, ComplexArray, int, float, FloatArray],
+               mom: Moments | _FrameMoments) -> None:
+        edges, iv_b1, n_samples, centre, dt = intervals
         m_edges = mom(edges)  # (3, intervals + 1)
         in_plane = self._in_plane_selection(m_edges[:2])
         dm = np.diff(m_edges, axis=1).T  # (intervals, 3)

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scanctl.errors import ConfigError
-from scanctl.hw.program import GradientProgram, RFProgram
+from scanctl.hw.program import ADCProgram, GradientProgram, RFProgram
 
 from .phantom import DEFAULT_SLAB_M, Phantom, shepp_logan, shepp_logan_at
 
@@ -114,12 +114,18 @@ def selections(gradient: GradientProgram, rf: RFProgram, *, thickness: bool = Tr
     a gradient or under one too weak to select less than a head (:data:`NON_SELECTIVE_M`: a shim's), or without
     B1, are left out. ``thickness=False`` skips the pulses' spectra (the thickness is
     then 0): enough to tell planes apart, at a fraction of the cost."""
-    out = []
-    for p in range(rf.n_pulses):
-        sel = _selection(gradient, rf, p, thickness)
-        if sel is not None:
-            out.append(sel)
-    return out
+    return [sel for sel in pulse_selections(gradient, rf, thickness=thickness) if sel is not None]
+
+
+def pulse_selections(gradient: GradientProgram, rf: RFProgram, *, thickness: bool = True) -> list[Selection | None]:
+    """The plane each pulse of a segment selects, pulse by pulse (None for a pulse that is no selective
+    excitation, as :func:`selections` leaves out)."""
+    return [_selection(gradient, rf, p, thickness) for p in range(rf.n_pulses)]
+
+
+def selection_of(gradient: GradientProgram, rf: RFProgram, p: int) -> Selection | None:
+    """The plane pulse ``p`` of a segment selects, with its thickness (None as in :func:`selections`)."""
+    return _selection(gradient, rf, p, True)
 
 
 def _selection(gradient: GradientProgram, rf: RFProgram, p: int, thickness: bool) -> Selection | None:
@@ -152,16 +158,27 @@ def _shape(rf: RFProgram, p: int) -> tuple[int, float]:
     return hi - lo, round(float(np.abs(rf.b1_hz[lo:hi]).max(initial=0.0)), 6)
 
 
-def stack_positions(first: Selection, programs: list[RFProgram]) -> list[float]:
+def stack_positions(first: Selection, programs: list[RFProgram],
+                    gradients: list[GradientProgram | None] | None = None) -> list[float]:
     """The planes (positions along ``first.normal``, m, sorted) that the pulses of ``programs`` of the same
-    shape as ``first``'s select, assuming the same slice-select gradient (a multi-slice scan plays one
-    pulse at the carrier offset of each slice): ``first.position_m`` and every other carrier offset over
-    the gradient's strength, positions within :data:`SAME_POSITION_M` merged."""
+    shape as ``first``'s select (a multi-slice scan plays one pulse at the carrier offset of each slice):
+    ``first.position_m`` and the others, positions within :data:`SAME_POSITION_M` merged. A program whose
+    gradients are known (``gradients[i]``, the segment's; None: not known) gives the planes its pulses select
+    along ``first.normal`` (a pulse selecting another orientation is left out: a localizer's other planes);
+    one whose gradients are not known, the carrier offsets over ``first``'s gradient strength (the same
+    slice-select gradient assumed)."""
     found = [first.position_m]
-    for rf in programs:
+    for rf, gradient in zip(programs, gradients or [None] * len(programs), strict=True):
         for p in range(rf.n_pulses):
-            if _shape(rf, p) == first.shape:
+            if _shape(rf, p) != first.shape:
+                continue
+            if gradient is None:
                 found.append(float(rf.freq_hz[p]) / first.strength_hz_per_m)
+                continue
+            sel = _selection(gradient, rf, p, False)
+            cos = float(np.dot(sel.normal, first.normal)) if sel is not None else 0.0
+            if abs(cos) >= SAME_NORMAL:
+                found.append(math.copysign(1.0, cos) * sel.position_m)  # type: ignore[union-attr]
     out: list[float] = []
     for pos in sorted(found):
         if not out or pos - out[-1] > SAME_POSITION_M:
@@ -232,14 +249,11 @@ def stacked_phantom(sel: Selection, positions: list[float], n: int, fov_m: float
     thicker than :data:`SLAB_3D_M`, or the stack would need more than :data:`MAX_STACK_PLANES` planes.
     Raises :class:`ConfigError` for a non-positive size."""
     _check_size(n, fov_m)
+    planes = stack_planes(sel, positions)
+    if planes is None:
+        return None
     pos = np.sort(np.asarray(positions, np.float64))
-    if pos.size < 2 or sel.thickness_m > SLAB_3D_M:
-        return None
     spacing = float(np.min(np.diff(pos)))
-    steps = (pos - pos[0]) / spacing
-    if np.abs(steps - np.round(steps)).max() > 1e-3 or round(float(steps[-1])) + 1 > MAX_STACK_PLANES:
-        return None
-    planes = round(float(steps[-1])) + 1
     # The grid's planes run up its own z (the frame's slice direction, +-normal); plane nz // 2 sits at
     # its origin: counted from the lowest position along the normal, or from the highest if z = -normal.
     up = float(np.dot(frame(sel, to_scanner)[:, 2], sel.normal)) >= 0
@@ -249,6 +263,21 @@ def stacked_phantom(sel: Selection, positions: list[float], n: int, fov_m: float
     return _sampled(sel, centre, w, (d, d, spacing), n, fov_m, b0_t, to_scanner,
                     f"on {planes} slabs along {np.round(sel.normal, 4).tolist()} from {pos[0] * 1e3:.2f} to "
                     f"{pos[-1] * 1e3:.2f} mm")
+
+
+def stack_planes(sel: Selection, positions: list[float]) -> int | None:
+    """How many planes a stack of 2D slabs through ``positions`` (m along ``sel.normal``) takes (every plane
+    between them on their spacing included), or None when they are no such stack (:func:`stacked_phantom`):
+    fewer than two, slices thicker than :data:`SLAB_3D_M`, not on one even spacing, or more than
+    :data:`MAX_STACK_PLANES` planes."""
+    pos = np.sort(np.asarray(positions, np.float64))
+    if pos.size < 2 or sel.thickness_m > SLAB_3D_M:
+        return None
+    spacing = float(np.min(np.diff(pos)))
+    steps = (pos - pos[0]) / spacing
+    if np.abs(steps - np.round(steps)).max() > 1e-3 or round(float(steps[-1])) + 1 > MAX_STACK_PLANES:
+        return None
+    return round(float(steps[-1])) + 1
 
 
 def _check_size(n: int, fov_m: float) -> None:
@@ -297,3 +326,23 @@ def _lattice(n: int, d: float, half_extent_m: float) -> FloatArray:
 def default_phantom(n: int, fov_m: float, b0_t: float) -> Phantom:
     """The 2D default (:func:`~.phantom.shepp_logan`): what a transverse slice at the isocentre images."""
     return shepp_logan(n, fov_m=fov_m, b0_t=b0_t)
+
+
+def pulses_of(rf: RFProgram, pulses: list[int]) -> RFProgram:
+    """The segment's RF program with only ``pulses`` (indices, in order): what one plane's spin system
+    plays when the segment's pulses excite several planes (same span, raster and sample times)."""
+    idx = np.asarray(pulses, np.int64)
+    counts = np.diff(rf.offsets)[idx] if idx.size else np.zeros(0, np.int64)
+    samples = (np.concatenate([np.arange(rf.offsets[p], rf.offsets[p + 1]) for p in idx.tolist()])
+               if idx.size else np.zeros(0, np.int64))
+    offsets = np.concatenate(([0], np.cumsum(counts))).astype(rf.offsets.dtype)
+    return RFProgram(rf.t0_s, rf.t1_s, rf.raster_s, rf.start_s[idx], offsets, rf.t_s[samples], rf.b1_hz[samples],
+                     rf.freq_hz[idx], rf.use[idx], rf.block[idx])
+
+
+def windows_of(adc: ADCProgram, windows: list[int]) -> ADCProgram:
+    """The segment's ADC program with only ``windows`` (indices, in order)."""
+    idx = np.asarray(windows, np.int64)
+    return ADCProgram(adc.t0_s, adc.t1_s, adc.start_s[idx], adc.num_samples[idx], adc.dwell_s[idx],
+                      adc.freq_hz[idx], adc.phase_rad[idx], adc.block[idx], adc.index[idx],
+                      {name: column[idx] for name, column in adc.labels.items()})
