@@ -120,7 +120,8 @@ def timed(cmd: list[str], timeout_s: float | None = None) -> tuple[subprocess.Co
 
 def scanctl_run(source: Path, out: Path, n: int) -> tuple[dict[str, object], float, float, float]:
     """``scanctl run SOURCE`` (phantom grid ``n``) as its own process; its report, wall, CPU and peak MB."""
-    cmd = [sys.executable, "-m", "scanctl.cli", "run", str(source), "--out", str(out), "--rf", f"sim://?matrix={n}"]
+    cmd = [sys.executable, "-m", "scanctl.cli", "run", str(source), "--out", str(out), "--rf", f"sim://?matrix={n}",
+           "--no-prescan"]  # the sequence alone, as MRzeroCore simulates it
     done, wall, cpu, peak = timed(cmd)
     if done.returncode != 0:
         raise CaseError(f"{source.name}: scanctl run exited {done.returncode}: {done.stderr.strip()[-2000:]}")

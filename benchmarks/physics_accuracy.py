@@ -78,7 +78,7 @@ def gre_2d(tmp: Path) -> None:
     protocol = tmp / "gre_2d.toml"
     protocol.write_text((ROOT / "protocols" / "gre_2d.toml").read_text() + "\n[acquisition]\nnoise_std = 0.0\n")
     t = time.perf_counter()
-    if scanctl_main(["run", str(protocol), "--out", str(tmp / "gre")]) != 0:
+    if scanctl_main(["run", str(protocol), "--out", str(tmp / "gre"), "--no-prescan"]) != 0:
         raise SystemExit("scanctl run failed")
     run_s = time.perf_counter() - t
     phantom = shepp_logan(128)

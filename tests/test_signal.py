@@ -209,3 +209,21 @@ def test_bench_physics_against_mrzero() -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = json.loads(proc.stdout.strip().splitlines()[-1])["results"]
     assert row["mrzero_wall_s"] > 0 and row["speedup"] == pytest.approx(row["mrzero_wall_s"] / row["wall_s"])
+
+
+@pytest.mark.parametrize("beyond", [-2e-4, 2e-4])
+def test_the_band_edge_line_survives_a_hair_of_extra_moment(beyond):
+    """A scan whose grid equals the phantom's samples its first line at k = -1/(2 voxel): a shim's static
+    gradient or Pulseq's rounding moves it a hair outside, and the line must not vanish (it was zeroed: the
+    prescan's 8 Hz/m shim made one k-space line of gre_2d zero)."""
+    from tests.test_bloch import adc_program, block_pulse, gradient, rf_program
+
+    n, fov = 16, 0.256
+    spins = SpinSystem(shepp_logan(n, fov_m=fov))
+    edge = -0.5 * n / fov * (1 + beyond)  # 1/m: the band's edge, a hair inside or outside
+    area_t = 1e-3  # a constant gradient from t = 1 ms reaches the edge at t = 2 ms
+    g = edge / area_t
+    grad = gradient(0.0, 3e-3, x=[(np.array([1e-3, 2e-3, 2e-3 + 1e-9]), np.array([g, g, 0.0]))])
+    out = spins.play(grad, rf_program(0.0, 3e-3, [block_pulse(0.0, np.pi / 2)]),
+                     adc_program(0.0, 3e-3, [(2.2e-3, 4, 10e-6, 0.0, 0.0)]))[0]
+    assert np.abs(out).min() > 0.0

@@ -54,8 +54,10 @@ FloatArray = npt.NDArray[np.float64]
 ComplexArray = npt.NDArray[np.complex128]
 AnyComplexArray = npt.NDArray[np.complexfloating[Any, Any]]  # the phase graph's amplitudes: complex64
 
-#: A state counts as inside a voxel's band while |moment| * voxel size <= 0.5 (+ rounding slack).
-BAND = 0.5 + 1e-9
+#: A state counts as inside a voxel's band while |moment| * voxel size <= 0.5, with a slack of 1e-3 of the
+#: band: the edge line of a scan whose grid equals the phantom's (k = -1/(2 voxel)) must not vanish when a
+#: shim's small static gradient or Pulseq's rounding moves it a hair outside (it did: a zero line).
+BAND = 0.5 + 1e-3
 #: Taylor series in time for off-resonance inside a class: largest argument per chunk, error bound.
 _TAYLOR_MAX_ARG = 1.0
 _TAYLOR_TOL = 1e-7
