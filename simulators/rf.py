@@ -356,7 +356,8 @@ class SimulatedRF(SimulatedSequencer):
             return gradient
         from scanctl.simulators.physics.bloch import with_static_gradient
 
-        return with_static_gradient(gradient, self.b0_gradient_hz_per_m)
+        gx, gy, gz = self.b0_gradient_hz_per_m
+        return with_static_gradient(gradient, (gx, gy, gz))
 
     def _owners(self, gradient: GradientProgram, rf: RFProgram, adc: ADCProgram) -> tuple[list[int], list[int]]:
         """The posed system (index into ``self._planes``) of each pulse and each window of the segment, posing
@@ -428,6 +429,7 @@ class SimulatedRF(SimulatedSequencer):
             isochromats = self.isochromats or placement.STACK_ISOCHROMATS
         else:
             phantom = placement.posed_phantom(first, self.matrix, self.fov_m, self.b0_t, to_scanner)
+        assert phantom is not None  # a stack that passed stack_planes, or a single plane, is always posed
         spins = self._make_spins(phantom, isochromats)
         log.info("rf: imaging %s", phantom.source)
         if len(self._posed) >= MAX_POSED:

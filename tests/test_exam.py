@@ -157,7 +157,9 @@ def test_the_queue_runs_skips_repeats_appends_and_journals_every_step(tmp_path, 
     assert [s["status"] for s in doc["steps"]] == ["done", "done", "skipped", "done"]
     assert journal_events(exam_dir) == [
         "opened", "step_started", "step_ended", "dicom_written", "repeated", "appended", "skipped",
-        "step_started", "step_ended", "dicom_written", "step_started", "step_ended", "dicom_written", "closed"]
+        "step_started", "step_ended", "dicom_written", "step_started", "step_ended", "dicom_written", "closed",
+        "report"]
+    assert doc["journal"][-1]["written"] and "Exam" in (exam_dir / "report.html").read_text()  # closing reports
     for step in doc["steps"]:  # every run's files where the contract says
         if step["run_dir"]:
             report = json.loads((exam_dir / step["run_dir"] / "report.json").read_text())
@@ -439,7 +441,7 @@ def test_a_pacs_that_is_down_keeps_every_file_and_says_so(tmp_path, port, capsys
     assert doc["state"] == "closed"  # closed, and it says the series is not stored
     series = doc["steps"][0]["dicom"]
     assert series["stored"] is False and "cannot be reached" in series["store_message"]
-    assert journal_events(exam_dir)[-2:] == ["store_failed", "closed"]
+    assert journal_events(exam_dir)[-3:] == ["store_failed", "closed", "report"]
     assert (exam_dir / "dicom" / "01-localizer" / "IMG0001.dcm").is_file()
 
 

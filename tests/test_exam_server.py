@@ -86,7 +86,7 @@ def test_an_exam_over_zeromq_with_its_events_and_mpps(served, tmp_path):
             if msg.stream == "exam":
                 events.append(msg.body["event"])
         assert events == ["opened", "appended", "skipped", "mpps", "step_started", "step_ended", "dicom_written",
-                          "step_started", "step_ended", "dicom_written", "mpps", "closed"]
+                          "step_started", "step_ended", "dicom_written", "mpps", "closed", "report"]
         doc = record.read(exam_dir)
         assert [s["status"] for s in doc["steps"]] == ["done", "skipped", "done"]
         report = json.loads((exam_dir / "runs" / "01-localizer" / "report.json").read_text())

@@ -13,11 +13,11 @@ from hypothesis import assume, event, given, settings
 from hypothesis.extra import numpy as hnp
 
 from scanctl.errors import WireProtocolError
-from scanctl.transport.values import VERSION
 from scanctl.hw.interfaces import Acquisition, AcquisitionBatch, Status, SubsystemState
 from scanctl.hw.program import GradientProgram
 from scanctl.transport.acquisitions import pack_acquisitions, unpack_acquisitions
 from scanctl.transport.batch import Group, encode_batch, unbatch
+from scanctl.transport.values import VERSION
 from scanctl.transport.wire import (
     Message,
     decode,

@@ -41,5 +41,6 @@ def before_run(scanner: Any, seq: Sequence, protocol: Any, patient_weight_kg: fl
     if not isinstance(scanner.rf, RFAdjustments):
         return {"skipped": "the RF system offers no adjustments"}
     steps = steps_for(seq, protocol, channels=int(getattr(scanner.rf, "channels", 1)))
-    result = Prescan(scanner, patient_weight_kg=patient_weight_kg, mode=mode).run(steps)
+    table_mm = float(getattr(protocol, "table_position_mm", 0.0) or 0.0)  # where the scan will image
+    result = Prescan(scanner, patient_weight_kg=patient_weight_kg, mode=mode, table_position_mm=table_mm).run(steps)
     return {"steps_run": list(steps), **result.to_json()}

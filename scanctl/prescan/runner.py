@@ -124,13 +124,15 @@ class Prescan:
     has :class:`RFAdjustments` and gradient system :class:`ShimSystem`, for the patient (``patient_weight_kg``,
     ``mode``, as any scan)."""
 
-    def __init__(self, scanner: Any, *, patient_weight_kg: float | None = None, mode: str = "normal") -> None:
+    def __init__(self, scanner: Any, *, patient_weight_kg: float | None = None, mode: str = "normal",
+                 table_position_mm: float = 0.0) -> None:
         if not isinstance(scanner.rf, RFAdjustments):
             raise ConfigError("the RF system offers no adjustments (frequency, transmit scale, gain): no prescan")
         self.scanner = scanner
         self.profile: SystemProfile = scanner.profile
         self.patient_weight_kg = patient_weight_kg
         self.mode = mode
+        self.table_position_mm = table_position_mm  # adjust where the scan images: the patient loads the coil there
         self.sequence_s = 0.0
         self._step_sequence_s = 0.0
 
@@ -153,7 +155,7 @@ class Prescan:
             raise CalibrationRefused(f"{played.kind}: {exc}") from None
         acquisitions: list[Any] = []
         result = self.scanner.run(on_acquisitions=acquisitions.extend, patient_weight_kg=self.patient_weight_kg,
-                                  mode=self.mode)
+                                  mode=self.mode, table_position_mm=self.table_position_mm)
         self.sequence_s += played.seq.duration_s
         self._step_sequence_s += played.seq.duration_s
         if result.outcome != "completed":

@@ -234,7 +234,7 @@ def posed_phantom(sel: Selection, n: int, fov_m: float, b0_t: float, to_scanner:
         pitch = min(d, sel.thickness_m / SLAB_PLANES_PER_THICKNESS)  # finer than the partitions may be
         planes = min(MAX_SLAB_PLANES, max(2, int(math.ceil(span / pitch))))
         dz = span / planes
-        w = (np.arange(planes) - planes // 2) * dz
+        w = (np.arange(planes, dtype=np.float64) - planes // 2) * dz
         voxel = (d, d, dz)
     return _sampled(sel, sel.position_m, w, voxel, n, fov_m, b0_t, to_scanner,
                     f"on the plane {np.round(sel.normal, 4).tolist()} at {sel.position_m * 1e3:.2f} mm")
@@ -258,7 +258,7 @@ def stacked_phantom(sel: Selection, positions: list[float], n: int, fov_m: float
     # its origin: counted from the lowest position along the normal, or from the highest if z = -normal.
     up = float(np.dot(frame(sel, to_scanner)[:, 2], sel.normal)) >= 0
     centre = float(pos[0]) + (planes // 2 if up else planes - 1 - planes // 2) * spacing
-    w = (np.arange(planes) - planes // 2) * spacing
+    w = (np.arange(planes, dtype=np.float64) - planes // 2) * spacing
     d = fov_m / n
     return _sampled(sel, centre, w, (d, d, spacing), n, fov_m, b0_t, to_scanner,
                     f"on {planes} slabs along {np.round(sel.normal, 4).tolist()} from {pos[0] * 1e3:.2f} to "
@@ -320,7 +320,7 @@ def _half_extent(axis: FloatArray, fov_m: float, to_scanner: FloatArray) -> floa
 def _lattice(n: int, d: float, half_extent_m: float) -> FloatArray:
     """Positions ``(i - m//2)·d``, ``m`` >= ``n``, covering ``±half_extent_m`` (m)."""
     m = max(n, 2 * int(math.ceil(half_extent_m / d + 0.5)))
-    return (np.arange(m) - m // 2) * d
+    return (np.arange(m, dtype=np.float64) - m // 2) * d
 
 
 def default_phantom(n: int, fov_m: float, b0_t: float) -> Phantom:
