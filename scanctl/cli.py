@@ -308,10 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     client_security_args(p)
     p.set_defaults(func=cmd_run)
 
-    from scanctl import cli_bench, cli_dicom, cli_remote
+    from scanctl import cli_bench, cli_dicom, cli_remote, cli_sweep
     cli_remote.add_parsers(sub)  # serve, status, watch, the command verbs, driver, keys, up, down, runs, fetch
     cli_bench.add_parsers(sub)  # table, sim: bench work on rigs
     cli_dicom.add_parsers(sub)  # export, pacs: images out as DICOM, to a PACS
+    cli_sweep.add_parsers(sub)  # sweep: many scans on a Dask cluster, one results table
 
     p = seq_command("check", "check a sequence's (or a protocol's) timing and a scanner's limits")
     p.add_argument("--system", help="system profile: a shipped name (e.g. 'default') or a TOML path")
