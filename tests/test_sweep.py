@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scanctl.simulators.physics.phantom import TISSUES, shepp_logan, tissue_labels
 
 from scanctl.cli import main
-from scanctl.simulators.physics.phantom import TISSUES, shepp_logan, tissue_labels
 from scanctl.sweep.measure import image_figures
 from scanctl.sweep.point import tasks
 from scanctl.sweep.spec import SweepError, load_spec
@@ -195,7 +195,8 @@ def test_local_cluster_sweep_then_resume(tmp_path: Path) -> None:
         assert float(good["wall_s"]) > 0
     assert float(by[10.0, 0.01]["nrmse"]) == 0.0 and float(by[40.0, 0.01]["nrmse"]) > 0.01
     # the tissue contrast follows the flip angle (T1 weighting)
-    assert abs(float(by[40.0, 0.01]["contrast_csf_gray_matter"]) - float(by[10.0, 0.01]["contrast_csf_gray_matter"])) > 0.05
+    contrasts = [float(by[flip, 0.01]["contrast_csf_gray_matter"]) for flip in (10.0, 40.0)]
+    assert abs(contrasts[1] - contrasts[0]) > 0.05
     kept = out / "points" / by[10.0, 0.01]["key"]  # index 1: raw data and image kept
     assert {"result.json", "image.npy", "raw.h5", "image.png"} <= {p.name for p in kept.iterdir()}
     other = out / "points" / by[40.0, 0.01]["key"]
