@@ -12,6 +12,7 @@ pixels whose eight neighbours are the same tissue) so that partial-volume edges 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -102,18 +103,25 @@ def image_figures(image: npt.ArrayLike, *, phantom: str | None, fov_m: float | N
 def tissue_labels(phantom: str | None, shape: tuple[int, ...], fov_m: float | None) -> tuple[Any, tuple[str, ...]]:
     """The tissue-label map of ``phantom`` (a shipped phantom's name) for an image of ``shape`` over
     ``fov_m``. Raises ScanctlError when the phantom has no label map or the image is not square."""
-    from importlib.metadata import entry_points
-
-    name = phantom or "shepp_logan"
-    found = [ep for ep in entry_points(group=LABELS_GROUP) if ep.name == name]
-    if not found:
-        raise ScanctlError(f"the phantom {name!r} has no tissue labels")
     if len(shape) != 2 or shape[0] != shape[1]:
         raise ScanctlError(f"tissue labels need a square image, got {shape[1]} x {shape[0]}")
     if fov_m is None or not math.isfinite(fov_m) or fov_m <= 0:
         raise ScanctlError("the sequence gives no field of view")
-    labels, names = found[0].load()(shape[0], fov_m)
-    return np.asarray(labels), tuple(names)
+    return _labels(phantom or "shepp_logan", shape[0], fov_m)
+
+
+@functools.lru_cache(maxsize=16)
+def _labels(name: str, n: int, fov_m: float) -> tuple[Any, tuple[str, ...]]:
+    """(A worker runs many points of the same matrix: the map and the entry point lookup once.)"""
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group=LABELS_GROUP) if ep.name == name]
+    if not found:
+        raise ScanctlError(f"the phantom {name!r} has no tissue labels")
+    labels, names = found[0].load()(n, fov_m)
+    labels = np.asarray(labels)
+    labels.setflags(write=False)
+    return labels, tuple(names)
 
 
 def _interior(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:

@@ -48,7 +48,8 @@ class Summary:
     computed: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     interrupted: bool = False
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # the whole sweep: cluster start and stop, points, table and plots
+    compute_s: float = 0.0  # from the first point submitted to the last one stored
     files: list[Path] = field(default_factory=list)
 
 
@@ -93,6 +94,7 @@ def finish(spec: Spec, all_tasks: list[Task], store: PointStore) -> list[Path]:
 def _compute(client: Any, missing: list[Task], store: PointStore, summary: Summary, progress: Progress) -> None:
     from distributed import as_completed
 
+    t0 = time.perf_counter()
     futures = {client.submit(run_point, t, key=f"scanctl-point-{t.key}", retries=RETRIES, pure=False): t
                for t in missing}
     try:
@@ -105,6 +107,7 @@ def _compute(client: Any, missing: list[Task], store: PointStore, summary: Summa
             summary.outcomes[outcome] = summary.outcomes.get(outcome, 0) + 1
             progress.step(outcome)
             future.release()
+            summary.compute_s = time.perf_counter() - t0
     finally:
         progress.close()
         if futures:  # interrupted: nothing more is started for this sweep

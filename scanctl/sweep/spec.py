@@ -166,11 +166,11 @@ class _Parser:
                                  "(give a larger --max-points to run it)")
         contrast, reference = self.measure()
         keep = tuple(self.text(k, f"sweep.keep[{i}]", KEEPABLE) for i, k in
-                     enumerate(self.list(head, "sweep.keep"))) if "keep" in head else ("image", "report")
+                     enumerate(self.array(head, "sweep.keep"))) if "keep" in head else ("image", "report")
         keep_points = None
         if "keep_points" in head:
             keep_points = frozenset(r.check_integer(v, f"sweep.keep_points[{i}]", 0, max(size - 1, 0))
-                                    for i, v in enumerate(self.list(head, "sweep.keep_points")))
+                                    for i, v in enumerate(self.array(head, "sweep.keep_points")))
         name = r.string(head, "sweep.name") if "name" in head else self.path.stem
         spec = Spec(self.path, name, base, base_data, profile, mode, tuple(groups), tuple(values), contrast,
                     reference, keep, keep_points, tuple(all_names))
@@ -193,7 +193,7 @@ class _Parser:
             raise self.r.fail(key, f"{v!r} is not one of {', '.join(sorted(choices))}")
         return v
 
-    def list(self, table: dict[str, Any], key: str) -> list[Any]:
+    def array(self, table: dict[str, Any], key: str) -> list[Any]:
         value = table[key.rsplit(".", 1)[-1]]
         if not isinstance(value, list):
             raise self.r.fail(key, f"must be a list, got {value!r}")
@@ -320,7 +320,7 @@ class _Parser:
         r = self.r
         m = r.table("measure", {"contrast", "reference"}, required=False, optional=True)
         pairs = []
-        for i, pair in enumerate(self.list(m, "measure.contrast") if "contrast" in m else []):
+        for i, pair in enumerate(self.array(m, "measure.contrast") if "contrast" in m else []):
             if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
                 raise r.fail(f"measure.contrast[{i}]", f"must be a pair of tissue names, got {pair!r}")
             pairs.append((pair[0], pair[1]))
