@@ -51,14 +51,4 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if summary.interrupted:
         print("scanctl: interrupted: the finished points are kept; run the same command to go on", file=sys.stderr)
         return 130
-    return EXIT_OK if set(summary.outcomes) <= {"completed"} and _all_completed(args.out) else EXIT_LIMITS
-
-
-def _all_completed(out: str) -> bool:
-    import csv
-    from pathlib import Path
-
-    with open(Path(out) / "results.csv", newline="") as fh:
-        return all(row["outcome"] == "completed" for row in csv.DictReader(fh))
-
-
+    return EXIT_OK if summary.all_completed else EXIT_LIMITS

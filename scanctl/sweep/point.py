@@ -66,8 +66,8 @@ def tasks(spec: Spec) -> list[Task]:
             if opts:
                 urls[kind] = with_options(profile.subsystems[kind], opts)
         text, files, phantom = _protocol(spec, values)
-        if text is None:
-            phantom = next((str(v) for k, v in values.items() if k == "rf.phantom"), None)
+        if "rf.phantom" in values:  # the RF URL's phantom wins over the protocol's (SimulatedRF.place)
+            phantom = str(values["rf.phantom"])
         keep = tuple(KEEPABLE[k] for k in spec.keep) if spec.keep_points is None or index in spec.keep_points else ()
         inputs = {"format": FORMAT, "scanctl": version, "protocol": text, "files": files,
                   "profile": _profile_content(profile), "urls": {**profile.subsystems, **urls},

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +50,7 @@ class Summary:
     computed: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     interrupted: bool = False
+    all_completed: bool = False  # every point of the sweep is stored, completed
     wall_s: float = 0.0  # the whole sweep: cluster start and stop, points, table and plots
     compute_s: float = 0.0  # from the first point submitted to the last one stored
     files: list[Path] = field(default_factory=list)
@@ -70,13 +73,14 @@ def run_sweep(spec: Spec, out_dir: str | os.PathLike[str], *, scheduler: str | N
                 _compute(client, missing, store, summary, Progress(len(missing), stream))
     except KeyboardInterrupt:
         summary.interrupted = True
-    summary.files = finish(spec, all_tasks, store)
+    rows, summary.files = finish(spec, all_tasks, store)
+    summary.all_completed = all(r["outcome"] == "completed" for r in rows)
     summary.wall_s = time.perf_counter() - t0
     return summary
 
 
-def finish(spec: Spec, all_tasks: list[Task], store: PointStore) -> list[Path]:
-    """Write the table and plots from what is stored."""
+def finish(spec: Spec, all_tasks: list[Task], store: PointStore) -> tuple[list[dict[str, Any]], list[Path]]:
+    """Write the table and plots from what is stored; returns the rows and the files written."""
     from scanctl.sweep.plots import plot_figures
 
     rows = store.rows(all_tasks, spec.names, spec.reference_index())
@@ -88,7 +92,7 @@ def finish(spec: Spec, all_tasks: list[Task], store: PointStore) -> list[Path]:
         files += sorted(plots.glob("*.png"))
     elif done:
         files += plot_figures(done, spec.names, plots)
-    return files
+    return rows, files
 
 
 def _compute(client: Any, missing: list[Task], store: PointStore, summary: Summary, progress: Progress) -> None:
@@ -153,13 +157,29 @@ def _client(scheduler: str | None, workers: int | None) -> Iterator[Any]:
         return
     n = workers or os.cpu_count() or 1
     logging.getLogger("distributed").setLevel(logging.ERROR)  # its INFO chatter is not the sweep's progress
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           silence_logs=logging.ERROR)
+    with _sigint_ignored():  # the workers inherit it: a Ctrl-C at the terminal is this process's to handle
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               silence_logs=logging.ERROR)
     try:
         with Client(cluster) as client:
             yield client
     finally:
         cluster.close()
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while the block runs (in the main thread; elsewhere nothing changes). Processes started
+    meanwhile keep ignoring it, so Ctrl-C at a terminal — sent to the whole process group — reaches only
+    this process, which stops the sweep and closes the cluster, instead of killing each worker mid-point."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class Progress:

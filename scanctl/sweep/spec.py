@@ -352,7 +352,7 @@ def _text(v: Any) -> str:
 
 
 def dumps(data: dict[str, Any]) -> str:
-    """TOML text of ``data``: top-level tables of strings, numbers, booleans and lists of them."""
+    """TOML text of ``data``: top-level tables of strings, numbers, booleans, lists and (inline) tables."""
     lines = []
     for table, values in data.items():
         if not isinstance(values, dict):
@@ -382,4 +382,6 @@ def _toml(v: Any) -> str:
         return json.dumps(v)
     if isinstance(v, list | tuple):
         return "[" + ", ".join(_toml(x) for x in v) + "]"
+    if isinstance(v, dict):  # a nested table, written inline
+        return "{ " + ", ".join(f"{_key(k)} = {_toml(x)}" for k, x in v.items()) + " }"
     raise SweepError(f"cannot write {v!r} as a protocol value")

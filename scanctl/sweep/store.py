@@ -80,6 +80,9 @@ class PointStore:
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise SweepOutputError(f"{final}: cannot write the point: {exc.strerror or exc}") from exc
+        except BaseException:  # Ctrl-C while writing: no half point left behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def image(self, key: str) -> np.ndarray | None:
         try:
