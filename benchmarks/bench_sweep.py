@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -46,17 +47,23 @@ contrast = [["white_matter", "gray_matter"]]
     return spec
 
 
-def bare(tasks: list) -> float:  # type: ignore[type-arg]
-    """Seconds for every point through ``run_scan`` and nothing else, one after another in this process."""
+def bare(tasks: list) -> tuple[float, float]:  # type: ignore[type-arg]
+    """Wall and CPU seconds for every point through ``run_scan`` and nothing else, one after another in this
+    process."""
     from scanctl.engine.session import run_scan
 
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         for task in tasks:
             source = Path(tmp) / f"p{task.index}.toml"
             source.write_text(task.protocol_text)
             run_scan(source, task.profile, Path(tmp) / f"r{task.index}", overrides=task.urls)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - cpu0
+
+
+def self_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> int:
@@ -68,27 +75,36 @@ def main() -> int:
     from scanctl.sweep.point import tasks
     from scanctl.sweep.runner import run_sweep
     from scanctl.sweep.spec import load_spec
+    from scanctl.sweep.store import PointStore
 
     work = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     try:
         spec = load_spec(write_spec(work, args.matrix, args.points))
         all_tasks = tasks(spec)
         print(f"sweep: {spec.size} points of gre_2d at {args.matrix} x {args.matrix} (flip x TR)")
-        bare_s = bare(all_tasks)
-        print(f"bare run_scan, one process:   {bare_s:7.1f} s  {60 * spec.size / bare_s:6.1f} points/min")
+        print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        bare_s, bare_cpu_s = bare(all_tasks)
+        print(f"bare run_scan, one process:   {bare_s:7.1f} s  {60 * spec.size / bare_s:6.1f} points/min   "
+              f"CPU {1e3 * bare_cpu_s / spec.size:.0f} ms/point")
 
         rates = {}
         for workers in (1, 2):
             out = work / f"out{workers}"
+            main0 = self_cpu_s()
             with open(os.devnull, "w") as quiet:
                 summary = run_sweep(spec, out, workers=workers, stream=quiet)
+            main_cpu_s = self_cpu_s() - main0
             assert summary.outcomes == {"completed": spec.size}, summary.outcomes
+            store = PointStore(out)
+            worker_cpu_s = sum(store.load(t.key)["cpu_s"] for t in all_tasks)  # type: ignore[index]
             rates[workers] = 60 * spec.size / summary.compute_s
-            print(f"sweep, {workers} worker(s):          {summary.compute_s:7.1f} s  {rates[workers]:6.1f} points/min "
-                  f"(the points; whole command {summary.wall_s:.1f} s with the cluster's start and stop, "
-                  "table and plots)")
+            print(f"sweep, {workers} worker(s):          {summary.compute_s:7.1f} s  {rates[workers]:6.1f} points/min   "
+                  f"CPU {1e3 * worker_cpu_s / spec.size:.0f} ms/point on the workers, "
+                  f"{1e3 * main_cpu_s / spec.size:.0f} ms/point here (scheduler, storing, table, plots); "
+                  f"whole command {summary.wall_s:.1f} s")
             if workers == 1:
                 overhead = summary.compute_s / bare_s - 1
+                cpu_overhead = worker_cpu_s / bare_cpu_s - 1
         speedup = rates[2] / rates[1]
 
         t0 = time.perf_counter()
@@ -100,7 +116,10 @@ def main() -> int:
               f"{'RERAN POINTS' if rerun else 'no scan rerun'})")
 
         print(f"\n2 workers / 1 worker:         {speedup:.2f}x   (target >= 1.7x)")
-        print(f"per-point overhead:           {100 * overhead:+.1f} %  (target < 5 %)")
+        print(f"per-point overhead:           {100 * overhead:+.1f} %  (target < 5 %; wall time, 1 worker against bare)")
+        print(f"  the same in CPU time:       {100 * cpu_overhead:+.1f} %  (a worker's CPU per point against bare; "
+              "less moved by other load)")
+        print(f"load average after: {os.getloadavg()[0]:.1f}")
         print(f"resume:                       {resume_s:.2f} s  (target < 2 s, no scan rerun)")
         ok = speedup >= 1.7 and overhead < 0.05 and resume_s < 2.0 and not rerun
         print("all targets met" if ok else "TARGET MISSED")

@@ -218,3 +218,18 @@ def test_local_cluster_sweep_then_resume(tmp_path: Path) -> None:
     third = sweep(spec, "--out", out, "--workers", "1")
     assert "3 already done, 1 run (1 completed)" in third.stdout, third.stdout + third.stderr
     assert read_rows(out)[3]["snr"] == rows[3]["snr"]  # the same inputs (seeded noise), the same figures
+
+
+def test_local_workers_keep_glibcs_dynamic_mmap_threshold() -> None:
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which makes every large array of the Bloch simulation a fresh
+    mmap (40-60 % more CPU a point); the local cluster's workers start without it, and without the profiler."""
+    import os
+
+    import dask
+
+    from scanctl.sweep.runner import _client
+
+    with _client(None, 1) as client:
+        environ = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS"),
+                                      dask.config.get("distributed.worker.profile.enabled")))
+    assert list(environ.values()) == [(None, "1", False)]  # Dask's other settings (one BLAS thread) kept

@@ -122,7 +122,7 @@ def run_point(task: Task) -> dict[str, Any]:
     from scanctl.engine.run import RunOutputError
     from scanctl.engine.session import run_scan
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     result: dict[str, Any] = {"index": task.index, "key": task.key, "values": task.values, "outcome": "",
                               "message": "", "figures": {}, "notes": [], "outputs": []}
     files: dict[str, bytes] = {}
@@ -149,6 +149,9 @@ def run_point(task: Task) -> dict[str, Any]:
         if report is not None:
             _measured(task, report, run_dir, result, files)
     result["wall_s"] = time.perf_counter() - t0
+    # The worker process's CPU time meanwhile: the point's, and the worker's own housekeeping (with one thread
+    # per worker, as the local cluster has; with more it counts the other points' too).
+    result["cpu_s"] = time.process_time() - cpu0
     return {"result": result, "files": files}
 
 

@@ -37,6 +37,16 @@ RETRIES = 1
 CONNECT_TIMEOUT_S = 5.0
 
 
+#: Unset in the local cluster's worker processes (None unsets a key of Dask's nanny environment): Dask sets
+#: ``MALLOC_TRIM_THRESHOLD_=65536``, which turns off glibc's dynamic mmap threshold, so every array over 128 kB
+#: the Bloch simulation allocates is mapped and unmapped afresh: a point then costs 40-60 % more CPU
+#: (measured: 0.22 s against 0.14-0.18 s a point of gre_2d at 32 x 32, the same process with and without it).
+WORKER_ENVIRON_UNSET = {"MALLOC_TRIM_THRESHOLD_": None}
+#: The local workers' Dask settings: no statistical profiler (it samples every thread's stack every 10 ms for a
+#: dashboard the sweep does not serve; measured: 0.173 s against 0.159 s CPU a point, three runs each).
+WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+
+
 class SchedulerError(ScanctlError):
     """The Dask scheduler cannot be reached, or no cluster can be started."""
 
@@ -155,16 +165,21 @@ def _client(scheduler: str | None, workers: int | None) -> Iterator[Any]:
         finally:
             client.close()
         return
+    import dask
+
     n = workers or os.cpu_count() or 1
     logging.getLogger("distributed").setLevel(logging.ERROR)  # its INFO chatter is not the sweep's progress
-    with _sigint_ignored():  # the workers inherit it: a Ctrl-C at the terminal is this process's to handle
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                               silence_logs=logging.ERROR)
-    try:
-        with Client(cluster) as client:
-            yield client
-    finally:
-        cluster.close()
+    # (for as long as the cluster lives: a worker that died is started again with the same environment)
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **WORKER_ENVIRON_UNSET}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ, **WORKER_CONFIG}):
+        with _sigint_ignored():  # the workers inherit it: a Ctrl-C at the terminal is this process's to handle
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                   silence_logs=logging.ERROR)
+        try:
+            with Client(cluster) as client:
+                yield client
+        finally:
+            cluster.close()
 
 
 @contextmanager

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 RESULT = "result.json"
 #: The table's first columns; the axes follow, then outcome and figures.
 HEAD = ("index", "key")
-TAIL = ("outcome", "message", "wall_s", "notes")
+TAIL = ("outcome", "message", "wall_s", "cpu_s", "notes")
 
 
 class SweepOutputError(ScanctlError):
@@ -100,11 +100,11 @@ class PointStore:
             row: dict[str, Any] = {"index": task.index, "key": task.key}
             row.update({a: task.values.get(a) for a in axes})
             if result is None:
-                row.update(outcome="pending", message="", wall_s=None, notes="")
+                row.update(outcome="pending", message="", wall_s=None, cpu_s=None, notes="")
                 rows.append(row)
                 continue
             row.update(outcome=result["outcome"], message=result["message"], wall_s=result.get("wall_s"),
-                       notes="; ".join(result.get("notes", [])))
+                       cpu_s=result.get("cpu_s"), notes="; ".join(result.get("notes", [])))
             row.update(result.get("figures", {}))
             if ref_image is not None:
                 row["nrmse"] = self._nrmse(task.key, ref_image)
