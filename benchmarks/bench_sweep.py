@@ -98,7 +98,7 @@ def main() -> int:
             store = PointStore(out)
             worker_cpu_s = sum(store.load(t.key)["cpu_s"] for t in all_tasks)  # type: ignore[index]
             rates[workers] = 60 * spec.size / summary.compute_s
-            print(f"sweep, {workers} worker(s):          {summary.compute_s:7.1f} s  {rates[workers]:6.1f} points/min   "
+            print(f"sweep, {workers} worker(s):          {summary.compute_s:7.1f} s  {rates[workers]:6.1f} points/min  "
                   f"CPU {1e3 * worker_cpu_s / spec.size:.0f} ms/point on the workers, "
                   f"{1e3 * main_cpu_s / spec.size:.0f} ms/point here (scheduler, storing, table, plots); "
                   f"whole command {summary.wall_s:.1f} s")
@@ -116,7 +116,7 @@ def main() -> int:
               f"{'RERAN POINTS' if rerun else 'no scan rerun'})")
 
         print(f"\n2 workers / 1 worker:         {speedup:.2f}x   (target >= 1.7x)")
-        print(f"per-point overhead:           {100 * overhead:+.1f} %  (target < 5 %; wall time, 1 worker against bare)")
+        print(f"per-point overhead:           {100 * overhead:+.1f} %  (target < 5 %; wall time, 1 worker vs bare)")
         print(f"  the same in CPU time:       {100 * cpu_overhead:+.1f} %  (a worker's CPU per point against bare; "
               "less moved by other load)")
         print(f"load average after: {os.getloadavg()[0]:.1f}")
