@@ -31,7 +31,7 @@ from scanctl.config.protocol import KEYS as PROTOCOL_KEYS
 from scanctl.config.protocol import parse_protocol
 from scanctl.config.tomlcheck import Reader, load_text, parse
 from scanctl.errors import ConfigError
-from scanctl.hw.registry import open_subsystem
+from scanctl.hw.registry import GROUP, open_subsystem
 from scanctl.sequence.builders import BUILDERS
 from scanctl.sequence.builders.common import check_value
 
@@ -120,6 +120,7 @@ class _Parser:
         self.r = _Reader(data, str(path))
         self.path = path
         self.max_points = max_points
+        self.options_seen: dict[tuple[str, str], Any] = {}
 
     def spec(self) -> Spec:
         r = self.r
@@ -140,30 +141,34 @@ class _Parser:
         self.profile = profile
         mode = r.string(head, "sweep.mode", ("normal", "first-level")) if "mode" in head else "normal"
 
+        # Every axis's values counted first, then checked: a million-point typo is refused before any is.
         groups: list[tuple[str, ...]] = []
-        values: list[tuple[tuple[Any, ...], ...]] = []
-        axes = self.plain_table("axes")
-        for name, raw in axes.items():
+        columns: list[list[tuple[str, list[Any]]]] = []  # per group: (key, raw values) of each axis
+        for name, raw in self.plain_table("axes").items():
             groups.append((name,))
-            values.append(tuple((v,) for v in self.axis(f"axes.{name}", name, raw)))
-        zips = self.plain_table("zip")
-        for zname, group in zips.items():
+            columns.append([(f"axes.{name}", self.axis(f"axes.{name}", raw))])
+        for zname, group in self.plain_table("zip").items():
             if not isinstance(group, dict) or not group:
                 raise r.fail(f"zip.{zname}", "must be a table of axes that vary together")
-            cols = [self.axis(f"zip.{zname}.{name}", name, raw) for name, raw in group.items()]
-            if len({len(c) for c in cols}) != 1:
+            cols = [(f"zip.{zname}.{name}", self.axis(f"zip.{zname}.{name}", raw)) for name, raw in group.items()]
+            if len({len(c) for _, c in cols}) != 1:
                 raise r.fail(f"zip.{zname}", "its axes must have the same number of values, got "
-                             + ", ".join(f"{n}: {len(c)}" for n, c in zip(group, cols, strict=True)))
+                             + ", ".join(f"{n}: {len(c)}" for n, (_, c) in zip(group, cols, strict=True)))
             groups.append(tuple(group))
-            values.append(tuple(zip(*cols, strict=True)))
+            columns.append(cols)
         all_names = [n for g in groups for n in g]
         twice = sorted({n for n in all_names if all_names.count(n) > 1})
         if twice:
             raise r.fail(twice[0], "given as more than one axis")
-        size = math.prod(len(v) for v in values)
+        size = math.prod(len(cols[0][1]) for cols in columns)
         if size > self.max_points:
             raise r.fail("axes", f"the sweep has {size:,} points, more than --max-points {self.max_points:,} "
                                  "(give a larger --max-points to run it)")
+        values = []
+        for names, cols in zip(groups, columns, strict=True):
+            checked = [[self.value(f"{key}[{i}]", name, v) for i, v in enumerate(col)]
+                       for name, (key, col) in zip(names, cols, strict=True)]
+            values.append(tuple(zip(*checked, strict=True)))
         contrast, reference = self.measure()
         keep = tuple(self.text(k, f"sweep.keep[{i}]", KEEPABLE) for i, k in
                      enumerate(self.array(head, "sweep.keep"))) if "keep" in head else ("image", "report")
@@ -199,9 +204,9 @@ class _Parser:
             raise self.r.fail(key, f"must be a list, got {value!r}")
         return value
 
-    def axis(self, key: str, name: str, raw: Any) -> list[Any]:
-        """The values of one axis: a list, or a range ``{start, stop, step}`` / ``{start, stop, count}``
-        (stop included), each checked as the axis ``name`` needs."""
+    def axis(self, key: str, raw: Any) -> list[Any]:
+        """The values of one axis, not yet checked (:meth:`value`): a list, or a range ``{start, stop, step}`` /
+        ``{start, stop, count}`` (stop included)."""
         if isinstance(raw, dict):
             vals = self.range(key, raw)
         elif isinstance(raw, list):
@@ -210,7 +215,7 @@ class _Parser:
             raise self.r.fail(key, f"must be a list of values or a range {{start, stop, step}}, got {raw!r}")
         if not vals:
             raise self.r.fail(key, "has no values")
-        return [self.value(f"{key}[{i}]", name, v) for i, v in enumerate(vals)]
+        return vals
 
     def range(self, key: str, raw: dict[str, Any]) -> list[float]:
         r = self.r
@@ -286,11 +291,15 @@ class _Parser:
     def url_value(self, key: str, kind: str, option: str, v: Any) -> Any:
         if isinstance(v, bool) or not isinstance(v, str | int | float):
             raise self.r.fail(key, f"must be a string or a number, got {v!r}")
-        base = profiles.load(self.profile).subsystems[kind]
+        profile = profiles.load(self.profile)
+        url = with_options(profile.subsystems[kind], {option: v})
         try:
-            open_subsystem(kind, with_options(base, {option: v}), profiles.load(self.profile)).close()
-        except ConfigError as exc:
-            raise self.r.fail(key, str(exc)) from exc
+            if (kind, option) not in self.options_seen:  # the option itself, once: built as a run would build it
+                open_subsystem(kind, url, profile).close()
+                self.options_seen[kind, option] = _converter(kind, url, option)
+            self.options_seen[kind, option](_text(v))  # then each value, by the option's own converter
+        except (ValueError, ConfigError) as exc:
+            raise self.r.fail(key, f"{kind} URL {url!r}: option {option}={_text(v)!r}: {exc}") from exc
         return v
 
     # -- files -------------------------------------------------------------------------------------------
@@ -332,6 +341,15 @@ class _Parser:
                                                   "{ \"sequence.flip_angle_deg\" = 15.0 }")
             reference = {k: self.value(f"measure.reference.{k}", k, v) for k, v in reference.items()}
         return tuple(pairs), reference
+
+
+def _converter(kind: str, url: str, option: str) -> Any:
+    """The converter of ``option`` of the ``kind`` subsystem that ``url`` names (open_subsystem accepted it)."""
+    from importlib.metadata import entry_points
+
+    scheme = url.split("://", 1)[0]
+    factory = next(ep for ep in entry_points(group=GROUP) if ep.name == f"{kind}.{scheme}").load()
+    return factory.OPTIONS[option]
 
 
 def with_options(url: str, options: dict[str, Any]) -> str:
