@@ -136,7 +136,7 @@ class PointStore:
             import pyarrow.parquet as pq
         except ImportError:
             return written
-        table = pa.table({c: [_parquet_cell(r.get(c)) for r in rows] for c in columns})
+        table = pa.table({c: _parquet_column(pa, [r.get(c) for r in rows]) for c in columns})
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         written.append(self._replace("results.parquet", sink.getvalue().to_pybytes()))
@@ -187,8 +187,13 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def _parquet_cell(value: Any) -> Any:
-    return json.dumps(list(value)) if isinstance(value, list | tuple) else value
+def _parquet_column(pa: Any, values: list[Any]) -> Any:
+    """A Parquet column: as typed as its values allow; lists (a matrix) and mixed kinds as text."""
+    values = [json.dumps(list(v)) if isinstance(v, list | tuple) else v for v in values]
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else str(v) for v in values])
 
 
 def _plain(value: object) -> object:
