@@ -23,6 +23,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
 import zmq
@@ -280,6 +281,13 @@ class ProxyGradient(_RemoteSequencer):
     def load(self, program: GradientProgram) -> None:
         self.call("load", program)
 
+    def set_shim(self, values: Mapping[str, float]) -> None:
+        """:class:`scanctl.hw.interfaces.ShimSystem`; a driver without a shim answers WireProtocolError."""
+        self.call("set_shim", {str(k): float(v) for k, v in values.items()})
+
+    def adjustments(self) -> dict[str, float]:
+        return dict(self.call("adjustments"))
+
 
 class ProxyRF(_RemoteSequencer):
     kind = "rf"
@@ -290,6 +298,19 @@ class ProxyRF(_RemoteSequencer):
 
     def acquisitions(self) -> AcquisitionBatch:
         return unpack_acquisitions(self.call("acquisitions"))
+
+    # :class:`scanctl.hw.interfaces.RFAdjustments`; a driver without them answers WireProtocolError.
+    def set_frequency_offset(self, hz: float) -> None:
+        self.call("set_frequency_offset", float(hz))
+
+    def set_tx_scale(self, scale: float) -> None:
+        self.call("set_tx_scale", float(scale))
+
+    def set_receiver_gain(self, db: float) -> None:
+        self.call("set_receiver_gain", float(db))
+
+    def adjustments(self) -> dict[str, float]:
+        return dict(self.call("adjustments"))
 
     def place(self, scene: Scene, timeout_s: float | None = None) -> None:
         """A simulated RF system's scene (:meth:`scanctl.simulators.rf.SimulatedRF.place`); a service whose

@@ -225,8 +225,11 @@ def _run(args: argparse.Namespace, out: Path) -> Any:
     if not args.connect:
         prof = profiles.load(args.system)
         overrides = {kind: url for kind in KINDS if (url := getattr(args, kind)) is not None}
+        from scanctl.prescan.plan import before_run
+
         return run_scan(args.file, prof, out, overrides=overrides, progress=ProgressBar(),
-                        reconstruct=not args.no_recon, patient_weight_kg=args.patient_weight, mode=args.mode)
+                        reconstruct=not args.no_recon, patient_weight_kg=args.patient_weight, mode=args.mode,
+                        prescan=None if args.no_prescan else before_run)
     from scanctl.services.client import Client, CommandError, ServerLostError
     from scanctl.services.remote_run import run_remote
 
@@ -297,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     for kind in KINDS:
         p.add_argument(f"--{kind}", metavar="URL", help=f"{kind} subsystem URL (default: the profile's)")
     p.add_argument("--no-recon", action="store_true", help="skip the image reconstruction")
+    p.add_argument("--no-prescan", action="store_true", help="skip the calibrations the protocol needs first "
+                                                             "(docs/prescan.md)")
     from scanctl.cli_dicom import dicom_args
 
     dicom_args(p)  # --dicom DIR, --order, --store AET@HOST:PORT: images out (docs/dicom.md)
@@ -308,10 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     client_security_args(p)
     p.set_defaults(func=cmd_run)
 
-    from scanctl import cli_bench, cli_dicom, cli_remote, cli_sweep
+    from scanctl import cli_bench, cli_dicom, cli_exam, cli_prescan, cli_recon, cli_remote, cli_report, cli_sweep
+    cli_prescan.add_parsers(sub)  # prescan: frequency, transmit, shim, gain, noise
     cli_remote.add_parsers(sub)  # serve, status, watch, the command verbs, driver, keys, up, down, runs, fetch
     cli_bench.add_parsers(sub)  # table, sim: bench work on rigs
     cli_dicom.add_parsers(sub)  # export, pacs: images out as DICOM, to a PACS
+    cli_exam.add_parsers(sub)  # exam: an order's exam card as a queue of runs (docs/exam.md)
+    cli_recon.add_parsers(sub)  # recon: the images of any ISMRMRD file
+    cli_report.add_parsers(sub)  # report: an exam's or a run's HTML report
     cli_sweep.add_parsers(sub)  # sweep: many scans on a Dask cluster, one results table
 
     p = seq_command("check", "check a sequence's (or a protocol's) timing and a scanner's limits")

@@ -30,8 +30,12 @@ def dicom_args(p: argparse.ArgumentParser, *, required: bool = False) -> None:
     p.add_argument("--store", metavar="AET@HOST:PORT", help="also C-STORE the DICOM files to this PACS")
     p.add_argument("--calling-aet", default="SCANCTL", help="our AE title towards the PACS (default SCANCTL)")
     p.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
-                   help=f"tries again while the PACS cannot be reached (default {DEFAULT_RETRIES})")
-    p.add_argument("--retry-wait", type=float, default=2.0, metavar="S", help="seconds between tries (default 2)")
+                   help=f"tries again while the PACS cannot be reached or drops the association (default "
+                        f"{DEFAULT_RETRIES})")
+    p.add_argument("--retry-wait", type=float, default=2.0, metavar="S",
+                   help="seconds before the first retry, doubled each time up to 60 (default 2)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="trust the C-STORE answers alone (default: find every object again by C-FIND first)")
 
 
 def order_args(p: argparse.ArgumentParser) -> None:
@@ -143,6 +147,7 @@ class Prepared:
         if not args.retry_wait >= 0:
             raise ScanctlError(f"--retry-wait must be 0 or more seconds, got {args.retry_wait}")
         self.retries, self.retry_wait = args.retries, args.retry_wait
+        self.verify = bool(getattr(args, "verify", True))
 
 
 def prepare(args: argparse.Namespace, order: Any = None) -> Prepared | None:
@@ -169,11 +174,12 @@ def export(run_dir: Path, prepared: Prepared) -> int:
     _quiet_pynetdicom()
     try:
         result = store(done.files, prepared.pacs, calling_aet=prepared.calling_aet, retries=prepared.retries,
-                       retry_wait_s=prepared.retry_wait)
+                       retry_wait_s=prepared.retry_wait, verify=prepared.verify)
     except PacsError as exc:
         print(f"scanctl: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_LIMITS
     remark = f", {len(result.warnings)} with a warning" if result.warnings else ""
+    remark += ", verified by C-FIND" if result.verified else ", not verified (--no-verify)"
     print(f"stored {len(result.stored)} images to {prepared.pacs} in {result.seconds:.3f} s "
           f"({result.per_second:.1f} images/s{remark})")
     return EXIT_OK

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,7 +28,8 @@ from scanctl.simulators.base import SimulatedSequencer
 from scanctl.simulators.world import sender, world_option
 
 from scanctl.config.profile import SystemProfile
-from scanctl.errors import SafetyLimitError
+from scanctl.errors import DriverError, SafetyLimitError
+from scanctl.hw.interfaces import SubsystemState
 from scanctl.hw.program import GradientProgram, breakpoint_slew
 from scanctl.hw.registry import Converter, SubsystemURL, fault_spec, flag, positive_float
 from scanctl.safety.heating import SAMPLES_PER_STEP, STEP_S, step_power
@@ -81,6 +83,8 @@ class SimulatedGradient(SimulatedSequencer):
         self._cooling_lost_s: float | None = None
         self._queue: deque[GradientProgram] = deque()
         self._world = sender(world)
+        self.limits = profile.adjustments
+        self.shim: dict[str, float] = dict.fromkeys(self.limits.shim_channels, 0.0)
 
     @classmethod
     def from_url(cls, url: SubsystemURL, options: dict[str, Any], profile: SystemProfile) -> SimulatedGradient:
@@ -103,7 +107,7 @@ class SimulatedGradient(SimulatedSequencer):
             self._check_limits(program)
             self._queue.append(program)
             self._loaded_until_s = program.t1_s
-            self._world.post_gradient(program)
+            self._world.post_gradient(self._shimmed(program))
 
     def _check_limits(self, program: GradientProgram) -> None:
         # Written so that a NaN fails (``not value <= limit``), whatever slipped past validation.
@@ -112,7 +116,7 @@ class SimulatedGradient(SimulatedSequencer):
             if g.size == 0:
                 continue
             limit = self.max_gradient_hz_per_m[axis]
-            amplitude = np.abs(g)
+            amplitude = np.abs(g + self.shim[name])  # the shim current flows in the same coil
             over = np.flatnonzero(~(amplitude <= limit * (1 + 1e-9)))
             if over.size:
                 i = _worst(amplitude, over)
@@ -177,3 +181,26 @@ class SimulatedGradient(SimulatedSequencer):
     def _telemetry(self) -> dict[str, float]:
         return {"coil_temperature_c": self.temperature_c, "power_w": self.power_w,
                 "buffered_s": max(0.0, self._loaded_until_s - self._playhead_s)}
+
+    # -- the shim (docs/prescan.md) --------------------------------------------------------------------------
+    def set_shim(self, values: Mapping[str, float]) -> None:
+        """Set the shim channels given (Hz/m; the others keep their value). Raises SafetyLimitError beyond the
+        shim supplies (the profile's ``[gradient]`` shim limits) or for a channel the hardware lacks, DriverError
+        while a scan is under way; a refused shim leaves the previous one."""
+        with self._lock:
+            if self._state in (SubsystemState.ON, SubsystemState.RUNNING):
+                raise DriverError(f"gradient: cannot set the shim in state {self._state.name} (a scan is under way)")
+            self.shim.update(self.limits.check_shim(dict(values)))
+
+    def adjustments(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self.shim)
+
+    def _shimmed(self, program: GradientProgram) -> GradientProgram:
+        """What the coils play: the program plus the linear shim, a static gradient (the physics sees it)."""
+        linear = (self.shim["x"], self.shim["y"], self.shim["z"])
+        if not any(linear):
+            return program
+        from scanctl.simulators.physics.bloch import with_static_gradient  # (the physics only when shimmed)
+
+        return with_static_gradient(program, linear)

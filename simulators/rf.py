@@ -29,12 +29,25 @@ The scene — the object in the bore: ``phantom``, ``matrix``, ``fov`` and ``noi
 own process: ``place``, a simulator's own method), never through the URL; placing it never reconnects
 anything. Options the URL sets itself win over the scene's (a rig that images one fixed phantom).
 
-URL: ``sim://?noise=20&b0=0&phantom=shepp_logan&matrix=128&fov=0.256&physics=1`` — see ``OPTIONS``
+Receive coil: ``coils=1`` (the default) is the body coil, one channel of sensitivity 1; ``coils=N`` a ring
+array of ``N`` loops around the object (``physics/coils.py``: Biot–Savart sensitivities, noise correlated
+between channels), and every window comes out ``(N, samples)``. :meth:`SimulatedRF.coil_info` gives the
+coil's name, channel names and noise covariance (for the raw data's header).
+
+Where the object is: the Shepp–Logan phantom sits in patient coordinates, mapped to the scanner by
+``patient_position`` (HFS, the default, is the identity; FFS, HFP, FFP). A scan's first selective RF pulse
+says which plane it images (``physics/placement.py``): a transverse slice at the isocentre sees the 2D
+default phantom; any other slice (off-centre, sagittal, coronal, oblique) a grid laid on that plane; a slab
+thicker than 15 mm a 3D grid through it; the slices of a multi-slice scan (the same pulse at other carrier
+offsets in the segments queued with the first) a stack of slabs through them (docs/phantom.md).
+
+URL: ``sim://?noise=20&b0=0&phantom=shepp_logan&matrix=128&fov=0.256&physics=1&coils=8`` — see ``OPTIONS``
 (``fov``: the phantom's field of view in m; a scan's scene sets it to the sequence's).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import deque
 from typing import Any, ClassVar
@@ -44,13 +57,17 @@ from scanctl.simulators.base import SimulatedSequencer
 from scanctl.simulators.physics.noise import receiver_noise
 from scanctl.simulators.world import receiver, world_option
 
-from scanctl.config.profile import SystemProfile
-from scanctl.errors import ConfigError, DriverError
+from scanctl.config.profile import SECOND_ORDER, SystemProfile
+from scanctl.errors import ConfigError, DriverError, SafetyLimitError
 from scanctl.hw.interfaces import AcquisitionBatch, Scene, SubsystemState
 from scanctl.hw.program import ADCProgram, GradientProgram, RFProgram
 from scanctl.hw.registry import Converter, SubsystemURL, fault_spec, flag, nonnegative_float, parse_url, positive_float
 
 log = logging.getLogger(__name__)
+
+#: The receive array's ring radius as a fraction of the field of view the phantom fills (0.154 m at the
+#: default 0.256 m: 32 mm clear of the phantom's widest point, 0.475 of the field of view from the centre).
+RING_FOV_FRACTION = 0.6
 
 
 def _count(text: str) -> int:
@@ -65,10 +82,39 @@ def _door(text: str) -> float:
     return fault_spec(("open",))(text if "@" in text else f"{text}@0")[1]
 
 
+def _patient_position(text: str) -> str:
+    from scanctl.simulators.physics.placement import PATIENT_TO_SCANNER
+
+    if text.upper() not in PATIENT_TO_SCANNER:
+        raise ValueError(f"must be one of {', '.join(PATIENT_TO_SCANNER)}")
+    return text.upper()
+
+
 def _coil(text: str) -> bool:
     if text not in ("present", "absent"):
         raise ValueError("must be present or absent")
     return text == "present"
+
+
+def _three_floats(text: str) -> tuple[float, float, float]:
+    values = [float(v) for v in text.split(",")]
+    if len(values) != 3 or not all(np.isfinite(values)):
+        raise ValueError("must be three finite numbers x,y,z")
+    return values[0], values[1], values[2]
+
+
+def _second_order(text: str) -> tuple[float, ...]:
+    values = [float(v) for v in text.split(",")]
+    if len(values) != len(SECOND_ORDER) or not all(np.isfinite(values)):
+        raise ValueError(f"must be {len(SECOND_ORDER)} finite numbers {','.join(SECOND_ORDER)}")
+    return tuple(values)
+
+
+def second_order_field_hz(terms_hz_per_m2: tuple[float, ...], x: np.ndarray, y: np.ndarray,
+                          z: np.ndarray) -> np.ndarray:
+    """The off-resonance (Hz) of second-order terms (``SECOND_ORDER`` order, Hz/m²) at positions (m)."""
+    z2, zx, zy, x2y2, xy = terms_hz_per_m2
+    return z2 * (z * z - 0.5 * (x * x + y * y)) + zx * z * x + zy * z * y + x2y2 * (x * x - y * y) + xy * 2 * x * y
 
 
 class SimulatedRF(SimulatedSequencer):
@@ -83,12 +129,19 @@ class SimulatedRF(SimulatedSequencer):
         "coil": _coil,
         "noise": nonnegative_float,
         "b0": float,
+        "b0_grad": _three_floats,  # linear B0 inhomogeneity x, y, z (Hz/cm)
+        "b0_2nd": _second_order,  # second-order B0 terms z2, zx, zy, x2y2, xy (Hz/cm²)
+        "b1": positive_float,  # the coil's transmit efficiency: B1 played = program x tx_scale x b1
+        "adc_range": positive_float,  # the ADC's full scale (signal units, real and imaginary each); clips
+        "gain": float,  # the receiver gain it starts with (dB; a console sets it: set_receiver_gain)
         "physics": flag,
         "realtime": flag,
         "phantom": str,
         "matrix": _count,
         "fov": positive_float,
         "isochromats": _count,
+        "coils": _count,  # receive channels: 1 the body coil, more a ring array of loops
+        "patient_position": _patient_position,
         "seed": int,
         "watts_per_ut2": positive_float,
         "reflection": nonnegative_float,
@@ -103,9 +156,19 @@ class SimulatedRF(SimulatedSequencer):
                  seed: int = 0,
                  watts_per_ut2: float = 40.0, reflection: float = 0.01, world: str = "default",
                  realtime: bool = False, spike_w: float = 3000.0, door: float | None = None,
-                 coil: bool = True) -> None:
+                 coil: bool = True, coils: int = 1, patient_position: str = "HFS",
+                 b0_grad: tuple[float, float, float] = (0.0, 0.0, 0.0),
+                 b0_2nd: tuple[float, ...] = (0.0,) * 5, b1: float = 1.0, adc_range: float = np.inf,
+                 gain: float = 0.0) -> None:
         super().__init__(url, buffer_s=buffer_s, fault=fault, realtime=realtime)
-        self.channels = 1
+        self._init_imperfections(profile, b0_grad, b0_2nd, b1, adc_range, gain)
+        self.channels = coils
+        self.patient_position = patient_position
+        self._scan_planes: list[Any] = []  # the planes this scan images (placement.Selection), from its first pulse
+        self._awaiting_plane = False
+        self._posed: dict[tuple[float, ...], tuple[Any, list[float]]] = {}  # posed spin systems, by planes
+        self._base_spins: Any = None
+        self._coil_made: tuple[tuple[int, float], Any] | None = None
         self.gamma_hz_per_t = profile.gamma_hz_per_t
         self.noise_std = noise
         self.b0_offset_hz = b0
@@ -142,7 +205,7 @@ class SimulatedRF(SimulatedSequencer):
         self._world.open()  # first: an address it cannot bind leaves it unconnected
         super().connect(timeout_s)
         if self.physics and self._spins is None:
-            self._spins = self._make_spins()
+            self._set_spins(self._make_spins())
 
     def close(self) -> None:
         super().close()
@@ -179,20 +242,136 @@ class SimulatedRF(SimulatedSequencer):
                 for option, attr in self.SCENE.items():
                     setattr(self, attr, current[option])
                 raise
-            self._spins = spins
+            self._set_spins(spins)
             log.info("rf: scene placed: %s", ", ".join(f"{k}={v}" for k, v in wanted.items()))
 
-    def _make_spins(self) -> Any:
+    def _make_spins(self, phantom: Any = None, isochromats: int | None = None) -> Any:
+        """The spin system of the scene's phantom (or of ``phantom``, with ``isochromats`` through each
+        slab), received by this coil."""
         from scanctl.simulators.physics import SpinSystem, load_phantom, shepp_logan
 
-        if self.phantom_name == "shepp_logan":
+        if phantom is None and self.phantom_name == "shepp_logan":
             phantom = shepp_logan(self.matrix, fov_m=self.fov_m, b0_t=self.b0_t)
-        else:
+        elif phantom is None:
             phantom = load_phantom(self.phantom_name)
-        kwargs: dict[str, Any] = {"noise_std": 0.0, "b0_offset_hz": self.b0_offset_hz, "seed": self._seed}
-        if self.isochromats is not None:
+        kwargs: dict[str, Any] = {"noise_std": 0.0, "seed": self._seed, **self._field_options(phantom),
+                                  "coil": self._receive_coil(), "coil_to_scanner": self._to_scanner()}
+        if isochromats is not None:
+            kwargs["isochromats"] = isochromats
+        elif self.isochromats is not None and phantom.ndim == 2:
             kwargs["isochromats"] = self.isochromats
-        return SpinSystem(phantom, **kwargs)
+        return SpinSystem(**kwargs)
+
+    # ---- receive coil and placement (physics/coils.py, physics/placement.py) ----------------------------
+
+    def _receive_coil(self) -> Any:
+        """The receive coil: None for the body coil, else a ring of ``channels`` loops fitted to the scene's
+        field of view (the ring's radius :data:`RING_FOV_FRACTION` of it: the phantom fills the field of
+        view, and the coil fits the object)."""
+        if self.channels == 1:
+            return None
+        from scanctl.simulators.physics.coils import loop_ring
+
+        key = (self.channels, self.fov_m)
+        if self._coil_made is None or self._coil_made[0] != key:  # made once per scene (0.5 s)
+            self._coil_made = (key, loop_ring(self.channels, RING_FOV_FRACTION * self.fov_m))
+        return self._coil_made[1]
+
+    def coil_info(self) -> dict[str, Any]:
+        """The receive coil for a raw-data header: ``name``, ``channels``, ``channel_names`` and
+        ``noise_covariance`` (``(channels, channels)`` nested lists, the receiver noise's units squared at
+        a 10 µs dwell) and ``noise_correlation``."""
+        from scanctl.simulators.physics.coils import body_coil
+
+        coil = self._receive_coil() or body_coil()
+        return coil.info(self.noise_std)
+
+    def _to_scanner(self) -> Any:
+        from scanctl.simulators.physics.placement import patient_to_scanner
+
+        return patient_to_scanner(self.patient_position)
+
+    def _set_spins(self, spins: Any) -> None:
+        """The scene's spin system, imaged until a scan's first pulse selects another plane."""
+        self._spins = self._base_spins = spins
+        self._posed.clear()
+
+    def _place_for(self, gradient: GradientProgram, rf: RFProgram) -> None:
+        """At a scan's first RF pulse (every spin still at equilibrium): image the plane it selects (the 2D
+        default for a transverse slice at the isocentre, else the Shepp–Logan phantom on a grid in that
+        plane), or the planes of a multi-slice scan, whose other slices the same pulse at other carrier
+        offsets selects in the segments queued so far (``buffer_s`` ahead); a later pulse that selects a
+        plane outside them is logged once."""
+        from scanctl.simulators.physics import placement
+
+        if rf.n_pulses == 0 or self._spins is None:
+            return
+        found = placement.selections(gradient, rf, thickness=self._awaiting_plane)
+        if self._awaiting_plane:
+            self._awaiting_plane = False
+            if not found or self.phantom_name != "shepp_logan":
+                return  # non-selective, or a phantom file: imaged where it is
+            first = found[0]
+            positions = placement.stack_positions(first, [rf, *(queued for queued, _ in self._queue)])
+            self._spins, positions = self._spins_for(first, positions)
+            self._scan_planes = [dataclasses.replace(first, position_m=p) for p in positions]
+        if not self._scan_planes or not found:
+            return
+        other = next((sel for sel in found if not any(p.same_plane(sel) for p in self._scan_planes)), None)
+        if other is not None:
+            log.warning("rf: an RF pulse at %.6f s selects the plane %s at %.2f mm, outside the planes this scan "
+                        "images (%d along %s, from its first pulse and the pulses queued with it): it excites "
+                        "only what of them lies there", rf.t0_s, np.round(other.normal, 3).tolist(),
+                        other.position_m * 1e3, len(self._scan_planes),
+                        np.round(self._scan_planes[0].normal, 3).tolist())
+            self._scan_planes = []  # said once per scan
+
+    def _spins_for(self, first: Any, positions: list[float]) -> tuple[Any, list[float]]:
+        """The spin system imaging ``first``'s plane, or the stack of ``positions`` along its normal (a
+        multi-slice scan), and the positions it covers (cached: a scan repeated images the same)."""
+        from scanctl.simulators.physics import placement
+
+        to_scanner = self._to_scanner()
+        if len(positions) == 1 and placement.is_default(first, to_scanner):
+            return self._base_spins, positions
+        key = (*np.round(first.normal, 6).tolist(), *np.round(positions, 6).tolist(), round(first.thickness_m, 4))
+        hit = self._posed.get(key)
+        if hit is not None:
+            hit[0].reset()
+            return hit
+        phantom, isochromats = None, None
+        if len(positions) > 1:
+            phantom = placement.stacked_phantom(first, positions, self.matrix, self.fov_m, self.b0_t, to_scanner)
+            if phantom is None:
+                log.warning("rf: the scan selects %d planes along %s (%s mm) that are not one stack of thin, "
+                            "evenly spaced slices: only the first pulse's plane is simulated", len(positions),
+                            np.round(first.normal, 3).tolist(), ", ".join(f"{p * 1e3:.2f}" for p in positions))
+                positions = [first.position_m]
+            else:
+                isochromats = self.isochromats or placement.STACK_ISOCHROMATS
+        if phantom is None:
+            phantom = placement.posed_phantom(first, self.matrix, self.fov_m, self.b0_t, to_scanner)
+        spins = self._make_spins(phantom, isochromats)
+        log.info("rf: imaging %s", phantom.source)
+        if len(self._posed) >= 4:
+            self._posed.pop(next(iter(self._posed)))
+        self._posed[key] = (spins, positions)
+        return spins, positions
+
+    def _noise_for(self, adc: ADCProgram, windows: list[Any]) -> Any:
+        """Receiver noise for the windows' samples, flat as the data: white for the body coil, correlated
+        between channels (each window channel by channel) for an array."""
+        counts = np.array([w.size for w in windows], dtype=np.int64)
+        if self.channels == 1:
+            return receiver_noise(self._rng, self.noise_std, adc.dwell_s, counts).astype(np.complex64)
+        from scanctl.simulators.physics.coils import correlated_noise
+        from scanctl.simulators.physics.noise import NOISE_REFERENCE_DWELL_S
+
+        chol = self._receive_coil().noise_cholesky()
+        parts = [correlated_noise(self._rng, chol, np.full(w.shape[1], self.noise_std
+                                                          * np.sqrt(NOISE_REFERENCE_DWELL_S / dwell))).ravel()
+                 for w, dwell in zip(windows, adc.dwell_s.tolist(), strict=True)]
+        return np.concatenate(parts).astype(np.complex64)
 
     def set_input(self, name: str, on: bool) -> None:
         """Set an interlock input (``door_closed`` or ``coil_present``)."""
@@ -204,10 +383,13 @@ class SimulatedRF(SimulatedSequencer):
     def arm(self) -> None:
         super().arm()
         self.forward_energy_j = 0.0
+        self.clipped_samples = 0
         self._done.clear()
         self._rng = np.random.default_rng(self._seed)  # every scan's noise from its seed: the same scan, the same data
         if self._spins is not None:
+            self._spins = self._base_spins  # the plane is chosen again by this scan's first pulse
             self._spins.reset()
+        self._awaiting_plane, self._scan_planes = True, []
 
     def load(self, rf: RFProgram, adc: ADCProgram) -> None:
         """Queue one segment's pulses and receive windows. Raises SafetyLimitError for a non-finite value
@@ -249,9 +431,10 @@ class SimulatedRF(SimulatedSequencer):
             self.forward_power_w = 0.0
             return
         b1_ut2 = (np.abs(rf.b1_hz) / self.gamma_hz_per_t * 1e6) ** 2
-        energy_j = float(rf.b1_squared_integrals().sum()) * (1e6 / self.gamma_hz_per_t) ** 2 * self.watts_per_ut2
+        energy_j = (float(rf.b1_squared_integrals().sum()) * (1e6 / self.gamma_hz_per_t) ** 2 * self.watts_per_ut2
+                    * self.tx_scale ** 2)  # the amplifier's output: the program times the transmit scale
         self.forward_power_w = energy_j / max(rf.t1_s - rf.t0_s, 1e-12)
-        self.peak_power_w = max(self.peak_power_w, float(b1_ut2.max()) * self.watts_per_ut2)
+        self.peak_power_w = max(self.peak_power_w, float(b1_ut2.max()) * self.watts_per_ut2 * self.tx_scale ** 2)
         if self._spike_from_s is None:
             self.forward_energy_j += energy_j
 
@@ -260,7 +443,7 @@ class SimulatedRF(SimulatedSequencer):
             self._world.take_gradient(rf.t0_s, wait_s=0)
             if adc.n_windows == 0:
                 return
-            signals = [np.zeros((1, n), np.complex64) for n in adc.num_samples.tolist()]
+            signals = [np.zeros((self.channels, n), np.complex64) for n in adc.num_samples.tolist()]
         else:
             gradient = self._world.take_gradient(rf.t0_s)
             if gradient is None and self._world.heard:  # the sender went away: fail now, not wait a scan long
@@ -274,13 +457,14 @@ class SimulatedRF(SimulatedSequencer):
                     self._warned_no_gradient = True
                 empty = np.zeros(0)
                 gradient = GradientProgram(rf.t0_s, rf.t1_s, (empty, empty, empty), (empty, empty, empty))
-            signals = self._spins.play(gradient, rf, adc)
+            self._place_for(gradient, rf)
+            signals = self._spins.play(gradient, self._transmitted(rf), adc)
         # The receiver delivers the windows in columns, all samples in one array (an AcquisitionBatch).
         windows = [np.asarray(signal, dtype=np.complex64).reshape(self.channels, -1) for signal in signals]
         data = np.concatenate(windows, axis=None) if windows else np.zeros(0, np.complex64)
         if self.noise_std > 0 and windows:
-            counts = np.array([w.size for w in windows], dtype=np.int64)
-            data = data + receiver_noise(self._rng, self.noise_std, adc.dwell_s, counts).astype(np.complex64)
+            data = data + self._noise_for(adc, windows)
+        data = self._receive_chain(data)
         shape = np.array([w.shape for w in windows], dtype=np.int64).reshape(len(windows), 2)
         self._done.append(AcquisitionBatch({
             "index": adc.index.astype(np.int64), "block": adc.block.astype(np.int64),
@@ -301,4 +485,97 @@ class SimulatedRF(SimulatedSequencer):
                 "peak_forward_power_w": self.peak_power_w,
                 "forward_energy_j": self.forward_energy_j,
                 "door_closed": float(self.inputs["door_closed"]), "coil_present": float(self.inputs["coil_present"]),
-                "buffered_s": max(0.0, self._loaded_until_s - self._playhead_s)}
+                "buffered_s": max(0.0, self._loaded_until_s - self._playhead_s),
+                "adc_clipped_samples": float(self.clipped_samples),
+                **({"adc_full_scale": self.adc_range} if np.isfinite(self.adc_range) else {})}
+
+    # -- imperfect hardware and what a console sets (docs/prescan.md) ------------------------------------------
+    def _init_imperfections(self, profile: SystemProfile, b0_grad: tuple[float, float, float],
+                            b0_2nd: tuple[float, ...], b1: float, adc_range: float, gain: float) -> None:
+        """The simulated hardware's errors (URL options: ``b0`` Hz, ``b0_grad`` Hz/cm, ``b0_2nd`` Hz/cm², ``b1``,
+        ``adc_range``) and the settings a console adjusts, at their defaults (0 Hz, scale 1, ``gain`` dB: a gain
+        outside the profile's range is a ConfigError)."""
+        self.b0_gradient_hz_per_m = tuple(100.0 * g for g in b0_grad)  # Hz/cm -> Hz/m
+        self.b0_second_order_hz_per_m2 = tuple(1e4 * c for c in b0_2nd)  # Hz/cm² -> Hz/m²
+        self.b1_scale = b1
+        self.adc_range = adc_range
+        self.limits = profile.adjustments
+        self.frequency_offset_hz = 0.0
+        self.tx_scale = 1.0
+        try:
+            self.receiver_gain_db = self.limits.check_receiver_gain(gain)
+        except SafetyLimitError as exc:
+            raise ConfigError(f"rf: gain={gain}: {exc}") from None
+        self.clipped_samples = 0
+
+    def _field_options(self, phantom: Any) -> dict[str, Any]:
+        """The SpinSystem options of the static field: the global offset (B0 error less the synthesiser's
+        offset), the linear inhomogeneity as a static gradient, the second-order terms added to the phantom's
+        own off-resonance map (a new phantom object: the loaded one is not changed)."""
+        from dataclasses import replace
+
+        if any(self.b0_second_order_hz_per_m2):
+            xs, ys, zs = phantom.axis_positions_m()
+            z, y, x = np.meshgrid(zs, ys, xs, indexing="ij")
+            extra = second_order_field_hz(self.b0_second_order_hz_per_m2, x, y, z).reshape(phantom.pd.shape)
+            phantom = replace(phantom, b0_offset_hz=phantom.b0_offset_hz + extra)
+        return {"b0_offset_hz": self.b0_offset_hz - self.frequency_offset_hz,
+                "static_gradient_hz_per_m": self.b0_gradient_hz_per_m, "phantom": phantom}
+
+    def _require_between_scans(self, what: str) -> None:
+        if self._state in (SubsystemState.ON, SubsystemState.RUNNING):
+            raise DriverError(f"rf: cannot set {what} in state {self._state.name} (a scan is under way)")
+
+    def set_frequency_offset(self, hz: float) -> None:
+        """Centre-frequency offset (Hz): the spins are then off resonance by the B0 error less this."""
+        with self._lock:
+            self._require_between_scans("the frequency offset")
+            hz = self.limits.check_frequency_offset(hz)
+            for spins in self._every_spin_system():
+                spins.shift_off_resonance(self.frequency_offset_hz - hz)
+            self.frequency_offset_hz = hz
+
+    def set_tx_scale(self, scale: float) -> None:
+        """Transmit scale: every pulse's B1 is the program's times this (and the coil's ``b1`` efficiency)."""
+        with self._lock:
+            self._require_between_scans("the transmit scale")
+            self.tx_scale = self.limits.check_tx_scale(scale)
+
+    def set_receiver_gain(self, db: float) -> None:
+        """Receiver gain before the ADC (dB)."""
+        with self._lock:
+            self._require_between_scans("the receiver gain")
+            self.receiver_gain_db = self.limits.check_receiver_gain(db)
+
+    def adjustments(self) -> dict[str, float]:
+        with self._lock:
+            return {"frequency_offset_hz": self.frequency_offset_hz, "tx_scale": self.tx_scale,
+                    "receiver_gain_db": self.receiver_gain_db}
+
+    def _every_spin_system(self) -> list[Any]:
+        """The scene's spin system and every posed one cached for other planes (each once)."""
+        found = {id(x): x for x in (self._spins, self._base_spins, *(spins for spins, _ in self._posed.values()))
+                 if x is not None}
+        return list(found.values())
+
+    def _transmitted(self, rf: RFProgram) -> RFProgram:
+        """The B1 that reaches the spins: the program's times the transmit scale and the coil's efficiency."""
+        scale = self.tx_scale * self.b1_scale
+        if scale == 1.0 or rf.b1_hz.size == 0:
+            return rf
+        from dataclasses import replace
+
+        return replace(rf, b1_hz=rf.b1_hz * scale)
+
+    def _receive_chain(self, data: np.ndarray) -> np.ndarray:
+        """The receiver: gain before an ADC of ``adc_range`` full scale (real and imaginary parts clip there,
+        counted in ``adc_clipped_samples``), reported in input units (divided by the gain again)."""
+        if not np.isfinite(self.adc_range) or data.size == 0:
+            return data
+        gain = 10.0 ** (self.receiver_gain_db / 20.0)
+        amplified = data * gain
+        clipped = (np.abs(amplified.real) > self.adc_range) | (np.abs(amplified.imag) > self.adc_range)
+        self.clipped_samples += int(clipped.sum())
+        out = (np.clip(amplified.real, -self.adc_range, self.adc_range)
+               + 1j * np.clip(amplified.imag, -self.adc_range, self.adc_range)) / gain
+        return out.astype(np.complex64)

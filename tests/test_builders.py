@@ -1,4 +1,5 @@
-"""The built-in sequence builders: limits, pypulseq interoperability, TE/TR, k-space grid and labels."""
+"""The built-in sequence builders: limits, pypulseq interoperability, TE/TR, k-space grid and labels, for
+single slices at the isocentre and for multi-slice, off-centre, oblique, 3D and three-plane geometries."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from scanctl.config import profile as profiles
 from scanctl.sequence import pulseq_write
 from scanctl.sequence.build import rf_spoil_phases
-from scanctl.sequence.builders import BUILDERS, ParameterError, build
+from scanctl.sequence.builders import BUILDERS, Geometry, ParameterError, build
 from scanctl.sequence.builders.gre_2d import GreParams, gre_2d
 from scanctl.sequence.builders.tse_2d import line_order
 from scanctl.sequence.checks import check
@@ -38,6 +39,25 @@ CASES = {
     "tse_centric": ("tse_2d", dict(matrix=(32, 32), etl=4, ordering="centric", tr_s=0.2, te_s=0.01)),
     "epi_small": ("epi_2d", dict(matrix=(32, 32), averages=2, dummy_scans=1, te_s=0.02, tr_s=0.06)),
     "epi_default": ("epi_2d", {}),
+    # Geometry: multi-slice, off-centre, rectangular FOV, oblique and non-transverse, 3D, three planes.
+    "gre_ms_oblique": ("gre_2d", dict(matrix=(32, 24), fov_m=0.22, fov_phase_m=0.165, tr_s=0.03, averages=2,
+                                      dummy_scans=2)),
+    "se_ms_sagittal": ("se_2d", dict(matrix=(16, 16), tr_s=0.12, te_s=0.02)),
+    "tse_ms_coronal": ("tse_2d", dict(matrix=(16, 16), etl=4, tr_s=0.3, te_s=0.03, dummy_scans=1)),
+    "epi_ms_shifted": ("epi_2d", dict(matrix=(16, 16), fov_phase_m=0.2, te_s=0.015, tr_s=0.09, averages=2)),
+    "gre_3d_small": ("gre_3d", dict(matrix=(16, 12, 8), slice_thickness_m=0.064, averages=2, dummy_scans=2)),
+    "localizer_small": ("localizer", dict(matrix=(16, 16), dummy_scans=1)),
+}
+#: The geometry of each case (default: one transverse slice at the isocentre).
+GEOMETRIES = {
+    "gre_ms_oblique": Geometry(normal=(0.3, -0.2, 1.0), inplane_rotation_deg=25.0, slices=3, slice_gap_mm=1.0,
+                               position_mm=(8.0, -12.0, 15.0)),
+    "se_ms_sagittal": Geometry(orientation="sagittal", slices=2, slice_gap_mm=2.0, slice_order="descending",
+                               position_mm=(-10.0, 5.0, 0.0), patient_position="FFS"),
+    "tse_ms_coronal": Geometry(orientation="coronal", slices=2, slice_order="sequential", position_mm=(0, 20.0, 0)),
+    "epi_ms_shifted": Geometry(slices=3, slice_gap_mm=0.5, position_mm=(20.0, -15.0, -30.0)),
+    "gre_3d_small": Geometry(normal=(0.0, 0.5, 1.0), position_mm=(0.0, 0.0, 10.0)),
+    "localizer_small": Geometry(slices=2, slice_gap_mm=10.0, position_mm=(0.0, 0.0, 5.0)),
 }
 
 
@@ -48,18 +68,38 @@ class Measured:
     seq: Sequence
     fov: float
     nx: int
-    k: np.ndarray  # (3, n_adc, nx) in units of 1/FOV
+    k: np.ndarray  # (3, n_adc, nx) logical (read, phase, slice) in units of 1/FOV of each axis
     labels: dict[str, np.ndarray]  # per ADC block
     t_exc: np.ndarray
     te: np.ndarray  # per ADC block whose read-out crosses the k-space centre (ky = 0)
 
 
+def block_rotations(seq: Sequence) -> np.ndarray:
+    """``(blocks, 3, 3)``: each block's ROTATIONS matrix (the identity where it has none)."""
+    out = np.tile(np.eye(3), (len(seq.blocks), 1, 1))
+    spec = seq.extensions.specs.get("ROTATIONS")
+    if spec is not None:
+        which, rows = seq.extensions.entries(seq.blocks.ext, "ROTATIONS")
+        out[which] = np.asarray(spec.columns["matrix"])[rows]
+    return out
+
+
+def logical_kspace(seq: Sequence) -> np.ndarray:
+    """k at every ADC sample ``(3, samples)`` in the logical axes: the physical k turned back by each ADC
+    block's rotation (every builder keeps one rotation from an excitation to its read-outs)."""
+    k = kspace_adc(seq)
+    _, blocks = adc_sample_times(seq)
+    rot = block_rotations(seq)[blocks]
+    return np.einsum("nji,jn->in", rot, k)
+
+
 def measure(seq: Sequence) -> Measured:
-    fov = float(seq.definitions["FOV"].split()[0])
+    fovs = np.array([float(v) for v in seq.definitions["FOV"].split()])
+    fov = float(fovs[0])
     t, blocks = adc_sample_times(seq)
     adc_blocks = np.flatnonzero(seq.blocks.adc >= 0)
     nx = int(seq.adc.num_samples[seq.blocks.adc[adc_blocks[0]]])
-    k = (kspace_adc(seq) * fov).reshape(3, adc_blocks.size, nx)
+    k = (logical_kspace(seq) * fovs[:, None]).reshape(3, adc_blocks.size, nx)
     labels = {name: v[adc_blocks] for name, v in label_values(seq).items()}
     t_rf, _, rows = rf_centres(seq)
     t_exc = t_rf[seq.rf.use[rows] == ord("e")]
@@ -72,7 +112,15 @@ def measure(seq: Sequence) -> Measured:
 @pytest.fixture(scope="module", params=list(CASES))
 def built(request) -> tuple[str, dict, Measured]:
     name, params = CASES[request.param]
-    return name, params, measure(build(name, PROFILE, **params))
+    return name, params, measure(build(name, PROFILE, GEOMETRIES.get(request.param), **params))
+
+
+def shape_of(m: Measured, name: str, params: dict) -> tuple[int, int]:
+    """(slices per TR, partitions) of a built case, from its labels."""
+    p = BUILDERS[name].params.from_mapping(params)
+    slc = m.labels["SLC"]
+    per_tr = len(set(slc.tolist())) if name != "localizer" else len(set(slc.tolist())) // 3
+    return per_tr, (p.matrix[2] if len(p.matrix) == 3 else 1)
 
 
 def test_every_builder_is_covered():
@@ -89,12 +137,16 @@ def test_passes_every_check_against_the_profile(built):
 def test_te_and_tr_are_the_requested_values(built):
     name, params, m = built
     p = BUILDERS[name].params.from_mapping(params)
-    assert m.te.size == p.averages  # one k-space centre sample per average
+    slices, nz = shape_of(m, name, params)
+    planes = 3 if name == "localizer" else 1
+    n_slc = slices * planes
+    assert m.te.size == p.averages * n_slc * nz  # one k-space centre sample per average, slice and partition
     assert np.allclose(m.te, p.te_s, rtol=0, atol=T_TOL)
-    assert np.allclose(np.diff(m.t_exc), p.tr_s, rtol=0, atol=T_TOL)
-    per_average = {"tse_2d": p.matrix[1] // getattr(p, "etl", 1), "epi_2d": 1}.get(name, p.matrix[1])
-    assert m.t_exc.size == p.dummy_scans + p.averages * per_average  # excitations: dummies first
-    assert m.seq.duration_s == pytest.approx(m.t_exc.size * p.tr_s)
+    assert np.allclose(np.diff(m.t_exc), p.tr_s / slices, rtol=0, atol=T_TOL)  # slices spread evenly over TR
+    per_average = {"tse_2d": p.matrix[1] // getattr(p, "etl", 1), "epi_2d": 1}.get(name, p.matrix[1] * nz)
+    # excitations: dummies first (per plane), every slice once per TR
+    assert m.t_exc.size == planes * slices * (p.dummy_scans + p.averages * per_average)
+    assert m.seq.duration_s == pytest.approx(m.t_exc.size * p.tr_s / slices)
     assert float(m.seq.definitions["TE"]) == pytest.approx(p.te_s)
     assert float(m.seq.definitions["TR"]) == pytest.approx(p.tr_s)
 
@@ -102,32 +154,44 @@ def test_te_and_tr_are_the_requested_values(built):
 def test_kspace_is_the_cartesian_grid_once_per_average(built):
     name, params, m = built
     p = BUILDERS[name].params.from_mapping(params)
-    nx, ny = p.matrix
+    nx, ny = p.matrix[0], p.matrix[1]
     k = m.k
     assert np.abs(k - np.round(k)).max() < K_TOL  # multiples of 1/FOV
-    assert np.abs(k[2]).max() < K_TOL  # slice rephased
+    if len(p.matrix) == 2:
+        assert np.abs(k[2]).max() < K_TOL  # slice rephased
     reverse = m.labels.get("REV", np.zeros(k.shape[1], np.int64)).astype(bool)
     samples = np.arange(nx) - nx // 2
     assert np.allclose(k[0][~reverse], samples, atol=K_TOL)
     assert np.allclose(k[0][reverse], -samples - 1, atol=K_TOL)  # backwards: nx/2 - 1 down to -nx/2
     ky = np.round(k[1]).astype(int)
     assert (ky == ky[:, :1]).all()  # one ky per read-out
-    avg = m.labels["AVG"]
+    avg, slc = m.labels["AVG"], m.labels["SLC"]
     assert sorted(set(avg.tolist())) == list(range(p.averages))
+    nz = p.matrix[2] if len(p.matrix) == 3 else 1
+    kz = np.round(k[2]).astype(int)
+    assert (kz == kz[:, :1]).all()
+    grid = sorted((y, z) for z in range(-(nz // 2), nz - nz // 2) for y in range(-ny // 2, ny // 2))
     for a in range(p.averages):
-        assert sorted(ky[avg == a, 0].tolist()) == list(range(-ny // 2, ny // 2))
+        for s_ in set(slc.tolist()):
+            sel = (avg == a) & (slc == s_)
+            assert sorted(zip(ky[sel, 0].tolist(), kz[sel, 0].tolist(), strict=True)) == grid
 
 
 def test_labels_sort_every_line_once(built):
     name, params, m = built
     p = BUILDERS[name].params.from_mapping(params)
     ny = p.matrix[1]
-    lin = m.labels["LIN"]
+    lin, slc = m.labels["LIN"], m.labels["SLC"]
     assert np.array_equal(lin, np.round(m.k[1, :, 0]).astype(int) + ny // 2)  # the label names the ky line
-    assert (m.labels["SLC"] == 0).all()
+    slices, nz = shape_of(m, name, params)
+    planes = 3 if name == "localizer" else 1
+    assert sorted(set(slc.tolist())) == list(range(slices * planes))  # SLC: 0 .. slices - 1 per plane
+    if nz > 1:
+        assert np.array_equal(m.labels["PAR"], np.round(m.k[2, :, 0]).astype(int) + nz // 2)
     for a in range(p.averages):
-        assert sorted(lin[m.labels["AVG"] == a].tolist()) == list(range(ny))
-    expected = {"LIN", "SLC", "AVG"} | {"tse_2d": {"SEG"}, "epi_2d": {"REV"}}.get(name, set())
+        for s_ in range(slices * planes):
+            assert sorted(lin[(m.labels["AVG"] == a) & (slc == s_)].tolist()) == sorted(list(range(ny)) * nz)
+    expected = {"LIN", "SLC", "AVG"} | {"tse_2d": {"SEG"}, "epi_2d": {"REV"}, "gre_3d": {"PAR"}}.get(name, set())
     assert set(m.labels) == expected
     if name == "epi_2d":
         assert np.array_equal(m.labels["REV"], lin % 2)
@@ -142,21 +206,58 @@ def _pypulseq_system() -> pp.Opts:
                    block_duration_raster=t.block_duration_raster_s, gamma=PROFILE.gamma_hz_per_t)
 
 
-def test_pypulseq_reads_the_written_file_and_agrees(built, tmp_path):
-    _, _, m = built
-    path = tmp_path / "seq.seq"
-    pulseq_write.write(m.seq, path)
+def without_rotations(text: str) -> str:
+    """A Pulseq file's text with its ``ROTATIONS`` extension removed (pypulseq 1.5.0.post1 cannot read it:
+    'Unknown section code: extension ROTATIONS'): its section, its list entries (the builders put them last in
+    every list) and its name in ``RequiredExtensions``. The gradients then play in the logical axes."""
+    found = re.search(r"^extension ROTATIONS (\d+)\n(?:.+\n)*\n", text, flags=re.M)
+    if found is None:
+        return text
+    type_id = int(found.group(1))
+    text = text[:found.start()] + text[found.end():]
+    head, rest = text.split("[EXTENSIONS]\n", 1)
+    table, tail = rest.split("\n\n", 1)
+    rows = [line.split() for line in table.splitlines() if not line.startswith("#")]
+    gone = {int(r[0]): int(r[3]) for r in rows if int(r[1]) == type_id}
+    assert all(nxt == 0 for nxt in gone.values())  # rotations end their lists
+    kept = "".join(f"{r[0]} {r[1]} {r[2]} {0 if int(r[3]) in gone else r[3]}\n" for r in rows if int(r[0]) not in gone)
+    blocks_head, blocks_rest = head.split("[BLOCKS]\n", 1)
+    blocks, after = blocks_rest.split("\n\n", 1)
+    fixed = []
+    for line in blocks.splitlines():
+        f = line.split()
+        if not line.startswith("#") and len(f) == 8 and int(f[7]) in gone:
+            f[7] = "0"
+        fixed.append(" ".join(f) if not line.startswith("#") else line)
+    head = blocks_head + "[BLOCKS]\n" + "\n".join(fixed) + "\n\n" + after
+    head = re.sub(r"^RequiredExtensions ROTATIONS\n", "", head, flags=re.M)
+    return head + "[EXTENSIONS]\n" + kept + "\n" + tail
+
+
+def pypulseq_read(seq: Sequence, path) -> pp.Sequence:
+    """pypulseq's reading of ``seq`` written by scanctl (without its rotations, see :func:`without_rotations`)."""
+    text = pulseq_write.dumps(seq)[0].decode()
+    path.write_text(without_rotations(text))
     ref = pp.Sequence(system=_pypulseq_system())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref.read(str(path))
+    return ref
+
+
+def test_pypulseq_reads_the_written_file_and_agrees(built, tmp_path):
+    _, _, m = built
+    ref = pypulseq_read(m.seq, tmp_path / "seq.seq")
+    fovs = np.array([float(v) for v in m.seq.definitions["FOV"].split()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         ok, errors = ref.check_timing()
         assert ok, errors[:3]
         assert len(ref.block_events) == len(m.seq.blocks)
         assert ref.duration()[0] == pytest.approx(m.seq.duration_s, abs=1e-9)
         if len(m.seq.blocks) <= 2000:  # pypulseq's k-space is slow on the 128 x 128 sequence
-            k_adc = ref.calculate_kspace()[0]
-            assert np.abs(k_adc * m.fov - m.k.reshape(3, -1)).max() < 1e-3
+            k_adc = ref.calculate_kspace()[0]  # logical: pypulseq read the file without its rotations
+            assert np.abs(k_adc * fovs[:, None] - m.k.reshape(3, -1)).max() < 1e-3
     assert ref.get_definition("Name") == m.seq.definitions["Name"]
 
 

@@ -25,8 +25,10 @@ from scanctl.hw.registry import open_subsystem
 from scanctl.services.driver_service import DriverService
 from scanctl.testing import (
     GradientContract,
+    RFAdjustmentsContract,
     RFContract,
     SequencerFaults,
+    ShimContract,
     TableContract,
     TableFaults,
     contract_segments,
@@ -87,19 +89,19 @@ class _Implementation:
         return _open(self.kind, self.impl, **{**self.options, **options})
 
 
-class TestSimGradient(_Implementation, SequencerFaults, GradientContract):
+class TestSimGradient(_Implementation, SequencerFaults, ShimContract, GradientContract):
     pass
 
 
-class TestZmqGradient(_Implementation, SequencerFaults, GradientContract):
+class TestZmqGradient(_Implementation, SequencerFaults, ShimContract, GradientContract):
     impl = "zmq"
 
 
-class TestSimRF(_Implementation, SequencerFaults, RFContract):
+class TestSimRF(_Implementation, SequencerFaults, RFAdjustmentsContract, RFContract):
     pass
 
 
-class TestZmqRF(_Implementation, SequencerFaults, RFContract):
+class TestZmqRF(_Implementation, SequencerFaults, RFAdjustmentsContract, RFContract):
     impl = "zmq"
 
 

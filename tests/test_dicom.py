@@ -32,6 +32,7 @@ from scanctl.data.orders import load_order
 from scanctl.data.outputs import OutputExistsError
 from scanctl.data.rawdata import RawHeader
 from scanctl.engine.session import run_scan
+from scanctl.errors import ScanctlError
 
 ROOT = Path(__file__).resolve().parents[1]
 GRE = ROOT / "protocols" / "gre_2d.toml"
@@ -259,3 +260,202 @@ def test_order_file_not_toml_or_without_table(tmp_path: Path) -> None:
 
 def test_no_order_placeholder_is_a_valid_order() -> None:
     assert NO_ORDER.placeholder and NO_ORDER.patient_id
+
+
+# -- geometry from image.json (the recon's sidecar), patient position, parameters ---------------------------
+
+
+def _rotation(z_deg: float, x_deg: float) -> np.ndarray:
+    """Rz · Rx: columns read, phase, slice of an oblique plane (right-handed)."""
+    a, b = math.radians(z_deg), math.radians(x_deg)
+    rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
+    return rz @ rx
+
+
+#: The oblique stack oblique_run writes: three slices 6 mm apart (4 mm thick) along the normal of a plane
+#: turned 20° about z and 30° about x, centred on CENTRE; image rows stored in the order ROWS_K.
+R_OBLIQUE = _rotation(20.0, 30.0)
+CENTRE = np.array([10.0, -20.0, 30.0])
+ROWS_K = [2, 0, 1]
+
+
+def oblique_centre(k: int) -> np.ndarray:
+    return CENTRE + (k - 1) * 6.0 * R_OBLIQUE[:, 2]
+
+
+def oblique_run(run_dir: Path, out: Path, patient_position: str | None = None) -> Path:
+    """A copy of ``run_dir`` with a 3-image image.npy (96 rows x 128 columns) and an oblique image.json
+    written by hand (images.md), as the recon will write them; ``patient_position`` replaces the raw data
+    header's."""
+    import json
+
+    import h5py
+
+    out.mkdir(parents=True)
+    for name in ("raw.h5", "sequence.seq", "report.json"):
+        shutil.copy(run_dir / name, out / name)
+    if patient_position is not None:
+        with h5py.File(out / "raw.h5", "r+") as f:
+            xml = f["dataset/xml"][0].decode()
+            assert "<patientPosition>HFS</patientPosition>" in xml
+            f["dataset/xml"][0] = xml.replace("<patientPosition>HFS", f"<patientPosition>{patient_position}")
+    image = np.load(run_dir / "image.npy")[0][16:112]
+    np.save(out / "image.npy", np.stack([image * (1 + k) for k in ROWS_K]).astype(np.float32))
+    entries = [{"row": row, "counters": {"SLC": k, "PAR": 0, "ECO": 0, "REP": 0, "SET": 0, "PHS": 0},
+                "position_mm": oblique_centre(k).tolist(), "read_dir": R_OBLIQUE[:, 0].tolist(),
+                "phase_dir": R_OBLIQUE[:, 1].tolist(), "slice_dir": R_OBLIQUE[:, 2].tolist(),
+                "fov_mm": [256.0, 192.0, 4.0], "matrix": [128, 96], "channels": 1, "combine": "single"}
+               for row, k in enumerate(ROWS_K)]
+    (out / "image.json").write_text(json.dumps({"format": 1, "images": entries, "trajectory": "cartesian",
+                                                "three_d": False}))
+    return out
+
+
+def test_oblique_multi_slice_geometry_from_image_json(run_dir: Path, tmp_path: Path) -> None:
+    done = export_run(oblique_run(run_dir, tmp_path / "run"), tmp_path / "dicom")
+    datasets = [pydicom.dcmread(p) for p in done.files]
+    assert [ds.InstanceNumber for ds in datasets] == [1, 2, 3]  # files and instance numbers in position order
+    for k, ds in enumerate(datasets):
+        assert dciodvfy(done.files[k])[1] == []
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        assert np.allclose(iop, np.r_[R_OBLIQUE[:, 0], R_OBLIQUE[:, 1]], atol=1e-8)
+        row_spacing, column_spacing = (float(v) for v in ds.PixelSpacing)
+        assert (row_spacing, column_spacing) == (2.0, 2.0)
+        # DICOM PS3.3 C.7.6.2.1.1: pixel (column i, row j) at IPP + i·Δcol·row_dir + j·Δrow·col_dir; the
+        # image's centre pixel (64, 48) must be the slice centre image.json gave.
+        ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+        centre = ipp + 64 * column_spacing * iop[:3] + 48 * row_spacing * iop[3:]
+        assert np.allclose(centre, oblique_centre(k), atol=1e-5)
+        assert float(ds.SliceThickness) == 4.0 and float(ds.SpacingBetweenSlices) == pytest.approx(6.0)
+        assert float(ds.SliceLocation) == pytest.approx(float(oblique_centre(k) @ R_OBLIQUE[:, 2]), abs=1e-5)
+        # the pixels are those of the row that holds slice k (rows were stored 2, 0, 1)
+        assert float(ds.pixel_array.max()) * float(ds.RescaleSlope) == pytest.approx(
+            float(np.load(tmp_path / "run" / "image.npy")[ROWS_K.index(k)].max()), rel=1e-4)
+
+
+def test_a_run_without_image_json_stays_transverse_at_the_isocentre(run_dir: Path, tmp_path: Path) -> None:
+    ds = pydicom.dcmread(export_run(run_dir, tmp_path / "dicom").files[0])
+    assert [float(v) for v in ds.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+    assert [float(v) for v in ds.ImagePositionPatient] == [-128.0, -128.0, 0.0]
+
+
+@pytest.mark.parametrize(("position", "expected"), [("FFS", "FFS"), ("HFP", "HFP"), (None, "HFS")])
+def test_patient_position_from_the_raw_data_header(run_dir: Path, tmp_path: Path, position: str | None,
+                                                   expected: str) -> None:
+    done = export_run(oblique_run(run_dir, tmp_path / "run", position), tmp_path / "dicom")
+    ds = pydicom.dcmread(done.files[0])
+    assert ds.PatientPosition == expected
+    assert dciodvfy(done.files[0])[1] == []
+
+
+def test_an_unknown_patient_position_is_named(run_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ScanctlError, match=r"patientPosition 'SIDEWAYS' is not one scanctl places images for"):
+        export_run(oblique_run(run_dir, tmp_path / "run", patient_position="SIDEWAYS"), tmp_path / "dicom")
+
+
+def test_series_of_one_study_share_a_frame_of_reference(run_dir: Path, tmp_path: Path) -> None:
+    order = Order("P1", "A^B", study_uid="1.2.3.4")
+    first = pydicom.dcmread(export_run(run_dir, tmp_path / "a", order).files[0])
+    second = pydicom.dcmread(export_run(oblique_run(run_dir, tmp_path / "run"), tmp_path / "b", order).files[0])
+    assert first.SeriesInstanceUID != second.SeriesInstanceUID
+    assert first.FrameOfReferenceUID == second.FrameOfReferenceUID
+
+
+def _damage(path: Path, change: object) -> None:
+    import json
+
+    info = json.loads(path.read_text())
+    change(info)  # type: ignore[operator]
+    path.write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize(("change", "names"), [
+    (lambda i: i["images"].pop(), "2 images described for 3"),
+    (lambda i: i["images"][1].update(read_dir=[1, 1, 0]), r"images\[1\]\.read_dir: .* not a unit vector"),
+    (lambda i: i["images"][0].update(phase_dir=i["images"][0]["read_dir"]), "not orthogonal"),
+    (lambda i: i["images"][2].update(position_mm=[0, "x", 0]), r"images\[2\]\.position_mm"),
+    (lambda i: i["images"][0].update(position_mm=[0, float("nan"), 0]), r"images\[0\]\.position_mm"),
+    (lambda i: i["images"][0].update(fov_mm=[256, 0, 4]), r"fov_mm: .* must be positive"),
+    (lambda i: i["images"][0].update(matrix=[96, 128]), r"matrix: .* not the image's"),
+    (lambda i: i.update(format=2), "not an image.json of format 1"),
+])
+def test_a_malformed_image_json_is_named(run_dir: Path, tmp_path: Path, change: object, names: str) -> None:
+    run = oblique_run(run_dir, tmp_path / "run")
+    _damage(run / "image.json", change)
+    with pytest.raises(DicomError, match=names) as info:
+        export_run(run, tmp_path / "dicom")
+    assert "image.json" in str(info.value)
+    assert not (tmp_path / "dicom").exists() or not any((tmp_path / "dicom").iterdir())
+
+
+def test_parameters_fall_back_to_the_protocol(tmp_path: Path) -> None:
+    """A raw data header without sequenceParameters: TR, TE, flip angle, echo train length and bandwidth from
+    the protocol's parameters (report.json)."""
+    import dataclasses
+
+    series = dataclasses.replace(
+        synthetic([{}], tr_s=(), te_s=(), flip_angle_deg=()), dwell_s=None,
+        parameters={"tr_s": 0.5, "te_s": [0.01, 0.02], "flip_angle_deg": 90.0, "etl": 7,
+                    "readout_bandwidth_hz_per_pixel": 130.0})
+    ds = build_series(series)[0]
+    assert (float(ds.RepetitionTime), float(ds.EchoTime), float(ds.FlipAngle)) == (500.0, 10.0, 90.0)
+    assert ds.EchoTrainLength == 7 and float(ds.PixelBandwidth) == 130.0
+    assert dciodvfy(write_series([ds], tmp_path / "d")[0])[1] == []
+
+
+_finite = st.floats(-500, 500, allow_nan=False)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.tuples(_finite, _finite, _finite), st.floats(0, 360), st.floats(-180, 180), st.floats(0, 360),
+       st.integers(4, 64), st.integers(4, 64), st.floats(50, 400), st.floats(50, 400))
+def test_any_plane_round_trips_through_the_dicom_image_plane(position: tuple[float, float, float], a: float,
+                                                             b: float, c: float, nx: int, ny: int, fov_read: float,
+                                                             fov_phase: float) -> None:
+    """Any orientation and position: the pixel DICOM's equation puts at [ny//2, nx//2] is image.json's centre,
+    and IOP is read_dir, phase_dir (PS3.3 C.7.6.2.1.1)."""
+    from pydicom.dataset import Dataset
+
+    from scanctl.data.dicom import _place
+    from scanctl.data.dicomgeom import ImageGeometry
+
+    r = _rotation(a, b) @ _rotation(c, 0.0)
+    g = ImageGeometry(position, tuple(r[:, 0]), tuple(r[:, 1]), (fov_read, fov_phase, 3.0), (nx, ny))
+    ds = Dataset()
+    _place(ds, g, 3.0)
+    ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+    iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+    row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
+    centre = ipp + (nx // 2) * col_spacing * iop[:3] + (ny // 2) * row_spacing * iop[3:]
+    assert np.allclose(centre, position, atol=1e-3)  # Decimal Strings hold 10 significant digits
+    assert np.allclose(iop, np.r_[r[:, 0], r[:, 1]], atol=1e-8)
+    assert float(ds.SliceLocation) == pytest.approx(float(np.dot(position, r[:, 2])), abs=1e-3)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from(["position_mm", "read_dir", "phase_dir", "fov_mm", "matrix", "counters"]), _json)
+def test_a_damaged_image_json_entry_is_a_dicom_error_or_valid(key: str, value: object) -> None:
+    import json
+    import tempfile
+
+    from scanctl.data.dicomgeom import read_image_json
+
+    entry = {"counters": {"SLC": 0}, "position_mm": [0, 0, 0], "read_dir": [1, 0, 0], "phase_dir": [0, 1, 0],
+             "fov_mm": [256, 256, 5], "matrix": [8, 8], key: value}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "image.json"
+        path.write_text(json.dumps({"format": 1, "images": [entry]}))
+        try:
+            geometry, index, _ = read_image_json(path, (1, 8, 8))
+        except DicomError as exc:
+            assert "image.json: images[0]" in str(exc)
+            return
+    assert len(geometry) == 1 and len(index) == 1
+    assert all(math.isfinite(v) for v in (*geometry[0].position, *geometry[0].fov))

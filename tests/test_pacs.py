@@ -63,7 +63,7 @@ def test_a_run_stored_to_orthanc_comes_back_pixel_for_pixel(orthanc: Orthanc, tm
     files = export_run(run, tmp_path / "dicom").files
     before = counts(orthanc)
     result = store(files, orthanc.pacs)
-    assert result.stored == files and result.associations == 1
+    assert result.stored == files and result.associations == 2 and result.verified  # the store, the C-FIND
     assert counts(orthanc) == (before[0] + 1, before[1] + 1, before[2] + 1)
     for path in files:
         ours = pydicom.dcmread(path)
@@ -101,7 +101,7 @@ def test_a_pacs_that_is_down_is_tried_again_then_named(series_files: list[Path])
     pacs = Pacs("ORTHANC", "127.0.0.1", free_port())  # nothing listens there
     with pytest.raises(PacsError, match=r"cannot be reached after 3 tries") as info:
         store(series_files, pacs, retries=2, retry_wait_s=1.5, sleep=slept.append, timeout_s=2)
-    assert slept == [1.5, 1.5]
+    assert slept == [1.5, 3.0]  # backing off: the wait doubles
     assert str(pacs) in str(info.value) and "\n" not in str(info.value)
     assert all(p.is_file() for p in series_files)
 
@@ -116,7 +116,7 @@ def test_a_pacs_up_again_on_a_retry_takes_everything(tmp_path: Path, series_file
 
     try:
         result = store(series_files, server.pacs, retries=1, sleep=start_now)
-        assert result.associations == 2 and len(result.stored) == 5 and tries == [2.0]
+        assert result.associations == 3 and len(result.stored) == 5 and tries == [2.0] and result.verified
         assert counts(server) == (1, 1, 5)
     finally:
         server.stop()
@@ -160,7 +160,7 @@ def test_an_association_dropped_mid_store_keeps_the_rest_named(series_files: lis
 
     server, port = _scp(handle)
     try:
-        with pytest.raises(PacsError, match=r"3 of 5 objects not stored") as info:
+        with pytest.raises(PacsError, match=r"association was lost mid-store; 2 of 5 objects stored, 3 not") as info:
             store(series_files, Pacs("FAKEPACS", "127.0.0.1", port), timeout_s=5)
     finally:
         server.shutdown()  # type: ignore[attr-defined]
@@ -216,3 +216,153 @@ def test_bad_dicom_options_refuse_the_run_before_it_starts(tmp_path: Path, args:
     done = scanctl("run", str(GRE), "--out", str(tmp_path / "run"), "--dicom", str(tmp_path / "dicom"), *args)
     assert done.returncode == 2 and message in done.stderr and done.stderr.count("\n") == 1
     assert not (tmp_path / "run" / "raw.h5").exists()  # nothing ran
+
+
+# -- verified store with retry --------------------------------------------------------------------------------
+
+
+class FakePacs:
+    """A pynetdicom Storage SCP with a C-FIND (Study Root) that lists what it kept. ``drop_at``: abort the
+    association in the middle of these C-STOREs (1-based, counted over the PACS's life); ``lose``: answer
+    Success for these SOP Instance UIDs and not keep them; ``find``: offer C-FIND at all."""
+
+    def __init__(self, *, drop_at: tuple[int, ...] = (), lose: tuple[str, ...] = (), find: bool = True) -> None:
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+
+        self.kept: dict[str, int] = {}  # SOP Instance UID -> times received
+        self.calls = 0
+        self.drop_at, self.lose = drop_at, lose
+        ae = AE(ae_title="FAKEPACS")
+        ae.add_supported_context(MRImageStorage, ["1.2.840.10008.1.2.1"])
+        if find:
+            ae.add_supported_context(FIND)
+        self.port = free_port()
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[
+            (evt.EVT_C_STORE, self._store), (evt.EVT_C_FIND, self._find)])
+
+    @property
+    def pacs(self) -> Pacs:
+        return Pacs("FAKEPACS", "127.0.0.1", self.port)
+
+    def _store(self, event: evt.Event) -> int:
+        self.calls += 1
+        if self.calls in self.drop_at:
+            event.assoc.abort()
+            return 0x0000
+        uid = str(event.request.AffectedSOPInstanceUID)
+        if uid not in self.lose:
+            self.kept[uid] = self.kept.get(uid, 0) + 1
+        return 0x0000
+
+    def _find(self, event: evt.Event) -> Iterator[tuple[int, object]]:
+        from pydicom.dataset import Dataset
+
+        for uid in list(self.kept):
+            found = Dataset()
+            found.QueryRetrieveLevel = "IMAGE"
+            found.SOPInstanceUID = uid
+            yield 0xFF00, found
+
+    def close(self) -> None:
+        self.server.shutdown()  # type: ignore[attr-defined]
+
+
+def _uids(files: list[Path]) -> set[str]:
+    return {str(pydicom.dcmread(p).SOPInstanceUID) for p in files}
+
+
+def test_an_association_dropped_mid_series_is_resumed_and_verified(series_files: list[Path]) -> None:
+    fake = FakePacs(drop_at=(3,))
+    slept: list[float] = []
+    try:
+        result = store(series_files, fake.pacs, retries=2, retry_wait_s=0.5, sleep=slept.append, timeout_s=5)
+    finally:
+        fake.close()
+    assert result.verified and result.stored == series_files and slept == [0.5]
+    assert set(fake.kept) == _uids(series_files) and all(n == 1 for n in fake.kept.values())
+    assert result.resent == 3  # the object under which it dropped and the two after it
+
+
+def test_a_store_that_never_succeeds_is_one_clear_message_and_the_files_stay(series_files: list[Path]) -> None:
+    fake = FakePacs(drop_at=(2, 3, 4))  # drops under every try's first object after the first one
+    slept: list[float] = []
+    try:
+        with pytest.raises(PacsError) as info:
+            store(series_files, fake.pacs, retries=2, retry_wait_s=1.0, sleep=slept.append, timeout_s=5)
+    finally:
+        fake.close()
+    message = str(info.value)
+    assert "\n" not in message and "association was lost mid-store after 3 tries" in message
+    assert "1 of 5 objects stored, 4 not" in message and "the files are kept" in message
+    assert slept == [1.0, 2.0] and all(p.is_file() for p in series_files)
+    assert [p.name for p, _ in info.value.failed] == [f"IMG000{i}.dcm" for i in range(2, 6)]
+
+
+def test_an_object_acknowledged_but_not_kept_is_caught_by_the_verification(series_files: list[Path]) -> None:
+    lost = str(pydicom.dcmread(series_files[3]).SOPInstanceUID)
+    fake = FakePacs(lose=(lost,))
+    try:
+        with pytest.raises(PacsError, match=r"1 objects acknowledged but not found again by C-FIND \(first: "
+                                            r"IMG0004\.dcm\)") as info:
+            store(series_files, fake.pacs)
+    finally:
+        fake.close()
+    assert series_files[3] not in info.value.stored and len(info.value.stored) == 4
+
+
+def test_a_pacs_without_c_find_cannot_verify_unless_told(series_files: list[Path]) -> None:
+    fake = FakePacs(find=False)
+    try:
+        with pytest.raises(PacsError, match=r"cannot verify the store: it does not answer C-FIND.*--no-verify"):
+            store(series_files, fake.pacs)
+        result = store(series_files, fake.pacs, verify=False)
+    finally:
+        fake.close()
+    assert not result.verified and result.stored == series_files
+
+
+def test_orthanc_stopped_mid_series_and_started_again_gets_every_instance_once(tmp_path: Path,
+                                                                               series_files: list[Path]) -> None:
+    server = Orthanc(tmp_path / "flaky")
+    sent: list[Path] = []
+
+    def stop_after_two(path: Path) -> None:  # the PACS goes down in the middle of the series
+        sent.append(path)
+        if len(sent) == 2:
+            server.stop()
+
+    def start_again(seconds: float) -> None:
+        server.start()
+
+    server.start()
+    try:
+        result = store(series_files, server.pacs, retries=3, retry_wait_s=0.1, sleep=start_again,
+                       progress=stop_after_two, timeout_s=5)
+        assert result.verified and sorted(result.stored) == series_files
+        assert counts(server) == (1, 1, 5)  # all five, none twice
+        found = {i["MainDicomTags"]["SOPInstanceUID"] for i in server.rest("/instances?expand")}
+        assert found == _uids(series_files)
+    finally:
+        server.stop()
+    assert all(p.is_file() for p in series_files)
+
+
+def test_oblique_geometry_round_trips_through_orthanc_rest(orthanc: Orthanc, tmp_path: Path) -> None:
+    from scanctl.data.dicom import export_run
+    from tests.test_dicom import oblique_centre, oblique_run
+
+    run = tmp_path / "plain"
+    assert run_scan(GRE, profiles.load(None), run).ok
+    files = export_run(oblique_run(run, tmp_path / "oblique"), tmp_path / "dicom").files
+    assert store(files, orthanc.pacs).verified
+    for k, path in enumerate(files):
+        ours = pydicom.dcmread(path)
+        found = orthanc.rest("/tools/lookup", str(ours.SOPInstanceUID).encode())
+        tags = orthanc.rest(f"/instances/{found[0]['ID']}/simplified-tags")
+        ipp = [float(v) for v in tags["ImagePositionPatient"].split("\\")]
+        iop = [float(v) for v in tags["ImageOrientationPatient"].split("\\")]
+        assert ipp == [float(v) for v in ours.ImagePositionPatient]
+        assert int(tags["InstanceNumber"]) == k + 1
+        spacing = float(tags["PixelSpacing"].split("\\")[0])
+        centre = np.array(ipp) + 64 * spacing * np.array(iop[:3]) + 48 * spacing * np.array(iop[3:])
+        assert np.allclose(centre, oblique_centre(k), atol=1e-4)

@@ -35,6 +35,10 @@ matrix = [32, 32]
 te_s = 0.005
 tr_s = 0.012
 
+[geometry]
+position_mm = [0.0, 0.0, 10.0]
+slice_order = "interleaved"
+
 [table]
 position_mm = 100.0
 
@@ -58,7 +62,9 @@ def write(tmp_path: Path, text: str, name: str = "p.toml") -> Path:
 
 
 def test_the_required_protocols_are_shipped():
-    assert {p.name for p in SHIPPED} >= {"gre_2d.toml", "se_2d.toml", "tse_2d.toml", "pulseq_gre.toml"}
+    assert {p.name for p in SHIPPED} >= {"gre_2d.toml", "se_2d.toml", "tse_2d.toml", "pulseq_gre.toml",
+                                         "t1_gre_multislice.toml", "gre_3d.toml", "localizer.toml",
+                                         "gre_oblique.toml"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
@@ -73,8 +79,11 @@ def test_every_shipped_protocol_loads_builds_and_passes_the_checks(path):
     if protocol.sequence_params is not None:
         p = protocol.sequence_params
         m = measure(seq)
-        assert np.allclose(m.te, p.te_s, atol=1e-9) and np.allclose(np.diff(m.t_exc), p.tr_s, atol=1e-9)
+        per_tr = len(protocol.slice_stack.offsets_m())  # slices excited in every TR
+        assert np.allclose(m.te, p.te_s, atol=1e-9) and np.allclose(np.diff(m.t_exc), p.tr_s / per_tr, atol=1e-9)
         assert m.k.shape[2] == p.matrix[0]
+        stacks = protocol.slice_stacks
+        assert sorted(set(m.labels["SLC"].tolist())) == list(range(sum(st.count for st in stacks)))
 
 
 def test_shipped_gre_is_the_issue_s_128_spoiled_gre():
@@ -103,6 +112,9 @@ def test_a_full_protocol_reads_every_table(tmp_path):
     assert p.build_sequence(PROFILE).definitions["TR"] == "0.012"
     data = p.as_dict()
     assert data["sequence"]["parameters"]["te_s"] == 0.005 and data["table"]["position_mm"] == 100.0
+    assert data["geometry"]["position_mm"] == [0.0, 0.0, 10.0] and data["geometry"]["slice_dir"] == [0, 0, 1]
+    assert data["patient"]["patient_position"] == "HFS" and p.patient_position == "HFS"
+    assert np.allclose(p.slice_stack.centres_m(), [[0.0, 0.0, 0.01]])
 
 
 def test_minimal_protocol_defaults(tmp_path):
@@ -111,6 +123,16 @@ def test_minimal_protocol_defaults(tmp_path):
     assert p.description == "" and p.table_position_mm == 0.0 and p.phantom is None and p.noise_std is None
     assert p.patient.height_m is None and p.sequence_params.tr_s == 0.5
     assert p.as_dict()["phantom"] is None
+    assert p.geometry is None and p.as_dict()["geometry"]["slices"] == 1  # the builder's default geometry
+    assert np.allclose(p.slice_stack.centres_m(), 0.0) and p.patient_position == "HFS"
+
+
+def test_a_localizer_without_geometry_takes_three_slices_per_plane(tmp_path):
+    p = load_protocol(write(tmp_path, '[protocol]\nname = "m"\n[sequence]\ntype = "localizer"\nmatrix = [16, 16]\n'
+                                      "[patient]\nweight_kg = 60\n"))
+    assert [s.count for s in p.slice_stacks] == [3, 3, 3] and p.as_dict()["geometry"]["slices"] == 3
+    seq = p.build_sequence(PROFILE)
+    assert len(seq.definitions["SlicePositions"].split()) == 27
 
 
 def test_phantom_from_a_file_relative_to_the_protocol(tmp_path):
@@ -180,10 +202,24 @@ def test_missing_sequence_file_names_file_and_key(tmp_path):
         load_protocol(bad)
 
 
+GEOMETRY_TABLE = '[geometry]\nposition_mm = [0.0, 0.0, 10.0]\nslice_order = "interleaved"\n'
+
+
+def test_a_pulseq_file_protocol_takes_no_geometry(tmp_path):
+    """The file's RF offsets and rotations say where it images: a [geometry] beside it would contradict them."""
+    (tmp_path / "s.seq").write_text("[VERSION]\n")
+    path = write(tmp_path, GOOD.replace('type = "gre_2d"\nmatrix = [32, 32]\nte_s = 0.005\ntr_s = 0.012',
+                                        'file = "s.seq"'))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: geometry: a Pulseq file carries its own"):
+        load_protocol(path)
+    p = load_protocol(write(tmp_path, path.read_text().replace(GEOMETRY_TABLE, "")))
+    assert p.geometry is None and p.slice_stacks == [] and p.as_dict()["geometry"] is None
+
+
 def test_unreadable_pulseq_file_is_a_format_error_at_build(tmp_path):
     (tmp_path / "broken.seq").write_text("not a pulseq file\n")
     path = write(tmp_path, GOOD.replace('type = "gre_2d"\nmatrix = [32, 32]\nte_s = 0.005\ntr_s = 0.012',
-                                        'file = "broken.seq"'))
+                                        'file = "broken.seq"').replace(GEOMETRY_TABLE, ""))
     protocol = load_protocol(path)
     with pytest.raises(SequenceFormatError, match="broken.seq"):
         protocol.build_sequence(PROFILE)

@@ -122,7 +122,8 @@ def test_tse_kz_rounding_noise_is_no_partition_encoding(tmp_path):
     header = raw.header
     assert header.encoded_matrix == (n, n, 1)
     assert header.limit("kspace_encode_step_2").maximum == 0
-    assert header.fov_m[2] == 0.0  # a 2D scan: z not encoded
+    # A 2D scan: z not encoded; its z FOV is the slice thickness (bandwidth over slice gradient: 5 mm).
+    assert header.fov_m[2] == pytest.approx(5e-3, rel=0.02)
     assert header.fov_m[1] == pytest.approx(0.256, rel=1e-3)
     lines = sorted(a.labels["LIN"] for a in raw.acquisitions)
     assert lines == list(range(n))  # every line once
@@ -137,7 +138,8 @@ def test_haste_plays_its_5_s_delay_and_is_2d(tmp_path):
     images, raw = scan(tmp_path, examples.haste(n), "haste")  # completed: no heartbeat fault at 2.0 s
     assert images.shape == (1, n, n)
     header = raw.header
-    assert header.encoded_matrix == (n, n, 1) and header.fov_m[2] == 0.0
+    assert header.encoded_matrix == (n, n, 1)
+    assert header.fov_m[2] == pytest.approx(5e-3, rel=0.02)  # 2D: the slice thickness
     lines = [a.labels["LIN"] for a in raw.acquisitions]
     assert lines == list(range(n // 2 - 8, n))  # half Fourier: 8 lines before the centre, then the rest
     assert header.limit("kspace_encode_step_1").centre == n // 2
@@ -159,7 +161,7 @@ def test_full_size_fast_spin_echo_header_is_2d(tmp_path, build):
     build().write(str(path))
     header = RawHeader.from_sequence(read(path), larmor_hz=1.0)
     assert header.encoded_matrix == (64, 64, 1)
-    assert header.fov_m[2] == 0.0
+    assert header.fov_m[2] == pytest.approx(5e-3, rel=0.02)  # 2D: the slice thickness
     assert header.fov_m[1] == pytest.approx(0.256, rel=1e-3)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from scanctl.simulators.physics import SpinSystem, shepp_logan
 from scanctl.simulators.physics import signal as signal_mod
+from scanctl.simulators.physics.coils import loop_ring
 from scanctl.simulators.physics.nufft import PlaneNufft, plane_direct
 from scanctl.simulators.physics.signal import Readout
 from threadpoolctl import threadpool_info
@@ -60,11 +61,13 @@ def _play(spins: SpinSystem, segments: list) -> np.ndarray:
     return np.concatenate([w.ravel() for o in out for w in o]).astype(np.complex128)
 
 
-@pytest.mark.parametrize("maps", ["uniform", "b0-map", "t2prime"])
+@pytest.mark.parametrize("maps", ["uniform", "b0-map", "t2prime", "coils-off-centre", "oblong-voxels"])
 @pytest.mark.parametrize("builder", ["radial", "gre"])
 def test_fast_readout_matches_direct_sums(builder: str, maps: str) -> None:
     """Radial (NUFFT) and Cartesian (separable) windows, with and without off-resonance inside the classes
-    (Taylor series) and T2′, give the direct sums' samples."""
+    (Taylor series) and T2′, and with a 3-channel ring array on a grid off the isocentre (the NUFFT's grid
+    offset), and with voxels longer in y than in x (the cached sample phasors of x and y were once taken
+    for each other when the two axes had as many voxels), give the direct sums' samples."""
     make = {"radial": lambda: pulseq_factory.radial(n_spokes=6), "gre": lambda: pulseq_factory.gre(n=32)}[builder]
     segments = _segments(make)
     phantom = shepp_logan(32)
@@ -73,9 +76,15 @@ def test_fast_readout_matches_direct_sums(builder: str, maps: str) -> None:
         phantom.b0_offset_hz[...] = 40.0 * xx[None, :] * xx[:, None]
     elif maps == "t2prime":
         phantom = dataclasses.replace(phantom, t2prime_s=np.where(phantom.pd > 0.5, 0.02, 0.05))
+    kwargs = {}
+    if maps == "oblong-voxels":
+        phantom = dataclasses.replace(phantom, voxel_size_m=(0.008, 0.011, 0.01))
+    if maps == "coils-off-centre":
+        phantom = dataclasses.replace(phantom, origin_m=(0.013, -0.021, 0.0))
+        kwargs["coil"] = loop_ring(3, 0.154)
     data = {}
     for method in ("fast", "direct"):
-        spins = SpinSystem(phantom, isochromats=8)
+        spins = SpinSystem(phantom, isochromats=8, **kwargs)
         spins._readout.method = method
         assert spins._readout._r2p.any() == (maps == "t2prime")
         data[method] = _play(spins, segments)
@@ -101,6 +110,44 @@ def _synthetic(trajectory: str, n: int = 64, n_states: int = 60, n_t: int = 64) 
     dt = np.linspace(0.0, 5e-3, n_t)
     decay = np.exp(-dt[None, :] / 0.1) * np.ones((spins.n_classes, 1))
     return readout, (f_k, np.zeros(n_states), f, dm, dt, decay)
+
+
+@pytest.mark.parametrize("case", ["cartesian", "radial", "b0-map"])
+def test_channels_share_the_states_and_each_sees_its_own_maps(case: str) -> None:
+    """A read-out with ``sens`` (3 channels) gives, channel by channel, what a one-channel read-out of the
+    maps ``sens_n · pd`` gives from the same states: the stacked plane sums are the channels' own, and the
+    slab sums and decay are shared."""
+    n, n_classes = 24, 3
+    rng = np.random.default_rng(5)
+    pd = rng.uniform(0.0, 1.0, (n_classes, n, n))
+    sens = rng.standard_normal((3, n_classes, n, n)) + 1j * rng.standard_normal((3, n_classes, n, n))
+    dfr = 20.0 * rng.standard_normal(pd.shape) if case == "b0-map" else np.zeros(pd.shape)
+    dfr_max = float(np.abs(dfr).max())
+    d = 0.256 / n
+    x = (np.arange(n) - n // 2) * d + 0.004  # off the isocentre, as a posed phantom's grid
+    y = (np.arange(n) - n // 2) * d - 0.007
+    voxel = (d, d, 0.01)
+    iso = ((np.arange(4) + 0.5) / 4 - 0.5) * 0.01
+    geometry = (x, y, voxel, iso, np.zeros(n_classes), 2)
+    joint = Readout(pd, dfr, dfr_max, np.zeros(n_classes), *geometry, sens=sens)
+    half = 0.5 / d
+    f_k = np.zeros((20, 3))
+    f_k[:, :2] = rng.uniform(-0.4 * half, 0.4 * half, (20, 2))
+    f_k[:, 2] = rng.uniform(-50.0, 50.0, 20)
+    f = rng.standard_normal((20, n_classes, 4)) + 1j * rng.standard_normal((20, n_classes, 4))
+    sweep = np.linspace(-half, half, 40)
+    angle = np.pi / 6 if case == "radial" else 0.0
+    dm = np.stack((np.cos(angle) * sweep, np.sin(angle) * sweep, np.zeros(40)))
+    dt = np.linspace(0.0, 4e-3, 40)
+    decay = np.exp(-dt[None, :] / 0.1) * np.ones((n_classes, 1))
+    args = (f_k, np.zeros(20), f, dm, dt, decay)
+    got = joint.signal(*args)
+    assert got.shape == (3, 40)
+    for ch in range(3):
+        alone = Readout(pd * sens[ch], dfr, dfr_max, np.zeros(n_classes), *geometry)
+        want = alone.signal(*args)
+        assert want.shape == (1, 40)
+        assert np.abs(got[ch] - want[0]).max() < 1e-9 * np.abs(want).max()
 
 
 def _cpu(readout: Readout, args: tuple) -> float:

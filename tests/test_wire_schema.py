@@ -29,6 +29,7 @@ from scanctl.transport.schema.validate import Validator
 from scanctl.transport.wire import Message, encode
 
 GRE = Path(__file__).parents[1] / "protocols" / "gre_2d.toml"
+EXAM_CARD = Path(__file__).parent / "data" / "exam" / "head32.toml"
 PROFILE = profiles.load()
 #: Small buffers: the run loop reaches safe points (pause, stop, abort) while the scan plays.
 URLS = {"gradient": "sim://?buffer_s=0.2", "rf": "sim://?physics=0&buffer_s=0.2", "table": "sim://"}
@@ -238,6 +239,19 @@ def scenarios(rig: Rig, monkeypatch: Any, tmp_path: Path) -> dict[str, tuple[int
         a.take_control()
         marks["control takeover"] = (begin, rec.mark())
 
+        begin = rec.mark()  # an exam: every exam command and argument, the exam stream
+        order = {"patient_id": "P1", "patient_name": "Doe^Jane", "weight_kg": 70.0, "requested_procedure": "MR head"}
+        assert a.command("exam.status")["exam"] is None
+        a.command("exam.open", {"order": order, "card": str(EXAM_CARD), "mpps": None, "order_source": "wire test"})
+        a.command("exam.append", {"path": str(EXAM_CARD.parent / "gre32.toml"), "name": "extra"})
+        a.command("exam.skip", {"step": 2})
+        a.command("exam.repeat", {"step": 1})
+        assert a.command("exam.next")["steps"][0]["status"] == "done"
+        assert [s["status"] for s in a.command("exam.run")["steps"]] == ["done", "done"]
+        a.command("exam.status")
+        assert a.command("exam.close", {"discontinue": True, "reason": "wire test"})["exam"]["state"] == "discontinued"
+        marks["exam"] = (begin, rec.mark())
+
         begin = rec.mark()  # stored runs, and every other refusal a console can meet
         run = a.runs()[0]["run"]
         a.command("fetch", {"run": run, "file": "report.json", "offset": 0, "length": 100})
@@ -402,18 +416,24 @@ def changed(edit: Any, version: str) -> dict[str, Any]:
     return doc
 
 
+# The current version, and the next minor and major: the rule holds whatever the current version is.
+CURRENT = schema.version()
+NEXT_MINOR = f"{CURRENT.split('.')[0]}.{int(CURRENT.split('.')[1]) + 1}"
+NEXT_MAJOR = f"{int(CURRENT.split('.')[0]) + 1}.0"
+
+
 @pytest.mark.parametrize(("edit", "version", "broken"), [
-    (lambda s: None, "2.0", None),
-    (lambda s: s["Reply.status"]["properties"].update(uptime_s={"type": "number"}), "2.1", None),  # minor: adds
-    (lambda s: s["Reply.status"]["properties"].update(uptime_s={"type": "number"}), "2.0", "without a new version"),
-    (lambda s: s["Reply.status"]["properties"].pop("snapshot"), "2.1", "snapshot removed"),
-    (lambda s: s["Command.move_table"]["required"].append("speed_mm_s"), "2.1", "became required"),
-    (lambda s: s["ErrorBody"]["properties"]["code"]["enum"].remove("internal"), "2.1", "'internal' removed"),
-    (lambda s: s["Event.progress"]["properties"].update(t_s={"type": "string"}), "2.1", "t_s"),
-    (lambda s: s["Reply.status"]["properties"].pop("snapshot"), "3.0", None),  # major: anything, refused by 1.x
+    (lambda s: None, CURRENT, None),
+    (lambda s: s["Reply.status"]["properties"].update(uptime_s={"type": "number"}), NEXT_MINOR, None),  # minor: adds
+    (lambda s: s["Reply.status"]["properties"].update(uptime_s={"type": "number"}), CURRENT, "without a new version"),
+    (lambda s: s["Reply.status"]["properties"].pop("snapshot"), NEXT_MINOR, "snapshot removed"),
+    (lambda s: s["Command.move_table"]["required"].append("speed_mm_s"), NEXT_MINOR, "became required"),
+    (lambda s: s["ErrorBody"]["properties"]["code"]["enum"].remove("internal"), NEXT_MINOR, "'internal' removed"),
+    (lambda s: s["Event.progress"]["properties"].update(t_s={"type": "string"}), NEXT_MINOR, "t_s"),
+    (lambda s: s["Reply.status"]["properties"].pop("snapshot"), NEXT_MAJOR, None),  # major: anything, refused by 1.x
 ])
 def test_a_message_change_must_follow_the_version_rule(edit, version, broken):
-    problems = version_rule({"2.0": schema.load()}, changed(edit, version))
+    problems = version_rule({CURRENT: schema.load()}, changed(edit, version))
     if broken is None:
         assert problems == []
     else:
@@ -493,7 +513,7 @@ def test_a_subscriber_filtering_on_the_data_prefix_finishes_the_sync_handshake(p
     """Issue 20, 1: data_sync travels on the data socket with type data, as every message there."""
     socket = zmq.Context.instance().socket(zmq.SUB)
     socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.SUBSCRIBE, b'{"v":"2.0","type":"data"')
+    socket.setsockopt(zmq.SUBSCRIBE, f'{{"v":"{schema.version()}","type":"data"'.encode())
     socket.connect(plain.endpoints["data"])
     try:
         with Client(plain.endpoints["control"]) as client:

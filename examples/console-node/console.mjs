@@ -126,9 +126,11 @@ async function main() {
   const snapshot = (await command("status")).snapshot;
   const ep = snapshot.endpoints;
   const separate = ep.data !== ep.events;
-  const sockets = [subscriber(ep.events, [`{"v":"${VERSION}","type":"event"`, `{"v":"${VERSION}","type":"batch"`])];
-  if (separate) sockets.push(subscriber(ep.data, [`{"v":"${VERSION}","type":"data"`]));
-  else sockets[0].subscribe(`{"v":"${VERSION}","type":"data"`);
+  // The subscription prefixes carry the server's wire version (a newer minor than ours is fine to read).
+  const v = snapshot.version;
+  const sockets = [subscriber(ep.events, [`{"v":"${v}","type":"event"`, `{"v":"${v}","type":"batch"`])];
+  if (separate) sockets.push(subscriber(ep.data, [`{"v":"${v}","type":"data"`]));
+  else sockets[0].subscribe(`{"v":"${v}","type":"data"`);
 
   // sync: ZeroMQ's slow joiner; the token comes back on stream sync (and data_sync on a data socket)
   const want = new Set(separate ? ["sync", "data_sync"] : ["sync"]);

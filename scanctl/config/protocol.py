@@ -1,5 +1,6 @@
 """Scan protocols: one TOML file naming a sequence (a built-in type with parameters, or a Pulseq file),
-the table position, the patient and, for the simulators, the phantom. Documented in docs/protocol.md.
+where it images (the geometry: slice position, orientation, slices), the table position, the patient and, for
+the simulators, the phantom. Documented in docs/protocol.md.
 
 Unknown tables and keys, wrong types, out-of-range values and missing files are a
 :class:`~scanctl.errors.ConfigError` naming the file and the key. A TE or TR the sequence cannot meet is
@@ -18,6 +19,8 @@ from scanctl.config.profile import SystemProfile
 from scanctl.config.tomlcheck import Reader, load_text, parse
 from scanctl.errors import ConfigError
 from scanctl.sequence.builders import BUILDERS, ParameterError, Params
+from scanctl.sequence.builders.placement import GEOMETRY_KEYS, Geometry
+from scanctl.sequence.geometry import SliceStack
 from scanctl.sequence.model import Sequence
 
 #: Phantoms the simulators ship, by name.
@@ -26,19 +29,22 @@ PHANTOMS = ("shepp_logan",)
 KEYS = {
     "protocol": {"name", "description"},
     "table": {"position_mm"},
-    "patient": {"weight_kg", "height_m"},
+    "patient": {"weight_kg", "height_m", "patient_position"},
+    "geometry": set(GEOMETRY_KEYS),
     "phantom": {"name", "file", "matrix"},
     "acquisition": {"noise_std"},
 }
-TABLES = ("protocol", "sequence", "table", "patient", "phantom", "acquisition")
+TABLES = ("protocol", "sequence", "geometry", "table", "patient", "phantom", "acquisition")
 
 
 @dataclass(frozen=True)
 class Patient:
-    """The patient: weight (kg) for the SAR limits, optional height (m)."""
+    """The patient: weight (kg) for the SAR limits, optional height (m), and how they lie (DICOM Patient
+    Position: HFS, FFS, HFP, FFP; it maps the protocol's patient coordinates into the scanner's)."""
 
     weight_kg: float
     height_m: float | None = None
+    patient_position: str = "HFS"
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,28 @@ class Protocol:
     patient: Patient
     phantom: Phantom | None = None
     noise_std: float | None = None
+    #: Where a built-in sequence images: the ``[geometry]`` table (None without one, for a head-first supine
+    #: patient: the builder's default; always None for a Pulseq file, whose RF offsets and rotations say).
+    geometry: Geometry | None = None
+
+    @property
+    def patient_position(self) -> str:
+        """DICOM Patient Position (HFS, FFS, HFP, FFP)."""
+        return self.patient.patient_position
+
+    @property
+    def slice_stacks(self) -> list[SliceStack]:
+        """The slice stacks a built-in sequence images, in SLC order (one; the localizer: one per plane),
+        patient coordinates; empty for a Pulseq file."""
+        if self.sequence_type is None or self.sequence_params is None:
+            return []
+        return BUILDERS[self.sequence_type].slice_stacks(self.sequence_params, self.geometry)
+
+    @property
+    def slice_stack(self) -> SliceStack | None:
+        """The (first) slice stack, or None for a Pulseq file."""
+        stacks = self.slice_stacks
+        return stacks[0] if stacks else None
 
     def build_sequence(self, profile: SystemProfile) -> Sequence:
         """The protocol's sequence for ``profile``: built, or read from its Pulseq file.
@@ -80,9 +108,9 @@ class Protocol:
             return read(self.sequence_file)
         assert self.sequence_type is not None and self.sequence_params is not None
         try:
-            return BUILDERS[self.sequence_type].build(profile, self.sequence_params)
+            return BUILDERS[self.sequence_type].build(profile, self.sequence_params, geometry=self.geometry)
         except ParameterError as exc:
-            raise ConfigError(f"{self.source}: sequence.{exc.key}: {exc.message}") from exc
+            raise ConfigError(f"{self.source}: {_qualified(exc.key)}: {exc.message}") from exc
 
     def as_dict(self) -> dict[str, Any]:
         """The protocol as plain data (paths as strings), e.g. for a run report."""
@@ -95,8 +123,11 @@ class Protocol:
             "description": self.description,
             "sequence": {"type": self.sequence_type, "parameters": params,
                          "file": None if self.sequence_file is None else str(self.sequence_file)},
+            "geometry": None if self.sequence_type is None else BUILDERS[self.sequence_type].geometry(
+                self.geometry).as_dict(),
             "table": {"position_mm": self.table_position_mm},
-            "patient": {"weight_kg": self.patient.weight_kg, "height_m": self.patient.height_m},
+            "patient": {"weight_kg": self.patient.weight_kg, "height_m": self.patient.height_m,
+                        "patient_position": self.patient.patient_position},
             "phantom": None if self.phantom is None else {
                 "name": self.phantom.name, "matrix": self.phantom.matrix,
                 "file": None if self.phantom.file is None else str(self.phantom.file)},
@@ -144,7 +175,21 @@ def parse_protocol(text: str, source: Path) -> Protocol:
     patient = Patient(
         weight_kg=r.number(pat, "patient.weight_kg", 1.0, 500.0),
         height_m=r.number(pat, "patient.height_m", 0.2, 3.0) if "height_m" in pat else None,
+        patient_position=pat.get("patient_position", "HFS"),
     )
+    geometry = None
+    if seq_type is not None:
+        geo = r.table("geometry", KEYS["geometry"], required=False, optional=True)
+        try:
+            geometry = Geometry.from_mapping(geo, patient.patient_position)
+        except ParameterError as exc:
+            raise r.fail(exc.key, exc.message) from exc
+        if "geometry" not in r.data and geometry.patient_position == "HFS":
+            geometry = None  # the builder's own default (the localizer's: three slices per plane)
+    elif "geometry" in r.data:
+        raise r.fail("geometry", "a Pulseq file carries its own geometry (RF offsets, ROTATIONS): no [geometry]")
+    elif "patient_position" in pat:
+        r.string(pat, "patient.patient_position", {"HFS", "FFS", "HFP", "FFP"})
 
     phantom = None
     if "phantom" in r.data:
@@ -162,7 +207,12 @@ def parse_protocol(text: str, source: Path) -> Protocol:
 
     return Protocol(source=source, name=name, description=description, sequence_type=seq_type,
                     sequence_params=seq_params, sequence_file=seq_file, table_position_mm=position,
-                    patient=patient, phantom=phantom, noise_std=noise)
+                    patient=patient, phantom=phantom, noise_std=noise, geometry=geometry)
+
+
+def _qualified(key: str) -> str:
+    """A builder's parameter key as the protocol file spells it (geometry and patient keys are their own)."""
+    return key if key.startswith(("geometry.", "patient.")) else f"sequence.{key}"
 
 
 def _nonempty(r: Reader, table: dict[str, Any], key: str) -> str:

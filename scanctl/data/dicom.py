@@ -9,10 +9,9 @@ every object carries
 * the series and the acquisition parameters from the raw data header (TR, TE, flip angle, sequence name,
   field strength, imaging frequency, pixel bandwidth from the ADC dwell time);
 * the geometry (Image Position/Orientation (Patient), Pixel Spacing, Slice Thickness/Location, Spacing
-  Between Slices, Frame of Reference) from the header's field of view and matrix. The acquisition geometry
-  is not in the raw data yet (issue 16): every series is **transverse at the isocentre** (scanner axes
-  x, y, z taken as the patient's left, posterior and head for a head-first supine patient), 2D slices
-  centred on the isocentre, one slice thickness apart;
+  Between Slices) from the recon's ``image.json`` (:mod:`scanctl.data.dicomgeom`), or transverse at the
+  isocentre for a run without one; one Frame of Reference per study and patient position; Instance Numbers
+  in slice position order within each contrast;
 * 16-bit unsigned pixels with Rescale Slope/Intercept: one slope per series, so that the largest value
   of the series maps to 65535 (stored = round(value / slope));
 * UIDs under :data:`UID_ROOT` (``2.25.``: a UUID as a decimal integer, ITU-T X.667 / DICOM PS3.5 B.2,
@@ -42,6 +41,8 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage
 
+from scanctl.data import dicomgeom
+from scanctl.data.dicomgeom import ImageGeometry
 from scanctl.data.orders import NO_ORDER, Order
 from scanctl.data.outputs import claim_dir, created
 from scanctl.data.rawdata import RawHeader
@@ -60,9 +61,8 @@ IMPLEMENTATION_UID = UID(UID_ROOT + str(uuid.uuid5(UID_NAMESPACE, "implementatio
 IMPLEMENTATION_VERSION = "SCANCTL_01"
 #: Largest stored pixel value (16-bit unsigned).
 STORED_MAX = 65535
-#: Image Orientation (Patient) of every series until the raw data carry the acquisition geometry
-#: (issue 16): rows along the patient's left (+x), columns along posterior (+y): transverse.
-TRANSVERSE = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+#: Patient Position when neither the raw data header nor the protocol says: head first supine.
+DEFAULT_PATIENT_POSITION = "HFS"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -77,7 +77,9 @@ class Series:
     ``images`` float ``(n, ny, nx)`` (rows: phase encoding y, columns: readout x), ``index`` the counters
     of each image (``SLC``, ``ECO``, ``PAR``, …), ``header`` the raw data header, ``dwell_s`` the ADC dwell
     time (s; None: pixel bandwidth not written), ``acquired`` when the scan started (UTC), ``identity`` a
-    digest of the raw data (the UIDs derive from it), ``number`` the series number."""
+    digest of the raw data (the UIDs derive from it), ``number`` the series number, ``geometry`` each
+    image's plane (from image.json; None: transverse at the isocentre from the header), ``three_d`` (None:
+    from the header's encoded matrix), ``patient_position`` (DICOM Patient Position)."""
 
     images: npt.NDArray[np.float32]
     index: list[dict[str, int]]
@@ -88,12 +90,21 @@ class Series:
     number: int = 1
     description: str = ""
     parameters: Mapping[str, Any] = field(default_factory=dict)  # the protocol's sequence parameters
+    geometry: Sequence[ImageGeometry] | None = None
+    three_d: bool | None = None
+    patient_position: str = DEFAULT_PATIENT_POSITION
+
+    @property
+    def is_3d(self) -> bool:
+        return self.three_d if self.three_d is not None else self.header.encoded_matrix[2] > 1
 
 
 def series_from_run(run_dir: str | os.PathLike[str]) -> Series:
-    """The series of the run in ``run_dir``: images reconstructed from ``raw.h5`` (with ``sequence.seq``
-    for data without ``LIN`` labels), the scan's start time and protocol from ``report.json`` when there.
-    Raises DicomError (no raw data, or nothing to reconstruct), RawDataError (a damaged file)."""
+    """The series of the run in ``run_dir``: the recon's ``image.npy`` with its ``image.json`` (counters and
+    geometry of each image) when both are there, else images reconstructed again from ``raw.h5`` (with
+    ``sequence.seq`` for data without ``LIN`` labels) placed transverse at the isocentre; the scan's start
+    time and protocol from ``report.json`` when there. Raises DicomError (no raw data, nothing to
+    reconstruct, a malformed image.json), RawDataError (a damaged file)."""
     from scanctl.data.rawdata import read_acquisitions
     from scanctl.data.recon import reconstruct_indexed
 
@@ -104,9 +115,15 @@ def series_from_run(run_dir: str | os.PathLike[str]) -> Series:
     raw = read_acquisitions(raw_path)
     if not raw.acquisitions:
         raise DicomError(f"{raw_path}: holds no acquisitions: no image to export")
-    seq = _sequence(run / "sequence.seq")
-    images, index = reconstruct_indexed(raw.acquisitions, seq, header=raw.header,
-                                        centres=raw.centre_samples.tolist())
+    geometry: list[ImageGeometry] | None = None
+    three_d: bool | None = None
+    if (run / "image.json").is_file() and (run / "image.npy").is_file():
+        images = _image_npy(run / "image.npy")
+        geometry, index, three_d = dicomgeom.read_image_json(run / "image.json", images.shape)
+    else:
+        seq = _sequence(run / "sequence.seq")
+        images, index = reconstruct_indexed(raw.acquisitions, seq, header=raw.header,
+                                            centres=raw.centre_samples.tolist())
     report = _report(run / "report.json")
     protocol = report.get("protocol", {}) if isinstance(report.get("protocol"), dict) else {}
     parameters = (protocol.get("sequence") or {}).get("parameters") or {}
@@ -114,11 +131,38 @@ def series_from_run(run_dir: str | os.PathLike[str]) -> Series:
     acquired = _acquired(report, raw_path)
     # The data and when they were acquired: two scans of a phantom on the simulators can give the same bytes.
     identity = f"{_digest(raw_path)}/{acquired.isoformat()}"
+    if geometry is not None:  # the recon's own images: other pixels (another recon of the same data), other UIDs
+        identity += f"/{_digest(run / 'image.npy')}/{_digest(run / 'image.json')}"
     return Series(images=images, index=index, header=raw.header, identity=identity,
                   acquired=acquired, dwell_s=max(dwell) if dwell else None,
                   number=int(run.name) if run.name.isdigit() else 1,
                   description=str(protocol.get("description") or raw.header.protocol_name),
-                  parameters=parameters if isinstance(parameters, dict) else {})
+                  parameters=parameters if isinstance(parameters, dict) else {}, geometry=geometry,
+                  three_d=three_d, patient_position=patient_position(raw.header))
+
+
+def patient_position(header: RawHeader) -> str:
+    """DICOM Patient Position: the raw data header's (``measurementInformation.patientPosition``, which the
+    run takes from the protocol; head first supine in a file that has none). Raises DicomError for one
+    scanctl does not know."""
+    from scanctl.sequence.geometry import PATIENT_POSITIONS
+
+    value = str(getattr(header.patient_position, "value", header.patient_position))
+    if value not in PATIENT_POSITIONS:
+        raise DicomError(f"raw data header: patient position {value!r} is not one of {', '.join(PATIENT_POSITIONS)}")
+    return value
+
+
+def _image_npy(path: Path) -> npt.NDArray[np.float32]:
+    try:
+        images = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DicomError(f"{path}: cannot be read ({exc})") from None
+    if images.ndim == 2:
+        images = images[None]
+    if images.ndim != 3 or not np.issubdtype(images.dtype, np.number):
+        raise DicomError(f"{path}: not a stack of images (shape {images.shape}, {images.dtype})")
+    return np.abs(images).astype(np.float32)
 
 
 def _sequence(path: Path) -> Any:
@@ -189,23 +233,29 @@ def build_series(series: Series, order: Order = NO_ORDER, *, created_at: dt.date
     stored, slope = rescale(images)
     study_uid = order.study_uid or _uid(series.identity, "study", order.patient_id)
     series_uid = _uid(series.identity, "series", study_uid)
-    frame_uid = _uid(series.identity, "frame", study_uid)
+    # One frame of reference for the study's patient lying one way: the series of an exam share it (a viewer
+    # can draw one series' slices on another's images); patient coordinates do not move with the table.
+    frame_uid = _uid("frame", study_uid, series.patient_position)
     now = created_at or dt.datetime.now(dt.UTC)
     common = _common(series, order, study_uid, series_uid, frame_uid, now)
-    geometry = _Geometry.of(series)
+    geometry = (list(series.geometry) if series.geometry is not None
+                else dicomgeom.from_header(series.header, series.index, images.shape))
+    if len(geometry) != images.shape[0]:
+        raise DicomError(f"{len(geometry)} image planes for {images.shape[0]} images")
+    between = dicomgeom.spacing_between(geometry)
     out = []
-    for i in range(images.shape[0]):
+    for number, i in enumerate(dicomgeom.instance_order(series.index, geometry), start=1):
         ds = copy.deepcopy(common)  # not update(): that would share (and so overwrite) the common elements
         sop_uid = _uid(series.identity, "image", study_uid, str(i))
         ds.SOPInstanceUID = sop_uid
-        ds.InstanceNumber = i + 1
+        ds.InstanceNumber = number
         counters = series.index[i]
         echo = int(counters.get("ECO", 0))
         ds.EchoNumbers = echo + 1
-        te = series.header.te_s
+        te = _sequence_values(series, "te_s", "te_s")
         if te:
             ds.EchoTime = _ds(1e3 * te[min(echo, len(te) - 1)])
-        geometry.place(ds, counters)
+        _place(ds, geometry[i], between)
         ds.Rows, ds.Columns = int(images.shape[1]), int(images.shape[2])
         ds.RescaleSlope = _ds(slope)
         ds.RescaleIntercept = "0"
@@ -271,7 +321,7 @@ def _common(series: Series, order: Order, study_uid: str, series_uid: str, frame
     ds.SeriesDate, ds.SeriesTime = date, time
     ds.SeriesDescription = (series.description or h.protocol_name)[:64]
     ds.ProtocolName = h.protocol_name[:64]
-    ds.PatientPosition = "HFS"
+    ds.PatientPosition = series.patient_position
     ds.Laterality = ""  # type 2C: no paired body part is known to be imaged
     ds.FrameOfReferenceUID = frame_uid
     ds.PositionReferenceIndicator = ""
@@ -300,28 +350,47 @@ def _mr(ds: Dataset, series: Series) -> None:
     name = (h.sequence_name or h.protocol_name).lower()
     ds.ScanningSequence, ds.SequenceVariant = _scanning(name)
     ds.ScanOptions = ""
-    ds.MRAcquisitionType = "3D" if h.encoded_matrix[2] > 1 else "2D"
+    ds.MRAcquisitionType = "3D" if series.is_3d else "2D"
     ds.SequenceName = (h.sequence_name or h.protocol_name)[:16]
     ds.AngioFlag = "N"
-    ds.RepetitionTime = _ds(1e3 * h.tr_s[0]) if h.tr_s else ""
-    ds.EchoTime = _ds(1e3 * h.te_s[0]) if h.te_s else ""
-    etl = series.parameters.get("etl")
-    ds.EchoTrainLength = int(etl) if isinstance(etl, int) else 1
+    tr, te, flip = (_sequence_values(series, k, k) for k in ("tr_s", "te_s", "flip_angle_deg"))
+    ds.RepetitionTime = _ds(1e3 * tr[0]) if tr else ""
+    ds.EchoTime = _ds(1e3 * te[0]) if te else ""
+    etl = getattr(h, "echo_train_length", None) or series.parameters.get("etl")
+    ds.EchoTrainLength = int(etl) if isinstance(etl, int) and etl > 0 else 1
     averages = series.parameters.get("averages")
     ds.NumberOfAverages = _ds(float(averages)) if isinstance(averages, int | float) else "1"
     ds.ImagingFrequency = _ds(h.larmor_hz * 1e-6)
     ds.ImagedNucleus = "1H"
     if h.b0_t is not None:
         ds.MagneticFieldStrength = _ds(h.b0_t)
-    if h.flip_angle_deg:
-        ds.FlipAngle = _ds(h.flip_angle_deg[0])
+    if flip:
+        ds.FlipAngle = _ds(flip[0])
     nx, ny = int(series.images.shape[2]), int(series.images.shape[1])
+    bandwidth: Any = series.parameters.get("readout_bandwidth_hz_per_pixel")
     if series.dwell_s:
         ds.PixelBandwidth = _ds(1.0 / (series.dwell_s * nx))  # Hz per pixel across the read-out
+    elif _finite(bandwidth):
+        ds.PixelBandwidth = _ds(float(bandwidth))
     ds.AcquisitionMatrix = [nx, 0, 0, ny]  # frequency along the rows, phase encoding along the columns
     ds.InPlanePhaseEncodingDirection = "COL"
     ds.ReceiveCoilName = f"{h.channels} channel" if h.channels > 1 else "body"
     ds.TransmitCoilName = "body"
+
+
+def _sequence_values(series: Series, header_field: str, parameter: str) -> tuple[float, ...]:
+    """TR, TE (s) or flip angles (degrees): the raw data header's sequenceParameters, else the protocol's
+    parameter (a number or a list; a Pulseq file run without a protocol has none: empty)."""
+    values = tuple(getattr(series.header, header_field, ()) or ())
+    if values:
+        return values
+    given = series.parameters.get(parameter)
+    given = given if isinstance(given, list) else [given]
+    return tuple(float(v) for v in given if _finite(v))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def _scanning(name: str) -> tuple[list[str], list[str]]:
@@ -344,49 +413,15 @@ def _version() -> str:
         return "scanctl"
 
 
-@dataclass(frozen=True)
-class _Geometry:
-    """Where each image lies (see the module docstring: transverse at the isocentre for now). Pixel ``j``
-    of ``n`` along an axis sits at ``(j - n // 2) · FOV / n`` (docs/rawdata.md); mm."""
-
-    spacing_x: float
-    spacing_y: float
-    thickness: float
-    step: float  # between the centres of adjacent slices / partitions
-    three_d: bool
-    nx: int
-    ny: int
-    slices: int  # 2D: slices in the series; 3D: partitions
-
-    @classmethod
-    def of(cls, series: Series) -> _Geometry:
-        h = series.header
-        n, ny, nx = series.images.shape
-        fov = [1e3 * f for f in h.fov_m]
-        if not all(math.isfinite(f) and f > 0 for f in fov[:2]):
-            raise DicomError(f"the raw data header's field of view {h.fov_m} m is not positive: no pixel spacing")
-        three_d = h.encoded_matrix[2] > 1
-        if three_d:
-            slices = max(int(c.get("PAR", 0)) for c in series.index) + 1
-            nz = max(h.encoded_matrix[2], slices)
-            thickness = step = fov[2] / nz
-        else:
-            slices = max(int(c.get("SLC", 0)) for c in series.index) + 1
-            thickness = step = fov[2] if math.isfinite(fov[2]) and fov[2] > 0 else 1.0
-        return cls(fov[0] / nx, fov[1] / ny, thickness, step, three_d, nx, ny, slices)
-
-    def place(self, ds: Dataset, counters: Mapping[str, int]) -> None:
-        k = int(counters.get("PAR" if self.three_d else "SLC", 0))
-        # 3D: partition p at (p - slices // 2) · step; 2D: slices centred on the isocentre.
-        z = (k - self.slices // 2) * self.step if self.three_d else (k - (self.slices - 1) / 2) * self.step
-        x0 = -(self.nx // 2) * self.spacing_x
-        y0 = -(self.ny // 2) * self.spacing_y
-        ds.ImageOrientationPatient = [_ds(v) for v in TRANSVERSE]
-        ds.ImagePositionPatient = [_ds(x0), _ds(y0), _ds(z)]
-        ds.PixelSpacing = [_ds(self.spacing_y), _ds(self.spacing_x)]  # row spacing (y), column spacing (x)
-        ds.SliceThickness = _ds(self.thickness)
-        ds.SpacingBetweenSlices = _ds(self.step)
-        ds.SliceLocation = _ds(z)
+def _place(ds: Dataset, g: ImageGeometry, between: float) -> None:
+    """The Image Plane module of one image (mm)."""
+    d_read, d_phase = g.spacing
+    ds.ImageOrientationPatient = [_ds(v) for v in (*g.read, *g.phase)]
+    ds.ImagePositionPatient = [_ds(v) for v in g.first_pixel]
+    ds.PixelSpacing = [_ds(d_phase), _ds(d_read)]  # between rows (phase), between columns (read)
+    ds.SliceThickness = _ds(g.fov[2])
+    ds.SpacingBetweenSlices = _ds(between)
+    ds.SliceLocation = _ds(g.location)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -1,5 +1,4 @@
-"""Gridding reconstruction of non-Cartesian 2D k-space (an adjoint, type-1 non-uniform FFT with density
-compensation).
+"""Non-Cartesian 2D k-space to images: an adjoint (type-1) non-uniform FFT with density compensation.
 
 The image of ``n x n`` pixels over the FOV is
 
@@ -9,27 +8,29 @@ for samples ``s_m`` at ``k_m`` (in units of 1/FOV: a Cartesian grid's points are
 compensation weights ``w_m`` — the adjoint of the signal model ``s(k) = Σ ρ(r) exp(-2πi k·r)`` of
 docs/rawdata.md, so a Cartesian grid with ``w = 1/n²`` gives the inverse FFT of the Cartesian recon.
 
-Method (Jackson et al., IEEE TMI 1991; Beatty, Nishimura & Pauly, IEEE TMI 2005): each sample is spread
-onto a twice-oversampled grid with a separable Kaiser–Bessel kernel of ``width`` grid points, the grid is
-transformed once (FFT), the central ``n x n`` kept and divided by the kernel's own image (the
-deapodization, computed the same way from one sample at k = 0, so it matches the discrete kernel exactly).
-Its error against the direct sum above is below 1e-3 of the image's maximum at width 6 (tests/
-test_nufft.py measures it).
+The transform (:func:`adjoint`, used by :func:`grid_image` and the recon) is FINUFFT's type 1 (Barnett,
+Magland & af Klinteberg, SIAM J Sci Comput 2019; the Flatiron Institute's ``finufft`` package) at a
+requested relative accuracy of :data:`EPSILON`. It was chosen over PyNUFFT and over this module's own
+Kaiser–Bessel gridder by measurement (``benchmarks/bench_recon.py``, docs/recon.md): it is the most
+accurate against the direct sum and the fastest (a compiled, vectorised spreader; the plan costs nothing
+for one transform), and is maintained, with wheels for every platform scanctl runs on.
 
-Density compensation (:func:`density_weights`): Pipe & Menon (MRM 1999) — ``w ← w / (C w)`` where ``C``
-spreads the weights onto the grid and interpolates them back with the same kernel; it converges to
-weights under which the samples cover k-space evenly, for any trajectory (radial, spiral, ...). The
-weights are then scaled to the k-space area each sample stands for (units of 1/FOV², over ``n²``), the
-scale of the Cartesian recon: a voxel of density ρ comes back as ρ.
-
-Work: ``width²`` grid updates per sample, one FFT of ``(2n)²``, and a few times that for the weights:
-64 radial spokes of 64 samples take a few milliseconds.
+:class:`Gridder` is the classic gridding (Jackson et al., IEEE TMI 1991; Beatty, Nishimura & Pauly, IEEE
+TMI 2005): each sample spread onto a twice-oversampled grid with a separable Kaiser–Bessel kernel of
+``width`` grid points. Its spreading and interpolation give the density compensation
+(:func:`density_weights`): Pipe & Menon (MRM 1999) — ``w ← w / (C w)`` where ``C`` spreads the weights
+onto the grid and interpolates them back with the same kernel; it converges to weights under which the
+samples cover k-space evenly, for any trajectory (radial, spiral, ...). The weights are then scaled to the
+k-space area each sample stands for (units of 1/FOV², over ``n²``), the scale of the Cartesian recon: a
+voxel of density ρ comes back as ρ. (:meth:`Gridder.image`, its own complete gridding, is kept as the
+reference the benchmark measures FINUFFT against; the recon does not use it.)
 """
 
 from __future__ import annotations
 
 import math
 
+import finufft
 import numpy as np
 import numpy.typing as npt
 
@@ -42,6 +43,12 @@ WIDTH = 6
 OVERSAMPLING = 2
 #: Pipe–Menon iterations of the density compensation.
 DENSITY_ITERATIONS = 12
+#: FINUFFT's requested relative accuracy (measured: ~5e-6 of the maximum against the direct sum).
+EPSILON = 1e-6
+#: FINUFFT's threads. One: its OpenMP threads wait for each other, and on a loaded machine (the run's
+#: other processes, 2 cores) that made the radial example's transform take 190 ms instead of 10 ms; on a
+#: quiet one, one thread costs about a millisecond (2.6 ms against 1.4 ms, docs/recon.md).
+THREADS = 1
 
 
 class Gridder:
@@ -136,16 +143,36 @@ def density_weights(gridder: Gridder, iterations: int = DENSITY_ITERATIONS) -> F
     return w * gridder.kernel_integral**4 / (OVERSAMPLING * gridder.n) ** 2
 
 
+def adjoint(k: npt.ArrayLike, values: npt.ArrayLike, n: int) -> ComplexArray:
+    """``(channels, n, n)`` images ``[y, x]``: Σ_m values_m exp(+2πi k_m · x) (see the module) of ``values``
+    ``(channels, M)`` (or ``(M,)``) at ``k`` ``(M, 2)`` (units of 1/FOV), by FINUFFT's type 1. Raises
+    ValueError for shapes that do not agree or non-finite positions."""
+    k = np.asarray(k, dtype=np.float64)
+    samples = np.atleast_2d(np.asarray(values, dtype=np.complex128))
+    if n < 1 or k.ndim != 2 or k.shape[1] != 2 or samples.shape[1] != k.shape[0]:
+        raise ValueError(f"k-space positions must be (samples, 2) for (channels, samples) values and a positive "
+                         f"size, got {k.shape}, {samples.shape}, {n}")
+    if not np.all(np.isfinite(k)):
+        raise ValueError("k-space positions must be finite")
+    # FINUFFT's modes -n/2 .. n/2-1 (modeord 0) are the pixels j - n//2; its phase is k . x in radians.
+    omega = 2 * np.pi * k / n
+    images = finufft.nufft2d1(np.ascontiguousarray(omega[:, 1]), np.ascontiguousarray(omega[:, 0]),
+                              np.ascontiguousarray(samples), (n, n), eps=EPSILON, isign=1, nthreads=THREADS)
+    return np.asarray(images).reshape(samples.shape[0], n, n)
+
+
 def grid_image(k: npt.ArrayLike, data: npt.ArrayLike, n: int, *, weights: FloatArray | None = None) -> ComplexArray:
-    """Gridding reconstruction: ``(channels, n, n)`` complex images ``[y, x]`` of ``data`` ``(channels, M)``
-    sampled at ``k`` ``(M, 2)`` (units of 1/FOV), with density compensation ``weights`` (default:
-    :func:`density_weights`). Raises ValueError for shapes that do not agree."""
-    gridder = Gridder(k, n)
+    """Non-Cartesian reconstruction: ``(channels, n, n)`` complex images ``[y, x]`` of ``data``
+    ``(channels, M)`` sampled at ``k`` ``(M, 2)`` (units of 1/FOV), with density compensation ``weights``
+    (default: :func:`density_weights`), transformed by :func:`adjoint`. Raises ValueError for shapes that do
+    not agree."""
     samples = np.atleast_2d(np.asarray(data))
-    if samples.shape[1] != gridder.index.shape[0]:
-        raise ValueError(f"{samples.shape[1]} samples per channel for {gridder.index.shape[0]} k-space positions")
-    w = density_weights(gridder) if weights is None else np.asarray(weights, dtype=np.float64)
-    return np.stack([gridder.image(w * channel) for channel in samples])
+    k = np.asarray(k, dtype=np.float64)
+    if samples.shape[1] != len(k):
+        raise ValueError(f"{samples.shape[1]} samples per channel for {len(k)} k-space positions")
+    w = density_weights(Gridder(k, n)) if weights is None else np.asarray(weights, dtype=np.float64)
+    return adjoint(k, samples * w, n)
 
 
-__all__ = ["DENSITY_ITERATIONS", "OVERSAMPLING", "WIDTH", "Gridder", "density_weights", "grid_image"]
+__all__ = ["DENSITY_ITERATIONS", "EPSILON", "OVERSAMPLING", "WIDTH", "Gridder", "adjoint", "density_weights",
+           "grid_image"]

@@ -74,8 +74,10 @@ def object_mask(image: npt.ArrayLike) -> BoolArray:
     if top <= 0:
         raise QualityError("the image is empty (no signal)")
     mask = img > max(_otsu(img), OBJECT_THRESHOLD * top)
-    votes = sum(np.roll(np.roll(mask, dy, axis=0), dx, axis=1).astype(np.int8)
-                for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    votes = np.zeros(mask.shape, dtype=np.int8)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            votes += np.roll(np.roll(mask, dy, axis=0), dx, axis=1)
     mask = votes >= 5
     if not mask.any():
         raise QualityError("no object found in the image")
@@ -219,5 +221,6 @@ def _dilate(mask: BoolArray, r: int) -> BoolArray:
 def _background(mask: BoolArray) -> BoolArray:
     """Away from the object (two-pixel margin) and from every column the object covers (where phase
     encoding ghosts and motion artefacts spread)."""
-    columns = mask.any(axis=0)
-    return ~_dilate(mask, 2) & ~_dilate(np.broadcast_to(columns[None, :], mask.shape), 2)
+    columns: BoolArray = np.asarray(mask.any(axis=0), dtype=bool)
+    covered = np.repeat(columns[None, :], mask.shape[0], axis=0)
+    return ~_dilate(mask, 2) & ~_dilate(covered, 2)

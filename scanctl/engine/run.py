@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from scanctl.data.outputs import write_new
 from scanctl.errors import ScanctlError, WireProtocolError
 from scanctl.hw.interfaces import Acquisition, Scene, SceneSystem
 from scanctl.sequence.model import Sequence
+
+if TYPE_CHECKING:  # (h5py and ismrmrd are imported when the image is written, not at every start-up)
+    from scanctl.data.rawdata import RawData
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ class RunReport:
     scan_time_s: float = 0.0  # how far the sequence played
     duration_s: float = 0.0  # the whole sequence
     segments: int = 0  # programs played per subsystem
+    prescan: dict[str, Any] = field(default_factory=dict)  # the calibrations run first (docs/prescan.md)
 
     @property
     def ok(self) -> bool:
@@ -168,20 +172,30 @@ def sequence_info(seq: Sequence, md5: str, file: str) -> dict[str, Any]:
             "name": seq.definitions.get("Name", ""), "file": file}
 
 
-def write_image(out: Path, acquisitions: list[Acquisition], seq: Sequence, timings: dict[str, float]) -> dict[str, str]:
-    """Reconstruct ``acquisitions`` and write ``image.npy`` and ``image.png`` into ``out``; adds
-    ``recon_s`` to ``timings`` and returns the report's output entries."""
-    from scanctl.data.recon import png_bytes
-    from scanctl.data.recon import reconstruct as recon
+def write_image(out: Path, acquisitions: list[Acquisition] | RawData, seq: Sequence,
+                timings: dict[str, float]) -> dict[str, str]:
+    """Reconstruct ``acquisitions`` — the raw data file read back (its flags and geometry go into
+    ``image.json``), or acquisitions in memory — and write ``image.npy``, ``image.png`` and ``image.json``
+    (docs/recon.md) into ``out``; adds ``recon_s`` to ``timings`` and returns the report's output entries."""
+    from scanctl.data.rawdata import RawData as Raw
+    from scanctl.data.recon import Reconstruction, json_bytes, png_bytes, reconstruct_file, reconstruct_indexed
 
     t0 = time.perf_counter()
-    image = recon(acquisitions, seq)
+    if isinstance(acquisitions, Raw):
+        result = reconstruct_file(acquisitions, seq)
+    else:
+        images, index = reconstruct_indexed(acquisitions, seq)
+        result = Reconstruction(images, index)  # no geometry without the file: no image.json
     npy = io.BytesIO()  # (numpy writing into the file itself would say neither which file nor why it failed)
-    np.save(npy, image)
+    np.save(npy, result.images)
     write_new(out / "image.npy", npy.getvalue())
-    write_new(out / "image.png", png_bytes(image))
+    write_new(out / "image.png", png_bytes(result.images))
+    outputs = {"image_npy": "image.npy", "image_png": "image.png"}
+    if result.meta:
+        write_new(out / "image.json", json_bytes(result.meta))
+        outputs["image_json"] = "image.json"
     timings["recon_s"] = time.perf_counter() - t0
-    return {"image_npy": "image.npy", "image_png": "image.png"}
+    return outputs
 
 
 def write_report(out: Path, report: RunReport) -> None:

@@ -204,7 +204,7 @@ class ScanSession:
         if reconstruct and count and not failures:
             try:
                 raw = read_acquisitions(out / "raw.h5")  # what was streamed to disk: no second copy in memory
-                outputs.update(write_image(out, raw.acquisitions, loaded.seq, timings))
+                outputs.update(write_image(out, raw, loaded.seq, timings))
             except KeyboardInterrupt:  # Ctrl-C while reconstructing: the report is still written
                 message = (f"{message}; " if message else "") + "image not reconstructed (interrupted)"
             except ReconError as exc:  # data the recon cannot image (3D non-Cartesian): the raw data stand
@@ -238,6 +238,7 @@ def run_scan(
     reconstruct: bool = True,
     patient_weight_kg: float | None = None,
     mode: str = "normal",
+    prescan: Callable[..., dict[str, Any]] | None = None,
 ) -> RunReport:
     """Run ``source`` (a protocol TOML or a Pulseq file) on the profile's subsystems in this process
     (``overrides`` replacing URLs), through one :class:`scanctl.engine.session.ScanSession`, and write the outputs
@@ -251,8 +252,8 @@ def run_scan(
     SAR, PNS and heating are predicted first for the patient (``patient_weight_kg``, else the protocol's)
     in ``mode``; a sequence that would break a limit is refused before anything connects or moves.
     Ctrl-C (SIGINT, when called in the main thread) during the scan aborts it (made safe, outcome
-    ``aborted``) and the outputs are written as for any run that ends early."""
-    with LocalPort(profile, overrides) as port:
+    ``aborted``) and the outputs are written as for any run that ends early. ``prescan``: see LocalPort."""
+    with LocalPort(profile, overrides, prescan=prescan) as port:
         return ScanSession(port).scan(source, out_dir, reconstruct=reconstruct, progress=progress,
                                       patient_weight_kg=patient_weight_kg, mode=mode)
 
@@ -263,7 +264,8 @@ class LocalPort:
     profile's subsystems (``overrides`` replacing URLs) at the first load and closes them in :meth:`close`."""
 
     def __init__(self, profile: SystemProfile, overrides: dict[str, str] | None = None, *,
-                 scanner: Scanner | None = None, run_id: Callable[[], str] | None = None) -> None:
+                 scanner: Scanner | None = None, run_id: Callable[[], str] | None = None,
+                 prescan: Callable[..., dict[str, Any]] | None = None) -> None:
         self.profile = profile
         self.urls = subsystem_urls(profile, overrides)
         self.scanner = scanner
@@ -271,6 +273,9 @@ class LocalPort:
         self._run_id = run_id or (lambda: "")
         self._journal_start = 0
         self._plan: dict[str, Any] = {}
+        #: ``prescan(scanner, seq, protocol, patient_weight_kg, mode)`` before each scan is prepared: its calibrations
+        #: (scanctl.prescan.plan.before_run) are applied to the scan, its result is the report's ``prescan``.
+        self.prescan = prescan
 
     def __enter__(self) -> LocalPort:
         return self
@@ -300,12 +305,17 @@ class LocalPort:
         if not safety.ok:  # nothing is connected, nothing moves
             raise Refused("sequence refused before anything moved (safety prediction): "
                           + "; ".join(v.message for v in safety.violations[:5]), report, text)
+        fresh = self.scanner is None
         if self.scanner is None:
             self.scanner = Scanner.from_profile(self.profile, self.urls)
             self.scanner.connect()
         scanner = self.scanner
-        self._journal_start = 0 if self._owned else len(scanner.journal)
+        # A run's journal is its own, from its load on (the first one's with the connect it made), not the
+        # earlier runs' of a port that scans several times (an exam): a run's DICOM takes its start from it.
+        self._journal_start = 0 if fresh else len(scanner.journal)
         place_scene(scanner.rf, scene_for(seq, protocol))  # what a simulated RF system images
+        if self.prescan is not None:
+            report["prescan"] = self.prescan(scanner, seq, protocol, patient_weight_kg, safety.mode)
         try:
             check = scanner.prepare(seq)
         except SafetyLimitError as exc:
@@ -314,7 +324,9 @@ class LocalPort:
         self._plan = {"table_position_mm": protocol.table_position_mm if protocol is not None else 0.0,
                       "patient_weight_kg": patient_weight_kg, "mode": safety.mode, "duration_s": seq.duration_s}
         # The raw data (and the DICOM from them) record the weight SAR was judged with, not the protocol's.
-        header = replace(header_for(seq, self.profile, protocol, channels=scanner.rf.channels),
+        coil_info = getattr(scanner.rf, "coil_info", None)  # a simulated array says its channels and noise
+        header = replace(header_for(seq, self.profile, protocol, channels=scanner.rf.channels,
+                                    coil_info=coil_info() if callable(coil_info) else None),
                          patient_weight_kg=patient_weight_kg)
         return Loaded(seq, text, header, report, check.to_json(), {"prepare_s": time.perf_counter() - t0})
 

@@ -14,7 +14,7 @@ on its virtual clock, a real system waits for its hardware to get there.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, overload, runtime_checkable
 
@@ -240,6 +240,43 @@ class RFSystem(Sequencer, Protocol):
         """Take every acquisition completed so far (each is returned once, in index order); a simulator or
         a driver service's proxy returns an :class:`AcquisitionBatch`. The arrays returned are the caller's: a
         driver never writes to them again (the control server sends them from their memory, zero-copy)."""
+
+
+@runtime_checkable
+class RFAdjustments(Protocol):
+    """What a console sets on an RF system between scans (prescan finds the values, docs/prescan.md): the
+    synthesiser's centre-frequency offset, the transmit scale (the transmitter reference: every pulse's B1 is
+    multiplied by it) and the receiver gain before the ADC. Each setter refuses a value outside the hardware's
+    range (the profile's ``[rf]`` table) with SafetyLimitError, a non-finite one included, and refuses to
+    change anything while a scan is under way (armed or running) with DriverError; a refused value leaves the
+    previous one in force. The simulators and the driver-service proxies implement it."""
+
+    def set_frequency_offset(self, hz: float) -> None:
+        """Offset of the centre frequency from the Larmor frequency of the profile's B0 (Hz)."""
+
+    def set_tx_scale(self, scale: float) -> None:
+        """Transmit scale (dimensionless, > 0): the B1 played is the program's times this."""
+
+    def set_receiver_gain(self, db: float) -> None:
+        """Receiver gain before the ADC (dB). The data are reported in the receiver's input units whatever the
+        gain (divided by it again): the gain only decides what clips and how many bits the signal uses."""
+
+    def adjustments(self) -> dict[str, float]:
+        """Read-back: ``{"frequency_offset_hz", "tx_scale", "receiver_gain_db"}``."""
+
+
+@runtime_checkable
+class ShimSystem(Protocol):
+    """The shim a console sets on a gradient system between scans: static currents in the gradient coils
+    (linear terms ``x``, ``y``, ``z`` in Hz/m) and, where the hardware has them, second-order shim coils
+    (``z2``, ``zx``, ``zy``, ``x2y2``, ``xy`` in Hz/m²: :data:`scanctl.config.profile.SECOND_ORDER`). Same
+    refusals as :class:`RFAdjustments` (the profile's ``[gradient]`` shim limits; an unknown channel too)."""
+
+    def set_shim(self, values: Mapping[str, float]) -> None:
+        """Set the channels given (the others keep their value)."""
+
+    def adjustments(self) -> dict[str, float]:
+        """Read-back: every shim channel the hardware has → its value."""
 
 
 @dataclass(frozen=True)

@@ -214,7 +214,7 @@ class SliceStack:
 
     def offsets_m(self) -> FloatArray:
         """Each slice's offset from the stack centre along the slice direction (m), in position order."""
-        return (np.arange(self.count) - (self.count - 1) / 2.0) * self.spacing_m
+        return (np.arange(self.count, dtype=np.float64) - (self.count - 1) / 2.0) * self.spacing_m
 
     def centres_m(self) -> FloatArray:
         """``(count, 3)``: each slice's centre in patient coordinates (m), in position order."""

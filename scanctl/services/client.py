@@ -38,7 +38,8 @@ DEFAULT_ENDPOINT = DEFAULT_ENDPOINTS["control"]
 #: Streams the server publishes a ``sync`` token on (events socket, data socket).
 SYNC_STREAMS = ("sync", "data_sync")
 #: Commands that take long on the server (their default timeout, s).
-SLOW_COMMANDS = {"load": 120.0, "reset": 60.0, "move_table": 300.0}
+SLOW_COMMANDS = {"load": 120.0, "reset": 60.0, "move_table": 300.0,
+                 "exam.next": 3600.0, "exam.run": 3600.0, "exam.close": 60.0}  # exam: runs, MPPS
 
 
 class CommandError(ScanctlError):

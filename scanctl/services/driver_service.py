@@ -44,13 +44,18 @@ log = logging.getLogger(__name__)
 
 _COMMON = ("connect", "close", "status", "abort", "reset")
 _SEQUENCER = (*_COMMON, "arm", "start", "sync", "finish", "load")
+#: What a console sets between scans (scanctl.hw.interfaces.RFAdjustments and ShimSystem; docs/prescan.md).
+RF_ADJUSTMENTS = ("set_frequency_offset", "set_tx_scale", "set_receiver_gain", "adjustments")
+SHIM_ADJUSTMENTS = ("set_shim", "adjustments")
 METHODS: dict[str, tuple[str, ...]] = {
-    "gradient": _SEQUENCER,
-    "rf": (*_SEQUENCER, "acquisitions", "place"),
+    "gradient": (*_SEQUENCER, *SHIM_ADJUSTMENTS),
+    "rf": (*_SEQUENCER, "acquisitions", "place", *RF_ADJUSTMENTS),
     "table": (*_COMMON, "home", "move_to", "wait_idle", "position_mm", "stop"),
 }
 #: Methods only a simulator offers (its scene): a driver without one answers ``malformed``.
 SIMULATOR_METHODS = frozenset({"place"})
+#: Methods of an optional capability (the adjustments): a driver without them answers ``malformed`` too.
+OPTIONAL_METHODS = SIMULATOR_METHODS | frozenset(RF_ADJUSTMENTS) | frozenset(SHIM_ADJUSTMENTS)
 _SCANNING = ("arm", "start", "load", "sync")  # calls after which a silent scanner makes the service abort
 _SCAN_OVER = ("finish", "abort", "close", "reset", "connect")
 #: Attributes a proxy reads once when it connects.
@@ -259,8 +264,9 @@ class DriverService:
         if not isinstance(method, str) or method not in METHODS[self.kind]:
             return self._malformed(msg, method, f"no method {method!r} on a {self.kind} driver (methods: "
                                                 f"{', '.join(('attributes', *METHODS[self.kind]))})")
-        if method in SIMULATOR_METHODS and not callable(getattr(self.subsystem, method, None)):
-            return self._malformed(msg, method, f"this {self.kind} driver offers no {method!r} (not a simulator)")
+        if method in OPTIONAL_METHODS and not callable(getattr(self.subsystem, method, None)):
+            why = "not a simulator" if method in SIMULATOR_METHODS else "it has no adjustments"
+            return self._malformed(msg, method, f"this {self.kind} driver offers no {method!r} ({why})")
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             return self._malformed(msg, method, f"{method}: 'args' must be a list and 'kwargs' an object, got "
                                                 f"{type(args).__name__} and {type(kwargs).__name__}")

@@ -93,6 +93,7 @@ class Orthanc:
             "DicomPort": self.dicom_port,
             "DicomCheckCalledAet": True,  # a store to the wrong AE title is refused, as a hospital PACS does
             "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowFind": True,  # any calling AE title may C-FIND: a store is verified that way (pacs.py)
             "DicomModalities": {},
             "StorageCompression": False,
             "ConcurrentJobs": 1,
@@ -101,7 +102,7 @@ class Orthanc:
             config["Plugins"] = [str(WORKLIST_PLUGIN)]
             config["Worklists"] = {"Enable": True, "Database": str(self.worklists)}
             # any calling AE title may query the worklist, as it may store (Orthanc 1.10 asks for both)
-            config["DicomAlwaysAllowFind"] = config["DicomAlwaysAllowFindWorklist"] = True
+            config["DicomAlwaysAllowFindWorklist"] = True
         return config
 
     def start(self) -> Orthanc:

@@ -12,9 +12,8 @@ Sockets:
 - **data** (PUB; the events socket unless another endpoint is given): ``data`` messages, stream
   ``data`` (the ADC samples as binary frames straight from numpy) and ``data_sync``.
 
-Every message is described by the wire schema (scanctl/transport/schema/wire.json); a command's arguments
-are the schema's, and one it does not list is refused. The subsystems' statuses and telemetry are
-:class:`scanctl.services.telemetry.Telemetry`'s.
+Every message, a command's arguments included (others are refused), is in the wire schema (scanctl/transport/
+schema/wire.json). Telemetry: :mod:`scanctl.services.telemetry`; exam commands: :mod:`scanctl.services.exam_commands`.
 
 Threads: the loop thread owns the sockets' receiving side and answers commands; one worker thread owns
 the scanner's state machine (connect, load/prepare, run, reset, table moves) as the executor requires.
@@ -50,6 +49,7 @@ from scanctl.errors import (
     WireProtocolError,
 )
 from scanctl.services.commands import COMMANDS, RUN_STATES, Rejected, check_arguments, play
+from scanctl.services.exam_commands import EXAM_COMMANDS  # noqa: F401 (registers the exam commands)
 from scanctl.services.lease import Lease
 from scanctl.services.reply_cache import ReplyCache, fingerprint
 from scanctl.services.run_store import RunStore

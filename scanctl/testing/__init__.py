@@ -16,9 +16,11 @@ can be told to fault, the mixins :class:`SequencerFaults` and :class:`TableFault
 
 from scanctl.testing.contracts import (
     GradientContract,
+    RFAdjustmentsContract,
     RFContract,
     SequencerContract,
     SequencerFaults,
+    ShimContract,
     SubsystemContract,
     TableContract,
     TableFaults,
@@ -28,9 +30,11 @@ from scanctl.testing.contracts import (
 
 __all__ = [
     "GradientContract",
+    "RFAdjustmentsContract",
     "RFContract",
     "SequencerContract",
     "SequencerFaults",
+    "ShimContract",
     "SubsystemContract",
     "TableContract",
     "TableFaults",

@@ -26,7 +26,15 @@ from scanctl.config import profile as profiles
 from scanctl.config.profile import SystemProfile
 from scanctl.engine.segments import Segment, compile_segments
 from scanctl.errors import BufferFullError, DriverError, SafetyLimitError, ScanctlError, SubsystemFault
-from scanctl.hw.interfaces import GradientSystem, RFSystem, Subsystem, SubsystemState, TableSystem
+from scanctl.hw.interfaces import (
+    GradientSystem,
+    RFAdjustments,
+    RFSystem,
+    ShimSystem,
+    Subsystem,
+    SubsystemState,
+    TableSystem,
+)
 from scanctl.hw.program import GradientProgram
 from scanctl.sequence.builders import build
 
@@ -308,6 +316,84 @@ class RFContract(SequencerContract):
         sub.abort()
         kept = sub.acquisitions()
         assert len(kept) == sum(s.adc.n_windows for s in segments[:loaded]) and kept
+
+
+# -- adjustments (what a console sets between scans) --------------------------------------------------------------
+
+def _refused_keeps(sub: Any, setter: Callable[[], None], error: type[ScanctlError], match: str) -> None:
+    """``setter()`` raises ``error`` (message matching ``match``) and the read-back does not change."""
+    before = sub.adjustments()
+    with pytest.raises(error, match=match):
+        setter()
+    assert sub.adjustments() == before, "a refused setting changed the read-back"
+
+
+class RFAdjustmentsContract:
+    """An RF system a console can adjust (:class:`scanctl.hw.interfaces.RFAdjustments`): each setting reads back
+    as set; a value outside the profile's ``[rf]`` range, or not finite, is refused with SafetyLimitError and
+    nothing changes; nothing changes while armed. Mix into an :class:`RFContract` subclass."""
+
+    def test_rf_adjustments_read_back_and_refuse_out_of_range(self, open_subsystem: Callable[..., Any]) -> None:
+        sub = open_subsystem()
+        sub.connect()
+        assert isinstance(sub, RFAdjustments)
+        limits = self.system_profile().adjustments  # type: ignore[attr-defined]
+        assert sub.adjustments() == {"frequency_offset_hz": 0.0, "tx_scale": 1.0, "receiver_gain_db": 0.0}
+        sub.set_frequency_offset(-312.5)
+        sub.set_tx_scale(1.25)
+        sub.set_receiver_gain(limits.receiver_gain_db[1])
+        want = {"frequency_offset_hz": -312.5, "tx_scale": 1.25, "receiver_gain_db": limits.receiver_gain_db[1]}
+        assert sub.adjustments() == want
+        beyond = limits.max_frequency_offset_hz * 1.01
+        _refused_keeps(sub, lambda: sub.set_frequency_offset(beyond), SafetyLimitError, "synthesiser")
+        _refused_keeps(sub, lambda: sub.set_tx_scale(limits.max_tx_scale * 1.01), SafetyLimitError, "amplifier")
+        _refused_keeps(sub, lambda: sub.set_tx_scale(0.0), SafetyLimitError, "transmit scale")
+        _refused_keeps(sub, lambda: sub.set_receiver_gain(limits.receiver_gain_db[1] + 1), SafetyLimitError,
+                       "receiver gain")
+        for bad in (np.nan, np.inf):
+            for setter, words in ((sub.set_frequency_offset, "frequency"), (sub.set_tx_scale, "transmit scale"),
+                                  (sub.set_receiver_gain, "receiver gain")):
+                _refused_keeps(sub, functools.partial(setter, bad), SafetyLimitError, words)
+        assert sub.adjustments() == want
+
+    def test_rf_adjustments_refused_while_armed(self, open_subsystem: Callable[..., Any]) -> None:
+        sub = open_subsystem()
+        sub.connect()
+        sub.arm()
+        _refused_keeps(sub, lambda: sub.set_tx_scale(1.5), DriverError, "ON")
+        _refused_keeps(sub, lambda: sub.set_frequency_offset(10.0), DriverError, "ON")
+        sub.abort()
+        sub.set_tx_scale(1.5)
+        assert sub.adjustments()["tx_scale"] == 1.5
+
+
+class ShimContract:
+    """A gradient system with a shim (:class:`scanctl.hw.interfaces.ShimSystem`): every channel the profile
+    gives reads back (0 at first), a channel set keeps the others, a value beyond the shim supplies, a
+    non-finite one or an unknown channel is refused with SafetyLimitError and nothing changes; nothing changes
+    while armed. Mix into a :class:`GradientContract` subclass."""
+
+    def test_shim_reads_back_and_refuses_beyond_the_supplies(self, open_subsystem: Callable[..., Any]) -> None:
+        sub = open_subsystem()
+        sub.connect()
+        assert isinstance(sub, ShimSystem)
+        limits = self.system_profile().adjustments  # type: ignore[attr-defined]
+        assert sub.adjustments() == dict.fromkeys(limits.shim_channels, 0.0)
+        sub.set_shim({"x": 1000.0, "z": -2500.0})
+        sub.set_shim({"y": 40.0})
+        want = {**dict.fromkeys(limits.shim_channels, 0.0), "x": 1000.0, "y": 40.0, "z": -2500.0}
+        assert sub.adjustments() == want
+        _refused_keeps(sub, lambda: sub.set_shim({"x": 0.0, "y": limits.max_shim_hz_per_m[1] * 1.01}),
+                       SafetyLimitError, "shim supply")
+        _refused_keeps(sub, lambda: sub.set_shim({"z": np.nan}), SafetyLimitError, "shim z")
+        _refused_keeps(sub, lambda: sub.set_shim({"q7": 1.0}), SafetyLimitError, "no shim channel")
+        assert sub.adjustments() == want
+
+    def test_shim_refused_while_armed(self, open_subsystem: Callable[..., Any]) -> None:
+        sub = open_subsystem()
+        sub.connect()
+        sub.arm()
+        _refused_keeps(sub, lambda: sub.set_shim({"x": 10.0}), DriverError, "ON")
 
 
 # -- table ------------------------------------------------------------------------------------------------------

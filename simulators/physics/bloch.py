@@ -40,6 +40,12 @@ Method, and why:
   grows with the number of classes (at most :data:`MAX_SPLIT_CLASSES`; beyond, a warning and the class
   centre).
 
+* **A phantom posed anywhere** (``Phantom.axes``/``origin_m``: a grid laid on an oblique or off-centre
+  slice): the simulation runs in the grid's own axes -- the gradient moments are rotated into them
+  (``axesᵀ m``) and the positions carry the grid's offset (``axesᵀ origin``), so ``k·r`` is the scanner's.
+* **Receive coils** (``coil``, ``coils.py``): each channel's sensitivity at each voxel weights that voxel in
+  the read-out's plane sums (``signal.py``); the magnetization is simulated once for all channels.
+
 Limits: with off-resonance varying inside a class, samples use a Taylor series in time (error < 1e-7).
 
 Conventions (ISMRMRD's and MRzero's): protons precess as ``exp(-iωt)``, so a voxel at off-resonance
@@ -72,9 +78,10 @@ import numpy.typing as npt
 from scanctl.errors import ConfigError
 from scanctl.hw.program import ADCProgram, GradientProgram, RFProgram
 
+from .coils import ReceiveCoil, correlated_noise
 from .graph import DEFAULT_TOLERANCE, PhaseGraph
 from .moments import Moments
-from .noise import receiver_noise
+from .noise import NOISE_REFERENCE_DWELL_S, receiver_noise
 from .phantom import Phantom
 from .pulse import PulseCache, Rotation
 from .signal import Readout
@@ -94,6 +101,8 @@ MAX_SPLIT_CLASSES = 4096
 #: Width of the off-resonance bins that split tissue classes (Hz): inside a bin the RF rotation uses the
 #: bin's mean, a phase error below 2π x 2.5 Hz x 2 ms = 0.03 rad over half of a 4 ms pulse.
 RF_B0_BIN_HZ = 5.0
+#: Nodes per grid axis at which receive sensitivities are computed (interpolated linearly between).
+SENSITIVITY_NODES = 33
 #: The most classes the off-resonance bins may make before the bins are widened (work grows with classes).
 MAX_B0_CLASSES = 512
 
@@ -110,16 +119,55 @@ class Stats:
     max_states: int = 0
 
 
+def _finite3(value: tuple[float, float, float] | FloatArray, name: str) -> tuple[float, float, float]:
+    v = np.asarray(value, np.float64).reshape(-1)
+    if v.size != 3 or not np.isfinite(v).all():
+        raise ConfigError(f"{name} must be three finite numbers (x, y, z), got {value!r}")
+    return float(v[0]), float(v[1]), float(v[2])
+
+
+def with_static_gradient(program: GradientProgram, offset_hz_per_m: tuple[float, float, float]) -> GradientProgram:
+    """``program`` with a constant ``offset_hz_per_m`` added on each axis over its whole span ``[t0_s, t1_s]``
+    (a shim current in the gradient coil, or a linear B0 inhomogeneity, which is the same field): breakpoints
+    are added at the span's ends where an axis has none, so the offset holds where the program plays nothing.
+    The program itself when every offset is 0."""
+    if not any(offset_hz_per_m):
+        return program
+    t_out, g_out = [], []
+    for t, g, off in zip(program.t_s, program.g_hz_per_m, offset_hz_per_m, strict=True):
+        if off == 0:
+            t_out.append(t)
+            g_out.append(g)
+            continue
+        ends = np.array([program.t0_s, program.t1_s])
+        if t.size:  # the waveform is 0 outside its breakpoints: hold 0 up to the span's ends, stepping (two
+            # breakpoints at one time) where it does not start or end at 0, as the program's own waveform does
+            lead = np.array([program.t0_s] + ([t[0]] if g[0] else []))[:2 if program.t0_s < t[0] else 0]
+            tail = np.array(([t[-1]] if g[-1] else []) + [program.t1_s])[:2 if program.t1_s > t[-1] else 0]
+            tt = np.concatenate((lead, t, tail))
+            gg = np.concatenate((np.zeros(lead.size), g, np.zeros(tail.size)))
+        else:
+            tt, gg = ends, np.zeros(2)
+        t_out.append(tt)
+        g_out.append(gg + off)
+    return GradientProgram(program.t0_s, program.t1_s, tuple(t_out), tuple(g_out))  # type: ignore[arg-type]
+
+
 class SpinSystem:
     """A phantom's magnetization, played through segment after segment of a scan.
 
     ``isochromats``: samples through the slab of a 2D phantom at which RF rotations are evaluated
-    (default 32; a 3D phantom is resolved in z by its voxels and takes only 1); ``noise_std``: standard
+    (default 32; a 3D phantom is resolved in z by its voxels and takes 1 by default; more make it a stack
+    of 2D slabs, each plane a slab as thick as its voxels with that many isochromats through it: the
+    planes of a multi-slice scan, far apart, each with its slice profile); ``noise_std``: standard
     deviation of the complex Gaussian noise added to a sample of 10 µs dwell, scaled by
     ``sqrt(10 µs / dwell)`` for other dwells (real and imaginary parts each ``σ / sqrt(2)``; units of the
     signal: see the module docstring), seeded by ``seed``; ``b0_offset_hz``: an off-resonance added to the
     phantom's map everywhere; ``tolerance``: phase-graph states whose effect on a voxel's signal is at most
-    this are dropped (``graph.signal_weight``; default ``graph.DEFAULT_TOLERANCE``).
+    this are dropped (``graph.signal_weight``; default ``graph.DEFAULT_TOLERANCE``); ``coil``: the receive
+    coil (``coils.py``; None: the body coil, one channel of sensitivity 1), its frame mapped to scanner
+    coordinates by ``coil_to_scanner`` (3x3; the patient position's matrix, the identity for HFS): with
+    ``N`` channels every window comes out ``(N, samples)`` and the noise is correlated as the coil says.
     Raises :class:`ConfigError` for invalid options.
 
     :meth:`play` must get the segments in time order; magnetization persists between calls until
@@ -127,13 +175,13 @@ class SpinSystem:
     """
 
     def __init__(self, phantom: Phantom, *, isochromats: int | None = None, noise_std: float = 0.0,
-                 b0_offset_hz: float = 0.0, seed: int = 0, tolerance: float = DEFAULT_TOLERANCE) -> None:
+                 b0_offset_hz: float = 0.0, seed: int = 0, tolerance: float = DEFAULT_TOLERANCE,
+                 static_gradient_hz_per_m: tuple[float, float, float] = (0.0, 0.0, 0.0),
+                 coil: ReceiveCoil | None = None, coil_to_scanner: FloatArray | None = None) -> None:
         if isochromats is None:
             isochromats = DEFAULT_ISOCHROMATS_2D if phantom.ndim == 2 else 1
         if int(isochromats) != isochromats or isochromats < 1:
             raise ConfigError(f"isochromats must be a positive integer, got {isochromats!r}")
-        if phantom.ndim == 3 and isochromats != 1:
-            raise ConfigError("isochromats: a 3D phantom is resolved in z by its voxels; use 1")
         if not (math.isfinite(noise_std) and noise_std >= 0):
             raise ConfigError(f"noise_std must be >= 0, got {noise_std!r}")
         if not math.isfinite(b0_offset_hz):
@@ -144,13 +192,40 @@ class SpinSystem:
         self.isochromats = int(isochromats)
         self.noise_std = float(noise_std)
         self.b0_offset_hz = float(b0_offset_hz)
+        self.static_gradient_hz_per_m = _finite3(static_gradient_hz_per_m, "static_gradient_hz_per_m")
         self.seed = seed
+        self.coil = coil
+        self.channels = 1 if coil is None else coil.channels
+        self._sens_grid = self._coil_sensitivities(phantom, coil, coil_to_scanner)
+        self._noise_l = None if coil is None or coil.channels == 1 else coil.noise_cholesky()
+        # The grid's axes (None: the scanner's): moments are rotated into them (module docstring).
+        self._axes_t = None if phantom.axes is None else np.ascontiguousarray(np.asarray(phantom.axes).T)
         self._setup_classes(phantom)
         self._cache = PulseCache()
         self._tolerance = tolerance
         self._graph = self._new_graph()
         self.stats = Stats()
         self.reset()
+
+    @staticmethod
+    def _coil_sensitivities(phantom: Phantom, coil: ReceiveCoil | None,
+                            coil_to_scanner: FloatArray | None) -> ComplexArray | None:
+        """Each channel's sensitivity on the phantom's grid, ``(N, nz, ny, nx)``, in the internal (mirror)
+        convention (conjugated: the output is conjugated back); None for the body coil. Evaluated by
+        Biot–Savart on at most :data:`SENSITIVITY_NODES` nodes per axis and interpolated linearly between
+        them (the fields vary over centimetres; a 128³ grid evaluated point by point would take minutes)."""
+        if coil is None or coil.is_body:
+            return None
+        rot = np.eye(3) if coil_to_scanner is None else np.asarray(coil_to_scanner, np.float64)
+        local = phantom.axis_positions_m()  # x, y, z offsets on the grid's own axes
+        nodes = [np.linspace(0, a.size - 1, min(a.size, SENSITIVITY_NODES)) for a in local]
+        coarse = [np.interp(n, np.arange(a.size), a) for n, a in zip(nodes, local, strict=True)]
+        zz, yy, xx = np.meshgrid(coarse[2], coarse[1], coarse[0], indexing="ij")
+        scanner = np.stack((xx, yy, zz), axis=-1) @ phantom.rotation.T + np.asarray(phantom.origin_m)
+        sens = coil.sensitivities(scanner @ rot)  # scanner -> coil frame: rotᵀ r, row by row
+        for axis, (n, a) in enumerate(zip(nodes, local, strict=True)):  # x, y, z: array axes 3, 2, 1
+            sens = np.moveaxis(np.tensordot(_linear_weights(n, a.size), sens, axes=(1, 3 - axis)), 0, 3 - axis)
+        return np.conj(sens)
 
     def _new_graph(self) -> PhaseGraph:
         return PhaseGraph(self.n_classes, self.isochromats, tolerance=self._tolerance,
@@ -161,7 +236,8 @@ class SpinSystem:
         plane)."""
         nz, ny, nx = phantom.shape3d
         dx, dy, dz = phantom.voxel_size_m
-        xs, ys, zs = phantom.axis_positions_m()
+        offset = phantom.frame_offset_m()  # the grid's centre in its own axes
+        xs, ys, zs = (axis + o for axis, o in zip(phantom.axis_positions_m(), offset, strict=True))
         pd = phantom.pd.reshape(nz, ny, nx)
         active = np.flatnonzero(pd.reshape(-1) > 0)
         iz, iy, ix = np.unravel_index(active, (nz, ny, nx))
@@ -191,7 +267,9 @@ class SpinSystem:
         self._resolved: set[bytes] = set()  # in-plane directions the classes are already split along
         # Isochromats: evenly through the slab (2D; midpoint rule) or the plane centre (3D).
         s = self.isochromats
-        self._iso_z = ((np.arange(s) + 0.5) / s - 0.5) * dz if phantom.ndim == 2 else np.zeros(1)
+        self._iso_z = ((np.arange(s) + 0.5) / s - 0.5) * dz  # 3D with one isochromat: the plane centre
+        # Slabs (a 2D phantom, or a stack of them): z resolved by isochromats, as 2D in the read-out.
+        self._slabs = phantom.ndim == 2 or s > 1
         self._label0 = label.reshape(-1)
         self._build_classes(self._label0)
 
@@ -219,8 +297,12 @@ class SpinSystem:
         dfr_map = np.zeros((n, ny, nx))
         dfr_map[label, v["iy"], v["ix"]] = dfr
         self._dfr_max = float(np.abs(dfr).max()) if dfr.size and np.ptp(v["df"]) > 0 else 0.0
+        sens = None
+        if self._sens_grid is not None:  # each class's plane of each channel's sensitivity
+            plane = v["iz"][first] if self.phantom.ndim == 3 else np.zeros(n, np.intp)
+            sens = self._sens_grid[:, plane]  # (N, C, ny, nx)
         self._readout = Readout(pd_map, dfr_map, self._dfr_max, self._r2p, self._x, self._y, self._voxel,
-                                self._iso_z, self._z_class, self.phantom.ndim)
+                                self._iso_z, self._z_class, 2 if self._slabs else 3, sens=sens)
         if n > 200:
             log.info("phantom has %d tissue classes: the simulation slows down in proportion", n)
 
@@ -232,6 +314,13 @@ class SpinSystem:
     def n_spins(self) -> int:
         """Equivalent isochromats: voxels with proton density x isochromats per voxel."""
         return self.n_voxels * self.isochromats
+
+    def sensitivities(self) -> ComplexArray:
+        """Each channel's receive sensitivity on the phantom's grid as the output carries it, ``(channels, nz,
+        ny, nx)`` (dimensionless; ones for the body coil)."""
+        if self._sens_grid is None:
+            return np.ones((1, *self.phantom.shape3d), np.complex128)
+        return np.conj(self._sens_grid)
 
     @property
     def n_states(self) -> int:
@@ -253,12 +342,27 @@ class SpinSystem:
         self._rng = np.random.default_rng(self.seed)
         self.stats = Stats()
 
+    def shift_off_resonance(self, delta_hz: float) -> None:
+        """Add ``delta_hz`` to every voxel's off-resonance (a B0 shift, or the synthesiser moving the other way):
+        exact and cheap -- a uniform shift keeps the classes (each class's mean moves with its voxels, the
+        maps relative to it stay). Takes effect from the next :meth:`play`. Raises ConfigError if not finite."""
+        if not math.isfinite(delta_hz):
+            raise ConfigError(f"off-resonance shift must be finite, got {delta_hz!r}")
+        self.b0_offset_hz += float(delta_hz)
+        self._vox["df"] = np.asarray(self._vox["df"] + float(delta_hz), np.float64)
+        self._df = np.asarray(self._df + float(delta_hz), np.float64)
+
     def play(self, gradient: GradientProgram, rf: RFProgram, adc: ADCProgram) -> list[npt.NDArray[np.complex64]]:
-        """Play one segment; return each ADC window's samples, complex64 ``(1, num_samples)``, in order."""
+        """Play one segment; return each ADC window's samples, complex64 ``(channels, num_samples)``, in
+        order. A static gradient (``static_gradient_hz_per_m``: a linear B0 inhomogeneity, scanner axes) plays
+        on top of the program's, all through the segment."""
+        gradient = with_static_gradient(gradient, self.static_gradient_hz_per_m)
         t0 = float(gradient.t0_s)
         if self._t is None:
             self._t = t0
-        mom = Moments(gradient)
+        mom: Moments | _FrameMoments = Moments(gradient)
+        if self._axes_t is not None:
+            mom = _FrameMoments(mom, self._axes_t)
         # The moment from the states' time to any t of this segment is _m_base + mom(t).
         self._m_base = self._m_pending - mom(t0)
 
@@ -267,7 +371,7 @@ class SpinSystem:
         centres = np.array([iv[3] for iv in pulses])
         counts = adc.num_samples.astype(np.int64).tolist()
         times = [adc.start_s[w] + (np.arange(n) + 0.5) * adc.dwell_s[w] for w, n in enumerate(counts)]
-        out = [np.zeros(n, np.complex128) for n in counts]
+        out = [np.zeros((self.channels, n), np.complex128) for n in counts]
         # Samples before pulse p's centre (and after the previous one's) are taken before it plays.
         todo: list[list[tuple[int, slice]]] = [[] for _ in range(len(pulses) + 1)]
         for w, t in enumerate(times):
@@ -277,7 +381,7 @@ class SpinSystem:
                 todo[p].append((w, slice(int(bounds[p]), int(bounds[p + 1]))))
         for p in range(len(pulses) + 1):
             for w, sel in todo[p]:
-                out[w][sel] = self._acquire(times[w][sel], mom)
+                out[w][:, sel] = self._acquire(times[w][sel], mom)
             if p < len(pulses):
                 self._pulse(pulses[p], mom)
         self._m_pending = self._m_base + mom(float(gradient.t1_s))
@@ -286,19 +390,27 @@ class SpinSystem:
         result = []
         for w, samples in enumerate(out):
             demod = np.exp(-1j * (adc.phase_rad[w] + 2.0 * np.pi * adc.freq_hz[w] * (times[w] - adc.start_s[w])))
-            data = np.conj(samples * demod) * self._volume_mm3  # the mirror convention, undone (module doc)
+            data = np.conj(samples * demod[None, :]) * self._volume_mm3  # the mirror convention, undone
             if self.noise_std > 0 and data.size:
-                data = data + receiver_noise(self._rng, self.noise_std, adc.dwell_s[w], data.size)
-            result.append(data.astype(np.complex64).reshape(1, -1))
+                data = data + self._noise(adc.dwell_s[w], data.shape[1])
+            result.append(data.astype(np.complex64))
         self.stats.adc_samples += int(sum(counts))
         self.stats.windows += adc.n_windows
         return result
+
+    def _noise(self, dwell_s: float, samples: int) -> ComplexArray:
+        """Receiver noise for one window, ``(channels, samples)``: white (body coil), or correlated between
+        channels as the coil says."""
+        if self._noise_l is None:
+            return receiver_noise(self._rng, self.noise_std, dwell_s, samples).reshape(1, -1)
+        sigma = np.full(samples, self.noise_std * math.sqrt(NOISE_REFERENCE_DWELL_S / dwell_s))
+        return correlated_noise(self._rng, self._noise_l, sigma)
 
     # ------------------------------------------------------------------------------------------------------
     # Free evolution
     # ------------------------------------------------------------------------------------------------------
 
-    def _evolve(self, t: float, mom: Moments) -> None:
+    def _evolve(self, t: float, mom: Moments | _FrameMoments) -> None:
         """Bring the states from their time to ``t`` (within the current segment)."""
         assert self._t is not None
         dt = t - self._t
@@ -341,7 +453,7 @@ class SpinSystem:
         centre = 0.5 * (float(peak[0]) + float(peak[-1]))
         return edges, iv_b1, hi - lo, centre
 
-    def _pulse(self, intervals: tuple[FloatArray, ComplexArray, int, float], mom: Moments) -> None:
+    def _pulse(self, intervals: tuple[FloatArray, ComplexArray, int, float], mom: Moments | _FrameMoments) -> None:
         edges, iv_b1, n_samples, centre = intervals
         dt = np.diff(edges)
         m_edges = mom(edges)  # (3, intervals + 1)
@@ -424,13 +536,44 @@ class SpinSystem:
     # ADC
     # ------------------------------------------------------------------------------------------------------
 
-    def _acquire(self, t: FloatArray, mom: Moments) -> ComplexArray:
+    def _acquire(self, t: FloatArray, mom: Moments | _FrameMoments) -> ComplexArray:
         """The (not yet demodulated) signal at times ``t`` (sorted, none before the states' time)."""
         assert self._t is not None
         g = self._graph
         if g.f.shape[0] == 0 or self.n_classes == 0:
-            return np.zeros(t.size, np.complex128)
+            return np.zeros((self.channels, t.size), np.complex128)
         dt = np.maximum(t - self._t, 0.0)
         dm = self._m_base[:, None] + mom(t)  # (3, T): moment since the states' time
         decay = np.exp((2j * np.pi * self._df[:, None] - self._r2[:, None]) * dt[None, :])  # (C, T)
         return self._readout.signal(g.f_k, g.f_tau, g.f, dm, dt, decay)
+
+
+class _FrameMoments:
+    """:class:`Moments` seen in a phantom grid's own axes: ``axesᵀ m(t)`` (the grid is rotated in the
+    scanner by ``axes``; ``k·r`` is the same in either frame)."""
+
+    def __init__(self, moments: Moments, axes_t: FloatArray) -> None:
+        self._moments = moments
+        self._axes_t = axes_t
+
+    def __call__(self, t_s: FloatArray | float) -> FloatArray:
+        m = self._moments(t_s)
+        return np.tensordot(self._axes_t, m, axes=(1, 0))
+
+    def axis(self, axis: int, t_s: FloatArray | float) -> FloatArray:
+        return np.tensordot(self._axes_t[axis], self._moments(t_s), axes=(0, 0))
+
+
+def _linear_weights(nodes: FloatArray, n: int) -> FloatArray:
+    """``(n, len(nodes))``: linear interpolation from values at fractional indices ``nodes`` (ascending,
+    first 0, last ``n - 1``) to the indices ``0..n-1``."""
+    w = np.zeros((n, nodes.size))
+    if nodes.size == 1:
+        w[:, 0] = 1.0
+        return w
+    idx = np.arange(n, dtype=np.float64)
+    j = np.clip(np.searchsorted(nodes, idx, side="right") - 1, 0, nodes.size - 2)
+    frac = (idx - nodes[j]) / (nodes[j + 1] - nodes[j])
+    w[np.arange(n), j] = 1.0 - frac
+    w[np.arange(n), j + 1] = frac
+    return w

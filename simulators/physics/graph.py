@@ -182,6 +182,8 @@ def signal_weight(amp: ComplexArray) -> FloatArray:
     Why not the largest magnitude at any isochromat: isochromats at the edges of a slice profile carry
     pathways (every pulse is partial there) whose magnitude at that one isochromat is up to ``S`` times
     their effect on the signal; keeping them by their peak held se_2d at 32,000 states for nothing."""
+    if amp.shape[1] == 0 or amp.shape[2] == 0:  # no tissue in the plane imaged: nothing to weigh
+        return np.zeros(amp.shape[0], dtype=np.float64)
     parts = amp.view(amp.real.dtype).reshape(amp.shape[0], amp.shape[1], -1)  # (re, im) pairs
     power = np.einsum("ijk,ijk->ij", parts, parts) / amp.shape[2]
     return np.sqrt(power.max(axis=1)).astype(np.float64)

@@ -62,8 +62,15 @@ class Phantom:
     voxel_size_m: tuple[float, float, float]
     source: str = "<phantom>"
     t2prime_s: FloatArray | None = None
+    #: Where the grid sits in the scanner (its pose): ``axes`` ``(3, 3)``, columns the grid's x, y and z
+    #: axes in scanner coordinates (orthonormal, right-handed; None: the scanner's own), ``origin_m`` the
+    #: scanner position of the centre of voxel ``n // 2`` (m). A voxel at grid offset ``u`` (the positions
+    #: of :meth:`axis_positions_m`) is at ``origin_m + axes @ u`` in the scanner.
+    axes: FloatArray | None = None
+    origin_m: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __post_init__(self) -> None:
+        self._validate_pose()
         maps = {name: _as_map(self.source, name, getattr(self, name)) for name in MAPS}
         if self.t2prime_s is not None:
             maps["t2prime_s"] = _as_map(self.source, "t2prime_s", self.t2prime_s, allow_inf=True)
@@ -84,6 +91,37 @@ class Phantom:
             if bad.any():
                 raise ConfigError(
                     f"{self.source}: {name} must be > 0 wherever pd > 0 ({int(bad.sum())} voxels are not)")
+
+    def _validate_pose(self) -> None:
+        try:
+            origin = np.asarray(self.origin_m, np.float64).reshape(3)
+            axes = None if self.axes is None else np.asarray(self.axes, np.float64).reshape(3, 3)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.source}: origin_m must be 3 numbers and axes a 3x3 matrix ({exc})") from None
+        if not np.isfinite(origin).all() or (axes is not None and not np.isfinite(axes).all()):
+            raise ConfigError(f"{self.source}: origin_m and axes must be finite")
+        if axes is not None and (not np.allclose(axes.T @ axes, np.eye(3), atol=1e-9)
+                                 or np.linalg.det(axes) < 0):
+            raise ConfigError(f"{self.source}: axes must be a rotation (orthonormal columns, right-handed), "
+                              f"got {axes.tolist()}")
+        object.__setattr__(self, "origin_m", (float(origin[0]), float(origin[1]), float(origin[2])))
+        object.__setattr__(self, "axes", axes)
+
+    @property
+    def rotation(self) -> FloatArray:
+        """``axes``, the identity when the grid is the scanner's."""
+        return np.eye(3) if self.axes is None else np.asarray(self.axes)
+
+    def frame_offset_m(self) -> FloatArray:
+        """The grid centre in the grid's own axes: ``axesᵀ @ origin_m`` (m)."""
+        return self.rotation.T @ np.asarray(self.origin_m)
+
+    def scanner_positions_m(self) -> FloatArray:
+        """Every voxel centre in scanner coordinates, ``(nz, ny, nx, 3)`` (m; a 2D phantom: its mid-plane)."""
+        x, y, z = self.axis_positions_m()
+        zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
+        local = np.stack((xx, yy, zz), axis=-1)
+        return local @ self.rotation.T + np.asarray(self.origin_m)
 
     @property
     def ndim(self) -> int:
@@ -203,7 +241,9 @@ def shepp_logan(n: int = 128, *, nz: int | None = None, fov_m: float = 0.256, b0
     """The MR Shepp–Logan phantom (Gach et al. 2008) on an ``n`` x ``n`` grid over ``fov_m`` (m).
 
     2D (``nz`` None): the plane z = -0.25 of the 3D phantom, as a slab ``slab_thickness_m`` thick.
-    3D: ``nz`` planes over the same extent in z as in x and y (voxel ``fov_m / nz`` thick).
+    3D: ``nz`` planes over the same extent in z as in x and y (voxel ``fov_m / nz`` thick), centred on
+    that plane, as the phantom sits in the patient (:func:`shepp_logan_at`): its mid-plane (``nz // 2``)
+    is the 2D phantom.
     T1 follows the paper's field model at ``b0_t`` tesla; ``b0_offset_hz`` fills the off-resonance map.
     Raises :class:`ConfigError` for a non-positive size or field of view.
     """
@@ -216,20 +256,44 @@ def shepp_logan(n: int = 128, *, nz: int | None = None, fov_m: float = 0.256, b0
         zu = np.array([SLICE_Z_2D])
         voxel = (fov_m / n, fov_m / n, slab_thickness_m)
     else:
-        zu = 2.0 * (np.arange(nz) - nz // 2) / nz
+        zu = SLICE_Z_2D + 2.0 * (np.arange(nz) - nz // 2) / nz
         voxel = (fov_m / n, fov_m / n, fov_m / nz)
     z, y, x = np.meshgrid(zu, u, u, indexing="ij")
+    pd, t1, t2 = _paint(x, y, z, b0_t)
+    if nz is None:
+        pd, t1, t2 = pd[0], t1[0], t2[0]
+    return Phantom(pd=pd, t1_s=t1, t2_s=t2, b0_offset_hz=np.full(pd.shape, float(b0_offset_hz)),
+                   voxel_size_m=voxel, source=f"shepp_logan({n}{'' if nz is None else f', nz={nz}'})")
+
+
+def shepp_logan_at(points_m: npt.ArrayLike, *, fov_m: float = 0.256,
+                   b0_t: float = 3.0) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """The 3D MR Shepp–Logan phantom's ``(pd, T1 s, T2 s)`` at ``points_m`` ``(..., 3)``: patient coordinates
+    (DICOM LPS, m), each of shape ``points.shape[:-1]``. The phantom is ``fov_m`` wide in x and y, as tall
+    in z, and placed so that its plane z = -0.25 (the 2D phantom, through the ventricles) is at z = 0: the
+    isocentre plane shows what the 2D default shows, and the top of the head is at z ≈ +0.59 ``fov_m``.
+    Evaluated exactly (the ellipsoids are analytic, nothing is interpolated). Raises :class:`ConfigError`
+    for a non-positive ``fov_m`` or ``b0_t``, or points that are not ``(..., 3)`` finite numbers."""
+    if not (fov_m > 0 and b0_t > 0):
+        raise ConfigError("shepp_logan_at: fov_m and b0_t must be positive")
+    pts = np.asarray(points_m, np.float64)
+    if pts.ndim < 1 or pts.shape[-1] != 3 or not np.isfinite(pts).all():
+        raise ConfigError(f"shepp_logan_at: points must be finite (..., 3) positions, got shape {pts.shape}")
+    scale = 2.0 / fov_m
+    return _paint(pts[..., 0] * scale, pts[..., 1] * scale, SLICE_Z_2D + pts[..., 2] * scale, b0_t)
+
+
+def _paint(x: FloatArray, y: FloatArray, z: FloatArray,
+           b0_t: float) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """``(pd, T1, T2)`` at unit-cube positions ``x``, ``y``, ``z``: the ellipsoids painted in table order."""
     values = tissue_values(b0_t)
-    pd, t1, t2 = (np.zeros(x.shape) for _ in range(3))
+    pd, t1, t2 = (np.zeros(np.shape(x)) for _ in range(3))
     for xc, yc, zc, a, b, c, theta_deg, tissue in ELLIPSOIDS:
         ct, st = math.cos(math.radians(theta_deg)), math.sin(math.radians(theta_deg))
         dx, dy, dz = x - xc, y - yc, z - zc
         inside = ((dx * ct + dy * st) / a) ** 2 + ((dy * ct - dx * st) / b) ** 2 + (dz / c) ** 2 <= 1.0
         pd[inside], t1[inside], t2[inside] = values[tissue]
-    if nz is None:
-        pd, t1, t2 = pd[0], t1[0], t2[0]
-    return Phantom(pd=pd, t1_s=t1, t2_s=t2, b0_offset_hz=np.full(pd.shape, float(b0_offset_hz)),
-                   voxel_size_m=voxel, source=f"shepp_logan({n}{'' if nz is None else f', nz={nz}'})")
+    return pd, t1, t2
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -25,6 +25,13 @@ How it is computed, and why (the cost is in ``P``, a sum over every voxel):
   (``nufft.py``, error < 1e-9 of ``Σ pd``), ``width²`` per point instead of ``nx·ny``.
 * **Off-resonance varying inside a class**: ``P`` depends on ``τ`` too; a Taylor series in time around the
   middle of short chunks (error < 1e-7), each term separable or summed directly.
+* **Receive arrays** (``sens``: each channel's sensitivity on each class's plane): channel ``n`` sees
+  ``P_nc``, the Fourier sum of ``sens_n · pd`` instead of ``pd``. The slab sums, the decay and the phase
+  graph are the channels' common part and are computed once; only ``P`` is summed per channel and class
+  (the maps are stacked, ``N·C`` of them, through the same products), so ``N`` channels cost up to ``N``
+  times the plane sums and nothing more.
+* **Grids off the isocentre** (a phantom posed on an off-centre slice): the positions ``x``, ``y`` carry the
+  offset; the NUFFT, which assumes a centred grid, gets it back as a phase ``exp(2πi (kx x0 + ky y0))``.
 
 Conventions: the internal (mirror) ones of ``bloch.py``: ``Mxy`` turns as ``exp(+2πi f t)``, and a voxel of
 proton density 1, fully transverse and in phase through its slab, contributes 1 — ``bloch.py`` conjugates
@@ -96,25 +103,35 @@ class Readout:
     each voxel's off-resonance relative to its class (Hz), ``dfr_max`` its largest magnitude (0: none);
     ``r2p`` ``(C,)`` each class's 1/T2′ (1/s; 0: none);
     ``x``, ``y`` the in-plane voxel positions (m), ``voxel`` ``(dx, dy, dz)`` (m); ``iso_z`` the isochromat
-    positions through the slab of a 2D phantom (m; evenly spaced), ``z_class`` each class's plane (3D);
-    ``ndim`` the phantom's. ``method``: ``"fast"`` (separable products or the NUFFT) or ``"direct"`` (every
-    plane sum voxel by voxel: the reference the tests compare against; slow).
+    positions through a slab (m; evenly spaced, around its centre), ``z_class`` each class's plane (m);
+    ``ndim`` 2 for slabs (z resolved by the isochromats; each class's slab centred on its plane) or 3 (z
+    resolved by the planes). ``method``: ``"fast"`` (separable products or the NUFFT) or ``"direct"`` (every
+    plane sum voxel by voxel: the reference the tests compare against; slow). ``sens`` ``(N, C, ny, nx)``
+    (complex, optional): each receive channel's sensitivity over each class's plane, in the internal
+    (mirror) convention, i.e. the conjugate of the sensitivity the output carries; None: one channel of
+    sensitivity 1 (the body coil).
     """
 
     def __init__(self, pd_map: FloatArray, dfr_map: FloatArray, dfr_max: float, r2p: FloatArray, x: FloatArray,
                  y: FloatArray, voxel: tuple[float, float, float], iso_z: FloatArray, z_class: FloatArray, ndim: int,
-                 method: str = "fast") -> None:
+                 method: str = "fast", sens: ComplexArray | None = None) -> None:
         if method not in ("fast", "direct"):
             raise ValueError(f"method must be 'fast' or 'direct', got {method!r}")
         self.method = method
         self.n_classes = pd_map.shape[0]
+        self.channels = 1 if sens is None else int(sens.shape[0])
+        self._n_maps = self.n_classes * self.channels  # the plane sums: one per channel and class
+        if sens is not None:  # channel-major stack of the maps each channel sees
+            pd_map = (sens * pd_map[None]).reshape(self._n_maps, *pd_map.shape[1:])
+            dfr_map = np.tile(dfr_map, (self.channels, 1, 1))
         self._pd = pd_map
-        self._pd_c = pd_map.astype(np.complex128)  # complex once: products below stay BLAS
+        self._pd_c = pd_map.astype(np.complex128, copy=False)  # complex once (a coil stack already is): BLAS
         self._pd_rows = np.ascontiguousarray(self._pd_c.transpose(1, 0, 2))  # (ny, C, nx)
         self._pd_cols = np.ascontiguousarray(self._pd_c.transpose(2, 0, 1))  # (nx, C, ny)
         self._dfr = dfr_map
         self._dfr_max = dfr_max
         self._r2p = np.asarray(r2p, np.float64)
+        self._r2p_maps = np.tile(self._r2p, self.channels)
         # States of one moment but different dephasing times differ where the time matters.
         self._track_time = dfr_max > 0 or bool(self._r2p.any())
         self._x, self._y = x, y
@@ -122,16 +139,19 @@ class Readout:
         self._iso_z = iso_z
         self._iso_step = float(iso_z[1] - iso_z[0]) if iso_z.size > 1 else float(voxel[2])
         self._z_class = z_class
+        # Slabs (ndim 2) whose classes sit off z = 0: a grid off the isocentre, a stack of slabs.
+        self._z_shift = ndim == 2 and bool(np.any(z_class != 0))
         self._ndim = ndim
         self._band = [0, 1] if ndim == 2 else [0, 1, 2]
         self._extent = (float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)))
+        self._centre = (float(x[x.size // 2]), float(y[y.size // 2])) if x.size and y.size else (0.0, 0.0)
         self._nufft: PlaneNufft | None = None
         self.reset()
 
     def reset(self) -> None:
         """Forget the cached phasors (kept by moment rounded to 1e-6: one kept from an earlier scan agrees
         with one computed afresh only to rounding, so a scan's data would depend on the scans before it)."""
-        self._phasors: dict[tuple[int, bytes], ComplexArray] = {}
+        self._phasors: dict[tuple[int, float, float, bytes], ComplexArray] = {}
 
     # ------------------------------------------------------------------------------------------------------
 
@@ -140,14 +160,14 @@ class Readout:
         """The (not demodulated) signal at ``T`` samples of the transverse states ``f`` ``(J, C, S)`` at
         moments ``f_k`` ``(J, 3)`` (1/m) and dephasing times ``f_tau`` ``(J,)`` (s); ``dm`` ``(3, T)`` the
         moment and ``dt`` ``(T,)`` the time of each sample since the states' time; ``decay`` ``(C, T)``
-        each class's relaxation and off-resonance over ``dt``. Shape ``(T,)``."""
+        each class's relaxation and off-resonance over ``dt``. Shape ``(channels, T)``."""
         with _blas_limit():
             return self._signal(f_k, f_tau, f, dm, dt, decay)
 
     def _signal(self, f_k: FloatArray, f_tau: FloatArray, f: AnyComplexArray, dm: FloatArray, dt: FloatArray,
                 decay: ComplexArray) -> ComplexArray:
         n_t = dt.size
-        out = np.zeros(n_t, np.complex128)
+        out = np.zeros((self.channels, n_t), np.complex128)
         if f.shape[0] == 0 or self.n_classes == 0 or n_t == 0:
             return out
         candidates = self._in_band(f_k, dm)
@@ -170,7 +190,7 @@ class Readout:
         # Groups in blocks, so that the (groups, classes, samples) arrays stay bounded.
         order = np.argsort(group, kind="stable")
         bounds = np.searchsorted(group[order], np.arange(heads.size + 1))
-        per_block = max(1, _BLOCK_ELEMENTS // (self.n_classes * n_t))
+        per_block = max(1, _BLOCK_ELEMENTS // (self._n_maps * n_t))
         for lo in range(0, live.size, per_block):
             sel = live[lo:lo + per_block]
             members = np.concatenate([order[bounds[g]:bounds[g + 1]] for g in sel])
@@ -179,8 +199,12 @@ class Readout:
             tau0 = f_tau[heads[sel]]
             plane = self._plane(kappa[sel, 0], kappa[sel, 1], tau0, dt, ok[sel])
             if self._r2p.any():  # T2′: the Lorentzian spread inside the voxel, by the dephasing time
-                plane *= np.exp(-self._r2p[None, :, None] * np.abs(tau0[:, None] + dt[None, :])[:, None, :])
-            out += np.einsum("gct,ct,gct->t", slab, decay, plane)
+                plane *= np.exp(-self._r2p_maps[None, :, None] * np.abs(tau0[:, None] + dt[None, :])[:, None, :])
+            if self.channels == 1:
+                out[0] += np.einsum("gct,ct,gct->t", slab, decay, plane)
+            else:  # the channels share the slab sums and the decay
+                out += np.einsum("gct,ct,gnct->nt", slab, decay,
+                                 plane.reshape(sel.size, self.channels, self.n_classes, n_t))
         return out
 
     def _in_band(self, f_k: FloatArray, dm: FloatArray) -> npt.NDArray[np.intp]:
@@ -213,6 +237,8 @@ class Readout:
                 amp = np.matmul(f[lo:lo + step] * state[:, None, :], sample)  # (J, C, T)
                 total = kc[:, None] + dm_z[None, :]
                 amp *= (np.sinc(total * self._iso_step) ** 2 / self._iso_z.size)[:, None, :]
+                if self._z_shift:  # each class's slab at its own plane: the isochromats' z plus its centre
+                    amp *= np.exp(2j * np.pi * total[:, None, :] * self._z_class[None, :, None])
             else:
                 amp = (f[lo:lo + step, :, 0] * state)[:, :, None] * sample[None, :, :]
             own = owner[lo:lo + step]  # sorted: each group's states are consecutive
@@ -229,7 +255,7 @@ class Readout:
         """``P_c`` per group at the moments ``kx``, ``ky`` ``(G, T)`` (1/m) and dephasing times
         ``tau0 + dt``, 0 where ``ok`` is False (outside the band); shape ``(G, C, T)``."""
         if self._dfr_max > 0:
-            out = np.zeros((kx.shape[0], self.n_classes, kx.shape[1]), np.complex128)
+            out = np.zeros((kx.shape[0], self._n_maps, kx.shape[1]), np.complex128)
             for g in range(kx.shape[0]):
                 sel = np.flatnonzero(ok[g])
                 out[g][:, sel] = self._plane_taylor(kx[g, sel], ky[g, sel], tau0[g] + dt[sel])
@@ -244,7 +270,10 @@ class Readout:
         else:
             if self._nufft is None:
                 self._nufft = PlaneNufft(self._pd, self._voxel[0], self._voxel[1])
-            return self._scatter(self._nufft(kx[ok], ky[ok]), ok)
+            values = self._nufft(kx[ok], ky[ok])
+            if self._centre != (0.0, 0.0):  # the NUFFT's grid is centred on 0: shift it to where it is
+                values = values * np.exp(2j * np.pi * (kx[ok] * self._centre[0] + ky[ok] * self._centre[1]))[:, None]
+            return self._scatter(values, ok)
         out *= ok[:, None, :]
         return out
 
@@ -258,7 +287,7 @@ class Readout:
 
     def _scatter(self, values: ComplexArray, ok: npt.NDArray[np.bool_]) -> ComplexArray:
         """``(P, C)`` values at the True entries of ``ok`` ``(G, T)`` into a ``(G, C, T)`` array of zeros."""
-        out = np.zeros((ok.shape[0], ok.shape[1], self.n_classes), np.complex128)
+        out = np.zeros((ok.shape[0], ok.shape[1], self._n_maps), np.complex128)
         out[ok] = values
         return out.transpose(0, 2, 1)
 
@@ -279,7 +308,9 @@ class Readout:
 
     def _phasor(self, k: FloatArray, pos: FloatArray) -> ComplexArray:
         """``exp(2πi k ⊗ pos)``, cached: Cartesian scans repeat the same read-out moments every TR."""
-        key = (pos.size, np.round(k, 6).tobytes())
+        # By the positions too: x and y of one size differ when the voxels are not square or the grid is
+        # off the isocentre (a posed phantom), and one axis' phasors would be taken for the other's.
+        key = (pos.size, float(pos[0]), float(pos[-1]), np.round(k, 6).tobytes())
         hit = self._phasors.get(key)
         if hit is None:
             hit = np.exp(2j * np.pi * np.outer(k, pos))
@@ -292,7 +323,7 @@ class Readout:
         """``Σ_v pd_v exp(2πi (kx x_v + ky y_v + δf_v τ))`` per class (``tau`` sorted), shape ``(C, T)``: a
         Taylor series in ``τ`` around the middle of chunks short enough for it, each term summed directly."""
         n_t = kx.size
-        out = np.zeros((self.n_classes, n_t), np.complex128)
+        out = np.zeros((self._n_maps, n_t), np.complex128)
         width = 2.0 * _TAYLOR_MAX_ARG / (2.0 * np.pi * self._dfr_max)
         i = 0
         while i < n_t:

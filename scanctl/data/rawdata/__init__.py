@@ -11,12 +11,13 @@ Timing: ``acquisition_time_stamp`` counts microseconds from the start of the sca
 the reader unwraps it, since acquisitions are stored in time order.
 
 This package's names below are the documented API (``docs/rawdata.md``); the modules hold one part each:
-``mapping`` (labels to counters and flags, a sequence's ADC windows), ``header`` (the XML header),
+``mapping`` (labels to counters and flags, a sequence's ADC windows), ``encoding`` (what the trajectory
+says), ``placement`` (where each window images), ``seqparams`` (TR, TE, ...), ``header`` (the XML header),
 ``writer`` (the streaming writer), ``reader`` (reading a file back), ``errors``.
 """
 
-from scanctl.data.rawdata.errors import RawDataError
-from scanctl.data.rawdata.header import EncodingLimit, RawHeader, header_for
+from scanctl.data.rawdata.errors import RawDataError, SequenceGeometryError
+from scanctl.data.rawdata.header import EncodingLimit, RawHeader, header_for, new_measurement_id
 from scanctl.data.rawdata.mapping import (
     LABEL_COUNTERS,
     LABEL_FLAGS,
@@ -27,7 +28,7 @@ from scanctl.data.rawdata.mapping import (
     sequence_labels,
 )
 from scanctl.data.rawdata.reader import RawData, read_acquisitions
-from scanctl.data.rawdata.writer import RawDataWriter
+from scanctl.data.rawdata.writer import RawDataWriter, read_noise_covariance
 
 __all__ = [
     "LABEL_COUNTERS",
@@ -39,7 +40,10 @@ __all__ = [
     "RawDataError",
     "RawDataWriter",
     "RawHeader",
+    "SequenceGeometryError",
     "header_for",
+    "new_measurement_id",
+    "read_noise_covariance",
     "is_set",
     "read_acquisitions",
     "centre_samples",

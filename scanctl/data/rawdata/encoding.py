@@ -8,9 +8,12 @@ logical axes: x readout, y phase encoding, z partition):
 - reversal (``ACQ_IS_REVERSE``): the readout runs towards -k_x;
 - the trajectory type: ``cartesian`` when every readout moves along k_x alone; else ``radial`` (straight
   spokes through the centre) or ``other``, and then every sample's k (:func:`trajectory_samples`);
-- position: the centre of the slice its excitation selects (the pulse's frequency offset over the
-  slice-select gradient), and ``SLC`` from it when the sequence sets no such label (slices numbered in
-  position order).
+- geometry (:mod:`~scanctl.data.rawdata.placement`): each window's rotation (its block's ``ROTATIONS``) and
+  the centre of its slice and FOV, and ``SLC`` from them when the sequence sets no such label (slices
+  numbered in position order per orientation).
+
+k-space is taken on each window's logical axes (the physical k turned back by the window's rotation), so an
+oblique scan is encoded as the same scan unrotated.
 
 Results are cached per sequence object (a :class:`Sequence` is immutable): the header, the writer and the
 recon of one scan all ask.
@@ -24,9 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from scanctl.data.rawdata.errors import SequenceGeometryError
+from scanctl.data.rawdata.placement import SLICE_TOLERANCE_M, Placement, block_rotations, placement
 from scanctl.sequence.labels import label_values
 from scanctl.sequence.model import IntArray, Sequence
-from scanctl.sequence.waveforms import axis_waveform, kspace_adc, kspace_at, rf_centres
+from scanctl.sequence.waveforms import adc_sample_times, axis_waveform, kspace_at
 
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
@@ -37,9 +42,9 @@ MAX_FOV_M = 1.0
 K_TOLERANCE_PER_M = 0.5 / MAX_FOV_M
 #: Fractions of a sample below this are rounding noise in where a readout crosses k_x = 0.
 SAMPLE_TOLERANCE = 0.01
-#: Slice positions closer than this (m) are the same slice: far below any slice thickness, far above the
-#: rounding of a frequency offset written to a file.
-SLICE_TOLERANCE_M = 1e-5
+#: A ``FOV`` definition the k-space steps are further than this (in steps) from a grid of its 1/FOV
+#: contradicts them.
+GRID_TOLERANCE = 0.1
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,10 @@ class Encoding:
     steps_z: IntArray
     fov_m: tuple[float, float, float]
     reverse: BoolArray  # the readout runs towards -k_x (ACQ_IS_REVERSE)
-    position_m: FloatArray  # (windows, 3): the centre of the slice excited before each window (m)
+    position_m: FloatArray  # (windows, 3): centre of the slice/slab and FOV of each window (m, scanner axes)
+    rotation: FloatArray  # (windows, 3, 3): scanner <- logical (columns read, phase, slice)
+    echo_s: FloatArray  # (windows,): when the readout crosses k_x = 0 (s from the start; NaN: it does not move)
+    excitation_s: FloatArray  # (windows,): centre of the excitation before the window (NaN: none)
     trajectory: str = "cartesian"  # the ISMRMRD trajectory type: cartesian, radial or other
 
 
@@ -94,18 +102,23 @@ def _encoding(seq: Sequence) -> Encoding:
         if flag in labels:
             imaging &= labels[flag] == 0
     t_centre = seq.block_start_s[adc_blocks] + seq.adc.delay_s[rows] + (n // 2 + 0.5) * seq.adc.dwell_s[rows]
-    k, slope, centre = _readout_centres(seq, t_centre, seq.adc.dwell_s[rows], n)
+    matrices, rot_of_block = block_rotations(seq)
+    rotation = matrices[rot_of_block[adc_blocks]]
+    k, slope, centre = _readout_centres(seq, t_centre, seq.adc.dwell_s[rows], n, rotation)
     moving = slope != 0
+    echo = np.where(moving, t_centre - np.divide(k[0], slope, out=np.zeros_like(slope), where=moving)
+                    * seq.adc.dwell_s[rows], np.nan)
     fov_def = seq.definition_floats("FOV")
     fov = [float("nan")] * 3
     if fov_def is not None and len(fov_def) >= 3:
         fov = [float(f) for f in fov_def[:3]]
-    position = _slice_positions(seq, t_centre)
+    g_read = _logical(rotation, np.stack([axis_waveform(seq, a).sample(t_centre) for a in range(3)]))
+    where = placement(seq, adc_blocks, t_centre, k, g_read, imaging)
     if "SLC" not in labels:
-        slices = _slice_numbers(position, imaging)
+        slices = _slice_numbers(where, imaging)
         if slices is not None:
             labels["SLC"] = slices
-    trajectory, step = _trajectory_type(seq, adc_blocks, rows, n, imaging)
+    trajectory, step = _trajectory_type(seq, adc_blocks, rows, n, imaging, rotation)
     if not (fov[0] > 0):  # readout FOV from the k-space step between two samples
         read = np.abs(slope[imaging & moving]) if trajectory == "cartesian" else step
         fov[0] = 1.0 / float(np.median(read)) if read.size else 0.0
@@ -113,23 +126,30 @@ def _encoding(seq: Sequence) -> Encoding:
         fov[1] = fov[1] if fov[1] > 0 else fov[0]
         zero = np.zeros(adc_blocks.size, np.int64)
         return Encoding(labels, imaging, n, centre, zero, zero, (fov[0], fov[1], fov[2] if fov[2] > 0 else 0.0),
-                        np.zeros(adc_blocks.size, bool), position, trajectory)
-    steps_y, fov[1] = _steps(k[1], imaging, fov[1])
-    steps_z, fov[2] = _steps(k[2], imaging, fov[2])
+                        np.zeros(adc_blocks.size, bool), where.position_m, rotation, echo, where.excitation_s,
+                        trajectory)
+    steps_y, fov[1] = _steps(k[1], imaging, fov[1], "y")
+    steps_z, fov[2] = _steps(k[2], imaging, fov[2], "z")
     for name, steps in (("LIN", steps_y), ("PAR", steps_z)):
         if name not in labels and (name == "LIN" or np.any(steps[imaging] != 0)):  # PAR only for 3D
             labels[name] = _lines(steps, imaging)
-    return Encoding(labels, imaging, n, centre, steps_y, steps_z, (fov[0], fov[1], fov[2]), slope < 0, position)
+    return Encoding(labels, imaging, n, centre, steps_y, steps_z, (fov[0], fov[1], fov[2]), slope < 0,
+                    where.position_m, rotation, echo, where.excitation_s)
 
 
-def _readout_centres(seq: Sequence, t_centre: FloatArray, dwell: FloatArray,
-                     n: IntArray) -> tuple[FloatArray, FloatArray, IntArray]:
-    """k at each readout's centre sample ``(3, windows)``, the k_x step per sample (0 for a window whose
-    readout does not move), and the sample nearest to k_x = 0 (``N // 2`` where it does not move)."""
+def _logical(rotation: FloatArray, v: FloatArray) -> FloatArray:
+    """Physical vectors ``(3, windows)`` on each window's logical axes: ``R^T v`` per window."""
+    return np.einsum("wji,jw->iw", rotation, v) if v.shape[1] else v
+
+
+def _readout_centres(seq: Sequence, t_centre: FloatArray, dwell: FloatArray, n: IntArray,
+                     rotation: FloatArray) -> tuple[FloatArray, FloatArray, IntArray]:
+    """Logical k at each readout's centre sample ``(3, windows)``, the k_x step per sample (0 for a window
+    whose readout does not move), and the sample nearest to k_x = 0 (``N // 2`` where it does not move)."""
     if t_centre.size == 0:
         return np.zeros((3, 0)), np.zeros(0), np.zeros(0, np.int64)
-    k = kspace_at(seq, t_centre)
-    slope = kspace_at(seq, t_centre + dwell)[0] - k[0]
+    k = _logical(rotation, kspace_at(seq, t_centre))
+    slope = _logical(rotation, kspace_at(seq, t_centre + dwell))[0] - k[0]
     moving = np.abs(slope) > 1e-9 * max(float(np.max(np.abs(slope), initial=0.0)), 1e-30)
     slope = np.where(moving, slope, 0.0)
     offset = np.divide(k[0], slope, out=np.zeros_like(slope), where=moving)
@@ -158,7 +178,10 @@ def trajectory_samples(seq: Sequence) -> list[FloatArray]:
     (the :attr:`Encoding.fov_m` of x and y), as the raw data's ``traj`` holds them; ``(samples, 3)`` with k_z
     (1/m times the x FOV) when k_z varies by :data:`K_TOLERANCE_PER_M` or more over the imaging windows."""
     enc = encoding_of(seq)
-    k = kspace_adc(seq)
+    t, _ = adc_sample_times(seq)
+    k = kspace_at(seq, t)
+    if enc.rotation.shape[0] and not np.allclose(enc.rotation, np.eye(3)):  # on each window's logical axes
+        k = _logical(np.repeat(enc.rotation, enc.num_samples, axis=0), k)
     edges = np.concatenate(([0], np.cumsum(enc.num_samples)))
     in_imaging = np.repeat(enc.imaging, enc.num_samples)
     kz = k[2][in_imaging]
@@ -168,8 +191,8 @@ def trajectory_samples(seq: Sequence) -> list[FloatArray]:
     return [kk[a:b] for a, b in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True)]
 
 
-def _trajectory_type(seq: Sequence, adc_blocks: IntArray, rows: IntArray, n: IntArray,
-                     imaging: BoolArray) -> tuple[str, FloatArray]:
+def _trajectory_type(seq: Sequence, adc_blocks: IntArray, rows: IntArray, n: IntArray, imaging: BoolArray,
+                     rotation: FloatArray) -> tuple[str, FloatArray]:
     """``cartesian`` when no imaging readout moves in k_y or k_z by :data:`K_TOLERANCE_PER_M` or more from
     its first sample to its last; else ``radial`` if every such readout is a straight line through the
     centre (within one sample step), else ``other``. Also the in-plane k-space step per sample (1/m) of
@@ -178,9 +201,9 @@ def _trajectory_type(seq: Sequence, adc_blocks: IntArray, rows: IntArray, n: Int
         return "cartesian", np.zeros(0)
     start = seq.block_start_s[adc_blocks] + seq.adc.delay_s[rows]
     dwell = seq.adc.dwell_s[rows]
-    first = kspace_at(seq, start + 0.5 * dwell)[:, imaging]
-    last = kspace_at(seq, start + (n - 0.5) * dwell)[:, imaging]
-    middle = kspace_at(seq, start + (n // 2 + 0.5) * dwell)[:, imaging]
+    first = _logical(rotation, kspace_at(seq, start + 0.5 * dwell))[:, imaging]
+    last = _logical(rotation, kspace_at(seq, start + (n - 0.5) * dwell))[:, imaging]
+    middle = _logical(rotation, kspace_at(seq, start + (n // 2 + 0.5) * dwell))[:, imaging]
     span = last - first
     length = np.hypot(span[0], span[1])
     step = length / np.maximum(n[imaging] - 1, 1)
@@ -196,46 +219,31 @@ def _trajectory_type(seq: Sequence, adc_blocks: IntArray, rows: IntArray, n: Int
     return ("radial" if radial else "other"), step
 
 
-def _slice_positions(seq: Sequence, t_s: FloatArray) -> FloatArray:
-    """``(len(t_s), 3)``: the centre (m) of the slice selected by the last excitation before each time:
-    the pulse's frequency offset ``f`` (Hz) with the gradient ``G`` (Hz/m) played at its centre selects the
-    plane ``G . r = f``, whose point nearest the isocentre is ``f G / |G|^2``. A pulse without a gradient
-    (non-selective), and times before any excitation, give the isocentre. (A ``ppm`` offset shifts with the
-    chemical shift, not the position: it is not counted.)"""
-    out = np.zeros((np.size(t_s), 3))
-    t_rf, _, rows = rf_centres(seq)
-    use = seq.rf.use[rows]
-    exc = (use == ord("e")) | (use == ord("u"))
-    if not exc.any() or out.shape[0] == 0:
-        return out
-    order = np.argsort(t_rf[exc], kind="stable")
-    t_exc, f = t_rf[exc][order], seq.rf.freq_hz[rows[exc]][order]
-    g = np.stack([axis_waveform(seq, axis).sample(t_exc) for axis in range(3)], axis=1)  # (pulses, 3)
-    g2 = np.sum(g * g, axis=1)
-    pos = np.divide(f[:, np.newaxis] * g, g2[:, np.newaxis], out=np.zeros_like(g), where=g2[:, np.newaxis] > 0)
-    which = np.searchsorted(t_exc, t_s, side="right") - 1
-    out[which >= 0] = pos[which[which >= 0]]
-    return out
-
-
-def _slice_numbers(position: FloatArray, imaging: BoolArray) -> IntArray | None:
-    """``SLC`` per window from its slice position: slices numbered 0.. in position order along the
-    slice normal (the direction from the first to the last slice), ``None`` when there is one slice."""
-    if position.shape[0] == 0:
+def _slice_numbers(where: Placement, imaging: BoolArray) -> IntArray | None:
+    """``SLC`` per window from its slice: the orientations in the order they first appear, each one's slices
+    numbered in position order along its slice direction, continuing from the previous orientation's
+    (a three-plane localizer: the transverse slices, then the sagittal, then the coronal); ``None`` when
+    there is one slice."""
+    n = where.position_m.shape[0]
+    if n == 0:
         return None
-    keys = np.rint(position / SLICE_TOLERANCE_M).astype(np.int64)
-    distinct = np.unique(keys[imaging] if imaging.any() else keys, axis=0)
+    keys = np.column_stack((where.orientation, np.rint(where.slice_point_m / SLICE_TOLERANCE_M).astype(np.int64)))
+    use = imaging if imaging.any() else np.ones(n, dtype=bool)
+    distinct, first = np.unique(keys[use], axis=0, return_index=True)
     if distinct.shape[0] < 2:
         return None
-    normal = (distinct[-1] - distinct[0]).astype(np.float64)
-    normal *= np.sign(normal[np.argmax(np.abs(normal))])  # along +x, +y or +z, whichever dominates
-    rank = np.argsort(np.argsort(distinct @ normal, kind="stable"), kind="stable")
-    # Every window (noise and navigators too) takes the number of the nearest imaging slice.
-    nearest = np.argmin(np.abs(keys[:, np.newaxis, :] - distinct[np.newaxis]).sum(axis=2), axis=1)
+    rows = np.flatnonzero(use)[first]
+    along = np.sum(where.slice_point_m[rows] * where.slice_normal[rows], axis=1)
+    rank = np.empty(distinct.shape[0], dtype=np.int64)
+    rank[np.lexsort((along, distinct[:, 0]))] = np.arange(distinct.shape[0])
+    # Every window (noise and navigators too) takes the number of the nearest imaging slice of its orientation.
+    cost = np.abs(keys[:, np.newaxis, 1:] - distinct[np.newaxis, :, 1:]).sum(axis=2).astype(np.float64)
+    cost += np.where(keys[:, np.newaxis, 0] == distinct[np.newaxis, :, 0], 0.0, np.inf)
+    nearest = np.argmin(np.where(np.isfinite(cost), cost, np.finfo(np.float64).max), axis=1)
     return rank[nearest].astype(np.int64)
 
 
-def _steps(k: FloatArray, imaging: BoolArray, fov: float) -> tuple[IntArray, float]:
+def _steps(k: FloatArray, imaging: BoolArray, fov: float, axis: str = "y") -> tuple[IntArray, float]:
     """Integer k-space steps ``round(k * FOV)`` (FOV estimated from the spacing when not positive), and
     the FOV used (0 if k is not encoded). A grid offset by half a step (k = (i + 1/2) / FOV) is shifted
     down by half a step before rounding, so no two lines round to the same step.
@@ -246,7 +254,8 @@ def _steps(k: FloatArray, imaging: BoolArray, fov: float) -> tuple[IntArray, flo
     if k.size == 0:
         return np.zeros(0, np.int64), (fov if fov > 0 else 0.0)
     kk = k[imaging] if imaging.any() else k
-    if not (fov > 0):
+    defined = fov > 0
+    if not defined:
         gaps = _distinct_gaps(kk)
         if gaps.size == 0:
             return np.zeros(k.size, np.int64), 0.0
@@ -258,6 +267,12 @@ def _steps(k: FloatArray, imaging: BoolArray, fov: float) -> tuple[IntArray, flo
         offset = 0.5  # a half-step grid: shift every k down by half a step
     elif abs(offset) < 0.25:
         offset = 0.0
+    off_grid = np.abs(xi - offset - np.round(xi - offset))
+    if defined and xi.size and float(off_grid.max()) > GRID_TOLERANCE:
+        worst = int(np.argmax(off_grid))
+        raise SequenceGeometryError(None, f"the FOV definition ({fov * 1e3:g} mm along {axis}) contradicts the "
+                                          f"k-space steps: a readout at k_{axis} = {kk[worst]:.6g} 1/m lies "
+                                          f"{float(off_grid[worst]):.2f} of a step off the grid of 1/FOV")
     return np.round(x - offset).astype(np.int64), fov
 
 

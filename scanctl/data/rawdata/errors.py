@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from scanctl.errors import ScanctlError
+from scanctl.errors import ScanctlError, SequenceFormatError
 
 
 class RawDataError(ScanctlError):
@@ -32,3 +32,16 @@ def reason(exc: BaseException) -> str:
         return os.strerror(number)
     first = str(exc).strip().splitlines()
     return first[0] if first else type(exc).__name__
+
+
+
+class SequenceGeometryError(SequenceFormatError):
+    """A sequence's geometry contradicts itself (an ADC rotated otherwise than its excitation, a slice
+    offset that does not fit the slice gradient, a FOV definition the k-space steps contradict): bad input,
+    as a malformed file is (the CLI exits 2). The message names the block (its Pulseq id) or the definition."""
+
+    def __init__(self, block_id: int | None, message: str) -> None:
+        self.block_id = block_id
+        self.path, self.line, self.message = None, None, message
+        where = f"block {block_id}: " if block_id is not None else ""
+        ScanctlError.__init__(self, f"sequence geometry: {where}{message}")

@@ -4,6 +4,7 @@ from the sequence (and the scanner and protocol) before a scan starts."""
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,14 +16,19 @@ from ismrmrd import xsd
 from scanctl.config.profile import SystemProfile
 from scanctl.data.rawdata.errors import RawDataError
 from scanctl.data.rawdata.mapping import (
+    ETL_PARAMETER,
     FOREIGN_TIME_STAMP_TICK_S,
     LABEL_COUNTERS,
     LIMIT_ELEMENTS,
+    NOISE_DATASET,
+    NOISE_PARAMETER,
     TICK_PARAMETER,
     TIME_STAMP_TICK_S,
     U16_MAX,
     encoding_of,
 )
+from scanctl.data.rawdata.seqparams import sequence_parameters, slice_thickness_m
+from scanctl.sequence.geometry import PATIENT_POSITIONS
 from scanctl.sequence.model import IntArray, Sequence
 
 if TYPE_CHECKING:
@@ -42,8 +48,11 @@ class EncodingLimit:
 class RawHeader:
     """What the ISMRMRD XML header says about a scan (one encoding space).
 
-    Units: ``fov_m`` metres (written in mm), ``larmor_hz`` Hz, ``b0_t`` tesla, ``tr_s``/``te_s``
-    seconds (written in ms). ``limits`` is keyed by ISMRMRD counter name (``kspace_encode_step_1``,
+    Units: ``fov_m`` metres (written in mm), ``larmor_hz`` Hz, ``b0_t`` tesla, ``tr_s``/``te_s``/``ti_s``/
+    ``echo_spacing_s`` seconds (written in ms). ``coil_names`` names each receive channel (written as
+    ``coilLabel``); ``noise_covariance`` (``channels x channels``, complex, at ``noise_dwell_s``) is not XML:
+    the writer stores it as the dataset ``/dataset/noise_covariance`` (docs/rawdata.md).
+    ``limits`` is keyed by ISMRMRD counter name (``kspace_encode_step_1``,
     ``slice``, ... and ``kspace_encode_step_0`` for the readout); absent counters are ``0..0``.
     ``user_parameters`` become XML user parameters (int -> long, float -> double, str -> string).
     """
@@ -66,10 +75,24 @@ class RawHeader:
     table_position_mm: float = 0.0
     patient_weight_kg: float | None = None
     user_parameters: Mapping[str, int | float | str] = field(default_factory=dict)
+    patient_position: str = "HFS"
+    measurement_id: str = ""
+    ti_s: tuple[float, ...] = ()
+    echo_spacing_s: tuple[float, ...] = ()
+    echo_train_length: int | None = None
+    coil_names: tuple[str, ...] = ()
+    noise_covariance: tuple[tuple[complex, ...], ...] | None = None
+    noise_dwell_s: float | None = None
 
     def limit(self, counter: str) -> EncodingLimit:
         """The limit of ``counter`` (an ISMRMRD counter name, or ``kspace_encode_step_0``)."""
         return self.limits.get(counter, EncodingLimit())
+
+    @property
+    def coil_labels(self) -> tuple[str, ...]:
+        """A name for each receive channel: ``coil_names``, else ``channel 0``, ``channel 1``, ..."""
+        names = tuple(self.coil_names)[: self.channels]
+        return names + tuple(f"channel {i}" for i in range(len(names), self.channels))
 
     @property
     def recon(self) -> tuple[int, int, int]:
@@ -95,8 +118,16 @@ class RawHeader:
             lim = self.limit(counter)
             limits[element] = xsd.limitType(
                 minimum=int(lim.minimum), maximum=int(lim.maximum), center=int(lim.centre))
+        if self.patient_position not in PATIENT_POSITIONS:
+            raise RawDataError(None, f"unknown patient position {self.patient_position!r} "
+                                     f"(known: {', '.join(PATIENT_POSITIONS)})")
+        extra: dict[str, int | float | str] = {TICK_PARAMETER: TIME_STAMP_TICK_S}
+        if self.echo_train_length is not None:
+            extra[ETL_PARAMETER] = int(self.echo_train_length)
+        if self.noise_covariance is not None:
+            extra[NOISE_PARAMETER] = NOISE_DATASET
         longs, doubles, strings = [], [], []
-        for name, value in {**self.user_parameters, TICK_PARAMETER: TIME_STAMP_TICK_S}.items():
+        for name, value in {**self.user_parameters, **extra}.items():
             if isinstance(value, bool | int | np.integer):
                 longs.append(xsd.userParameterLongType(name=name, value=int(value)))
             elif isinstance(value, float | np.floating):
@@ -108,7 +139,8 @@ class RawHeader:
             subjectInformation=(None if self.patient_weight_kg is None
                                 else xsd.subjectInformationType(patientWeight_kg=float(self.patient_weight_kg))),
             measurementInformation=xsd.measurementInformationType(
-                patientPosition=xsd.patientPositionType.HFS,
+                measurementID=self.measurement_id or None,
+                patientPosition=xsd.patientPositionType(self.patient_position),
                 protocolName=self.protocol_name or None,
                 sequenceName=self.sequence_name or None,
                 relativeTablePosition=xsd.threeDimensionalFloat(x=0.0, y=0.0, z=float(self.table_position_mm)),
@@ -118,6 +150,7 @@ class RawHeader:
                 systemModel=self.system_model,
                 systemFieldStrength_T=None if self.b0_t is None else float(self.b0_t),
                 receiverChannels=int(self.channels),
+                coilLabel=[xsd.coilLabelType(coilNumber=i, coilName=name) for i, name in enumerate(self.coil_labels)],
             ),
             experimentalConditions=xsd.experimentalConditionsType(H1resonanceFrequency_Hz=int(round(self.larmor_hz))),
             encoding=[xsd.encodingType(
@@ -127,8 +160,8 @@ class RawHeader:
                 trajectory=trajectory,
             )],
             sequenceParameters=xsd.sequenceParametersType(
-                TR=[t * 1e3 for t in self.tr_s], TE=[t * 1e3 for t in self.te_s],
-                flipAngle_deg=list(self.flip_angle_deg)),
+                TR=[t * 1e3 for t in self.tr_s], TE=[t * 1e3 for t in self.te_s], TI=[t * 1e3 for t in self.ti_s],
+                flipAngle_deg=list(self.flip_angle_deg), echo_spacing=[t * 1e3 for t in self.echo_spacing_s]),
             userParameters=xsd.userParametersType(userParameterLong=longs, userParameterDouble=doubles,
                                                   userParameterString=strings),
         )
@@ -162,6 +195,13 @@ class RawHeader:
                 params[s.name] = str(s.value)
         m_enc, m_rec = enc.encodedSpace.matrixSize, enc.reconSpace.matrixSize
         table = meas.relativeTablePosition if meas is not None else None
+        etl = params.pop(ETL_PARAMETER, None)
+        params.pop(NOISE_PARAMETER, None)
+        position = meas.patientPosition if meas is not None and meas.patientPosition is not None else "HFS"
+        position = str(getattr(position, "value", position))
+        if position not in PATIENT_POSITIONS:  # e.g. a decubitus position: never imaged as if supine
+            raise RawDataError(path, f"measurementInformation.patientPosition {position!r} is not one scanctl "
+                                     f"places images for ({', '.join(PATIENT_POSITIONS)})")
         return cls(
             protocol_name=(meas.protocolName or "") if meas is not None else "",
             sequence_name=(meas.sequenceName or "") if meas is not None else "",
@@ -183,6 +223,13 @@ class RawHeader:
             patient_weight_kg=(None if h.subjectInformation is None or h.subjectInformation.patientWeight_kg is None
                                else float(h.subjectInformation.patientWeight_kg)),
             user_parameters=params,
+            patient_position=position,
+            measurement_id=(meas.measurementID or "") if meas is not None else "",
+            ti_s=tuple(t * 1e-3 for t in seq.TI) if seq is not None else (),
+            echo_spacing_s=tuple(t * 1e-3 for t in seq.echo_spacing) if seq is not None else (),
+            echo_train_length=int(etl) if isinstance(etl, int) else None,
+            coil_names=tuple(str(c.coilName or "") for c in sorted(system.coilLabel, key=lambda c: c.coilNumber or 0))
+            if system is not None else (),
         )
 
     # -- from a sequence ----------------------------------------------------------------------------------
@@ -190,17 +237,26 @@ class RawHeader:
     def from_sequence(cls, seq: Sequence, *, larmor_hz: float, protocol_name: str = "", channels: int = 1,
                       b0_t: float | None = None, system_vendor: str = "scanctl", system_model: str = "simulator",
                       tr_s: Iterable[float] | None = None, te_s: Iterable[float] | None = None,
-                      flip_angle_deg: Iterable[float] = (), table_position_mm: float = 0.0,
+                      flip_angle_deg: Iterable[float] | None = None, table_position_mm: float = 0.0,
                       patient_weight_kg: float | None = None,
-                      user_parameters: Mapping[str, int | float | str] | None = None) -> RawHeader:
+                      user_parameters: Mapping[str, int | float | str] | None = None,
+                      protocol_params: Any = None, patient_position: str = "HFS", measurement_id: str = "",
+                      coil_info: Mapping[str, Any] | None = None) -> RawHeader:
         """The header for acquiring ``seq``: encoding limits from its labels (or, where it has no ``LIN`` /
         ``PAR`` labels, from its k-space trajectory, as :func:`sequence_labels`), the k-space centre from
         the trajectory, the readout matrix from the ADC sample count (a non-Cartesian trajectory: a square
         matrix of that size, the trajectory type from :func:`encoding_of`), the FOV from the ``FOV``
-        definition (else from the k-space step), name/TR/TE from the ``Name``/``TR``/``TE`` definitions
-        unless given. Noise and navigator windows do not count towards the limits.
+        definition (else from the k-space step; the z FOV of a 2D scan: its slice thickness), name from the
+        ``Name`` definition, the sequence parameters (TR, TE, TI, flip angle, echo spacing, echo train
+        length) as given, else from ``protocol_params``, the definitions or the sequence's timing
+        (:func:`~scanctl.data.rawdata.seqparams.sequence_parameters`). Noise and navigator windows do not
+        count towards the limits. ``coil_info``: the receive coil (``name``, ``channels`` or
+        ``channel_names`` (one name per channel), ``noise_covariance`` (channels x channels),
+        ``noise_dwell_s``), e.g. a simulated RF system's ``coil_info()``.
 
-        Raises :class:`RawDataError` if a label value does not fit an ISMRMRD counter (0..65535).
+        Raises :class:`RawDataError` if a label value does not fit an ISMRMRD counter (0..65535), or a
+        coil's noise covariance is not ``channels x channels`` and finite; :class:`SequenceGeometryError`
+        for a geometry the sequence contradicts.
         """
         enc = encoding_of(seq)
         labels, imaging = enc.labels, enc.imaging
@@ -225,22 +281,41 @@ class RawHeader:
         if enc.trajectory != "cartesian":  # no lines: a square image of the readout's samples
             ny, nz = nx, 1
         fov = enc.fov_m
-        tr = tuple(tr_s) if tr_s is not None else _definition(seq, "TR")
-        te = tuple(te_s) if te_s is not None else _definition(seq, "TE")
+        if not fov[2] > 0:  # a 2D scan: its slice thickness
+            fov = (fov[0], fov[1], slice_thickness_m(seq))
+        params = sequence_parameters(seq, enc, protocol_params)
+        names, covariance, dwell = _coil(coil_info, channels)
         return cls(protocol_name=protocol_name, sequence_name=seq.definitions.get("Name", ""), fov_m=fov,
-                   encoded_matrix=(nx, ny, nz), larmor_hz=larmor_hz, limits=limits, b0_t=b0_t, tr_s=tr, te_s=te,
-                   flip_angle_deg=tuple(flip_angle_deg), channels=channels, system_vendor=system_vendor,
+                   encoded_matrix=(nx, ny, nz), larmor_hz=larmor_hz, limits=limits, b0_t=b0_t,
+                   tr_s=tuple(tr_s) if tr_s is not None else params.tr_s,
+                   te_s=tuple(te_s) if te_s is not None else params.te_s,
+                   flip_angle_deg=tuple(flip_angle_deg) if flip_angle_deg is not None else params.flip_angle_deg,
+                   ti_s=params.ti_s, echo_spacing_s=params.echo_spacing_s,
+                   echo_train_length=params.echo_train_length, channels=channels, system_vendor=system_vendor,
                    system_model=system_model, table_position_mm=table_position_mm, trajectory=enc.trajectory,
-                   patient_weight_kg=patient_weight_kg, user_parameters=dict(user_parameters or {}))
+                   patient_weight_kg=patient_weight_kg, user_parameters=dict(user_parameters or {}),
+                   patient_position=patient_position, measurement_id=measurement_id, coil_names=names,
+                   noise_covariance=covariance, noise_dwell_s=dwell)
+
+
+def new_measurement_id(system_model: str) -> str:
+    """A measurement ID unique per run: the system's name and a random UUID."""
+    return f"{system_model or 'scanctl'}_{uuid.uuid4().hex}"
 
 
 def header_for(seq: Sequence, profile: SystemProfile, protocol: Protocol | None = None, *,
-               channels: int = 1) -> RawHeader:
+               channels: int = 1, patient_position: str | None = None, coil_info: Mapping[str, Any] | None = None,
+               measurement_id: str | None = None) -> RawHeader:
     """:meth:`RawHeader.from_sequence` for a scan of ``seq`` on the scanner ``profile`` describes (B0,
-    Larmor frequency, model name) under ``protocol`` (name, flip angle, table position, patient weight;
-    ``None`` for a bare Pulseq file: the sequence's ``Name``)."""
+    Larmor frequency, model name) under ``protocol`` (name, sequence parameters, table position, patient
+    weight; ``None`` for a bare Pulseq file: the sequence's ``Name``). ``patient_position``: as given, else
+    the protocol's (``protocol.patient_position`` or ``protocol.patient.position``), else ``HFS``.
+    ``coil_info``: the receive coil (see :meth:`RawHeader.from_sequence`). ``measurement_id``: as given,
+    else a new one (:func:`new_measurement_id`)."""
     params = protocol.sequence_params if protocol is not None else None
-    flip = getattr(params, "flip_angle_deg", None)
+    if patient_position is None and protocol is not None:
+        patient_position = (getattr(protocol, "patient_position", None)
+                            or getattr(getattr(protocol, "patient", None), "position", None))
     return RawHeader.from_sequence(
         seq,
         larmor_hz=profile.gamma_hz_per_t * profile.b0_t,
@@ -248,10 +323,35 @@ def header_for(seq: Sequence, profile: SystemProfile, protocol: Protocol | None 
         protocol_name=protocol.name if protocol is not None else seq.definitions.get("Name", ""),
         channels=channels,
         system_model=profile.name,
-        flip_angle_deg=() if flip is None else (float(flip),),
+        protocol_params=params,
         table_position_mm=protocol.table_position_mm if protocol is not None else 0.0,
         patient_weight_kg=protocol.patient.weight_kg if protocol is not None else None,
+        patient_position=str(patient_position or "HFS"),
+        measurement_id=measurement_id or new_measurement_id(profile.name),
+        coil_info=coil_info,
     )
+
+
+def _coil(info: Mapping[str, Any] | None, channels: int
+          ) -> tuple[tuple[str, ...], tuple[tuple[complex, ...], ...] | None, float | None]:
+    """Channel names, noise covariance and its dwell time from a coil description (``None``: none known)."""
+    if not info:
+        return (), None, None
+    names = info.get("channel_names", info.get("channels"))
+    coil = str(info.get("name", "") or "")
+    if isinstance(names, int | np.integer) or names is None:
+        names = [f"{coil} {i}".strip() for i in range(channels)] if coil else []
+    names = tuple(str(n) for n in names)
+    cov = info.get("noise_covariance")
+    covariance = None
+    if cov is not None:
+        m = np.asarray(cov, dtype=np.complex128)
+        if m.shape != (channels, channels) or not np.isfinite(m).all():
+            raise RawDataError(None, f"coil {coil!r}: the noise covariance must be {channels} x {channels} and "
+                                     f"finite (one row and column per receive channel), got shape {m.shape}")
+        covariance = tuple(tuple(complex(v) for v in row) for row in m)
+    dwell = info.get("noise_dwell_s")
+    return names, covariance, float(dwell) if dwell is not None else None
 
 
 def parse_xml(text: str | bytes, path: str | Path | None) -> tuple[RawHeader, float]:

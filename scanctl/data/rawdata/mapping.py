@@ -42,6 +42,12 @@ UNSTORED_LABELS = frozenset({"IMA", "SMS", "PMC", "NOROT", "NOPOS", "NOSCL", "ON
 TIME_STAMP_TICK_S = 1e-6
 FOREIGN_TIME_STAMP_TICK_S = 2.5e-3
 TICK_PARAMETER = "acquisition_time_stamp_tick_s"
+#: XML user parameters: the echo train length (ISMRMRD's sequenceParameters has no element for it), and
+#: where the receive channels' noise covariance is (ISMRMRD's XML has no element for it either).
+ETL_PARAMETER = "EchoTrainLength"
+NOISE_PARAMETER = "noise_covariance"
+#: The HDF5 dataset holding the noise covariance (channels x channels complex64), beside ``data`` and ``xml``.
+NOISE_DATASET = "noise_covariance"
 #: ``head.user_int`` slot holding the sequence block index of the acquisition.
 USER_INT_BLOCK = 0
 
@@ -87,7 +93,8 @@ def channel_mask(channels: int) -> npt.NDArray[np.uint64]:
 
 
 __all__ = [
-    "COUNTERS", "DATASET", "FLAG_GROUPS", "FOREIGN_TIME_STAMP_TICK_S", "LABEL_COUNTERS", "LABEL_FLAGS",
+    "COUNTERS", "DATASET", "ETL_PARAMETER", "NOISE_DATASET", "NOISE_PARAMETER",
+    "FLAG_GROUPS", "FOREIGN_TIME_STAMP_TICK_S", "LABEL_COUNTERS", "LABEL_FLAGS",
     "LIMIT_ELEMENTS", "TICK_PARAMETER", "TIME_STAMP_TICK_S", "U16_MAX", "UNSTORED_LABELS", "USER_INT_BLOCK",
     "Encoding", "bit", "centre_samples", "channel_mask", "encoding_of", "is_set", "sequence_labels",
 ]

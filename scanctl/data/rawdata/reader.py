@@ -33,9 +33,19 @@ class RawData:
     acquisitions: list[Acquisition]
     flags: npt.NDArray[np.uint64]
     centre_samples: IntArray  # each acquisition's center_sample: the sample at k_x = 0
-    positions_mm: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 3)))  # (n, 3) position
+    #: each acquisition's ``position`` (mm, patient LPS): the centre of the slice or slab it belongs to
+    position_mm: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 3)))
     #: each acquisition's trajectory ``(samples, dimensions)`` (empty ``(0, 0)`` for Cartesian data)
     trajectories: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    #: each acquisition's ``read_dir``, ``phase_dir``, ``slice_dir`` (unit vectors, patient LPS), ``(n, 3)``
+    read_dir: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 3)))
+    phase_dir: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 3)))
+    slice_dir: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 3)))
+
+    @property
+    def positions_mm(self) -> npt.NDArray[np.float64]:
+        """The same as :attr:`position_mm` (its former name)."""
+        return self.position_mm
 
 
 def read_acquisitions(path: str | Path, *, dataset: str = DATASET) -> RawData:
@@ -120,4 +130,11 @@ def _to_acquisitions(path: Path, header: RawHeader, xml: str, records: npt.NDArr
             labels=labels,
         ))
     return RawData(str(path), header, xml, acqs, flags, head["center_sample"].astype(np.int64),
-                   head["position"].astype(np.float64), trajectories)
+                   head["position"].astype(np.float64), trajectories, *(_directions(head[name]) for name in
+                                                                        ("read_dir", "phase_dir", "slice_dir")))
+
+
+def _directions(values: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """``(n, 3)`` unit vectors as stored (a file that leaves them all zero, as some converters do, gets
+    zeros: the recon then takes the identity, :class:`scanctl.data.recon.common.Inputs`)."""
+    return np.asarray(values, dtype=np.float64).reshape(-1, 3)

@@ -42,6 +42,7 @@ from scanctl.data.rawdata.mapping import (
     FLAG_GROUPS,
     LABEL_COUNTERS,
     LABEL_FLAGS,
+    NOISE_DATASET,
     TIME_STAMP_TICK_S,
     U16_MAX,
     USER_INT_BLOCK,
@@ -51,6 +52,7 @@ from scanctl.data.rawdata.mapping import (
     encoding_of,
 )
 from scanctl.hw.interfaces import Acquisition
+from scanctl.sequence.geometry import patient_to_scanner
 from scanctl.sequence.model import Sequence
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,26 @@ def room_bytes(path: Path) -> tuple[int, int]:
 
 
 
+def _write_noise_covariance(group: h5py.Group, header: RawHeader) -> None:
+    """The receive channels' noise covariance as ``/dataset/noise_covariance`` (complex64, channels x
+    channels), with the channel names and the dwell time it is given at as attributes (docs/rawdata.md)."""
+    cov = np.asarray(header.noise_covariance, dtype=np.complex64)
+    ds = group.create_dataset(NOISE_DATASET, data=cov)
+    ds.attrs["coil_names"] = np.array([n.encode("utf-8") for n in header.coil_labels], dtype=object)
+    if header.noise_dwell_s is not None:
+        ds.attrs["noise_dwell_time_us"] = float(header.noise_dwell_s * 1e6)
+
+
+def read_noise_covariance(path: str | Path) -> npt.NDArray[np.complex64] | None:
+    """The noise covariance a file stores (``/dataset/noise_covariance``), or None. Raises RawDataError."""
+    try:
+        with h5py.File(path, "r", locking=False) as file:
+            ds = file.get(f"{DATASET}/{NOISE_DATASET}")
+            return None if ds is None else np.asarray(ds[()], dtype=np.complex64)
+    except OSError as exc:
+        raise RawDataError(path, f"cannot read the noise covariance: {reason(exc)}") from exc
+
+
 class RawDataWriter:
     """Writes one ISMRMRD file, one acquisition at a time, flushed after every write.
 
@@ -90,7 +112,13 @@ class RawDataWriter:
         self._fallback = encoding.labels if encoding is not None else {}
         self._centres = encoding.centre_sample if encoding is not None else np.zeros(0, np.int64)
         self._reverse = encoding.reverse if encoding is not None else np.zeros(0, bool)
-        self._position_mm = encoding.position_m * 1e3 if encoding is not None else np.zeros((0, 3))
+        # Geometry in the patient's coordinates (LPS): scanner = P patient, P diagonal, so patient = P scanner.
+        to_patient = patient_to_scanner(header.patient_position).T
+        self._position_mm = (encoding.position_m @ to_patient.T * 1e3 if encoding is not None
+                             else np.zeros((0, 3)))
+        self._directions = (np.einsum("ij,wjk->wki", to_patient, encoding.rotation) if encoding is not None
+                            else np.zeros((0, 3, 3)))  # (windows, read/phase/slice, xyz)
+        self._unrotated = to_patient.T  # rows: an unrotated window's read, phase, slice directions (patient)
         # Non-Cartesian: every window's k-space samples (units of 1/FOV) go into its traj.
         self._traj = (trajectory_samples(seq) if seq is not None and encoding is not None
                       and encoding.trajectory != "cartesian" else [])
@@ -101,9 +129,9 @@ class RawDataWriter:
         # The header fields every acquisition shares.
         self._template = np.zeros((), dtype=acquisition_header_dtype)
         self._template["version"] = 1
-        self._template["read_dir"] = (1.0, 0.0, 0.0)
-        self._template["phase_dir"] = (0.0, 1.0, 0.0)
-        self._template["slice_dir"] = (0.0, 0.0, 1.0)
+        self._template["read_dir"] = self._unrotated[0]
+        self._template["phase_dir"] = self._unrotated[1]
+        self._template["slice_dir"] = self._unrotated[2]
         self._template["patient_table_position"] = (0.0, 0.0, header.table_position_mm)
         self._template["channel_mask"] = channel_mask(header.channels)
         # Per flag group: the row of the last acquisition written of each group key.
@@ -132,6 +160,8 @@ class RawDataWriter:
             text = group.create_dataset("xml", (1,), dtype=h5py.special_dtype(vlen=bytes))
             text[0] = xml.encode("utf-8")
             data = group.create_dataset("data", (0,), maxshape=(None,), dtype=acquisition_dtype, chunks=(_CHUNK,))
+            if header.noise_covariance is not None:
+                _write_noise_covariance(group, header)
             file.flush()
         except Exception as exc:
             file.close()
@@ -244,7 +274,8 @@ class RawDataWriter:
         head["available_channels"] = np.maximum(channels, self.header.channels)
         head["center_sample"] = [self._centre(a, int(n)) for a, n in zip(batch, samples.tolist(), strict=True)]
         head["sample_time_us"] = [a.dwell_s * 1e6 for a in batch]
-        head["position"] = self._positions([a.index for a in batch])
+        head["position"], directions = self._geometry([a.index for a in batch])
+        head["read_dir"], head["phase_dir"], head["slice_dir"] = directions[:, 0], directions[:, 1], directions[:, 2]
         for j, counter in enumerate(COUNTERS):
             head["idx"][counter] = counters[:, j]
         head["user_int"][:, USER_INT_BLOCK] = [a.block for a in batch]
@@ -264,13 +295,17 @@ class RawDataWriter:
             return self._traj[index]
         return None
 
-    def _positions(self, index: list[int]) -> npt.NDArray[np.float64]:
-        """``(len(index), 3)``: the slice centre (mm) of each window, from the sequence (else 0)."""
+    def _geometry(self, index: list[int]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """``(len(index), 3)``: the centre (mm, patient LPS) of each window's slice and FOV, and
+        ``(len(index), 3, 3)``: its read, phase and slice directions (patient LPS), from the sequence (else
+        the isocentre, unrotated)."""
         i = np.array(index, dtype=np.int64)
         known = (i >= 0) & (i < self._position_mm.shape[0])
-        out = np.zeros((i.size, 3))
-        out[known] = self._position_mm[i[known]]
-        return out
+        position = np.zeros((i.size, 3))
+        position[known] = self._position_mm[i[known]]
+        directions = np.repeat(self._unrotated[np.newaxis], i.size, axis=0)
+        directions[known] = self._directions[i[known]]
+        return position, directions
 
     def _centre(self, acq: Acquisition, samples: int) -> int:
         i = acq.index

@@ -8,7 +8,8 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from scanctl.sequence.build.events import ADC, RF, Label, Shape, System, Trap
+from scanctl.sequence.build.events import ADC, RF, Label, Rotation, Shape, System, Trap
+from scanctl.sequence.geometry import quaternion_to_matrix
 from scanctl.sequence.model import (
     TIME_DEFAULT,
     ADCEvents,
@@ -25,6 +26,9 @@ from scanctl.sequence.pulseq_write import FORMAT_VERSION
 
 #: Extension type ids written for labels.
 LABEL_TYPE_IDS = {"LABELSET": 1, "LABELINC": 2}
+#: Extension type id written for rotations.
+ROTATION_TYPE_ID = 3
+_TYPE_IDS = {**LABEL_TYPE_IDS, "ROTATIONS": ROTATION_TYPE_ID}
 
 
 class SequenceBuilder:
@@ -35,6 +39,9 @@ class SequenceBuilder:
     >>> b.add_block(gx, adc, Label("LIN", 3))
     >>> b.add_block(min_duration_s=2e-3)         # a pure delay
     >>> seq = b.build({"Name": "demo", "FOV": (0.256, 0.256, 0.005)})
+
+    ``rotation`` (a :class:`Rotation`, or None): added to every later block that plays a gradient, as the
+    last entry of its extension list (a block holds at most one).
     """
 
     def __init__(self, system: System) -> None:
@@ -45,6 +52,8 @@ class SequenceBuilder:
         self._adc: dict[tuple[float, ...], int] = {}
         self._labels: dict[tuple[str, str, int], int] = {}  # (kind, name, value) -> row of its spec
         self._label_counts = dict.fromkeys(LABEL_TYPE_IDS, 0)
+        self._rotations: dict[tuple[float, float, float, float], int] = {}  # quaternion -> row of its spec
+        self.rotation: Rotation | None = None
         self._lists: dict[tuple[tuple[str, int], ...], int] = {}  # label entries -> head row
         self._entries: dict[tuple[int, int, int], int] = {}  # (type id, spec row, next row) -> row
         self._rf_rows: list[RF] = []
@@ -69,6 +78,7 @@ class SequenceBuilder:
         """
         rf = gx = gy = gz = a = ext = -1
         labels: list[Label] = []
+        rotation = self.rotation
         timed: list[RF | Trap | ADC] = []
         for e in events:
             if isinstance(e, Trap):
@@ -101,10 +111,14 @@ class SequenceBuilder:
                 timed.append(e)
             elif isinstance(e, Label):
                 labels.append(e)
+            elif isinstance(e, Rotation):
+                rotation = e
             else:
                 raise TypeError(f"not a block event: {e!r}")
-        if labels:
-            ext = self._label_list(labels)
+        if rotation is not None and max(gx, gy, gz) < 0:
+            rotation = None  # nothing to rotate
+        if labels or rotation is not None:
+            ext = self._ext_list(labels, rotation)
         duration = self.system.block_duration(*timed, min_duration_s=min_duration_s)
         ticks = round(duration / self.system.rasters.block_duration_s)
         for col, value in zip(self._cols, (ticks, rf, gx, gy, gz, a, ext), strict=True):
@@ -131,7 +145,7 @@ class SequenceBuilder:
             self._rf_rows.append(e)
         return row
 
-    def _label_list(self, labels: list[Label]) -> int:
+    def _ext_list(self, labels: list[Label], rotation: Rotation | None) -> int:
         items = []
         for lab in labels:
             kind = "LABELINC" if lab.increment else "LABELSET"
@@ -142,12 +156,17 @@ class SequenceBuilder:
                 self._labels[key] = self._label_counts[kind]
                 self._label_counts[kind] += 1
             items.append((kind, self._labels[key]))
+        if rotation is not None:
+            q = tuple(float(v) for v in rotation.quaternion)
+            if len(q) != 4 or abs(sum(v * v for v in q) - 1.0) > 1e-9:
+                raise ValueError(f"rotation {q} is not a unit quaternion (w, x, y, z)")
+            items.append(("ROTATIONS", self._rotations.setdefault(q, len(self._rotations))))
         chain = tuple(items)
         head = self._lists.get(chain)
         if head is None:
             nxt = -1
             for kind, spec_row in reversed(chain):  # entries shared with other lists are stored once
-                nxt = self._entries.setdefault((LABEL_TYPE_IDS[kind], spec_row, nxt), len(self._entries))
+                nxt = self._entries.setdefault((_TYPE_IDS[kind], spec_row, nxt), len(self._entries))
             head = self._lists[chain] = nxt
         return head
 
@@ -261,6 +280,11 @@ class SequenceBuilder:
                 columns={"value": np.array([v for _, _, v in keys], dtype=np.int64),
                          "label": np.array([name for _, name, _ in keys], dtype=object)},
             )
+        if self._rotations:
+            q = np.array(list(self._rotations), dtype=np.float64).reshape(-1, 4)
+            specs["ROTATIONS"] = ExtensionSpec(name="ROTATIONS", type_id=ROTATION_TYPE_ID,
+                                               id=np.arange(1, q.shape[0] + 1, dtype=np.int64),
+                                               columns={"quaternion": q, "matrix": quaternion_to_matrix(q)})
         e = np.array(list(self._entries), dtype=np.int64)
         return Extensions(
             id=np.arange(1, e.shape[0] + 1, dtype=np.int64),

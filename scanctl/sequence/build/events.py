@@ -66,6 +66,30 @@ class System:
             gamma_hz_per_t=profile.gamma_hz_per_t,
         )
 
+    def for_rotations(self, *rotations: FloatArray) -> System:
+        """The limits of the logical axes (read, phase, slice) when their gradients are played through each of
+        ``rotations`` (3x3, physical <- logical): logical axis ``j`` gets ``min_i max_i / sum_k |R_ik|`` over
+        the physical axes ``i`` it drives, so that no physical axis can exceed its own limit whatever the
+        logical axes play together. A signed permutation (transverse, sagittal, coronal) keeps the limits
+        exactly; any other rotation also leaves a 1e-6 margin for the quaternion's nine written digits."""
+        g = np.array(self.max_grad_hz_per_m)
+        s = np.array(self.max_slew_hz_per_m_per_s)
+        lg, ls = np.full(3, np.inf), np.full(3, np.inf)
+        for r in rotations:
+            a = np.abs(np.asarray(r, dtype=np.float64))
+            a[a < 1e-12] = 0.0
+            permutation = bool(np.all((a == 0.0) | (np.abs(a - 1.0) < 1e-12)))
+            margin = 1.0 if permutation else 1.0 - 1e-6
+            rows = a.sum(axis=1)
+            for j in range(3):
+                drives = a[:, j] > 0
+                lg[j] = min(lg[j], float((g[drives] / rows[drives]).min()) * margin)
+                ls[j] = min(ls[j], float((s[drives] / rows[drives]).min()) * margin)
+        if not rotations:
+            return self
+        return dataclasses.replace(self, max_grad_hz_per_m=(float(lg[0]), float(lg[1]), float(lg[2])),
+                                   max_slew_hz_per_m_per_s=(float(ls[0]), float(ls[1]), float(ls[2])))
+
     def limits(self, channel: str) -> tuple[float, float]:
         """``(max gradient, max slew)`` of one axis (``"x"``, ``"y"`` or ``"z"``)."""
         axis = AXES.index(channel)
@@ -208,6 +232,14 @@ class ADC:
 
     def with_phase(self, phase_rad: float) -> ADC:
         return dataclasses.replace(self, phase_rad=phase_rad)
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """A Pulseq ``ROTATIONS`` extension: the unit quaternion ``(w, x, y, z)`` that turns the block's logical
+    gradients into the physical ones (:mod:`scanctl.sequence.geometry`)."""
+
+    quaternion: tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,8 @@ class _ParamReader(Reader):
 
 def param(default: Any, *, doc: str, unit: str = "", low: float | None = None, high: float | None = None,
           kind: str = "number", choices: tuple[str, ...] = ()) -> Any:
-    """Declare a builder parameter (a dataclass field). ``kind``: number, integer, matrix or choice;
+    """Declare a builder parameter (a dataclass field). ``kind``: number, integer, matrix (2D), matrix3 (3D)
+    or choice;
     a ``None`` default makes the parameter optional."""
     return field(default=default, metadata={"doc": doc, "unit": unit, "low": low, "high": high, "kind": kind,
                                             "choices": choices})
@@ -70,7 +71,10 @@ P = TypeVar("P", bound="Params")
 class Params:
     """Parameters shared by every 2D Cartesian builder (see docs/protocol.md)."""
 
-    fov_m: float = param(0.256, unit="m", low=0.02, high=0.6, doc="field of view, square (read and phase)")
+    fov_m: float = param(0.256, unit="m", low=0.02, high=0.6,
+                         doc="field of view along the read-out (and along phase unless fov_phase_m is given)")
+    fov_phase_m: float | None = param(None, unit="m", low=0.02, high=0.6,
+                                      doc="field of view along phase encoding (default: fov_m, a square FOV)")
     matrix: tuple[int, int] = param((128, 128), unit="samples, lines", low=8, high=512, kind="matrix",
                                     doc="[nx, ny]: read-out samples and phase-encoding lines, both even")
     slice_thickness_m: float = param(0.005, unit="m", low=0.0005, high=0.05, doc="slice thickness")
@@ -90,6 +94,11 @@ class Params:
 
     #: The default receiver bandwidth when neither it nor the dwell time is given, Hz/pixel.
     DEFAULT_BANDWIDTH: ClassVar[float] = 260.0
+
+    @property
+    def fov_phase(self) -> float:
+        """The phase-encoding field of view, m."""
+        return self.fov_m if self.fov_phase_m is None else self.fov_phase_m
 
     def __post_init__(self) -> None:
         r = _ParamReader()
@@ -131,14 +140,19 @@ def check_value(r: Reader, f: dataclasses.Field[Any], value: Any, key: str) -> A
         if not isinstance(value, str) or value not in m["choices"]:
             raise r.fail(key, f"must be one of {', '.join(m['choices'])}, got {value!r}")
         return value
-    if kind == "matrix":
-        if not isinstance(value, list | tuple) or len(value) != 2:
-            raise r.fail(key, f"must be a list of two integers [nx, ny], got {value!r}")
-        nx, ny = (r.check_integer(v, f"{key}[{i}]", int(m["low"]), int(m["high"])) for i, v in enumerate(value))
-        for i, v in enumerate((nx, ny)):
+    if kind in ("matrix", "matrix3"):
+        size = 2 if kind == "matrix" else 3
+        if kind == "matrix" and isinstance(value, list | tuple) and len(value) == 3:
+            raise r.fail(key, f"{value!r} is a 3D matrix [nx, ny, nz], but this is a 2D sequence: give [nx, ny] "
+                              f"(3D: the gre_3d type)")
+        if not isinstance(value, list | tuple) or len(value) != size:
+            what = "two integers [nx, ny]" if size == 2 else "three integers [nx, ny, nz]"
+            raise r.fail(key, f"must be a list of {what}, got {value!r}")
+        sizes = tuple(r.check_integer(v, f"{key}[{i}]", int(m["low"]), int(m["high"])) for i, v in enumerate(value))
+        for i, v in enumerate(sizes):
             if v % 2:
                 raise r.fail(f"{key}[{i}]", f"must be even, got {v}")
-        return value if isinstance(value, tuple) else (nx, ny)
+        return value if isinstance(value, tuple) else sizes
     raise AssertionError(f"unknown parameter kind {kind}")
 
 
@@ -171,10 +185,28 @@ def dwell_time(system: System, p: Params, *, reversible: bool = False) -> float:
     else:
         bw = p.readout_bandwidth_hz_per_pixel or p.DEFAULT_BANDWIDTH
         dwell, key = valid_dwell(system, nx, 1.0 / (bw * nx), reversible=reversible), "readout_bandwidth_hz_per_pixel"
+        if dwell < shortest and p.readout_bandwidth_hz_per_pixel is None:
+            # The bandwidth is the type's default: the matrix asked for is what the gradients cannot encode.
+            largest = _largest_samples(system, p, bw, max_g, reversible)
+            raise ParameterError("matrix[0]", f"{nx} samples at the default {bw:g} Hz/pixel need a read-out "
+                                              f"gradient beyond the limit: the largest for this FOV is {largest} "
+                                              f"(or give a lower readout_bandwidth_hz_per_pixel)")
         if dwell < shortest:
             raise ParameterError(key, f"{bw:g} Hz/pixel needs a read-out gradient beyond the limit: the largest "
                                       f"bandwidth for this FOV and matrix is {1 / (shortest * nx):.4g} Hz/pixel")
     return dwell
+
+
+def _largest_samples(system: System, p: Params, bw: float, max_g: float, reversible: bool) -> int:
+    """The largest even read-out matrix whose dwell at bandwidth ``bw`` the read-out gradient can play."""
+    n = 2 * int(max_g * p.fov_m / bw / 2) + 40  # above the estimate: the dwell's raster rounds both ways
+    while n > 2:
+        step = dwell_step(system, n, reversible=reversible)
+        if valid_dwell(system, n, 1.0 / (bw * n), reversible=reversible) >= math.ceil(
+                1.0 / (p.fov_m * max_g) / step - 1e-9) * step:
+            return n
+        n -= 2
+    return n
 
 
 def selective_pulse(system: System, p: Params, flip_deg: float, *, use: str, phase_rad: float = 0.0) -> tuple[RF, Trap]:
@@ -213,10 +245,21 @@ def require_at_least(key: str, value_s: float, minimum_s: float, system: System,
                                   f"{note} ({key} = {least:.6g})")
 
 
+def repetition_time(system: System, p: Params, te_s: float, per_slice_min_s: float, slices: int,
+                    note: str = "") -> float:
+    """TR on a grid of ``slices`` block rasters (each slice gets TR / slices), at least ``slices`` times the
+    shortest time one slice needs; else :class:`ParameterError` on ``tr_s`` naming the minimum."""
+    tr = quantise(system, "tr_s", p.tr_s, steps=slices)
+    note = f" at TE {te_s * 1e3:.4g} ms{note}" + (f" with {slices} slices" if slices > 1 else "")
+    require_at_least("tr_s", tr, slices * per_slice_min_s, system, steps=slices, note=note, requested_s=p.tr_s)
+    return tr
+
+
 def phase_areas(ny: int, fov_m: float) -> np.ndarray:
     """ky of each phase-encoding line index 0..ny-1: ``(j - ny/2) / fov`` (1/m)."""
     return (np.arange(ny) - ny // 2) / fov_m
 
 
 def definitions(name: str, p: Params, te_s: float, tr_s: float, **extra: object) -> dict[str, object]:
-    return {"Name": name, "FOV": (p.fov_m, p.fov_m, p.slice_thickness_m), "TE": te_s, "TR": tr_s, **extra}
+    """The file's definitions: ``Name``, ``FOV`` (read, phase, slice or slab; m), ``TE``, ``TR`` and ``extra``."""
+    return {"Name": name, "FOV": (p.fov_m, p.fov_phase, p.slice_thickness_m), "TE": te_s, "TR": tr_s, **extra}

@@ -3,8 +3,9 @@
 Blocks per TR: slice-selective excitation; read prephaser (positive: it is mirrored by the refocusing
 pulse) and slice rephaser; fill to TE/2; crusher; slice-selective refocusing pulse (90° phase shift);
 crusher with the phase encoding; fill; read-out with ADC (``LIN``, ``SLC``, ``AVG`` set); read and slice
-spoilers with the phase-encoding rewinder, stretched to the TR. The refocusing pulse's centre is at
-exactly TE/2, so the spin echo and the gradient echo coincide at the k-space centre sample.
+spoilers with the phase-encoding rewinder, stretched to TR / slices: every slice of the geometry once per TR.
+The refocusing pulse's centre is at exactly TE/2, so the spin echo and the gradient echo coincide at the
+k-space centre sample.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from scanctl.sequence.builders.common import (
     param,
     phase_areas,
     quantise,
+    repetition_time,
     require_at_least,
     resolve,
     selective_pulse,
 )
+from scanctl.sequence.builders.placement import Geometry, geometry_definitions, logical_system, place
 from scanctl.sequence.model import Sequence
 
 NAME = "se_2d"
@@ -45,12 +48,15 @@ class SeParams(Params):
                                         doc="refocusing flip angle")
 
 
-def se_2d(profile: SystemProfile, params: SeParams | None = None, **overrides: Any) -> Sequence:
-    """Build the sequence (``overrides`` replace fields of ``params``). Raises
-    :class:`~scanctl.sequence.builders.common.ParameterError` when TE or TR is below its minimum (the
-    message names it) or the FOV, bandwidth or slice cannot be met within the gradient limits."""
+def se_2d(profile: SystemProfile, params: SeParams | None = None, *, geometry: Geometry | None = None,
+          **overrides: Any) -> Sequence:
+    """Build the sequence (``overrides`` replace fields of ``params``) for the slices of ``geometry`` (default:
+    one transverse slice at the isocentre). Raises :class:`~scanctl.sequence.builders.common.ParameterError`
+    when TE or TR is below its minimum (the message names it) or the FOV, bandwidth, slice or geometry cannot
+    be met within the gradient limits and the gradient system's linear region."""
     p = resolve(SeParams, params, overrides)
-    system = System.from_profile(profile)
+    pl = place(profile, geometry, p.slice_thickness_m, p.fov_m, p.fov_phase)
+    system = logical_system(System.from_profile(profile), pl)
     nx, ny = p.matrix
     ro = readout(system, num_samples=nx, dwell_s=dwell_time(system, p), fov_m=p.fov_m)
     rf_ex, gz_ex = selective_pulse(system, p, p.flip_angle_deg, use="e")
@@ -59,7 +65,7 @@ def se_2d(profile: SystemProfile, params: SeParams | None = None, **overrides: A
     d_pre = common_duration(system, [("x", ro.grad.area / 2), ("z", rephase(gz_ex))])
     gx_pre = trapezoid(system, "x", area=ro.grad.area / 2, duration_s=d_pre)
     gz_reph = trapezoid(system, "z", area=rephase(gz_ex), duration_s=d_pre)
-    ky = phase_areas(ny, p.fov_m)
+    ky = phase_areas(ny, p.fov_phase)
     crush_area = SLICE_SPOILER_CYCLES / p.slice_thickness_m
     d_cr = common_duration(system, [("z", crush_area), ("y", float(abs(ky).max()))])
     gz_cr = trapezoid(system, "z", area=crush_area, duration_s=d_cr)
@@ -82,27 +88,30 @@ def se_2d(profile: SystemProfile, params: SeParams | None = None, **overrides: A
     te = quantise(system, "te_s", p.te_s, steps=2)
     require_at_least("te_s", te, 2 * max(left, right), system, steps=2, requested_s=p.te_s)
     fill1, fill2 = te / 2 - left, te / 2 - right
-    tr = quantise(system, "tr_s", p.tr_s)
     head = b_exc + b_pre + fill1 + b_cr + b_ref + b_cr + fill2 + b_ro
-    require_at_least("tr_s", tr, head + b_sp, system, note=f" at TE {te * 1e3:.4g} ms", requested_s=p.tr_s)
+    tr = repetition_time(system, p, te, head + b_sp, pl.count)
 
     b = SequenceBuilder(system)
+    pl.begin(b)
+    slices = [(pl.rf(rf_ex, gz_ex, s), pl.rf(rf_ref, gz_ref, s)) for s in range(pl.count)]
     zero = ny // 2
     for avg in range(-1, p.averages):  # -1: dummy scans
         for j in range(p.dummy_scans) if avg < 0 else range(ny):
             line = zero if avg < 0 else j
-            b.add_block(rf_ex, gz_ex)
-            b.add_block(gx_pre, gz_reph)
-            if fill1 > 1e-9:
-                b.add_block(min_duration_s=fill1)
-            b.add_block(gz_cr)
-            b.add_block(rf_ref, gz_ref)
-            b.add_block(gz_cr, gy_pe[line])
-            if fill2 > 1e-9:
-                b.add_block(min_duration_s=fill2)
-            if avg < 0:
-                b.add_block(ro.grad)
-            else:
-                b.add_block(ro.grad, ro.adc, Label("LIN", j), Label("SLC", 0), Label("AVG", avg))
-            b.add_block(gx_sp, gy_rew[line], gz_sp, min_duration_s=tr - head)
-    return b.build(definitions(NAME, p, te, tr))
+            for s in pl.order():
+                b.add_block(slices[s][0], gz_ex)
+                b.add_block(gx_pre, gz_reph)
+                if fill1 > 1e-9:
+                    b.add_block(min_duration_s=fill1)
+                b.add_block(gz_cr)
+                b.add_block(slices[s][1], gz_ref)
+                b.add_block(gz_cr, gy_pe[line])
+                if fill2 > 1e-9:
+                    b.add_block(min_duration_s=fill2)
+                if avg < 0:
+                    b.add_block(ro.grad)
+                else:
+                    window = pl.adc(ro.adc, ro.grad.amplitude_hz_per_m, nx // 2, s, ky=float(ky[j]))
+                    b.add_block(ro.grad, window, Label("LIN", j), Label("SLC", s), Label("AVG", avg))
+                b.add_block(gx_sp, gy_rew[line], gz_sp, min_duration_s=tr / pl.count - head)
+    return b.build({**definitions(NAME, p, te, tr), **geometry_definitions([pl], p.slice_thickness_m)})

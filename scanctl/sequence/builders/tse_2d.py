@@ -4,8 +4,9 @@ Per shot (one TR): slice-selective 90° excitation (phase 90°); read prephaser 
 to half an echo spacing; then ``etl`` times: crusher (with the previous echo's phase rewinder),
 slice-selective refocusing pulse (phase 0°), crusher with the phase encoding, fill, read-out with ADC
 (``LIN``, ``SLC``, ``AVG`` and ``SEG`` = echo index set), fill; finally the last rewinder with a crusher and
-the read and slice spoilers, stretched to the TR. Every refocusing pulse sits midway between its
-echoes, so spin echo and gradient echo coincide at each read-out's k-space centre sample.
+the read and slice spoilers, stretched to TR / slices (one echo train per slice of the geometry and TR).
+Every refocusing pulse sits midway between its echoes, so spin echo and gradient echo coincide at each
+read-out's k-space centre sample.
 
 ``te_s`` is the effective echo time: that of the echo which acquires ky = 0. With ``linear`` ordering
 echo ``e`` of shot ``s`` acquires line ``e * shots + s`` (ky = 0 in echo ``etl / 2``); with ``centric``
@@ -34,10 +35,12 @@ from scanctl.sequence.builders.common import (
     param,
     phase_areas,
     quantise,
+    repetition_time,
     require_at_least,
     resolve,
     selective_pulse,
 )
+from scanctl.sequence.builders.placement import Geometry, geometry_definitions, logical_system, place
 from scanctl.sequence.model import Sequence
 
 NAME = "tse_2d"
@@ -75,12 +78,15 @@ def line_order(ny: int, etl: int, ordering: str) -> np.ndarray:
     return by_distance.reshape(etl, shots).T.copy()
 
 
-def tse_2d(profile: SystemProfile, params: TseParams | None = None, **overrides: Any) -> Sequence:
-    """Build the sequence (``overrides`` replace fields of ``params``). Raises
-    :class:`~scanctl.sequence.builders.common.ParameterError` when TE or TR is below its minimum (the
-    message names it) or the FOV, bandwidth or slice cannot be met within the gradient limits."""
+def tse_2d(profile: SystemProfile, params: TseParams | None = None, *, geometry: Geometry | None = None,
+           **overrides: Any) -> Sequence:
+    """Build the sequence (``overrides`` replace fields of ``params``) for the slices of ``geometry`` (default:
+    one transverse slice at the isocentre). Raises :class:`~scanctl.sequence.builders.common.ParameterError`
+    when TE or TR is below its minimum (the message names it) or the FOV, bandwidth, slice or geometry cannot
+    be met within the gradient limits and the gradient system's linear region."""
     p = resolve(TseParams, params, overrides)
-    system = System.from_profile(profile)
+    pl = place(profile, geometry, p.slice_thickness_m, p.fov_m, p.fov_phase)
+    system = logical_system(System.from_profile(profile), pl)
     nx, ny = p.matrix
     ro = readout(system, num_samples=nx, dwell_s=dwell_time(system, p), fov_m=p.fov_m)
     rf_ex, gz_ex = selective_pulse(system, p, p.flip_angle_deg, use="e", phase_rad=math.pi / 2)
@@ -89,7 +95,7 @@ def tse_2d(profile: SystemProfile, params: TseParams | None = None, **overrides:
     d_pre = common_duration(system, [("x", ro.grad.area / 2), ("z", rephase(gz_ex))])
     gx_pre = trapezoid(system, "x", area=ro.grad.area / 2, duration_s=d_pre)
     gz_reph = trapezoid(system, "z", area=rephase(gz_ex), duration_s=d_pre)
-    ky = phase_areas(ny, p.fov_m)
+    ky = phase_areas(ny, p.fov_phase)
     crush_area = SLICE_SPOILER_CYCLES / p.slice_thickness_m
     d_cr = common_duration(system, [("z", crush_area), ("y", float(abs(ky).max()))])
     gz_cr = trapezoid(system, "z", area=crush_area, duration_s=d_cr)
@@ -120,36 +126,38 @@ def tse_2d(profile: SystemProfile, params: TseParams | None = None, **overrides:
     require_at_least("te_s", te, n_te * math.ceil(esp_min / q - 1e-6) * q, system, steps=2 * n_te,
                      note=f" (echo {n_te} of the train acquires ky = 0)", requested_s=p.te_s)
     fill0, fill_a, fill_b = esp / 2 - first, esp / 2 - after, esp / 2 - before
-    tr = quantise(system, "tr_s", p.tr_s)
     train = b_exc + b_pre + fill0 + p.etl * (b_cr + b_ref + b_cr + fill_a + b_ro + fill_b) + b_cr
-    require_at_least("tr_s", tr, train + b_sp, system, note=f" at TE {te * 1e3:.4g} ms, ETL {p.etl}",
-                     requested_s=p.tr_s)
+    tr = repetition_time(system, p, te, train + b_sp, pl.count, note=f", ETL {p.etl}")
 
     b = SequenceBuilder(system)
+    pl.begin(b)
+    pulses = [(pl.rf(rf_ex, gz_ex, s), pl.rf(rf_ref, gz_ref, s)) for s in range(pl.count)]
     shots = ny // p.etl
     zero = ny // 2
     for avg in range(-1, p.averages):  # -1: dummy echo trains, phase encoding off, no ADC
         for shot in range(p.dummy_scans) if avg < 0 else range(shots):
-            b.add_block(rf_ex, gz_ex)
-            b.add_block(gx_pre, gz_reph)
-            if fill0 > 1e-9:
-                b.add_block(min_duration_s=fill0)
-            previous = -1
-            for echo in range(p.etl):
-                line = zero if avg < 0 else int(order[shot, echo])
-                b.add_block(gz_cr, *([gy_rew[previous]] if previous >= 0 else []))
-                b.add_block(rf_ref, gz_ref)
-                b.add_block(gz_cr, gy_pe[line])
-                if fill_a > 1e-9:
-                    b.add_block(min_duration_s=fill_a)
-                if avg < 0:
-                    b.add_block(ro.grad)
-                else:
-                    b.add_block(ro.grad, ro.adc, Label("LIN", line), Label("SLC", 0), Label("AVG", avg),
-                                Label("SEG", echo))
-                if fill_b > 1e-9:
-                    b.add_block(min_duration_s=fill_b)
-                previous = line
-            b.add_block(gz_cr, gy_rew[previous])
-            b.add_block(gx_sp, gz_sp, min_duration_s=tr - train)
-    return b.build(definitions(NAME, p, te, tr, ETL=p.etl))
+            for s in pl.order():
+                b.add_block(pulses[s][0], gz_ex)
+                b.add_block(gx_pre, gz_reph)
+                if fill0 > 1e-9:
+                    b.add_block(min_duration_s=fill0)
+                previous = -1
+                for echo in range(p.etl):
+                    line = zero if avg < 0 else int(order[shot, echo])
+                    b.add_block(gz_cr, *([gy_rew[previous]] if previous >= 0 else []))
+                    b.add_block(pulses[s][1], gz_ref)
+                    b.add_block(gz_cr, gy_pe[line])
+                    if fill_a > 1e-9:
+                        b.add_block(min_duration_s=fill_a)
+                    if avg < 0:
+                        b.add_block(ro.grad)
+                    else:
+                        window = pl.adc(ro.adc, ro.grad.amplitude_hz_per_m, nx // 2, s, ky=float(ky[line]))
+                        b.add_block(ro.grad, window, Label("LIN", line), Label("SLC", s), Label("AVG", avg),
+                                    Label("SEG", echo))
+                    if fill_b > 1e-9:
+                        b.add_block(min_duration_s=fill_b)
+                    previous = line
+                b.add_block(gz_cr, gy_rew[previous])
+                b.add_block(gx_sp, gz_sp, min_duration_s=tr / pl.count - train)
+    return b.build({**definitions(NAME, p, te, tr, ETL=p.etl), **geometry_definitions([pl], p.slice_thickness_m)})
