@@ -159,6 +159,19 @@ def test_contrast_by_tissue_masks_reached_through_the_entry_point() -> None:
     assert flipped["contrast_white_matter_gray_matter"] != pytest.approx(figures["contrast_white_matter_gray_matter"])
 
 
+def test_snr_counts_the_receive_channels() -> None:
+    """The background of an RSS image of N channels is chi with 2N degrees of freedom: the same image read as
+    from 8 channels has a smaller per-channel sigma (quality.background_mean_factor)."""
+    from scanctl.data.quality import background_mean_factor
+
+    rng = np.random.default_rng(1)
+    image = shepp_logan(64).pd + np.abs(rng.normal(0, 0.01, (64, 64)))
+    one, _ = image_figures(image, phantom=None, fov_m=0.256, contrast=(), channels=1)
+    eight, _ = image_figures(image, phantom=None, fov_m=0.256, contrast=(), channels=8)
+    assert eight["noise_sigma"] == pytest.approx(one["noise_sigma"] * background_mean_factor(1)
+                                                 / background_mean_factor(8))
+
+
 # -- a sweep on a local cluster ---------------------------------------------------------------------------
 
 

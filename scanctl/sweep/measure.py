@@ -65,16 +65,17 @@ def minimum_figures(message: str) -> dict[str, float]:
 
 
 def image_figures(image: npt.ArrayLike, *, phantom: str | None, fov_m: float | None,
-                  contrast: tuple[tuple[str, str], ...]) -> tuple[dict[str, Any], list[str]]:
+                  contrast: tuple[tuple[str, str], ...], channels: int = 1) -> tuple[dict[str, Any], list[str]]:
     """SNR, ghosting and the asked tissue contrasts of a reconstructed image (``[y, x]`` or a stack, whose
-    middle slice is measured); returns the figures and notes saying what could not be measured."""
+    middle slice is measured; the root sum of squares of ``channels`` receive channels, as the recon combines
+    them by default); returns the figures and notes saying what could not be measured."""
     img = np.abs(np.asarray(image, dtype=np.float64))
     if img.ndim == 3:
         img = img[img.shape[0] // 2]
     notes: list[str] = []
     out: dict[str, Any] = {}
     try:
-        q = quality.measure(img)
+        q = quality.measure(img, channels=channels)
         out.update(snr=q.snr, ghosting_ratio=q.ghosting_ratio, signal_mean=q.signal_mean,
                    noise_sigma=q.noise_sigma)
         notes.extend(q.flags)

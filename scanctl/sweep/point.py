@@ -174,13 +174,23 @@ def _measured(task: Task, report: Any, run_dir: Path, result: dict[str, Any], fi
         image = np.load(run_dir / "image.npy")
         fov = report.protocol.get("sequence", {}).get("parameters") or {}
         fov_m = fov.get("fov_m") or _seq_fov(run_dir / "sequence.seq")
-        measured, notes = image_figures(image, phantom=task.phantom, fov_m=fov_m, contrast=task.contrast)
+        measured, notes = image_figures(image, phantom=task.phantom, fov_m=fov_m, contrast=task.contrast,
+                                        channels=_channels(task))
         figures.update(measured)
         result["notes"].extend(notes)
         files["image.npy"] = (run_dir / "image.npy").read_bytes()
     for name in task.keep:
         if (run_dir / name).is_file():
             files[name] = (run_dir / name).read_bytes()
+
+
+def _channels(task: Task) -> int:
+    """Receive channels of the point's RF system: its URL's ``coils`` (a simulated array), else one."""
+    from urllib.parse import parse_qsl
+
+    url = task.urls.get("rf", task.profile.subsystems.get("rf", ""))
+    coils = dict(parse_qsl(url.partition("?")[2])).get("coils", "1")
+    return int(coils) if coils.isdigit() and int(coils) > 0 else 1
 
 
 def _seq_fov(path: Path) -> float | None:
