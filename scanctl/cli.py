@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_security_args(p)
     p.set_defaults(func=cmd_run)
 
-    from scanctl import cli_bench, cli_dicom, cli_exam, cli_prescan, cli_recon, cli_remote, cli_report
+    from scanctl import cli_bench, cli_dicom, cli_exam, cli_prescan, cli_recon, cli_remote, cli_report, cli_sweep
     cli_prescan.add_parsers(sub)  # prescan: frequency, transmit, shim, gain, noise
     cli_remote.add_parsers(sub)  # serve, status, watch, the command verbs, driver, keys, up, down, runs, fetch
     cli_bench.add_parsers(sub)  # table, sim: bench work on rigs
@@ -321,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_exam.add_parsers(sub)  # exam: an order's exam card as a queue of runs (docs/exam.md)
     cli_recon.add_parsers(sub)  # recon: the images of any ISMRMRD file
     cli_report.add_parsers(sub)  # report: an exam's or a run's HTML report
+    cli_sweep.add_parsers(sub)  # sweep: many scans on a Dask cluster, one results table
 
     p = seq_command("check", "check a sequence's (or a protocol's) timing and a scanner's limits")
     p.add_argument("--system", help="system profile: a shipped name (e.g. 'default') or a TOML path")

@@ -381,3 +381,24 @@ def _read_h5(path: Path) -> dict[str, Any]:
             return out
     except (OSError, ValueError, TypeError) as exc:  # corrupt, or datasets of no numeric type
         raise ConfigError(f"{path}: cannot read as HDF5 ({type(exc).__name__}: {exc})") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tissue labels (scanctl sweep: contrast between tissues by their masks)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def tissue_labels(n: int, fov_m: float = 0.256) -> tuple[npt.NDArray[np.int16], tuple[str, ...]]:
+    """Which tissue each voxel of the 2D MR Shepp–Logan phantom holds on an ``n`` x ``n`` grid over ``fov_m``
+    (m): the grid of an ``n`` x ``n`` image of it reconstructed over the same field of view (same centre,
+    rows y, columns x). Returns ``(labels, names)``: ``labels[j, i]`` is 0 for background, else ``k`` for
+    tissue ``names[k - 1]`` (the keys of :data:`TISSUES`). Derived from the phantom's own maps — every
+    tissue has its own (proton density, T2) — so the labels are those of the voxels the simulator images.
+    Raises :class:`ConfigError` as :func:`shepp_logan`."""
+    phantom = shepp_logan(n, fov_m=fov_m)
+    names = tuple(TISSUES)
+    labels = np.zeros(phantom.shape, dtype=np.int16)
+    for k, name in enumerate(names, start=1):
+        pd, _, _, _, t2 = TISSUES[name]
+        labels[(phantom.pd == pd) & (phantom.t2_s == t2)] = k
+    return labels, names
