@@ -775,3 +775,59 @@ def test_corrupted_unsigned_files_fail_cleanly(data: st.DataObject) -> None:
     else:
         lines[i] = data.draw(st.sampled_from(_JUNK))
     _parse_or_format_error(b"\n".join(lines), True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Bad geometry (issue 16) end to end: ``scanctl run`` in a subprocess, exit 2, one line naming the key or
+# block. (Each is also checked in process: tests/test_geometry_builders.py, tests/test_rawdata_geometry.py.)
+
+_GEOMETRY_PROTOCOL = """\
+[protocol]
+name = "bad_geometry"
+[sequence]
+type = "gre_2d"
+matrix = {matrix}
+{extra}
+[geometry]
+{geometry}
+[patient]
+weight_kg = 70.0
+"""
+
+
+def _run_cli(path: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "scanctl", "run", str(path), "--out", str(out)],
+                          capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.parametrize(("matrix", "extra", "geometry", "names"), [
+    ("[32, 32]", "", "position_mm = [0.0, 0.0, 200.0]", ("geometry.position_mm", "outside the gradient")),
+    ("[32, 32]", "", "slices = 3\nslice_gap_mm = -1.0", ("geometry.slice_gap_mm", "overlap")),
+    ("[512, 32]", "fov_m = 0.05", "", ("sequence.matrix[0]", "the largest for this FOV is")),
+], ids=["outside-gradient-fov", "slices-overlap", "matrix-not-encodable"])
+def test_bad_protocol_geometry_through_scanctl_run(tmp_path: Path, matrix: str, extra: str, geometry: str,
+                                                   names: tuple[str, str]) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(_GEOMETRY_PROTOCOL.format(matrix=matrix, extra=extra, geometry=geometry))
+    done = _run_cli(path, tmp_path / "out")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert all(name in lines[0] for name in names), lines[0]
+    assert not (tmp_path / "out" / "raw.h5").exists()  # refused before anything was played
+
+
+def test_pypulseq_epi_with_a_contradicting_fov_through_scanctl_run(tmp_path: Path) -> None:
+    """pypulseq's write_epi.py (as tests/pypulseq_examples.py builds it) with a FOV definition its phase steps
+    contradict."""
+    from tests import pypulseq_examples as examples
+
+    seq = examples.epi(32)
+    seq.set_definition("FOV", [0.22, 0.15, 0.003])  # the script encodes 220 mm along y, not 150
+    path = tmp_path / "epi_bad_fov.seq"
+    seq.write(str(path))
+    done = _run_cli(path, tmp_path / "out")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "FOV definition (150 mm along y) contradicts" in lines[0], lines[0]

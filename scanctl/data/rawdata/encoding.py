@@ -21,6 +21,7 @@ recon of one scan all ask.
 
 from __future__ import annotations
 
+import logging
 import weakref
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ from scanctl.sequence.labels import label_values
 from scanctl.sequence.model import IntArray, Sequence
 from scanctl.sequence.waveforms import adc_sample_times, axis_waveform, kspace_at
 
+logger = logging.getLogger(__name__)
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
 #: k-space values (1/m) closer than this are one value when a sequence gives no FOV: half the step of a
@@ -42,6 +44,9 @@ MAX_FOV_M = 1.0
 K_TOLERANCE_PER_M = 0.5 / MAX_FOV_M
 #: Fractions of a sample below this are rounding noise in where a readout crosses k_x = 0.
 SAMPLE_TOLERANCE = 0.01
+#: A readout's sample a quarter of the way further than this (in samples) from where evenly spaced samples put it is
+#: ramp sampling: not a Cartesian read-out.
+RAMP_TOLERANCE = 0.25
 #: A ``FOV`` definition the k-space steps are further than this (in steps) from a grid of its 1/FOV
 #: contradicts them.
 GRID_TOLERANCE = 0.1
@@ -64,6 +69,9 @@ class Encoding:
     echo_s: FloatArray  # (windows,): when the readout crosses k_x = 0 (s from the start; NaN: it does not move)
     excitation_s: FloatArray  # (windows,): centre of the excitation before the window (NaN: none)
     trajectory: str = "cartesian"  # the ISMRMRD trajectory type: cartesian, radial or other
+    #: the labels whose values here replace the sequence's own (a LIN / PAR counting towards -k: the
+    #: trajectory's lines, :func:`_counting_up`); the raw data and the recon take these over the acquisitions'
+    recounted: frozenset[str] = frozenset()
 
 
 _CACHE: weakref.WeakKeyDictionary[Sequence, Encoding] = weakref.WeakKeyDictionary()
@@ -129,12 +137,18 @@ def _encoding(seq: Sequence) -> Encoding:
                         np.zeros(adc_blocks.size, bool), where.position_m, rotation, echo, where.excitation_s,
                         trajectory)
     steps_y, fov[1] = _steps(k[1], imaging, fov[1], "y")
+    recounted: set[str] = set()
     steps_z, fov[2] = _steps(k[2], imaging, fov[2], "z")
     for name, steps in (("LIN", steps_y), ("PAR", steps_z)):
         if name not in labels and (name == "LIN" or np.any(steps[imaging] != 0)):  # PAR only for 3D
             labels[name] = _lines(steps, imaging)
+        elif name in labels:
+            counted = _counting_up(labels[name], steps, imaging, name)
+            if counted is not labels[name]:
+                labels[name] = counted
+                recounted.add(name)
     return Encoding(labels, imaging, n, centre, steps_y, steps_z, (fov[0], fov[1], fov[2]), slope < 0,
-                    where.position_m, rotation, echo, where.excitation_s)
+                    where.position_m, rotation, echo, where.excitation_s, recounted=frozenset(recounted))
 
 
 def _logical(rotation: FloatArray, v: FloatArray) -> FloatArray:
@@ -173,6 +187,28 @@ def _lines(steps: IntArray, imaging: BoolArray) -> IntArray:
     return steps + max(-int(img.min()), int(img.max()) + 1)
 
 
+def _counting_up(values: IntArray, steps: IntArray, imaging: BoolArray, name: str) -> IntArray:
+    """A ``LIN`` / ``PAR`` label as the line in k-space: where the label counts against the trajectory's steps
+    (step = c - label on every imaging window, as pypulseq's ``write_gre_label.py`` and
+    ``write_epi_label.py`` do with phase areas -(i - N/2)/FOV), the line of each step on the label's
+    ``n`` lines (step + n // 2, modulo n), the same map applied to the other windows (a navigator at
+    k_y = 0 gets line n // 2); otherwise the label as it is. Without this the recon, which puts
+    line ``LIN`` at k_y = (LIN - centre)/FOV, mirrors the image along the phase direction."""
+    img_values, img_steps = values[imaging], steps[imaging]
+    if img_values.size < 2 or img_values.min() == img_values.max():
+        return values
+    sums = img_steps + img_values
+    if not np.all(sums == sums[0]):
+        return values
+    # Line of step s: s + n // 2 on the label's n lines, wrapped: k_y = +n/2 (line 0 counting down from it,
+    # as these scripts do) is the alias of -n/2 on the n-point grid, so the matrix stays n lines.
+    n = int(img_values.max() - img_values.min()) + 1
+    flipped = np.mod(int(sums[0]) - values + n // 2, n)
+    logger.info("label %s counts towards -k (step = %d - %s): placed by the trajectory's lines",
+                name, int(sums[0]), name)
+    return flipped.astype(np.int64)
+
+
 def trajectory_samples(seq: Sequence) -> list[FloatArray]:
     """Per ADC window of ``seq``, its samples' k-space positions ``(samples, 2)`` (k_x, k_y) in units of 1/FOV
     (the :attr:`Encoding.fov_m` of x and y), as the raw data's ``traj`` holds them; ``(samples, 3)`` with k_z
@@ -208,7 +244,18 @@ def _trajectory_type(seq: Sequence, adc_blocks: IntArray, rows: IntArray, n: Int
     length = np.hypot(span[0], span[1])
     step = length / np.maximum(n[imaging] - 1, 1)
     if not np.any(np.abs(span[1:]) >= K_TOLERANCE_PER_M):
-        return "cartesian", step[step > 0]
+        # Samples evenly spaced along k_x, or not (ramp sampling: pypulseq's epi_se_rs samples the ramps too,
+        # so the samples bunch up at both ends): gridded as columns they would stretch the image's middle.
+        # (A quarter of the way, where ramps on both ends shift the sample; halfway they need not.)
+        quarter = _logical(rotation, kspace_at(seq, start + (n // 4 + 0.5) * dwell))[:, imaging]
+        fraction = (n[imaging] // 4) / np.maximum(n[imaging] - 1, 1)
+        uneven = np.abs(quarter[0] - first[0] - fraction * span[0]) > RAMP_TOLERANCE * np.maximum(step, 1e-12)
+        if not np.any(uneven & (step > 0)):
+            return "cartesian", step[step > 0]
+        # The FOV is the step where the samples are furthest apart (the flat top's), not the mean step.
+        after = _logical(rotation, kspace_at(seq, start + (n // 2 + 1.5) * dwell))[:, imaging]
+        flat = np.hypot(after[0] - middle[0], after[1] - middle[1])
+        return "other", flat[flat > 0]
     step = step[step > 0]
     tol = float(np.median(step)) if step.size else K_TOLERANCE_PER_M
     direction = np.divide(span[:2], length, out=np.zeros_like(span[:2]), where=length > 0)

@@ -110,8 +110,11 @@ class RawDataWriter:
         self._file: h5py.File | None = file
         self._data = data
         self._fallback = encoding.labels if encoding is not None else {}
+        self._recounted = encoding.recounted if encoding is not None else frozenset()
         self._centres = encoding.centre_sample if encoding is not None else np.zeros(0, np.int64)
         self._reverse = encoding.reverse if encoding is not None else np.zeros(0, bool)
+        #: windows whose readout moves along k_x: there the trajectory, not a REV label, says the direction
+        self._moving = np.isfinite(encoding.echo_s) if encoding is not None else np.zeros(0, bool)
         # Geometry in the patient's coordinates (LPS): scanner = P patient, P diagonal, so patient = P scanner.
         to_patient = patient_to_scanner(header.patient_position).T
         self._position_mm = (encoding.position_m @ to_patient.T * 1e3 if encoding is not None
@@ -330,6 +333,8 @@ class RawDataWriter:
                 default = np.where(usable, fallback[np.clip(index, 0, max(fallback.size - 1, 0))], 0)
             else:
                 default = np.zeros(m, dtype=np.int64)
+            if name in self._recounted:  # the sequence's label counts against k: its lines (encoding_of)
+                given = [None if ok else g for g, ok in zip(given, usable.tolist(), strict=True)]
             column = np.array([d if g is None else g for g, d in zip(given, default.tolist(), strict=True)],
                               dtype=np.int64)
             bad = np.flatnonzero((column < 0) | (column > U16_MAX))
@@ -341,10 +346,14 @@ class RawDataWriter:
         flags = np.zeros(m, dtype=np.uint64)
         on = {name: np.array([bool(lab.get(name, 0)) for lab in labels]) for name in (*LABEL_FLAGS, "REF", "IMA",
                                                                                       "NOISE", "NAV")}
-        # Without a REV label, the trajectory says whether the readout runs towards -k_x.
+        # The trajectory says whether a readout runs towards -k_x, over a REV label (pypulseq's gre_label sets
+        # REV = 1 on readouts towards +k_x, for a vendor's image orientation: honoured, it mirrors the image);
+        # a REV label counts where the trajectory cannot say (no sequence, or no readout gradient).
         if self._reverse.size:
-            unlabelled = np.array(["REV" not in lab for lab in labels]) & (index >= 0) & (index < self._reverse.size)
-            on["REV"] |= unlabelled & self._reverse[np.clip(index, 0, self._reverse.size - 1)]
+            known = (index >= 0) & (index < self._reverse.size)
+            at = np.clip(index, 0, self._reverse.size - 1)
+            known &= self._moving[at] | np.array(["REV" not in lab for lab in labels])
+            on["REV"] = np.where(known, self._reverse[at], on["REV"])
         for name, flag in LABEL_FLAGS.items():
             flags[on[name]] |= np.uint64(bit(flag))
         flags[on["REF"] & on["IMA"]] |= np.uint64(bit(C.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING))

@@ -82,16 +82,17 @@ def fill(inputs: Inputs, seq: Sequence | None, header: RawHeader | None,
         raise ReconError("acquisitions carry no LIN label: give the sequence to place them by trajectory")
     if not keep and header is None:
         raise ReconError("no imaging acquisitions to reconstruct")
-    lin = np.array([label(every[i], "LIN", fallback) for i in keep], dtype=np.int64)
-    par = np.array([label(every[i], "PAR", fallback) for i in keep], dtype=np.int64)
+    recounted = encoding_of(seq).recounted if seq is not None else frozenset()
+    lin = np.array([label(every[i], "LIN", fallback, recounted) for i in keep], dtype=np.int64)
+    par = np.array([label(every[i], "PAR", fallback, recounted) for i in keep], dtype=np.int64)
     m = _matrix([every[i] for i in keep], lin, par, header)
     centre = _centres(every, given, seq)
     reverse = _reverse_of(seq)
+    moving = np.isfinite(encoding_of(seq).echo_s) if seq is not None else None
 
     def place(i: int, row: int, plane: int) -> Line:
         a = every[i]
-        rev = bool(a.labels["REV"]) if "REV" in a.labels else bool(reverse is not None and 0 <= a.index
-                                                                    < reverse.size and reverse[a.index])
+        rev = _reversed(a, reverse, moving)
         data, cols = columns(as_samples(a), centre[i], rev, m.nx)
         key = tuple(label(a, name, fallback) for name in IMAGE_LABELS)
         return Line(key, plane, row, cols, data, rev)
@@ -157,6 +158,16 @@ def _centres(every: list[Acquisition], given: list[int] | None, seq: Sequence | 
             c = int(from_seq[a.index])
         out.append(c if 0 <= c < n else n // 2)
     return out
+
+
+def _reversed(acq: Acquisition, reverse: npt.NDArray[np.bool_] | None,
+              moving: npt.NDArray[np.bool_] | None) -> bool:
+    """Whether ``acq`` was read towards -k_x: the sequence's trajectory where its readout moves along k_x
+    (over a REV label that says otherwise, as the raw data writer), else its REV label, else False."""
+    known = reverse is not None and moving is not None and 0 <= acq.index < reverse.size
+    if known and (moving[acq.index] or "REV" not in acq.labels):  # type: ignore[index]
+        return bool(reverse[acq.index])  # type: ignore[index]
+    return bool(acq.labels.get("REV", 0))
 
 
 def _reverse_of(seq: Sequence | None) -> npt.NDArray[np.bool_] | None:

@@ -98,14 +98,16 @@ def _unit_or(values: FloatArray, default: FloatArray, n: int, name: str) -> Floa
     return out
 
 
-def label(acq: Acquisition, name: str, fallback: dict[str, IntArray] | None) -> int:
-    """``acq``'s counter ``name``: its label, else the sequence's (``fallback``, by acquisition index), else 0."""
+def label(acq: Acquisition, name: str, fallback: dict[str, IntArray] | None,
+          recounted: frozenset[str] = frozenset()) -> int:
+    """``acq``'s counter ``name``: its label, else the sequence's (``fallback``, by acquisition index), else 0;
+    the sequence's first for a label in ``recounted`` (one the sequence counts against k, ``Encoding.recounted``)."""
     value = acq.labels.get(name)
-    if value is not None:
+    if value is not None and name not in recounted:
         return int(value)
     if fallback is not None and name in fallback and 0 <= acq.index < fallback[name].size:
         return int(fallback[name][acq.index])
-    return 0
+    return int(value) if value is not None else 0
 
 
 def as_samples(acq: Acquisition) -> npt.NDArray[Any]:
