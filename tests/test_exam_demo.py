@@ -26,7 +26,12 @@ def test_the_demo_runs_the_head_exam_from_worklist_to_report(tmp_path, capsys):
     assert [s["status"] for s in doc["steps"]] == ["done", "done", "done"]
     assert all(s["dicom"]["stored"] and s["dicom"]["store_message"] is None for s in doc["steps"])
     files = sorted((out / "dicom").glob("*/*.dcm"))
-    assert [f.parent.name for f in files] == ["01-localizer", "02-t1_gre", "03-t2_tse"]
+    series = [f.parent.name for f in files]
+    assert sorted(set(series)) == ["01-localizer", "02-t1_gre", "03-t2_tse"]
+    # one instance per slice: the localizer's three planes of three, the multi-slice T1's slices, one TSE slice
+    assert (series.count("01-localizer"), series.count("03-t2_tse")) == (9, 1) and series.count("02-t1_gre") > 1
+    orientations = {tuple(round(float(v)) for v in dcmread(f).ImageOrientationPatient) for f in files[:9]}
+    assert len(orientations) == 3  # transverse, sagittal, coronal
     studies = {dcmread(f).StudyInstanceUID for f in files}
     assert len(studies) == 1 and str(dcmread(files[0]).PatientName) == "Demo^Patient"
     assert "Demo^Patient" in (out / "report.html").read_text()
