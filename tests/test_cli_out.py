@@ -192,10 +192,14 @@ def test_ctrl_c_aborts_an_in_process_scan_and_still_writes_its_report_and_image(
     try:
         deadline = time.monotonic() + 60
         seen = ""
+        # Read the pipe's bytes as they come (os.read): readline() on the text wrapper pulls several lines into
+        # its buffer, which select() cannot see, so under load "-> RUNNING" was read seconds late, after the
+        # scan had ended, and the Ctrl-C found nothing to interrupt.
+        fd = proc.stderr.fileno()
         while "-> RUNNING" not in seen:  # acquiring: the scan plays for 4.3 s of wall-clock time
             assert time.monotonic() < deadline and proc.poll() is None, seen
-            if select.select([proc.stderr], [], [], 1.0)[0]:
-                seen += proc.stderr.readline()
+            if select.select([fd], [], [], 1.0)[0]:
+                seen += os.read(fd, 65536).decode()
         time.sleep(0.4)
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=60)
