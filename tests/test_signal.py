@@ -227,3 +227,65 @@ def test_the_band_edge_line_survives_a_hair_of_extra_moment(beyond):
     out = spins.play(grad, rf_program(0.0, 3e-3, [block_pulse(0.0, np.pi / 2)]),
                      adc_program(0.0, 3e-3, [(2.2e-3, 4, 10e-6, 0.0, 0.0)]))[0]
     assert np.abs(out).min() > 0.0
+
+
+def _states_3d() -> tuple[Readout, tuple, int]:
+    """A 3D read-out (one plane per class) and transverse states in groups of 4 that share an in-plane
+    moment and differ in k_z, some of them leaving the band along z during the window (whose z moment
+    drifts); returns the read-out, the signal's arguments and the number of distinct in-plane moments."""
+    n, n_classes, n_xy, per_xy, n_t = 16, 3, 6, 4, 24
+    rng = np.random.default_rng(11)
+    d, dz = 0.256 / n, 0.008
+    x = (np.arange(n) - n // 2) * d
+    pd = rng.uniform(0.0, 1.0, (n_classes, n, n))
+    z_class = np.array([-dz, 0.0, 2 * dz])
+    readout = Readout(pd, np.zeros(pd.shape), 0.0, np.zeros(n_classes), x, x.copy(), (d, d, dz), np.zeros(1),
+                      z_class, 3)
+    half, half_z = 0.5 / d, 0.5 / dz
+    xy = rng.uniform(-0.4 * half, 0.4 * half, (n_xy, 2))
+    f_k = np.zeros((n_xy * per_xy, 3))
+    f_k[:, :2] = np.repeat(xy, per_xy, axis=0)
+    f_k[:, 2] = rng.uniform(-1.3 * half_z, 1.3 * half_z, n_xy * per_xy)
+    f = (rng.standard_normal((f_k.shape[0], n_classes, 1)) + 1j * rng.standard_normal((f_k.shape[0], n_classes, 1)))
+    sweep = np.linspace(-half, half, n_t)
+    dm = np.stack((sweep, np.zeros(n_t), np.linspace(-0.3 * half_z, 0.3 * half_z, n_t)))
+    dt = np.linspace(0.0, 3e-3, n_t)
+    decay = np.exp(-dt[None, :] / np.array([0.05, 0.1, 0.2])[:, None]) + 0j
+    return readout, (f_k, np.zeros(f_k.shape[0]), f, dm, dt, decay), n_xy
+
+
+def test_3d_readout_matches_the_sum_over_states_and_voxels() -> None:
+    """In 3D, states that share an in-plane moment share one plane sum while each keeps its own z phase
+    and its own band along z: the signal equals the sum, state by state and voxel by voxel, of
+    ``F_j[c] exp(2πi z_c (k_z + Δm_z)) decay_c Σ_v pd_c exp(2πi k·r_v)`` over the states in the band on
+    every axis."""
+    readout, args, _ = _states_3d()
+    f_k, _, f, dm, _, decay = args
+    got = readout.signal(*args)[0]
+    x = readout._x
+    want = np.zeros(dm.shape[1], np.complex128)
+    for j in range(f_k.shape[0]):
+        kappa = f_k[j][:, None] + dm  # (3, T)
+        inside = np.all(np.abs(kappa) * np.array(readout._voxel)[:, None] <= signal_mod.BAND, axis=0)
+        for t in np.flatnonzero(inside):
+            plane = np.einsum("cyx,y,x->c", readout._pd, np.exp(2j * np.pi * kappa[1, t] * x),
+                              np.exp(2j * np.pi * kappa[0, t] * x))
+            want[t] += np.sum(f[j, :, 0] * np.exp(2j * np.pi * readout._z_class * kappa[2, t]) * decay[:, t] * plane)
+    assert np.count_nonzero(want) > 0
+    assert np.abs(got - want).max() < 1e-9 * np.abs(want).max()
+
+
+def test_3d_states_differing_only_in_kz_share_their_plane_sum(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plane sum (the costly part: every voxel of every class) is taken once per in-plane moment, not
+    once per state: states that differ only in k_z see the same voxels (gre_3d's read-outs)."""
+    readout, args, n_xy = _states_3d()
+    groups = []
+    inner = Readout._plane
+
+    def counting(self, kx, *rest):
+        groups.append(kx.shape[0])
+        return inner(self, kx, *rest)
+
+    monkeypatch.setattr(Readout, "_plane", counting)
+    readout.signal(*args)
+    assert sum(groups) == n_xy

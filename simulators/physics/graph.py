@@ -184,8 +184,15 @@ def signal_weight(amp: ComplexArray) -> FloatArray:
     their effect on the signal; keeping them by their peak held se_2d at 32,000 states for nothing."""
     if amp.shape[1] == 0 or amp.shape[2] == 0:  # no tissue in the plane imaged: nothing to weigh
         return np.zeros(amp.shape[0], dtype=np.float64)
-    parts = amp.view(amp.real.dtype).reshape(amp.shape[0], amp.shape[1], -1)  # (re, im) pairs
-    power = np.einsum("ijk,ijk->ij", parts, parts) / amp.shape[2]
+    if amp.shape[2] == 1:
+        # One isochromat (a 3D phantom): |amp|² elementwise, 4-5x faster than the einsum below, whose inner
+        # axis would hold only (re, im) -- and the same sum of the same two squares, bit for bit.
+        one = amp[:, :, 0]
+        power = one.real * one.real
+        power += one.imag * one.imag
+    else:
+        parts = amp.view(amp.real.dtype).reshape(amp.shape[0], amp.shape[1], -1)  # (re, im) pairs
+        power = np.einsum("ijk,ijk->ij", parts, parts) / amp.shape[2]
     return np.sqrt(power.max(axis=1)).astype(np.float64)
 
 

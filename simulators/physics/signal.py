@@ -175,8 +175,9 @@ class Readout:
         candidates = self._in_band(f_k, dm)
         if not candidates.size:
             return out
-        # States with the same in-plane moment (and dephasing time, if it matters) share the plane sum.
-        key = np.round(f_k[candidates][:, self._band] / 1e-9).astype(np.int64)
+        # States with the same in-plane moment (and dephasing time, if it matters) share the plane sum -- in 3D
+        # too, whatever their k_z: its phase and its band are the slab sums' (``_slab_sum``).
+        key = np.round(f_k[candidates][:, :2] / 1e-9).astype(np.int64)
         if self._track_time:
             key = np.column_stack((key, np.round(f_tau[candidates] / 1e-12).astype(np.int64)))
         _, first, group = np.unique(key, axis=0, return_index=True, return_inverse=True)
@@ -184,7 +185,7 @@ class Readout:
         heads = candidates[first]  # one state per group: its moment and dephasing time
         kappa = f_k[heads][:, :, None] + dm[None, :, :]  # (G, 3, T)
         ok = np.ones((heads.size, n_t), bool)
-        for axis in self._band:
+        for axis in (0, 1):
             ok &= np.abs(kappa[:, axis]) * self._voxel[axis] <= BAND
         live = np.flatnonzero(ok.any(axis=1))
         if not live.size:
@@ -243,6 +244,8 @@ class Readout:
                     amp *= np.exp(2j * np.pi * total[:, None, :] * self._z_class[None, :, None])
             else:
                 amp = (f[lo:lo + step, :, 0] * state)[:, :, None] * sample[None, :, :]
+                # The band along z, state by state: a group holds states of one in-plane moment only.
+                amp *= (np.abs(kc[:, None] + dm_z[None, :]) * self._voxel[2] <= BAND)[:, None, :]
             own = owner[lo:lo + step]  # sorted: each group's states are consecutive
             starts = np.flatnonzero(np.concatenate(([True], own[1:] != own[:-1])))
             out[own[starts]] += np.add.reduceat(amp, starts, axis=0)
