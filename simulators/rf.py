@@ -50,7 +50,6 @@ URL: ``sim://?noise=20&b0=0&phantom=shepp_logan&matrix=128&fov=0.256&physics=1&c
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import deque
 from typing import Any, ClassVar
@@ -58,10 +57,12 @@ from typing import Any, ClassVar
 import numpy as np
 from scanctl.simulators.base import SimulatedSequencer
 from scanctl.simulators.physics.noise import receiver_noise
+from scanctl.simulators.rf_adjust import Adjustable
+from scanctl.simulators.rf_planes import PlaneImaging, PosedPlanes
 from scanctl.simulators.world import receiver, world_option
 
 from scanctl.config.profile import SECOND_ORDER, SystemProfile
-from scanctl.errors import ConfigError, DriverError, SafetyLimitError
+from scanctl.errors import ConfigError, DriverError
 from scanctl.hw.interfaces import AcquisitionBatch, Scene, SubsystemState
 from scanctl.hw.program import ADCProgram, GradientProgram, RFProgram
 from scanctl.hw.registry import Converter, SubsystemURL, fault_spec, flag, nonnegative_float, parse_url, positive_float
@@ -71,21 +72,6 @@ log = logging.getLogger(__name__)
 #: The receive array's ring radius as a fraction of the field of view the phantom fills (0.154 m at the
 #: default 0.256 m: 32 mm clear of the phantom's widest point, 0.475 of the field of view from the centre).
 RING_FOV_FRACTION = 0.6
-#: Posed spin systems kept for the next scan (a three-plane localizer poses three; each holds its own maps).
-MAX_POSED = 8
-
-
-@dataclasses.dataclass
-class _Planes:
-    """A posed spin system and the planes it images (``placement.Selection``: one, or a stack's)."""
-
-    spins: Any
-    planes: list[Any]
-
-    def covers(self, sel: Any) -> bool:
-        return any(plane.same_plane(sel) for plane in self.planes)
-
-
 def _count(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -126,14 +112,7 @@ def _second_order(text: str) -> tuple[float, ...]:
     return tuple(values)
 
 
-def second_order_field_hz(terms_hz_per_m2: tuple[float, ...], x: np.ndarray, y: np.ndarray,
-                          z: np.ndarray) -> np.ndarray:
-    """The off-resonance (Hz) of second-order terms (``SECOND_ORDER`` order, Hz/m²) at positions (m)."""
-    z2, zx, zy, x2y2, xy = terms_hz_per_m2
-    return z2 * (z * z - 0.5 * (x * x + y * y)) + zx * z * x + zy * z * y + x2y2 * (x * x - y * y) + xy * 2 * x * y
-
-
-class SimulatedRF(SimulatedSequencer):
+class SimulatedRF(PlaneImaging, Adjustable, SimulatedSequencer):
     """RF transmit/receive simulator."""
 
     kind = "rf"
@@ -180,7 +159,7 @@ class SimulatedRF(SimulatedSequencer):
         self._init_imperfections(profile, b0_grad, b0_2nd, b1, adc_range, gain)
         self.channels = coils
         self.patient_position = patient_position
-        self._planes: list[_Planes] = []  # the spin systems posed in this scan, in the order first excited
+        self._planes: list[PosedPlanes] = []  # the spin systems posed in this scan, in the order first excited
         self._current = 0  # which of them the latest excitation belongs to
         self._awaiting_plane = False
         self._posed: dict[tuple[float, ...], tuple[Any, list[float]]] = {}  # posed spin systems, by planes
@@ -307,150 +286,6 @@ class SimulatedRF(SimulatedSequencer):
         from scanctl.simulators.physics.placement import patient_to_scanner
 
         return patient_to_scanner(self.patient_position)
-
-    def _set_spins(self, spins: Any) -> None:
-        """The scene's spin system, imaged until a scan's first pulse selects another plane."""
-        self._spins = self._base_spins = spins
-        self._posed.clear()
-
-    def _place_for(self, gradient: GradientProgram, rf: RFProgram,
-                   adc: ADCProgram) -> list[tuple[Any, list[int], list[int]]] | None:
-        """Which spin system plays which of the segment's pulses and windows (docs/phantom.md).
-
-        At a scan's first RF pulse (every spin still at equilibrium) the plane it selects is posed (the 2D
-        default for a transverse slice at the isocentre, else the Shepp–Logan phantom on a grid in that plane),
-        or the planes of a multi-slice scan, whose other slices the same pulse at other carrier offsets selects
-        in the segments queued so far (``buffer_s`` ahead). An excitation of a plane none of the posed systems
-        covers (another orientation: a three-plane localizer; a slice outside the stack) poses one more system
-        there, at equilibrium then. Each excitation belongs to its plane's system, every other pulse and every
-        window to the latest excitation's. None: ``self._spins`` plays the whole segment (one system), else
-        ``(spins, pulses, windows)`` for every posed system, each played with the segment's gradients (its own
-        pulses and windows, maybe none: its clock and gradient moments stay the scan's)."""
-        from scanctl.simulators.physics import placement
-
-        if self._spins is None:
-            return None
-        if rf.n_pulses:
-            gradient = self._field_gradient(gradient)
-        if rf.n_pulses and self._awaiting_plane:
-            self._awaiting_plane = False
-            if self.phantom_name == "shepp_logan":  # a phantom file is imaged where it is
-                first = next(((p, sel) for p in range(rf.n_pulses)
-                              if (sel := placement.selection_of(gradient, rf, p)) is not None), None)
-                if first is not None:  # else non-selective: the scene's phantom as it is
-                    self._pose(first[1], gradient, rf, first[0])
-        if not self._planes or (len(self._planes) == 1 and rf.n_pulses == 0):
-            return None
-        pulse_owner, window_owner = self._owners(gradient, rf, adc)
-        self._spins = self._planes[self._current].spins
-        if len(self._planes) == 1:
-            return None
-        return [(planes.spins, [p for p, o in enumerate(pulse_owner) if o == g],
-                 [w for w, o in enumerate(window_owner) if o == g]) for g, planes in enumerate(self._planes)]
-
-    def _field_gradient(self, gradient: GradientProgram) -> GradientProgram:
-        """The gradient that decides which plane a pulse selects: the program's (shims included) and the
-        magnet's own linear inhomogeneity (``b0_grad``), as the spins see them (a shim that cancels it leaves
-        the slice where the sequence put it)."""
-        if not any(self.b0_gradient_hz_per_m):
-            return gradient
-        from scanctl.simulators.physics.bloch import with_static_gradient
-
-        gx, gy, gz = self.b0_gradient_hz_per_m
-        return with_static_gradient(gradient, (gx, gy, gz))
-
-    def _owners(self, gradient: GradientProgram, rf: RFProgram, adc: ADCProgram) -> tuple[list[int], list[int]]:
-        """The posed system (index into ``self._planes``) of each pulse and each window of the segment, posing
-        a system for an excitation of a plane none covers; ``self._current`` becomes the latest excitation's."""
-        from scanctl.simulators.physics import placement
-
-        found = placement.pulse_selections(gradient, rf, thickness=False)  # enough to tell planes apart
-        order = np.argsort(rf.start_s, kind="stable").tolist()
-        at_start = self._current  # windows before the segment's first pulse: the latest excitation's
-        owners = []  # in time order
-        for p in order:
-            sel = found[p]
-            if sel is not None:
-                owner = next((g for g, planes in enumerate(self._planes) if planes.covers(sel)), None)
-                if owner is None:
-                    full = placement.selection_of(gradient, rf, p)  # with its thickness
-                    owner = self._pose(full, gradient, rf, p) if full is not None else None
-                self._current = self._current if owner is None else owner
-            owners.append(self._current)
-        pulse_owner = [0] * rf.n_pulses
-        for p, owner in zip(order, owners, strict=True):
-            pulse_owner[p] = owner
-        latest = np.searchsorted(rf.start_s[order], adc.start_s, side="right") - 1  # the latest pulse before
-        window_owner = [owners[k] if k >= 0 else at_start for k in latest.tolist()]
-        return pulse_owner, window_owner
-
-    def _pose(self, first: Any, gradient: GradientProgram, rf: RFProgram, p: int) -> int:
-        """Pose a spin system for the plane ``first`` pulse ``p`` of the segment selects, or the stack of
-        planes that pulse and the same pulse at other carrier offsets select (this one's later pulses and the
-        queued segments'); the index of the new entry of ``self._planes``, now the current one."""
-        from scanctl.simulators.physics import placement
-
-        later = placement.pulses_of(rf, [q for q in range(rf.n_pulses) if rf.start_s[q] >= rf.start_s[p]])
-        queued = [program for program, _ in self._queue]
-        peek = getattr(self._world, "peek_gradient", None)  # the queued segments' gradients, where known
-        ahead = [peek(program.t0_s) if peek else None for program in queued]
-        gradients = [gradient, *(None if g is None else self._field_gradient(g) for g in ahead)]
-        positions = placement.stack_positions(first, [later, *queued], gradients)
-        spins, positions = self._spins_for(first, positions)
-        if self._planes:
-            log.info("rf: a plane first excited at %.6f s, %d posed before it in this scan", rf.start_s[p],
-                     len(self._planes))
-        self._planes.append(_Planes(spins, [dataclasses.replace(first, position_m=q) for q in positions]))
-        self._current = len(self._planes) - 1
-        return self._current
-
-    def _spins_for(self, first: Any, positions: list[float]) -> tuple[Any, list[float]]:
-        """The spin system imaging ``first``'s plane, or the stack of ``positions`` along its normal (a
-        multi-slice scan), and the positions it covers (cached: a scan repeated images the same)."""
-        from scanctl.simulators.physics import placement
-
-        to_scanner = self._to_scanner()
-        if len(positions) > 1 and placement.stack_planes(first, positions) is None:
-            log.warning("rf: the scan selects %d planes along %s (%s mm) that are not one stack of thin, evenly "
-                        "spaced slices: each is posed on its own when first excited", len(positions),
-                        np.round(first.normal, 3).tolist(), ", ".join(f"{p * 1e3:.2f}" for p in positions))
-            positions = [first.position_m]
-        if len(positions) == 1 and placement.is_default(first, to_scanner):
-            return self._base_spins, positions
-        # The key names what the system images (the planes it covers), so that a hit is that very plane.
-        key = (*np.round(first.normal, 6).tolist(), *np.round(positions, 6).tolist(), round(first.thickness_m, 4))
-        hit = self._posed.get(key)
-        if hit is not None:
-            hit[0].reset()
-            return hit
-        isochromats = None
-        if len(positions) > 1:
-            phantom = placement.stacked_phantom(first, positions, self.matrix, self.fov_m, self.b0_t, to_scanner)
-            isochromats = self.isochromats or placement.STACK_ISOCHROMATS
-        else:
-            phantom = placement.posed_phantom(first, self.matrix, self.fov_m, self.b0_t, to_scanner)
-        assert phantom is not None  # a stack that passed stack_planes, or a single plane, is always posed
-        spins = self._make_spins(phantom, isochromats)
-        log.info("rf: imaging %s", phantom.source)
-        if len(self._posed) >= MAX_POSED:
-            self._posed.pop(next(iter(self._posed)))
-        self._posed[key] = (spins, positions)
-        return spins, positions
-
-    def _play(self, gradient: GradientProgram, rf: RFProgram, adc: ADCProgram) -> list[Any]:
-        """The segment's windows, each ``(channels, samples)``, from the spin system(s) imaging it."""
-        from scanctl.simulators.physics import placement
-
-        parts = self._place_for(gradient, rf, adc)
-        transmitted = self._transmitted(rf)
-        if parts is None:
-            return self._spins.play(gradient, transmitted, adc)
-        signals: list[Any] = [None] * adc.n_windows
-        for spins, pulses, windows in parts:
-            own = spins.play(gradient, placement.pulses_of(transmitted, pulses), placement.windows_of(adc, windows))
-            for w, signal in zip(windows, own, strict=True):
-                signals[w] = signal
-        return signals
 
     def _noise_for(self, adc: ADCProgram, windows: list[Any]) -> Any:
         """Receiver noise for the windows' samples, flat as the data: white for the body coil, correlated
@@ -581,94 +416,3 @@ class SimulatedRF(SimulatedSequencer):
                 "buffered_s": max(0.0, self._loaded_until_s - self._playhead_s),
                 "adc_clipped_samples": float(self.clipped_samples),
                 **({"adc_full_scale": self.adc_range} if np.isfinite(self.adc_range) else {})}
-
-    # -- imperfect hardware and what a console sets (docs/prescan.md) ------------------------------------------
-    def _init_imperfections(self, profile: SystemProfile, b0_grad: tuple[float, float, float],
-                            b0_2nd: tuple[float, ...], b1: float, adc_range: float, gain: float) -> None:
-        """The simulated hardware's errors (URL options: ``b0`` Hz, ``b0_grad`` Hz/cm, ``b0_2nd`` Hz/cm², ``b1``,
-        ``adc_range``) and the settings a console adjusts, at their defaults (0 Hz, scale 1, ``gain`` dB: a gain
-        outside the profile's range is a ConfigError)."""
-        self.b0_gradient_hz_per_m = tuple(100.0 * g for g in b0_grad)  # Hz/cm -> Hz/m
-        self.b0_second_order_hz_per_m2 = tuple(1e4 * c for c in b0_2nd)  # Hz/cm² -> Hz/m²
-        self.b1_scale = b1
-        self.adc_range = adc_range
-        self.limits = profile.adjustments
-        self.frequency_offset_hz = 0.0
-        self.tx_scale = 1.0
-        try:
-            self.receiver_gain_db = self.limits.check_receiver_gain(gain)
-        except SafetyLimitError as exc:
-            raise ConfigError(f"rf: gain={gain}: {exc}") from None
-        self.clipped_samples = 0
-
-    def _field_options(self, phantom: Any) -> dict[str, Any]:
-        """The SpinSystem options of the static field: the global offset (B0 error less the synthesiser's
-        offset), the linear inhomogeneity as a static gradient, the second-order terms added to the phantom's
-        own off-resonance map (a new phantom object: the loaded one is not changed)."""
-        from dataclasses import replace
-
-        if any(self.b0_second_order_hz_per_m2):
-            xs, ys, zs = phantom.axis_positions_m()
-            z, y, x = np.meshgrid(zs, ys, xs, indexing="ij")
-            extra = second_order_field_hz(self.b0_second_order_hz_per_m2, x, y, z).reshape(phantom.pd.shape)
-            phantom = replace(phantom, b0_offset_hz=phantom.b0_offset_hz + extra)
-        return {"b0_offset_hz": self.b0_offset_hz - self.frequency_offset_hz,
-                "static_gradient_hz_per_m": self.b0_gradient_hz_per_m, "phantom": phantom}
-
-    def _require_between_scans(self, what: str) -> None:
-        if self._state in (SubsystemState.ON, SubsystemState.RUNNING):
-            raise DriverError(f"rf: cannot set {what} in state {self._state.name} (a scan is under way)")
-
-    def set_frequency_offset(self, hz: float) -> None:
-        """Centre-frequency offset (Hz): the spins are then off resonance by the B0 error less this."""
-        with self._lock:
-            self._require_between_scans("the frequency offset")
-            hz = self.limits.check_frequency_offset(hz)
-            for spins in self._every_spin_system():
-                spins.shift_off_resonance(self.frequency_offset_hz - hz)
-            self.frequency_offset_hz = hz
-
-    def set_tx_scale(self, scale: float) -> None:
-        """Transmit scale: every pulse's B1 is the program's times this (and the coil's ``b1`` efficiency)."""
-        with self._lock:
-            self._require_between_scans("the transmit scale")
-            self.tx_scale = self.limits.check_tx_scale(scale)
-
-    def set_receiver_gain(self, db: float) -> None:
-        """Receiver gain before the ADC (dB)."""
-        with self._lock:
-            self._require_between_scans("the receiver gain")
-            self.receiver_gain_db = self.limits.check_receiver_gain(db)
-
-    def adjustments(self) -> dict[str, float]:
-        with self._lock:
-            return {"frequency_offset_hz": self.frequency_offset_hz, "tx_scale": self.tx_scale,
-                    "receiver_gain_db": self.receiver_gain_db}
-
-    def _every_spin_system(self) -> list[Any]:
-        """The scene's spin system and every posed one cached for other planes (each once)."""
-        found = {id(x): x for x in (self._spins, self._base_spins, *(spins for spins, _ in self._posed.values()))
-                 if x is not None}
-        return list(found.values())
-
-    def _transmitted(self, rf: RFProgram) -> RFProgram:
-        """The B1 that reaches the spins: the program's times the transmit scale and the coil's efficiency."""
-        scale = self.tx_scale * self.b1_scale
-        if scale == 1.0 or rf.b1_hz.size == 0:
-            return rf
-        from dataclasses import replace
-
-        return replace(rf, b1_hz=rf.b1_hz * scale)
-
-    def _receive_chain(self, data: np.ndarray) -> np.ndarray:
-        """The receiver: gain before an ADC of ``adc_range`` full scale (real and imaginary parts clip there,
-        counted in ``adc_clipped_samples``), reported in input units (divided by the gain again)."""
-        if not np.isfinite(self.adc_range) or data.size == 0:
-            return data
-        gain = 10.0 ** (self.receiver_gain_db / 20.0)
-        amplified = data * gain
-        clipped = (np.abs(amplified.real) > self.adc_range) | (np.abs(amplified.imag) > self.adc_range)
-        self.clipped_samples += int(clipped.sum())
-        out = (np.clip(amplified.real, -self.adc_range, self.adc_range)
-               + 1j * np.clip(amplified.imag, -self.adc_range, self.adc_range)) / gain
-        return out.astype(np.complex64)
