@@ -201,6 +201,6 @@ class SimulatedGradient(SimulatedSequencer):
         linear = (self.shim["x"], self.shim["y"], self.shim["z"])
         if not any(linear):
             return program
-        from scanctl.simulators.physics.bloch import with_static_gradient  # (the physics only when shimmed)
+        from scanctl.simulators.physics.moments import with_static_gradient  # (the physics only when shimmed)
 
         return with_static_gradient(program, linear)

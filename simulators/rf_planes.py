@@ -103,7 +103,7 @@ class PlaneImaging:
         the slice where the sequence put it)."""
         if not any(self.b0_gradient_hz_per_m):
             return gradient
-        from scanctl.simulators.physics.bloch import with_static_gradient
+        from scanctl.simulators.physics.moments import with_static_gradient
 
         gx, gy, gz = self.b0_gradient_hz_per_m
         return with_static_gradient(gradient, (gx, gy, gz))

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scanctl.simulators.physics.bloch import with_static_gradient
-from scanctl.simulators.physics.moments import Moments
+from scanctl.simulators.physics.moments import Moments, with_static_gradient
 
 from scanctl.config import profile as profiles
 from scanctl.data.recon import reconstruct

@@ -77,7 +77,6 @@ DEFAULT_EVENTS = DEFAULT_ENDPOINTS["events"]
 MAX_COMMAND_BYTES = 64 << 20
 #: How often the worker looks at every subsystem between commands (s): a lost one latches FAULT.
 LIVENESS_CHECK_S = 0.1
-
 #: A controller silent for longer than this (s: no command, not even ``status``) may be taken over by
 #: another client's ``take_control`` without ``force``: a console that died does not hold the scanner.
 CONTROL_TIMEOUT_S = 30.0
@@ -363,8 +362,7 @@ class ControlServer:
                        body={"command": request.body.get("command"), "status": status, **to_plain(body)})
 
     def _error(self, request: Message, code: str, message: str, **extra: Any) -> Message:
-        reply = error_reply(request.id, code, message, src=self.name)
-        command = request.body.get("command")
+        reply, command = error_reply(request.id, code, message, src=self.name), request.body.get("command")
         reply.body.update({"command": command if isinstance(command, str) else None, **to_plain(extra)})
         return reply
 
@@ -386,9 +384,7 @@ class ControlServer:
         """Send ``msg``; its frames as sent (for the reply cache), or None when it could not be encoded."""
         try:
             frames = [bytes(frame) for frame in encode(msg)]
-        except WireProtocolError as exc:
-            # A bug of ours, never the client's: it gets an internal error at once instead of waiting out
-            # its timeout for a reply that will never come.
+        except WireProtocolError as exc:  # a bug of ours: the client gets `internal` now, not its timeout later
             log.error("%s: reply to %s cannot be encoded: %s", self.name, msg.re, exc)
             error = error_reply(msg.re, "internal", f"the reply cannot be encoded: {exc}", src=self.name)
             self._send_frames(identity, [bytes(frame) for frame in encode(error)])

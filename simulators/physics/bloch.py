@@ -78,12 +78,12 @@ import numpy.typing as npt
 from scanctl.errors import ConfigError
 from scanctl.hw.program import ADCProgram, GradientProgram, RFProgram
 
-from .coils import ReceiveCoil, correlated_noise
+from .coils import ReceiveCoil, correlated_noise, grid_sensitivities
 from .graph import DEFAULT_TOLERANCE, PhaseGraph
-from .moments import Moments
+from .moments import FrameMoments, Moments, with_static_gradient
 from .noise import NOISE_REFERENCE_DWELL_S, receiver_noise
 from .phantom import Phantom
-from .pulse import PulseCache, Rotation
+from .pulse import PulseCache, Rotation, pulse_intervals
 from .signal import Readout
 
 log = logging.getLogger(__name__)
@@ -101,13 +101,6 @@ MAX_SPLIT_CLASSES = 4096
 #: Width of the off-resonance bins that split tissue classes (Hz): inside a bin the RF rotation uses the
 #: bin's mean, a phase error below 2π x 2.5 Hz x 2 ms = 0.03 rad over half of a 4 ms pulse.
 RF_B0_BIN_HZ = 5.0
-#: An RF pulse's sample times are taken relative to its start on this grid (s): absolute times late in a scan
-#: carry float noise (2e-16 s at 1.5 s, 2e-10 of a 1 µs raster) that made a repeated pulse's intervals and
-#: carrier phase differ in the last digits, so the pulse cache composed it again (0.2x real time for
-#: protocols/gre_oblique.toml).
-RF_TIME_GRID_S = 1e-12
-#: Nodes per grid axis at which receive sensitivities are computed (interpolated linearly between).
-SENSITIVITY_NODES = 33
 #: The most classes the off-resonance bins may make before the bins are widened (work grows with classes).
 MAX_B0_CLASSES = 512
 
@@ -129,33 +122,6 @@ def _finite3(value: tuple[float, float, float] | FloatArray, name: str) -> tuple
     if v.size != 3 or not np.isfinite(v).all():
         raise ConfigError(f"{name} must be three finite numbers (x, y, z), got {value!r}")
     return float(v[0]), float(v[1]), float(v[2])
-
-
-def with_static_gradient(program: GradientProgram, offset_hz_per_m: tuple[float, float, float]) -> GradientProgram:
-    """``program`` with a constant ``offset_hz_per_m`` added on each axis over its whole span ``[t0_s, t1_s]``
-    (a shim current in the gradient coil, or a linear B0 inhomogeneity, which is the same field): breakpoints
-    are added at the span's ends where an axis has none, so the offset holds where the program plays nothing.
-    The program itself when every offset is 0."""
-    if not any(offset_hz_per_m):
-        return program
-    t_out, g_out = [], []
-    for t, g, off in zip(program.t_s, program.g_hz_per_m, offset_hz_per_m, strict=True):
-        if off == 0:
-            t_out.append(t)
-            g_out.append(g)
-            continue
-        ends = np.array([program.t0_s, program.t1_s])
-        if t.size:  # the waveform is 0 outside its breakpoints: hold 0 up to the span's ends, stepping (two
-            # breakpoints at one time) where it does not start or end at 0, as the program's own waveform does
-            lead = np.array([program.t0_s] + ([t[0]] if g[0] else []))[:2 if program.t0_s < t[0] else 0]
-            tail = np.array(([t[-1]] if g[-1] else []) + [program.t1_s])[:2 if program.t1_s > t[-1] else 0]
-            tt = np.concatenate((lead, t, tail))
-            gg = np.concatenate((np.zeros(lead.size), g, np.zeros(tail.size)))
-        else:
-            tt, gg = ends, np.zeros(2)
-        t_out.append(tt)
-        g_out.append(gg + off)
-    return GradientProgram(program.t0_s, program.t1_s, tuple(t_out), tuple(g_out))  # type: ignore[arg-type]
 
 
 class SpinSystem:
@@ -201,7 +167,7 @@ class SpinSystem:
         self.seed = seed
         self.coil = coil
         self.channels = 1 if coil is None else coil.channels
-        self._sens_grid = self._coil_sensitivities(phantom, coil, coil_to_scanner)
+        self._sens_grid = grid_sensitivities(phantom, coil, coil_to_scanner)
         self._noise_l = None if coil is None or coil.channels == 1 else coil.noise_cholesky()
         # The grid's axes (None: the scanner's): moments are rotated into them (module docstring).
         self._axes_t = None if phantom.axes is None else np.ascontiguousarray(np.asarray(phantom.axes).T)
@@ -211,26 +177,6 @@ class SpinSystem:
         self._graph = self._new_graph()
         self.stats = Stats()
         self.reset()
-
-    @staticmethod
-    def _coil_sensitivities(phantom: Phantom, coil: ReceiveCoil | None,
-                            coil_to_scanner: FloatArray | None) -> ComplexArray | None:
-        """Each channel's sensitivity on the phantom's grid, ``(N, nz, ny, nx)``, in the internal (mirror)
-        convention (conjugated: the output is conjugated back); None for the body coil. Evaluated by
-        Biot–Savart on at most :data:`SENSITIVITY_NODES` nodes per axis and interpolated linearly between
-        them (the fields vary over centimetres; a 128³ grid evaluated point by point would take minutes)."""
-        if coil is None or coil.is_body:
-            return None
-        rot = np.eye(3) if coil_to_scanner is None else np.asarray(coil_to_scanner, np.float64)
-        local = phantom.axis_positions_m()  # x, y, z offsets on the grid's own axes
-        nodes = [np.linspace(0, a.size - 1, min(a.size, SENSITIVITY_NODES)) for a in local]
-        coarse = [np.interp(n, np.arange(a.size), a) for n, a in zip(nodes, local, strict=True)]
-        zz, yy, xx = np.meshgrid(coarse[2], coarse[1], coarse[0], indexing="ij")
-        scanner = np.stack((xx, yy, zz), axis=-1) @ phantom.rotation.T + np.asarray(phantom.origin_m)
-        sens = coil.sensitivities(scanner @ rot)  # scanner -> coil frame: rotᵀ r, row by row
-        for axis, (n, a) in enumerate(zip(nodes, local, strict=True)):  # x, y, z: array axes 3, 2, 1
-            sens = np.moveaxis(np.tensordot(_linear_weights(n, a.size), sens, axes=(1, 3 - axis)), 0, 3 - axis)
-        return np.conj(sens)
 
     def _new_graph(self) -> PhaseGraph:
         return PhaseGraph(self.n_classes, self.isochromats, tolerance=self._tolerance,
@@ -366,13 +312,13 @@ class SpinSystem:
         if self._t is None:
             self._t = t0
         scanner_mom = Moments(gradient)
-        mom: Moments | _FrameMoments = scanner_mom
+        mom: Moments | FrameMoments = scanner_mom
         if self._axes_t is not None:
-            mom = _FrameMoments(scanner_mom, self._axes_t)
+            mom = FrameMoments(scanner_mom, self._axes_t)
         # The moment from the states' time to any t of this segment is _m_base + mom(t).
         self._m_base = self._m_pending - mom(t0)
 
-        pulses = [iv for iv in (self._pulse_intervals(rf, p) for p in range(rf.n_pulses)) if iv is not None]
+        pulses = [iv for iv in (pulse_intervals(rf, p) for p in range(rf.n_pulses)) if iv is not None]
         pulses.sort(key=lambda iv: iv[3])
         centres = np.array([iv[3] for iv in pulses])
         counts = adc.num_samples.astype(np.int64).tolist()
@@ -416,7 +362,7 @@ class SpinSystem:
     # Free evolution
     # ------------------------------------------------------------------------------------------------------
 
-    def _evolve(self, t: float, mom: Moments | _FrameMoments) -> None:
+    def _evolve(self, t: float, mom: Moments | FrameMoments) -> None:
         """Bring the states from their time to ``t`` (within the current segment)."""
         assert self._t is not None
         dt = t - self._t
@@ -430,39 +376,8 @@ class SpinSystem:
     # RF
     # ------------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _pulse_intervals(rf: RFProgram, p: int) -> tuple[FloatArray, ComplexArray, int, float, FloatArray] | None:
-        """``(edges, b1, n_samples, centre, dt)`` of pulse ``p``: each sample lasts one raster around its time
-        (clipped halfway to a closer neighbour); gaps between samples are intervals without B1; ``b1``
-        includes the carrier offset; ``dt`` the intervals' durations (s, from the times relative to the
-        pulse's start on :data:`RF_TIME_GRID_S`). None for a pulse without B1 (nothing but free precession)."""
-        lo, hi = int(rf.offsets[p]), int(rf.offsets[p + 1])
-        b1 = rf.b1_hz[lo:hi]
-        if hi == lo or not np.any(b1):
-            return None
-        t0 = float(rf.start_s[p])
-        t = np.round((rf.t_s[lo:hi] - t0) / RF_TIME_GRID_S) * RF_TIME_GRID_S  # from the start: the same each repeat
-        half = 0.5 * rf.raster_s
-        mid = 0.5 * (t[1:] + t[:-1])
-        start = np.maximum(t - half, np.concatenate(([-np.inf], mid)))
-        end = np.minimum(t + half, np.concatenate((mid, [np.inf])))
-        b1 = b1 * np.exp(2j * np.pi * rf.freq_hz[p] * t)
-        gap = start[1:] > end[:-1] + 1e-12
-        if gap.any():
-            edges = np.sort(np.concatenate((start, end[-1:], end[:-1][gap])))
-            iv_b1 = np.zeros(edges.size - 1, np.complex128)
-            iv_b1[np.searchsorted(edges, start)] = b1
-        else:
-            edges = np.concatenate((start, end[-1:]))
-            iv_b1 = b1
-        # The centre: where |B1| peaks (the middle of a plateau), as Pulseq defines an RF pulse's centre.
-        mag = np.abs(b1)
-        peak = t[mag >= 0.999 * mag.max()]
-        centre = t0 + 0.5 * (float(peak[0]) + float(peak[-1]))
-        return t0 + edges, iv_b1, hi - lo, centre, np.diff(edges)
-
     def _pulse(self, intervals: tuple[FloatArray, ComplexArray, int, float, FloatArray],
-               mom: Moments | _FrameMoments) -> None:
+               mom: Moments | FrameMoments) -> None:
         edges, iv_b1, n_samples, centre, dt = intervals
         m_edges = mom(edges)  # (3, intervals + 1)
         in_plane = self._in_plane_selection(m_edges[:2])
@@ -544,7 +459,7 @@ class SpinSystem:
     # ADC
     # ------------------------------------------------------------------------------------------------------
 
-    def _acquire(self, t: FloatArray, mom: Moments | _FrameMoments) -> ComplexArray:
+    def _acquire(self, t: FloatArray, mom: Moments | FrameMoments) -> ComplexArray:
         """The (not yet demodulated) signal at times ``t`` (sorted, none before the states' time)."""
         assert self._t is not None
         g = self._graph
@@ -554,34 +469,3 @@ class SpinSystem:
         dm = self._m_base[:, None] + mom(t)  # (3, T): moment since the states' time
         decay = np.exp((2j * np.pi * self._df[:, None] - self._r2[:, None]) * dt[None, :])  # (C, T)
         return self._readout.signal(g.f_k, g.f_tau, g.f, dm, dt, decay)
-
-
-class _FrameMoments:
-    """:class:`Moments` seen in a phantom grid's own axes: ``axesᵀ m(t)`` (the grid is rotated in the
-    scanner by ``axes``; ``k·r`` is the same in either frame)."""
-
-    def __init__(self, moments: Moments, axes_t: FloatArray) -> None:
-        self._moments = moments
-        self._axes_t = axes_t
-
-    def __call__(self, t_s: FloatArray | float) -> FloatArray:
-        m = self._moments(t_s)
-        return np.tensordot(self._axes_t, m, axes=(1, 0))
-
-    def axis(self, axis: int, t_s: FloatArray | float) -> FloatArray:
-        return np.tensordot(self._axes_t[axis], self._moments(t_s), axes=(0, 0))
-
-
-def _linear_weights(nodes: FloatArray, n: int) -> FloatArray:
-    """``(n, len(nodes))``: linear interpolation from values at fractional indices ``nodes`` (ascending,
-    first 0, last ``n - 1``) to the indices ``0..n-1``."""
-    w = np.zeros((n, nodes.size))
-    if nodes.size == 1:
-        w[:, 0] = 1.0
-        return w
-    idx = np.arange(n, dtype=np.float64)
-    j = np.clip(np.searchsorted(nodes, idx, side="right") - 1, 0, nodes.size - 2)
-    frac = (idx - nodes[j]) / (nodes[j + 1] - nodes[j])
-    w[np.arange(n), j] = 1.0 - frac
-    w[np.arange(n), j + 1] = frac
-    return w

@@ -39,6 +39,8 @@ import numpy.typing as npt
 
 from scanctl.errors import ConfigError
 
+from .phantom import Phantom
+
 FloatArray = npt.NDArray[np.float64]
 ComplexArray = npt.NDArray[np.complex128]
 
@@ -191,3 +193,42 @@ def correlated_noise(rng: np.random.Generator, cholesky: FloatArray, sigma: Floa
     n = cholesky.shape[0]
     draw = rng.standard_normal((2, n, sigma.size)) * (sigma / np.sqrt(2.0))
     return cholesky @ (draw[0] + 1j * draw[1])
+
+
+#: Nodes per grid axis at which receive sensitivities are computed (interpolated linearly between).
+SENSITIVITY_NODES = 33
+
+
+def grid_sensitivities(phantom: Phantom, coil: ReceiveCoil | None,
+                       coil_to_scanner: FloatArray | None) -> ComplexArray | None:
+    """Each channel's sensitivity on the phantom's grid, ``(N, nz, ny, nx)``, in the internal (mirror)
+    convention (conjugated: the output is conjugated back); None for the body coil. Evaluated by
+    Biot–Savart on at most :data:`SENSITIVITY_NODES` nodes per axis and interpolated linearly between
+    them (the fields vary over centimetres; a 128³ grid evaluated point by point would take minutes)."""
+    if coil is None or coil.is_body:
+        return None
+    rot = np.eye(3) if coil_to_scanner is None else np.asarray(coil_to_scanner, np.float64)
+    local = phantom.axis_positions_m()  # x, y, z offsets on the grid's own axes
+    nodes = [np.linspace(0, a.size - 1, min(a.size, SENSITIVITY_NODES)) for a in local]
+    coarse = [np.interp(n, np.arange(a.size), a) for n, a in zip(nodes, local, strict=True)]
+    zz, yy, xx = np.meshgrid(coarse[2], coarse[1], coarse[0], indexing="ij")
+    scanner = np.stack((xx, yy, zz), axis=-1) @ phantom.rotation.T + np.asarray(phantom.origin_m)
+    sens = coil.sensitivities(scanner @ rot)  # scanner -> coil frame: rotᵀ r, row by row
+    for axis, (n, a) in enumerate(zip(nodes, local, strict=True)):  # x, y, z: array axes 3, 2, 1
+        sens = np.moveaxis(np.tensordot(_linear_weights(n, a.size), sens, axes=(1, 3 - axis)), 0, 3 - axis)
+    return np.conj(sens)
+
+
+def _linear_weights(nodes: FloatArray, n: int) -> FloatArray:
+    """``(n, len(nodes))``: linear interpolation from values at fractional indices ``nodes`` (ascending,
+    first 0, last ``n - 1``) to the indices ``0..n-1``."""
+    w = np.zeros((n, nodes.size))
+    if nodes.size == 1:
+        w[:, 0] = 1.0
+        return w
+    idx = np.arange(n, dtype=np.float64)
+    j = np.clip(np.searchsorted(nodes, idx, side="right") - 1, 0, nodes.size - 2)
+    frac = (idx - nodes[j]) / (nodes[j + 1] - nodes[j])
+    w[np.arange(n), j] = 1.0 - frac
+    w[np.arange(n), j + 1] = frac
+    return w

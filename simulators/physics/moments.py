@@ -60,3 +60,46 @@ class Moments:
         last = i == t.size - 1  # at or after the last breakpoint: the moment stays put
         m = cum[i] + np.where(last, 0.0, g[i] * dt + 0.5 * slope[i] * dt * dt)
         return np.where(before, 0.0, m)
+
+
+class FrameMoments:
+    """:class:`Moments` seen in a phantom grid's own axes: ``axesᵀ m(t)`` (the grid is rotated in the
+    scanner by ``axes``; ``k·r`` is the same in either frame)."""
+
+    def __init__(self, moments: Moments, axes_t: FloatArray) -> None:
+        self._moments = moments
+        self._axes_t = axes_t
+
+    def __call__(self, t_s: FloatArray | float) -> FloatArray:
+        m = self._moments(t_s)
+        return np.tensordot(self._axes_t, m, axes=(1, 0))
+
+    def axis(self, axis: int, t_s: FloatArray | float) -> FloatArray:
+        return np.tensordot(self._axes_t[axis], self._moments(t_s), axes=(0, 0))
+
+
+def with_static_gradient(program: GradientProgram, offset_hz_per_m: tuple[float, float, float]) -> GradientProgram:
+    """``program`` with a constant ``offset_hz_per_m`` added on each axis over its whole span ``[t0_s, t1_s]``
+    (a shim current in the gradient coil, or a linear B0 inhomogeneity, which is the same field): breakpoints
+    are added at the span's ends where an axis has none, so the offset holds where the program plays nothing.
+    The program itself when every offset is 0."""
+    if not any(offset_hz_per_m):
+        return program
+    t_out, g_out = [], []
+    for t, g, off in zip(program.t_s, program.g_hz_per_m, offset_hz_per_m, strict=True):
+        if off == 0:
+            t_out.append(t)
+            g_out.append(g)
+            continue
+        ends = np.array([program.t0_s, program.t1_s])
+        if t.size:  # the waveform is 0 outside its breakpoints: hold 0 up to the span's ends, stepping (two
+            # breakpoints at one time) where it does not start or end at 0, as the program's own waveform does
+            lead = np.array([program.t0_s] + ([t[0]] if g[0] else []))[:2 if program.t0_s < t[0] else 0]
+            tail = np.array(([t[-1]] if g[-1] else []) + [program.t1_s])[:2 if program.t1_s > t[-1] else 0]
+            tt = np.concatenate((lead, t, tail))
+            gg = np.concatenate((np.zeros(lead.size), g, np.zeros(tail.size)))
+        else:
+            tt, gg = ends, np.zeros(2)
+        t_out.append(tt)
+        g_out.append(gg + off)
+    return GradientProgram(program.t0_s, program.t1_s, tuple(t_out), tuple(g_out))  # type: ignore[arg-type]

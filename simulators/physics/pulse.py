@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from scanctl.hw.program import RFProgram
+
 FloatArray = npt.NDArray[np.float64]
 ComplexArray = npt.NDArray[np.complex128]
 
@@ -144,3 +146,41 @@ class PulseCache:
             self.hits += 1
             self._items.move_to_end(key)
         return Rotation(rot.alpha, rot.beta * np.exp(1j * phase))
+
+
+#: An RF pulse's sample times are taken relative to its start on this grid (s): absolute times late in a scan
+#: carry float noise (2e-16 s at 1.5 s, 2e-10 of a 1 µs raster) that made a repeated pulse's intervals and
+#: carrier phase differ in the last digits, so the pulse cache composed it again (0.2x real time for
+#: protocols/gre_oblique.toml).
+RF_TIME_GRID_S = 1e-12
+
+
+def pulse_intervals(rf: RFProgram, p: int) -> tuple[FloatArray, ComplexArray, int, float, FloatArray] | None:
+    """``(edges, b1, n_samples, centre, dt)`` of pulse ``p``: each sample lasts one raster around its time
+    (clipped halfway to a closer neighbour); gaps between samples are intervals without B1; ``b1``
+    includes the carrier offset; ``dt`` the intervals' durations (s, from the times relative to the
+    pulse's start on :data:`RF_TIME_GRID_S`). None for a pulse without B1 (nothing but free precession)."""
+    lo, hi = int(rf.offsets[p]), int(rf.offsets[p + 1])
+    b1 = rf.b1_hz[lo:hi]
+    if hi == lo or not np.any(b1):
+        return None
+    t0 = float(rf.start_s[p])
+    t = np.round((rf.t_s[lo:hi] - t0) / RF_TIME_GRID_S) * RF_TIME_GRID_S  # from the start: the same each repeat
+    half = 0.5 * rf.raster_s
+    mid = 0.5 * (t[1:] + t[:-1])
+    start = np.maximum(t - half, np.concatenate(([-np.inf], mid)))
+    end = np.minimum(t + half, np.concatenate((mid, [np.inf])))
+    b1 = b1 * np.exp(2j * np.pi * rf.freq_hz[p] * t)
+    gap = start[1:] > end[:-1] + 1e-12
+    if gap.any():
+        edges = np.sort(np.concatenate((start, end[-1:], end[:-1][gap])))
+        iv_b1 = np.zeros(edges.size - 1, np.complex128)
+        iv_b1[np.searchsorted(edges, start)] = b1
+    else:
+        edges = np.concatenate((start, end[-1:]))
+        iv_b1 = b1
+    # The centre: where |B1| peaks (the middle of a plateau), as Pulseq defines an RF pulse's centre.
+    mag = np.abs(b1)
+    peak = t[mag >= 0.999 * mag.max()]
+    centre = t0 + 0.5 * (float(peak[0]) + float(peak[-1]))
+    return t0 + edges, iv_b1, hi - lo, centre, np.diff(edges)
