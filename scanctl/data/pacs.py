@@ -309,22 +309,29 @@ def _no_find(pacs: Pacs, why: str) -> str:
             f"were sent, use --no-verify to trust the C-STORE answers alone; the files are kept")
 
 
-def _associate(job: _Store, contexts: Sequence[tuple[str, str | None]]) -> Any:
-    """An established association to the PACS with the presentation ``contexts`` (SOP class, transfer syntax
-    or None for the defaults). Raises PacsError when refused, _Unreachable when it cannot be had."""
+def request_association(peer: Pacs, contexts: Sequence[tuple[str, str | None]], *, calling_aet: str,
+                        timeout_s: float) -> Any:
+    """Ask ``peer`` for an association with the presentation ``contexts`` (SOP class, transfer syntax or None
+    for the defaults), every timeout ``timeout_s``: pynetdicom's association, established or not (the caller
+    says what a refusal means). The one place the project opens a DICOM association (store, worklist, MPPS)."""
     from pynetdicom import AE
 
     quiet_dropped_sockets()
-    ae = AE(ae_title=job.calling_aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = job.timeout_s
-    ae.connection_timeout = job.timeout_s
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
     for sop_class, syntax in contexts:
         if syntax is None:
             ae.add_requested_context(sop_class)
         else:
             ae.add_requested_context(sop_class, syntax)
+    return ae.associate(peer.host, peer.port, ae_title=peer.aet)
+
+
+def _associate(job: _Store, contexts: Sequence[tuple[str, str | None]]) -> Any:
+    """An established association to the PACS with the presentation ``contexts``. Raises PacsError when
+    refused, _Unreachable when it cannot be had."""
     job.result.associations += 1
-    assoc = ae.associate(job.pacs.host, job.pacs.port, ae_title=job.pacs.aet)
+    assoc = request_association(job.pacs, contexts, calling_aet=job.calling_aet, timeout_s=job.timeout_s)
     if assoc.is_established:
         return assoc
     if assoc.is_rejected:

@@ -37,7 +37,7 @@ from scanctl.data.dicom import (
     UID_ROOT,
 )
 from scanctl.data.orders import Order, load_order
-from scanctl.data.pacs import CALLING_AET, Pacs, check_aet, quiet_dropped_sockets
+from scanctl.data.pacs import CALLING_AET, Pacs, check_aet, request_association
 from scanctl.errors import DicomError
 
 log = logging.getLogger(__name__)
@@ -176,18 +176,12 @@ def query(server: Pacs, *, modality: str | None = "MR", station_aet: str | None 
     """The orders ``server``'s worklist holds for the keys given (None: any), by C-FIND. Raises
     WorklistError when the server cannot be reached, refuses the association or the query, answers with a
     failure status or an entry that is not a valid order (naming the server and the entry)."""
-    from pynetdicom import AE
-
     check_aet(calling_aet, "calling AE title")
     if date is not None and not re.fullmatch(r"\d{8}(-\d{8})?", date):
         raise WorklistError(f"worklist date {date!r} is not YYYYMMDD or YYYYMMDD-YYYYMMDD")
     identifier = query_dataset(modality=modality, station_aet=station_aet, date=date, patient_id=patient_id,
                                accession_number=accession_number)
-    quiet_dropped_sockets()
-    ae = AE(ae_title=calling_aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
-    ae.add_requested_context(MWL_FIND)
-    assoc = ae.associate(server.host, server.port, ae_title=server.aet)
+    assoc = request_association(server, [(MWL_FIND, None)], calling_aet=calling_aet, timeout_s=timeout_s)
     if assoc.is_rejected:
         from scanctl.data.pacs import _rejection
 

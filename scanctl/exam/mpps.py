@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from scanctl.data.orders import Order
-from scanctl.data.pacs import CALLING_AET, Pacs, quiet_dropped_sockets
+from scanctl.data.pacs import CALLING_AET, Pacs, request_association
 from scanctl.errors import ScanctlError
 
 log = logging.getLogger(__name__)
@@ -121,13 +121,7 @@ def n_set(peer: Pacs, uid: str, ds: Any, *, calling_aet: str = CALLING_AET, time
 
 
 def _send(peer: Pacs, calling_aet: str, timeout_s: float, what: str, call: Any) -> None:
-    from pynetdicom import AE
-
-    quiet_dropped_sockets()
-    ae = AE(ae_title=calling_aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
-    ae.add_requested_context(MPPS_SOP_CLASS)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.aet)
+    assoc = request_association(peer, [(MPPS_SOP_CLASS, None)], calling_aet=calling_aet, timeout_s=timeout_s)
     if assoc.is_rejected:
         raise MppsError(f"MPPS {peer} refused the association")
     if not assoc.is_established:
