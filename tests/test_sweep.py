@@ -309,3 +309,26 @@ def test_completed_run_check_figures_are_the_sequence_checks(tmp_path: Path) -> 
     assert from_report["check_ok"] is rechecked["check_ok"] is True
     assert from_report["check_violations"] == rechecked["check_violations"] == 0
     assert math.isclose(from_report["duration_s"], rechecked["duration_s"], rel_tol=1e-9)
+
+
+def test_parquet_table_holds_the_csv_rows_typed(tmp_path: Path) -> None:
+    """results.parquet (pyarrow, the `parquet` extra the tests install) has the CSV's rows and columns, with
+    numbers as numbers, None as null, and a list-valued axis (a matrix) as its JSON text."""
+    import pyarrow.parquet as pq
+
+    from scanctl.sweep.store import PointStore
+
+    rows = [{"index": 0, "key": "a", "sequence.matrix": [64, 64], "outcome": "completed", "message": "",
+             "wall_s": 0.25, "cpu_s": 0.2, "notes": "", "snr": 31.5, "check_ok": True},
+            {"index": 1, "key": "b", "sequence.matrix": [32, 32], "outcome": "invalid", "message": "TE too short",
+             "wall_s": 0.01, "cpu_s": None, "notes": "", "snr": None, "min_te_s": 0.0031}]
+    written = PointStore(tmp_path).write_table(rows, ("sequence.matrix",))
+    assert [p.name for p in written] == ["results.csv", "results.parquet"]
+    table = pq.read_table(tmp_path / "results.parquet").to_pylist()
+    with open(tmp_path / "results.csv", newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [set(r) for r in table] == [set(r) for r in csv_rows]
+    assert table[0]["snr"] == 31.5 and table[1]["snr"] is None and table[0]["cpu_s"] == 0.2
+    assert table[0]["sequence.matrix"] == "[64, 64]" == csv_rows[0]["sequence.matrix"]
+    assert table[1]["min_te_s"] == 0.0031 and table[0]["min_te_s"] is None
+    assert table[0]["check_ok"] is True and table[1]["message"] == "TE too short"
