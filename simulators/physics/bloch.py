@@ -418,7 +418,8 @@ class SpinSystem:
                                    return_inverse=True)
         inverse = inverse.reshape(-1)
         positions, df, b1 = pairs[:, :3], pairs[:, 3], pairs[:, 4]
-        rot = self._cache.rotation(pairs.tobytes(), 2.0 * np.pi * iv_b1 * dt, dm, dt, positions, df, b1)
+        rot = self._cache.rotation(pairs.tobytes(), 2.0 * np.pi * iv_b1 * dt, dm, dt, positions, df,
+                                   None if self.b1_map is None else b1)
         # Factor out the free precession before and after the centre (played by _evolve instead).
         ts, te = float(edges[0]), float(edges[-1])
         mc = mom(centre) if in_plane else np.array([0.0, 0.0, float(mom.axis(2, centre))])
