@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
 from scanctl.simulators.physics.field import TransmitMap
 
 from scanctl.config.profile import SystemProfile
