@@ -7,6 +7,8 @@ waveforms are linear between breakpoints, so the integral is exact: a quadratic 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import numpy.typing as npt
 
@@ -102,4 +104,4 @@ def with_static_gradient(program: GradientProgram, offset_hz_per_m: tuple[float,
             tt, gg = ends, np.zeros(2)
         t_out.append(tt)
         g_out.append(gg + off)
-    return GradientProgram(program.t0_s, program.t1_s, tuple(t_out), tuple(g_out))  # type: ignore[arg-type]
+    return replace(program, t_s=tuple(t_out), g_hz_per_m=tuple(g_out))  # the rest (the shim's field) as it was
