@@ -15,14 +15,15 @@ from scanctl.config import profile as profiles
 
 def add_parsers(sub: Any) -> None:
     """Add ``prescan`` to the ``scanctl`` sub-command parsers ``sub``."""
-    from scanctl.prescan.runner import STEPS
+    from scanctl.prescan.runner import DEFAULT_STEPS, STEPS
 
     p = sub.add_parser("prescan", help="calibrate frequency, transmit scale, shim, receiver gain and noise",
                        description="Run the prescan calibrations on the profile's subsystems (all, or the STEPs "
                                    "named), set what they find on the drivers and print it with its uncertainty. "
                                    "Exit 0: every step converged; 1: a step was refused or did not converge (its "
                                    "previous values kept); 2: bad input.")
-    p.add_argument("steps", nargs="*", metavar="STEP", help=f"steps to run (default all): {', '.join(STEPS)}")
+    p.add_argument("steps", nargs="*", metavar="STEP", help=f"steps to run: {', '.join(STEPS)} (default: "
+                                                                    f"{', '.join(DEFAULT_STEPS)})")
     p.add_argument("--system", help="system profile: a shipped name (e.g. 'default') or a TOML path")
     for kind in ("rf", "gradient", "table"):
         p.add_argument(f"--{kind}", metavar="URL", help=f"{kind} subsystem URL (default: the profile's)")

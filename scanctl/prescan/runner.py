@@ -51,6 +51,9 @@ from scanctl.prescan.sequences import (
 log = logging.getLogger(__name__)
 
 STEPS = ("gain", "frequency", "shim", "transmit", "b1map", "noise")
+#: What a prescan runs unless told which: every step that sets something, and the noise scan. ``b1map`` only
+#: measures (and costs more to compute than all the others together), so it runs when named.
+DEFAULT_STEPS = tuple(s for s in STEPS if s != "b1map")
 #: The frequency step has converged when its last correction is below this (Hz).
 FREQUENCY_TOL_HZ = 0.2
 #: The transmit step has converged when its last correction of the scale is below this (relative).
@@ -121,8 +124,9 @@ class PrescanResult:
 
 
 def ordered(steps: Iterable[str] | None) -> tuple[str, ...]:
-    """``steps`` (all when None) in :data:`STEPS` order. Raises ConfigError naming an unknown step."""
-    wanted = set(STEPS if steps is None else steps)
+    """``steps`` (when None: :data:`DEFAULT_STEPS`) in :data:`STEPS` order. Raises ConfigError naming an unknown
+    step."""
+    wanted = set(DEFAULT_STEPS if steps is None else steps)
     unknown = sorted(wanted - set(STEPS))
     if unknown:
         raise ConfigError(f"unknown prescan step {unknown[0]!r} (steps: {', '.join(STEPS)})")
