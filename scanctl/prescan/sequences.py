@@ -178,8 +178,8 @@ def bloch_siegert_map(profile: SystemProfile, *, matrix: int = 32, fov_m: float 
     system = _system(profile)
     b = SequenceBuilder(system)
     ky = (np.arange(matrix) - matrix // 2) / fov_m
-    shots = [(te_s, _hann_pulse(system, peak_hz=BS_PEAK_HZ * rf_scale, freq_hz=sign * BS_OFFSET_HZ))
-             for sign in (1.0, -1.0)]
+    shots: list[tuple[float, RF | None]] = [
+        (te_s, _hann_pulse(system, peak_hz=BS_PEAK_HZ * rf_scale, freq_hz=sign * BS_OFFSET_HZ)) for sign in (1.0, -1.0)]
     _echo_pair(b, system, read="x", fov_m=fov_m, samples=matrix, dwell_s=20e-6, shots=shots, tr_s=tr_s,
                flip_rad=math.radians(flip_deg) * rf_scale, phase_areas=[float(k) for k in ky], phase_axis="y")
     return Calibration(b.build(_definitions("prescan_b1map", (fov_m, fov_m, 0.01))), "bloch_siegert_map",

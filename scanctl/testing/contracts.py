@@ -396,13 +396,12 @@ class ShimContract:
         sub.connect()
         supplies = dict(self.system_profile().adjustments.max_shim_second_order_hz_per_m2)  # type: ignore[attr-defined]
         for channel in SECOND_ORDER:
-            if channel not in supplies:
-                _refused_keeps(sub, lambda c=channel: sub.set_shim({c: 1.0}), SafetyLimitError, "no shim channel")
-                continue
-            sub.set_shim({channel: -0.5 * supplies[channel]})
-            assert sub.adjustments()[channel] == -0.5 * supplies[channel]
-            _refused_keeps(sub, lambda c=channel: sub.set_shim({c: 1.01 * supplies[c]}), SafetyLimitError,
-                           "shim supply")
+            refused = {channel: 1.01 * supplies[channel] if channel in supplies else 1.0}
+            if channel in supplies:
+                sub.set_shim({channel: -0.5 * supplies[channel]})
+                assert sub.adjustments()[channel] == -0.5 * supplies[channel]
+            _refused_keeps(sub, functools.partial(sub.set_shim, refused), SafetyLimitError,
+                           "shim supply" if channel in supplies else "no shim channel")
 
     def test_shim_refused_while_armed(self, open_subsystem: Callable[..., Any]) -> None:
         sub = open_subsystem()

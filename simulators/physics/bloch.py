@@ -210,8 +210,8 @@ class SpinSystem:
         df = (phantom.b0_offset_hz.reshape(-1)[active] + self.b0_offset_hz
               + second_order_field_hz({c: self.second_order_hz_per_m2.get(c, 0.0) + self.shim_hz_per_m2.get(c, 0.0)
                                        for c in {*self.second_order_hz_per_m2, *self.shim_hz_per_m2}}, sx, sy, sz))
-        b1 = np.ones(active.size) if self.b1_map is None else self.b1_map.at(sx, sy, sz)
-        tissue = np.column_stack((t1, t2, r2p, iz if phantom.ndim == 3 else np.zeros_like(iz)))
+        b1 = np.ones(active.size) if self.b1_map is None else np.asarray(self.b1_map.at(sx, sy, sz), np.float64)
+        tissue = np.column_stack((t1, t2, r2p, iz if phantom.ndim == 3 else np.zeros_like(iz))).astype(np.float64)
         label = class_labels(tissue, df, b1)
         self.n_voxels = int(active.size)
         self._x, self._y = xs, ys

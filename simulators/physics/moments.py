@@ -104,4 +104,6 @@ def with_static_gradient(program: GradientProgram, offset_hz_per_m: tuple[float,
             tt, gg = ends, np.zeros(2)
         t_out.append(tt)
         g_out.append(gg + off)
-    return replace(program, t_s=tuple(t_out), g_hz_per_m=tuple(g_out))  # the rest (the shim's field) as it was
+    t3 = (t_out[0], t_out[1], t_out[2])
+    g3 = (g_out[0], g_out[1], g_out[2])
+    return replace(program, t_s=t3, g_hz_per_m=g3)  # the rest (the shim's field) as it was
