@@ -76,3 +76,26 @@ def test_a_protocol_beyond_the_table_travel_is_named(tmp_path, positions, capsys
     err = one_error_line(capsys.readouterr().err)
     assert f"--protocol {protocol}: table target 2500 mm is outside the profile's travel limits" in err
     assert positions == []
+
+
+# -- the exam queue in this process prescans each step, as scanctl run and the server's exam queue do ------------
+def test_an_exam_step_run_in_this_process_prescans_unless_told_not_to(tmp_path, capsys):
+    from importlib import resources
+
+    default = (resources.files("scanctl.profiles") / "default.toml").read_text(encoding="utf-8")
+    profile = tmp_path / "b0.toml"
+    profile.write_text(default.replace('rf = "sim://"', f'rf = "{RF}"'))
+    order = tmp_path / "order.toml"
+    order.write_text('[order]\npatient_id = "P9"\npatient_name = "Pre^Scan"\nweight_kg = 70\n'
+                     'requested_procedure = "MR head"\n')
+    card = Path(__file__).parent / "data" / "exam" / "head32.toml"
+    exam_dir = tmp_path / "exam"
+    assert main(["exam", "open", str(exam_dir), "--order", str(order), "--card", str(card)]) == 0
+    assert main(["exam", "next", str(exam_dir), "--system", str(profile)]) == 0
+    first = json.loads((exam_dir / "runs" / "01-localizer" / "report.json").read_text())["prescan"]
+    assert abs(first["frequency_offset_hz"] - 120) < 1, first
+    assert main(["exam", "next", str(exam_dir), "--system", str(profile), "--no-prescan"]) == 0
+    assert json.loads((exam_dir / "runs" / "02-t1_gre" / "report.json").read_text())["prescan"] == {}
+    capsys.readouterr()
+    assert main(["exam", "next", "--connect", "tcp://127.0.0.1:1", "--no-prescan"]) == 2
+    assert "--no-prescan is not available with --connect" in one_error_line(capsys.readouterr().err)
