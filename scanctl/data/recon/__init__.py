@@ -8,6 +8,8 @@ ours or another tool's — into images ``(images, ny, nx)`` float32 and where ea
   the sequence's trajectory; multi-slice 2D gives one image per slice, 3D one per partition (FFT along k_z);
 - EPI (:mod:`.epi`): reversed lines mirrored about their centre sample, then the odd/even phase correction
   (from reference lines, else a linear phase fit in hybrid space);
+- Cartesian data read along logical y or z (:mod:`.readaxis`: pypulseq's ``write_mprage.py``): every sample
+  placed by the sequence's trajectory, one image per point of the third axis;
 - any other trajectory (:mod:`.noncart`): the NUFFT of :mod:`scanctl.data.nufft` with density compensation;
 - channels (:mod:`.coils`): root sum of squares by default, adaptive combination (Walsh, prewhitened by
   the noise covariance of the file's noise acquisitions) as an option.
