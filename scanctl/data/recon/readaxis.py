@@ -21,7 +21,7 @@ import numpy.typing as npt
 from scanctl.data.rawdata import sequence_labels
 from scanctl.data.rawdata.encoding import encoding_of
 from scanctl.data.recon.cartesian import to_images
-from scanctl.data.recon.common import IMAGE_LABELS, ComplexArray, FloatArray, Inputs, ReconError, as_samples, label
+from scanctl.data.recon.common import IMAGE_LABELS, ComplexArray, FloatArray, Inputs, as_samples, label
 from scanctl.sequence.model import Sequence
 from scanctl.sequence.waveforms import adc_sample_times, kspace_at
 
@@ -60,9 +60,9 @@ class AxisVolumes:
 
 def read_along_any_axis(inputs: Inputs, seq: Sequence | None) -> AxisVolumes | None:
     """The volumes of ``inputs`` if the sequence reads every imaging window along one logical axis, evenly
-    sampled, the other two constant through each window (see the module); None when it does not (or there
-    is no sequence, or no imaging window of it). Raises ReconError when an acquisition is no window of the
-    sequence, or its samples are not the window's."""
+    sampled, the other two constant through each window (see the module); None when it does not, or there
+    is no sequence, no imaging window of it, or an acquisition that is no window of it or has not the
+    window's samples (the other paths then decide: a file's own trajectories need no sequence)."""
     if seq is None:
         return None
     keep = [i for i in range(len(inputs.acquisitions)) if inputs.is_imaging(i)]
@@ -73,23 +73,19 @@ def read_along_any_axis(inputs: Inputs, seq: Sequence | None) -> AxisVolumes | N
     for i in keep:
         a = inputs.acquisitions[i]
         if not 0 <= a.index < len(windows) or windows[a.index].shape[1] != as_samples(a).shape[1]:
-            raise ReconError(f"acquisition {a.index} is no window of the sequence or has not its samples: its "
-                             "k-space cannot be taken from the sequence")
+            return None
         ks.append(windows[a.index])
     read = _read_axis(ks)
     if read is None:
         return None
     steps, fov = _grid(ks, read)
-    lin = np.array([label(inputs.acquisitions[i], "LIN", _fallback(seq)) for i in keep])
+    fallback = sequence_labels(seq)
+    lin = np.array([label(inputs.acquisitions[i], "LIN", fallback) for i in keep])
     phase = _phase_axis(read, steps, lin)
     part = 3 - read - phase
     axes = (read, phase, part)
     sizes = [_size(np.concatenate([s[a] for s in steps])) for a in axes]
     return _fill(inputs, seq, keep, steps, Frame(axes, (fov[read], fov[phase], fov[part])), sizes)
-
-
-def _fallback(seq: Sequence) -> dict[str, npt.NDArray[np.int64]]:
-    return sequence_labels(seq)
 
 
 def _window_k(seq: Sequence) -> list[FloatArray]:
@@ -182,7 +178,7 @@ def _size(steps: npt.NDArray[np.int64]) -> int:
 def _fill(inputs: Inputs, seq: Sequence, keep: list[int], steps: list[list[npt.NDArray[np.int64]]], frame: Frame,
           sizes: list[int]) -> AxisVolumes:
     """The k-space of every volume (same counters), samples averaged where repeated, and its coil images."""
-    fallback = _fallback(seq)
+    fallback = sequence_labels(seq)
     read, phase, part = frame.axes
     n_read, n_phase, n_part = sizes
     groups: dict[Key, list[int]] = {}
