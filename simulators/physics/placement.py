@@ -179,7 +179,8 @@ def encoded_voxel(segments: list[tuple[GradientProgram | None, RFProgram, ADCPro
     window, or an axis is not encoded (a voxel wider than :data:`NON_SELECTIVE_M`: a 2D scan)."""
     from .moments import Moments
 
-    reach, read = np.zeros(3), [[] for _ in range(3)]  # largest |moment|; FOV / matrix of moving axes
+    reach = np.zeros(3)  # largest |moment| per axis
+    read: list[list[float]] = [[] for _ in range(3)]  # FOV / matrix of the axes that move
     for gradient, rf, adc in segments:
         excitations = [p for p in range(rf.n_pulses) if chr(int(rf.use[p])) in PLACING_USES
                        and np.any(_samples(rf, p)[1])]

@@ -195,7 +195,9 @@ def _fill(inputs: Inputs, seq: Sequence, keep: list[int], steps: list[list[npt.N
             s = steps[j]
             cols = (s[read] + n_read // 2) % n_read
             row, plane = (int(s[phase][0]) + n_phase // 2) % n_phase, (int(s[part][0]) + n_part // 2) % n_part
-            np.add.at(kspace[: d.shape[0], plane, row], (slice(None), cols), d)
+            target = kspace[: d.shape[0], plane, row]  # (channels, read): each channel's samples at cols
+            for c in range(d.shape[0]):
+                np.add.at(target[c], cols, d[c])
             np.add.at(hits[plane, row], cols, 1)
         kspace /= np.maximum(hits, 1)
         volumes.append(to_images(kspace))
