@@ -27,7 +27,8 @@ How it is computed, and why (the cost is in ``P``, a sum over every voxel):
   inhomogeneity during a non-selective pulse), the sum over their nonzero voxels only (exact, ``nnz`` per
   point: the classes share no voxel, so at most the object's voxels, whatever the number of classes).
 * **Off-resonance varying inside a class**: ``P`` depends on ``τ`` too; a Taylor series in time around the
-  middle of short chunks (error < 1e-7), each term separable or summed directly.
+  middle of short chunks (error < 1e-7), each term separable or summed over the nonzero voxels (the terms
+  share the points' phasors).
 * **Receive arrays** (``sens``: each channel's sensitivity on each class's plane): channel ``n`` sees
   ``P_nc``, the Fourier sum of ``sens_n · pd`` instead of ``pd``. The slab sums, the decay and the phase
   graph are the channels' common part and are computed once; only ``P`` is summed per channel and class
@@ -118,33 +119,37 @@ class _SparseMaps:
     hundreds of thin strips, for which the NUFFT would interpolate every map at every point.
     """
 
-    def __init__(self, maps: FloatArray | ComplexArray, x: FloatArray, y: FloatArray) -> None:
+    def __init__(self, maps: FloatArray | ComplexArray, x: FloatArray, y: FloatArray,
+                 rates: FloatArray | None = None) -> None:
         which, iy, ix = np.nonzero(maps)  # ordered by map: each map's voxels are consecutive
         self.n_maps = maps.shape[0]
         self.nnz = int(which.size)
         self.index = (which, iy, ix)
         self.values = maps[which, iy, ix].astype(np.complex128)
+        #: Each nonzero voxel's off-resonance relative to its class (Hz; ``rates``, a map like ``maps``).
+        self.rates = np.zeros(self.nnz) if rates is None else np.asarray(rates[which, iy, ix], np.float64)
         self._x, self._y = x, y
         self._ix, self._iy = ix, iy
         self._present, self._starts = np.unique(which, return_index=True)
 
     def __call__(self, kx: FloatArray, ky: FloatArray, values: ComplexArray | None = None) -> ComplexArray:
         """``Σ_v values_v exp(2πi (kx x_v + ky y_v))`` per map at the points ``kx``, ``ky`` ``(P,)`` (1/m);
-        ``values`` ``(nnz,)`` in :attr:`index` order (default: the maps' own). Shape ``(P, M)``."""
-        values = self.values if values is None else values
-        out = np.zeros((kx.size, self.n_maps), np.complex128)
-        if not self.nnz:
-            return out
-        per_block = max(1, _SPARSE_BLOCK_ELEMENTS // self.nnz)
-        for lo in range(0, kx.size, per_block):
-            ex = np.exp(2j * np.pi * np.outer(kx[lo:lo + per_block], self._x))  # (p, nx): nx exps, not nnz
-            ey = np.exp(2j * np.pi * np.outer(ky[lo:lo + per_block], self._y))
-            terms = np.take(ex, self._ix, axis=1)
-            terms *= np.take(ey, self._iy, axis=1)
-            terms *= values
-            out[lo:lo + per_block, self._present] = np.add.reduceat(terms, self._starts, axis=1)
-        return out
-
+        ``values`` ``(nnz,)`` in :attr:`index` order (default: the maps' own), shape ``(P, M)``; or ``(L, nnz)``
+        (L sets of values, e.g. Taylor terms, sharing the points' phasors), shape ``(L, P, M)``."""
+        values = self.values if values is None else np.asarray(values)
+        sets = values.reshape(values.shape[0] if values.ndim == 2 else 1, self.nnz)
+        out = np.zeros((sets.shape[0], kx.size, self.n_maps), np.complex128)
+        if self.nnz:
+            per_block = max(1, _SPARSE_BLOCK_ELEMENTS // self.nnz)
+            for lo in range(0, kx.size, per_block):
+                ex = np.exp(2j * np.pi * np.outer(kx[lo:lo + per_block], self._x))  # (p, nx): nx exps, not nnz
+                ey = np.exp(2j * np.pi * np.outer(ky[lo:lo + per_block], self._y))
+                phasor = np.take(ex, self._ix, axis=1)
+                phasor *= np.take(ey, self._iy, axis=1)
+                for ell, weights in enumerate(sets):
+                    out[ell][lo:lo + per_block, self._present] = np.add.reduceat(phasor * weights, self._starts,
+                                                                               axis=1)
+        return out if values.ndim == 2 else out[0]
 
 class Readout:
     """The signal of a phase graph's transverse states for one phantom geometry.
@@ -346,7 +351,7 @@ class Readout:
 
     def _sparse_maps(self) -> _SparseMaps:
         if self._sparse is None:
-            self._sparse = _SparseMaps(self._pd, self._x, self._y)
+            self._sparse = _SparseMaps(self._pd, self._x, self._y, self._dfr)
         return self._sparse
 
     def _sparse_wins(self) -> bool:
@@ -398,7 +403,8 @@ class Readout:
 
     def _plane_taylor(self, kx: FloatArray, ky: FloatArray, tau: FloatArray) -> ComplexArray:
         """``Σ_v pd_v exp(2πi (kx x_v + ky y_v + δf_v τ))`` per class (``tau`` sorted), shape ``(C, T)``: a
-        Taylor series in ``τ`` around the middle of chunks short enough for it, each term summed directly."""
+        Taylor series in ``τ`` around the middle of chunks short enough for it, each term summed separably
+        (a chunk along one axis), over the nonzero voxels (fast: the classes share no voxel) or directly."""
         n_t = kx.size
         out = np.zeros((self._n_maps, n_t), np.complex128)
         width = 2.0 * _TAYLOR_MAX_ARG / (2.0 * np.pi * self._dfr_max)
@@ -408,18 +414,29 @@ class Readout:
             mid = 0.5 * (tau[i] + tau[j - 1])
             delta = tau[i:j] - mid
             terms = _taylor_terms(2.0 * np.pi * self._dfr_max * float(np.abs(delta).max()))
-            weight = self._pd * np.exp(2j * np.pi * self._dfr * mid)
-            for ell in range(terms):
-                if ell:
-                    weight = weight * (2j * np.pi * self._dfr) / ell
-                out[:, i:j] += self._plane_one(weight, kx[i:j], ky[i:j]) * (delta**ell)[None, :]
+            powers = delta[None, :] ** np.arange(terms)[:, None]  # (L, chunk)
+            constant = self._constant_axis(kx[i:j], ky[i:j]) if self.method == "fast" else None
+            if constant is None and self.method == "fast":
+                sparse = self._sparse_maps()
+                # The terms' weights on the nonzero voxels only: pd e^{2πi δf mid} (2πi δf)^l / l!
+                weights = np.empty((terms, sparse.nnz), np.complex128)
+                weights[0] = sparse.values * np.exp(2j * np.pi * sparse.rates * mid)
+                for ell in range(1, terms):
+                    weights[ell] = weights[ell - 1] * (2j * np.pi * sparse.rates) / ell
+                sums = sparse(kx[i:j], ky[i:j], weights)  # (L, chunk, C)
+                out[:, i:j] = np.einsum("ltc,lt->ct", sums, powers)
+            else:
+                weight = self._pd * np.exp(2j * np.pi * self._dfr * mid)
+                for ell in range(terms):
+                    if ell:
+                        weight = weight * (2j * np.pi * self._dfr) / ell
+                    out[:, i:j] += self._plane_one(weight, kx[i:j], ky[i:j], constant) * powers[ell][None, :]
             i = j
         return out
 
-    def _plane_one(self, maps: ComplexArray, kx: FloatArray, ky: FloatArray) -> ComplexArray:
+    def _plane_one(self, maps: ComplexArray, kx: FloatArray, ky: FloatArray, constant: int | None) -> ComplexArray:
         """``Σ_{y,x} maps[c, y, x] exp(2πi (kx x + ky y))`` at the samples of one group, shape ``(C, T)``:
-        separable when one axis stays put (and the method is fast), else summed directly."""
-        constant = self._constant_axis(kx, ky) if self.method == "fast" else None
+        separable along the ``constant`` axis (1: y, 0: x, as :meth:`_constant_axis`), else summed directly."""
         if constant == 1:
             return self._separable(maps.transpose(1, 0, 2), ky[:1], self._y, kx[None, :], self._x)[0]
         if constant == 0:
