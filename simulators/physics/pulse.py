@@ -118,7 +118,7 @@ def pulse_rotation(nutation_rad: ComplexArray, dm_per_m: FloatArray, dt_s: Float
     return Rotation(alpha, beta)
 
 
-def _uniform(*columns: npt.NDArray[np.generic]) -> bool:
+def _uniform(*columns: FloatArray | ComplexArray) -> bool:
     """Whether every interval's values (axis 0 of each column) are the same, to float rounding (1e-12 of the
     largest: the moments of a constant gradient differ from interval to interval in the last digits)."""
     for values in columns:
