@@ -48,7 +48,7 @@ HARD_PULSE_S = 500e-6
 #: on x and y over 25.6 cm): a 40 µs pulse flips it all within 1 % of 5° (a 500 µs one from 5° down to 1.5°
 #: at the corners), at 8.2 µT, below the FID's 90° pulse. Its rotation then hardly varies across the
 #: object, which the simulator need not resolve by splitting its tissue classes along the field (a 500 µs
-#: pulse split 6 classes into 221 strips at 64 x 64: 1.6 s of the 2 s first map's computing).
+#: pulse split 6 classes into 221 strips at 64 x 64: the first map took 1.6 s to compute, 0.1-0.4 s unsplit).
 FIELD_MAP_PULSE_S = 40e-6
 #: The Bloch–Siegert pulse: Hann-shaped, this long (s), this far off resonance (Hz), this peak B1 (Hz).
 BS_DURATION_S = 4e-3
