@@ -109,16 +109,18 @@ def excitations(seq: Sequence, rotation_of_block: IntArray) -> Excitations:
 
 
 def placement(seq: Sequence, adc_blocks: IntArray, t_centre: FloatArray, k_centre: FloatArray,
-              g_read: FloatArray, imaging: BoolArray) -> Placement:
+              g_read: FloatArray, imaging: BoolArray, axes: tuple[int, int, int] = (0, 1, 2)) -> Placement:
     """The :class:`Placement` of the windows in ``adc_blocks`` (readout centres at ``t_centre``, logical
-    k there ``k_centre (3, windows)`` (1/m) and the logical gradient there ``g_read (3, windows)`` (Hz/m)).
-    Raises :class:`SequenceGeometryError` for a geometry the sequence contradicts."""
-    matrices, rot_of_block = block_rotations(seq)
+    k there ``k_centre (3, windows)`` (1/m) and the logical gradient there ``g_read (3, windows)`` (Hz/m)),
+    the logical axes in the order read, phase, slice being the blocks' ``axes`` (a readout along logical z:
+    ``(2, 1, 0)``). Raises :class:`SequenceGeometryError` for a geometry the sequence contradicts."""
+    blocks, rot_of_block = block_rotations(seq)
+    matrices = blocks[:, :, list(axes)]
     exc = excitations(seq, rot_of_block)
     n = adc_blocks.size
     rot = rot_of_block[adc_blocks]
     which = np.searchsorted(exc.t_s, t_centre, side="right") - 1
-    _check_rotations(seq, exc, which, rot, adc_blocks, matrices)
+    _check_rotations(seq, exc, which, rot, adc_blocks, blocks)
     point = np.zeros((n, 3))
     normal = matrices[rot][:, :, 2].copy()
     selective = np.zeros(n, dtype=bool)
