@@ -549,6 +549,32 @@ def test_mprage_recon_places_points_exactly_with_or_without_the_sequence(tmp_pat
     assert alone.meta == result.meta
 
 
+def test_mprage_file_written_before_is_still_imaged_with_the_sequence(tmp_path):
+    """A file as scanctl wrote write_mprage.py's before its header said how it was read (trajectory ``other``,
+    FOV 0, identity directions, no counters): with the sequence it is imaged by the sequence's trajectory
+    (``readaxis.py``, on the blocks' own axes: the file's directions are x, y, z), the same volume and
+    geometry as the file written now."""
+    import dataclasses
+
+    from scanctl.data.rawdata import RawDataWriter
+    from scanctl.data.recon import reconstruct_file
+
+    voxel = np.array(MPRAGE_FOV_MM) / np.array(MPRAGE_MATRIX) * 1e-3
+    points = np.array([[1, 2, 0], [-6, -3, 3]]) * voxel
+    seq, _, raw_path = exact_mprage_file(tmp_path, points, np.array([1.0, 2.0]))
+    now = read_acquisitions(raw_path)
+    old_path = tmp_path / "before.h5"
+    old_header = dataclasses.replace(now.header, trajectory="other", fov_m=(0.0, 0.0, 0.0),
+                                     encoded_matrix=(MPRAGE_MATRIX[2],) * 2 + (1,), recon_matrix=None, limits={})
+    with RawDataWriter.open(old_path, old_header) as writer:  # no sequence: no counters, identity directions
+        writer.extend(dataclasses.replace(a, labels={}) for a in now.acquisitions)
+    before = read_acquisitions(old_path)
+    assert before.header.trajectory == "other" and np.allclose(before.read_dir, [1.0, 0.0, 0.0])
+    old, new = reconstruct_file(before, seq), reconstruct_file(now)
+    assert_mprage_geometry(old.meta["images"])
+    np.testing.assert_allclose(old.images, new.images, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("patient_position", ["HFS", "FFP"])
 def test_mprage_raw_data_header_says_cartesian_read_along_z(tmp_path, patient_position):
     """write_mprage.py's raw data header (it has no FOV definition): Cartesian (before: ``other``); the
