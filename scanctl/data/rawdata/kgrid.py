@@ -24,8 +24,9 @@ K_TOLERANCE_PER_M = 0.5 / MAX_FOV_M
 #: than this many of its standard errors (the scatter of the values about the grid can explain less).
 GRID_AGREEMENT = 1e-9
 GRID_SIGNIFICANCE = 3.0
-#: Preferred phase axis (logical y, then z, then x) when neither the encoding nor the ``LIN`` label says.
-PHASE_PREFERENCE = (1, 2, 0)
+#: Preferred phase axis when neither the encoding nor the ``LIN`` label says: logical y, then x, so the logical
+#: z stays the partition (slab) axis unless it is the read (``write_mprage.py``: read z, phase y, partitions x).
+PHASE_PREFERENCE = (1, 0, 2)
 
 
 def clusters(k: FloatArray) -> IntArray:
@@ -107,7 +108,7 @@ def phase_axis(read: int, centres: FloatArray, lin: IntArray | None) -> int:
     """The logical axis of the image rows, of the two other than ``read``, from each readout's k at its
     centre ``centres (3, windows)`` (1/m) and its ``LIN`` label (None: none): the one encoded axis if only one
     is; else the one whose k the ``LIN`` label determines (one k per ``LIN`` value), if just one of the two
-    is; else the first of :data:`PHASE_PREFERENCE`."""
+    is; else the first of :data:`PHASE_PREFERENCE` other than ``read``."""
     others = [a for a in PHASE_PREFERENCE if a != read]
     encoded = [a for a in others if distinct_values(centres[a]).size > 1]
     if len(encoded) == 1:
