@@ -500,13 +500,11 @@ def test_pypulseq_mprage_with_a_coil_array_is_the_phantom_times_the_root_sum_of_
     assert r > 0.97, f"correlation {r:.4f} with the RSS-weighted phantom"
 
 
-def test_mprage_recon_places_points_exactly_and_needs_the_sequence(tmp_path):
-    """The recon alone, on exact data (no simulator): three point objects at voxel centres, their signal at the
-    sequence's own k-space trajectory (s(k) = sum rho exp(-2 pi i k.r)), through the raw data file: each comes
-    back as its density at its own pixel of the image image.json places there, and nothing else. Without
-    the sequence the file's readouts along z cannot be placed: a ReconError that says to give it."""
+def exact_mprage_file(tmp_path: Path, points_m: np.ndarray, rho: np.ndarray, patient_position: str = "HFS"):
+    """write_mprage.py's sequence and a raw data file of exact data (no simulator) written with it: point
+    objects at ``points_m`` ((n, 3) m, x y z) of densities ``rho``, their signal at the sequence's own k-space
+    trajectory (s(k) = sum rho exp(-2 pi i k.r)). Returns the sequence, the .seq and the raw data path."""
     from scanctl.data.rawdata import RawDataWriter, RawHeader
-    from scanctl.data.recon import ReconError, reconstruct_file
     from scanctl.hw.interfaces import Acquisition
     from scanctl.sequence.pulseq_read import read
     from scanctl.sequence.waveforms import kspace_adc
@@ -514,16 +512,28 @@ def test_mprage_recon_places_points_exactly_and_needs_the_sequence(tmp_path):
     path = tmp_path / "mprage.seq"
     examples.mprage(MPRAGE_MATRIX).write(str(path))
     seq = read(path)
-    voxel = np.array(MPRAGE_FOV_MM) / np.array(MPRAGE_MATRIX) * 1e-3
-    points = np.array([[0, 0, 0], [3, -5, 2], [-8, 7, -4]]) * voxel  # (x, y, z) m: the corner voxel too
-    rho = np.array([1.0, 2.0, 3.0])
-    signal = np.exp(-2j * np.pi * points @ kspace_adc(seq)).T @ rho
+    signal = np.exp(-2j * np.pi * points_m @ kspace_adc(seq)).T @ rho
     n = MPRAGE_MATRIX[2]
     acqs = [Acquisition(w, 0, 0.0, 1e-5, signal[w * n:(w + 1) * n][np.newaxis].astype(np.complex64), {})
             for w in range(signal.size // n)]
     raw_path = tmp_path / "exact.h5"
-    with RawDataWriter.open(raw_path, RawHeader.from_sequence(seq, larmor_hz=1.0), seq=seq) as writer:
+    header = RawHeader.from_sequence(seq, larmor_hz=1.0, patient_position=patient_position)
+    with RawDataWriter.open(raw_path, header, seq=seq) as writer:
         writer.extend(acqs)
+    return seq, path, raw_path
+
+
+def test_mprage_recon_places_points_exactly_with_or_without_the_sequence(tmp_path):
+    """The recon alone, on exact data: three point objects at voxel centres, through the raw data file: each
+    comes back as its density at its own pixel of the image image.json places there, and nothing else. The
+    file says how it was read (Cartesian, read along z: its header and directions), so the recon of the file
+    alone is the same volume, placed the same (before: a ReconError, "give the sequence")."""
+    from scanctl.data.recon import reconstruct_file
+
+    voxel = np.array(MPRAGE_FOV_MM) / np.array(MPRAGE_MATRIX) * 1e-3
+    points = np.array([[0, 0, 0], [3, -5, 2], [-8, 7, -4]]) * voxel  # (x, y, z) m: the corner voxel too
+    rho = np.array([1.0, 2.0, 3.0])
+    seq, _, raw_path = exact_mprage_file(tmp_path, points, rho)
     raw = read_acquisitions(raw_path)
     result = reconstruct_file(raw, seq)
     assert_mprage_geometry(result.meta["images"])
@@ -534,8 +544,100 @@ def test_mprage_recon_places_points_exactly_and_needs_the_sequence(tmp_path):
         row = round(point[1] / (entry["fov_mm"][1] / entry["matrix"][1])) + entry["matrix"][1] // 2
         expected[entry["row"], row, col] = value
     np.testing.assert_allclose(result.images, expected, atol=1e-4)
-    with pytest.raises(ReconError, match="give the sequence"):
-        reconstruct_file(raw)
+    alone = reconstruct_file(raw)
+    np.testing.assert_allclose(alone.images, result.images, rtol=0, atol=1e-6)
+    assert alone.meta == result.meta
+
+
+def test_mprage_file_written_before_is_still_imaged_with_the_sequence(tmp_path):
+    """A file as scanctl wrote write_mprage.py's before its header said how it was read (trajectory ``other``,
+    FOV 0, identity directions, no counters): with the sequence it is imaged by the sequence's trajectory
+    (``readaxis.py``, on the blocks' own axes: the file's directions are x, y, z), the same volume and
+    geometry as the file written now."""
+    import dataclasses
+
+    from scanctl.data.rawdata import RawDataWriter
+    from scanctl.data.recon import reconstruct_file
+
+    voxel = np.array(MPRAGE_FOV_MM) / np.array(MPRAGE_MATRIX) * 1e-3
+    points = np.array([[1, 2, 0], [-6, -3, 3]]) * voxel
+    seq, _, raw_path = exact_mprage_file(tmp_path, points, np.array([1.0, 2.0]))
+    now = read_acquisitions(raw_path)
+    old_path = tmp_path / "before.h5"
+    old_header = dataclasses.replace(now.header, trajectory="other", fov_m=(0.0, 0.0, 0.0),
+                                     encoded_matrix=(MPRAGE_MATRIX[2],) * 2 + (1,), recon_matrix=None, limits={})
+    with RawDataWriter.open(old_path, old_header) as writer:  # no sequence: no counters, identity directions
+        writer.extend(dataclasses.replace(a, labels={}) for a in now.acquisitions)
+    before = read_acquisitions(old_path)
+    assert before.header.trajectory == "other" and np.allclose(before.read_dir, [1.0, 0.0, 0.0])
+    old, new = reconstruct_file(before, seq), reconstruct_file(now)
+    assert_mprage_geometry(old.meta["images"])
+    np.testing.assert_allclose(old.images, new.images, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("patient_position", ["HFS", "FFP"])
+def test_mprage_raw_data_header_says_cartesian_read_along_z(tmp_path, patient_position):
+    """write_mprage.py's raw data header (it has no FOV definition): Cartesian (before: ``other``); the
+    encoded and recon space per axis from the k-space steps: x the read (8 samples over 256 mm, along z),
+    y the LIN lines (16 over 240 mm), z the PAR partitions (16 over 192 mm), each FOV within 1e-6 m (before:
+    0); every acquisition's read_dir the scanner's z, phase_dir y, slice_dir x in patient coordinates (before:
+    x, y, z), at the isocentre; no traj (a Cartesian file needs none); valid for ismrmrd's schema bindings."""
+    from scanctl.data.rawdata import RawHeader
+    from scanctl.sequence.geometry import patient_to_scanner
+
+    _, _, raw_path = exact_mprage_file(tmp_path, np.zeros((1, 3)), np.ones(1), patient_position)
+    raw = read_acquisitions(raw_path)
+    header = raw.header
+    assert header.trajectory == "cartesian" and header.patient_position == patient_position
+    fov_m = np.array([MPRAGE_FOV_MM[2], MPRAGE_FOV_MM[1], MPRAGE_FOV_MM[0]]) * 1e-3
+    matrix = (MPRAGE_MATRIX[2], MPRAGE_MATRIX[1], MPRAGE_MATRIX[0])
+    np.testing.assert_allclose(header.fov_m, fov_m, rtol=0, atol=1e-6)
+    assert header.encoded_matrix == matrix and header.recon == matrix
+    to_patient = patient_to_scanner(patient_position).T
+    eye = np.eye(3)
+    n = len(raw.acquisitions)
+    np.testing.assert_allclose(raw.read_dir, np.tile(to_patient @ eye[2], (n, 1)), atol=1e-12)
+    np.testing.assert_allclose(raw.phase_dir, np.tile(to_patient @ eye[1], (n, 1)), atol=1e-12)
+    np.testing.assert_allclose(raw.slice_dir, np.tile(to_patient @ eye[0], (n, 1)), atol=1e-12)
+    np.testing.assert_allclose(raw.position_mm, 0.0, atol=1e-9)
+    assert not any(t.size for t in raw.trajectories)
+    dset = ismrmrd.Dataset(str(raw_path), "dataset", create_if_needed=False)
+    try:
+        xml = dset.read_xml_header()
+    finally:
+        dset.close()
+    encoding = ismrmrd.xsd.CreateFromDocument(xml).encoding[0]
+    assert encoding.trajectory.value == "cartesian"
+    space = encoding.encodedSpace
+    np.testing.assert_allclose([space.fieldOfView_mm.x, space.fieldOfView_mm.y, space.fieldOfView_mm.z],
+                               fov_m * 1e3, rtol=0, atol=1e-3)
+    assert (space.matrixSize.x, space.matrixSize.y, space.matrixSize.z) == matrix
+    assert RawHeader.from_xml(xml).fov_m == header.fov_m
+
+
+def test_mprage_cli_recon_of_the_file_alone_is_the_recon_with_the_sequence(tmp_path):
+    """``scanctl recon raw.h5`` without ``--seq`` images write_mprage.py's file as with it: the same volume
+    (within float32 rounding) and the same image.json (before: exit 2, the readouts along z could not be
+    placed without the sequence)."""
+    import json
+    import subprocess
+    import sys
+
+    voxel = np.array(MPRAGE_FOV_MM) / np.array(MPRAGE_MATRIX) * 1e-3
+    points = np.array([[0, 0, 0], [2, 3, -1], [-5, -6, 3]]) * voxel
+    _, seq_path, raw_path = exact_mprage_file(tmp_path, points, np.array([1.0, 0.5, 2.0]))
+    outs = {}
+    for name, extra in (("alone", []), ("with_seq", ["--seq", str(seq_path)])):
+        out = tmp_path / name
+        done = subprocess.run([sys.executable, "-m", "scanctl", "recon", str(raw_path), "--out", str(out), *extra],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        outs[name] = (np.load(out / "image.npy"), json.loads((out / "image.json").read_text()))
+    (alone, alone_meta), (with_seq, seq_meta) = outs["alone"], outs["with_seq"]
+    assert alone.shape == (MPRAGE_MATRIX[0], MPRAGE_MATRIX[1], MPRAGE_MATRIX[2])
+    np.testing.assert_allclose(alone, with_seq, rtol=0, atol=1e-6 * float(with_seq.max()))
+    assert alone_meta == seq_meta and alone_meta["trajectory"] == "cartesian"
+    assert_mprage_geometry(alone_meta["images"])
 
 
 _MPRAGE_SEQ: list = []

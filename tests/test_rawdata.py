@@ -18,6 +18,8 @@ import h5py
 import ismrmrd
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scanctl.data.rawdata import (
     LABEL_COUNTERS,
@@ -615,3 +617,35 @@ def test_header_for_a_profile_and_protocol(sequences):
     assert header.table_position_mm == 35.0 and header.patient_weight_kg == 80.0
     bare = header_for(sequences["gre"], prof)
     assert bare.protocol_name == "gre" and bare.patient_weight_kg is None
+
+
+# -- k-space grids (shared by the encoding and the recon along any axis) ---------------------------------
+
+@given(step=st.floats(1.0, 100.0), first=st.integers(-20, 5), count=st.integers(2, 40), half=st.booleans(),
+       noise=st.lists(st.floats(-1.0, 1.0), min_size=40, max_size=40), scale=st.sampled_from([0.0, 1e-7, 1e-6]))
+@settings(max_examples=200, deadline=None)
+def test_grid_step_is_the_step_of_the_values(step, first, count, half, noise, scale):
+    """Distinct k values (1/m) on a grid of ``step`` (whole or half steps), each off by up to ``scale`` of a
+    step (the rounding of phase areas in a file): the grid step found is within twice that of the step (within
+    float rounding where the values are exact)."""
+    from scanctl.data.rawdata.kgrid import grid_step
+
+    index = np.arange(first, first + count) + (0.5 if half else 0.0)
+    k = (index + scale * np.array(noise[:count])) * step
+    found = grid_step(np.repeat(k, 3))  # repeated values (several windows per line) are one value
+    assert found == pytest.approx(step, rel=2 * scale + 1e-12)
+
+
+def test_grid_step_takes_the_least_squares_grid_where_the_gaps_disagree():
+    """pypulseq's write_mprage.py's x lines (k in steps, as its file holds them: the phase areas rounded): the
+    median gap is 6e-6 of a step short, the least-squares grid within 1e-6; a line never acquired (a gap of two
+    steps) counts as two steps; values that do not move (within 0.5 1/m of 0) are no grid."""
+    from scanctl.data.rawdata.kgrid import grid_step
+
+    steps = np.array([8.000006, 6.999994, 6.000005, 4.99999, 3.999996, 3.000002, 2.0, 1.0, 0.0, -1.0, -2.0,
+                      -3.000002, -3.999996, -4.99999, -6.000005, -6.999998])
+    fov = 0.192
+    assert 1.0 / float(np.median(np.diff(np.sort(steps / fov)))) == pytest.approx(fov, abs=2e-6)
+    assert 1.0 / grid_step(steps / fov) == pytest.approx(fov, abs=1e-7)
+    assert grid_step(np.delete(np.arange(-8.0, 8.0), 5) / fov) == pytest.approx(1.0 / fov, rel=1e-12)
+    assert grid_step(np.array([0.0, 0.1, -0.2])) == 0.0

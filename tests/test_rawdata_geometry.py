@@ -585,3 +585,94 @@ def test_a_run_of_an_oblique_file_writes_its_geometry(tmp_path):
     assert ismrmrd.xsd.CreateFromDocument(dset.read_xml_header()).measurementInformation.measurementID
     dset.close()
     assert read_acquisitions(tmp_path / "out" / "raw.h5").positions_mm.shape == (len(w.offsets), 3)
+
+
+# -- a readout along another logical axis ------------------------------------------------------------------
+
+def gre_read_along_y(n: int = 8, fov_read: float = 0.2, fov_phase: float = 0.16, offset=(0.0, 0.0, 0.0),
+                     fov_definition: bool = False, thickness: float = 5e-3) -> pp.Sequence:
+    """A 2D GRE with read and phase swapped: the readout along logical y (``n`` samples over ``fov_read``), the
+    phase encoding along x (``n`` lines over ``fov_phase``, ``LIN`` unlabelled), slice z; the FOV centre at
+    ``offset`` (read, phase, slice; m) by the ADC's frequency and phase and the RF frequency, as :func:`gre`."""
+    seq = pp.Sequence(SYSTEM)
+    rf, gz, _ = pp.make_sinc_pulse(flip_angle=math.radians(15), duration=1e-3, slice_thickness=thickness,
+                                   apodization=0.5, time_bw_product=4, system=SYSTEM, return_gz=True,
+                                   delay=SYSTEM.rf_dead_time, use="excitation")
+    g_read = pp.make_trapezoid(channel="y", flat_area=n / fov_read, flat_time=0.64e-3, system=SYSTEM)
+    adc = pp.make_adc(num_samples=n, duration=g_read.flat_time, delay=g_read.rise_time, system=SYSTEM)
+    g_pre = pp.make_trapezoid(channel="y", area=-g_read.area / 2, duration=0.6e-3, system=SYSTEM)
+    gz_reph = pp.make_trapezoid(channel="z", area=-gz.area / 2, duration=0.6e-3, system=SYSTEM)
+    read_off, phase_off, slice_off = offset
+    rf.freq_offset = gz.amplitude * slice_off
+    rf.phase_offset = (-2 * math.pi * rf.freq_offset * pp.calc_rf_center(rf)[0]) % (2 * math.pi)
+    adc.freq_offset = g_read.amplitude * read_off
+    for i in range(n):
+        k_phase = (i - n // 2) / fov_phase
+        adc.phase_offset = (2 * math.pi * k_phase * phase_off
+                            - 2 * math.pi * adc.freq_offset * adc.num_samples * adc.dwell / 2) % (2 * math.pi)
+        g_phase = pp.make_trapezoid(channel="x", area=k_phase, duration=0.6e-3, system=SYSTEM)
+        seq.add_block(rf, gz)
+        seq.add_block(g_pre, g_phase, gz_reph)
+        seq.add_block(g_read, adc)
+        seq.add_block(pp.scale_grad(g_phase, -1), pp.make_delay(2e-3))
+    if fov_definition:
+        seq.set_definition("FOV", [fov_phase, fov_read, thickness])  # the file's x, y, z
+    return seq
+
+
+@pytest.mark.parametrize("fov_definition", [False, True])
+def test_a_readout_along_y_is_a_cartesian_scan_with_its_own_directions(tmp_path, fov_definition):
+    """Read along logical y, phase-encoded along x (a swapped frequency direction), FOV shifted: the raw
+    data's header is Cartesian with the read FOV along its x and the phase FOV along its y (from the k-space
+    steps, or the file's FOV definition read in its own axes), every acquisition's read_dir y, phase_dir x,
+    slice_dir z, its position the FOV's centre (the read shift along y, the phase shift along x); before: an
+    ``other`` trajectory, the identity directions and the read shift along x."""
+    n, fov_read, fov_phase, offset = 8, 0.2, 0.16, (0.02, -0.015, 0.01)
+    path = tmp_path / "swap.seq"
+    gre_read_along_y(n, fov_read, fov_phase, offset, fov_definition).write(str(path))
+    seq = read(path)
+    header = RawHeader.from_sequence(seq, larmor_hz=1.0)
+    assert header.trajectory == "cartesian" and header.encoded_matrix == (n, n, 1)
+    np.testing.assert_allclose(header.fov_m[:2], (fov_read, fov_phase), rtol=0, atol=1e-6)
+    raw_path = tmp_path / "swap.h5"
+    with RawDataWriter.open(raw_path, header, seq=seq) as writer:
+        writer.extend(Acquisition(i, 0, 0.0, 1e-5, np.zeros((1, n), np.complex64), {}) for i in range(n))
+    with h5py.File(raw_path, "r") as f:
+        head = f["dataset/data"]["head"]
+        np.testing.assert_allclose(head["read_dir"], np.tile([0.0, 1.0, 0.0], (n, 1)), atol=1e-12)
+        np.testing.assert_allclose(head["phase_dir"], np.tile([1.0, 0.0, 0.0], (n, 1)), atol=1e-12)
+        np.testing.assert_allclose(head["slice_dir"], np.tile([0.0, 0.0, 1.0], (n, 1)), atol=1e-12)
+        np.testing.assert_allclose(head["position"], np.tile(np.array([offset[1], offset[0], offset[2]]) * 1e3,
+                                                             (n, 1)), atol=0.05)
+        assert sorted(head["idx"]["kspace_encode_step_1"].tolist()) == list(range(n))
+
+
+def test_a_readout_along_y_is_reconstructed_from_the_file_alone(tmp_path):
+    """Exact data of two points (s(k) = sum rho exp(-2 pi i k.r) at the sequence's k) read along y: the recon
+    of the file alone equals the recon with the sequence, each point at its pixel (rows x, columns y)."""
+    from scanctl.data.rawdata import read_acquisitions
+    from scanctl.data.recon import reconstruct_file
+    from scanctl.sequence.waveforms import kspace_adc
+
+    n, fov_read, fov_phase = 8, 0.2, 0.16
+    path = tmp_path / "swap.seq"
+    gre_read_along_y(n, fov_read, fov_phase).write(str(path))
+    seq = read(path)
+    cells = np.array([[2, -3], [-4, 1]])  # (phase x, read y) in pixels
+    points = np.column_stack((cells[:, 0] * fov_phase / n, cells[:, 1] * fov_read / n, np.zeros(2)))
+    rho = np.array([1.0, 2.0])
+    signal = np.exp(-2j * np.pi * points @ kspace_adc(seq)).T @ rho
+    raw_path = tmp_path / "swap.h5"
+    with RawDataWriter.open(raw_path, RawHeader.from_sequence(seq, larmor_hz=1.0), seq=seq) as writer:
+        writer.extend(Acquisition(i, 0, 0.0, 1e-5, signal[i * n:(i + 1) * n][np.newaxis].astype(np.complex64), {})
+                      for i in range(n))
+    raw = read_acquisitions(raw_path)
+    alone, with_seq = reconstruct_file(raw), reconstruct_file(raw, seq)
+    expected = np.zeros((1, n, n))
+    for (row, col), value in zip(cells, rho, strict=True):
+        expected[0, row + n // 2, col + n // 2] = value
+    np.testing.assert_allclose(alone.images, expected, atol=1e-4)
+    np.testing.assert_allclose(alone.images, with_seq.images, rtol=0, atol=1e-6)
+    entry = alone.meta["images"][0]
+    assert entry["read_dir"] == [0.0, 1.0, 0.0] and entry["phase_dir"] == [1.0, 0.0, 0.0]
+    np.testing.assert_allclose(entry["fov_mm"][:2], (fov_read * 1e3, fov_phase * 1e3), atol=1e-3)

@@ -8,6 +8,10 @@ logical axes: x readout, y phase encoding, z partition):
 - reversal (``ACQ_IS_REVERSE``): the readout runs towards -k_x;
 - the trajectory type: ``cartesian`` when every readout moves along k_x alone; else ``radial`` (straight
   spokes through the centre) or ``other``, and then every sample's k (:func:`trajectory_samples`);
+- a Cartesian scan that reads along logical y or z (pypulseq's ``write_mprage.py`` reads along z): its
+  logical axes taken in the order read, phase, partition (:mod:`~scanctl.data.rawdata.kgrid`; the phase axis
+  the one the ``LIN`` label counts), so it is encoded as the Cartesian scan it is: its readout along k_x,
+  lines and partitions, FOV and directions per axis (``axes``, and ``rotation``'s columns in that order);
 - geometry (:mod:`~scanctl.data.rawdata.placement`): each window's rotation (its block's ``ROTATIONS``) and
   the centre of its slice and FOV, and ``SLC`` from them when the sequence sets no such label (slices
   numbered in position order per orientation).
@@ -29,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scanctl.data.rawdata.errors import SequenceGeometryError
+from scanctl.data.rawdata.kgrid import K_TOLERANCE_PER_M, frame_axes, grid_offset, grid_step, read_axis
 from scanctl.data.rawdata.placement import SLICE_TOLERANCE_M, Placement, block_rotations, placement
 from scanctl.sequence.labels import label_values
 from scanctl.sequence.model import IntArray, Sequence
@@ -37,11 +42,6 @@ from scanctl.sequence.waveforms import adc_sample_times, axis_waveform, kspace_a
 logger = logging.getLogger(__name__)
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
-#: k-space values (1/m) closer than this are one value when a sequence gives no FOV: half the step of a
-#: 1 m FOV, larger than any a scanner images (so no real encoding step is ever merged), and ~100 times the
-#: raster rounding of gradient areas that leaves k not quite 0 where it should be.
-MAX_FOV_M = 1.0
-K_TOLERANCE_PER_M = 0.5 / MAX_FOV_M
 #: Fractions of a sample below this are rounding noise in where a readout crosses k_x = 0.
 SAMPLE_TOLERANCE = 0.01
 #: A readout's sample a quarter of the way further than this (in samples) from where evenly spaced samples put it is
@@ -65,13 +65,15 @@ class Encoding:
     fov_m: tuple[float, float, float]
     reverse: BoolArray  # the readout runs towards -k_x (ACQ_IS_REVERSE)
     position_m: FloatArray  # (windows, 3): centre of the slice/slab and FOV of each window (m, scanner axes)
-    rotation: FloatArray  # (windows, 3, 3): scanner <- logical (columns read, phase, slice)
+    rotation: FloatArray  # (windows, 3, 3): scanner <- logical (columns read, phase, slice: the block's ``axes``)
     echo_s: FloatArray  # (windows,): when the readout crosses k_x = 0 (s from the start; NaN: it does not move)
     excitation_s: FloatArray  # (windows,): centre of the excitation before the window (NaN: none)
     trajectory: str = "cartesian"  # the ISMRMRD trajectory type: cartesian, radial or other
     #: the labels whose values here replace the sequence's own (a LIN / PAR counting towards -k: the
     #: trajectory's lines, :func:`_counting_up`); the raw data and the recon take these over the acquisitions'
     recounted: frozenset[str] = frozenset()
+    #: the block's logical axes (0 x, 1 y, 2 z) that are the readout, the phase encoding and the partitions
+    axes: tuple[int, int, int] = (0, 1, 2)
 
 
 _CACHE: weakref.WeakKeyDictionary[Sequence, Encoding] = weakref.WeakKeyDictionary()
@@ -101,6 +103,41 @@ def encoding_of(seq: Sequence) -> Encoding:
 
 
 def _encoding(seq: Sequence) -> Encoding:
+    """The encoding on the blocks' logical axes; for a Cartesian scan that reads along logical y or z, on
+    its axes in the order read, phase, partition (the module)."""
+    block = _encoding_on(seq, (0, 1, 2))
+    axes = _read_frame(seq, block)
+    if axes is None:
+        return block
+    turned = _encoding_on(seq, axes)
+    if turned.trajectory != "cartesian":  # not evenly sampled along its read axis: the samples say where
+        return block
+    logger.info("raw data: readout along logical %s, phase %s, partitions %s", *("xyz"[a] for a in axes))
+    return turned
+
+
+def _read_frame(seq: Sequence, enc: Encoding) -> tuple[int, int, int] | None:
+    """The logical axes (read, phase, partition) of a scan whose every imaging readout moves along one
+    logical axis other than x (the others constant through it); None for any other scan."""
+    if enc.trajectory == "cartesian" or not enc.imaging.any():
+        return None
+    adc_blocks = np.flatnonzero(seq.blocks.adc >= 0)[enc.imaging]
+    rows = seq.blocks.adc[adc_blocks]
+    n, dwell = seq.adc.num_samples[rows].astype(np.int64), seq.adc.dwell_s[rows]
+    start = seq.block_start_s[adc_blocks] + seq.adc.delay_s[rows]
+    rotation = enc.rotation[enc.imaging]
+    first = _logical(rotation, kspace_at(seq, start + 0.5 * dwell))
+    last = _logical(rotation, kspace_at(seq, start + (n - 0.5) * dwell))
+    read = read_axis(first, last)
+    if read is None or read == 0:
+        return None
+    centres = _logical(rotation, kspace_at(seq, start + (n // 2 + 0.5) * dwell))
+    lin = enc.labels.get("LIN")
+    return frame_axes(read, centres, None if lin is None else lin[enc.imaging])
+
+
+def _encoding_on(seq: Sequence, axes: tuple[int, int, int]) -> Encoding:
+    """The encoding with the blocks' logical ``axes`` as read, phase and partition."""
     adc_blocks = np.flatnonzero(seq.blocks.adc >= 0)
     rows = seq.blocks.adc[adc_blocks]
     n = seq.adc.num_samples[rows].astype(np.int64)
@@ -111,7 +148,7 @@ def _encoding(seq: Sequence) -> Encoding:
             imaging &= labels[flag] == 0
     t_centre = seq.block_start_s[adc_blocks] + seq.adc.delay_s[rows] + (n // 2 + 0.5) * seq.adc.dwell_s[rows]
     matrices, rot_of_block = block_rotations(seq)
-    rotation = matrices[rot_of_block[adc_blocks]]
+    rotation = matrices[rot_of_block[adc_blocks]][:, :, list(axes)]
     k, slope, centre = _readout_centres(seq, t_centre, seq.adc.dwell_s[rows], n, rotation)
     moving = slope != 0
     echo = np.where(moving, t_centre - np.divide(k[0], slope, out=np.zeros_like(slope), where=moving)
@@ -119,9 +156,9 @@ def _encoding(seq: Sequence) -> Encoding:
     fov_def = seq.definition_floats("FOV")
     fov = [float("nan")] * 3
     if fov_def is not None and len(fov_def) >= 3:
-        fov = [float(f) for f in fov_def[:3]]
+        fov = [float(fov_def[a]) for a in axes]  # the definition's x, y, z: the block's logical axes
     g_read = _logical(rotation, np.stack([axis_waveform(seq, a).sample(t_centre) for a in range(3)]))
-    where = placement(seq, adc_blocks, t_centre, k, g_read, imaging)
+    where = placement(seq, adc_blocks, t_centre, k, g_read, imaging, axes)
     if "SLC" not in labels:
         slices = _slice_numbers(where, imaging)
         if slices is not None:
@@ -135,10 +172,10 @@ def _encoding(seq: Sequence) -> Encoding:
         zero = np.zeros(adc_blocks.size, np.int64)
         return Encoding(labels, imaging, n, centre, zero, zero, (fov[0], fov[1], fov[2] if fov[2] > 0 else 0.0),
                         np.zeros(adc_blocks.size, bool), where.position_m, rotation, echo, where.excitation_s,
-                        trajectory)
-    steps_y, fov[1] = _steps(k[1], imaging, fov[1], "y")
+                        trajectory, axes=axes)
+    steps_y, fov[1] = _steps(k[1], imaging, fov[1], "xyz"[axes[1]])
     recounted: set[str] = set()
-    steps_z, fov[2] = _steps(k[2], imaging, fov[2], "z")
+    steps_z, fov[2] = _steps(k[2], imaging, fov[2], "xyz"[axes[2]])
     for name, steps in (("LIN", steps_y), ("PAR", steps_z)):
         if name not in labels and (name == "LIN" or np.any(steps[imaging] != 0)):  # PAR only for 3D
             labels[name] = _lines(steps, imaging)
@@ -148,7 +185,7 @@ def _encoding(seq: Sequence) -> Encoding:
                 labels[name] = counted
                 recounted.add(name)
     return Encoding(labels, imaging, n, centre, steps_y, steps_z, (fov[0], fov[1], fov[2]), slope < 0,
-                    where.position_m, rotation, echo, where.excitation_s, recounted=frozenset(recounted))
+                    where.position_m, rotation, echo, where.excitation_s, recounted=frozenset(recounted), axes=axes)
 
 
 def _logical(rotation: FloatArray, v: FloatArray) -> FloatArray:
@@ -303,17 +340,13 @@ def _steps(k: FloatArray, imaging: BoolArray, fov: float, axis: str = "y") -> tu
     kk = k[imaging] if imaging.any() else k
     defined = fov > 0
     if not defined:
-        gaps = _distinct_gaps(kk)
-        if gaps.size == 0:
+        step = grid_step(kk)
+        if step <= 0:
             return np.zeros(k.size, np.int64), 0.0
-        fov = 1.0 / float(np.median(gaps))
+        fov = 1.0 / step
     x = k * fov
     xi = kk * fov
-    offset = float(np.angle(np.mean(np.exp(2j * np.pi * xi))) / (2 * np.pi)) if xi.size else 0.0
-    if abs(abs(offset) - 0.5) < 0.25:
-        offset = 0.5  # a half-step grid: shift every k down by half a step
-    elif abs(offset) < 0.25:
-        offset = 0.0
+    offset = grid_offset(xi)
     off_grid = np.abs(xi - offset - np.round(xi - offset))
     if defined and xi.size and float(off_grid.max()) > GRID_TOLERANCE:
         worst = int(np.argmax(off_grid))
@@ -321,14 +354,3 @@ def _steps(k: FloatArray, imaging: BoolArray, fov: float, axis: str = "y") -> tu
                                           f"k-space steps: a readout at k_{axis} = {kk[worst]:.6g} 1/m lies "
                                           f"{float(off_grid[worst]):.2f} of a step off the grid of 1/FOV")
     return np.round(x - offset).astype(np.int64), fov
-
-
-def _distinct_gaps(k: FloatArray) -> FloatArray:
-    """The gaps (1/m) between the distinct values of ``k``: values within :data:`K_TOLERANCE_PER_M` of
-    their neighbour are one value (the mean of the cluster)."""
-    if k.size == 0 or float(np.max(np.abs(k))) < K_TOLERANCE_PER_M:
-        return np.zeros(0)
-    ordered = np.sort(k)
-    starts = np.concatenate(([0], np.flatnonzero(np.diff(ordered) > K_TOLERANCE_PER_M) + 1))
-    means = np.add.reduceat(ordered, starts) / np.diff(np.concatenate((starts, [ordered.size])))
-    return np.diff(means)

@@ -252,7 +252,10 @@ class RawHeader:
         (:func:`~scanctl.data.rawdata.seqparams.sequence_parameters`). Noise and navigator windows do not
         count towards the limits. ``coil_info``: the receive coil (``name``, ``channels`` or
         ``channel_names`` (one name per channel), ``noise_covariance`` (channels x channels),
-        ``noise_dwell_s``), e.g. a simulated RF system's ``coil_info()``.
+        ``noise_dwell_s``), e.g. a simulated RF system's ``coil_info()``. A Cartesian scan that reads along
+        logical y or z (pypulseq's ``write_mprage.py``: z) is described on its own axes, read, phase and
+        partition (:func:`encoding_of`): x of the matrix and FOV is its readout's, y its lines', z its
+        partitions'.
 
         Raises :class:`RawDataError` if a label value does not fit an ISMRMRD counter (0..65535), or a
         coil's noise covariance is not ``channels x channels`` and finite; :class:`SequenceGeometryError`

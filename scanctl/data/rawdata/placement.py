@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scanctl.data.rawdata.errors import SequenceGeometryError
+from scanctl.data.rawdata.kgrid import clusters
 from scanctl.sequence.model import IntArray, Sequence
 from scanctl.sequence.waveforms import axis_waveform, rf_centres
 
@@ -49,8 +50,6 @@ DIRECTION_TOLERANCE = 1e-3
 #: The ADC phases of a slice must follow one in-plane shift this well (mean resultant length of the
 #: line-to-line phase steps) for the phase-direction shift to be taken from them.
 PHASE_COHERENCE = 0.9
-#: k-space positions (1/m) closer than this are one phase-encoding position.
-K_TOLERANCE_PER_M = 0.5
 
 
 @dataclass(frozen=True)
@@ -109,16 +108,18 @@ def excitations(seq: Sequence, rotation_of_block: IntArray) -> Excitations:
 
 
 def placement(seq: Sequence, adc_blocks: IntArray, t_centre: FloatArray, k_centre: FloatArray,
-              g_read: FloatArray, imaging: BoolArray) -> Placement:
+              g_read: FloatArray, imaging: BoolArray, axes: tuple[int, int, int] = (0, 1, 2)) -> Placement:
     """The :class:`Placement` of the windows in ``adc_blocks`` (readout centres at ``t_centre``, logical
-    k there ``k_centre (3, windows)`` (1/m) and the logical gradient there ``g_read (3, windows)`` (Hz/m)).
-    Raises :class:`SequenceGeometryError` for a geometry the sequence contradicts."""
-    matrices, rot_of_block = block_rotations(seq)
+    k there ``k_centre (3, windows)`` (1/m) and the logical gradient there ``g_read (3, windows)`` (Hz/m)),
+    the logical axes in the order read, phase, slice being the blocks' ``axes`` (a readout along logical z:
+    ``(2, 1, 0)``). Raises :class:`SequenceGeometryError` for a geometry the sequence contradicts."""
+    blocks, rot_of_block = block_rotations(seq)
+    matrices = blocks[:, :, list(axes)]
     exc = excitations(seq, rot_of_block)
     n = adc_blocks.size
     rot = rot_of_block[adc_blocks]
     which = np.searchsorted(exc.t_s, t_centre, side="right") - 1
-    _check_rotations(seq, exc, which, rot, adc_blocks, matrices)
+    _check_rotations(seq, exc, which, rot, adc_blocks, blocks)
     point = np.zeros((n, 3))
     normal = matrices[rot][:, :, 2].copy()
     selective = np.zeros(n, dtype=bool)
@@ -248,11 +249,8 @@ def _phase_slope(q: FloatArray, r: FloatArray) -> float:
     a FOV (1 / step) of 0. 0 when the positions do not vary, or when the phases do not follow a shift."""
     z = np.exp(1j * r)
     # Positions closer than K_TOLERANCE_PER_M are one position (raster rounding of the phase-encoding areas).
-    order = np.argsort(q, kind="stable")
-    cluster = np.concatenate(([0], np.cumsum(np.diff(q[order]) > K_TOLERANCE_PER_M)))
-    inverse = np.empty(q.size, dtype=np.int64)
-    inverse[order] = cluster
-    if q.size == 0 or cluster[-1] == 0:
+    inverse = clusters(q)
+    if q.size == 0 or inverse.max() == 0:
         return 0.0
     means = np.bincount(inverse, weights=z.real) + 1j * np.bincount(inverse, weights=z.imag)
     counts = np.bincount(inverse)

@@ -1,13 +1,16 @@
 """Cartesian data read along any logical axis (pypulseq's ``write_mprage.py`` reads along z, phase-encodes
 along x and y): every sample to its k-space point from the sequence's trajectory.
 
-The raw data's Cartesian path places lines by ``LIN`` / ``PAR`` along a readout on logical x; data whose
-readout runs along y or z is ``other`` in the raw data (it does not move in k_x). Here, from the sequence:
+The raw data now encode such a scan as the Cartesian scan it is (its axes in the order read, phase,
+partition: :mod:`scanctl.data.rawdata.encoding`), so its file is reconstructed by its counters like any
+other, with or without the sequence. This path images the files written before, whose readouts along y
+or z are ``other`` in the header (they do not move in k_x): from the sequence,
 each imaging window's k (1/m, on its logical axes) at its samples; the axis that moves during every window is
 the readout, its step per sample 1/FOV; the other two stay constant through each window and step on their
-own 1/FOV grids (the smallest gap between their distinct values). The phase axis (image rows) is the one the
-``LIN`` label counts, else logical y, else z; the third is the partition axis (one image per partition,
-FFT along it). Images ``[phase, read]``; ``image.json`` gets the axes' own directions (``Frame``).
+own 1/FOV grids (:func:`scanctl.data.rawdata.kgrid.grid_step`). The phase axis (image rows) is
+:func:`scanctl.data.rawdata.kgrid.phase_axis`'s (the one the ``LIN`` label counts); the third is the
+partition axis (one image per partition, FFT along it). Images ``[phase, read]``; ``image.json`` gets the
+axes' own directions (``Frame``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy.typing as npt
 
 from scanctl.data.rawdata import sequence_labels
 from scanctl.data.rawdata.encoding import encoding_of
+from scanctl.data.rawdata.kgrid import frame_axes, grid_offset, grid_step, read_axis
 from scanctl.data.recon.cartesian import to_images
 from scanctl.data.recon.common import IMAGE_LABELS, ComplexArray, FloatArray, Inputs, as_samples, label
 from scanctl.sequence.model import Sequence
@@ -28,14 +32,9 @@ from scanctl.sequence.waveforms import adc_sample_times, kspace_at
 log = logging.getLogger(__name__)
 
 Key = tuple[int, ...]
-#: k-space values (1/m) closer than this are one value (the raster rounding of gradient areas; half the
-#: step of a 1 m FOV), and an axis that varies less than this through a window does not move in it.
-K_TOLERANCE_PER_M = 0.5
 #: A readout whose sample steps differ from their median by more than this fraction is not evenly sampled
 #: (ramp sampling): not Cartesian, left to the gridding.
 EVEN_TOLERANCE = 0.01
-#: Preferred phase axis (logical y, then z, then x) when the ``LIN`` label does not say.
-PHASE_PREFERENCE = (1, 2, 0)
 
 
 @dataclass(frozen=True)
@@ -81,21 +80,24 @@ def read_along_any_axis(inputs: Inputs, seq: Sequence | None) -> AxisVolumes | N
     steps, fov = _grid(ks, read)
     fallback = sequence_labels(seq)
     lin = np.array([label(inputs.acquisitions[i], "LIN", fallback) for i in keep])
-    phase = _phase_axis(read, steps, lin)
-    part = 3 - read - phase
-    axes = (read, phase, part)
+    axes = frame_axes(read, np.stack([k.mean(axis=1) for k in ks], axis=1), lin)
+    read, phase, part = axes
     sizes = [_size(np.concatenate([s[a] for s in steps])) for a in axes]
     return _fill(inputs, seq, keep, steps, Frame(axes, (fov[read], fov[phase], fov[part])), sizes)
 
 
 def _window_k(seq: Sequence) -> list[FloatArray]:
-    """Every ADC window's k ``(3, samples)`` (1/m) on its logical axes (the block's rotation turned back)."""
+    """Every ADC window's k ``(3, samples)`` (1/m) on its block's logical axes (the block's rotation turned
+    back; the encoding's columns are the block's ``axes``, put back in x, y, z order: the axes of the file's
+    directions, which this path is for)."""
     enc = encoding_of(seq)
     t, _ = adc_sample_times(seq)
     if t.size == 0:
         return []
     k = kspace_at(seq, t)
-    rotation = np.repeat(enc.rotation, enc.num_samples, axis=0)  # (samples, 3, 3): scanner <- logical
+    block = np.empty_like(enc.rotation)
+    block[:, :, list(enc.axes)] = enc.rotation
+    rotation = np.repeat(block, enc.num_samples, axis=0)  # (samples, 3, 3): scanner <- logical
     k = np.einsum("sji,js->is", rotation, k)
     edges = np.concatenate(([0], np.cumsum(enc.num_samples)))
     return [k[:, a:b] for a, b in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True)]
@@ -103,17 +105,14 @@ def _window_k(seq: Sequence) -> list[FloatArray]:
 
 def _read_axis(ks: list[FloatArray]) -> int | None:
     """The one logical axis every window moves along, evenly sampled; None if there is none such."""
-    moving = {tuple(np.flatnonzero(np.ptp(k, axis=1) >= K_TOLERANCE_PER_M).tolist()) for k in ks}
-    if len(moving) != 1:
-        return None
-    (axes,) = moving
-    if len(axes) != 1:
+    axis = read_axis(np.stack([k[:, 0] for k in ks], axis=1), np.stack([k[:, -1] for k in ks], axis=1))
+    if axis is None:
         return None
     for k in ks:
-        step = np.diff(k[axes[0]])
+        step = np.diff(k[axis])
         if np.abs(step - np.median(step)).max() > EVEN_TOLERANCE * abs(float(np.median(step))):
             return None
-    return int(axes[0])
+    return axis
 
 
 def _grid(ks: list[FloatArray], read: int) -> tuple[list[list[npt.NDArray[np.int64]]], list[float]]:
@@ -123,9 +122,9 @@ def _grid(ks: list[FloatArray], read: int) -> tuple[list[list[npt.NDArray[np.int
     fov = [0.0, 0.0, 0.0]
     fov[read] = 1.0 / read_step
     for a in {0, 1, 2} - {read}:
-        gaps = _distinct_gaps(np.array([float(np.mean(k[a])) for k in ks]))
-        fov[a] = 1.0 / float(gaps.min()) if gaps.size else 0.0
-    offsets = [_offset(np.concatenate([k[a] for k in ks]) * fov[a]) for a in range(3)]
+        step = grid_step(np.array([float(np.mean(k[a])) for k in ks]))
+        fov[a] = 1.0 / step if step > 0 else 0.0
+    offsets = [grid_offset(np.concatenate([k[a] for k in ks]) * fov[a]) for a in range(3)]
     steps = []
     for k in ks:
         per_axis = []
@@ -134,37 +133,6 @@ def _grid(ks: list[FloatArray], read: int) -> tuple[list[list[npt.NDArray[np.int
             per_axis.append(np.round(values * fov[a] - offsets[a]).astype(np.int64))
         steps.append(per_axis)
     return steps, fov
-
-
-def _offset(x: FloatArray) -> float:
-    """0, or 0.5 for k on a half-step grid (k = (i + 1/2) / FOV): then shifted down by half a step, so no two
-    points round to the same step."""
-    if not x.size or not np.any(x):
-        return 0.0
-    offset = float(np.angle(np.mean(np.exp(2j * np.pi * x))) / (2 * np.pi))
-    return 0.5 if abs(abs(offset) - 0.5) < 0.25 else 0.0
-
-
-def _distinct_gaps(k: FloatArray) -> FloatArray:
-    """The gaps (1/m) between the distinct values of ``k`` (values within :data:`K_TOLERANCE_PER_M` of their
-    neighbour are one)."""
-    ordered = np.sort(k)
-    starts = np.concatenate(([0], np.flatnonzero(np.diff(ordered) > K_TOLERANCE_PER_M) + 1))
-    means = np.add.reduceat(ordered, starts) / np.diff(np.concatenate((starts, [ordered.size])))
-    return np.diff(means)
-
-
-def _phase_axis(read: int, steps: list[list[npt.NDArray[np.int64]]], lin: npt.NDArray[np.int64]) -> int:
-    """The axis of the image rows: the encoded one whose step the ``LIN`` label determines (one step per
-    ``LIN`` value), if just one of the two does; else the first of :data:`PHASE_PREFERENCE`."""
-    others = [a for a in PHASE_PREFERENCE if a != read]
-    counted = []
-    for a in others:
-        values = np.array([s[a][0] for s in steps])
-        pairs = np.unique(np.column_stack((lin, values)), axis=0)
-        if np.unique(values).size > 1 and pairs.shape[0] == np.unique(lin).size:
-            counted.append(a)
-    return counted[0] if len(counted) == 1 else others[0]
 
 
 def _size(steps: npt.NDArray[np.int64]) -> int:
