@@ -21,6 +21,11 @@ How it is computed, and why (the cost is in ``P``, a sum over every voxel):
 * **Separable read-outs** (Cartesian: ``Δm_y`` or ``Δm_x`` constant through the window): ``P`` factorises
   into ``exp(2πi k_y y)`` and ``exp(2πi k_x x)``; all groups of a window go through two matrix products, and
   the samples' phasors are shared by the groups and cached (Cartesian scans repeat them every TR).
+  **Nearly separable read-outs** (Cartesian under a shim's or the magnet's small static gradient: the
+  "constant" moment drifts by a few hundredths of a cycle across the field of view): the drift's phasor is
+  a Taylor series around the window's middle (error < 1e-9 of ``Σ pd``), each term separable -- a few
+  matrix products instead of the NUFFT, whose gather of ``width²`` taps of every class per sample cost
+  gre_3d's 279 plane maps (64 x 64 x 32) two thirds of its run.
 * **Other read-outs** (radial, spiral, oblique): a type-2 non-uniform FFT of the proton-density maps
   (``nufft.py``, error < 1e-9 of ``Σ pd``), ``width²`` per point instead of ``nx·ny``.
 * **Off-resonance varying inside a class**: ``P`` depends on ``τ`` too; a Taylor series in time around the
@@ -69,6 +74,17 @@ _CONSTANT_CYCLES = 1e-9
 #: processes -- tse_2d's physics took 183 s of wall time (63 s CPU) with 2 threads against 21 s (7 s CPU)
 #: with 1 at load average 12 (benchmarks/bench_physics.py; measured before this module).
 BLAS_THREADS = 1
+#: A read-out axis whose moment drifts through a window (a static gradient on a Cartesian read-out) goes the
+#: separable way while the drift's phase across the field of view, ``2π max|δk| max|r - r_c|``, is at most
+#: this (rad; beyond, the NUFFT: each Taylor term costs a separable product), with the Taylor series' error
+#: bound, relative to ``Σ |maps|`` (the NUFFT's own error bound).
+_DRIFT_MAX_ARG = 1.0
+_DRIFT_TOL = 1e-9
+#: The drift's reference moments are multiples of this many cycles over half the grid (adds at most
+#: ``π · 1e-3`` rad to the series' argument).
+_REF_CYCLES = 1e-3
+#: Bytes of cached drift rows (gre_3d: 64 lines x 4 terms x 279 maps x 64 voxels, 73 MB).
+_DRIFT_CACHE_BYTES = 192 << 20
 #: Cached sample phasors (the moments of a Cartesian read-out repeat every TR).
 _PHASOR_CACHE = 256
 #: Elements (groups x classes x samples, and states x classes x isochromats x samples) per block: bounds
@@ -87,15 +103,53 @@ def _blas_limit() -> AbstractContextManager[object]:
     return _controller.limit(limits=BLAS_THREADS, user_api="blas")
 
 
-def _taylor_terms(rho: float) -> int:
-    """Smallest ``L`` with ``rho**L / L! * exp(rho) <= _TAYLOR_TOL`` (the series' remainder bound)."""
+def _taylor_terms(rho: float, tol: float = _TAYLOR_TOL) -> int:
+    """Smallest ``L`` with ``rho**L / L! * exp(rho) <= tol`` (the series' remainder bound)."""
     if rho <= 0:
         return 1
     term, n = math.exp(rho), 0
-    while term > _TAYLOR_TOL:
+    while term > tol:
         n += 1
         term *= rho / n
     return n
+
+
+class _Drift:
+    """``exp(2πi k[g, t] u)`` for moments ``k`` ``(G, T)`` (1/m) that drift through a window, at positions
+    ``pos`` (m), as ``exp(2πi k_ref[g] u) exp(2πi δ u_c) Σ_l (2πi (u - u_c))^l / l! δ^l`` with
+    ``δ = k - k_ref`` and ``u_c`` the grid's centre: :attr:`terms` terms for an error below
+    :data:`_DRIFT_TOL` of ``Σ |maps|`` (the remainder bound of :func:`_taylor_terms`).
+
+    ``k_ref`` is the middle of each group's moments rounded to a multiple of :attr:`quantum` (:data:`_REF_CYCLES`
+    over half the grid), so that the weights depend on the integer :attr:`ref` and ``L`` alone (cacheable)."""
+
+    def __init__(self, k: FloatArray, pos: FloatArray) -> None:
+        self.centre = 0.5 * float(pos.max() + pos.min())
+        half = 0.5 * float(np.ptp(pos))
+        self.quantum = _REF_CYCLES / max(half, 1e-12)
+        self.ref = np.round(0.5 * (k.max(axis=1) + k.min(axis=1)) / self.quantum).astype(np.int64)  # (G,)
+        self.delta = k - (self.ref * self.quantum)[:, None]  # (G, T)
+        # By the bound on |δ| (half the drift and half a quantum), not by this window's |δ|: the terms, and so
+        # the cached rows' key, do not change with where the moments fall between two quanta.
+        bound = 0.5 * float(np.ptp(k, axis=1).max()) + 0.5 * self.quantum
+        self.terms = _taylor_terms(2.0 * np.pi * half * bound, _DRIFT_TOL)
+        arg = 2j * np.pi * (pos - self.centre)
+        steps = np.broadcast_to(arg, (self.terms - 1, pos.size)) / np.arange(1, self.terms)[:, None]
+        self._powers = np.cumprod(np.vstack((np.ones(pos.size), steps)), axis=0)  # (2πi (u - u_c))^l / l!
+        self._pos = pos
+
+    def weights(self, ref: int) -> ComplexArray:
+        """``exp(2πi k_ref u) (2πi (u - u_c))^l / l!`` for the reference ``ref`` (quanta), ``(L, n_u)``."""
+        return np.exp(2j * np.pi * (ref * self.quantum) * self._pos)[None, :] * self._powers
+
+    def sum(self, terms: ComplexArray, delta: FloatArray) -> ComplexArray:
+        """``exp(2πi δ u_c) Σ_l terms[:, l] δ^l`` (Horner's rule) for ``terms`` ``(G, L, C, T)`` and ``δ``
+        ``(G, T)``; shape ``(G, C, T)``."""
+        step = delta[:, None, :]
+        total = terms[:, -1]
+        for ell in range(terms.shape[1] - 2, -1, -1):
+            total = total * step + terms[:, ell]
+        return total * np.exp(2j * np.pi * self.centre * step)
 
 
 class Readout:
@@ -148,6 +202,10 @@ class Readout:
         self._extent = (float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)))
         self._centre = (float(x[x.size // 2]), float(y[y.size // 2])) if x.size and y.size else (0.0, 0.0)
         self._nufft: PlaneNufft | None = None
+        # Drift rows by (maps, quantised reference moment, terms): a function of the key alone, so kept
+        # across scans (reset does not clear them).
+        self._drift_cache: dict[tuple[str, int, int], ComplexArray] = {}
+        self._drift_bytes = 0
         self.reset()
 
     def reset(self) -> None:
@@ -269,9 +327,9 @@ class Readout:
             return self._scatter(plane_direct(self._pd, self._x, self._y, kx[ok], ky[ok]), ok)
         constant = self._constant_axis(kx[0], ky[0])
         if constant == 1:
-            out = self._separable(self._pd_rows, ky[:, 0], self._y, kx, self._x)
+            out = self._separable(self._pd_rows, ky, self._y, kx, self._x, "rows")
         elif constant == 0:
-            out = self._separable(self._pd_cols, kx[:, 0], self._x, ky, self._y)
+            out = self._separable(self._pd_cols, kx, self._x, ky, self._y, "cols")
         else:
             if self._nufft is None:
                 self._nufft = PlaneNufft(self._pd, self._voxel[0], self._voxel[1])
@@ -283,11 +341,18 @@ class Readout:
         return out
 
     def _constant_axis(self, kx: FloatArray, ky: FloatArray) -> int | None:
-        """The in-plane axis (1: y, 0: x) whose moment stays put through the samples, if any."""
-        if np.ptp(ky) * self._extent[1] <= _CONSTANT_CYCLES:
+        """The in-plane axis (1: y, 0: x) whose moment stays put through the samples, if any, else the one
+        whose moment drifts least, if a Taylor series of its drift (:meth:`_separable`) is short enough."""
+        drift = (np.ptp(kx) * self._extent[0], np.ptp(ky) * self._extent[1])  # cycles at the farthest voxel
+        if drift[1] <= _CONSTANT_CYCLES:
             return 1
-        if np.ptp(kx) * self._extent[0] <= _CONSTANT_CYCLES:
+        if drift[0] <= _CONSTANT_CYCLES:
             return 0
+        axis = 1 if drift[1] <= drift[0] else 0
+        # The series runs around the grid's centre: half the ptp each way, over half the grid's span.
+        pos = self._y if axis == 1 else self._x
+        if np.pi * np.ptp(ky if axis == 1 else kx) * 0.5 * np.ptp(pos) <= _DRIFT_MAX_ARG:
+            return axis
         return None
 
     def _scatter(self, values: ComplexArray, ok: npt.NDArray[np.bool_]) -> ComplexArray:
@@ -297,19 +362,67 @@ class Readout:
         return out.transpose(0, 2, 1)
 
     def _separable(self, maps: ComplexArray, k_const: FloatArray, pos_const: FloatArray, k_var: FloatArray,
-                   pos_var: FloatArray) -> ComplexArray:
-        """``Σ maps[u, c, v] exp(2πi k_const[g] u) exp(2πi k_var[g, t] v)`` with ``maps`` laid out
-        ``(n_u, C, n_v)`` (u the axis constant through the window); shape ``(G, C, T)``.
+                   pos_var: FloatArray, tag: str | None = None) -> ComplexArray:
+        """``Σ maps[u, c, v] exp(2πi k_const[g, t] u) exp(2πi k_var[g, t] v)`` with ``maps`` laid out
+        ``(n_u, C, n_v)`` (u the axis constant, or nearly, through the window; moments ``(G, T)`` in 1/m,
+        positions in m); shape ``(G, C, T)``. ``tag``: the name of ``maps`` when they are the read-out's own
+        (their drift products are then cached, :meth:`_drift_rows`), None for maps made for this call.
 
         All groups see the same sample moments ``k_var[g] - k_var[g, 0]``, so the sample phasors are shared
-        (and cached) and each group adds only its offset's phasor."""
+        (and cached) and each group adds only its offset's phasor. When ``k_const`` drifts (more than
+        :data:`_CONSTANT_CYCLES`), ``exp(2πi k_const u)`` is a Taylor series (:class:`_Drift`): each term is
+        one more row of the same two products, the groups taken in blocks that bound the terms' arrays."""
         n_g, n_t = k_var.shape
         n_u, n_c, n_v = maps.shape
-        rows = np.exp(2j * np.pi * np.outer(k_const, pos_const)) @ maps.reshape(n_u, n_c * n_v)  # (G, C·n_v)
+        if np.ptp(k_const[0]) * float(np.abs(pos_const).max(initial=0.0)) <= _CONSTANT_CYCLES:
+            phasor = np.exp(2j * np.pi * np.outer(k_const[:, 0], pos_const))
+            rows = (phasor @ maps.reshape(n_u, n_c * n_v)).reshape(n_g, 1, n_c, n_v)
+            return self._products(rows, k_var, pos_var)[:, 0]
+        drift = _Drift(k_const, pos_const)
+        out = np.empty((n_g, n_c, n_t), np.complex128)
+        step = max(1, _BLOCK_ELEMENTS // (drift.terms * n_c * max(n_v, n_t)))
+        for lo in range(0, n_g, step):
+            part = slice(lo, lo + step)
+            rows = self._drift_rows(maps, drift, drift.ref[part], tag)
+            out[part] = drift.sum(self._products(rows, k_var[part], pos_var), drift.delta[part])
+        return out
+
+    def _products(self, rows: ComplexArray, k_var: FloatArray, pos_var: FloatArray) -> ComplexArray:
+        """The second product of :meth:`_separable`: ``rows`` ``(G, L, C, n_v)`` summed over ``v`` against
+        ``exp(2πi k_var[g, t] v)``; shape ``(G, L, C, T)``."""
+        n_g, n_l, n_c, n_v = rows.shape
         offset = k_var[:, 0]
-        rows = rows.reshape(n_g, n_c, n_v) * np.exp(2j * np.pi * np.outer(offset, pos_var))[:, None, :]
+        rows = rows * np.exp(2j * np.pi * np.outer(offset, pos_var))[:, None, None, :]
         samples = self._phasor(k_var[0] - offset[0], pos_var)  # (T, n_v)
-        return (rows.reshape(n_g * n_c, n_v) @ samples.T).reshape(n_g, n_c, n_t)
+        return (rows.reshape(n_g * n_l * n_c, n_v) @ samples.T).reshape(n_g, n_l, n_c, k_var.shape[1])
+
+    def _drift_rows(self, maps: ComplexArray, drift: _Drift, ref: npt.NDArray[np.int64],
+                    tag: str | None) -> ComplexArray:
+        """The first product of :meth:`_separable` under a drift, ``Σ_u maps[u] w_l(u)`` with the weights
+        ``w_l`` of :meth:`_Drift.weights` at each group's reference ``ref``; shape ``(G, L, C, n_v)``.
+
+        The rows are a function of the quantised reference, ``L`` and the maps alone, and are cached for the
+        read-out's own maps (``tag``): a 3D Cartesian scan's partitions repeat every line's moment to a few
+        1e-4 /m (a static gradient's), well within one quantum; a hit is bit for bit what a miss computes."""
+        n_u, n_c, n_v = maps.shape
+        found = []
+        for r in ref.tolist():
+            key = None if tag is None else (tag, r, drift.terms)
+            hit = None if key is None else self._drift_cache.get(key)
+            if hit is None:
+                hit = (drift.weights(r) @ maps.reshape(n_u, n_c * n_v)).reshape(drift.terms, n_c, n_v)
+                if key is not None:
+                    hit.flags.writeable = False  # shared by later windows
+                    self._remember(key, hit)
+            found.append(hit)
+        return found[0][None] if len(found) == 1 else np.stack(found)  # one group (gre_3d): no copy
+
+    def _remember(self, key: tuple[str, int, int], rows: ComplexArray) -> None:
+        """Cache drift rows, forgetting the oldest past :data:`_DRIFT_CACHE_BYTES`."""
+        self._drift_cache[key] = rows
+        self._drift_bytes += rows.nbytes
+        while self._drift_bytes > _DRIFT_CACHE_BYTES and len(self._drift_cache) > 1:
+            self._drift_bytes -= self._drift_cache.pop(next(iter(self._drift_cache))).nbytes
 
     def _phasor(self, k: FloatArray, pos: FloatArray) -> ComplexArray:
         """``exp(2πi k ⊗ pos)``, cached: Cartesian scans repeat the same read-out moments every TR."""
@@ -349,7 +462,7 @@ class Readout:
         separable when one axis stays put (and the method is fast), else summed directly."""
         constant = self._constant_axis(kx, ky) if self.method == "fast" else None
         if constant == 1:
-            return self._separable(maps.transpose(1, 0, 2), ky[:1], self._y, kx[None, :], self._x)[0]
+            return self._separable(maps.transpose(1, 0, 2), ky[None, :], self._y, kx[None, :], self._x)[0]
         if constant == 0:
-            return self._separable(maps.transpose(2, 0, 1), kx[:1], self._x, ky[None, :], self._y)[0]
+            return self._separable(maps.transpose(2, 0, 1), kx[None, :], self._x, ky[None, :], self._y)[0]
         return plane_direct(maps, self._x, self._y, kx, ky).T
