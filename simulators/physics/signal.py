@@ -22,10 +22,11 @@ How it is computed, and why (the cost is in ``P``, a sum over every voxel):
   into ``exp(2πi k_y y)`` and ``exp(2πi k_x x)``; all groups of a window go through two matrix products, and
   the samples' phasors are shared by the groups and cached (Cartesian scans repeat them every TR).
   **Nearly separable read-outs** (Cartesian under a shim's or the magnet's small static gradient: the
-  "constant" moment drifts by a few hundredths of a cycle across the field of view): the drift's phasor is
-  a Taylor series around the window's middle (error < 1e-9 of ``Σ pd``), each term separable -- a few
-  matrix products instead of the NUFFT, whose gather of ``width²`` taps of every class per sample cost
-  gre_3d's 279 plane maps (64 x 64 x 32) two thirds of its run.
+  "constant" moment drifts by a few thousandths of a cycle across the field of view): its phasor is a
+  Taylor series around a reference moment (error < 1e-9 of ``Σ pd``), each term separable -- a few matrix
+  products instead of the NUFFT, whose gather of ``width²`` taps of every map per sample took two thirds
+  of gre_3d's run (279 plane maps of 128 x 128). The reference is quantised, so the first products are
+  a function of it and are cached: a 3D scan's partitions repeat every line's moment.
 * **Other read-outs** (radial, spiral, oblique): a type-2 non-uniform FFT of the proton-density maps
   (``nufft.py``, error < 1e-9 of ``Σ pd``), ``width²`` per point instead of ``nx·ny``.
 * **Off-resonance varying inside a class**: ``P`` depends on ``τ`` too; a Taylor series in time around the
