@@ -209,7 +209,8 @@ def scans(repeat: int) -> tuple[float, float]:
             with Client(record["control"]) as client:
                 for i in range(repeat):
                     t0 = time.perf_counter()
-                    report = run_remote(client, GRE, Path(tmp) / f"remote{i}")
+                    # like for like: run_scan above does not prescan, the server would by default
+                    report = run_remote(client, GRE, Path(tmp) / f"remote{i}", prescan=False)
                     remote.append(time.perf_counter() - t0)
                     assert report.ok, report.message
         finally:

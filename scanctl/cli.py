@@ -237,7 +237,7 @@ def _run(args: argparse.Namespace, out: Path) -> Any:
         try:
             return run_remote(client, args.file, out, upload=args.upload, progress=ProgressBar(),
                               reconstruct=not args.no_recon, force=args.force,
-                              patient_weight_kg=args.patient_weight, mode=args.mode)
+                              patient_weight_kg=args.patient_weight, mode=args.mode, prescan=not args.no_prescan)
         except CommandError as exc:
             print(f"scanctl: run refused: {one_line(exc)}", file=sys.stderr)
             return EXIT_UNREADABLE if exc.code == "bad_argument" else EXIT_LIMITS

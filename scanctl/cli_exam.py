@@ -61,6 +61,8 @@ def add_parsers(sub: Any) -> None:
     for name, text in (("next", "run the next pending step"), ("run", "run every pending step")):
         a = verb(name, text)
         a.add_argument("--system", help="system profile (in this process; default the embedded simulators)")
+        a.add_argument("--no-prescan", action="store_true", help="skip the calibrations each protocol needs first "
+                                                                 "(in this process; docs/prescan.md)")
         a.set_defaults(func=cmd_run)
     a = verb("close", "close the exam (MPPS COMPLETED), or discontinue it")
     a.add_argument("--discontinue", action="store_true", help="end it as discontinued (MPPS DISCONTINUED)")
@@ -206,14 +208,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.connect:
         if args.system:
             raise ScanctlError("--system is the server's with --connect")
+        if args.no_prescan:
+            raise ScanctlError("--no-prescan is not available with --connect (the server's exam queue prescans "
+                               "each step)")
         body = _remote(args, f"exam.{args.exam_action}")  # (the client waits long for these: runs play first)
         print_exam(body["exam"])
         return _outcome(body["steps"])
     from scanctl.config import profile as profiles
     from scanctl.engine.session import LocalPort, ScanSession
+    from scanctl.prescan.plan import before_run
 
     profile = profiles.load(args.system)
-    with _resume(args) as exam, LocalPort(profile) as port:
+    # Each step prescans first, as scanctl run and the server's exam queue do (one pipeline: LocalPort's hook).
+    with _resume(args) as exam, LocalPort(profile, prescan=None if args.no_prescan else before_run) as port:
         session = ScanSession(port)
         steps = exam.run_all(session) if args.exam_action == "run" else [exam.run_next(session)]
         print_exam(exam.doc)
@@ -279,6 +286,7 @@ def run_demo(out: Path, say: Any = print, overrides: dict[str, str] | None = Non
     from scanctl.engine.session import LocalPort, ScanSession
     from scanctl.exam.cards import resolve_card
     from scanctl.exam.exam import Exam
+    from scanctl.prescan.plan import before_run
     from scanctl.services.orthanc import Orthanc
 
     timings: dict[str, float] = {}
@@ -303,7 +311,7 @@ def run_demo(out: Path, say: Any = print, overrides: dict[str, str] | None = Non
                 f"{order.weight_kg:g} kg")
             card = resolve_card(None, order.requested_procedure_code, order.requested_procedure)
             with Exam.open(out, order, card, source=f"worklist {orthanc.pacs}") as exam, \
-                    LocalPort(profiles.load(), overrides) as port:
+                    LocalPort(profiles.load(), overrides, prescan=before_run) as port:
                 session = ScanSession(port)
                 while (step := exam.pending()) is not None:
                     step = timed(f"protocol {step['n']} {step['protocol']}",

@@ -94,6 +94,8 @@ def add_parsers(sub: Any) -> None:
         if verb == "load":
             p.add_argument("file", help="protocol (.toml) or Pulseq file (.seq), a path on the server")
             p.add_argument("--upload", action="store_true", help="send the file's content, not its path")
+            p.add_argument("--no-prescan", action="store_true", help="skip the calibrations the protocol needs "
+                                                                     "first (docs/prescan.md)")
             safety_args(p)
         if verb == "move-table":
             p.add_argument("position_mm", type=float, help="target position, mm from home")
@@ -384,15 +386,16 @@ def _send_command(client: Client, name: str, args: argparse.Namespace) -> dict[s
     if name == "emergency_stop":
         return client.emergency_stop(args.reason)
     if name == "load":
+        options = {"patient_weight_kg": args.patient_weight, "mode": args.mode, "prescan": not args.no_prescan}
         if not args.upload:
-            return client.load(Path(args.file).resolve(), patient_weight_kg=args.patient_weight, mode=args.mode)
+            return client.load(Path(args.file).resolve(), **options)
         source = Path(args.file)
         try:
             text = source.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ScanctlError(f"{source}: cannot read: {exc}") from None
         return client.load(text=text, format="seq" if source.suffix.lower() == ".seq" else "toml",
-                           name=source.name, patient_weight_kg=args.patient_weight, mode=args.mode)
+                           name=source.name, **options)
     return client.command(name)
 
 

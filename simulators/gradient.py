@@ -197,7 +197,13 @@ class SimulatedGradient(SimulatedSequencer):
             return dict(self.shim)
 
     def _shimmed(self, program: GradientProgram) -> GradientProgram:
-        """What the coils play: the program plus the linear shim, a static gradient (the physics sees it)."""
+        """What the coils play, as the simulated magnet room gets it: the program plus the linear shim, a static
+        gradient, and the second-order shim channels' field (``shim_hz_per_m2``): the physics sees both."""
+        from dataclasses import replace
+
+        second = {c: v for c, v in self.shim.items() if c not in ("x", "y", "z") and v != 0}
+        if second:
+            program = replace(program, shim_hz_per_m2=second)
         linear = (self.shim["x"], self.shim["y"], self.shim["z"])
         if not any(linear):
             return program

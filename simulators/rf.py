@@ -56,6 +56,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from scanctl.simulators.base import SimulatedSequencer
+from scanctl.simulators.physics.field import TransmitMap, transmit_map
 from scanctl.simulators.physics.noise import receiver_noise
 from scanctl.simulators.rf_adjust import Adjustable
 from scanctl.simulators.rf_planes import PlaneImaging, PosedPlanes
@@ -127,6 +128,7 @@ class SimulatedRF(PlaneImaging, Adjustable, SimulatedSequencer):
         "b0_grad": _three_floats,  # linear B0 inhomogeneity x, y, z (Hz/cm)
         "b0_2nd": _second_order,  # second-order B0 terms z2, zx, zy, x2y2, xy (Hz/cm²)
         "b1": positive_float,  # the coil's transmit efficiency: B1 played = program x tx_scale x b1
+        "b1_map": transmit_map,  # its spatial map over the object (relative): radial,A[,R_CM] or linear,GX,GY
         "adc_range": positive_float,  # the ADC's full scale (signal units, real and imaginary each); clips
         "gain": float,  # the receiver gain it starts with (dB; a console sets it: set_receiver_gain)
         "physics": flag,
@@ -154,9 +156,9 @@ class SimulatedRF(PlaneImaging, Adjustable, SimulatedSequencer):
                  coil: bool = True, coils: int = 1, patient_position: str = "HFS",
                  b0_grad: tuple[float, float, float] = (0.0, 0.0, 0.0),
                  b0_2nd: tuple[float, ...] = (0.0,) * 5, b1: float = 1.0, adc_range: float = np.inf,
-                 gain: float = 0.0) -> None:
+                 gain: float = 0.0, b1_map: TransmitMap | None = None) -> None:
         super().__init__(url, buffer_s=buffer_s, fault=fault, realtime=realtime)
-        self._init_imperfections(profile, b0_grad, b0_2nd, b1, adc_range, gain)
+        self._init_imperfections(profile, b0_grad, b0_2nd, b1, adc_range, gain, b1_map)
         self.channels = coils
         self.patient_position = patient_position
         self._planes: list[PosedPlanes] = []  # the spin systems posed in this scan, in the order first excited

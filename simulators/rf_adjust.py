@@ -1,6 +1,7 @@
 """The simulated RF system's imperfect hardware and what a console adjusts on it (docs/prescan.md): the
-magnet's B0 errors (global, linear, second order), the transmit coil's B1 efficiency, a receiver of finite
-ADC range that clips, and the frequency offset, transmit scale and receiver gain a prescan sets.
+magnet's B0 errors (global, linear, second order), the transmit coil's B1 efficiency (global and its spatial
+map), a receiver of finite ADC range that clips, and the frequency offset, transmit scale and receiver gain a
+prescan sets.
 A mixin of :class:`scanctl.simulators.rf.SimulatedRF` (it uses that class's lock, state and spin systems).
 """
 
@@ -9,18 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scanctl.simulators.physics.field import TransmitMap
 
 from scanctl.config.profile import SystemProfile
 from scanctl.errors import ConfigError, DriverError, SafetyLimitError
 from scanctl.hw.interfaces import SubsystemState
 from scanctl.hw.program import RFProgram
-
-
-def second_order_field_hz(terms_hz_per_m2: tuple[float, ...], x: np.ndarray, y: np.ndarray,
-                          z: np.ndarray) -> np.ndarray:
-    """The off-resonance (Hz) of second-order terms (``SECOND_ORDER`` order, Hz/m²) at positions (m)."""
-    z2, zx, zy, x2y2, xy = terms_hz_per_m2
-    return z2 * (z * z - 0.5 * (x * x + y * y)) + zx * z * x + zy * z * y + x2y2 * (x * x - y * y) + xy * 2 * x * y
 
 
 class Adjustable:
@@ -36,13 +31,15 @@ class Adjustable:
 
     # -- imperfect hardware and what a console sets (docs/prescan.md) ------------------------------------------
     def _init_imperfections(self, profile: SystemProfile, b0_grad: tuple[float, float, float],
-                            b0_2nd: tuple[float, ...], b1: float, adc_range: float, gain: float) -> None:
+                            b0_2nd: tuple[float, ...], b1: float, adc_range: float, gain: float,
+                            b1_map: TransmitMap | None = None) -> None:
         """The simulated hardware's errors (URL options: ``b0`` Hz, ``b0_grad`` Hz/cm, ``b0_2nd`` Hz/cm², ``b1``,
-        ``adc_range``) and the settings a console adjusts, at their defaults (0 Hz, scale 1, ``gain`` dB: a gain
-        outside the profile's range is a ConfigError)."""
+        ``b1_map``, ``adc_range``) and the settings a console adjusts, at their defaults (0 Hz, scale 1, ``gain``
+        dB: a gain outside the profile's range is a ConfigError)."""
         self.b0_gradient_hz_per_m = tuple(100.0 * g for g in b0_grad)  # Hz/cm -> Hz/m
         self.b0_second_order_hz_per_m2 = tuple(1e4 * c for c in b0_2nd)  # Hz/cm² -> Hz/m²
         self.b1_scale = b1
+        self.b1_map = None if b1_map is None or b1_map.uniform else b1_map
         self.adc_range = adc_range
         self.limits = profile.adjustments
         self.frequency_offset_hz = 0.0
@@ -54,18 +51,14 @@ class Adjustable:
         self.clipped_samples = 0
 
     def _field_options(self, phantom: Any) -> dict[str, Any]:
-        """The SpinSystem options of the static field: the global offset (B0 error less the synthesiser's
-        offset), the linear inhomogeneity as a static gradient, the second-order terms added to the phantom's
-        own off-resonance map (a new phantom object: the loaded one is not changed)."""
-        from dataclasses import replace
-
-        if any(self.b0_second_order_hz_per_m2):
-            xs, ys, zs = phantom.axis_positions_m()
-            z, y, x = np.meshgrid(zs, ys, xs, indexing="ij")
-            extra = second_order_field_hz(self.b0_second_order_hz_per_m2, x, y, z).reshape(phantom.pd.shape)
-            phantom = replace(phantom, b0_offset_hz=phantom.b0_offset_hz + extra)
+        """The SpinSystem options of the static fields and the transmit coil: the global offset (B0 error less
+        the synthesiser's offset), the linear inhomogeneity as a static gradient, the second-order terms (added
+        to the phantom's own off-resonance map at each voxel's scanner position, with the second-order shim's
+        field the gradient programs carry), the spatial transmit efficiency (``b1_map``: every voxel's flip
+        scaled by it; the global ``b1`` scales the played B1, :meth:`_transmitted`)."""
         return {"b0_offset_hz": self.b0_offset_hz - self.frequency_offset_hz,
-                "static_gradient_hz_per_m": self.b0_gradient_hz_per_m, "phantom": phantom}
+                "static_gradient_hz_per_m": self.b0_gradient_hz_per_m, "phantom": phantom,
+                "second_order_hz_per_m2": self.b0_second_order_hz_per_m2, "b1_map": self.b1_map}
 
     def _require_between_scans(self, what: str) -> None:
         if self._state in (SubsystemState.ON, SubsystemState.RUNNING):

@@ -277,7 +277,8 @@ def test_a_run_connect_whose_server_dies_exits_1_without_a_key_hint(tmp_path, mo
         killer = threading.Thread(target=kill_once_running)
         killer.start()
         t0 = time.monotonic()
-        code = main(["run", "--connect", endpoint, str(GRE), "--out", str(tmp_path / "out"), "--no-recon"])
+        code = main(["run", "--connect", endpoint, str(GRE), "--out", str(tmp_path / "out"), "--no-recon",
+                     "--no-prescan"])  # the scan itself is what the server must die during
         took = time.monotonic() - t0
         killer.join(timeout=60)
     finally:

@@ -35,6 +35,7 @@ from scanctl.testing import (
     load_ahead,
 )
 from tests.table_sim import start_sim, stop_sim
+from tests.test_prescan_second_order import SECOND_ORDER_PROFILE
 
 PROFILE = profiles.load()
 IMPLEMENTATIONS = ["sim", "zmq"]
@@ -54,23 +55,23 @@ def _stop_services():
         stop_sim(_sims.pop())
 
 
-def _open(kind, impl, **extra):
+def _open(kind, impl, profile=PROFILE, **extra):
     url = SIM_URLS[kind]
     options = "&".join(f"{k}={v}" for k, v in extra.items())
     if impl in WIRE:
         proc, wire_url = start_sim(options, tcp=impl == "serial-socket")
         _sims.append(proc)
-        local = open_subsystem(kind, wire_url, PROFILE)
+        local = open_subsystem(kind, wire_url, profile)
         if impl != "serial-zmq":
             return local
     else:
-        local = open_subsystem(kind, url + ("&" if "?" in url else "?") + options if options else url, PROFILE)
+        local = open_subsystem(kind, url + ("&" if "?" in url else "?") + options if options else url, profile)
     if impl == "sim":
         return local
     service = DriverService(kind, local, "tcp://127.0.0.1:*")
     threading.Thread(target=service.serve_forever, daemon=True).start()
     _services.append(service)
-    return open_subsystem(kind, service.endpoint, PROFILE)
+    return open_subsystem(kind, service.endpoint, profile)
 
 
 # -- the contract suites, once per implementation ----------------------------------------------------------------
@@ -84,9 +85,10 @@ class _Implementation:
     impl = "sim"
     options: dict[str, Any] = {}
     kind: str
+    profile = PROFILE
 
     def make(self, **options: Any) -> Any:
-        return _open(self.kind, self.impl, **{**self.options, **options})
+        return _open(self.kind, self.impl, self.profile, **{**self.options, **options})
 
 
 class TestSimGradient(_Implementation, SequencerFaults, ShimContract, GradientContract):
@@ -94,6 +96,17 @@ class TestSimGradient(_Implementation, SequencerFaults, ShimContract, GradientCo
 
 
 class TestZmqGradient(_Implementation, SequencerFaults, ShimContract, GradientContract):
+    impl = "zmq"
+
+
+class TestSimGradientSecondOrderShim(_Implementation, ShimContract, GradientContract):
+    """The shim suite on a profile with second-order shim coils (the default has none)."""
+
+    profile = SECOND_ORDER_PROFILE
+
+
+class TestZmqGradientSecondOrderShim(_Implementation, ShimContract, GradientContract):
+    profile = SECOND_ORDER_PROFILE
     impl = "zmq"
 
 

@@ -333,7 +333,8 @@ def test_a_remote_run_keeps_its_control_alive(tmp_path, monkeypatch):
 
         def run() -> None:
             nonlocal report
-            report = run_remote(console, GRE, tmp_path / "out", reconstruct=False)
+            # (no prescan: its calibrations reach RUNNING too, and the scan itself must be the one watched)
+            report = run_remote(console, GRE, tmp_path / "out", reconstruct=False, prescan=False)
 
         runner = threading.Thread(target=run)
         runner.start()
@@ -387,7 +388,7 @@ def test_a_retry_with_the_same_request_id_is_answered_not_repeated(served):
     c = served.client("retrier")
     wait_state(c, "IDLE")
     c.take_control()
-    c.load(GRE)
+    c.load(GRE, prescan=False)  # (the prescan's calibrations start runs of their own)
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(served.endpoint)
@@ -423,7 +424,8 @@ def test_abort_mid_run_keeps_the_data_so_far(tmp_path, segmented):
     rf.acquisitions = acquisitions
     console = segmented.client("console")
     result: dict[str, Any] = {}
-    runner = threading.Thread(target=lambda: result.update(report=run_remote(console, GRE, tmp_path)))
+    # (no prescan: the first acquisitions held must be the scan's, not a calibration's)
+    runner = threading.Thread(target=lambda: result.update(report=run_remote(console, GRE, tmp_path, prescan=False)))
     runner.start()
     assert reached.wait(20)
     other = segmented.client("operator")

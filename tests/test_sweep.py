@@ -133,7 +133,10 @@ def test_reference_must_match_a_point(tmp_path: Path) -> None:
 
 
 def test_tissue_labels_are_the_phantoms_tissues() -> None:
-    labels, names = tissue_labels(64)
+    """On the isocentre plane's grid the labels are those of the 2D phantom the simulator images."""
+    u = (np.arange(64) - 32) * 0.256 / 64
+    y, x = np.meshgrid(u, u, indexing="ij")
+    labels, names = tissue_labels(np.stack((x, y, np.zeros_like(x)), axis=-1))
     phantom = shepp_logan(64)
     assert names == tuple(TISSUES)
     assert set(np.unique(labels)) == set(range(len(names) + 1))  # background and every tissue
@@ -211,9 +214,9 @@ def test_local_cluster_sweep_then_resume(tmp_path: Path) -> None:
     contrasts = [float(by[flip, 0.01]["contrast_csf_gray_matter"]) for flip in (10.0, 40.0)]
     assert abs(contrasts[1] - contrasts[0]) > 0.05
     kept = out / "points" / by[10.0, 0.01]["key"]  # index 1: raw data and image kept
-    assert {"result.json", "image.npy", "raw.h5", "image.png"} <= {p.name for p in kept.iterdir()}
+    assert {"result.json", "image.npy", "image.json", "raw.h5", "image.png"} <= {p.name for p in kept.iterdir()}
     other = out / "points" / by[40.0, 0.01]["key"]
-    assert {p.name for p in other.iterdir()} == {"result.json", "image.npy"}
+    assert {p.name for p in other.iterdir()} == {"result.json", "image.npy", "image.json"}
     assert (out / "plots" / "snr.png").stat().st_size > 1000
     result = json.loads((kept / "result.json").read_text())
     assert result["values"]["sequence.flip_angle_deg"] == 10.0
@@ -246,3 +249,86 @@ def test_local_workers_keep_glibcs_dynamic_mmap_threshold() -> None:
         environ = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS"),
                                       dask.config.get("distributed.worker.profile.enabled")))
     assert list(environ.values()) == [(None, "1", False)]  # Dask's other settings (one BLAS thread) kept
+
+
+def test_tissue_masks_follow_the_image_geometry(tmp_path: Path) -> None:
+    """A sweep over the slice's plane: each point's masks come from its image's geometry (image.json, kept
+    with the image), so they cover the object the image shows, and the tissues' contrast — a property of the
+    tissues and the sequence, not of where the slice lies — is the same on a transverse slice off the
+    isocentre and on a sagittal one (the masks of an isocentre transverse slice lie elsewhere)."""
+    from scanctl.sweep.measure import tissue_labels as labels_of
+    from scanctl.sweep.point import _geometry, run_point
+
+    spec = load_spec(write_spec(tmp_path, '"sequence.matrix" = [[64, 64]]\n"sequence.dummy_scans" = [0]\n'
+                                          '"rf.noise" = [0.0]\n'
+                                          '"geometry.orientation" = ["transverse", "sagittal"]\n'
+                                          '"geometry.position_mm" = [[10.0, 0.0, 20.0]]\n',
+                                measure='[measure]\ncontrast = [["white_matter", "gray_matter"]]\n'))
+    contrasts = []
+    for task in tasks(spec):
+        out = run_point(task)
+        assert out["result"]["outcome"] == "completed", out["result"]["message"]
+        contrasts.append(out["result"]["figures"]["contrast_white_matter_gray_matter"])
+        run = tmp_path / f"run{task.index}"
+        run.mkdir()
+        for name, data in out["files"].items():
+            (run / name).write_bytes(data)
+        image = np.load(run / "image.npy")
+        geometry = _geometry(run, image.shape)
+        assert geometry is not None and geometry["position_mm"] == [10.0, 0.0, 20.0]
+        placed, _ = labels_of("shepp_logan", image.shape[1:], 0.256, geometry)
+        centred, _ = labels_of("shepp_logan", image.shape[1:], 0.256, None)
+        seen = image[0] > 0.15 * image[0].max()
+        assert _dice(placed > 0, seen) > 0.93
+        assert _dice(placed > 0, seen) > _dice(centred > 0, seen) + 0.05
+    transverse, sagittal = contrasts
+    assert transverse < 0 and sagittal < 0  # gray matter brighter than white in gre_2d, on both planes
+    assert abs(transverse - sagittal) < 0.15 * abs(transverse)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+
+def test_completed_run_check_figures_are_the_sequence_checks(tmp_path: Path) -> None:
+    """A completed run's check figures come from its report (the scanner checked the sequence before it
+    played); they are what checking its sequence.seq again gives."""
+    from scanctl.config import profile as profiles
+    from scanctl.engine.session import run_scan
+    from scanctl.sweep.measure import check_figures
+
+    protocol = tmp_path / "p.toml"
+    protocol.write_text(GRE.read_text().replace("matrix = [128, 128]", "matrix = [32, 32]"))
+    profile = profiles.load()
+    run_scan(protocol, profile, tmp_path / "run")
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["outcome"] == "completed"
+    seq = tmp_path / "run" / "sequence.seq"
+    from_report = check_figures(report, seq, profile)
+    rechecked = check_figures({**report, "outcome": "aborted"}, seq, profile)
+    assert from_report["check_ok"] is rechecked["check_ok"] is True
+    assert from_report["check_violations"] == rechecked["check_violations"] == 0
+    assert math.isclose(from_report["duration_s"], rechecked["duration_s"], rel_tol=1e-9)
+
+
+def test_parquet_table_holds_the_csv_rows_typed(tmp_path: Path) -> None:
+    """results.parquet (pyarrow, the `parquet` extra the tests install) has the CSV's rows and columns, with
+    numbers as numbers, None as null, and a list-valued axis (a matrix) as its JSON text."""
+    import pyarrow.parquet as pq
+
+    from scanctl.sweep.store import PointStore
+
+    rows = [{"index": 0, "key": "a", "sequence.matrix": [64, 64], "outcome": "completed", "message": "",
+             "wall_s": 0.25, "cpu_s": 0.2, "notes": "", "snr": 31.5, "check_ok": True},
+            {"index": 1, "key": "b", "sequence.matrix": [32, 32], "outcome": "invalid", "message": "TE too short",
+             "wall_s": 0.01, "cpu_s": None, "notes": "", "snr": None, "min_te_s": 0.0031}]
+    written = PointStore(tmp_path).write_table(rows, ("sequence.matrix",))
+    assert [p.name for p in written] == ["results.csv", "results.parquet"]
+    table = pq.read_table(tmp_path / "results.parquet").to_pylist()
+    with open(tmp_path / "results.csv", newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [set(r) for r in table] == [set(r) for r in csv_rows]
+    assert table[0]["snr"] == 31.5 and table[1]["snr"] is None and table[0]["cpu_s"] == 0.2
+    assert table[0]["sequence.matrix"] == "[64, 64]" == csv_rows[0]["sequence.matrix"]
+    assert table[1]["min_te_s"] == 0.0031 and table[0]["min_te_s"] is None
+    assert table[0]["check_ok"] is True and table[1]["message"] == "TE too short"

@@ -110,7 +110,9 @@ def test_a_scan_across_processes_equals_the_scan_in_one(tmp_path):
             one, apart = tmp_path / "one" / protocol.stem, tmp_path / "apart" / str(i)
             if not one.exists():
                 assert run_scan(protocol, profiles.load(str(profile)), one).outcome == "completed"
-            assert main(["run", "--connect", record["control"], str(protocol), "--out", str(apart)]) == 0
+            # The nominal pipeline both ways: run_scan does not prescan, so neither does the server here.
+            assert main(["run", "--connect", record["control"], str(protocol), "--out", str(apart),
+                         "--no-prescan"]) == 0
             (data_one, labels_one), (data_apart, labels_apart) = raw_data(one / "raw.h5"), raw_data(apart / "raw.h5")
             assert labels_apart == labels_one and data_apart.shape == data_one.shape
             assert np.array_equal(data_apart, data_one), f"{protocol.stem}: raw data differ"
@@ -176,7 +178,8 @@ def test_a_lost_gradient_driver_restarted_with_its_world_or_without_it(tmp_path)
 
     def scan(out: str):
         with Client(record["control"], name="console") as console:
-            return run_remote(console, GRE, tmp_path / out, reconstruct=False)
+            # (no prescan: its calibrations, exact only to their uncertainty, would differ from scan to scan)
+            return run_remote(console, GRE, tmp_path / out, reconstruct=False, prescan=False)
 
     profile = tmp_path / "profile.toml"
     profile.write_text(PROFILE.replace('rf = "sim://?physics=0"', 'rf = "sim://?matrix=32"'))

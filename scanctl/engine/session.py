@@ -95,8 +95,9 @@ class ScannerPort(Protocol):
     """What a :class:`ScanSession` drives."""
 
     def load(self, source: str | os.PathLike[str], *, name: str | None = None,
-             patient_weight_kg: float | None = None, mode: str = "normal") -> Loaded:
-        """Load, check, predict and prepare ``source`` (``name``: how the report names it). Raises Refused,
+             patient_weight_kg: float | None = None, mode: str = "normal", prescan: bool = True) -> Loaded:
+        """Load, check, predict and prepare ``source`` (``name``: how the report names it), after the prescan
+        calibrations the scan needs unless ``prescan`` is False (the report's ``prescan``). Raises Refused,
         ConfigError / SequenceFormatError for bad input."""
 
     def run(self, sink: Callable[[Acquisitions], None], progress: Callable[[float, float], None] | None) -> Ended:
@@ -111,22 +112,25 @@ class ScanSession:
         self.loaded: Loaded | None = None
 
     def load(self, source: str | os.PathLike[str], *, name: str | None = None,
-             patient_weight_kg: float | None = None, mode: str = "normal") -> Loaded:
-        """Load ``source`` for the next :meth:`run`. Raises Refused (nothing moved) or the port's errors."""
+             patient_weight_kg: float | None = None, mode: str = "normal", prescan: bool = True) -> Loaded:
+        """Load ``source`` for the next :meth:`run`, prescanning first unless ``prescan`` is False (where the
+        port has a prescan: :class:`ScannerPort`). Raises Refused (nothing moved) or the port's errors."""
         self.loaded = None
-        self.loaded = self.port.load(source, name=name, patient_weight_kg=patient_weight_kg, mode=mode)
+        self.loaded = self.port.load(source, name=name, patient_weight_kg=patient_weight_kg, mode=mode,
+                                     prescan=prescan)
         return self.loaded
 
     def scan(self, source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, reconstruct: bool = True,
              progress: Progress | None = None, patient_weight_kg: float | None = None,
-             mode: str = "normal") -> RunReport:
-        """Load and run ``source`` into ``out_dir`` (new or empty). A refused scan writes its report (and
-        sequence) and returns it (outcome ``refused``). Raises OutputError before anything moved when
-        ``out_dir`` holds files, RunOutputError when some file of the run could not be written."""
+             mode: str = "normal", prescan: bool = True) -> RunReport:
+        """Load and run ``source`` into ``out_dir`` (new or empty); ``prescan`` as in :meth:`load`. A refused
+        scan writes its report (and sequence) and returns it (outcome ``refused``). Raises OutputError before
+        anything moved when ``out_dir`` holds files, RunOutputError when some file of the run could not be
+        written."""
         t_start = time.perf_counter()
         out = claim_dir(out_dir)
         try:
-            self.load(source, patient_weight_kg=patient_weight_kg, mode=mode)
+            self.load(source, patient_weight_kg=patient_weight_kg, mode=mode, prescan=prescan)
         except Refused as exc:
             return self.unplayed(out, "refused", exc, source, t_start, exc.report, exc.sequence_text)
         except DriverError as exc:  # a subsystem could not be reached or connected: nothing played, made safe
@@ -289,7 +293,8 @@ class LocalPort:
             self.scanner.close()
 
     def load(self, source: str | os.PathLike[str], *, name: str | None = None,
-             patient_weight_kg: float | None = None, mode: str = "normal") -> Loaded:
+             patient_weight_kg: float | None = None, mode: str = "normal", prescan: bool = True) -> Loaded:
+        """See :class:`ScannerPort`: ``prescan`` False skips this port's prescan (if it has one) for this load."""
         from scanctl.data.rawdata import header_for
         from scanctl.safety.predict import predict
 
@@ -314,7 +319,7 @@ class LocalPort:
         # earlier runs' of a port that scans several times (an exam): a run's DICOM takes its start from it.
         self._journal_start = 0 if fresh else len(scanner.journal)
         place_scene(scanner.rf, scene_for(seq, protocol))  # what a simulated RF system images
-        if self.prescan is not None:
+        if self.prescan is not None and prescan:
             report["prescan"] = self.prescan(scanner, seq, protocol, patient_weight_kg, safety.mode)
         try:
             check = scanner.prepare(seq)

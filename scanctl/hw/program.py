@@ -13,7 +13,8 @@ numpy only: a driver author imports them without the sequence model.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,9 @@ IntArray = npt.NDArray[np.int64]
 
 ComplexArray = npt.NDArray[np.complex128]
 _AXES = ("x", "y", "z")
+#: The second-order shim channels (Hz/m²), as ``scanctl.config.profile.SECOND_ORDER`` names them:
+#: ``z² − (x² + y²)/2``, ``zx``, ``zy``, ``x² − y²``, ``2xy``.
+SECOND_ORDER_TERMS = ("z2", "zx", "zy", "x2y2", "xy")
 
 
 def _non_finite(value: Any) -> tuple[str, Any] | None:
@@ -85,12 +89,31 @@ class Validated:
 @dataclass(frozen=True)
 class GradientProgram(Validated):
     """Gradient waveforms of one segment: for each axis x, y, z, breakpoints ``t_s`` (absolute, s)
-    and values ``g_hz_per_m``, linear in between and 0 where an axis has no breakpoints."""
+    and values ``g_hz_per_m``, linear in between and 0 where an axis has no breakpoints.
+
+    ``shim_hz_per_m2``: the second-order shim field in force while it plays (channel of
+    :data:`SECOND_ORDER_TERMS` -> Hz/m²; none: 0). A console leaves it empty (the gradient system plays its
+    own shim, ``set_shim``); a gradient simulator fills it in the programs it posts to its simulated magnet
+    room, as it adds its linear shim to the waveforms, so the physics sees the shim coils' field."""
 
     t0_s: float
     t1_s: float
     t_s: tuple[FloatArray, FloatArray, FloatArray]
     g_hz_per_m: tuple[FloatArray, FloatArray, FloatArray]
+    shim_hz_per_m2: dict[str, float] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """As every program (:func:`validate_program`), and a shim channel that is not second order is refused
+        (SafetyLimitError naming it)."""
+        super().validate()
+        unknown = sorted(set(self.shim_hz_per_m2) - set(SECOND_ORDER_TERMS))
+        wrong = [k for k, v in self.shim_hz_per_m2.items() if not isinstance(v, Real) or isinstance(v, bool)]
+        if wrong:
+            raise SafetyLimitError(f"GradientProgram: shim_hz_per_m2[{wrong[0]}] is "
+                                   f"{self.shim_hz_per_m2[wrong[0]]!r}, not a number")
+        if unknown:
+            raise SafetyLimitError(f"GradientProgram: shim_hz_per_m2 has no channel {unknown[0]!r} (second-order "
+                                   f"channels: {', '.join(SECOND_ORDER_TERMS)})")
 
     def sample(self, t_s: FloatArray) -> FloatArray:
         """The gradient at ``t_s`` on all three axes, shape ``(3, len(t_s))``, Hz/m."""

@@ -103,6 +103,23 @@ def bloch_siegert_scale(plus: ComplexArray, minus: ComplexArray, b1_hz: FloatArr
     return Estimate(scale, scale * 0.5 * sigma_phi / phi)  # phase ∝ s² near the small-B1 limit
 
 
+def bloch_siegert_map(plus: ComplexArray, minus: ComplexArray, b1_hz: FloatArray, raster_s: float,
+                      offset_hz: float) -> FloatArray:
+    """The B1 scale per voxel (actual over programmed) from the images after the ``+f`` and ``-f`` Bloch–Siegert
+    pulses, as :func:`bloch_siegert_scale` per voxel (``arg(plus / minus)`` on ``[0, 2π)`` is twice the
+    pulse's Bloch–Siegert phase, monotonic in the scale: inverted by interpolation in a table of it); NaN
+    outside the object (voxels below :data:`OBJECT_THRESHOLD` of the largest magnitude)."""
+    a, b = np.asarray(plus, np.complex128), np.asarray(minus, np.complex128)
+    phi = np.mod(np.angle(a * np.conj(b)), 2 * np.pi)
+    scales = np.linspace(0.0, 4.0, 2001)
+    table = np.array([2 * bloch_siegert_phase(s, b1_hz, raster_s, offset_hz) for s in scales])
+    usable = table < 2 * np.pi  # up to where the phase difference wraps
+    scale = np.interp(phi, table[usable], scales[usable], right=np.nan)
+    mag = np.sqrt(np.abs(a * b))
+    inside = mag > OBJECT_THRESHOLD * mag.max() if mag.size and mag.max() > 0 else np.zeros(mag.shape, bool)
+    return np.where(inside, scale, np.nan)
+
+
 def image_2d(lines: list[ComplexArray]) -> ComplexArray:
     """Cartesian k-space lines ky = -n/2 … n/2-1 (each kx = -n/2 … n/2-1) to the image (row y, column x),
     ISMRMRD's convention ``s(k) = Σ ρ(r) exp(-2πi k·r)``: voxel ``i`` at ``(i - n/2) * fov / n``."""

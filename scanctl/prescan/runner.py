@@ -15,6 +15,8 @@ Steps (:data:`STEPS`, run in this order whatever order they are asked in; docs/p
   hardware has second-order shims) and a dual-echo projection along z, fitted over the object, applied, and
   measured again (twice): the residual RMS over the object before and after;
 - ``transmit``: the transmit scale by Bloch–Siegert (see docs/prescan.md for why);
+- ``b1map``: the Bloch–Siegert pair imaged, a B1 map over the object (what the transmit scale cannot even out):
+  its mean, spread and range, measured only (nothing is set);
 - ``noise``: the receive channels' noise covariance, from windows with no RF.
 
 A step that does not converge, whose result the hardware refuses (out of its range), or whose sequence the
@@ -36,11 +38,22 @@ from scanctl.config.profile import SECOND_ORDER, SystemProfile
 from scanctl.errors import ConfigError, SafetyLimitError, ScanctlError
 from scanctl.hw.interfaces import RFAdjustments, ShimSystem
 from scanctl.prescan import analysis
-from scanctl.prescan.sequences import Calibration, b0_map, b0_projection, bloch_siegert, fid, noise
+from scanctl.prescan.sequences import (
+    Calibration,
+    b0_map,
+    b0_projection,
+    bloch_siegert,
+    bloch_siegert_map,
+    fid,
+    noise,
+)
 
 log = logging.getLogger(__name__)
 
-STEPS = ("gain", "frequency", "shim", "transmit", "noise")
+STEPS = ("gain", "frequency", "shim", "transmit", "b1map", "noise")
+#: What a prescan runs unless told which: every step that sets something, and the noise scan. ``b1map`` only
+#: measures (and costs more to compute than all the others together), so it runs when named.
+DEFAULT_STEPS = tuple(s for s in STEPS if s != "b1map")
 #: The frequency step has converged when its last correction is below this (Hz).
 FREQUENCY_TOL_HZ = 0.2
 #: The transmit step has converged when its last correction of the scale is below this (relative).
@@ -111,8 +124,9 @@ class PrescanResult:
 
 
 def ordered(steps: Iterable[str] | None) -> tuple[str, ...]:
-    """``steps`` (all when None) in :data:`STEPS` order. Raises ConfigError naming an unknown step."""
-    wanted = set(STEPS if steps is None else steps)
+    """``steps`` (when None: :data:`DEFAULT_STEPS`) in :data:`STEPS` order. Raises ConfigError naming an unknown
+    step."""
+    wanted = set(DEFAULT_STEPS if steps is None else steps)
     unknown = sorted(wanted - set(STEPS))
     if unknown:
         raise ConfigError(f"unknown prescan step {unknown[0]!r} (steps: {', '.join(STEPS)})")
@@ -135,6 +149,9 @@ class Prescan:
         self.table_position_mm = table_position_mm  # adjust where the scan images: the patient loads the coil there
         self.sequence_s = 0.0
         self._step_sequence_s = 0.0
+        #: The last ``b1map`` step's map: B1 actual over programmed (at the transmit scale then in force) per
+        #: voxel, row y and column x as :func:`analysis.image_2d` places them; NaN outside the object.
+        self.b1_map: np.ndarray | None = None
 
     # -- running one calibration sequence -------------------------------------------------------------------------
     def acquire(self, build: Callable[..., Calibration], **params: Any) -> tuple[Calibration, list[Any]]:
@@ -251,6 +268,22 @@ class Prescan:
                 return StepResult("transmit", "converged", {"tx_scale": tx}, {"tx_scale": tx * est.sigma})
         return StepResult("transmit", "not_converged", {"tx_scale": tx},
                           message=f"B1 scale still {est.value:.4g} after {ITERATIONS} tries")
+
+    def _b1map(self) -> StepResult:
+        cal, acq = self.acquire(bloch_siegert_map)
+        plus = analysis.image_2d([a.data[0] for a in acq[0::2]])
+        minus = analysis.image_2d([a.data[0] for a in acq[1::2]])
+        p = cal.params
+        b1 = analysis.bloch_siegert_map(plus, minus, p["b1_hz"], p["raster_s"], p["offset_hz"])
+        inside = b1[np.isfinite(b1)]
+        if inside.size < 8:
+            raise CalibrationFailed("b1map: too little of the object in the map")
+        self.b1_map = b1
+        mean = float(inside.mean())
+        return StepResult("b1map", "converged", {
+            "b1_mean": mean, "b1_sd": float(inside.std()), "b1_min": float(inside.min()),
+            "b1_max": float(inside.max()), "b1_spread": float(inside.std() / mean), "voxels": int(inside.size)},
+            message="measured (B1 actual over programmed at the transmit scale in force); nothing set")
 
     def _shim_terms(self) -> tuple[str, ...]:
         have = self.profile.adjustments.max_shim_second_order_hz_per_m2

@@ -12,6 +12,8 @@ transmit scale is refused like any scan that would exceed SAR).
   phase of the pulse at the actual B1 (:func:`scanctl.prescan.analysis.bloch_siegert_phase`).
 - :func:`b0_map`: a 2D RF-spoiled gradient echo (Cartesian, read along x, phase along y) at two echo times,
   the two echoes of one line in consecutive TRs.
+- :func:`bloch_siegert_map`: the Bloch–Siegert pair imaged: a 2D RF-spoiled gradient echo whose every line is
+  taken twice, the off-resonant pulse at ``+f`` and at ``-f`` between the excitation and the read-out (a B1 map).
 - :func:`b0_projection`: the same two echo times, read along one axis with no phase encoding (a projection:
   the z shim of an object thin in z).
 - :func:`noise`: receive windows with no RF.
@@ -119,17 +121,20 @@ def bloch_siegert(profile: SystemProfile, *, flip_deg: float = 20.0, samples: in
 
 
 def _echo_pair(b: SequenceBuilder, system: System, *, read: str, fov_m: float, samples: int, dwell_s: float,
-               te_s: tuple[float, float], tr_s: float, flip_rad: float, phase_areas: list[float],
+               shots: list[tuple[float, RF | None]], tr_s: float, flip_rad: float, phase_areas: list[float],
                phase_axis: str | None) -> None:
-    """For each phase-encoding area, one TR at each echo time (RF-spoiled, the ADC following the RF phase)."""
+    """For each phase-encoding area, one TR per shot ``(echo time, pulse played after the excitation or None)``
+    (RF-spoiled, the ADC and the extra pulse following the RF phase)."""
     ro = readout(system, num_samples=samples, dwell_s=valid_dwell(system, samples, dwell_s), fov_m=fov_m,
                  channel=read)
     rf = block_pulse(system, flip_angle_rad=flip_rad, duration_s=HARD_PULSE_S)
-    phases = iter(rf_spoil_phases(2 * len(phase_areas)))
+    phases = iter(rf_spoil_phases(len(shots) * len(phase_areas)))
     for area in phase_areas:
-        for te in te_s:
+        for te, extra in shots:
             phase = float(next(phases))
             d_rf = b.add_block(rf.with_phase(phase))
+            if extra is not None:
+                d_rf += b.add_block(extra.with_phase(phase))
             pre = [trapezoid(system, read, area=-ro.grad.area / 2, duration_s=1e-3)]
             if phase_axis is not None:
                 pre.append(trapezoid(system, phase_axis, area=area, duration_s=1e-3))
@@ -156,10 +161,30 @@ def b0_map(profile: SystemProfile, *, matrix: int = 32, fov_m: float = 0.256,
     system = _system(profile)
     b = SequenceBuilder(system)
     ky = (np.arange(matrix) - matrix // 2) / fov_m
-    _echo_pair(b, system, read="x", fov_m=fov_m, samples=matrix, dwell_s=20e-6, te_s=te_s, tr_s=tr_s,
-               flip_rad=math.radians(flip_deg) * rf_scale, phase_areas=[float(k) for k in ky], phase_axis="y")
+    _echo_pair(b, system, read="x", fov_m=fov_m, samples=matrix, dwell_s=20e-6, shots=[(te, None) for te in te_s],
+               tr_s=tr_s, flip_rad=math.radians(flip_deg) * rf_scale, phase_areas=[float(k) for k in ky],
+               phase_axis="y")
     return Calibration(b.build(_definitions("prescan_b0map", (fov_m, fov_m, 0.01))), "b0_map",
                        {"matrix": matrix, "fov_m": fov_m, "delta_te_s": te_s[1] - te_s[0]})
+
+
+def bloch_siegert_map(profile: SystemProfile, *, matrix: int = 32, fov_m: float = 0.256, te_s: float = 7e-3,
+                      tr_s: float = 20e-3, flip_deg: float = 5.0, rf_scale: float = 1.0) -> Calibration:
+    """A 2D RF-spoiled gradient echo, ``matrix`` square over ``fov_m``, each line taken twice: the Bloch–Siegert
+    pulse of :func:`bloch_siegert` at ``+BS_OFFSET_HZ``, then at ``-BS_OFFSET_HZ``, between the excitation and the
+    read-out (one echo time: the B0 phase cancels in the difference). A small flip (5°): the spoiled steady
+    state's own phase, which the echo pathways of earlier shots (of either sign) add, stays small (at 20° it
+    spoils the map by tens of per cent in long-T2 tissue)."""
+    system = _system(profile)
+    b = SequenceBuilder(system)
+    ky = (np.arange(matrix) - matrix // 2) / fov_m
+    shots: list[tuple[float, RF | None]] = [
+        (te_s, _hann_pulse(system, peak_hz=BS_PEAK_HZ * rf_scale, freq_hz=sign * BS_OFFSET_HZ)) for sign in (1.0, -1.0)]
+    _echo_pair(b, system, read="x", fov_m=fov_m, samples=matrix, dwell_s=20e-6, shots=shots, tr_s=tr_s,
+               flip_rad=math.radians(flip_deg) * rf_scale, phase_areas=[float(k) for k in ky], phase_axis="y")
+    return Calibration(b.build(_definitions("prescan_b1map", (fov_m, fov_m, 0.01))), "bloch_siegert_map",
+                       {"matrix": matrix, "fov_m": fov_m, "b1_hz": bloch_siegert_b1(system),
+                        "raster_s": system.rasters.rf_s, "offset_hz": BS_OFFSET_HZ})
 
 
 def b0_projection(profile: SystemProfile, *, axis: str = "z", fov_m: float = 0.04, samples: int = 64,
@@ -168,8 +193,8 @@ def b0_projection(profile: SystemProfile, *, axis: str = "z", fov_m: float = 0.0
     """A dual-echo projection read along ``axis`` (no phase encoding) over ``fov_m``."""
     system = _system(profile)
     b = SequenceBuilder(system)
-    _echo_pair(b, system, read=axis, fov_m=fov_m, samples=samples, dwell_s=20e-6, te_s=te_s, tr_s=tr_s,
-               flip_rad=math.radians(flip_deg) * rf_scale, phase_areas=[0.0], phase_axis=None)
+    _echo_pair(b, system, read=axis, fov_m=fov_m, samples=samples, dwell_s=20e-6, shots=[(te, None) for te in te_s],
+               tr_s=tr_s, flip_rad=math.radians(flip_deg) * rf_scale, phase_areas=[0.0], phase_axis=None)
     return Calibration(b.build(_definitions("prescan_b0proj", (0.256, 0.256, fov_m))), "b0_projection",
                        {"samples": samples, "fov_m": fov_m, "delta_te_s": te_s[1] - te_s[0]})
 

@@ -158,11 +158,14 @@ class Client:
 
     def load(self, path: str | os.PathLike[str] | None = None, *, text: str | None = None,
              format: str | None = None, name: str | None = None, patient_weight_kg: float | None = None,
-             mode: str = "normal") -> dict[str, Any]:
+             mode: str = "normal", prescan: bool = True) -> dict[str, Any]:
         """Load and check a protocol or Pulseq file: ``path`` on the server, or its ``text`` (``format``
         ``"toml"`` or ``"seq"``), with its safety prediction for the patient (``patient_weight_kg``, else the
-        protocol's) in ``mode``. The reply holds the check report, the sequence and the raw header."""
-        safety = {"patient_weight_kg": patient_weight_kg, "mode": mode}
+        protocol's) in ``mode``, after the prescan the scan needs unless ``prescan`` is False. The reply holds
+        the check report, the sequence, the raw header and the prescan's results."""
+        safety: dict[str, Any] = {"patient_weight_kg": patient_weight_kg, "mode": mode}
+        if not prescan:  # only when skipped: the server's default is to prescan, and a 2.1 server knows no such key
+            safety["prescan"] = False
         if path is not None:
             return self.command("load", {"path": os.fspath(path), **safety})
         return self.command("load", {"text": text, "format": format, "name": name, **safety})

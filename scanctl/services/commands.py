@@ -226,6 +226,8 @@ def _check_load(body: dict[str, Any]) -> None:
     if not (weight is None or _number(weight)) or mode not in ("normal", "first-level", "first_level"):
         raise Rejected("bad_argument", "load takes an optional number 'patient_weight_kg' and 'mode' 'normal' or "
                                        "'first-level'")
+    if body.get("prescan") not in (None, True, False):
+        raise Rejected("bad_argument", f"load: 'prescan' must be true or false, got {body['prescan']!r}")
 
 
 def _check_move(body: dict[str, Any]) -> None:
@@ -251,8 +253,9 @@ def move_table(server: ControlServer, client: str, msg: Message) -> dict[str, An
 @command("load", worker=True, exclusive=True, check=_check_load)
 def load(server: ControlServer, client: str, msg: Message) -> dict[str, Any]:
     """Load, check, predict and prepare a protocol or Pulseq file (a path on the server, or its ``text``)
-    through the server's scan session; a refusal before anything moved is ``rejected`` with ``outcome``
-    ``refused`` and the ``safety`` prediction."""
+    through the server's scan session, after the prescan the scan needs unless ``prescan`` is false (the
+    reply's ``prescan``); a refusal before anything moved is ``rejected`` with ``outcome`` ``refused`` and the
+    ``safety`` prediction."""
     scanner = server.scanner
     if scanner.state not in (S.IDLE, S.READY):
         raise InvalidTransitionError(f"cannot load while {scanner.state.name} "
@@ -269,7 +272,8 @@ def load(server: ControlServer, client: str, msg: Message) -> dict[str, Any]:
             source_name = str(source)
         server.forget_loaded()
         try:
-            loaded = server.session.load(source, name=source_name, patient_weight_kg=weight, mode=mode)
+            loaded = server.session.load(source, name=source_name, patient_weight_kg=weight, mode=mode,
+                                         prescan=body.get("prescan") is not False)
         except Refused as exc:  # nothing moved: typed, so a console never matches the text
             safety = exc.report.get("safety", {})
             server.publish("safety", {"kind": "refused", "message": str(exc), "safety": safety})

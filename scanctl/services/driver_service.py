@@ -66,7 +66,8 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
 }
 
 _TYPES: dict[str, Any] = {
-    "GradientProgram": lambda d: GradientProgram(d["t0_s"], d["t1_s"], tuple(d["t_s"]), tuple(d["g_hz_per_m"])),
+    "GradientProgram": lambda d: GradientProgram(d["t0_s"], d["t1_s"], tuple(d["t_s"]), tuple(d["g_hz_per_m"]),
+                                                 dict(d.get("shim_hz_per_m2") or {})),
     "RFProgram": lambda d: RFProgram(**d),
     "ADCProgram": lambda d: ADCProgram(**d),
     "Status": lambda d: Status(SubsystemState(d["state"]), d["time_s"], d["message"], d["telemetry"]),

@@ -49,11 +49,12 @@ def header_from_plain(plain: dict[str, Any]) -> Any:
 def run_remote(client: Client, source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
                upload: bool = False, progress: Callable[[float, float, int], None] | None = None,
                reconstruct: bool = True, force: bool = False, run_timeout_s: float = 3600.0,
-               patient_weight_kg: float | None = None, mode: str = "normal") -> Any:
+               patient_weight_kg: float | None = None, mode: str = "normal", prescan: bool = True) -> Any:
     """Run ``source`` on the server and write ``sequence.seq``, ``raw.h5``, the image and ``report.json``
     into ``out_dir`` through the same :class:`scanctl.engine.session.ScanSession` as an in-process run
     (:class:`RemotePort`). Takes control (and releases it). ``upload`` sends the file's content instead of
-    its path. Returns the RunReport. Raises CommandError (e.g. another client has control),
+    its path. The server prescans first unless ``prescan`` is False (the report's ``prescan``, as in process).
+    Returns the RunReport. Raises CommandError (e.g. another client has control),
     ServerTimeoutError (ServerLostError: it stopped answering during the run), OutputError (``out_dir`` is
     not new or empty, a file cannot be written)."""
     from scanctl.engine.session import ScanSession
@@ -63,7 +64,7 @@ def run_remote(client: Client, source: str | os.PathLike[str], out_dir: str | os
     try:
         with RemotePort(client, upload=upload, run_timeout_s=run_timeout_s) as port:
             return ScanSession(port).scan(source, out_dir, reconstruct=reconstruct, progress=progress,
-                                          patient_weight_kg=patient_weight_kg, mode=mode)
+                                          patient_weight_kg=patient_weight_kg, mode=mode, prescan=prescan)
     except ServerLostError:
         lost = True  # nobody to give control back to: asking would only wait out the timeout, then warn
         raise
@@ -100,7 +101,7 @@ class RemotePort:
             self._sub = None
 
     def load(self, source: str | os.PathLike[str], *, name: str | None = None,
-             patient_weight_kg: float | None = None, mode: str = "normal") -> Any:
+             patient_weight_kg: float | None = None, mode: str = "normal", prescan: bool = True) -> Any:
         from scanctl.engine.session import Loaded, Refused
         from scanctl.sequence.pulseq_read import parse
 
@@ -110,9 +111,11 @@ class RemotePort:
             if self.upload:
                 fmt = "seq" if source.suffix.lower() == ".seq" else "toml"
                 loaded = self.client.load(text=source.read_text(encoding="utf-8"), format=fmt,
-                                          name=name or source.name, patient_weight_kg=patient_weight_kg, mode=mode)
+                                          name=name or source.name, patient_weight_kg=patient_weight_kg, mode=mode,
+                                          prescan=prescan)
             else:
-                loaded = self.client.load(source.resolve(), patient_weight_kg=patient_weight_kg, mode=mode)
+                loaded = self.client.load(source.resolve(), patient_weight_kg=patient_weight_kg, mode=mode,
+                                          prescan=prescan)
         except CommandError as exc:
             if exc.body.get("outcome") == "refused":
                 raise Refused(str(exc), {"protocol": {"source": str(source)},
@@ -120,6 +123,8 @@ class RemotePort:
             raise
         text = loaded["sequence_text"].encode("utf-8")
         report = {key: loaded[key] for key in ("protocol", "sequence", "profile", "subsystems", "safety")}
+        if loaded.get("prescan") is not None:  # what the server's prescan found before this scan (none: absent)
+            report["prescan"] = loaded["prescan"]
         return Loaded(parse(text, path="sequence.seq"), text, header_from_plain(loaded["header"]), report,
                       loaded["check"], {"prepare_s": time.perf_counter() - t0})
 

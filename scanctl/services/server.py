@@ -48,6 +48,7 @@ from scanctl.errors import (
     SequenceFormatError,
     WireProtocolError,
 )
+from scanctl.prescan.plan import before_run
 from scanctl.services.commands import COMMANDS, RUN_STATES, Rejected, check_arguments, play
 from scanctl.services.exam_commands import EXAM_COMMANDS  # noqa: F401 (registers the exam commands)
 from scanctl.services.lease import Lease
@@ -168,8 +169,10 @@ class ControlServer:
         self.scanner = Scanner.from_profile(profile, self.urls, segment_s=segment_s)
         self.scanner.machine.listeners.append(self._on_journal)
         self.telemetry = Telemetry(self.scanner, self.publish, self.state_lock, telemetry_period_s, name)
-        # One scan session over this scanner (kept for every load: nothing reconnected or re-homed).
-        self._port = LocalPort(profile, self.overrides, scanner=self.scanner, run_id=lambda: self.run_id)
+        # One scan session over this scanner (kept for every load: nothing reconnected or re-homed); each load
+        # prescans first as `scanctl run` does (unless told not to), its results staying on the drivers.
+        self._port = LocalPort(profile, self.overrides, scanner=self.scanner, run_id=lambda: self.run_id,
+                               prescan=before_run)
         self.session = ScanSession(self._port)
         self._worker = threading.Thread(target=self._work, name=f"{name}-worker", daemon=True)
 

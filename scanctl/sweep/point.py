@@ -22,12 +22,12 @@ from scanctl.config import profile as profiles
 from scanctl.config.profile import SystemProfile
 from scanctl.errors import ConfigError, ScanctlError, SequenceFormatError
 from scanctl.sweep.measure import check_figures, image_figures, minimum_figures
-from scanctl.sweep.spec import KEEPABLE, URL_KINDS, Spec, dumps, with_options
+from scanctl.sweep.spec import KEEPABLE, PROTOCOL_TABLES, URL_KINDS, Spec, dumps, with_options
 
 log = logging.getLogger(__name__)
 
 #: Bumped when what a point computes changes: a new format is new points, never a stale result.
-FORMAT = 1
+FORMAT = 2  # 2: tissue masks placed by the image's geometry; image.json kept
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Task:
     mode: str
     phantom: str | None
     contrast: tuple[tuple[str, str], ...]
-    keep: tuple[str, ...]  # file names to return besides image.npy
+    keep: tuple[str, ...]  # file names to return besides image.npy and image.json
 
 
 def tasks(spec: Spec) -> list[Task]:
@@ -87,7 +87,7 @@ def _protocol(spec: Spec, values: dict[str, Any]) -> tuple[str | None, dict[str,
     data = {t: dict(v) if isinstance(v, dict) else v for t, v in spec.base_data.items()}
     for name, value in values.items():
         table, _, key = name.partition(".")
-        if table in ("sequence", "table", "phantom", "acquisition"):
+        if table == "sequence" or table in PROTOCOL_TABLES:
             data.setdefault(table, {})[key] = value
             if table == "phantom" and key in ("name", "file"):
                 data["phantom"].pop("file" if key == "name" else "name", None)
@@ -175,13 +175,27 @@ def _measured(task: Task, report: Any, run_dir: Path, result: dict[str, Any], fi
         fov = report.protocol.get("sequence", {}).get("parameters") or {}
         fov_m = fov.get("fov_m") or _seq_fov(run_dir / "sequence.seq")
         measured, notes = image_figures(image, phantom=task.phantom, fov_m=fov_m, contrast=task.contrast,
-                                        channels=_channels(task))
+                                        channels=_channels(task), geometry=_geometry(run_dir, image.shape))
         figures.update(measured)
         result["notes"].extend(notes)
         files["image.npy"] = (run_dir / "image.npy").read_bytes()
+        if (run_dir / "image.json").is_file():  # where the image lies (the masks above came from it)
+            files["image.json"] = (run_dir / "image.json").read_bytes()
     for name in task.keep:
         if (run_dir / name).is_file():
             files[name] = (run_dir / name).read_bytes()
+
+
+def _geometry(run_dir: Path, shape: tuple[int, ...]) -> dict[str, Any] | None:
+    """The ``image.json`` entry of the image the figures measure (the middle one of a stack), or None when
+    the run has none (the image is then taken as a transverse slice through the isocentre)."""
+    try:
+        images = json.loads((run_dir / "image.json").read_text(encoding="utf-8"))["images"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    row = shape[0] // 2 if len(shape) == 3 else 0
+    found = [entry for entry in images if isinstance(entry, dict) and entry.get("row") == row]
+    return found[0] if found else None
 
 
 def _channels(task: Task) -> int:

@@ -42,9 +42,13 @@ CONNECT_TIMEOUT_S = 5.0
 #: the Bloch simulation allocates is mapped and unmapped afresh: a point then costs 40-60 % more CPU
 #: (measured: 0.22 s against 0.14-0.18 s a point of gre_2d at 32 x 32, the same process with and without it).
 WORKER_ENVIRON_UNSET = {"MALLOC_TRIM_THRESHOLD_": None}
-#: The local workers' Dask settings: no statistical profiler (it samples every thread's stack every 10 ms for a
-#: dashboard the sweep does not serve; measured: 0.173 s against 0.159 s CPU a point, three runs each).
-WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+#: The local cluster's Dask settings: no statistical profiler (it samples every thread's stack every 10 ms for a
+#: dashboard the sweep does not serve; measured: 0.173 s against 0.159 s CPU a point, three runs each), and the
+#: system monitor (every 500 ms) and event-loop tick (every 20 ms) slowed to what a sweep of scans needs: the
+#: scheduler and client in this process then take 5-6 ms of CPU a 0.2 s task instead of 12-14 ms (an idle
+#: 1-worker cluster running 40 tasks, twice each way), CPU that two workers on two cores would share with them.
+WORKER_CONFIG = {"distributed.worker.profile.enabled": False, "distributed.admin.system-monitor.interval": "5s",
+                 "distributed.admin.tick.interval": "1s"}
 
 
 class SchedulerError(ScanctlError):

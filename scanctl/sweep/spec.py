@@ -8,8 +8,8 @@ value out of its range, a simulator option the subsystem does not accept, more p
 Axis names (dotted, quoted in TOML):
 
 * ``sequence.<parameter>`` — a parameter of the base protocol's built-in sequence (docs/protocol.md);
-* ``table.position_mm``, ``phantom.name``, ``phantom.matrix``, ``phantom.file``, ``acquisition.noise_std`` —
-  the protocol's own keys;
+* ``geometry.<key>`` (slice position, orientation, slices …), ``table.position_mm``, ``phantom.name``,
+  ``phantom.matrix``, ``phantom.file``, ``acquisition.noise_std`` — the protocol's own keys;
 * ``patient.weight_kg`` — the weight SAR is judged for (a protocol's or a Pulseq file's run);
 * ``rf.<option>``, ``gradient.<option>`` — an option of that subsystem's URL (``sim://?noise=…&b0=…&seed=…``);
 * ``profile`` — a system profile (a shipped name or a TOML path, relative to the spec).
@@ -39,9 +39,10 @@ from scanctl.sequence.builders.common import check_value
 DEFAULT_MAX_POINTS = 10_000
 #: Files a point can keep besides its figures (``image.npy`` is always kept: NRMSE needs it).
 KEEPABLE = {"raw": "raw.h5", "image": "image.png", "report": "report.json", "sequence": "sequence.seq"}
-#: Protocol keys a sweep may vary (the patient's weight is passed to the run instead: it works for Pulseq too).
-PROTOCOL_AXES = {f"{t}.{k}" for t, keys in PROTOCOL_KEYS.items() if t in ("table", "phantom", "acquisition")
-                 for k in keys}
+#: Protocol tables whose keys a sweep may vary (the patient's weight is passed to the run instead: it works for
+#: Pulseq too).
+PROTOCOL_TABLES = ("geometry", "table", "phantom", "acquisition")
+PROTOCOL_AXES = {f"{t}.{k}" for t, keys in PROTOCOL_KEYS.items() if t in PROTOCOL_TABLES for k in keys}
 URL_KINDS = ("rf", "gradient")
 RANGE_KEYS = {"start", "stop", "step", "count"}
 

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from scanctl.config import profile as profiles
-from scanctl.config.profile import SystemProfile
+from scanctl.config.profile import SECOND_ORDER, SystemProfile
 from scanctl.engine.segments import Segment, compile_segments
 from scanctl.errors import BufferFullError, DriverError, SafetyLimitError, ScanctlError, SubsystemFault
 from scanctl.hw.interfaces import (
@@ -388,6 +388,20 @@ class ShimContract:
         _refused_keeps(sub, lambda: sub.set_shim({"z": np.nan}), SafetyLimitError, "shim z")
         _refused_keeps(sub, lambda: sub.set_shim({"q7": 1.0}), SafetyLimitError, "no shim channel")
         assert sub.adjustments() == want
+
+    def test_second_order_shim_channels_as_the_profile_declares(self, open_subsystem: Callable[..., Any]) -> None:
+        """Each second-order channel the profile declares (Hz/m²) reads back as set and is refused beyond its
+        supply; one the hardware lacks is refused by name."""
+        sub = open_subsystem()
+        sub.connect()
+        supplies = dict(self.system_profile().adjustments.max_shim_second_order_hz_per_m2)  # type: ignore[attr-defined]
+        for channel in SECOND_ORDER:
+            refused = {channel: 1.01 * supplies[channel] if channel in supplies else 1.0}
+            if channel in supplies:
+                sub.set_shim({channel: -0.5 * supplies[channel]})
+                assert sub.adjustments()[channel] == -0.5 * supplies[channel]
+            _refused_keeps(sub, functools.partial(sub.set_shim, refused), SafetyLimitError,
+                           "shim supply" if channel in supplies else "no shim channel")
 
     def test_shim_refused_while_armed(self, open_subsystem: Callable[..., Any]) -> None:
         sub = open_subsystem()

@@ -18,7 +18,7 @@ import numpy as np
 
 from scanctl.errors import WireProtocolError
 
-VERSION = (2, 1)
+VERSION = (2, 2)
 VERSION_TEXT = f"{VERSION[0]}.{VERSION[1]}"
 MAX_FRAMES = 64
 MAX_PAYLOAD_BYTES = 1 << 30

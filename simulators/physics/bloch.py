@@ -23,9 +23,13 @@ Method, and why:
   closed form (``moments.py``), ``exp(-t/T2)``, ``exp(-t/T1)``, class off-resonance as a phase, and
   the off-resonance of each voxel relative to its class through the states' dephasing times.
 
-* **Off-resonance during RF is per voxel** to within :data:`RF_B0_BIN_HZ`: tissue classes are split by
-  their off-resonance in bins of that width, so two voxels of one tissue at ±3 kHz are two classes, each
-  rotated at its own frequency; what is left inside a bin (< half a bin) acts in free precession only.
+* **Off-resonance and B1 during RF are per voxel** to within ``field.RF_B0_BIN_HZ`` and ``field.RF_B1_BIN``:
+  tissue classes are split by their off-resonance and transmit efficiency (``b1_map``) in bins of that width,
+  so two voxels of one tissue at ±3 kHz, or at the centre and the edge of a birdcage's B1 map, are two classes,
+  each rotated at its own frequency and B1; what is left inside a bin (< half a bin) acts in free precession
+  only (off-resonance) or not at all (B1: a flip within 0.5 % of the voxel's own). The static fields (the
+  magnet's second-order terms, the shim coils' field a program carries) are evaluated at each voxel's scanner
+  position (``field.py``).
 * **T2′ (intravoxel dephasing)** from the phantom's optional ``t2prime_s`` map: a Lorentzian spread of
   frequencies inside the voxel, so a state of dephasing time ``τ`` carries ``exp(-|τ|/T2′)`` (PDG; a spin
   echo, where ``τ`` returns to 0, refocuses it) and an FID decays with 1/T2* = 1/T2 + 1/T2′.
@@ -70,6 +74,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +84,7 @@ from scanctl.errors import ConfigError
 from scanctl.hw.program import ADCProgram, GradientProgram, RFProgram
 
 from .coils import ReceiveCoil, correlated_noise, grid_sensitivities
+from .field import TransmitMap, as_terms, class_labels, second_order_field_hz
 from .graph import DEFAULT_TOLERANCE, PhaseGraph
 from .moments import FrameMoments, Moments, with_static_gradient
 from .noise import NOISE_REFERENCE_DWELL_S, receiver_noise
@@ -98,12 +104,6 @@ DEFAULT_ISOCHROMATS_2D = 32
 IN_PLANE_CYCLES = 0.05
 #: The most classes a split for in-plane selection may make (the read-out keeps a map per class).
 MAX_SPLIT_CLASSES = 4096
-#: Width of the off-resonance bins that split tissue classes (Hz): inside a bin the RF rotation uses the
-#: bin's mean, a phase error below 2π x 2.5 Hz x 2 ms = 0.03 rad over half of a 4 ms pulse.
-RF_B0_BIN_HZ = 5.0
-#: The most classes the off-resonance bins may make before the bins are widened (work grows with classes).
-MAX_B0_CLASSES = 512
-
 
 
 @dataclass
@@ -139,6 +139,10 @@ class SpinSystem:
     coil (``coils.py``; None: the body coil, one channel of sensitivity 1), its frame mapped to scanner
     coordinates by ``coil_to_scanner`` (3x3; the patient position's matrix, the identity for HFS): with
     ``N`` channels every window comes out ``(N, samples)`` and the noise is correlated as the coil says.
+    ``second_order_hz_per_m2``: second-order B0 terms (the magnet's error: channel -> Hz/m², or five numbers in
+    ``SECOND_ORDER_TERMS`` order) added to the phantom's map at each voxel's scanner position, to which a
+    program's ``shim_hz_per_m2`` (the shim coils' field) adds while it plays; ``b1_map``: the transmit coil's
+    relative efficiency (``field.TransmitMap``), every voxel's flip scaled by it at its position.
     Raises :class:`ConfigError` for invalid options.
 
     :meth:`play` must get the segments in time order; magnetization persists between calls until
@@ -148,7 +152,9 @@ class SpinSystem:
     def __init__(self, phantom: Phantom, *, isochromats: int | None = None, noise_std: float = 0.0,
                  b0_offset_hz: float = 0.0, seed: int = 0, tolerance: float = DEFAULT_TOLERANCE,
                  static_gradient_hz_per_m: tuple[float, float, float] = (0.0, 0.0, 0.0),
-                 coil: ReceiveCoil | None = None, coil_to_scanner: FloatArray | None = None) -> None:
+                 coil: ReceiveCoil | None = None, coil_to_scanner: FloatArray | None = None,
+                 second_order_hz_per_m2: Mapping[str, float] | tuple[float, ...] | None = None,
+                 b1_map: TransmitMap | None = None) -> None:
         if isochromats is None:
             isochromats = DEFAULT_ISOCHROMATS_2D if phantom.ndim == 2 else 1
         if int(isochromats) != isochromats or isochromats < 1:
@@ -164,6 +170,9 @@ class SpinSystem:
         self.noise_std = float(noise_std)
         self.b0_offset_hz = float(b0_offset_hz)
         self.static_gradient_hz_per_m = _finite3(static_gradient_hz_per_m, "static_gradient_hz_per_m")
+        self.second_order_hz_per_m2 = as_terms(second_order_hz_per_m2)
+        self.shim_hz_per_m2: dict[str, float] = {}  # the shim's second-order field the classes were built with
+        self.b1_map = b1_map
         self.seed = seed
         self.coil = coil
         self.channels = 1 if coil is None else coil.channels
@@ -196,25 +205,21 @@ class SpinSystem:
         t2 = phantom.t2_s.reshape(-1)[active]
         t2p = phantom.t2prime_s.reshape(-1)[active] if phantom.t2prime_s is not None else np.full(t1.size, np.inf)
         r2p = 1.0 / t2p  # 0 where T2′ is infinite
-        df = phantom.b0_offset_hz.reshape(-1)[active] + self.b0_offset_hz
-        tissue = np.column_stack((t1, t2, r2p, iz if phantom.ndim == 3 else np.zeros_like(iz)))
-        width = RF_B0_BIN_HZ
-        while True:  # a wide B0 map in fine bins would multiply the classes: widen the bins, and say so
-            _, label = np.unique(np.round(np.column_stack((tissue, np.round(df / width))), 12), axis=0,
-                                 return_inverse=True)
-            if label.size == 0 or int(label.max()) < MAX_B0_CLASSES or width > 1e6:
-                break
-            width *= 2.0
-        if width > RF_B0_BIN_HZ:
-            log.warning("the phantom's off-resonance spreads over more than %d classes in %g Hz bins: RF sees "
-                        "it in %g Hz bins", MAX_B0_CLASSES, RF_B0_BIN_HZ, width)
+        # Each voxel's scanner position: where the static fields and the transmit map are evaluated.
+        sx, sy, sz = (np.column_stack((xs[ix], ys[iy], zs[iz])) @ phantom.rotation.T).T
+        df = (phantom.b0_offset_hz.reshape(-1)[active] + self.b0_offset_hz
+              + second_order_field_hz({c: self.second_order_hz_per_m2.get(c, 0.0) + self.shim_hz_per_m2.get(c, 0.0)
+                                       for c in {*self.second_order_hz_per_m2, *self.shim_hz_per_m2}}, sx, sy, sz))
+        b1 = np.ones(active.size) if self.b1_map is None else np.asarray(self.b1_map.at(sx, sy, sz), np.float64)
+        tissue = np.column_stack((t1, t2, r2p, iz if phantom.ndim == 3 else np.zeros_like(iz))).astype(np.float64)
+        label = class_labels(tissue, df, b1)
         self.n_voxels = int(active.size)
         self._x, self._y = xs, ys
         self._voxel = (dx, dy, dz)
         self._volume_mm3 = dx * dy * dz * 1e9  # the signal of a voxel of proton density 1
         # Every voxel with proton density, as columns: the classes are built (and refined) from these.
         self._vox = {"ix": ix, "iy": iy, "iz": iz, "pd": pd.reshape(-1)[active], "r1": 1.0 / t1, "r2": 1.0 / t2,
-                     "r2p": r2p, "df": df, "x": xs[ix], "y": ys[iy], "z": zs[iz]}
+                     "r2p": r2p, "df": df, "b1": b1, "x": xs[ix], "y": ys[iy], "z": zs[iz]}
         self._resolved: set[bytes] = set()  # in-plane directions the classes are already split along
         # Isochromats: evenly through the slab (2D; midpoint rule) or the plane centre (3D).
         s = self.isochromats
@@ -236,6 +241,7 @@ class SpinSystem:
         self._label = label
         self._r1, self._r2, self._r2p = (np.asarray(v[key][first], np.float64) for key in ("r1", "r2", "r2p"))
         self._df = np.bincount(label, weights=v["df"], minlength=n) / counts if df_class is None else df_class
+        self._b1 = np.bincount(label, weights=v["b1"], minlength=n) / counts  # the class's transmit efficiency
         self._z_class = np.asarray(v["z"][first], np.float64)
         # In-plane centre of each class (proton-density weighted): where its RF rotation is evaluated
         # when a pulse plays gradients in the plane (the classes are then split along them, _resolve).
@@ -306,7 +312,10 @@ class SpinSystem:
     def play(self, gradient: GradientProgram, rf: RFProgram, adc: ADCProgram) -> list[npt.NDArray[np.complex64]]:
         """Play one segment; return each ADC window's samples, complex64 ``(channels, num_samples)``, in
         order. A static gradient (``static_gradient_hz_per_m``: a linear B0 inhomogeneity, scanner axes) plays
-        on top of the program's, all through the segment."""
+        on top of the program's, all through the segment, and the program's second-order shim field adds to the
+        off-resonance (from the scan's first segment: a shim changes between scans)."""
+        if gradient.shim_hz_per_m2 != self.shim_hz_per_m2:
+            self._set_shim_field(gradient.shim_hz_per_m2)
         gradient = with_static_gradient(gradient, self.static_gradient_hz_per_m)
         t0 = float(gradient.t0_s)
         if self._t is None:
@@ -350,6 +359,19 @@ class SpinSystem:
         self.stats.windows += adc.n_windows
         return result
 
+    def _set_shim_field(self, terms: Mapping[str, float]) -> None:
+        """Rebuild the classes with the second-order shim ``terms`` (Hz/m²) in the off-resonance, at equilibrium
+        (every voxel's off-resonance changes, so the classes do); during a scan the change waits for the next
+        :meth:`reset` (a shim is set between scans; the field that played stays until then), with a warning."""
+        if self._t is not None:
+            log.warning("a second-order shim field changed during a scan: it takes effect at the next one")
+            return
+        self.shim_hz_per_m2 = dict(terms)
+        self._resolved.clear()
+        self._setup_classes(self.phantom)
+        self._graph = self._new_graph()
+        self.reset()
+
     def _noise(self, dwell_s: float, samples: int) -> ComplexArray:
         """Receiver noise for one window, ``(channels, samples)``: white (body coil), or correlated between
         channels as the coil says."""
@@ -390,12 +412,14 @@ class SpinSystem:
         shape = (self.n_classes, self.isochromats)
         xy = self._xy_class if in_plane else np.zeros((self.n_classes, 2))
         columns = (np.broadcast_to(xy[:, None, 0], shape), np.broadcast_to(xy[:, None, 1], shape),
-                   self._z_class[:, None] + self._iso_z[None, :], np.broadcast_to(self._df[:, None], shape))
+                   self._z_class[:, None] + self._iso_z[None, :], np.broadcast_to(self._df[:, None], shape),
+                   np.broadcast_to(self._b1[:, None], shape))
         pairs, inverse = np.unique(np.column_stack([np.reshape(c, -1) for c in columns]), axis=0,
                                    return_inverse=True)
         inverse = inverse.reshape(-1)
-        positions, df = pairs[:, :3], pairs[:, 3]
-        rot = self._cache.rotation(pairs.tobytes(), 2.0 * np.pi * iv_b1 * dt, dm, dt, positions, df)
+        positions, df, b1 = pairs[:, :3], pairs[:, 3], pairs[:, 4]
+        rot = self._cache.rotation(pairs.tobytes(), 2.0 * np.pi * iv_b1 * dt, dm, dt, positions, df,
+                                   None if self.b1_map is None else b1)
         # Factor out the free precession before and after the centre (played by _evolve instead).
         ts, te = float(edges[0]), float(edges[-1])
         mc = mom(centre) if in_plane else np.array([0.0, 0.0, float(mom.axis(2, centre))])

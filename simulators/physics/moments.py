@@ -7,6 +7,8 @@ waveforms are linear between breakpoints, so the integral is exact: a quadratic 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import numpy.typing as npt
 
@@ -102,4 +104,6 @@ def with_static_gradient(program: GradientProgram, offset_hz_per_m: tuple[float,
             tt, gg = ends, np.zeros(2)
         t_out.append(tt)
         g_out.append(gg + off)
-    return GradientProgram(program.t0_s, program.t1_s, tuple(t_out), tuple(g_out))  # type: ignore[arg-type]
+    t3 = (t_out[0], t_out[1], t_out[2])
+    g3 = (g_out[0], g_out[1], g_out[2])
+    return replace(program, t_s=t3, g_hz_per_m=g3)  # the rest (the shim's field) as it was

@@ -388,17 +388,17 @@ def _read_h5(path: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def tissue_labels(n: int, fov_m: float = 0.256) -> tuple[npt.NDArray[np.int16], tuple[str, ...]]:
-    """Which tissue each voxel of the 2D MR Shepp–Logan phantom holds on an ``n`` x ``n`` grid over ``fov_m``
-    (m): the grid of an ``n`` x ``n`` image of it reconstructed over the same field of view (same centre,
-    rows y, columns x). Returns ``(labels, names)``: ``labels[j, i]`` is 0 for background, else ``k`` for
-    tissue ``names[k - 1]`` (the keys of :data:`TISSUES`). Derived from the phantom's own maps — every
-    tissue has its own (proton density, T2) — so the labels are those of the voxels the simulator images.
-    Raises :class:`ConfigError` as :func:`shepp_logan`."""
-    phantom = shepp_logan(n, fov_m=fov_m)
+def tissue_labels(points_m: npt.ArrayLike, fov_m: float = 0.256) -> tuple[npt.NDArray[np.int16], tuple[str, ...]]:
+    """Which tissue of the 3D MR Shepp–Logan phantom (``fov_m`` wide, as :func:`shepp_logan_at` places it) lies
+    at each of ``points_m`` ``(..., 3)`` (patient coordinates, DICOM LPS, m): e.g. the pixel centres of an
+    image, from its geometry. Returns ``(labels, names)``: ``labels`` of shape ``points.shape[:-1]``, 0 for
+    background, else ``k`` for tissue ``names[k - 1]`` (the keys of :data:`TISSUES`). Derived from the
+    phantom's own values — every tissue has its own (proton density, T2) — so the labels are those of the
+    voxels the simulator images. Raises :class:`ConfigError` as :func:`shepp_logan_at`."""
+    pd, _, t2 = shepp_logan_at(points_m, fov_m=fov_m)
     names = tuple(TISSUES)
-    labels = np.zeros(phantom.shape, dtype=np.int16)
+    labels = np.zeros(pd.shape, dtype=np.int16)
     for k, name in enumerate(names, start=1):
-        pd, _, _, _, t2 = TISSUES[name]
-        labels[(phantom.pd == pd) & (phantom.t2_s == t2)] = k
+        tissue_pd, _, _, _, tissue_t2 = TISSUES[name]
+        labels[(pd == tissue_pd) & (t2 == tissue_t2)] = k
     return labels, names

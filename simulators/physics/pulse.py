@@ -93,12 +93,13 @@ def compose(alpha: ComplexArray, beta: ComplexArray) -> tuple[ComplexArray, Comp
 
 
 def pulse_rotation(nutation_rad: ComplexArray, dm_per_m: FloatArray, dt_s: FloatArray, positions_m: FloatArray,
-                   df_hz: FloatArray) -> Rotation:
+                   df_hz: FloatArray, b1_scale: FloatArray | None = None) -> Rotation:
     """The rotation of a whole pulse for ``K`` spin classes.
 
     ``nutation_rad``: ``2π b1 dt`` per interval (``n``, complex, carrier offset included); ``dm_per_m``:
     gradient moment of each interval (``n``, 3); ``dt_s``: interval durations (``n``); ``positions_m``:
-    class positions (``K``, 3); ``df_hz``: class off-resonance (``K``). Intervals are composed in order.
+    class positions (``K``, 3); ``df_hz``: class off-resonance (``K``); ``b1_scale``: each class's transmit
+    efficiency (``K``, a factor on the B1; None: 1). Intervals are composed in order.
     """
     k = positions_m.shape[0]
     n = nutation_rad.shape[0]
@@ -108,7 +109,8 @@ def pulse_rotation(nutation_rad: ComplexArray, dm_per_m: FloatArray, dt_s: Float
     for lo in range(0, k, step):
         hi = min(k, lo + step)
         theta = 2.0 * np.pi * (dm_per_m @ positions_m[lo:hi].T + np.outer(dt_s, df_hz[lo:hi]))
-        a, b = sample_rotations(nutation_rad[:, None], theta)
+        nutation = nutation_rad[:, None] if b1_scale is None else np.outer(nutation_rad, b1_scale[lo:hi])
+        a, b = sample_rotations(nutation, theta)
         alpha[lo:hi], beta[lo:hi] = compose(a, b)
     return Rotation(alpha, beta)
 
@@ -124,8 +126,8 @@ class PulseCache:
         self.misses = 0
 
     def rotation(self, classes_key: bytes, nutation_rad: ComplexArray, dm_per_m: FloatArray, dt_s: FloatArray,
-                 positions_m: FloatArray, df_hz: FloatArray) -> Rotation:
-        """:func:`pulse_rotation`, cached; ``classes_key`` identifies ``positions_m``/``df_hz``."""
+                 positions_m: FloatArray, df_hz: FloatArray, b1_scale: FloatArray | None = None) -> Rotation:
+        """:func:`pulse_rotation`, cached; ``classes_key`` identifies ``positions_m``/``df_hz``/``b1_scale``."""
         peak = int(np.argmax(np.abs(nutation_rad)))
         phase = float(np.angle(nutation_rad[peak]))
         unit = nutation_rad * np.exp(-1j * phase)
@@ -138,7 +140,7 @@ class PulseCache:
         rot = self._items.get(key)
         if rot is None:
             self.misses += 1
-            rot = pulse_rotation(unit, dm_per_m, dt_s, positions_m, df_hz)
+            rot = pulse_rotation(unit, dm_per_m, dt_s, positions_m, df_hz, b1_scale)
             self._items[key] = rot
             if len(self._items) > self._size:
                 self._items.popitem(last=False)
