@@ -226,9 +226,20 @@ def _gather_rotate(f: ComplexArray, z: ComplexArray, rows: list[npt.NDArray[np.i
         np.multiply(e, z_u, out=out_z)
         out_z += np.multiply(half_d, f_u, out=tmp)
         out_z += np.multiply(conj_half_d, conj_u, out=tmp)
-        mag_f[part] = signal_weight(out_f)
-        mag_z[part] = signal_weight(out_z)
+        mag_f[part] = _block_weight(out_f)
+        mag_z[part] = _block_weight(out_z)
     return new_f, new_z, mag_f, mag_z
+
+
+def _block_weight(amp: ComplexArray) -> FloatArray:
+    """:func:`signal_weight` of a contiguous block, bit for bit; with one isochromat as the squares of the
+    (re, im) pairs side by side (fewer, contiguous passes: it runs on every block of every rotation)."""
+    if amp.shape[2] != 1 or amp.shape[1] == 0 or not amp.flags.c_contiguous:
+        return signal_weight(amp)
+    squares = amp.view(amp.real.dtype)  # (states, classes, 2)
+    squares = squares * squares
+    power = squares[:, :, 0] + squares[:, :, 1]
+    return np.sqrt(power.max(axis=1))
 
 
 def _merge_keys(k: FloatArray, tau: FloatArray | None) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
