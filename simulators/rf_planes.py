@@ -79,6 +79,7 @@ class PlaneImaging:
 
         if self._spins is None:
             return None
+        programmed = gradient
         if rf.n_pulses:
             gradient = self._field_gradient(gradient)
         if rf.n_pulses and self._awaiting_plane:
@@ -86,8 +87,10 @@ class PlaneImaging:
             if self.phantom_name == "shepp_logan":  # a phantom file is imaged where it is
                 first = next(((p, sel) for p in range(rf.n_pulses)
                               if (sel := placement.selection_of(gradient, rf, p)) is not None), None)
-                if first is not None:  # else non-selective: the scene's phantom as it is
+                if first is not None:
                     self._pose(first[1], gradient, rf, first[0])
+                else:  # non-selective: a volume if the scan encodes one, else the scene's phantom as it is
+                    self._pose_volume(programmed, rf, adc)
         if not self._planes or (len(self._planes) == 1 and rf.n_pulses == 0):
             return None
         pulse_owner, window_owner = self._owners(gradient, rf, adc)
@@ -153,6 +156,37 @@ class PlaneImaging:
         self._current = len(self._planes) - 1
         return self._current
 
+    def _pose_volume(self, gradient: GradientProgram, rf: RFProgram, adc: ADCProgram) -> None:
+        """Pose the 3D phantom on the voxel grid the scan encodes when its excitations select no plane and its
+        windows (this segment's and the queued ones', ``buffer_s`` ahead) move along every axis
+        (``placement.encoded_voxel``; pypulseq's ``write_mprage.py``); else leave the scene's phantom."""
+        from scanctl.simulators.physics import placement
+
+        peek = getattr(self._world, "peek_gradient", None)
+        segments = [(gradient, rf, adc), *((peek(program.t0_s) if peek else None, program, windows)
+                                           for program, windows in self._queue)]
+        voxel = placement.encoded_voxel(segments)
+        if voxel is None:
+            return
+        key = (0.0, 0.0, 0.0, *np.round(voxel, 9).tolist())  # no plane's key: a plane's normal is a unit vector
+        hit = self._posed.get(key)
+        if hit is not None:
+            hit[0].reset()
+            spins = hit[0]
+        else:
+            phantom = placement.volume_phantom(voxel, self.fov_m, self.b0_t, self._to_scanner())
+            spins = self._make_spins(phantom)
+            log.info("rf: imaging %s", phantom.source)
+            self._remember(key, (spins, []))
+        self._planes.append(PosedPlanes(spins, []))
+        self._current = len(self._planes) - 1
+
+    def _remember(self, key: tuple[float, ...], posed: tuple[Any, list[float]]) -> None:
+        """Keep a posed system for the next scan (at most :data:`MAX_POSED`, the oldest dropped)."""
+        if len(self._posed) >= MAX_POSED:
+            self._posed.pop(next(iter(self._posed)))
+        self._posed[key] = posed
+
     def _spins_for(self, first: Any, positions: list[float]) -> tuple[Any, list[float]]:
         """The spin system imaging ``first``'s plane, or the stack of ``positions`` along its normal (a
         multi-slice scan), and the positions it covers (cached: a scan repeated images the same)."""
@@ -181,9 +215,7 @@ class PlaneImaging:
         assert phantom is not None  # a stack that passed stack_planes, or a single plane, is always posed
         spins = self._make_spins(phantom, isochromats)
         log.info("rf: imaging %s", phantom.source)
-        if len(self._posed) >= MAX_POSED:
-            self._posed.pop(next(iter(self._posed)))
-        self._posed[key] = (spins, positions)
+        self._remember(key, (spins, positions))
         return spins, positions
 
     def _play(self, gradient: GradientProgram, rf: RFProgram, adc: ADCProgram) -> list[Any]:

@@ -9,7 +9,8 @@ import numpy as np
 import pypulseq as pp
 import pytest
 from scanctl.simulators.physics import Phantom, SpinSystem, shepp_logan
-from scanctl.simulators.physics.pulse import Rotation, compose, sample_rotations
+from scanctl.simulators.physics import pulse as pulse_mod
+from scanctl.simulators.physics.pulse import Rotation, compose, pulse_rotation, sample_rotations
 
 from scanctl.engine.segments import compile_segments
 from scanctl.errors import ConfigError
@@ -149,6 +150,29 @@ def test_hard_pulse_rotation_is_right_handed_about_b1_and_frequency():
     a, bb = compose(alpha, beta)
     assert np.allclose(Rotation(np.array([a]), np.array([bb])).matrix()[0], total, atol=1e-12)
 
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_a_hard_pulse_under_a_constant_gradient_is_one_rotation(monkeypatch: pytest.MonkeyPatch, uniform: bool):
+    """500 equal intervals (a hard pulse under a static gradient, the moments equal to float rounding) are one
+    rotation by 500 times the angle: composed as one interval, equal to the product of the 500 (which a pulse
+    whose intervals differ still is)."""
+    rng = np.random.default_rng(7)
+    n, k = 500, 300
+    nutation = np.full(n, 2 * np.pi * 500.0 * 1e-6 * np.exp(0.3j))
+    dm = np.tile([5e-3, 5e-3, 5e-3], (n, 1)) * (1 + 1e-15 * rng.standard_normal((n, 3)))
+    dt = np.full(n, 1e-6)
+    if not uniform:
+        nutation = nutation * np.hanning(n + 2)[1:-1]
+    positions = rng.uniform(-0.128, 0.128, (k, 3))
+    df = rng.uniform(-300.0, 300.0, k)
+    theta = 2 * np.pi * (dm @ positions.T + np.outer(dt, df))
+    want = compose(*sample_rotations(nutation[:, None], theta))
+    lengths = []
+    monkeypatch.setattr(pulse_mod, "compose", lambda a, b: (lengths.append(a.shape[0]), compose(a, b))[1])
+    got = pulse_rotation(nutation, dm, dt, positions, df)
+    assert lengths == ([1] if uniform else [n])
+    assert np.abs(got.alpha - want[0]).max() < 1e-12 and np.abs(got.beta - want[1]).max() < 1e-12
 
 # ----------------------------------------------------------------------------------------------------------
 # Closed forms

@@ -11,7 +11,7 @@ transmit scale is refused like any scan that would exceed SAR).
   ``+f`` and ``-f`` and a receive window; the phase difference of the two FIDs is twice the Bloch–Siegert
   phase of the pulse at the actual B1 (:func:`scanctl.prescan.analysis.bloch_siegert_phase`).
 - :func:`b0_map`: a 2D RF-spoiled gradient echo (Cartesian, read along x, phase along y) at two echo times,
-  the two echoes of one line in consecutive TRs.
+  the two echoes of one line in consecutive TRs, excited by a short hard pulse (:data:`FIELD_MAP_PULSE_S`).
 - :func:`bloch_siegert_map`: the Bloch–Siegert pair imaged: a 2D RF-spoiled gradient echo whose every line is
   taken twice, the off-resonant pulse at ``+f`` and at ``-f`` between the excitation and the read-out (a B1 map).
 - :func:`b0_projection`: the same two echo times, read along one axis with no phase encoding (a projection:
@@ -46,6 +46,12 @@ from scanctl.sequence.model import Sequence
 #: The hard pulse's duration (s): a 90° in 0.5 ms is 11.7 µT (5.5 kW on the default coil, within the amplifier's
 #: 30 kW peak) and flips spins ±300 Hz off resonance within 6 % of it.
 HARD_PULSE_S = 500e-6
+#: The field maps' 5° hard pulse (s). Before the shim the object's off-resonance spreads over ±1.5 kHz (60 Hz/cm
+#: on x and y over 25.6 cm): a 40 µs pulse flips it all within 1 % of 5° (a 500 µs one from 5° down to 1.5°
+#: at the corners), at 8.2 µT, below the FID's 90° pulse. Its rotation then hardly varies across the
+#: object, which the simulator need not resolve by splitting its tissue classes along the field (a 500 µs
+#: pulse split 6 classes into 221 strips at 64 x 64: the first map took 1.6 s to compute, 0.1-0.4 s unsplit).
+FIELD_MAP_PULSE_S = 40e-6
 #: The Bloch–Siegert pulse: Hann-shaped, this long (s), this far off resonance (Hz), this peak B1 (Hz).
 BS_DURATION_S = 4e-3
 BS_OFFSET_HZ = 2000.0
@@ -127,7 +133,7 @@ def _echo_pair(b: SequenceBuilder, system: System, *, read: str, fov_m: float, s
     (RF-spoiled, the ADC and the extra pulse following the RF phase)."""
     ro = readout(system, num_samples=samples, dwell_s=valid_dwell(system, samples, dwell_s), fov_m=fov_m,
                  channel=read)
-    rf = block_pulse(system, flip_angle_rad=flip_rad, duration_s=HARD_PULSE_S)
+    rf = block_pulse(system, flip_angle_rad=flip_rad, duration_s=FIELD_MAP_PULSE_S)
     phases = iter(rf_spoil_phases(len(shots) * len(phase_areas)))
     for area in phase_areas:
         for te, extra in shots:

@@ -27,6 +27,7 @@ changing anything. Later pulses that select other planes (a three-plane localize
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ from scanctl.hw.program import ADCProgram, GradientProgram, RFProgram
 from .phantom import DEFAULT_SLAB_M, Phantom, shepp_logan, shepp_logan_at
 
 FloatArray = npt.NDArray[np.float64]
+log = logging.getLogger("scanctl.simulators.physics")
 
 #: (x, y, z)_scanner = M @ (x, y, z)_patient, per DICOM patient position (docs: geometry conventions).
 PATIENT_TO_SCANNER: dict[str, FloatArray] = {
@@ -78,6 +80,8 @@ STACK_ISOCHROMATS = 32
 #: Two selections are the same plane if their normals agree to this (cosine) and positions to this (m).
 SAME_NORMAL = 1.0 - 1e-6
 SAME_POSITION_M = 1e-4
+#: A window's moment that varies by this much (1/m; a 2 m field of view's step) moves along that axis.
+MOVING_PER_M = 0.5
 
 
 @dataclass(frozen=True)
@@ -134,9 +138,7 @@ def _selection(gradient: GradientProgram, rf: RFProgram, p: int, thickness: bool
     if hi - lo < 2 or not np.any(b1) or chr(int(rf.use[p])) not in PLACING_USES:
         return None
     t = np.asarray(rf.t_s[lo:hi], np.float64)
-    mag = np.abs(b1)
-    peak = t[mag >= 0.999 * mag.max()]
-    centre = 0.5 * (float(peak[0]) + float(peak[-1]))  # Pulseq's centre: where |B1| peaks
+    centre = _centre_s(t, b1)
     g = np.array([float(np.interp(centre, ta, ga, left=0.0, right=0.0)) if np.size(ta) else 0.0
                   for ta, ga in zip(gradient.t_s, gradient.g_hz_per_m, strict=True)])
     strength = float(np.linalg.norm(g))
@@ -151,6 +153,81 @@ def _selection(gradient: GradientProgram, rf: RFProgram, p: int, thickness: bool
     if width > NON_SELECTIVE_M:
         return None
     return Selection(normal, float(rf.freq_hz[p]) / strength, width, strength, _shape(rf, p))
+
+
+def _samples(rf: RFProgram, p: int) -> tuple[FloatArray, npt.NDArray[np.complex128]]:
+    """Pulse ``p``'s sample times (s) and B1 (Hz)."""
+    lo, hi = int(rf.offsets[p]), int(rf.offsets[p + 1])
+    return np.asarray(rf.t_s[lo:hi], np.float64), np.asarray(rf.b1_hz[lo:hi])
+
+
+def _centre_s(t: FloatArray, b1: npt.NDArray[np.complex128]) -> float:
+    """A pulse's centre (s): Pulseq's, where |B1| peaks (the middle of a flat top)."""
+    mag = np.abs(b1)
+    peak = t[mag >= 0.999 * mag.max()]
+    return 0.5 * (float(peak[0]) + float(peak[-1]))
+
+
+def encoded_voxel(segments: list[tuple[GradientProgram | None, RFProgram, ADCProgram]]) -> tuple[float, ...] | None:
+    """The voxel (m along the scanner's x, y, z) of a scan that encodes a volume after a non-selective
+    excitation, from the segments known so far (``(gradient, rf, adc)``; gradient None: not known). Every ADC
+    window that follows, in its segment, an excitation (:data:`PLACING_USES`) that selects no plane
+    (:func:`selection_of` None) gives the moment since that pulse's centre at its samples: along an axis that
+    moves during the window, ``1 / (samples · step per sample)`` (FOV / matrix); along one that stays
+    constant, ``1 / (2 · the largest |moment|)`` over the windows (a Cartesian scan steps from -N/2 to N/2 - 1
+    steps of 1/FOV, so its first line says it; later lines need not be known yet). None when there is no such
+    window, or an axis is not encoded (a voxel wider than :data:`NON_SELECTIVE_M`: a 2D scan)."""
+    from .moments import Moments
+
+    reach = np.zeros(3)  # largest |moment| per axis
+    read: list[list[float]] = [[] for _ in range(3)]  # FOV / matrix of the axes that move
+    for gradient, rf, adc in segments:
+        excitations = [p for p in range(rf.n_pulses) if chr(int(rf.use[p])) in PLACING_USES
+                       and np.any(_samples(rf, p)[1])]
+        if gradient is None or not excitations or adc.n_windows == 0:
+            continue
+        moments = Moments(gradient)
+        centres = np.array([_centre_s(*_samples(rf, p)) for p in excitations])
+        for w in range(adc.n_windows):
+            before = np.flatnonzero(centres < adc.start_s[w])
+            n = int(adc.num_samples[w])
+            if not before.size or n < 2 or _selection(gradient, rf, excitations[before[-1]], True) is not None:
+                continue
+            t = adc.start_s[w] + (np.arange(n) + 0.5) * adc.dwell_s[w]
+            k = moments(t) - moments(float(centres[before[-1]]))[:, None]  # (3, n), 1/m
+            reach = np.maximum(reach, np.abs(k).max(axis=1))
+            for axis in np.flatnonzero(np.ptp(k, axis=1) >= MOVING_PER_M).tolist():
+                read[axis].append(1.0 / (n * float(np.median(np.abs(np.diff(k[axis]))))))
+    voxel = tuple(min(read[a]) if read[a] else 1.0 / (2.0 * reach[a]) if reach[a] > 0 else math.inf
+                  for a in range(3))
+    return voxel if max(voxel) <= NON_SELECTIVE_M else None
+
+
+def volume_phantom(voxel: tuple[float, ...], fov_m: float, b0_t: float, to_scanner: FloatArray) -> Phantom:
+    """The Shepp–Logan phantom (``fov_m`` wide) on a 3D grid on the scanner's axes, ``voxel`` (m along x, y,
+    z) apart: along each axis the lattice ``(i - m//2)·d`` a scan of that voxel reconstructs, covering the
+    object (what lies beyond the scan's FOV folds in). Its planes (each a tissue class of its own) run along
+    the axis with the fewest points (the grid's axes a cyclic turn of the scanner's: right-handed); more than
+    :data:`MAX_SLAB_PLANES` are sampled coarser (logged). Raises :class:`ConfigError` for a voxel or size that
+    is not positive and finite."""
+    if not (fov_m > 0 and all(0 < d < math.inf for d in voxel)):
+        raise ConfigError(f"placement: a volume needs a positive field of view and voxel, got {fov_m}, {voxel}")
+    halves = [_half_extent(np.eye(3)[:, a], fov_m, to_scanner) for a in range(3)]
+    lattices = [_lattice(1, d, half) for d, half in zip(voxel, halves, strict=True)]
+    planes = int(np.argmin([x.size for x in lattices]))
+    order = [(planes + 1) % 3, (planes + 2) % 3, planes]  # grid x, y, z: scanner axes, z the planes'
+    sizes = list(voxel)
+    if lattices[planes].size > MAX_SLAB_PLANES:
+        sizes[planes] = halves[planes] / (MAX_SLAB_PLANES / 2 - 0.5)  # the object on MAX_SLAB_PLANES planes
+        log.warning("placement: a volume of %d planes along %s sampled on %d (%.2f mm apart, not %.2f)",
+                    lattices[planes].size, "xyz"[planes], MAX_SLAB_PLANES, sizes[planes] * 1e3, voxel[planes] * 1e3)
+        lattices[planes] = _lattice(1, sizes[planes], halves[planes])
+    axes = np.eye(3)[:, order]
+    counts = " x ".join(f"{lattices[a].size}" for a in order)
+    mm = " x ".join(f"{sizes[a] * 1e3:.2f}" for a in order)
+    return _on_grid(axes, np.zeros(3), (lattices[order[0]], lattices[order[1]], lattices[order[2]]),
+                    (sizes[order[0]], sizes[order[1]], sizes[order[2]]), fov_m, b0_t, to_scanner,
+                    f"shepp_logan volume of {counts} voxels of {mm} mm (grid axes {''.join('xyz'[a] for a in order)})")
 
 
 def _shape(rf: RFProgram, p: int) -> tuple[int, float]:
@@ -297,6 +374,15 @@ def _sampled(sel: Selection, centre_m: float, w: FloatArray, voxel: tuple[float,
     # object reaches beyond the field of view (the head's top in a sagittal or coronal plane), so that
     # what lies outside folds in as it would on a scanner rather than being cut off.
     u, v = (_lattice(n, d, _half_extent(axes[:, i], fov_m, to_scanner)) for i in (0, 1))
+    return _on_grid(axes, origin, (u, v, w), voxel, fov_m, b0_t, to_scanner, f"shepp_logan({n}) {where}")
+
+
+def _on_grid(axes: FloatArray, origin: FloatArray, uvw: tuple[FloatArray, FloatArray, FloatArray],
+             voxel: tuple[float, float, float], fov_m: float, b0_t: float, to_scanner: FloatArray,
+             source: str) -> Phantom:
+    """The phantom sampled exactly at the grid points ``origin + axes @ (u, v, w)`` (m, scanner coordinates;
+    ``uvw`` each axis' positions): a 2D slab for one plane (``w`` of size 1), else a 3D grid."""
+    u, v, w = uvw
     ww, vv, uu = np.meshgrid(w, v, u, indexing="ij")
     local = np.stack((uu, vv, ww), axis=-1)
     patient = (local @ axes.T + origin) @ to_scanner  # scanner -> patient: to_scannerᵀ r, row by row
@@ -304,7 +390,7 @@ def _sampled(sel: Selection, centre_m: float, w: FloatArray, voxel: tuple[float,
     if w.size == 1:
         pd, t1, t2 = pd[0], t1[0], t2[0]
     return Phantom(pd=pd, t1_s=t1, t2_s=t2, b0_offset_hz=np.zeros(pd.shape), voxel_size_m=voxel,
-                   source=f"shepp_logan({n}) {where}", axes=axes, origin_m=tuple(origin))
+                   source=source, axes=axes, origin_m=tuple(origin))
 
 
 def _half_extent(axis: FloatArray, fov_m: float, to_scanner: FloatArray) -> float:

@@ -10,6 +10,7 @@ Rotations are SU(2) (Cayley–Klein) pairs ``(α, β)``: for a rotation by ``φ`
 ``α = cos(φ/2) - i n_z sin(φ/2)`` and ``β = -i (n_x + i n_y) sin(φ/2)`` (Pauly et al., IEEE TMI 1991).
 A pulse is the product of its samples' rotations, computed for all classes at once by pairwise
 (tree) reduction over the samples, so numpy's loop runs over log2(samples) levels, not samples.
+A pulse whose samples are all equal (a hard pulse under a constant gradient) is one rotation by their sum.
 
 Shifting every B1 sample's phase by ``φ`` leaves ``α`` and multiplies ``β`` by ``exp(iφ)``: a pulse
 repeated with new phases (RF spoiling) is composed once and cached.
@@ -101,6 +102,10 @@ def pulse_rotation(nutation_rad: ComplexArray, dm_per_m: FloatArray, dt_s: Float
     class positions (``K``, 3); ``df_hz``: class off-resonance (``K``); ``b1_scale``: each class's transmit
     efficiency (``K``, a factor on the B1; None: 1). Intervals are composed in order.
     """
+    if _uniform(nutation_rad, dm_per_m, dt_s):
+        # A hard pulse under a constant gradient: every interval turns each class by the same angle about the
+        # same axis, and n such turns are one turn by n times the angle -- one interval, not n to compose.
+        nutation_rad, dm_per_m, dt_s = (np.sum(v, axis=0, keepdims=True) for v in (nutation_rad, dm_per_m, dt_s))
     k = positions_m.shape[0]
     n = nutation_rad.shape[0]
     alpha = np.empty(k, np.complex128)
@@ -113,6 +118,18 @@ def pulse_rotation(nutation_rad: ComplexArray, dm_per_m: FloatArray, dt_s: Float
         a, b = sample_rotations(nutation, theta)
         alpha[lo:hi], beta[lo:hi] = compose(a, b)
     return Rotation(alpha, beta)
+
+
+def _uniform(*columns: FloatArray | ComplexArray) -> bool:
+    """Whether every interval's values (axis 0 of each column) are the same, to float rounding (1e-12 of the
+    largest: the moments of a constant gradient differ from interval to interval in the last digits)."""
+    for values in columns:
+        if values.shape[0] < 2:
+            return False
+        scale = float(np.abs(values).max())
+        if np.abs(values - values[:1]).max(initial=0.0) > 1e-12 * scale:
+            return False
+    return True
 
 
 class PulseCache:

@@ -8,6 +8,8 @@ ours or another tool's — into images ``(images, ny, nx)`` float32 and where ea
   the sequence's trajectory; multi-slice 2D gives one image per slice, 3D one per partition (FFT along k_z);
 - EPI (:mod:`.epi`): reversed lines mirrored about their centre sample, then the odd/even phase correction
   (from reference lines, else a linear phase fit in hybrid space);
+- Cartesian data read along logical y or z (:mod:`.readaxis`: pypulseq's ``write_mprage.py``): every sample
+  placed by the sequence's trajectory, one image per point of the third axis;
 - any other trajectory (:mod:`.noncart`): the NUFFT of :mod:`scanctl.data.nufft` with density compensation;
 - channels (:mod:`.coils`): root sum of squares by default, adaptive combination (Walsh, prewhitened by
   the noise covariance of the file's noise acquisitions) as an option.
@@ -54,6 +56,7 @@ from scanctl.data.recon.images import (
     to_uint8,
 )
 from scanctl.data.recon.noncart import grid
+from scanctl.data.recon.readaxis import Frame, read_along_any_axis
 from scanctl.hw.interfaces import Acquisition
 from scanctl.sequence.model import Sequence
 
@@ -132,7 +135,12 @@ def _reconstruct(inputs: Inputs, seq: Sequence | None, header: RawHeader | None,
         header = RawHeader.from_sequence(seq, larmor_hz=0.0)
     trajectory = header.trajectory if header is not None else "cartesian"
     nz = 1
-    if trajectory not in CARTESIAN:
+    along = read_along_any_axis(inputs, seq) if trajectory not in CARTESIAN else None
+    if along is not None:  # Cartesian, read along another logical axis (pypulseq's write_mprage.py: z)
+        trajectory = "cartesian"
+        keys, coil_images, members = along.keys, along.images, along.members
+        nz = coil_images[0].shape[1]
+    elif trajectory not in CARTESIAN:
         keys, coil_images, members = grid(inputs, seq, header, trajectories)  # type: ignore[arg-type]
     else:
         kspace = fill(inputs, seq, header, centres)
@@ -155,7 +163,8 @@ def _reconstruct(inputs: Inputs, seq: Sequence | None, header: RawHeader | None,
             if nz > 1:
                 entry["PAR"] = p
             index.append(entry)
-            rows.append(_image_geometry(inputs, header, members[v], p, nz, magnitude.shape[1:]))
+            rows.append(_image_geometry(inputs, header, members[v], p, nz, magnitude.shape[1:],
+                                        along.frame if along is not None else None))
     images = np.asarray(stack, dtype=np.float32).reshape(len(stack), *coil_images[0].shape[-2:])
     how = "single" if channels == 1 else combine
     meta = {"format": IMAGE_JSON_FORMAT,
@@ -189,15 +198,22 @@ def _slice_order(inputs: Inputs, keys: list[tuple[int, ...]], members: list[list
 
 
 def _image_geometry(inputs: Inputs, header: RawHeader | None, members: list[int], p: int, nz: int,
-                    shape: tuple[int, ...]) -> dict[str, Any]:
+                    shape: tuple[int, ...], frame: Frame | None = None) -> dict[str, Any]:
     """``image.json``'s geometry of partition ``p`` of ``nz`` of the volume acquired by ``members``: the
     volume's mean position (mm) moved along the slice direction to the partition's centre, the first
-    acquisition's directions, the header's FOV (mm; the third: slice or partition thickness)."""
+    acquisition's directions, the header's FOV (mm; the third: slice or partition thickness). With a
+    ``frame`` (a readout along another logical axis): the directions and FOVs of its read, phase and
+    partition axes."""
     i = members[0] if members else None
     position = np.mean(inputs.position_mm[members], axis=0) if members else np.zeros(3)
-    read, phase, normal = ((inputs.read_dir[i], inputs.phase_dir[i], inputs.slice_dir[i]) if i is not None
-                           else np.eye(3))
-    fov = np.asarray(header.fov_m if header is not None else (0.0, 0.0, 0.0), dtype=np.float64) * 1e3
+    logical = ((inputs.read_dir[i], inputs.phase_dir[i], inputs.slice_dir[i]) if i is not None
+               else tuple(np.eye(3)))
+    fov_m = header.fov_m if header is not None else (0.0, 0.0, 0.0)
+    if frame is not None:
+        logical = tuple(logical[a] for a in frame.axes)
+        fov_m = frame.fov_m
+    read, phase, normal = logical
+    fov = np.asarray(fov_m, dtype=np.float64) * 1e3
     thickness = fov[2] / nz
     position = position + (p - nz // 2) * thickness * normal
     return {"position_mm": _floats(position), "read_dir": _floats(read), "phase_dir": _floats(phase),

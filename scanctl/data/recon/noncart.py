@@ -27,8 +27,8 @@ def grid(inputs: Inputs, seq: Sequence | None, header: RawHeader,
          ) -> tuple[list[Key], list[ComplexArray], list[list[int]]]:
     """Per image: its counters, its complex coil images ``(channels, 1, n, n)`` and its acquisitions
     (indices into ``inputs``). Raises ReconError when an acquisition has no trajectory, k_z varies (3D
-    non-Cartesian data), the readouts do not move in k_x / k_y (a readout along z), or there is nothing
-    to image."""
+    non-Cartesian data), the readouts do not move in k_x / k_y (a readout along z without the sequence that
+    places it, :mod:`.readaxis`), or there is nothing to image."""
     every = inputs.acquisitions
     if trajectories is not None and len(trajectories) != len(every):
         raise ReconError(f"{len(trajectories)} trajectories for {len(every)} acquisitions")
@@ -51,8 +51,8 @@ def grid(inputs: Inputs, seq: Sequence | None, header: RawHeader,
         k = np.concatenate([t[:, :2] for t in trajs])
         if not np.any(np.ptp(k, axis=0) > 0):  # nothing to grid in the plane: an image of it would be noise
             raise ReconError(f"{header.trajectory} acquisitions do not move in k_x or k_y: a readout along the "
-                             "slice axis (z: pypulseq's write_mprage.py reads along z) is not reconstructed "
-                             "(the recon reads along the logical x axis)")
+                             "slice axis (z: pypulseq's write_mprage.py reads along z) is placed by the "
+                             "sequence's trajectory: give the sequence (scanctl recon --seq FILE)")
         kz = np.concatenate([t[:, 2] for t in trajs if t.shape[1] > 2] or [np.zeros(1)])
         if np.ptp(kz) > 0:
             raise ReconError(f"{header.trajectory} acquisitions move along k_z: 3D non-Cartesian data are not "
