@@ -420,3 +420,18 @@ def test_cached_drift_products_equal_fresh_ones() -> None:
     again = warm.signal(*args)
     assert np.array_equal(again, got)
     assert warm._drift_cache.keys() == seen.keys() and all(warm._drift_cache[k] is v for k, v in seen.items())
+
+
+@given(st.lists(st.tuples(st.integers(-3, 3), st.integers(-2**62, 2**62), st.integers(-1, 1)), max_size=60),
+       st.integers(1, 3))
+def test_unique_rows_is_numpys_unique_along_rows(rows: list[tuple[int, int, int]], width: int) -> None:
+    """The read-out groups its states by ``_unique_rows``: the same first indices and inverse as
+    ``np.unique(axis=0)``, repeated rows, one column, huge values and no rows included."""
+    key = np.array(rows, np.int64).reshape(-1, 3)[:, :width]
+    first, inverse = signal_mod._unique_rows(key)
+    if not key.shape[0]:
+        assert first.size == 0 and inverse.size == 0
+        return
+    _, want_first, want_inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    assert np.array_equal(first, want_first)
+    assert np.array_equal(inverse, want_inverse.reshape(-1))

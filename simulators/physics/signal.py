@@ -128,6 +128,20 @@ def _taylor_terms(rho: float, tol: float = _TAYLOR_TOL) -> int:
     return n
 
 
+def _unique_rows(key: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """``np.unique(key, axis=0, return_index=True, return_inverse=True)[1:]`` for the rows of ``key``
+    ``(n, m)``: the first row of each distinct row (distinct rows in lexicographic order) and each row's
+    distinct row. A stable lexicographic sort: 7x faster than ``np.unique`` along an axis (it sorts the
+    rows as structured values), which took 5 % of gre_3d's run grouping the read-out's states."""
+    order = np.lexsort(key.T[::-1])  # by the first column, then the next...; stable
+    ordered = key[order]
+    new = np.ones(order.size, bool)
+    np.any(ordered[1:] != ordered[:-1], axis=1, out=new[1:])
+    inverse = np.empty(order.size, np.intp)
+    inverse[order] = np.cumsum(new) - 1
+    return order[new], inverse
+
+
 def _times(weights: ComplexArray, maps: npt.NDArray[np.floating[Any]] | ComplexArray) -> ComplexArray:
     """``weights @ maps``; for real ``maps`` as one real product of the weights' real and imaginary parts."""
     if np.iscomplexobj(maps):
@@ -306,8 +320,7 @@ class Readout:
         key = np.round(f_k[candidates][:, :2] / 1e-9).astype(np.int64)
         if self._track_time:
             key = np.column_stack((key, np.round(f_tau[candidates] / 1e-12).astype(np.int64)))
-        _, first, group = np.unique(key, axis=0, return_index=True, return_inverse=True)
-        group = group.reshape(-1)
+        first, group = _unique_rows(key)
         heads = candidates[first]  # one state per group: its moment and dephasing time
         kappa = f_k[heads][:, :, None] + dm[None, :, :]  # (G, 3, T)
         ok = np.ones((heads.size, n_t), bool)
