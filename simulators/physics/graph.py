@@ -127,11 +127,13 @@ class PhaseGraph:
         e = np.asarray(e, AMPLITUDE_REAL)
         half_d = 0.5 * d
         rows = [_rows_of(i_f, n_u), _rows_of(i_c, n_u), _rows_of(i_z, n_u)]
-        mag_f = mag_z = None
-        if all(r is not None for r in rows):
+        gathered = [r for r in rows if r is not None]
+        mag_f: FloatArray | None = None
+        mag_z: FloatArray | None = None
+        if len(gathered) == 3:
             # Each merged state has at most one state of each kind: gather them (a row of zeros where none)
             # -- a gather costs a third of a scatter-add into zeros.
-            new_f, new_z, mag_f, mag_z = _gather_rotate(self.f, self.z, rows, (a, b, c, half_d, e))
+            new_f, new_z, mag_f, mag_z = _gather_rotate(self.f, self.z, gathered, (a, b, c, half_d, e))
         else:
             # Two states of one kind landed on one merged state (moments that moved within a quantum of each
             # other): their contributions are summed (a fancy-index ``+=`` would keep only one of them).
@@ -197,7 +199,8 @@ _ROTATE_BLOCK_BYTES = 1 << 17
 
 
 def _gather_rotate(f: ComplexArray, z: ComplexArray, rows: list[npt.NDArray[np.intp]],
-                   coefficients: tuple[ComplexArray, ...]) -> tuple[ComplexArray, ComplexArray, FloatArray, FloatArray]:
+                   coefficients: tuple[npt.NDArray[Any], ...]) -> tuple[ComplexArray, ComplexArray, FloatArray,
+                                                                        FloatArray]:
     """The rotation of :meth:`PhaseGraph.rotate` when each merged state has at most one state of each kind:
     ``rows`` are, per merged state, the row of ``f`` (at ``k``), of ``f`` (conjugated, at ``-k``) and of
     ``z`` that land on it (one past the end where none); ``coefficients`` are ``(a, b, c, d / 2, e)``.

@@ -63,6 +63,8 @@ from .nufft import WIDTH, PlaneNufft, plane_direct
 FloatArray = npt.NDArray[np.float64]
 ComplexArray = npt.NDArray[np.complex128]
 AnyComplexArray = npt.NDArray[np.complexfloating[Any, Any]]  # the phase graph's amplitudes: complex64
+#: Maps as the separable products take them: real (the drift rows of real maps) or complex.
+MapArray = npt.NDArray[np.floating[Any]] | npt.NDArray[np.complexfloating[Any, Any]]
 
 #: A state counts as inside a voxel's band while |moment| * voxel size <= 0.5, with a slack of 1e-3 of the
 #: band: the edge line of a scan whose grid equals the phantom's (k = -1/(2 voxel)) must not vanish when a
@@ -142,7 +144,7 @@ def _unique_rows(key: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.intp], npt.
     return order[new], inverse
 
 
-def _times(weights: ComplexArray, maps: npt.NDArray[np.floating[Any]] | ComplexArray) -> ComplexArray:
+def _times(weights: ComplexArray, maps: MapArray) -> ComplexArray:
     """``weights @ maps``; for real ``maps`` as one real product of the weights' real and imaginary parts."""
     if np.iscomplexobj(maps):
         return weights @ maps
@@ -264,7 +266,7 @@ class Readout:
         # The maps laid out for the separable products, made when first needed (:meth:`_layout`): classes split
         # along a pulse's in-plane gradient rebuild the read-out with hundreds of maps (three copies of 447 at
         # 128 x 128 took 0.4 s per rebuild) whose windows are seldom separable.
-        self._layouts: dict[tuple[str, bool], npt.NDArray[np.floating[Any]] | ComplexArray] = {}
+        self._layouts: dict[tuple[str, bool], MapArray] = {}
         self._dfr = dfr_map
         self._dfr_max = dfr_max
         self._r2p = np.asarray(r2p, np.float64)
@@ -454,7 +456,7 @@ class Readout:
         out[ok] = values
         return out.transpose(0, 2, 1)
 
-    def _separable(self, maps: ComplexArray | None, k_const: FloatArray, pos_const: FloatArray, k_var: FloatArray,
+    def _separable(self, maps: MapArray | None, k_const: FloatArray, pos_const: FloatArray, k_var: FloatArray,
                    pos_var: FloatArray, tag: str | None = None) -> ComplexArray:
         """``Σ maps[u, c, v] exp(2πi k_const[g, t] u) exp(2πi k_var[g, t] v)`` with ``maps`` laid out
         ``(n_u, C, n_v)`` (u the axis constant, or nearly, through the window; moments ``(G, T)`` in 1/m,
@@ -493,7 +495,7 @@ class Readout:
         samples = self._phasor(k_var[0] - offset[0], pos_var)  # (T, n_v)
         return (rows.reshape(n_g * n_l * n_c, n_v) @ samples.T).reshape(n_g, n_l, n_c, k_var.shape[1])
 
-    def _drift_rows(self, maps: ComplexArray, drift: _Drift, ref: npt.NDArray[np.int64],
+    def _drift_rows(self, maps: MapArray, drift: _Drift, ref: npt.NDArray[np.int64],
                     tag: str | None) -> ComplexArray:
         """The first product of :meth:`_separable` under a drift, ``Σ_u maps[u] w_l(u)`` with the weights
         ``w_l`` of :meth:`_Drift.weights` at each group's reference ``ref``; shape ``(G, L, C, n_v)``.
@@ -514,17 +516,19 @@ class Readout:
             found.append(hit)
         return found[0][None] if len(found) == 1 else np.stack(found)  # one group (gre_3d): no copy
 
-    def _layout(self, tag: str, real: bool) -> npt.NDArray[np.floating[Any]] | ComplexArray:
+    def _layout(self, tag: str, real: bool) -> MapArray:
         """The read-out's maps laid out ``(n_u, C, n_v)``: ``"rows"`` (u = y) or ``"cols"`` (u = x), complex
         (for the plain separable product: BLAS multiplies complex by complex) or, for real maps, real (the
         drift rows: two real products, half the memory and the work). Made once, when first needed: gre_3d's
         279 maps on a 128 x 128 grid are 73 MB a complex layout."""
-        hit = self._layouts.get((tag, real))
-        if hit is None:
+        if (tag, real) not in self._layouts:
             axes = (1, 0, 2) if tag == "rows" else (2, 0, 1)
-            hit = np.ascontiguousarray(self._pd.transpose(axes), dtype=np.float64 if real else np.complex128)
-            self._layouts[(tag, real)] = hit
-        return hit
+            moved = self._pd.transpose(axes)
+            if real:
+                self._layouts[(tag, real)] = np.ascontiguousarray(moved, dtype=np.float64)
+            else:
+                self._layouts[(tag, real)] = np.ascontiguousarray(moved, dtype=np.complex128)
+        return self._layouts[(tag, real)]
 
     def _remember(self, key: tuple[str, int, int], rows: ComplexArray) -> None:
         """Cache drift rows, forgetting the oldest past :data:`_DRIFT_CACHE_BYTES`."""
