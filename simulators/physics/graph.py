@@ -127,17 +127,13 @@ class PhaseGraph:
         e = np.asarray(e, AMPLITUDE_REAL)
         half_d = 0.5 * d
         rows = [_rows_of(i_f, n_u), _rows_of(i_c, n_u), _rows_of(i_z, n_u)]
-        if all(r is not None for r in rows):
+        gathered = [r for r in rows if r is not None]
+        mag_f: FloatArray | None = None
+        mag_z: FloatArray | None = None
+        if len(gathered) == 3:
             # Each merged state has at most one state of each kind: gather them (a row of zeros where none)
             # -- a gather costs a third of a scatter-add into zeros.
-            f_ext, z_ext = _with_zero_row(self.f), _with_zero_row(self.z)
-            f_u, z_u, conj_u = f_ext[rows[0]], z_ext[rows[2]], np.conj(f_ext[rows[1]])
-            new_f = a * f_u
-            new_f += b * conj_u
-            new_f += c * z_u
-            new_z = e * z_u
-            new_z += half_d * f_u
-            new_z += np.conj(half_d) * conj_u
+            new_f, new_z, mag_f, mag_z = _gather_rotate(self.f, self.z, gathered, (a, b, c, half_d, e))
         else:
             # Two states of one kind landed on one merged state (moments that moved within a quantum of each
             # other): their contributions are summed (a fancy-index ``+=`` would keep only one of them).
@@ -152,14 +148,15 @@ class PhaseGraph:
             _add_rows(new_z, i_z, e * self.z)
 
         zero = int(inverse[2 * n_f]) if n_z else -1  # where the k = 0 longitudinal state went
-        self.f_k, self.f_tau, self.f = self._prune(k_u, tau_u, new_f, keep=-1)
-        self.z_k, self.z_tau, self.z = self._prune(k_u, tau_u, new_z, keep=zero)
+        self.f_k, self.f_tau, self.f = self._prune(k_u, tau_u, new_f, keep=-1, mag=mag_f)
+        self.z_k, self.z_tau, self.z = self._prune(k_u, tau_u, new_z, keep=zero, mag=mag_z)
 
-    def _prune(self, k: FloatArray, tau: FloatArray, amp: ComplexArray, keep: int) -> tuple[
-            FloatArray, FloatArray, ComplexArray]:
-        """Drop states whose :func:`signal_weight` is at most the tolerance (keeping state ``keep`` first, if
-        >= 0) and, past ``max_states``, all but the strongest."""
-        mag = signal_weight(amp)
+    def _prune(self, k: FloatArray, tau: FloatArray, amp: ComplexArray, keep: int,
+               mag: FloatArray | None = None) -> tuple[FloatArray, FloatArray, ComplexArray]:
+        """Drop states whose :func:`signal_weight` (``mag``, if already known) is at most the tolerance
+        (keeping state ``keep`` first, if >= 0) and, past ``max_states``, all but the strongest."""
+        if mag is None:
+            mag = signal_weight(amp)
         idx = np.flatnonzero(mag > self.tolerance)
         if keep >= 0:
             idx = np.concatenate(([keep], idx[idx != keep]))
@@ -194,6 +191,58 @@ def signal_weight(amp: ComplexArray) -> FloatArray:
         parts = amp.view(amp.real.dtype).reshape(amp.shape[0], amp.shape[1], -1)  # (re, im) pairs
         power = np.einsum("ijk,ijk->ij", parts, parts) / amp.shape[2]
     return np.sqrt(power.max(axis=1)).astype(np.float64)
+
+
+#: Merged states per block of :func:`_gather_rotate` (x 279 classes x 8 bytes: ~140 kB an array, within a
+#: core's L2 cache).
+_ROTATE_BLOCK_BYTES = 1 << 17
+
+
+def _gather_rotate(f: ComplexArray, z: ComplexArray, rows: list[npt.NDArray[np.intp]],
+                   coefficients: tuple[npt.NDArray[Any], ...]) -> tuple[ComplexArray, ComplexArray, FloatArray,
+                                                                        FloatArray]:
+    """The rotation of :meth:`PhaseGraph.rotate` when each merged state has at most one state of each kind:
+    ``rows`` are, per merged state, the row of ``f`` (at ``k``), of ``f`` (conjugated, at ``-k``) and of
+    ``z`` that land on it (one past the end where none); ``coefficients`` are ``(a, b, c, d / 2, e)``.
+    Returns the new ``F`` and ``Z`` and their :func:`signal_weight`.
+
+    Block by block of merged states: the gathered rows and the products stay in the cache instead of going
+    through memory as whole arrays a dozen times (gre_3d: 1700 merged states x 279 classes, 4x faster);
+    every element sees the same operations in the same order as the whole-array expression, bit for bit."""
+    a, b, c, half_d, e = coefficients
+    conj_half_d = np.conj(half_d)
+    f_ext, z_ext = _with_zero_row(f), _with_zero_row(z)
+    n_u = rows[0].size
+    new_f = np.empty((n_u, *f.shape[1:]), f.dtype)
+    new_z = np.empty_like(new_f)
+    mag_f, mag_z = np.empty(n_u), np.empty(n_u)
+    block = max(1, _ROTATE_BLOCK_BYTES // max(1, f.itemsize * int(np.prod(f.shape[1:]))))
+    scratch = np.empty((block, *f.shape[1:]), f.dtype)
+    for lo in range(0, n_u, block):
+        part = slice(lo, lo + block)
+        f_u, z_u = f_ext[rows[0][part]], z_ext[rows[2][part]]
+        conj_u = np.conj(f_ext[rows[1][part]])
+        out_f, out_z, tmp = new_f[part], new_z[part], scratch[:f_u.shape[0]]
+        np.multiply(a, f_u, out=out_f)
+        out_f += np.multiply(b, conj_u, out=tmp)
+        out_f += np.multiply(c, z_u, out=tmp)
+        np.multiply(e, z_u, out=out_z)
+        out_z += np.multiply(half_d, f_u, out=tmp)
+        out_z += np.multiply(conj_half_d, conj_u, out=tmp)
+        mag_f[part] = _block_weight(out_f)
+        mag_z[part] = _block_weight(out_z)
+    return new_f, new_z, mag_f, mag_z
+
+
+def _block_weight(amp: ComplexArray) -> FloatArray:
+    """:func:`signal_weight` of a contiguous block, bit for bit; with one isochromat as the squares of the
+    (re, im) pairs side by side (fewer, contiguous passes: it runs on every block of every rotation)."""
+    if amp.shape[2] != 1 or amp.shape[1] == 0 or not amp.flags.c_contiguous:
+        return signal_weight(amp)
+    squares = amp.view(amp.real.dtype)  # (states, classes, 2)
+    squares = squares * squares
+    power = squares[:, :, 0] + squares[:, :, 1]
+    return np.sqrt(power.max(axis=1))
 
 
 def _merge_keys(k: FloatArray, tau: FloatArray | None) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
