@@ -194,13 +194,22 @@ def encoded_voxel(segments: list[tuple[GradientProgram | None, RFProgram, ADCPro
             if not before.size or n < 2 or _selection(gradient, rf, excitations[before[-1]], True) is not None:
                 continue
             t = adc.start_s[w] + (np.arange(n) + 0.5) * adc.dwell_s[w]
-            k = moments(t) - moments(float(centres[before[-1]]))[:, None]  # (3, n), 1/m
+            centre = float(centres[before[-1]])
+            # Less what a gradient already on at the excitation adds (a shim, the magnet's own inhomogeneity:
+            # static, it encodes nothing; a non-selective pulse plays with no gradient of the sequence's own).
+            k = moments(t) - moments(centre)[:, None] - np.outer(_gradient_at(gradient, centre), t - centre)
             reach = np.maximum(reach, np.abs(k).max(axis=1))
             for axis in np.flatnonzero(np.ptp(k, axis=1) >= MOVING_PER_M).tolist():
                 read[axis].append(1.0 / (n * float(np.median(np.abs(np.diff(k[axis]))))))
     voxel = tuple(min(read[a]) if read[a] else 1.0 / (2.0 * reach[a]) if reach[a] > 0 else math.inf
                   for a in range(3))
     return voxel if max(voxel) <= NON_SELECTIVE_M else None
+
+
+def _gradient_at(gradient: GradientProgram, t_s: float) -> FloatArray:
+    """The gradient (Hz/m, x y z) at ``t_s``: linear between breakpoints, 0 outside them."""
+    return np.array([float(np.interp(t_s, t, g, left=0.0, right=0.0)) if t.size else 0.0
+                     for t, g in zip(gradient.t_s, gradient.g_hz_per_m, strict=True)])
 
 
 def volume_phantom(voxel: tuple[float, ...], fov_m: float, b0_t: float, to_scanner: FloatArray) -> Phantom:
