@@ -110,8 +110,11 @@ def _fid(profile, **params):
     return fid(profile, samples=64, **params)
 
 
-def test_prescan_shims_a_second_order_field_down_tenfold():
-    scanner = open_scanner("sim://?b0_2nd=" + ",".join(map(str, B0_2ND)) + "&b0=40&noise=5")
+@pytest.mark.parametrize("b0_2nd", [B0_2ND, (2.0, 0.0, 0.0, 1.5, -1.0)], ids=["in-plane", "with-z2"])
+def test_prescan_shims_a_second_order_field_down_tenfold(b0_2nd):
+    """The in-plane map fits x2y2, xy and (where the hardware has the coil) z2, whose field on the transverse
+    plane is -(x² + y²)/2 times it."""
+    scanner = open_scanner("sim://?b0_2nd=" + ",".join(map(str, b0_2nd)) + "&b0=40&noise=5")
     try:
         before = float(np.sqrt(np.mean(field_seen_hz(scanner) ** 2)))
         result = Prescan(scanner).run(["frequency", "shim"])
@@ -122,8 +125,9 @@ def test_prescan_shims_a_second_order_field_down_tenfold():
         assert rms_after * 10 <= before, (before, rms_after, result.shim)
         # What the prescan measured says so too (a third B0 map after the shim).
         assert shim.values["rms_after_hz"] * 10 <= shim.values["rms_before_hz"], shim.values
-        assert result.shim["x2y2"] == pytest.approx(-1.5e4, rel=0.05)
-        assert result.shim["xy"] == pytest.approx(1e4, rel=0.05)
+        assert result.shim["x2y2"] == pytest.approx(-1e4 * b0_2nd[3], rel=0.05)
+        assert result.shim["xy"] == pytest.approx(-1e4 * b0_2nd[4], rel=0.05)
+        assert result.shim["z2"] == pytest.approx(-1e4 * b0_2nd[0], abs=0.05e4)
     finally:
         scanner.close()
 

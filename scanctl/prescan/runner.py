@@ -11,9 +11,9 @@ Steps (:data:`STEPS`, run in this order whatever order they are asked in; docs/p
   peak is at :data:`GAIN_HEADROOM` of the ADC's full scale;
 - ``frequency``: the FID's frequency, iterated until the correction is below :data:`FREQUENCY_TOL_HZ` (run again
   after ``shim``, whose fit moves the mean field);
-- ``shim``: a dual-echo B0 map in the plane (offset, x, y, and the in-plane second-order terms where the
-  hardware has second-order shims) and a dual-echo projection along z, fitted over the object, applied, and
-  measured again (twice): the residual RMS over the object before and after;
+- ``shim``: a dual-echo B0 map in the plane (offset, x, y, and the second-order terms that vary over it —
+  x2y2, xy, z2 — where the hardware has those shims) and a dual-echo projection along z, fitted over the
+  object, applied, and measured again (twice): the residual RMS over the object before and after;
 - ``transmit``: the transmit scale by Bloch–Siegert (see docs/prescan.md for why);
 - ``b1map``: the Bloch–Siegert pair imaged, a B1 map over the object (what the transmit scale cannot even out):
   its mean, spread and range, measured only (nothing is set);
@@ -286,8 +286,10 @@ class Prescan:
             message="measured (B1 actual over programmed at the transmit scale in force); nothing set")
 
     def _shim_terms(self) -> tuple[str, ...]:
+        """What the transverse map can fit: the offset, x, y, and the second-order terms the hardware has that
+        vary over the plane z = 0 (x2y2, xy, and z2 as -(x² + y²)/2; zx and zy vanish there)."""
         have = self.profile.adjustments.max_shim_second_order_hz_per_m2
-        return ("offset", "x", "y", *(t for t in ("x2y2", "xy") if t in have))
+        return ("offset", "x", "y", *(t for t in ("z2", "x2y2", "xy") if t in have))
 
     def _measure_plane(self) -> analysis.FieldFit:
         cal, acq = self.acquire(b0_map)
