@@ -58,6 +58,14 @@ class Written:
     fov: float
 
 
+def excitation(thickness: float) -> tuple:  # (pypulseq events)
+    """The GREs' 15° sinc excitation of a ``thickness`` slice along z, and its slice rephaser."""
+    rf, gz, _ = pp.make_sinc_pulse(flip_angle=math.radians(15), duration=1e-3, slice_thickness=thickness,
+                                   apodization=0.5, time_bw_product=4, system=SYSTEM, return_gz=True,
+                                   delay=SYSTEM.rf_dead_time, use="excitation")
+    return rf, gz, pp.make_trapezoid(channel="z", area=-gz.area / 2, duration=0.6e-3, system=SYSTEM)
+
+
 def gre(n: int = 8, fov: float = 0.2, planes: list[list[tuple[float, float, float]]] | None = None,
         spoil: bool = True, fov_definition: bool = True, thickness: float = 5e-3) -> Written:
     """An RF-spoiled GRE: for each plane, each of its (read, phase, slice) offsets (m), ``n`` lines. The slice
@@ -65,13 +73,10 @@ def gre(n: int = 8, fov: float = 0.2, planes: list[list[tuple[float, float, floa
     phase (2 pi k_y d_phase, and the read shift's phase at the echo)."""
     planes = planes or [[(0.0, 0.0, 0.0)]]
     seq = pp.Sequence(SYSTEM)
-    rf, gz, _ = pp.make_sinc_pulse(flip_angle=math.radians(15), duration=1e-3, slice_thickness=thickness,
-                                   apodization=0.5, time_bw_product=4, system=SYSTEM, return_gz=True,
-                                   delay=SYSTEM.rf_dead_time, use="excitation")
+    rf, gz, gz_reph = excitation(thickness)
     gx = pp.make_trapezoid(channel="x", flat_area=n / fov, flat_time=0.64e-3, system=SYSTEM)
     adc = pp.make_adc(num_samples=n, duration=gx.flat_time, delay=gx.rise_time, system=SYSTEM)
     gx_pre = pp.make_trapezoid(channel="x", area=-gx.area / 2, duration=0.6e-3, system=SYSTEM)
-    gz_reph = pp.make_trapezoid(channel="z", area=-gz.area / 2, duration=0.6e-3, system=SYSTEM)
     spoiler = pp.make_trapezoid(channel="z", area=4 / thickness, system=SYSTEM)
     rf_centre = pp.calc_rf_center(rf)[0]
     offsets, plane_of, lines = [], [], []
@@ -595,13 +600,10 @@ def gre_read_along_y(n: int = 8, fov_read: float = 0.2, fov_phase: float = 0.16,
     phase encoding along x (``n`` lines over ``fov_phase``, ``LIN`` unlabelled), slice z; the FOV centre at
     ``offset`` (read, phase, slice; m) by the ADC's frequency and phase and the RF frequency, as :func:`gre`."""
     seq = pp.Sequence(SYSTEM)
-    rf, gz, _ = pp.make_sinc_pulse(flip_angle=math.radians(15), duration=1e-3, slice_thickness=thickness,
-                                   apodization=0.5, time_bw_product=4, system=SYSTEM, return_gz=True,
-                                   delay=SYSTEM.rf_dead_time, use="excitation")
+    rf, gz, gz_reph = excitation(thickness)
     g_read = pp.make_trapezoid(channel="y", flat_area=n / fov_read, flat_time=0.64e-3, system=SYSTEM)
     adc = pp.make_adc(num_samples=n, duration=g_read.flat_time, delay=g_read.rise_time, system=SYSTEM)
     g_pre = pp.make_trapezoid(channel="y", area=-g_read.area / 2, duration=0.6e-3, system=SYSTEM)
-    gz_reph = pp.make_trapezoid(channel="z", area=-gz.area / 2, duration=0.6e-3, system=SYSTEM)
     read_off, phase_off, slice_off = offset
     rf.freq_offset = gz.amplitude * slice_off
     rf.phase_offset = (-2 * math.pi * rf.freq_offset * pp.calc_rf_center(rf)[0]) % (2 * math.pi)
