@@ -399,6 +399,15 @@ def version_rule(released: dict[str, Any], current: dict[str, Any]) -> list[str]
     return [f"minor {version} is not additive to {latest}: {p}" for p in additive(old, new)]
 
 
+def test_a_batch_may_carry_every_stream_of_the_events_socket():
+    """The server batches whatever it publishes on the events socket (an exam step's events too, when they
+    come close together): a batch group's stream is any of them, and only they."""
+    doc = schema.load()
+    events = {name for name, stream in doc["x-streams"].items() if stream["socket"] == "events"}
+    batched = set(doc["components"]["schemas"]["BatchGroup"]["properties"]["stream"]["enum"])
+    assert batched == events
+
+
 def released_schemas() -> dict[str, Any]:
     return {path.stem: json.loads(path.read_text()) for path in RELEASED.glob("*.json")}
 
