@@ -23,7 +23,8 @@ from scanctl.simulators.physics import bloch as bloch_mod
 from scanctl.simulators.physics import signal as signal_mod
 from scanctl.simulators.physics.coils import loop_ring
 from scanctl.simulators.physics.nufft import PlaneNufft, plane_direct
-from scanctl.simulators.physics.signal import Readout, _SparseMaps
+from scanctl.simulators.physics.planesums import SparseMaps, unique_rows
+from scanctl.simulators.physics.signal import Readout
 from threadpoolctl import threadpool_info
 
 from scanctl.config import profile as profiles
@@ -68,7 +69,7 @@ def test_sparse_plane_sums_match_the_direct_sum(seed: int, n_maps: int, fill: fl
     x = (np.arange(nx) - nx // 2) * 0.004 + 0.01
     y = (np.arange(ny) - ny // 2) * 0.003 - 0.02
     kx, ky = rng.uniform(-200.0, 200.0, 70), rng.uniform(-200.0, 200.0, 70)
-    sparse = _SparseMaps(maps, x, y)
+    sparse = SparseMaps(maps, x, y)
     assert sparse.nnz == np.count_nonzero(maps)
     scale = max(1.0, float(np.abs(maps).sum()))
     assert np.abs(sparse(kx, ky) - plane_direct(maps, x, y, kx, ky)).max() < 1e-12 * scale
@@ -425,10 +426,10 @@ def test_cached_drift_products_equal_fresh_ones() -> None:
 @given(st.lists(st.tuples(st.integers(-3, 3), st.integers(-2**62, 2**62), st.integers(-1, 1)), max_size=60),
        st.integers(1, 3))
 def test_unique_rows_is_numpys_unique_along_rows(rows: list[tuple[int, int, int]], width: int) -> None:
-    """The read-out groups its states by ``_unique_rows``: the same first indices and inverse as
+    """The read-out groups its states by ``unique_rows``: the same first indices and inverse as
     ``np.unique(axis=0)``, repeated rows, one column, huge values and no rows included."""
     key = np.array(rows, np.int64).reshape(-1, 3)[:, :width]
-    first, inverse = signal_mod._unique_rows(key)
+    first, inverse = unique_rows(key)
     if not key.shape[0]:
         assert first.size == 0 and inverse.size == 0
         return

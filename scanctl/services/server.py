@@ -2,24 +2,22 @@
 
 Sockets:
 
-- **command** (ROUTER, default ``tcp://127.0.0.1:5555``): requests of type ``command`` with body
-  ``{"command": NAME, ...}``. Replies are ``reply`` ``{"status": "accepted" | "done", ...}`` or ``error``
-  ``{"code", "message", ...}``. A retry with the same request id from the same client gets the same reply
-  without the command running twice.
-- **events** (PUB, default ``tcp://127.0.0.1:5556``): ``event`` messages on the streams ``state``,
-  ``progress``, ``telemetry``, ``safety``, ``run``, ``control`` and ``sync``, each stamped with ``src``,
-  ``run`` and a per-stream ``seq``.
-- **data** (PUB; the events socket unless another endpoint is given): ``data`` messages, stream
-  ``data`` (the ADC samples as binary frames straight from numpy) and ``data_sync``.
+- **command** (ROUTER, default ``tcp://127.0.0.1:5555``): requests of type ``command`` with body ``{"command":
+  NAME, ...}``. Replies are ``reply`` ``{"status": "accepted" | "done", ...}`` or ``error`` ``{"code", "message",
+  ...}``. A retry with the same request id from the same client gets the same reply, the command run once.
+- **events** (PUB, default ``tcp://127.0.0.1:5556``): ``event`` messages on the streams ``state``, ``progress``,
+  ``telemetry``, ``safety``, ``run``, ``control``, ``sync`` and ``exam``, stamped ``src``, ``run``, per-stream ``seq``.
+- **data** (PUB; the events socket unless another endpoint is given): ``data`` messages, stream ``data`` (the ADC
+  samples as binary frames straight from numpy) and ``data_sync``.
 
 Every message, a command's arguments included (others are refused), is in the wire schema (scanctl/transport/
 schema/wire.json). Telemetry: :mod:`scanctl.services.telemetry`; exam commands: :mod:`scanctl.services.exam_commands`.
 
-Threads: the loop thread owns the sockets' receiving side and answers commands; one worker thread owns
-the scanner's state machine (connect, load/prepare, run, reset, table moves) as the executor requires.
-Pause, resume, stop and abort reach the run loop through :meth:`Scanner.request` (thread-safe);
-emergency stop through :meth:`Scanner.emergency_stop`. Publishing happens on whichever thread has
-something to say, serialised by one lock (a ZeroMQ socket may move between threads behind a lock).
+Threads: the loop thread owns the sockets' receiving side and answers commands; one worker thread owns the
+scanner's state machine (connect, load/prepare with its prescan, run, reset, table moves) as the executor
+requires. Pause, resume, stop and abort reach the run loop through :meth:`Scanner.request` (thread-safe);
+emergency stop through :meth:`Scanner.emergency_stop`. Publishing happens on whichever thread has something
+to say, serialised by one lock (a ZeroMQ socket may move between threads behind a lock).
 """
 
 from __future__ import annotations
@@ -169,8 +167,7 @@ class ControlServer:
         self.scanner = Scanner.from_profile(profile, self.urls, segment_s=segment_s)
         self.scanner.machine.listeners.append(self._on_journal)
         self.telemetry = Telemetry(self.scanner, self.publish, self.state_lock, telemetry_period_s, name)
-        # One scan session over this scanner (kept for every load: nothing reconnected or re-homed); each load
-        # prescans first as `scanctl run` does (unless told not to), its results staying on the drivers.
+        # One scan session over this scanner (nothing reconnected or re-homed), prescanning as `scanctl run` does.
         self._port = LocalPort(profile, self.overrides, scanner=self.scanner, run_id=lambda: self.run_id,
                                prescan=before_run)
         self.session = ScanSession(self._port)

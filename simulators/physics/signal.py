@@ -50,7 +50,6 @@ the samples and weights them by the voxel volume (mm³) on output.
 
 from __future__ import annotations
 
-import math
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -59,12 +58,11 @@ import numpy.typing as npt
 from threadpoolctl import ThreadpoolController
 
 from .nufft import WIDTH, PlaneNufft, plane_direct
+from .planesums import Drift, MapArray, SparseMaps, taylor_terms, times, unique_rows
 
 FloatArray = npt.NDArray[np.float64]
 ComplexArray = npt.NDArray[np.complex128]
 AnyComplexArray = npt.NDArray[np.complexfloating[Any, Any]]  # the phase graph's amplitudes: complex64
-#: Maps as the separable products take them: real (the drift rows of real maps) or complex.
-MapArray = npt.NDArray[np.floating[Any]] | npt.NDArray[np.complexfloating[Any, Any]]
 
 #: A state counts as inside a voxel's band while |moment| * voxel size <= 0.5, with a slack of 1e-3 of the
 #: band: the edge line of a scan whose grid equals the phantom's (k = -1/(2 voxel)) must not vanish when a
@@ -83,26 +81,19 @@ _CONSTANT_CYCLES = 1e-9
 BLAS_THREADS = 1
 #: A read-out axis whose moment drifts through a window (a static gradient on a Cartesian read-out) goes the
 #: separable way while the drift's phase across the field of view, ``2π max|δk| max|r - r_c|``, is at most
-#: this (rad; beyond, the NUFFT: each Taylor term costs a separable product), with the Taylor series' error
-#: bound, relative to ``Σ |maps|`` (the NUFFT's own error bound).
+#: this (rad; beyond, the NUFFT: each Taylor term costs a separable product); the series' error bound is
+#: :data:`.planesums.DRIFT_TOL`.
 _DRIFT_MAX_ARG = 1.0
-_DRIFT_TOL = 1e-9
-#: The drift's reference moments are multiples of this many cycles over half the grid (adds at most
-#: ``π · 1e-3`` rad to the series' argument).
-_REF_CYCLES = 1e-3
 #: Bytes of cached drift rows (gre_3d: 4 terms x 279 maps x 128 voxels, 2.3 MB a line; it reads 64 lines).
 _DRIFT_CACHE_BYTES = 192 << 20
 #: Cached sample phasors (the moments of a Cartesian read-out repeat every TR).
 _PHASOR_CACHE = 256
-#: The sparse plane sum (:class:`_SparseMaps`) is taken instead of the NUFFT while the maps' nonzero voxels are
+#: The sparse plane sum (:class:`SparseMaps`) is taken instead of the NUFFT while the maps' nonzero voxels are
 #: fewer than this fraction of the NUFFT's taps (``width²`` per map) per point. A voxel of the sparse sum cost
 #: 5-6 ns, a tap of the NUFFT 3.4-4 ns with the 6 classes of shepp_logan(64) and (128) (best of 3, 4096 points),
 #: and a tap grows dearer with the maps (221 classes: ~50 ns, its gather no longer in cache); the sparse
 #: sum also needs no set-up (the NUFFT's FFT of 447 maps took 18 s at 128 x 128).
 _SPARSE_FRACTION = 0.5
-#: Elements (points x voxels) per block of the sparse plane sum: its five passes over them stay in cache (1 MB
-#: per array). 1024 points of 447 classes' 8177 voxels: 85 ms in blocks of 2^16, 163 ms of 2^21.
-_SPARSE_BLOCK_ELEMENTS = 1 << 16
 #: Elements (groups x classes x samples, and states x classes x isochromats x samples) per block: bounds
 #: the intermediate arrays to ~32 MB.
 _BLOCK_ELEMENTS = 1 << 21
@@ -117,121 +108,6 @@ def _blas_limit() -> AbstractContextManager[object]:
     if _controller is None:
         _controller = ThreadpoolController()
     return _controller.limit(limits=BLAS_THREADS, user_api="blas")
-
-
-def _taylor_terms(rho: float, tol: float = _TAYLOR_TOL) -> int:
-    """Smallest ``L`` with ``rho**L / L! * exp(rho) <= tol`` (the series' remainder bound)."""
-    if rho <= 0:
-        return 1
-    term, n = math.exp(rho), 0
-    while term > tol:
-        n += 1
-        term *= rho / n
-    return n
-
-
-def _unique_rows(key: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-    """``np.unique(key, axis=0, return_index=True, return_inverse=True)[1:]`` for the rows of ``key``
-    ``(n, m)``: the first row of each distinct row (distinct rows in lexicographic order) and each row's
-    distinct row. A stable lexicographic sort: 7x faster than ``np.unique`` along an axis (it sorts the
-    rows as structured values), which took 5 % of gre_3d's run grouping the read-out's states."""
-    order = np.lexsort(key.T[::-1])  # by the first column, then the next...; stable
-    ordered = key[order]
-    new = np.ones(order.size, bool)
-    np.any(ordered[1:] != ordered[:-1], axis=1, out=new[1:])
-    inverse = np.empty(order.size, np.intp)
-    inverse[order] = np.cumsum(new) - 1
-    return order[new], inverse
-
-
-def _times(weights: ComplexArray, maps: MapArray) -> ComplexArray:
-    """``weights @ maps``; for real ``maps`` as one real product of the weights' real and imaginary parts."""
-    if np.iscomplexobj(maps):
-        return weights @ maps
-    n = weights.shape[0]
-    both = np.concatenate((weights.real, weights.imag)) @ maps
-    out = np.empty((n, maps.shape[1]), np.complex128)
-    out.real, out.imag = both[:n], both[n:]
-    return out
-
-
-class _Drift:
-    """``exp(2πi k[g, t] u)`` for moments ``k`` ``(G, T)`` (1/m) that drift through a window, at positions
-    ``pos`` (m), as ``exp(2πi k_ref[g] u) exp(2πi δ u_c) Σ_l (2πi (u - u_c))^l / l! δ^l`` with
-    ``δ = k - k_ref`` and ``u_c`` the grid's centre: :attr:`terms` terms for an error below
-    :data:`_DRIFT_TOL` of ``Σ |maps|`` (the remainder bound of :func:`_taylor_terms`).
-
-    ``k_ref`` is the middle of each group's moments rounded to a multiple of :attr:`quantum` (:data:`_REF_CYCLES`
-    over half the grid), so that the weights depend on the integer :attr:`ref` and ``L`` alone (cacheable)."""
-
-    def __init__(self, k: FloatArray, pos: FloatArray) -> None:
-        self.centre = 0.5 * float(pos.max() + pos.min())
-        half = 0.5 * float(np.ptp(pos))
-        self.quantum = _REF_CYCLES / max(half, 1e-12)
-        self.ref = np.round(0.5 * (k.max(axis=1) + k.min(axis=1)) / self.quantum).astype(np.int64)  # (G,)
-        self.delta = k - (self.ref * self.quantum)[:, None]  # (G, T)
-        # By the bound on |δ| (half the drift and half a quantum), not by this window's |δ|: the terms, and so
-        # the cached rows' key, do not change with where the moments fall between two quanta.
-        bound = 0.5 * float(np.ptp(k, axis=1).max()) + 0.5 * self.quantum
-        self.terms = _taylor_terms(2.0 * np.pi * half * bound, _DRIFT_TOL)
-        arg = 2j * np.pi * (pos - self.centre)
-        steps = np.broadcast_to(arg, (self.terms - 1, pos.size)) / np.arange(1, self.terms)[:, None]
-        self._powers = np.cumprod(np.vstack((np.ones(pos.size), steps)), axis=0)  # (2πi (u - u_c))^l / l!
-        self._pos = pos
-
-    def weights(self, ref: int) -> ComplexArray:
-        """``exp(2πi k_ref u) (2πi (u - u_c))^l / l!`` for the reference ``ref`` (quanta), ``(L, n_u)``."""
-        return np.exp(2j * np.pi * (ref * self.quantum) * self._pos)[None, :] * self._powers
-
-    def sum(self, terms: ComplexArray, delta: FloatArray) -> ComplexArray:
-        """``exp(2πi δ u_c) Σ_l terms[:, l] δ^l`` (Horner's rule) for ``terms`` ``(G, L, C, T)`` and ``δ``
-        ``(G, T)``; shape ``(G, C, T)``."""
-        step = delta[:, None, :]
-        total = terms[:, -1]
-        for ell in range(terms.shape[1] - 2, -1, -1):
-            total = total * step + terms[:, ell]
-        return total * np.exp(2j * np.pi * self.centre * step)
-
-
-class _SparseMaps:
-    """The nonzero voxels of ``maps`` ``(M, ny, nx)``, map by map, for plane sums voxel by voxel over only
-    these: ``nnz`` per point, against ``M·nx·ny`` summed densely and ``M·width²`` by the NUFFT. The tissue
-    classes share no voxel, so ``nnz`` is at most the voxels with proton density (times the receive
-    channels), however many classes -- classes split along a pulse's in-plane gradient (``bloch.py``) are
-    hundreds of thin strips, for which the NUFFT would interpolate every map at every point.
-    """
-
-    def __init__(self, maps: FloatArray | ComplexArray, x: FloatArray, y: FloatArray,
-                 rates: FloatArray | None = None) -> None:
-        which, iy, ix = np.nonzero(maps)  # ordered by map: each map's voxels are consecutive
-        self.n_maps = maps.shape[0]
-        self.nnz = int(which.size)
-        self.index = (which, iy, ix)
-        self.values = maps[which, iy, ix].astype(np.complex128)
-        #: Each nonzero voxel's off-resonance relative to its class (Hz; ``rates``, a map like ``maps``).
-        self.rates = np.zeros(self.nnz) if rates is None else np.asarray(rates[which, iy, ix], np.float64)
-        self._x, self._y = x, y
-        self._ix, self._iy = ix, iy
-        self._present, self._starts = np.unique(which, return_index=True)
-
-    def __call__(self, kx: FloatArray, ky: FloatArray, values: ComplexArray | None = None) -> ComplexArray:
-        """``Σ_v values_v exp(2πi (kx x_v + ky y_v))`` per map at the points ``kx``, ``ky`` ``(P,)`` (1/m);
-        ``values`` ``(nnz,)`` in :attr:`index` order (default: the maps' own), shape ``(P, M)``; or ``(L, nnz)``
-        (L sets of values, e.g. Taylor terms, sharing the points' phasors), shape ``(L, P, M)``."""
-        values = self.values if values is None else np.asarray(values)
-        sets = values.reshape(values.shape[0] if values.ndim == 2 else 1, self.nnz)
-        out = np.zeros((sets.shape[0], kx.size, self.n_maps), np.complex128)
-        if self.nnz:
-            per_block = max(1, _SPARSE_BLOCK_ELEMENTS // self.nnz)
-            for lo in range(0, kx.size, per_block):
-                ex = np.exp(2j * np.pi * np.outer(kx[lo:lo + per_block], self._x))  # (p, nx): nx exps, not nnz
-                ey = np.exp(2j * np.pi * np.outer(ky[lo:lo + per_block], self._y))
-                phasor = np.take(ex, self._ix, axis=1)
-                phasor *= np.take(ey, self._iy, axis=1)
-                for ell, weights in enumerate(sets):
-                    out[ell][lo:lo + per_block, self._present] = np.add.reduceat(phasor * weights, self._starts,
-                                                                               axis=1)
-        return out if values.ndim == 2 else out[0]
 
 
 class Readout:
@@ -285,7 +161,7 @@ class Readout:
         self._extent = (float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)))
         self._centre = (float(x[x.size // 2]), float(y[y.size // 2])) if x.size and y.size else (0.0, 0.0)
         self._nufft: PlaneNufft | None = None
-        self._sparse: _SparseMaps | None = None
+        self._sparse: SparseMaps | None = None
         # Drift rows by (maps, quantised reference moment, terms): a function of the key alone, so kept
         # across scans (reset does not clear them).
         self._drift_cache: dict[tuple[str, int, int], ComplexArray] = {}
@@ -322,7 +198,7 @@ class Readout:
         key = np.round(f_k[candidates][:, :2] / 1e-9).astype(np.int64)
         if self._track_time:
             key = np.column_stack((key, np.round(f_tau[candidates] / 1e-12).astype(np.int64)))
-        first, group = _unique_rows(key)
+        first, group = unique_rows(key)
         heads = candidates[first]  # one state per group: its moment and dephasing time
         kappa = f_k[heads][:, :, None] + dm[None, :, :]  # (G, 3, T)
         ok = np.ones((heads.size, n_t), bool)
@@ -425,9 +301,9 @@ class Readout:
         out *= ok[:, None, :]
         return out
 
-    def _sparse_maps(self) -> _SparseMaps:
+    def _sparse_maps(self) -> SparseMaps:
         if self._sparse is None:
-            self._sparse = _SparseMaps(self._pd, self._x, self._y, self._dfr)
+            self._sparse = SparseMaps(self._pd, self._x, self._y, self._dfr)
         return self._sparse
 
     def _sparse_wins(self) -> bool:
@@ -465,7 +341,7 @@ class Readout:
 
         All groups see the same sample moments ``k_var[g] - k_var[g, 0]``, so the sample phasors are shared
         (and cached) and each group adds only its offset's phasor. When ``k_const`` drifts (more than
-        :data:`_CONSTANT_CYCLES`), ``exp(2πi k_const u)`` is a Taylor series (:class:`_Drift`): each term is
+        :data:`_CONSTANT_CYCLES`), ``exp(2πi k_const u)`` is a Taylor series (:class:`.planesums.Drift`): each term is
         one more row of the same two products, the groups taken in blocks that bound the terms' arrays."""
         n_g, n_t = k_var.shape
         drifts = np.ptp(k_const[0]) * float(np.abs(pos_const).max(initial=0.0)) > _CONSTANT_CYCLES
@@ -477,7 +353,7 @@ class Readout:
             phasor = np.exp(2j * np.pi * np.outer(k_const[:, 0], pos_const))
             rows = (phasor @ maps.reshape(n_u, n_c * n_v)).reshape(n_g, 1, n_c, n_v)
             return self._products(rows, k_var, pos_var)[:, 0]
-        drift = _Drift(k_const, pos_const)
+        drift = Drift(k_const, pos_const)
         out = np.empty((n_g, n_c, n_t), np.complex128)
         step = max(1, _BLOCK_ELEMENTS // (drift.terms * n_c * max(n_v, n_t)))
         for lo in range(0, n_g, step):
@@ -495,10 +371,10 @@ class Readout:
         samples = self._phasor(k_var[0] - offset[0], pos_var)  # (T, n_v)
         return (rows.reshape(n_g * n_l * n_c, n_v) @ samples.T).reshape(n_g, n_l, n_c, k_var.shape[1])
 
-    def _drift_rows(self, maps: MapArray, drift: _Drift, ref: npt.NDArray[np.int64],
+    def _drift_rows(self, maps: MapArray, drift: Drift, ref: npt.NDArray[np.int64],
                     tag: str | None) -> ComplexArray:
         """The first product of :meth:`_separable` under a drift, ``Σ_u maps[u] w_l(u)`` with the weights
-        ``w_l`` of :meth:`_Drift.weights` at each group's reference ``ref``; shape ``(G, L, C, n_v)``.
+        ``w_l`` of :meth:`.planesums.Drift.weights` at each group's reference ``ref``; shape ``(G, L, C, n_v)``.
 
         The rows are a function of the quantised reference, ``L`` and the maps alone, and are cached for the
         read-out's own maps (``tag``): a 3D Cartesian scan's partitions repeat every line's moment to a few
@@ -509,7 +385,7 @@ class Readout:
             key = None if tag is None else (tag, r, drift.terms)
             hit = None if key is None else self._drift_cache.get(key)
             if hit is None:
-                hit = _times(drift.weights(r), maps.reshape(n_u, n_c * n_v)).reshape(drift.terms, n_c, n_v)
+                hit = times(drift.weights(r), maps.reshape(n_u, n_c * n_v)).reshape(drift.terms, n_c, n_v)
                 if key is not None:
                     hit.flags.writeable = False  # shared by later windows
                     self._remember(key, hit)
@@ -562,7 +438,7 @@ class Readout:
             j = max(i + 1, int(np.searchsorted(tau, tau[i] + width, side="right")))
             mid = 0.5 * (tau[i] + tau[j - 1])
             delta = tau[i:j] - mid
-            terms = _taylor_terms(2.0 * np.pi * self._dfr_max * float(np.abs(delta).max()))
+            terms = taylor_terms(2.0 * np.pi * self._dfr_max * float(np.abs(delta).max()), _TAYLOR_TOL)
             powers = delta[None, :] ** np.arange(terms)[:, None]  # (L, chunk)
             constant = self._constant_axis(kx[i:j], ky[i:j]) if self.method == "fast" else None
             if constant is None and self.method == "fast":
